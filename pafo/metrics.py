@@ -1,0 +1,398 @@
+"""Fairness and accuracy metrics over users (method spec, section 7).
+
+Everything here is pure computation on numbers and small tables: no models, no files. The unit of fairness is the
+*user*: a user's pairwise accuracy a_u on their test pairs, and group accuracies are means of a_u (each user weighs
+equally), because the bias PAFO targets is that some users are served worse than others, however many pairs they
+have. The pair-level (micro) accuracy is reported alongside for comparison with the usual reward-model number.
+
+Conventions:
+- Accuracies are fractions in [0, 1]; ``epsilon=0.005`` means half a percentage point.
+- Undefined quantities are ``nan`` inside this module; :func:`evaluate` turns them into ``None`` so its result is
+  strict JSON.
+- Bad input raises :class:`pafo.errors.PafoInputError` (a ``ValueError``) with one of the message constants below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pafo.errors import PafoInputError
+
+__all__ = [
+    "GROUPS",
+    "MAJORITY",
+    "MINORITY",
+    "MSG_BAD_ACCURACY",
+    "MSG_BAD_CONFIDENCE",
+    "MSG_BAD_CORRECT",
+    "MSG_BAD_EPSILON",
+    "MSG_BAD_FRACTION",
+    "MSG_BAD_GROUP",
+    "MSG_BAD_N_RESAMPLES",
+    "MSG_EMPTY",
+    "MSG_LENGTH_MISMATCH",
+    "MSG_MISSING_COLUMN",
+    "MSG_MISSING_KEY",
+    "MSG_NEGATIVE",
+    "MSG_NOT_FINITE",
+    "MSG_NO_USERS",
+    "accuracy_by_decile",
+    "bootstrap_group_ci",
+    "evaluate",
+    "gini",
+    "group_gap",
+    "pareto_improvement",
+    "support_spearman",
+    "user_accuracy",
+    "worst_fraction_mean",
+]
+
+MAJORITY = "majority"
+MINORITY = "minority"
+GROUPS = (MAJORITY, MINORITY)
+
+MSG_MISSING_COLUMN = "{table} table is missing column '{column}'; it needs columns {required}."
+MSG_BAD_CORRECT = (
+    "pairs column 'correct' must be bool or a number in [0, 1] (0.5 for a margin of exactly 0); found {value!r}."
+)
+MSG_BAD_ACCURACY = "per_user column 'accuracy' must lie in [0, 1]; found {value!r} for user {user!r}."
+MSG_BAD_GROUP = "per_user column 'group' must be 'majority' or 'minority'; found {value!r} for user {user!r}."
+MSG_NO_USERS = "per_user table has no user with an accuracy; every user needs at least one test pair."
+MSG_EMPTY = "{name} needs at least one value; got none."
+MSG_NOT_FINITE = "{name} values must be finite numbers; found {value!r}."
+MSG_NEGATIVE = "gini needs non-negative values (accuracies); found {value!r}."
+MSG_LENGTH_MISMATCH = "support and accuracy must have the same length; got {n_support} and {n_accuracy}."
+MSG_BAD_FRACTION = "fraction must be in (0, 1]; got {fraction!r}."
+MSG_BAD_CONFIDENCE = "confidence must be in (0, 1); got {confidence!r}."
+MSG_BAD_N_RESAMPLES = "n_resamples must be a positive integer; got {n_resamples!r}."
+MSG_BAD_EPSILON = "epsilon must be >= 0 (a fraction: 0.005 is half a point); got {epsilon!r}."
+MSG_MISSING_KEY = "{name} result has no '{key}' accuracy; pass evaluate()'s output or a dict with majority/minority."
+
+_PAIRS_COLUMNS = ("user", "correct")
+_DECILE_COLUMNS = ("support_rate", "accuracy")
+_CI_COLUMNS = ("group", "accuracy")
+_PER_USER_COLUMNS = ("user", "group", "support_rate", "n_pairs", "accuracy")
+# Slack for comparing accuracies that went through float arithmetic (e.g. 0.80 - 0.005 vs 0.795).
+_FLOAT_TOL = 1e-12
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _require_columns(table: pd.DataFrame, required: Iterable[str], name: str) -> None:
+    """Fail early with the missing column's name instead of a KeyError deep inside pandas."""
+    required = tuple(required)
+    for column in required:
+        if column not in table.columns:
+            raise PafoInputError(MSG_MISSING_COLUMN.format(table=name, column=column, required=list(required)))
+
+
+def _as_array(values: Any, name: str) -> np.ndarray:
+    """A 1-d float array of finite values; lists, arrays and Series are all accepted."""
+    array = np.asarray(values, dtype=float).ravel()
+    if array.size == 0:
+        raise PafoInputError(MSG_EMPTY.format(name=name))
+    bad = array[~np.isfinite(array)]
+    if bad.size:
+        raise PafoInputError(MSG_NOT_FINITE.format(name=name, value=float(bad[0])))
+    return array
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    """Plain Python types for JSON: numpy scalars become int/float, nan becomes None, containers recurse."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _group_values(per_user: pd.DataFrame, group: str) -> np.ndarray:
+    """Accuracies of one group's users, leaving out users without an accuracy."""
+    values = per_user.loc[per_user["group"] == group, "accuracy"].to_numpy(dtype=float)
+    return values[np.isfinite(values)]
+
+
+def _mean_or_nan(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else math.nan
+
+
+# --------------------------------------------------------------------------------------------------- per user
+
+
+def user_accuracy(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per-user pairwise accuracy from one row per scored test pair.
+
+    ``correct`` is bool, or a number in [0, 1] so a margin of exactly 0 can count as 0.5: a tie is a coin flip,
+    and scoring it as wrong (or right) would reward models that collapse to constant rewards. Returns columns
+    ``user, n_pairs, accuracy`` sorted by user.
+    """
+    _require_columns(pairs, _PAIRS_COLUMNS, "pairs")
+    correct = pd.to_numeric(pairs["correct"], errors="coerce").astype(float)
+    bad = ~correct.between(0.0, 1.0)  # also flags NaN, which between() treats as outside
+    if bad.any():
+        raise PafoInputError(MSG_BAD_CORRECT.format(value=pairs["correct"][bad].iloc[0]))
+    frame = pd.DataFrame({"user": pairs["user"].to_numpy(), "correct": correct.to_numpy()})
+    grouped = frame.groupby("user", sort=True)["correct"]
+    out = pd.DataFrame({"n_pairs": grouped.size().astype(int), "accuracy": grouped.mean().astype(float)})
+    return out.reset_index()[["user", "n_pairs", "accuracy"]]
+
+
+# --------------------------------------------------------------------------------------------------- unfairness
+
+
+def gini(values: Any) -> float:
+    """Gini coefficient Σ_i Σ_j |a_i − a_j| / (2 n² ā) of user accuracies: 0 when everyone is served alike.
+
+    Computed from the sorted values in O(n log n) (Σ_i Σ_j |a_i − a_j| = 2 Σ_i (2i − n − 1) a_(i), i from 1) so it
+    stays cheap for many users. All-zero input is defined as 0 (everyone equal), not 0/0.
+    """
+    array = _as_array(values, "gini")
+    if (array < 0).any():
+        raise PafoInputError(MSG_NEGATIVE.format(value=float(array[array < 0][0])))
+    n = array.size
+    mean = array.mean()
+    if mean == 0.0:
+        return 0.0
+    ranks = np.arange(1, n + 1, dtype=float)
+    abs_diff_sum = 2.0 * np.sum((2.0 * ranks - n - 1.0) * np.sort(array))
+    return float(max(abs_diff_sum, 0.0) / (2.0 * n * n * mean))
+
+
+def _n_lowest(n: int, fraction: float) -> int:
+    """ceil(fraction * n), at least 1, robust to float noise (0.1 * 30 is 3.0000000000000004, not 3)."""
+    return max(1, math.ceil(round(fraction * n, 9)))
+
+
+def worst_fraction_mean(values: Any, fraction: float = 0.1) -> float:
+    """Mean of the lowest ceil(fraction * n) values (at least one): how the worst-served users fare."""
+    if not (0.0 < fraction <= 1.0):
+        raise PafoInputError(MSG_BAD_FRACTION.format(fraction=fraction))
+    array = np.sort(_as_array(values, "worst_fraction_mean"))
+    return float(array[: _n_lowest(array.size, fraction)].mean())
+
+
+def group_gap(acc_majority: float | None, acc_minority: float | None) -> float:
+    """Majority minus minority accuracy: positive when the minority is served worse; nan if either is missing."""
+    if _is_missing(acc_majority) or _is_missing(acc_minority):
+        return math.nan
+    return float(acc_majority) - float(acc_minority)
+
+
+def support_spearman(support: Any, accuracy: Any) -> float:
+    """Spearman ρ between users' support rates and accuracies: the personalization bias itself (0 is fair).
+
+    Users with a non-finite support or accuracy are left out. Returns nan (without scipy's warning) when fewer
+    than two users remain or either side is constant, since the rank correlation is undefined there.
+    """
+    support = np.asarray(support, dtype=float).ravel()
+    accuracy = np.asarray(accuracy, dtype=float).ravel()
+    if support.size != accuracy.size:
+        raise PafoInputError(MSG_LENGTH_MISMATCH.format(n_support=support.size, n_accuracy=accuracy.size))
+    keep = np.isfinite(support) & np.isfinite(accuracy)
+    support, accuracy = support[keep], accuracy[keep]
+    if support.size < 2 or np.ptp(support) == 0 or np.ptp(accuracy) == 0:
+        return math.nan
+    return float(stats.spearmanr(support, accuracy).statistic)
+
+
+def accuracy_by_decile(per_user: pd.DataFrame) -> list[dict]:
+    """Mean user accuracy per support-rate decile, for the "accuracy vs support" plot.
+
+    Bins are ``pd.qcut(support_rate, 10, duplicates='drop')``: users with equal support always share a bin, so
+    heavy ties give fewer than ten bins. ``decile`` is the 1-based bin number after duplicate edges are dropped;
+    bins that hold no user (possible with few users) are left out. ``support_lo`` / ``support_hi`` are the
+    smallest and largest support rate actually in the bin (qcut's own edges are padded and less readable). Users
+    with a non-finite support or accuracy are left out; if all supports are equal there is one bin.
+    """
+    _require_columns(per_user, _DECILE_COLUMNS, "per_user")
+    support = per_user["support_rate"].to_numpy(dtype=float)
+    accuracy = per_user["accuracy"].to_numpy(dtype=float)
+    keep = np.isfinite(support) & np.isfinite(accuracy)
+    support, accuracy = support[keep], accuracy[keep]
+    if support.size == 0:
+        return []
+    if np.ptp(support) == 0:
+        codes = np.zeros(support.size, dtype=int)
+    else:
+        codes = pd.qcut(support, 10, labels=False, duplicates="drop").astype(int)
+    rows = []
+    for code in np.unique(codes):
+        in_bin = codes == code
+        rows.append({
+            "decile": int(code) + 1,
+            "support_lo": float(support[in_bin].min()),
+            "support_hi": float(support[in_bin].max()),
+            "n_users": int(in_bin.sum()),
+            "accuracy": float(accuracy[in_bin].mean()),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- uncertainty
+
+
+def _mean_diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
+def _percentile_ci(samples: tuple[np.ndarray, ...], statistic, *, n_resamples: int, confidence: float,
+                   rng: np.random.Generator) -> list[float]:
+    """scipy's percentile bootstrap; each sample is resampled on its own (independent groups, not paired)."""
+    result = stats.bootstrap(samples, statistic, n_resamples=n_resamples, confidence_level=confidence,
+                             method="percentile", vectorized=True, paired=False, rng=rng)
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+
+
+def _degenerate_ci(values: tuple[np.ndarray, ...], estimate: float) -> list[float] | None:
+    """The CI when bootstrapping cannot or need not run, else None.
+
+    Fewer than two users in a group: [nan, nan], because one user says nothing about the spread and a zero-width
+    interval would claim certainty. All groups constant: [est, est], which is what the percentile bootstrap gives
+    (every resample equals the estimate); returning the reported estimate itself keeps the interval containing it,
+    where scipy's resampled means can land one ulp away.
+    """
+    if any(v.size < 2 for v in values):
+        return [math.nan, math.nan]
+    if all(np.ptp(v) == 0 for v in values):
+        return [estimate, estimate]
+    return None
+
+
+def bootstrap_group_ci(per_user: pd.DataFrame, *, n_resamples: int = 1000, confidence: float = 0.95,
+                       seed: int = 0) -> dict:
+    """Percentile-bootstrap CIs over users for majority accuracy, minority accuracy and their gap.
+
+    Users (not pairs) are resampled because the user is the unit of fairness; each group is resampled on its
+    own, so the gap's CI reflects both groups' sampling noise with the group sizes fixed as observed. Seeded
+    (one ``numpy`` Generator from ``seed``) so a run is reproducible. Degenerate cases (see ``_degenerate_ci``):
+    a group with fewer than two users gives [nan, nan] for it and for the gap; constant accuracies give
+    [est, est]. Returns ``{"majority": [lo, hi], "minority": [lo, hi], "gap": [lo, hi]}``.
+    """
+    _require_columns(per_user, _CI_COLUMNS, "per_user")
+    if not (isinstance(n_resamples, (int, np.integer)) and n_resamples > 0):
+        raise PafoInputError(MSG_BAD_N_RESAMPLES.format(n_resamples=n_resamples))
+    if not (0.0 < confidence < 1.0):
+        raise PafoInputError(MSG_BAD_CONFIDENCE.format(confidence=confidence))
+    rng = np.random.default_rng(seed)
+    majority, minority = _group_values(per_user, MAJORITY), _group_values(per_user, MINORITY)
+    out = {}
+    for name, values, statistic in (
+        (MAJORITY, (majority,), np.mean),
+        (MINORITY, (minority,), np.mean),
+        ("gap", (majority, minority), _mean_diff),
+    ):
+        estimate = float(statistic(*values)) if all(v.size for v in values) else math.nan
+        ci = _degenerate_ci(values, estimate)
+        if ci is None:
+            ci = _percentile_ci(values, statistic, n_resamples=int(n_resamples), confidence=confidence, rng=rng)
+        out[name] = ci
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- report
+
+
+def _validate_per_user(per_user: pd.DataFrame) -> pd.DataFrame:
+    """Check columns and values; drop users without an accuracy (they had no test pair to score)."""
+    _require_columns(per_user, _PER_USER_COLUMNS, "per_user")
+    table = per_user.copy()
+    table["accuracy"] = pd.to_numeric(table["accuracy"], errors="coerce").astype(float)
+    table = table[table["accuracy"].notna()]
+    if table.empty:
+        raise PafoInputError(MSG_NO_USERS)
+    bad_group = ~table["group"].isin(GROUPS)
+    if bad_group.any():
+        row = table[bad_group].iloc[0]
+        raise PafoInputError(MSG_BAD_GROUP.format(value=row["group"], user=row["user"]))
+    bad_acc = ~table["accuracy"].between(0.0, 1.0)
+    if bad_acc.any():
+        row = table[bad_acc].iloc[0]
+        raise PafoInputError(MSG_BAD_ACCURACY.format(value=row["accuracy"], user=row["user"]))
+    return table
+
+
+def _micro(table: pd.DataFrame) -> float:
+    """Pair-level accuracy recovered from per-user accuracies weighted by their number of pairs."""
+    n_pairs = pd.to_numeric(table["n_pairs"], errors="coerce").to_numpy(dtype=float)
+    accuracy = table["accuracy"].to_numpy(dtype=float)
+    keep = np.isfinite(n_pairs) & (n_pairs > 0)
+    if not keep.any():
+        return math.nan
+    return float(np.sum(n_pairs[keep] * accuracy[keep]) / np.sum(n_pairs[keep]))
+
+
+def evaluate(per_user: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0,
+             micro_accuracy: float | None = None) -> dict:
+    """All section-7 metrics for one method's test results, as strict-JSON-ready plain Python values.
+
+    ``per_user`` has columns user, group ('majority' | 'minority'), support_rate, n_pairs, accuracy; users whose
+    accuracy is missing (no test pairs) are left out. Accuracies are macro means over users (each user weighs
+    equally); ``micro`` is the pair-level accuracy, taken from ``micro_accuracy`` when given, else the
+    n_pairs-weighted mean. ``user_std`` is the population std (ddof=0): the users at hand are the population
+    being described. Undefined values (an empty group, constant inputs to Spearman) are ``None``.
+    """
+    table = _validate_per_user(per_user)
+    accuracy = table["accuracy"].to_numpy(dtype=float)
+    majority = _mean_or_nan(_group_values(table, MAJORITY))
+    minority = _mean_or_nan(_group_values(table, MINORITY))
+    micro = _micro(table) if micro_accuracy is None else float(micro_accuracy)
+    result = {
+        "accuracy": {"overall": float(accuracy.mean()), "micro": micro, "majority": majority, "minority": minority},
+        "accuracy_ci": bootstrap_group_ci(table, n_resamples=n_resamples, seed=seed),
+        "unfairness": {
+            "group_gap": group_gap(majority, minority),
+            "user_std": float(np.std(accuracy, ddof=0)),
+            "gini": gini(accuracy),
+            "worst10": worst_fraction_mean(accuracy, 0.1),
+            "support_spearman": support_spearman(table["support_rate"], accuracy),
+        },
+        "by_decile": accuracy_by_decile(table),
+    }
+    return _plain(result)
+
+
+def _group_accuracies(result: Mapping, name: str) -> tuple[float | None, float | None]:
+    """(majority, minority) from evaluate()'s output or from a flat {"majority", "minority"} dict."""
+    nested = result.get("accuracy")
+    accuracies = nested if isinstance(nested, Mapping) else result
+    for key in GROUPS:
+        if key not in accuracies:
+            raise PafoInputError(MSG_MISSING_KEY.format(name=name, key=key))
+    return accuracies[MAJORITY], accuracies[MINORITY]
+
+
+def pareto_improvement(method: Mapping, baseline: Mapping, *, epsilon: float = 0.005) -> bool:
+    """True when ``method`` serves the minority strictly better and the majority not worse by more than epsilon.
+
+    Accepts evaluate()'s output or flat ``{"majority": .., "minority": ..}`` dicts. This is the acceptance rule
+    for PAFO: a fairness gain bought with a real majority loss is not an improvement. A missing accuracy (None or
+    nan) on either side gives False, since the improvement cannot be shown. The majority bound allows 1e-12 of
+    float slack so a drop of exactly epsilon counts as "not beyond epsilon".
+    """
+    if _is_missing(epsilon) or epsilon < 0:
+        raise PafoInputError(MSG_BAD_EPSILON.format(epsilon=epsilon))
+    method_major, method_minor = _group_accuracies(method, "method")
+    base_major, base_minor = _group_accuracies(baseline, "baseline")
+    if any(_is_missing(v) for v in (method_major, method_minor, base_major, base_minor)):
+        return False
+    minority_up = float(method_minor) > float(base_minor)
+    majority_kept = float(method_major) >= float(base_major) - epsilon - _FLOAT_TOL
+    return bool(minority_up and majority_kept)

@@ -1,0 +1,839 @@
+"""The run registry: one SQLite file that every process (app, CLI, workers) reads and writes.
+
+Training runs live in worker processes of their own (see :mod:`pafo.worker`), so the registry is the only place
+where their state is shared. There is no daemon: every read (:meth:`RunRegistry.get`, :meth:`RunRegistry.list`,
+:meth:`RunRegistry.wait`) first *reconciles* running rows against their worker (a dead pid or a stale heartbeat
+turns the run ``failed`` with the reason) and then *dispatches* queued runs FIFO up to the concurrency limit. So
+no run stays ``running`` forever and the queue advances as long as anyone looks at it, and a worker that finishes
+starts the next queued run itself.
+
+Why SQLite and not a task-queue library: runs need per-run processes with their own session (so a cancel can
+kill a whole process group), progress and heartbeat rows, cached reuse and crash detection; a queue such as
+huey brings a consumer daemon and still needs all of that on top. WAL mode lets readers (the app polling
+progress) run alongside the writing worker, ``BEGIN IMMEDIATE`` serialises state changes between processes and
+the busy timeout turns short contention into waiting instead of errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pafo.errors import PafoInputError
+from pafo.paths import PACKAGE_ROOT, pafo_home
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "CANCELLED",
+    "DEFAULT_STALE_AFTER",
+    "DEFAULT_TARGET",
+    "FAILED",
+    "FORCE_CANCEL_AFTER",
+    "QUEUED",
+    "RUNNING",
+    "STATUSES",
+    "SUCCEEDED",
+    "TERMINAL_STATUSES",
+    "TRANSITIONS",
+    "Outcome",
+    "RunRecord",
+    "RunRegistry",
+    "can_transition",
+    "code_version",
+    "config_hash",
+    "decide_outcome",
+    "new_run_id",
+    "process_alive",
+]
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ACTIVE_STATUSES = frozenset({QUEUED, RUNNING})
+TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+#: Allowed state changes. Terminal states are final, so a late write from a killed worker cannot undo a cancel.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({RUNNING, FAILED, CANCELLED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+
+DEFAULT_TARGET = "pafo.experiment:run_experiment"
+DEFAULT_STALE_AFTER = 20.0  # seconds without heartbeat before a running run counts as dead (worker beats every 2 s)
+FORCE_CANCEL_AFTER = 10.0  # seconds between a cancel request and the forced kill of the worker's process group
+DEFAULT_LOCK_TIMEOUT = 10.0  # seconds to wait for another process's write lock before giving up
+DB_NAME = "runs.sqlite"
+RUNS_DIR = "runs"
+RESULT_NAME = "result.json"
+LOG_NAME = "log.txt"
+SCHEMA_VERSION = 1
+
+STAGE_STARTING = "starting worker"
+STAGE_REUSED = "reused"
+
+MSG_CORRUPT_DB = (
+    "run registry {path} is not a readable SQLite database ({detail}): move it aside (e.g. rename it to "
+    "{path}.bad) and start again; a new empty registry is created"
+)
+MSG_FOREIGN_DB = (
+    "run registry {path} is an SQLite database but not a PAFO run registry (missing {detail}): move it aside "
+    "or point $PAFO_HOME elsewhere"
+)
+MSG_LOCKED_DB = (
+    "run registry {path} stayed locked by another process for more than {timeout:g} s: wait for it to finish "
+    "or stop the process holding the lock, then retry"
+)
+MSG_DISK_FULL_DB = "disk full while writing the run registry {path}: free space and retry"
+MSG_DISK_FULL = "disk full while writing {file}: free space and restart the run"
+MSG_UNKNOWN_RUN = "unknown run id {run_id!r}: list the runs with `pafo runs list`"
+MSG_BAD_CONFIG = "run config is invalid: {detail}"
+MSG_BAD_TARGET = "run config field 'target' must look like 'package.module:function', got {target!r}"
+MSG_RESULT_MISSING = "result file {path} of run {run_id} is missing: re-run it with --force"
+MSG_RESULT_CORRUPT = "result file {path} of run {run_id} is corrupt ({detail}): re-run it with --force"
+MSG_NO_RESULT = "run {run_id} has no result (status {status})"
+
+REASON_CANCELLED = "cancelled by user"
+REASON_CANCELLED_QUEUED = "cancelled by user before it started"
+REASON_CANCELLED_FORCED = "cancelled by user: the worker did not stop within {after:g} s and was killed"
+REASON_CANCELLED_GONE = "cancelled by user (the worker stopped before recording it)"
+REASON_STALE = "no heartbeat from worker pid {pid} for {age:.0f} s (limit {limit:g} s): it hung or was stopped"
+REASON_EXIT_SIGNAL = "worker pid {pid} was killed by signal {signal} before finishing"
+REASON_EXIT_CODE = "worker pid {pid} exited with code {code} before recording a result (see its log.txt)"
+REASON_EXIT_ZERO = "worker pid {pid} exited without recording a result (see its log.txt)"
+REASON_GONE = "worker pid {pid} is gone (killed or crashed) before finishing; see its log.txt"
+REASON_SPAWN_FAILED = "could not start the worker process: {detail}"
+
+_REQUIRED_COLUMNS = (
+    "id", "created_at", "started_at", "finished_at", "config_json", "config_hash", "dataset_fingerprint",
+    "code_version", "status", "progress", "stage", "heartbeat_at", "pid", "error", "result_path",
+    "reused_from", "cancel_requested", "parent_id", "label",
+)  # fmt: skip
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    config_json TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    dataset_fingerprint TEXT NOT NULL,
+    code_version TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    progress REAL NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT '',
+    heartbeat_at REAL,
+    pid INTEGER,
+    error TEXT,
+    result_path TEXT,
+    reused_from TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    parent_id TEXT,
+    label TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
+CREATE INDEX IF NOT EXISTS runs_cache ON runs (config_hash, dataset_fingerprint, code_version, status);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    metrics_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+"""
+
+# Popen handles of workers this process started: polling them reaps zombies and gives exact exit codes.
+_SPAWNED: dict[str, subprocess.Popen] = {}
+_SPAWNED_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------------- pure helpers
+
+
+class Outcome(NamedTuple):
+    """What reconciliation decided for a run: its new status and the reason shown to the user."""
+
+    status: str
+    reason: str
+
+
+def can_transition(current: str, new: str) -> bool:
+    """Whether a run may go from ``current`` to ``new``; terminal states never change."""
+    return new in TRANSITIONS.get(current, frozenset())
+
+
+def decide_outcome(
+    status: str,
+    *,
+    pid: int | None,
+    pid_alive: bool | None,
+    heartbeat_age: float | None,
+    stale_after: float,
+    cancel_requested: bool,
+    exit_code: int | None = None,
+) -> Outcome | None:
+    """Decide whether a ``running`` run is really still running; ``None`` means leave it as it is.
+
+    Pure on purpose (no clock, no processes, no database) so every combination is unit-tested. ``pid_alive`` is
+    ``None`` when unknown (no pid recorded yet): only the heartbeat decides then. ``exit_code`` is the worker's
+    return code when this process is its parent (negative: killed by that signal). A run the user asked to
+    cancel ends ``cancelled`` however its worker stopped, never ``failed``.
+    """
+    if status != RUNNING:
+        return None
+    dead = pid_alive is False or exit_code is not None
+    stale = heartbeat_age is not None and heartbeat_age > stale_after
+    if not dead and not stale:
+        return None
+    if cancel_requested:
+        return Outcome(CANCELLED, REASON_CANCELLED_GONE)
+    if dead:
+        return Outcome(FAILED, _exit_reason(pid, exit_code))
+    return Outcome(FAILED, REASON_STALE.format(pid=pid, age=heartbeat_age, limit=stale_after))
+
+
+def _exit_reason(pid: int | None, exit_code: int | None) -> str:
+    """Explain how a worker went away, as precisely as the exit information allows."""
+    if exit_code is None:
+        return REASON_GONE.format(pid=pid)
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = str(-exit_code)
+        return REASON_EXIT_SIGNAL.format(pid=pid, signal=name)
+    if exit_code == 0:
+        return REASON_EXIT_ZERO.format(pid=pid)
+    return REASON_EXIT_CODE.format(pid=pid, code=exit_code)
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace, so equal configs hash equally."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of the canonical JSON of a config: the cache key (with dataset fingerprint and code version)."""
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Short sha256 over every ``pafo/**/*.py`` source (sorted by path), so a code change invalidates the cache."""
+    digest = hashlib.sha256()
+    package = PACKAGE_ROOT / "pafo"
+    for path in sorted(package.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(package).as_posix().encode("utf-8") + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def new_run_id() -> str:
+    """A short id that sorts by creation time (UTC second) with a random tail against collisions."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def process_alive(pid: int | None, run_id: str | None = None) -> bool | None:
+    """Whether ``pid`` is a live (not zombie) process, and on Linux still the worker of ``run_id``.
+
+    Checking the command line guards against pid reuse; ``None`` means no pid to check.
+    """
+    if not pid:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc") / str(pid)
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):
+            return False
+        if run_id is not None and run_id.encode() not in (proc / "cmdline").read_bytes():
+            return False
+    except (OSError, IndexError):
+        pass  # no /proc (not Linux) or the process just went away: trust os.kill
+    return True
+
+
+def _validate_config(config: Any) -> str:
+    """Check that a config can be stored and run; return its canonical JSON."""
+    if not isinstance(config, dict):
+        raise PafoInputError(MSG_BAD_CONFIG.format(detail=f"expected a JSON object, got {type(config).__name__}"))
+    try:
+        text = canonical_json(config)
+    except (TypeError, ValueError) as exc:
+        raise PafoInputError(MSG_BAD_CONFIG.format(detail=f"not JSON-serialisable: {exc}")) from None
+    target = config.get("target", DEFAULT_TARGET)
+    module, _, function = str(target).partition(":")
+    if not isinstance(target, str) or not module or not function.isidentifier():
+        raise PafoInputError(MSG_BAD_TARGET.format(target=target))
+    return text
+
+
+# --------------------------------------------------------------------------------------------- records
+
+
+@dataclass
+class RunRecord:
+    """One row of the registry, as callers see it (times are Unix seconds, paths absolute)."""
+
+    id: str
+    status: str
+    progress: float
+    stage: str
+    pid: int | None
+    reused_from: str | None
+    result_path: str | None
+    error: str | None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    config: dict = field(default_factory=dict)
+    config_hash: str = ""
+    dataset_fingerprint: str = ""
+    code_version: str = ""
+    cancel_requested: bool = False
+    parent_id: str | None = None
+    label: str | None = None
+    result: dict | None = None  # filled by RunRegistry.load_result
+    result_error: str | None = None  # why the result could not be loaded, if it could not
+
+    SUMMARY_KEYS = ("id", "status", "progress", "stage", "pid", "reused_from", "result_path", "error")
+
+    @property
+    def done(self) -> bool:
+        """Whether the run reached a final state."""
+        return self.status in TERMINAL_STATUSES
+
+    def to_dict(self, *, full: bool = False) -> dict:
+        """The ``pafo runs show --json`` keys (exactly those), or every field with ``full=True``."""
+        data = asdict(self)
+        return data if full else {key: data[key] for key in self.SUMMARY_KEYS}
+
+
+def _record_from_row(row: sqlite3.Row, home: Path) -> RunRecord:
+    """Turn a ``runs`` row into a record with the result path made absolute under ``home``."""
+    result_path = row["result_path"]
+    return RunRecord(
+        id=row["id"],
+        status=row["status"],
+        progress=float(row["progress"]),
+        stage=row["stage"],
+        pid=row["pid"],
+        reused_from=row["reused_from"],
+        result_path=str(home / result_path) if result_path else None,
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        heartbeat_at=row["heartbeat_at"],
+        config=json.loads(row["config_json"]),
+        config_hash=row["config_hash"],
+        dataset_fingerprint=row["dataset_fingerprint"],
+        code_version=row["code_version"],
+        cancel_requested=bool(row["cancel_requested"]),
+        parent_id=row["parent_id"],
+        label=row["label"],
+    )
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+class RunRegistry:
+    """Runs, their progress and their results, shared by every process through ``$PAFO_HOME/runs.sqlite``.
+
+    Parameters
+    ----------
+    home : folder holding ``runs.sqlite`` and ``runs/<id>/``; default :func:`pafo.paths.pafo_home`.
+    max_concurrent : how many runs may be ``running`` at once; default ``$PAFO_MAX_CONCURRENT`` or 1.
+    stale_after : seconds without heartbeat after which a running run is declared failed.
+    lock_timeout : seconds to wait for another process's write lock before raising :class:`PafoInputError`.
+    force_cancel_after : seconds a cancelled run gets to stop on its own before its process group is killed.
+    """
+
+    def __init__(
+        self,
+        home: Path | str | None = None,
+        *,
+        max_concurrent: int | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        force_cancel_after: float = FORCE_CANCEL_AFTER,
+    ) -> None:
+        self.home = Path(home) if home is not None else pafo_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.home / DB_NAME
+        env_limit = os.environ.get("PAFO_MAX_CONCURRENT")
+        self.max_concurrent = max(1, int(max_concurrent or (env_limit if env_limit else 1)))
+        self.stale_after = float(stale_after)
+        self.lock_timeout = float(lock_timeout)
+        self.force_cancel_after = float(force_cancel_after)
+        self._local = threading.local()
+        self._init_schema()
+
+    # ---------------------------------------------------------------- connection and error mapping
+
+    def _connect(self) -> sqlite3.Connection:
+        """One connection per thread (sqlite3 connections must not be shared across threads)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._errors():
+                conn = sqlite3.connect(self.db_path, timeout=self.lock_timeout, isolation_level=None)
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes; fast commits
+                conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads close theirs when they end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate SQLite failures into one clear :class:`PafoInputError` that names the file."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if "locked" in text or "busy" in text:
+                raise PafoInputError(MSG_LOCKED_DB.format(path=self.db_path, timeout=self.lock_timeout)) from exc
+            if "full" in text:
+                raise PafoInputError(MSG_DISK_FULL_DB.format(path=self.db_path)) from exc
+            if "no such" in text or "has no column" in text:
+                raise PafoInputError(MSG_FOREIGN_DB.format(path=self.db_path, detail=exc)) from exc
+            raise PafoInputError(MSG_CORRUPT_DB.format(path=self.db_path, detail=exc)) from exc
+        except sqlite3.DatabaseError as exc:
+            raise PafoInputError(MSG_CORRUPT_DB.format(path=self.db_path, detail=exc)) from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: takes the write lock up front so read-then-write never races."""
+        conn = self._connect()
+        with self._errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        """Run a read-only query with error translation."""
+        conn = self._connect()
+        with self._errors():
+            return conn.execute(sql, params).fetchall()
+
+    def _init_schema(self) -> None:
+        """Create the tables on first use and refuse a database that is not ours."""
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise PafoInputError(MSG_FOREIGN_DB.format(path=self.db_path, detail=f"schema {version}"))
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+            missing = [name for name in _REQUIRED_COLUMNS if name not in columns]
+            if missing:
+                raise PafoInputError(MSG_FOREIGN_DB.format(path=self.db_path, detail="columns " + ", ".join(missing)))
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # ---------------------------------------------------------------- paths
+
+    def run_dir(self, run_id: str) -> Path:
+        """Where a run's worker writes its artifacts: ``<home>/runs/<id>/``."""
+        return self.home / RUNS_DIR / run_id
+
+    def _relative(self, path: Path | str) -> str:
+        """Store paths relative to home so the registry survives moving ``$PAFO_HOME``."""
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.home.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+    # ---------------------------------------------------------------- submit and read
+
+    def submit(
+        self,
+        config: dict,
+        *,
+        fingerprint: str,
+        force: bool = False,
+        parent_id: str | None = None,
+        label: str | None = None,
+        start: bool = True,
+    ) -> RunRecord:
+        """Queue a run (and start it if a slot is free), or reuse a finished identical run unless ``force``.
+
+        A reused run is a new ``succeeded`` row with ``reused_from`` set and the earlier run's result, so it
+        answers at once without spawning anything.
+        """
+        config_text = _validate_config(config)
+        digest, version, now = config_hash(config), code_version(), time.time()
+        with self._write() as conn:
+            reusable = None if force else self._find_reusable(conn, digest, str(fingerprint), version)
+            run_id = self._insert(conn, config_text, digest, str(fingerprint), version, now, reusable, parent_id, label)
+        if start and reusable is None:
+            self.dispatch()
+        return self.get(run_id, refresh=False)
+
+    def _find_reusable(self, conn: sqlite3.Connection, digest: str, fingerprint: str, version: str):
+        """The newest succeeded run with the same cache key whose result file still exists."""
+        rows = conn.execute(
+            "SELECT id, reused_from, result_path FROM runs WHERE config_hash = ? AND dataset_fingerprint = ? "
+            "AND code_version = ? AND status = ? ORDER BY finished_at DESC, rowid DESC",
+            (digest, fingerprint, version, SUCCEEDED),
+        ).fetchall()
+        for row in rows:
+            if row["result_path"] and (self.home / row["result_path"]).is_file():
+                return row
+        return None
+
+    def _insert(self, conn, config_text, digest, fingerprint, version, now, reusable, parent_id, label) -> str:
+        """Insert the new row (queued, or succeeded when reused) under a fresh id."""
+        status, origin, result_path, stage, progress, finished = QUEUED, None, None, "queued", 0.0, None
+        if reusable is not None:
+            origin = reusable["reused_from"] or reusable["id"]
+            status, result_path, stage, progress, finished = SUCCEEDED, reusable["result_path"], STAGE_REUSED, 1.0, now
+        while True:
+            run_id = new_run_id()
+            try:
+                conn.execute(
+                    "INSERT INTO runs (id, created_at, finished_at, config_json, config_hash, dataset_fingerprint, "
+                    "code_version, status, progress, stage, result_path, reused_from, parent_id, label) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, now, finished, config_text, digest, fingerprint, version, status, progress, stage,
+                     result_path, origin, parent_id, label),
+                )  # fmt: skip
+                return run_id
+            except sqlite3.IntegrityError:
+                continue  # same second and same random tail: draw again
+
+    def get(self, run_id: str, *, refresh: bool = True) -> RunRecord:
+        """One run; first reconciles and dispatches (unless ``refresh=False``) so the answer is current."""
+        if refresh:
+            self.refresh()
+        rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise PafoInputError(MSG_UNKNOWN_RUN.format(run_id=run_id))
+        return _record_from_row(rows[0], self.home)
+
+    def list(self, *, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        """All runs, newest first (optionally one status only)."""
+        self.refresh()
+        sql, params = "SELECT * FROM runs", ()
+        if status is not None:
+            sql, params = sql + " WHERE status = ?", (status,)
+        sql += " ORDER BY created_at DESC, rowid DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_record_from_row(row, self.home) for row in self._read(sql, params)]
+
+    def epochs(self, run_id: str) -> list[dict]:
+        """Per-epoch metrics in the order the worker reported them, each with ``seq`` and ``at``."""
+        rows = self._read("SELECT seq, at, metrics_json FROM epochs WHERE run_id = ? ORDER BY seq", (run_id,))
+        return [{"seq": row["seq"], "at": row["at"], **json.loads(row["metrics_json"])} for row in rows]
+
+    def wait(self, run_id: str, timeout: float | None = None, *, poll: float = 0.2) -> RunRecord:
+        """Block until the run is final or ``timeout`` seconds pass; the caller checks ``record.done``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.get(run_id)
+            if record.done or (deadline is not None and time.monotonic() >= deadline):
+                return record
+            remaining = poll if deadline is None else min(poll, max(0.0, deadline - time.monotonic()))
+            time.sleep(remaining)
+
+    def load_result(self, run_id: str) -> RunRecord:
+        """The record with ``result`` loaded from result.json, or ``result_error`` saying why it could not be.
+
+        Never raises for a missing or corrupt file: the app shows the message and keeps working.
+        """
+        record = self.get(run_id)
+        if record.status != SUCCEEDED or not record.result_path:
+            record.result_error = MSG_NO_RESULT.format(run_id=run_id, status=record.status)
+            return record
+        path = Path(record.result_path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            record.result_error = MSG_RESULT_MISSING.format(path=path, run_id=run_id)
+            return record
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            record.result_error = MSG_RESULT_CORRUPT.format(path=path, run_id=run_id, detail=exc)
+            return record
+        if not isinstance(data, dict):
+            record.result_error = MSG_RESULT_CORRUPT.format(path=path, run_id=run_id, detail="not a JSON object")
+            return record
+        record.result = data
+        return record
+
+    # ---------------------------------------------------------------- worker-side updates
+
+    def mark_running(self, run_id: str, pid: int) -> bool:
+        """The worker announces itself; False if the run is not (or no longer) its to run."""
+        now = time.time()
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET status = ?, pid = ?, started_at = COALESCE(started_at, ?), heartbeat_at = ?, "
+                "stage = 'running' WHERE id = ? AND cancel_requested = 0 "
+                "AND (status = ? OR (status = ? AND (pid IS NULL OR pid = ?)))",
+                (RUNNING, pid, now, now, run_id, QUEUED, RUNNING, pid),
+            )
+            return cursor.rowcount == 1
+
+    def update_progress(self, run_id: str, fraction: float, stage: str, metrics: dict | None = None) -> None:
+        """Record progress (clamped to 0–1), stage and heartbeat; ``metrics`` adds one per-epoch row."""
+        now, fraction = time.time(), min(1.0, max(0.0, float(fraction)))
+        sql = "UPDATE runs SET progress = ?, stage = ?, heartbeat_at = ? WHERE id = ? AND status = ?"
+        params = (fraction, str(stage), now, run_id, RUNNING)
+        if metrics is None:  # one statement commits on its own: no explicit transaction needed
+            with self._errors():
+                self._connect().execute(sql, params)
+            return
+        with self._write() as conn:
+            if conn.execute(sql, params).rowcount == 1:
+                conn.execute(
+                    "INSERT INTO epochs (run_id, seq, at, metrics_json) VALUES "
+                    "(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM epochs WHERE run_id = ?), ?, ?)",
+                    (run_id, run_id, now, json.dumps(metrics, sort_keys=True, default=str)),
+                )
+
+    def heartbeat(self, run_id: str) -> bool:
+        """Refresh the heartbeat; returns whether a cancel was requested (the worker's one cheap poll)."""
+        conn = self._connect()
+        with self._errors():
+            conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND status = ?", (time.time(), run_id, RUNNING))
+            row = conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return bool(row and row[0])
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """Whether the user asked to cancel this run (read by the worker's ``should_stop``)."""
+        rows = self._read("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,))
+        return bool(rows and rows[0][0])
+
+    def mark_succeeded(self, run_id: str, result_path: Path | str) -> bool:
+        """Final success with the path of result.json; False if the run was already final (e.g. cancelled)."""
+        return self._finish(
+            run_id, SUCCEEDED, None, progress=1.0, stage="done", result_path=self._relative(result_path)
+        )
+
+    def mark_failed(self, run_id: str, error: str) -> bool:
+        """Final failure with the reason shown to the user."""
+        return self._finish(run_id, FAILED, error, stage="failed")
+
+    def mark_cancelled(self, run_id: str, reason: str = REASON_CANCELLED) -> bool:
+        """Final cancel (from queued or running)."""
+        return self._finish(run_id, CANCELLED, reason, stage="cancelled")
+
+    def _finish(self, run_id: str, status: str, error: str | None, **fields: Any) -> bool:
+        """Move a run to a terminal status if its current status allows it; returns whether it did."""
+        sources = [state for state, targets in TRANSITIONS.items() if status in targets]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE runs SET status = ?, error = ?, finished_at = ?, {assignments} "
+                f"WHERE id = ? AND status IN ({', '.join('?' * len(sources))})",
+                (status, error, time.time(), *fields.values(), run_id, *sources),
+            )
+            return cursor.rowcount == 1
+
+    # ---------------------------------------------------------------- cancel
+
+    def request_cancel(self, run_id: str) -> RunRecord:
+        """Ask a run to stop without waiting: a queued run is cancelled at once, a running one at its next
+        batch or epoch (its worker kills itself after :data:`FORCE_CANCEL_AFTER` seconds if it does not)."""
+        self.get(run_id, refresh=False)  # unknown id → PafoInputError
+        with self._write() as conn:
+            sql = "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status IN (?, ?)"
+            conn.execute(sql, (run_id, QUEUED, RUNNING))
+            conn.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ?, stage = ? WHERE id = ? AND status = ?",
+                (CANCELLED, REASON_CANCELLED_QUEUED, time.time(), CANCELLED, run_id, QUEUED),
+            )
+        return self.get(run_id)
+
+    def cancel(self, run_id: str, wait: float | None = None) -> RunRecord:
+        """Cancel and make sure it happened: cooperative first, then after ``wait`` seconds (default
+        ``force_cancel_after``) SIGKILL of the worker's process group. A run that already ended keeps its status."""
+        wait = self.force_cancel_after if wait is None else float(wait)
+        record = self.request_cancel(run_id)
+        if not record.done:
+            record = self.wait(run_id, timeout=wait, poll=0.1)
+        if not record.done:
+            self._kill_worker(run_id, record.pid)
+            self.mark_cancelled(run_id, REASON_CANCELLED_FORCED.format(after=wait))
+            record = self.get(run_id)
+        return record
+
+    def _kill_worker(self, run_id: str, pid: int | None) -> None:
+        """SIGKILL the worker's whole process group (it runs in its own session, so pgid == pid)."""
+        if not process_alive(pid, run_id):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        _reap(run_id, timeout=2.0)
+
+    # ---------------------------------------------------------------- reconcile and dispatch
+
+    def refresh(self) -> None:
+        """Reconcile running runs, then start queued ones: what every read does instead of a daemon."""
+        self.reconcile()
+        self.dispatch()
+
+    def reconcile(self) -> list[tuple[str, Outcome]]:
+        """Apply :func:`decide_outcome` to every running run; returns the changes made."""
+        now, changes = time.time(), []
+        sql = "SELECT id, pid, heartbeat_at, started_at, cancel_requested FROM runs WHERE status = ?"
+        rows = self._read(sql, (RUNNING,))
+        _forget_exited({row["id"] for row in rows})
+        for row in rows:
+            run_id, pid = row["id"], row["pid"]
+            beat = row["heartbeat_at"] or row["started_at"]
+            outcome = decide_outcome(
+                RUNNING,
+                pid=pid,
+                pid_alive=process_alive(pid, run_id),
+                heartbeat_age=None if beat is None else now - beat,
+                stale_after=self.stale_after,
+                cancel_requested=bool(row["cancel_requested"]),
+                exit_code=_exit_code(run_id),
+            )
+            if outcome is not None:
+                self._kill_worker(run_id, pid)  # a stale worker may still be alive: do not leave it training
+                if self._finish(run_id, outcome.status, outcome.reason, stage=outcome.status):
+                    changes.append((run_id, outcome))
+        return changes
+
+    def dispatch(self) -> list[str]:
+        """Start queued runs FIFO while fewer than ``max_concurrent`` run; returns the ids started.
+
+        The claim and the spawn happen inside one ``BEGIN IMMEDIATE`` transaction, so two processes can never
+        start the same run and a run is never ``running`` without a pid.
+        """
+        sql = "SELECT status, COUNT(*) FROM runs WHERE status IN (?, ?) GROUP BY status"
+        counts = {row[0]: row[1] for row in self._read(sql, (QUEUED, RUNNING))}
+        if not counts.get(QUEUED) or counts.get(RUNNING, 0) >= self.max_concurrent:
+            return []  # cheap read-only exit: the common case when the app polls
+        started = []
+        with self._write() as conn:
+            running = conn.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (RUNNING,)).fetchone()[0]
+            free = self.max_concurrent - running
+            if free <= 0:
+                return []
+            queued = conn.execute(
+                "SELECT id FROM runs WHERE status = ? ORDER BY created_at, rowid LIMIT ?", (QUEUED, free)
+            ).fetchall()
+            for (run_id,) in queued:
+                if self._start_worker(conn, run_id):
+                    started.append(run_id)
+        return started
+
+    def _start_worker(self, conn: sqlite3.Connection, run_id: str) -> bool:
+        """Spawn ``python -m pafo.worker`` for a run in its own session and record its pid (inside the caller's
+        transaction); a spawn failure marks the run failed instead of leaving it queued forever."""
+        run_dir = self.run_dir(run_id)
+        now = time.time()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / LOG_NAME, "ab") as log:
+                process = subprocess.Popen(
+                    self.worker_command(run_id),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=_worker_env(),
+                    close_fds=True,
+                )
+        except OSError as exc:
+            conn.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ?, stage = ? WHERE id = ?",
+                (FAILED, REASON_SPAWN_FAILED.format(detail=exc), now, FAILED, run_id),
+            )
+            return False
+        with _SPAWNED_LOCK:
+            _SPAWNED[run_id] = process
+        conn.execute(
+            "UPDATE runs SET status = ?, pid = ?, started_at = ?, heartbeat_at = ?, stage = ? WHERE id = ?",
+            (RUNNING, process.pid, now, now, STAGE_STARTING, run_id),
+        )
+        return True
+
+    def worker_command(self, run_id: str) -> list[str]:
+        """The command line of a run's worker (the run id in it lets :func:`process_alive` detect pid reuse)."""
+        return [
+            sys.executable, "-m", "pafo.worker", run_id, "--home", str(self.home.resolve()),
+            "--max-concurrent", str(self.max_concurrent), "--stale-after", str(self.stale_after),
+            "--force-cancel-after", str(self.force_cancel_after),
+        ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- child processes
+
+
+def _worker_env() -> dict[str, str]:
+    """The caller's environment with the package root first on PYTHONPATH, so the worker imports this code."""
+    env = dict(os.environ)
+    paths = [str(PACKAGE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def _exit_code(run_id: str) -> int | None:
+    """The worker's exit code if this process spawned it and it has exited."""
+    with _SPAWNED_LOCK:
+        process = _SPAWNED.get(run_id)
+    return None if process is None else process.poll()
+
+
+def _reap(run_id: str, timeout: float) -> None:
+    """Wait briefly for a worker we spawned to exit, so it does not linger as a zombie."""
+    with _SPAWNED_LOCK:
+        process = _SPAWNED.get(run_id)
+    if process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+
+
+def _forget_exited(running_ids: set[str]) -> None:
+    """Poll every worker this process spawned (polling reaps zombies) and drop exited ones whose run is final.
+
+    Exited workers of still-running rows are kept one more round so reconcile can read their exit code.
+    """
+    with _SPAWNED_LOCK:
+        for run_id, process in list(_SPAWNED.items()):
+            if process.poll() is not None and run_id not in running_ids:
+                del _SPAWNED[run_id]

@@ -1,0 +1,110 @@
+"""Data sources: one entry point, :func:`load_dataset`, returning a validated :class:`PreferenceDataset`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..config import option
+from ..dataset import PreferenceDataset, validate_dataset
+from ..errors import PafoInputError
+from ..simulate import parse_shares
+from .dsp import DOMAINS, load_dsp
+from .pairs import load_pairs
+from .personalllm import load_personalllm
+from .synthetic import make_synthetic, synthetic_judges
+
+__all__ = ["DataConfig", "load_dataset", "SOURCES", "dataset_fingerprint"]
+
+SOURCES = ("synthetic", "dsp", "personalllm", "pairs")
+BAD_FRACTION = "--{field}: must be between 0 and 1, exclusive (got {value})"
+UNKNOWN_SOURCE = "--dataset: unknown source {name!r}; use one of " + ", ".join(SOURCES)
+
+
+@dataclass
+class DataConfig:
+    """Which preference data to load and, for simulated sources, how to simulate the users."""
+
+    dataset: Literal["synthetic", "dsp", "personalllm", "pairs"] = option("synthetic", "data source")
+    path: str | None = option(None, "file, URL or hub id (dsp, personalllm, pairs)")
+    seed: int = option(0, "random seed for the split and the simulation")
+    users: int = option(300, "number of simulated users")
+    shares: str | None = option(None, "population shares of the judges, KEY=V,... (e.g. academy=0.55,...)")
+    alpha: float = option(0.1, "Dirichlet concentration of personas (small: one dominant judge per user)")
+    train_pairs: int = option(20, "labelled training pairs per simulated user (validation included)")
+    test_pairs: int = option(20, "labelled test pairs per simulated user")
+    test_fraction: float = option(0.25, "share of prompts held out for test")
+    val_fraction: float = option(0.1, "share of each user's training pairs kept for validation (at least 1)")
+    protocol: Literal["random", "best_worst"] = option("random", "pairs at random, or the user's best vs worst")
+    include_normal: bool = option(False, "dsp: also pair the original (normal) answer")
+    prompts: int = option(160, "synthetic: number of prompts")
+    responses_per_prompt: int = option(6, "synthetic: responses per prompt")
+    judges: int = option(4, "synthetic: number of style critics (2-6)")
+    minority_homogeneity: float = option(0.8, "synthetic: how much the minority critics share one direction (0-1)")
+
+    def validate(self) -> DataConfig:
+        if self.dataset not in SOURCES:
+            raise PafoInputError(UNKNOWN_SOURCE.format(name=self.dataset))
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise PafoInputError(BAD_FRACTION.format(field=name.replace("_", "-"), value=value))
+        return self
+
+    def judge_names(self) -> list[str] | None:
+        """The judges that ``--shares`` keys may name, where known before loading."""
+        return {"synthetic": lambda: synthetic_judges(self.judges), "dsp": lambda: list(DOMAINS)}.get(
+            self.dataset, lambda: None)()
+
+
+def _simulation_options(config: DataConfig, shares: dict | None) -> dict:
+    return dict(users=config.users, shares=shares, alpha=config.alpha, train_pairs=config.train_pairs,
+                test_pairs=config.test_pairs, test_fraction=config.test_fraction, val_fraction=config.val_fraction,
+                protocol=config.protocol, seed=config.seed)
+
+
+def _shares_for(config: DataConfig, judges: list[str] | None) -> dict | None:
+    if config.shares in (None, "") or judges is None:
+        return None
+    return parse_shares(config.shares, judges)
+
+
+def load_dataset(config: DataConfig | None = None, **overrides) -> PreferenceDataset:
+    """Load, simulate and validate a dataset; raises :class:`PafoInputError` with a fix-it message."""
+    config = dataclasses.replace(config or DataConfig(), **overrides).validate()
+    shares = _shares_for(config, config.judge_names())
+    options = _simulation_options(config, shares)
+    if config.dataset == "synthetic":
+        dataset = make_synthetic(prompts=config.prompts, responses_per_prompt=config.responses_per_prompt,
+                                 judges=config.judges, minority_homogeneity=config.minority_homogeneity, **options)
+    elif config.dataset == "dsp":
+        dataset = load_dsp(config.path, include_normal=config.include_normal, **options)
+    elif config.dataset == "personalllm":
+        dataset = _load_personalllm(config, options)
+    else:
+        dataset = load_pairs(config.path, **options)
+    return validate_dataset(dataset)
+
+
+def _load_personalllm(config: DataConfig, options: dict) -> PreferenceDataset:
+    if config.shares:
+        # Judge names come from the file's columns, so parse shares after a first look at them.
+        from .files import read_table
+        from .personalllm import HUB_ID, reward_model_columns
+
+        models = reward_model_columns(list(read_table(config.path or HUB_ID).columns))[1]
+        options = {**options, "shares": parse_shares(config.shares, models)}
+    return load_personalllm(config.path, **options)
+
+
+def dataset_fingerprint(config: DataConfig) -> str:
+    """A hash of what determines the dataset: the options, plus the file's size and mtime for local files."""
+    payload = dataclasses.asdict(config)
+    if config.path and Path(config.path).is_file():
+        stat = Path(config.path).stat()
+        payload["file"] = [str(Path(config.path).resolve()), stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,92 @@
+"""The PersonalLLM source (Zollo et al. 2024; hub id namkoong-lab/PersonalLLM).
+
+Each row has ``prompt``, ``response_1..8`` and one score column ``response_{k}_{rm}`` per response and reward
+model. Each reward model is z-normalised and becomes a judge; Dirichlet personas over judges label the pairs.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from ..dataset import PreferenceDataset
+from ..errors import PafoInputError
+from ..simulate import normalise_shares, sample_personas, simulate_pairs, zscore_columns
+from .files import read_table, require_columns
+
+__all__ = ["HUB_ID", "load_personalllm", "reward_model_columns"]
+
+HUB_ID = "namkoong-lab/PersonalLLM"
+NO_SCORES = (
+    "{source}: no reward-model score columns named response_1_<model>; PersonalLLM rows need prompt, "
+    "response_1..N and response_<k>_<model> scores"
+)
+BAD_SCORE = "{source}: row {row}, column {column}: score {value!r} is not a number; fix or drop the row"
+
+
+def reward_model_columns(columns: list[str]) -> tuple[int, list[str]]:
+    """(number of responses per prompt, reward-model names) found in the PersonalLLM column names."""
+    n_responses = 0
+    while f"response_{n_responses + 1}" in columns:
+        n_responses += 1
+    models = [m.group(1) for c in columns if (m := re.fullmatch(r"response_1_(.+)", c))]
+    return n_responses, models
+
+
+def _long_tables(frame: pd.DataFrame, n: int, models: list[str], source: str) -> tuple[pd.DataFrame, np.ndarray]:
+    responses, scores = [], []
+    for row, item in enumerate(frame.itertuples(index=False)):
+        values = item._asdict()
+        for k in range(1, n + 1):
+            responses.append((row, values["prompt"], values[f"response_{k}"]))
+            score_row = []
+            for model in models:
+                value = values[f"response_{k}_{model}"]
+                try:
+                    score_row.append(float(value))
+                except (TypeError, ValueError):
+                    raise PafoInputError(BAD_SCORE.format(source=source, row=row + 1,
+                                                          column=f"response_{k}_{model}", value=value)) from None
+            scores.append(score_row)
+    table = pd.DataFrame(responses, columns=["prompt_id", "prompt", "text"])
+    table["text"] = table["text"].fillna("").astype(str)
+    return table, np.asarray(scores, dtype=np.float64)
+
+
+def load_personalllm(
+    path: str | None,
+    *,
+    users: int = 300,
+    shares: dict[str, float] | None = None,
+    alpha: float = 0.1,
+    train_pairs: int = 20,
+    test_pairs: int = 20,
+    test_fraction: float = 0.25,
+    val_fraction: float = 0.1,
+    protocol: str = "random",
+    seed: int = 0,
+) -> PreferenceDataset:
+    source = str(path or HUB_ID)
+    frame = read_table(source)
+    require_columns(frame, ["prompt", "response_1", "response_2"], source)
+    n_responses, models = reward_model_columns(list(frame.columns))
+    if not models:
+        raise PafoInputError(NO_SCORES.format(source=source))
+    responses, raw = _long_tables(frame, n_responses, models, source)
+    scores = zscore_columns(raw)
+    rng = np.random.default_rng(seed)
+    p = normalise_shares(shares, {m: 1.0 / len(models) for m in models})
+    weights = sample_personas(users, p, alpha, rng)
+    pairs = simulate_pairs(
+        responses["prompt_id"].to_numpy(), scores, weights, train_pairs=train_pairs, test_pairs=test_pairs,
+        rng=rng, test_fraction=test_fraction, val_fraction=val_fraction, protocol=protocol, name=source,
+    )
+    user_table = pd.DataFrame({"user_id": [f"u{i:04d}" for i in range(users)],
+                               "dominant": np.asarray(models)[weights.argmax(axis=1)]})
+    return PreferenceDataset(
+        name="personalllm", responses=responses, pairs=pairs, users=user_table, base_scores=scores,
+        persona_weights=weights, judges=models,
+        meta={"shares": dict(zip(models, p.round(6).tolist(), strict=True)), "alpha": alpha, "source": source},
+    )

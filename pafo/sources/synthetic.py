@@ -1,0 +1,193 @@
+"""The built-in synthetic source: readable template responses with style attributes, judged by K style critics.
+
+Design (fixed before any method was tuned, so the demo shows personalized reward bias for a reason you can read):
+
+- Every response carries six binary style attributes written into its text: ``detailed`` (several tips instead
+  of one), ``formal`` (register of opening and closing), ``cautious`` (a safety caveat), ``examples`` (a worked
+  example), ``lists`` (numbered tips instead of prose) and ``humorous`` (a joke). A linear probe on the default
+  encoder recovers each attribute (``bench.support`` measures it), so a text model can learn what judges value.
+- Judges are style critics: a judge's score is a weighted sum of attributes plus idiosyncratic quality noise.
+  The *majority* judges (thorough, practical, careful) like detailed, formal, structured answers; the *minority*
+  judges (witty, brief, playful) share one preference direction that conflicts with it: short, casual, funny.
+  ``minority_homogeneity`` (0–1) blends each minority judge between that shared direction and its own taste.
+- Population shares are imbalanced (default 0.55 / 0.25 / 0.12 / 0.08, the DSP shares), so the minority judges'
+  users are ~20% of the population: the users whose labels the rest of the population disagrees with.
+  A shared reward model learns the majority's direction; users of the minority fall back towards it when their
+  own few pairs cannot pull the per-user deviation far enough. That is the bias PAFO must remove.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..dataset import PreferenceDataset
+from ..errors import PafoInputError
+from ..simulate import normalise_shares, sample_personas, simulate_pairs, zscore_columns
+
+__all__ = ["ATTRIBUTES", "JUDGE_TASTES", "make_synthetic", "synthetic_judges", "default_shares"]
+
+ATTRIBUTES = ("detailed", "formal", "cautious", "examples", "lists", "humorous")
+
+# Weights over ATTRIBUTES. Majority critics first, minority critics second.
+JUDGE_TASTES = {
+    "thorough": (1.0, 0.6, 0.0, 0.2, 0.6, -0.6),
+    "practical": (0.4, 0.2, 0.4, 1.0, 0.4, -0.3),
+    "careful": (0.5, 0.5, 1.0, 0.3, 0.2, -0.4),
+    "witty": (-0.3, -0.5, -0.2, 0.5, -0.2, 1.0),
+    "brief": (-1.0, -0.3, -0.6, -0.2, -0.4, 0.2),
+    "playful": (-0.4, -1.0, -0.3, 0.3, -0.6, 0.6),
+}
+MAJORITY_JUDGES = ("thorough", "practical", "careful")
+MINORITY_JUDGES = ("witty", "brief", "playful")
+# The direction the minority critics share: short, casual, funny, unstructured — against the majority's taste.
+MINORITY_DIRECTION = (-1.0, -0.8, -0.3, 0.0, -0.6, 1.0)
+
+BAD_JUDGES = "--judges: must be between 2 and 6 (got {k})"
+BAD_HOMOGENEITY = "--minority-homogeneity: must be between 0 and 1 (got {h})"
+BAD_SIZE = "--{field}: must be at least {low} (got {value})"
+
+TOPICS = (
+    "start running", "learn Python", "save money each month", "bake sourdough bread", "grow tomatoes on a balcony",
+    "prepare for a job interview", "sleep better", "learn a new language", "keep a houseplant alive",
+    "write a cover letter", "reduce screen time", "cook rice perfectly", "organise a small closet",
+    "train a puppy to sit", "make new friends in a new city", "study for an exam", "start a podcast",
+    "fix a squeaky door", "plan a weekend trip", "get better at chess", "paint a bedroom wall", "learn to juggle",
+    "brew good coffee at home", "negotiate a salary", "declutter a desk", "start journaling", "learn to swim",
+    "make a budget spreadsheet", "take better phone photos", "prepare for a marathon", "stop procrastinating",
+    "speak confidently in meetings", "clean a cast iron pan", "start a vegetable garden", "learn guitar chords",
+    "write a short story", "pack a suitcase efficiently", "improve handwriting", "host a dinner party",
+    "choose a good laptop",
+)
+PROMPT_FORMS = ("How can I {t}?", "What is the best way to {t}?", "Any advice on how to {t}?", "I want to {t}. Tips?")
+TIPS = (
+    "set one clear goal before you begin", "break the work into small steps", "practise a little every day",
+    "track your progress in a notebook", "ask someone experienced for feedback", "review what worked each week",
+    "remove distractions from your space", "prepare everything you need the night before",
+    "start with the easiest part to build momentum", "reward yourself after each milestone",
+)
+EXAMPLES = (
+    "a friend of mine did this in ten-minute sessions after dinner and was comfortable within a month",
+    "on Monday do the first step, on Wednesday the second, and on Saturday look back at both",
+    "someone I know wrote the plan on a sticky note on the fridge and followed it for six weeks",
+)
+OPENINGS = {
+    True: ("Certainly. Here is a considered answer on how to {t}.", "Thank you for your question about how to {t}."),
+    False: ("Hey! So you wanna {t}? Cool.", "Oh nice, {t}? Totally doable."),
+}
+CLOSINGS = {True: ("I hope this information proves useful.", "Kind regards and best of luck."),
+            False: ("Good luck, you got this!", "Have fun with it!")}
+CAVEAT = "Please be careful: consult a qualified professional if you are unsure, and stop if anything feels wrong."
+JOKES = (
+    "Side effects may include suddenly enjoying it. 😄",
+    "Worst case, you will have a great story for your next party. 😂",
+    "If it all fails, blame the cat — that is what I do. 😄",
+)
+
+
+def synthetic_judges(k: int) -> list[str]:
+    """The K judges: the first ceil(K/2) majority critics, then floor(K/2) minority critics."""
+    if not 2 <= k <= 6:
+        raise PafoInputError(BAD_JUDGES.format(k=k))
+    return list(MAJORITY_JUDGES[: (k + 1) // 2] + MINORITY_JUDGES[: k // 2])
+
+
+def default_shares(judges: list[str]) -> dict[str, float]:
+    """Imbalanced shares: the DSP shares for K = 4, otherwise geometric with ratio 1/2."""
+    if len(judges) == 4:
+        return dict(zip(judges, (0.55, 0.25, 0.12, 0.08), strict=True))
+    raw = 0.5 ** np.arange(len(judges))
+    return dict(zip(judges, raw / raw.sum(), strict=True))
+
+
+def judge_tastes(judges: list[str], homogeneity: float) -> np.ndarray:
+    """(K, attributes) taste matrix; minority tastes are blended towards the shared minority direction."""
+    if not 0 <= homogeneity <= 1:
+        raise PafoInputError(BAD_HOMOGENEITY.format(h=homogeneity))
+    shared = np.asarray(MINORITY_DIRECTION) / np.linalg.norm(MINORITY_DIRECTION)
+    rows = []
+    for judge in judges:
+        taste = np.asarray(JUDGE_TASTES[judge]) / np.linalg.norm(JUDGE_TASTES[judge])
+        if judge in MINORITY_JUDGES:
+            taste = homogeneity * shared + (1 - homogeneity) * taste
+        rows.append(taste)
+    return np.vstack(rows)
+
+
+def _response_text(topic: str, attrs: np.ndarray, rng: np.random.Generator) -> str:
+    detailed, formal, cautious, examples, lists, humorous = attrs.astype(bool)
+    parts = [OPENINGS[formal][rng.integers(2)].format(t=topic)]
+    tips = [TIPS[i] for i in rng.choice(len(TIPS), size=4 if detailed else 1, replace=False)]
+    if lists:
+        parts.append("\n".join(f"{i + 1}. {tip.capitalize()}." for i, tip in enumerate(tips)))
+    elif detailed:
+        parts.append(f"First, {tips[0]}. Then {tips[1]}. After that, {tips[2]}. Finally, {tips[3]}.")
+    else:
+        parts.append(f"Just {tips[0]}.")
+    if examples:
+        parts.append(f"For example, {EXAMPLES[rng.integers(len(EXAMPLES))]}.")
+    if cautious:
+        parts.append(CAVEAT)
+    if humorous:
+        parts.append(JOKES[rng.integers(len(JOKES))])
+    parts.append(CLOSINGS[formal][rng.integers(2)])
+    return "\n".join(parts)
+
+
+def _responses(n_prompts: int, per_prompt: int, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
+    rows, attrs = [], rng.integers(0, 2, size=(n_prompts * per_prompt, len(ATTRIBUTES)))
+    for p in range(n_prompts):
+        topic = TOPICS[p % len(TOPICS)]
+        prompt = PROMPT_FORMS[(p // len(TOPICS)) % len(PROMPT_FORMS)].format(t=topic)
+        for j in range(per_prompt):
+            rows.append((p, prompt, _response_text(topic, attrs[p * per_prompt + j], rng)))
+    return pd.DataFrame(rows, columns=["prompt_id", "prompt", "text"]), attrs
+
+
+def _check_sizes(**sizes: tuple[int, int]) -> None:
+    for name, (value, low) in sizes.items():
+        if value < low:
+            raise PafoInputError(BAD_SIZE.format(field=name.replace("_", "-"), low=low, value=value))
+
+
+def make_synthetic(
+    *,
+    users: int = 300,
+    prompts: int = 160,
+    responses_per_prompt: int = 6,
+    judges: int = 4,
+    shares: dict[str, float] | None = None,
+    alpha: float = 0.1,
+    minority_homogeneity: float = 0.8,
+    quality_noise: float = 0.3,
+    train_pairs: int = 20,
+    test_pairs: int = 20,
+    test_fraction: float = 0.25,
+    val_fraction: float = 0.1,
+    protocol: str = "random",
+    seed: int = 0,
+) -> PreferenceDataset:
+    """Build the synthetic dataset (see the module docstring for why it is designed this way)."""
+    _check_sizes(users=(users, 2), prompts=(prompts, 2), responses_per_prompt=(responses_per_prompt, 2),
+                 train_pairs=(train_pairs, 1), test_pairs=(test_pairs, 1))
+    rng = np.random.default_rng(seed)
+    names = synthetic_judges(judges)
+    p = normalise_shares(shares, default_shares(names))
+    responses, attrs = _responses(prompts, responses_per_prompt, rng)
+    raw = attrs @ judge_tastes(names, minority_homogeneity).T + quality_noise * rng.standard_normal((len(attrs), 1))
+    scores = zscore_columns(raw)
+    weights = sample_personas(users, p, alpha, rng)
+    pairs = simulate_pairs(
+        responses["prompt_id"].to_numpy(), scores, weights, train_pairs=train_pairs, test_pairs=test_pairs,
+        rng=rng, test_fraction=test_fraction, val_fraction=val_fraction, protocol=protocol, name="synthetic",
+    )
+    for i, attribute in enumerate(ATTRIBUTES):
+        responses[attribute] = attrs[:, i].astype(bool)
+    user_table = pd.DataFrame({"user_id": [f"u{i:04d}" for i in range(users)],
+                               "dominant": np.asarray(names)[weights.argmax(axis=1)]})
+    return PreferenceDataset(
+        name="synthetic", responses=responses, pairs=pairs, users=user_table, base_scores=scores,
+        persona_weights=weights, judges=names,
+        meta={"shares": dict(zip(names, p.round(6).tolist(), strict=True)), "alpha": alpha,
+              "minority_judges": [j for j in names if j in MINORITY_JUDGES], "attributes": list(ATTRIBUTES)},
+    )

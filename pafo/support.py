@@ -1,0 +1,258 @@
+"""Preference support rates (spec §3) and majority / minority groups (spec §4).
+
+The pair support s(u, p) is the share of the *other* users of the training population whose label on p equals
+u's label; a user's support rate s(u) is the mean over u's training pairs. Three estimators, best first:
+
+- ``exact``: persona weights known, every other user's label computed from the base scores (chunked sign matrix);
+- ``colabel``: pairs labelled by at least 3 users, the share of the other labellers who agree;
+- ``model``: a non-personalised Bradley–Terry model cross-fitted on the users outside u's fold, σ(margin).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from .config import option
+from .dataset import PreferenceDataset
+from .errors import PafoInputError
+
+__all__ = [
+    "GroupConfig", "SupportResult", "GroupResult", "estimate_support", "exact_support", "colabel_support", "model_support",
+    "assign_groups", "support_deciles", "resolve_estimator",
+]
+
+Estimator = Literal["auto", "exact", "colabel", "model"]
+
+NO_PERSONAS = "estimator 'exact' needs persona weights; {name} has none, use 'colabel' or 'model'"
+NO_COLABELS = "estimator 'colabel' needs pairs labelled by at least 3 users; {name} has none, use 'model'"
+NO_EMBEDDINGS = "estimator 'model' needs response embeddings; pass embeddings= (see pafo.encoders.embed_texts)"
+BAD_QUANTILE = "--minority-quantile: must be between 0 and 1, exclusive (got {value})"
+BAD_THRESHOLD = "--minority-threshold: must be between 0 and 1 (got {value})"
+EMPTY_GROUP = (
+    "grouping left the {group} group empty ({rule} = {value}); choose a {hint} so both groups have users"
+)
+MIN_COLABELLERS = 3
+# Above this many (pair × user) comparisons the exact estimator samples other users instead of using all.
+MAX_COMPARISONS = 10**11
+
+
+@dataclass
+class GroupConfig:
+    """How support rates are estimated and how users are split into majority and minority groups."""
+
+    minority_quantile: float = option(0.2, "minority = users at or below this quantile of support rate")
+    minority_threshold: float | None = option(None, "minority = users at or below this absolute support rate")
+    estimator: Literal["auto", "exact", "colabel", "model"] = option("auto", "support-rate estimator")
+
+    def validate(self) -> GroupConfig:
+        if self.minority_threshold is None and not 0 < self.minority_quantile < 1:
+            raise PafoInputError(BAD_QUANTILE.format(value=self.minority_quantile))
+        if self.minority_threshold is not None and not 0 <= self.minority_threshold <= 1:
+            raise PafoInputError(BAD_THRESHOLD.format(value=self.minority_threshold))
+        return self
+
+    def apply(self, user_support: pd.Series) -> GroupResult:
+        return assign_groups(user_support, quantile=self.minority_quantile, threshold=self.minority_threshold)
+
+
+@dataclass
+class SupportResult:
+    """Support rates of one dataset; ``user_support`` is indexed by user, ``pair_support`` by train pair."""
+
+    estimator: str
+    user_support: pd.Series
+    pair_support: pd.Series
+    sampled_users: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """The ``support`` block of ``pafo support --json``."""
+        values = self.user_support.dropna().to_numpy()
+        quantiles = np.quantile(values, [0.1, 0.5, 0.9]) if len(values) else [np.nan] * 3
+        block = {"estimator": self.estimator,
+                 "users": {"mean": float(values.mean()) if len(values) else None,
+                           "p10": float(quantiles[0]), "p50": float(quantiles[1]), "p90": float(quantiles[2])}}
+        if self.sampled_users:
+            block["sampled_users"] = self.sampled_users
+        if self.notes:
+            block["notes"] = list(self.notes)
+        return block
+
+
+@dataclass
+class GroupResult:
+    """Majority / minority membership per user (index = user) and the rule that produced it."""
+
+    groups: pd.Series
+    rule: str
+    threshold: float
+
+    @property
+    def minority_users(self) -> np.ndarray:
+        return self.groups.index[self.groups == "minority"].to_numpy()
+
+    @property
+    def majority_users(self) -> np.ndarray:
+        return self.groups.index[self.groups == "majority"].to_numpy()
+
+    def summary(self) -> dict:
+        return {"rule": self.rule, "threshold": float(self.threshold),
+                "n_majority": int(len(self.majority_users)), "n_minority": int(len(self.minority_users))}
+
+
+def _per_user(pair_support: pd.Series, users: np.ndarray, n_users: int) -> pd.Series:
+    means = pd.Series(pair_support.to_numpy(), index=users).groupby(level=0).mean()
+    return means.reindex(range(n_users)).rename("support_rate")
+
+
+def _agreement_counts(directions, others, chunk: int):
+    """For each direction d, the number of persona rows w with d·w > 0 (ties count one half)."""
+    import torch
+
+    counts = torch.empty(len(directions), dtype=torch.float64)
+    for start in range(0, len(directions), chunk):
+        margins = directions[start : start + chunk] @ others.T
+        counts[start : start + chunk] = (margins > 0).sum(1) + 0.5 * (margins == 0).sum(1)
+    return counts
+
+
+def exact_support(
+    dataset: PreferenceDataset, *, max_comparisons: int = MAX_COMPARISONS, seed: int = 0, chunk: int | None = None
+) -> SupportResult:
+    """Exact pair and user support from persona weights: every other user labels every training pair."""
+    if dataset.persona_weights is None or dataset.base_scores is None:
+        raise PafoInputError(NO_PERSONAS.format(name=dataset.name))
+    train = dataset.split("train")
+    users = train["user"].to_numpy()
+    diff = dataset.base_scores[train["chosen"].to_numpy()] - dataset.base_scores[train["rejected"].to_numpy()]
+    # Many pairs share a score difference (DSP has 12 domain pairs), so each distinct one is scored once.
+    directions, inverse = np.unique(diff.astype(np.float32), axis=0, return_inverse=True)
+    weights = dataset.persona_weights.astype(np.float32)
+    n_users, sampled, notes = len(weights), None, []
+    if len(directions) * n_users > max_comparisons:
+        sampled = max(2, int(max_comparisons // len(directions)))
+        others = np.sort(np.random.default_rng(seed).choice(n_users, size=sampled, replace=False))
+        notes.append(f"sampled {sampled} of {n_users} users as the labelling population")
+    else:
+        others = np.arange(n_users)
+    chunk = chunk or max(1, int(4_000_000 // max(len(others), 1)))
+    import torch
+
+    with torch.inference_mode():
+        counts = _agreement_counts(torch.from_numpy(directions), torch.from_numpy(weights[others]), chunk)
+    own = np.einsum("pk,pk->p", diff, dataset.persona_weights[users])
+    own_agrees = np.where(own > 0, 1.0, np.where(own == 0, 0.5, 0.0))
+    in_population = np.isin(users, others)
+    agree = counts.numpy()[inverse.ravel()] - own_agrees * in_population
+    pair_support = pd.Series(agree / (len(others) - in_population), index=train.index, name="pair_support")
+    return SupportResult("exact", _per_user(pair_support, users, n_users), pair_support, sampled, notes)
+
+
+def colabel_support(dataset: PreferenceDataset, *, min_labellers: int = MIN_COLABELLERS) -> SupportResult:
+    """Share of the other labellers of the same pair (same prompt, same two responses) who agree."""
+    train = dataset.split("train")
+    low = np.minimum(train["chosen"], train["rejected"]).to_numpy()
+    high = np.maximum(train["chosen"], train["rejected"]).to_numpy()
+    key = pd.MultiIndex.from_arrays([low, high])
+    frame = pd.DataFrame({"key": pd.factorize(key)[0], "chosen": train["chosen"].to_numpy()}, index=train.index)
+    n_labels = frame.groupby("key")["chosen"].transform("size")
+    same = frame.groupby(["key", "chosen"])["chosen"].transform("size")
+    support = ((same - 1) / (n_labels - 1)).where(n_labels >= min_labellers)
+    if support.notna().sum() == 0:
+        raise PafoInputError(NO_COLABELS.format(name=dataset.name))
+    pair_support = support.rename("pair_support")
+    user_support = _per_user(pair_support, train["user"].to_numpy(), dataset.n_users)
+    notes = [f"{int(support.notna().sum())} of {len(support)} training pairs have ≥{min_labellers} labellers"]
+    return SupportResult("colabel", user_support, pair_support, None, notes)
+
+
+def model_support(dataset: PreferenceDataset, embeddings: np.ndarray, *, folds: int = 5, seed: int = 0,
+                  C: float = 1.0) -> SupportResult:  # noqa: N803 - scikit-learn's name for the inverse penalty
+    """σ(margin) of a non-personalised Bradley–Terry model fitted on the users outside each user's fold."""
+    from sklearn.linear_model import LogisticRegression
+
+    train = dataset.split("train")
+    users = train["user"].to_numpy()
+    x = embeddings[train["chosen"].to_numpy()] - embeddings[train["rejected"].to_numpy()]
+    fold_of_user = np.random.default_rng(seed).permutation(dataset.n_users) % folds
+    fold = fold_of_user[users]
+    pair_support = np.full(len(train), np.nan)
+    for f in range(folds):
+        held_out = fold == f
+        if not held_out.any() or held_out.all():
+            continue
+        # Both orientations, so the logistic regression without intercept is a Bradley–Terry model.
+        fit_x = np.vstack([x[~held_out], -x[~held_out]])
+        fit_y = np.r_[np.ones((~held_out).sum()), np.zeros((~held_out).sum())]
+        model = LogisticRegression(C=C, fit_intercept=False, max_iter=1000).fit(fit_x, fit_y)
+        pair_support[held_out] = model.predict_proba(x[held_out])[:, 1]
+    series = pd.Series(pair_support, index=train.index, name="pair_support")
+    notes = [f"Bradley–Terry logistic model cross-fitted over {folds} user folds"]
+    return SupportResult("model", _per_user(series, users, dataset.n_users), series, None, notes)
+
+
+def _has_colabels(dataset: PreferenceDataset) -> bool:
+    train = dataset.split("train")
+    key = pd.MultiIndex.from_arrays([np.minimum(train["chosen"], train["rejected"]),
+                                     np.maximum(train["chosen"], train["rejected"])])
+    sizes = pd.Series(1, index=key).groupby(level=[0, 1]).transform("size")
+    covered = pd.Series((sizes >= MIN_COLABELLERS).to_numpy(), index=train["user"].to_numpy()).groupby(level=0)
+    return bool(covered.any().reindex(range(dataset.n_users), fill_value=False).all())
+
+
+def resolve_estimator(dataset: PreferenceDataset, estimator: Estimator = "auto") -> str:
+    """The estimator ``auto`` stands for: exact with personas, co-label when every user has co-labels, else model."""
+    if estimator != "auto":
+        return estimator
+    if dataset.persona_weights is not None and dataset.base_scores is not None:
+        return "exact"
+    return "colabel" if _has_colabels(dataset) else "model"
+
+
+def estimate_support(
+    dataset: PreferenceDataset, estimator: Estimator = "auto", *, embeddings: np.ndarray | None = None,
+    seed: int = 0
+) -> SupportResult:
+    """Support rates with the best estimator the data allows (or the one asked for)."""
+    estimator = resolve_estimator(dataset, estimator)
+    if estimator == "exact":
+        return exact_support(dataset, seed=seed)
+    if estimator == "colabel":
+        return colabel_support(dataset)
+    if embeddings is None:
+        raise PafoInputError(NO_EMBEDDINGS)
+    return model_support(dataset, embeddings, seed=seed)
+
+
+def assign_groups(user_support: pd.Series, *, quantile: float | None = 0.2,
+                  threshold: float | None = None) -> GroupResult:
+    """Minority = users whose support rate is at or below the threshold (absolute, or the given quantile)."""
+    values = user_support.dropna()
+    if threshold is not None:
+        if not 0 <= threshold <= 1:
+            raise PafoInputError(BAD_THRESHOLD.format(value=threshold))
+        rule, cut = "threshold", float(threshold)
+    else:
+        quantile = 0.2 if quantile is None else quantile
+        if not 0 < quantile < 1:
+            raise PafoInputError(BAD_QUANTILE.format(value=quantile))
+        rule, cut = "quantile", float(np.quantile(values, quantile))
+    groups = pd.Series(np.where(user_support <= cut, "minority", "majority"), index=user_support.index,
+                       name="group")
+    for group in ("minority", "majority"):
+        if not (groups == group).any():
+            value = threshold if rule == "threshold" else quantile
+            hint = "higher threshold" if group == "minority" else "lower threshold"
+            raise PafoInputError(EMPTY_GROUP.format(group=group, rule=rule, value=value,
+                                                    hint=hint if rule == "threshold" else "quantile nearer 0.5"))
+    return GroupResult(groups, rule, cut)
+
+
+def support_deciles(user_support: pd.Series) -> pd.Series:
+    """Decile (0–9) of each user's support rate; fewer bins when many users tie."""
+    ranks = user_support.rank(method="first")
+    return pd.qcut(ranks, q=min(10, ranks.notna().sum()), labels=False).rename("decile")

@@ -1,0 +1,113 @@
+"""Small run targets for the registry tests; each follows the worker's target contract.
+
+Config keys they read: ``steps`` (int), ``sleep`` (seconds per step), ``message`` (for ``raises``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pafo.errors import PafoInputError, RunCancelled
+from pafo.paths import atomic_write_text
+from pafo.runs_cli import add_runs_commands
+
+__all__ = ["cli_main", "disk_full", "ignores_cancel", "quick", "raises", "steps", "until_cancelled", "writes_result"]
+
+Progress = Callable[[float, str, "dict | None"], None]
+
+
+def quick(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
+    """Finishes at once: used where only the registry's own latency matters."""
+    return {"ok": True, "value": config.get("value")}
+
+
+def steps(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
+    """``steps`` epochs with a sleep each, reporting metrics per epoch and honouring cancel."""
+    total = int(config.get("steps", 3))
+    for epoch in range(total):
+        if should_stop():
+            raise RunCancelled()
+        time.sleep(float(config.get("sleep", 0.05)))
+        progress((epoch + 1) / total, f"epoch {epoch + 1}/{total}", {"epoch": epoch + 1, "loss": 1.0 / (epoch + 1)})
+    return {"epochs": total, "final_loss": 1.0 / total}
+
+
+def writes_result(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
+    """Writes its own result.json and a per-user table, as the real experiment does."""
+    atomic_write_text(out_dir / "per_user.csv", "user,accuracy\nu1,0.5\n")
+    atomic_write_text(out_dir / "result.json", json.dumps({"written_by": "target", "value": config.get("value")}))
+    progress(1.0, "written", None)
+    return {"ignored": True}
+
+
+def raises(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
+    """Fails with a known message."""
+    progress(0.5, "about to fail", None)
+    raise ValueError(config.get("message", "boom"))
+
+
+def disk_full(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
+    """Fails the way a full disk does while writing an artifact."""
+    raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "weights.safetensors"))
+
+
+def until_cancelled(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
+    """Loops (checking should_stop each batch) until cancelled; gives up after 60 s so a bug cannot hang."""
+    deadline = time.monotonic() + float(config.get("max_seconds", 60))
+    batch = 0
+    while time.monotonic() < deadline:
+        if should_stop():
+            raise RunCancelled()
+        batch += 1
+        progress(min(0.99, batch / 1000), f"batch {batch}", None)
+        time.sleep(0.02)
+    return {"batches": batch}
+
+
+def ignores_cancel(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
+    """Never checks should_stop, so only the forced kill can end it early."""
+    deadline = time.monotonic() + float(config.get("max_seconds", 60))
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"finished": True}
+
+
+# ------------------------------------------------------------------ a stand-in CLI for the `pafo runs` tests
+
+
+def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Stand-in for the `pafo experiment` flags."""
+    parser.add_argument("--target", default="tests.run_targets:steps")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--sleep", type=float, default=0.02)
+    parser.add_argument("--value", default=None)
+
+
+def _config_from_args(args: argparse.Namespace) -> dict:
+    """Stand-in validation: steps must be positive."""
+    if args.steps <= 0:
+        raise PafoInputError(f"--steps must be a positive integer, got {args.steps}")
+    return {"target": args.target, "steps": args.steps, "sleep": args.sleep, "value": args.value}
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """What pafo.cli does around the runs commands: one-line error on stderr and exit 2 for bad input."""
+    parser = argparse.ArgumentParser(prog="pafo")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_runs_commands(subparsers, _add_experiment_arguments, _config_from_args, lambda config: "test-fingerprint")
+    args = parser.parse_args(["runs", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return args.handler(args)
+    except PafoInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
