@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from .config import add_dataclass_arguments, dataclass_from_namespace
 from .errors import PafoInputError
@@ -18,7 +21,7 @@ from .paths import atomic_write_text
 from .sources import DataConfig, load_dataset
 from .support import GroupConfig, estimate_support, resolve_estimator, support_deciles
 
-__all__ = ["main", "build_parser", "add_data_arguments", "data_config_from_args", "group_config_from_args"]
+__all__ = ["add_data_arguments", "build_parser", "data_config_from_args", "group_config_from_args", "main"]
 
 INTERNAL_ERROR = "pafo: internal error: {error} (set PAFO_DEBUG=1 to see the traceback)"
 
@@ -93,8 +96,8 @@ def dataset_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .features import dataset_texts
     from .encoders import embed_texts
+    from .features import dataset_texts
 
     dataset = load_dataset(data_config_from_args(args))
     result = embed_texts(dataset_texts(dataset), args.encoder, cache=not args.no_cache, progress_bar=True)
@@ -123,7 +126,119 @@ def _add_embed(sub) -> None:
     parser.set_defaults(handler=cmd_embed)
 
 
-COMMANDS: list[Callable] = [_add_support, _add_embed]
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``pafo experiment`` (and ``pafo runs start``), built from the experiment's dataclasses."""
+    from .experiment import RunSettings
+    from .methods import GroupDROConfig, PAFOConfig
+    from .training import TrainConfig
+
+    add_data_arguments(parser)
+    for cls in (RunSettings, TrainConfig, PAFOConfig, GroupDROConfig):
+        add_dataclass_arguments(parser, cls)
+
+
+def experiment_config_from_args(args: argparse.Namespace):
+    """An ``ExperimentConfig`` from the flags; local data paths are made absolute for background workers."""
+    from .experiment import ExperimentConfig, RunSettings
+    from .methods import GroupDROConfig, PAFOConfig
+    from .training import TrainConfig
+
+    data = data_config_from_args(args)
+    if data.path and Path(data.path).exists():
+        data.path = str(Path(data.path).resolve())
+    return ExperimentConfig(data=data, groups=group_config_from_args(args),
+                            run=dataclass_from_namespace(RunSettings, args),
+                            train=dataclass_from_namespace(TrainConfig, args),
+                            pafo=dataclass_from_namespace(PAFOConfig, args),
+                            groupdro=dataclass_from_namespace(GroupDROConfig, args)).validate()
+
+
+def _staged_out_dir(out_dir: str | None):
+    """A temporary sibling of --out-dir; its files move into place only when the experiment succeeded."""
+    if not out_dir:
+        return None
+    target = Path(out_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+
+
+def _publish(staging: Path, out_dir: str) -> None:
+    target = Path(out_dir)
+    for path in sorted(staging.rglob("*"), key=lambda p: p.name == "result.json"):
+        if path.is_file():
+            destination = target / path.relative_to(staging)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, destination)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiment import per_user_csv_text, run_experiment
+
+    config = experiment_config_from_args(args)
+    staging = _staged_out_dir(args.out_dir)
+    bar = _progress_bar()
+    try:
+        result = run_experiment(config, out_dir=staging, progress=bar)
+    except BaseException:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    if staging:
+        _publish(staging, args.out_dir)
+    if args.per_user_csv:
+        atomic_write_text(args.per_user_csv, per_user_csv_text(result))
+    _write_outputs(args, result if args.json else _headline(result))
+    return 0
+
+
+def _headline(result: dict) -> dict:
+    """What stdout shows without --json: accuracy and unfairness per method."""
+    return {name: {"accuracy": m["accuracy"], "unfairness": m["unfairness"]}
+            for name, m in result["methods"].items()}
+
+
+class _progress_bar:  # noqa: N801 - used like a function
+    """A tqdm bar on stderr fed by the experiment's progress callback."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, desc="pafo", unit="%", file=sys.stderr, disable=not sys.stderr.isatty(),
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def __call__(self, fraction: float, stage: str, metrics: dict | None = None) -> None:
+        self.bar.n = round(100 * fraction)
+        self.bar.set_postfix_str(stage, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _add_experiment(sub) -> None:
+    parser = sub.add_parser("experiment", help="train and compare methods (default: baseline,pafo)")
+    add_experiment_arguments(parser)
+    parser.add_argument("--json", metavar="OUT", help="write the full result JSON here")
+    parser.add_argument("--per-user-csv", metavar="OUT", help="write per-user accuracies here")
+    parser.add_argument("--out-dir", metavar="DIR", help="write weights (safetensors), result and tables here")
+    parser.set_defaults(handler=cmd_experiment)
+
+
+def _add_runs(sub) -> None:
+    from .runs_cli import add_runs_commands
+
+    def fingerprint_of(config: dict) -> str:
+        from .experiment import ExperimentConfig
+
+        return ExperimentConfig.from_dict(config).fingerprint()
+
+    add_runs_commands(sub, add_experiment_arguments, lambda a: experiment_config_from_args(a).to_dict(),
+                      fingerprint_of)
+
+
+COMMANDS: list[Callable] = [_add_support, _add_embed, _add_experiment, _add_runs]
 
 
 def build_parser() -> argparse.ArgumentParser:

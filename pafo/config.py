@@ -14,13 +14,13 @@ from typing import Any, Literal, get_args, get_origin
 
 from .errors import PafoInputError
 
-__all__ = ["option", "add_dataclass_arguments", "dataclass_from_namespace", "field_choices", "dataclass_from_dict"]
+__all__ = ["add_dataclass_arguments", "dataclass_from_dict", "dataclass_from_namespace", "field_choices", "option"]
 
 UNKNOWN_FIELD = "{config}: unknown option {key!r}; known options: {known}"
 BAD_VALUE = "{config}: option {key!r} must be {kind} (got {value!r})"
 
 
-def option(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002 - mirrors argparse's keyword
+def option(default: Any, help: str, **metadata: Any) -> Any:
     """A dataclass field with a help line (and optional ``choices``/``flag`` metadata)."""
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
@@ -28,7 +28,7 @@ def option(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002 - mir
 def _base_type(cls: type, field: dataclasses.Field) -> Any:
     hint = typing.get_type_hints(cls)[field.name]
     args = [a for a in get_args(hint) if a is not type(None)]
-    return args[0] if get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType")) else hint
+    return args[0] if get_origin(hint) in (typing.Union, __import__("types").UnionType) else hint
 
 
 def field_choices(cls: type, field: dataclasses.Field) -> tuple | None:

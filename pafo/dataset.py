@@ -20,7 +20,7 @@ import pandas as pd
 
 from .errors import PafoInputError
 
-__all__ = ["PreferenceDataset", "SPLITS", "split_prompts", "validate_dataset"]
+__all__ = ["SPLITS", "PreferenceDataset", "split_prompts", "validate_dataset"]
 
 SPLITS = ("train", "val", "test")
 

@@ -101,6 +101,7 @@ MSG_LOCKED_DB = (
 )
 MSG_DISK_FULL_DB = "disk full while writing the run registry {path}: free space and retry"
 MSG_DISK_FULL = "disk full while writing {file}: free space and restart the run"
+MSG_BAD_LIMIT = "max concurrent runs ($PAFO_MAX_CONCURRENT) must be a positive integer, got {value!r}"
 MSG_UNKNOWN_RUN = "unknown run id {run_id!r}: list the runs with `pafo runs list`"
 MSG_BAD_CONFIG = "run config is invalid: {detail}"
 MSG_BAD_TARGET = "run config field 'target' must look like 'package.module:function', got {target!r}"
@@ -147,8 +148,6 @@ CREATE TABLE IF NOT EXISTS runs (
     parent_id TEXT,
     label TEXT
 );
-CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
-CREATE INDEX IF NOT EXISTS runs_cache ON runs (config_hash, dataset_fingerprint, code_version, status);
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs (id),
     seq INTEGER NOT NULL,
@@ -156,6 +155,10 @@ CREATE TABLE IF NOT EXISTS epochs (
     metrics_json TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
+"""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
+CREATE INDEX IF NOT EXISTS runs_cache ON runs (config_hash, dataset_fingerprint, code_version, status);
 """
 
 # Popen handles of workers this process started: polling them reaps zombies and gives exact exit codes.
@@ -276,6 +279,18 @@ def process_alive(pid: int | None, run_id: str | None = None) -> bool | None:
     return True
 
 
+def _concurrency_limit(value: int | None) -> int:
+    """The explicit limit, else ``$PAFO_MAX_CONCURRENT``, else 1; anything but a positive integer is refused."""
+    raw = value if value is not None else os.environ.get("PAFO_MAX_CONCURRENT") or 1
+    try:
+        limit = int(raw)
+    except (TypeError, ValueError):
+        limit = 0
+    if limit < 1:
+        raise PafoInputError(MSG_BAD_LIMIT.format(value=raw))
+    return limit
+
+
 def _validate_config(config: Any) -> str:
     """Check that a config can be stored and run; return its canonical JSON."""
     if not isinstance(config, dict):
@@ -386,8 +401,7 @@ class RunRegistry:
         self.home = Path(home) if home is not None else pafo_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / DB_NAME
-        env_limit = os.environ.get("PAFO_MAX_CONCURRENT")
-        self.max_concurrent = max(1, int(max_concurrent or (env_limit if env_limit else 1)))
+        self.max_concurrent = _concurrency_limit(max_concurrent)
         self.stale_after = float(stale_after)
         self.lock_timeout = float(lock_timeout)
         self.force_cancel_after = float(force_cancel_after)
@@ -399,15 +413,20 @@ class RunRegistry:
     def _connect(self) -> sqlite3.Connection:
         """One connection per thread (sqlite3 connections must not be shared across threads)."""
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            with self._errors():
-                conn = sqlite3.connect(self.db_path, timeout=self.lock_timeout, isolation_level=None)
+        if conn is not None:
+            return conn
+        with self._errors():
+            conn = sqlite3.connect(self.db_path, timeout=self.lock_timeout, isolation_level=None)
+            try:
                 conn.row_factory = sqlite3.Row
                 conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes; fast commits
                 conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
+            except BaseException:
+                conn.close()
+                raise
+        self._local.conn = conn
         return conn
 
     def close(self) -> None:
@@ -442,10 +461,12 @@ class RunRegistry:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full on COMMIT)
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         """Run a read-only query with error translation."""
@@ -454,18 +475,31 @@ class RunRegistry:
             return conn.execute(sql, params).fetchall()
 
     def _init_schema(self) -> None:
-        """Create the tables on first use and refuse a database that is not ours."""
+        """Create the tables on first use and refuse a database that is not ours.
+
+        An existing registry is only read here, so opening one (every CLI call, every app rerun) takes no lock.
+        """
+        if self._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION:
+            self._check_columns(self._connect())
+            return
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise PafoInputError(MSG_FOREIGN_DB.format(path=self.db_path, detail=f"schema {version}"))
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
-            missing = [name for name in _REQUIRED_COLUMNS if name not in columns]
-            if missing:
-                raise PafoInputError(MSG_FOREIGN_DB.format(path=self.db_path, detail="columns " + ", ".join(missing)))
+            self._check_columns(conn)
+            for statement in filter(str.strip, _INDEXES.split(";")):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_columns(self, conn: sqlite3.Connection) -> None:
+        """Refuse an SQLite file whose ``runs`` table is not ours instead of failing later on a query."""
+        with self._errors():
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        missing = [name for name in _REQUIRED_COLUMNS if name not in columns]
+        if missing:
+            raise PafoInputError(MSG_FOREIGN_DB.format(path=self.db_path, detail="columns " + ", ".join(missing)))
 
     # ---------------------------------------------------------------- paths
 
@@ -722,14 +756,15 @@ class RunRegistry:
         for row in rows:
             run_id, pid = row["id"], row["pid"]
             beat = row["heartbeat_at"] or row["started_at"]
+            alive = process_alive(pid, run_id)
             outcome = decide_outcome(
                 RUNNING,
                 pid=pid,
-                pid_alive=process_alive(pid, run_id),
+                pid_alive=alive,
                 heartbeat_age=None if beat is None else now - beat,
                 stale_after=self.stale_after,
                 cancel_requested=bool(row["cancel_requested"]),
-                exit_code=_exit_code(run_id),
+                exit_code=_exit_code(run_id, dying=alive is False),
             )
             if outcome is not None:
                 self._kill_worker(run_id, pid)  # a stale worker may still be alive: do not leave it training
@@ -812,11 +847,20 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _exit_code(run_id: str) -> int | None:
-    """The worker's exit code if this process spawned it and it has exited."""
+def _exit_code(run_id: str, *, dying: bool = False) -> int | None:
+    """The worker's exit code if this process spawned it and it has exited.
+
+    ``dying``: the pid check already says it is gone, but a process in the middle of exiting is not reapable
+    yet, so wait a moment for the exact code (it gives the better failure reason).
+    """
     with _SPAWNED_LOCK:
         process = _SPAWNED.get(run_id)
-    return None if process is None else process.poll()
+    if process is None:
+        return None
+    if dying:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return process.wait(timeout=1.0)
+    return process.poll()
 
 
 def _reap(run_id: str, timeout: float) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 from .dataset import split_prompts
 from .errors import PafoInputError
 
-__all__ = ["zscore_columns", "sample_personas", "simulate_pairs", "parse_shares", "normalise_shares"]
+__all__ = ["normalise_shares", "parse_shares", "sample_personas", "simulate_pairs", "zscore_columns"]
 
 UNKNOWN_SHARE = "--shares: unknown key {key!r}; use one of {known}"
 BAD_SHARE_VALUE = "--shares: {item!r} is not KEY=VALUE with a number ≥ 0, e.g. {example}"

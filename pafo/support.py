@@ -21,8 +21,16 @@ from .dataset import PreferenceDataset
 from .errors import PafoInputError
 
 __all__ = [
-    "GroupConfig", "SupportResult", "GroupResult", "estimate_support", "exact_support", "colabel_support", "model_support",
-    "assign_groups", "support_deciles", "resolve_estimator",
+    "GroupConfig",
+    "GroupResult",
+    "SupportResult",
+    "assign_groups",
+    "colabel_support",
+    "estimate_support",
+    "exact_support",
+    "model_support",
+    "resolve_estimator",
+    "support_deciles",
 ]
 
 Estimator = Literal["auto", "exact", "colabel", "model"]
@@ -101,7 +109,7 @@ class GroupResult:
 
     def summary(self) -> dict:
         return {"rule": self.rule, "threshold": float(self.threshold),
-                "n_majority": int(len(self.majority_users)), "n_minority": int(len(self.minority_users))}
+                "n_majority": len(self.majority_users), "n_minority": len(self.minority_users)}
 
 
 def _per_user(pair_support: pd.Series, users: np.ndarray, n_users: int) -> pd.Series:

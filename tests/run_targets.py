@@ -17,7 +17,17 @@ from pafo.errors import PafoInputError, RunCancelled
 from pafo.paths import atomic_write_text
 from pafo.runs_cli import add_runs_commands
 
-__all__ = ["cli_main", "disk_full", "ignores_cancel", "quick", "raises", "steps", "until_cancelled", "writes_result"]
+__all__ = [
+    "cli_main",
+    "disk_full",
+    "ignores_cancel",
+    "quick",
+    "raises",
+    "steps",
+    "submit_many",
+    "until_cancelled",
+    "writes_result",
+]
 
 Progress = Callable[[float, str, "dict | None"], None]
 
@@ -76,6 +86,16 @@ def ignores_cancel(config: dict, *, out_dir: Path, progress: Progress, should_st
     while time.monotonic() < deadline:
         time.sleep(0.05)
     return {"finished": True}
+
+
+def submit_many(home: str, barrier, count: int, tag: str) -> list[str]:
+    """Submit ``count`` quick runs right after ``barrier`` releases (for the two-process submission test)."""
+    from pafo.registry import RunRegistry
+
+    registry = RunRegistry(home)
+    barrier.wait(10)
+    config = {"target": "tests.run_targets:quick"}
+    return [registry.submit({**config, "value": f"{tag}{i}"}, fingerprint="fp").id for i in range(count)]
 
 
 # ------------------------------------------------------------------ a stand-in CLI for the `pafo runs` tests

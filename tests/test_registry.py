@@ -7,6 +7,8 @@ and use ``tmp_path`` as ``$PAFO_HOME``.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -41,7 +43,11 @@ from pafo.registry import (
     process_alive,
 )
 from pafo.worker import describe_error, run_worker
-from tests.run_targets import cli_main
+
+if str(PACKAGE_ROOT) not in sys.path:  # workers import tests.run_targets too; make it importable however pytest runs
+    sys.path.insert(0, str(PACKAGE_ROOT))
+run_targets = importlib.import_module("tests.run_targets")
+cli_main = run_targets.cli_main
 
 STEPS = "tests.run_targets:steps"
 
@@ -255,20 +261,20 @@ def test_invalid_config_is_rejected_and_nothing_is_stored(reg: RunRegistry, conf
 
 def test_unknown_run_id_is_a_clear_error(reg: RunRegistry):
     for call in (reg.get, reg.wait, reg.cancel, reg.request_cancel, reg.load_result):
-        with pytest.raises(PafoInputError, match="unknown run id 'nope'.*pafo runs list"):
+        with pytest.raises(PafoInputError, match=r"unknown run id 'nope'.*pafo runs list"):
             call("nope")
 
 
 def test_corrupt_database_file_is_a_clear_error(tmp_path: Path):
     (tmp_path / "runs.sqlite").write_bytes(b"this is not a database at all" * 100)
-    with pytest.raises(PafoInputError, match="runs.sqlite is not a readable SQLite database.*move it aside"):
+    with pytest.raises(PafoInputError, match=r"runs.sqlite is not a readable SQLite database.*move it aside"):
         RunRegistry(tmp_path)
 
 
 def test_foreign_sqlite_database_is_a_clear_error(tmp_path: Path):
     with sqlite3.connect(tmp_path / "runs.sqlite") as conn:
         conn.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, other TEXT)")
-    with pytest.raises(PafoInputError, match="not a PAFO run registry.*missing columns created_at"):
+    with pytest.raises(PafoInputError, match=r"not a PAFO run registry.*missing columns created_at"):
         RunRegistry(tmp_path)
 
 
@@ -279,14 +285,34 @@ def test_locked_database_is_a_clear_error_and_other_runs_untouched(reg: RunRegis
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         started = time.monotonic()
-        with pytest.raises(PafoInputError, match="runs.sqlite stayed locked by another process for more than 0.2 s"):
+        with pytest.raises(PafoInputError, match=r"runs.sqlite stayed locked by another process for more than 0.2 s"):
             impatient.submit(cfg(other=1), fingerprint="fp", start=False)
         assert time.monotonic() - started < 5
+        assert RunRegistry(home, lock_timeout=0.2).get(kept, refresh=False).status == QUEUED  # reads still work
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
         impatient.close()
     assert [tuple(row) for row in reg._read("SELECT id, status FROM runs")] == [(kept, QUEUED)]
+
+
+def test_bad_concurrency_limit_and_disk_full_database_are_clear_errors(home: Path, monkeypatch):
+    monkeypatch.setenv("PAFO_MAX_CONCURRENT", "two")
+    with pytest.raises(PafoInputError, match=r"PAFO_MAX_CONCURRENT\) must be a positive integer, got 'two'"):
+        RunRegistry(home)
+    monkeypatch.setenv("PAFO_MAX_CONCURRENT", "3")
+    reg = RunRegistry(home)
+    assert reg.max_concurrent == 3 and RunRegistry(home, max_concurrent=2).max_concurrent == 2
+    full, malformed = sqlite3.OperationalError("database or disk is full"), sqlite3.DatabaseError("malformed")
+    with pytest.raises(PafoInputError, match=r"disk full while writing the run registry .*runs.sqlite: free space"):
+        _raise_inside(reg, full)
+    with pytest.raises(PafoInputError, match=r"\(malformed\): move it aside"):
+        _raise_inside(reg, malformed)
+
+
+def _raise_inside(reg: RunRegistry, exc: Exception) -> None:
+    with reg._errors():
+        raise exc
 
 
 def test_load_result_reports_missing_corrupt_and_wrong_type(reg: RunRegistry):
@@ -352,7 +378,7 @@ def test_queue_is_fifo_with_one_run_at_a_time(reg: RunRegistry):
     assert [reg.get(i, refresh=False).status for i in ids] == [RUNNING, QUEUED, QUEUED]
     records = [reg.wait(i, timeout=30) for i in ids]
     assert all(r.status == SUCCEEDED for r in records)
-    for earlier, later in zip(records, records[1:]):
+    for earlier, later in itertools.pairwise(records):
         assert later.started_at >= earlier.finished_at  # never two at once, and in submission order
 
 
@@ -452,18 +478,11 @@ def test_run_worker_in_process_handles_a_queued_run(reg: RunRegistry):
     assert [e["epoch"] for e in reg.epochs(run_id)] == [1, 2]
 
 
-def _submit_many(home: str, start_barrier, count: int, tag: str) -> list[str]:
-    os.environ["PAFO_HOME"] = home
-    reg = RunRegistry(home)
-    start_barrier.wait(10)
-    return [reg.submit(cfg("tests.run_targets:quick", value=f"{tag}{i}"), fingerprint="fp").id for i in range(count)]
-
-
 def test_two_processes_submitting_at_once(reg: RunRegistry, home: Path):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager, ctx.Pool(2) as pool:
         barrier = manager.Barrier(2)
-        results = [pool.apply_async(_submit_many, (str(home), barrier, 3, tag)) for tag in "ab"]
+        results = [pool.apply_async(run_targets.submit_many, (str(home), barrier, 3, tag)) for tag in "ab"]
         ids = [run_id for result in results for run_id in result.get(60)]
     assert len(ids) == len(set(ids)) == 6
     records = [reg.wait(run_id, timeout=30) for run_id in ids]

@@ -18,7 +18,7 @@ from .pairs import load_pairs
 from .personalllm import load_personalllm
 from .synthetic import make_synthetic, synthetic_judges
 
-__all__ = ["DataConfig", "load_dataset", "SOURCES", "dataset_fingerprint"]
+__all__ = ["SOURCES", "DataConfig", "dataset_fingerprint", "load_dataset"]
 
 SOURCES = ("synthetic", "dsp", "personalllm", "pairs")
 BAD_FRACTION = "--{field}: must be between 0 and 1, exclusive (got {value})"

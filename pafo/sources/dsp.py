@@ -17,7 +17,7 @@ from ..paths import pafo_home
 from ..simulate import normalise_shares, sample_personas, simulate_pairs
 from .files import INVALID_JSON, OFFLINE, check_text_file, ensure_online, is_remote, read_json_records
 
-__all__ = ["DOMAINS", "DSP_SHARES", "load_dsp", "dsp_records"]
+__all__ = ["DOMAINS", "DSP_SHARES", "dsp_records", "load_dsp"]
 
 DOMAINS = ("academy", "business", "entertainment", "literature")
 DSP_SHARES = {"academy": 0.55, "business": 0.25, "entertainment": 0.12, "literature": 0.08}

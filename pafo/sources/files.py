@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..errors import PafoInputError
 
-__all__ = ["ensure_online", "read_table", "read_json_records", "check_text_file", "is_remote", "require_columns"]
+__all__ = ["check_text_file", "ensure_online", "is_remote", "read_json_records", "read_table", "require_columns"]
 
 MISSING_FILE = "{path}: no such file; check the path (relative paths are from {cwd})"
 NOT_A_FILE = "{path}: is a folder, not a file; give the data file inside it"

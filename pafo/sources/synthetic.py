@@ -25,7 +25,7 @@ from ..dataset import PreferenceDataset
 from ..errors import PafoInputError
 from ..simulate import normalise_shares, sample_personas, simulate_pairs, zscore_columns
 
-__all__ = ["ATTRIBUTES", "JUDGE_TASTES", "make_synthetic", "synthetic_judges", "default_shares"]
+__all__ = ["ATTRIBUTES", "JUDGE_TASTES", "default_shares", "make_synthetic", "synthetic_judges"]
 
 ATTRIBUTES = ("detailed", "formal", "cautious", "examples", "lists", "humorous")
 

@@ -1,0 +1,292 @@
+"""Training methods (spec §6): bt, baseline, reweight, groupdro and PAFO, each with its own config dataclass.
+
+PAFO: group the users on training data, train a teacher per group on that group's pairs only, give every
+training pair the margin of the teacher of its user's group (conditional supervision; optionally also on
+``dense`` teacher-labelled pairs the user never labelled), then distil into one student with
+``BT + λ·BCE(σ(m_S/τ), σ(m_T/τ))`` and keep the epoch chosen by the Pareto rule on validation pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .config import option
+from .errors import PafoInputError
+from .models import RewardModel
+from .training import (
+    GroupDRO,
+    Objective,
+    PairSet,
+    Progress,
+    TrainConfig,
+    TrainResult,
+    never_stop,
+    no_progress,
+    pair_margins,
+    train_model,
+)
+
+__all__ = [
+    "MAJORITY",
+    "METHODS",
+    "METHOD_CONFIGS",
+    "MINORITY",
+    "BTConfig",
+    "BaselineConfig",
+    "GroupDROConfig",
+    "MethodContext",
+    "PAFOConfig",
+    "ReweightConfig",
+    "dense_pairs",
+    "fit_method",
+    "pareto_score",
+]
+
+METHODS = ("bt", "baseline", "reweight", "groupdro", "pafo")
+MAJORITY, MINORITY = 0, 1
+BAD_LAMBDA = "--lambda: must be ≥ 0 (got {value})"
+BAD_TEMPERATURE = "--temperature: must be > 0 (got {value})"
+BAD_DENSE = "--dense: must be ≥ 0 (got {value})"
+BAD_STEP = "--dro-step: must be > 0 (got {value})"
+
+
+@dataclass
+class BTConfig:
+    """Non-personalised Bradley–Terry reward model r(x, y) = a · g(φ)."""
+
+
+@dataclass
+class BaselineConfig:
+    """The personalized reward model (b + w_u) · g(φ) trained on all training pairs."""
+
+
+@dataclass
+class ReweightConfig:
+    """The personalized model with each group's pairs weighted to contribute equally."""
+
+
+@dataclass
+class GroupDROConfig:
+    """The personalized model trained with online GroupDRO over {majority, minority}."""
+
+    dro_step: float = option(0.01, "GroupDRO step size of the group weights")
+
+    def validate(self) -> GroupDROConfig:
+        if not self.dro_step > 0:
+            raise PafoInputError(BAD_STEP.format(value=self.dro_step))
+        return self
+
+
+@dataclass
+class PAFOConfig:
+    """PAFO: group teachers distilled into one student by conditional margin-level supervision."""
+
+    lam: float = option(1.0, "λ: weight of the distillation term", flag="--lambda")
+    temperature: float = option(1.0, "τ: temperature of the tempered margins")
+    condition: Literal["group", "group+agree"] = option("group", "targets from the user's group teacher "
+                                                                 "(+agree: drop targets contradicting the label)")
+    dense: int = option(40, "teacher-labelled extra pairs per user from the user's training prompts")
+    distill: Literal["bce", "mse"] = option("bce", "distillation loss on margins")
+    teacher_init: Literal["baseline", "scratch"] = option("baseline", "initialise teachers from the baseline")
+    teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)")
+    epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy")
+
+    def validate(self) -> PAFOConfig:
+        if not self.lam >= 0:
+            raise PafoInputError(BAD_LAMBDA.format(value=self.lam))
+        if not self.temperature > 0:
+            raise PafoInputError(BAD_TEMPERATURE.format(value=self.temperature))
+        if self.dense < 0:
+            raise PafoInputError(BAD_DENSE.format(value=self.dense))
+        return self
+
+
+METHOD_CONFIGS = {"bt": BTConfig, "baseline": BaselineConfig, "reweight": ReweightConfig,
+                  "groupdro": GroupDROConfig, "pafo": PAFOConfig}
+
+
+@dataclass
+class MethodContext:
+    """Everything a method needs; ``user_group`` (0/1 per user) is for losses and selection, never a model input."""
+
+    features: torch.Tensor
+    n_users: int
+    user_group: np.ndarray
+    train: PairSet
+    val: PairSet
+    prompt_responses: dict[int, np.ndarray]
+    train_prompts_of_user: list[np.ndarray]
+    train_config: TrainConfig
+    seed: int = 0
+    progress: Progress = no_progress
+    should_stop: object = never_stop
+    span: tuple[float, float] = (0.0, 1.0)
+    cache: dict = field(default_factory=dict)
+
+    def new_model(self, personalized: bool = True) -> RewardModel:
+        torch.manual_seed(self.seed)
+        return RewardModel(self.features.shape[1], self.n_users, hidden=self.train_config.hidden,
+                           k=self.train_config.k, personalized=personalized)
+
+    def fit(self, model, train: PairSet, val: PairSet, stage: str, span, **kwargs) -> TrainResult:
+        return train_model(model, self.features, train, val, kwargs.pop("config", self.train_config),
+                           seed=self.seed, stage=stage, progress=self.progress, should_stop=self.should_stop,
+                           span=span, **kwargs)
+
+
+@dataclass
+class MethodOutput:
+    model: RewardModel
+    result: TrainResult
+    extra: dict = field(default_factory=dict)
+
+
+def _split_span(span: tuple[float, float], parts: list[float]) -> list[tuple[float, float]]:
+    edges = span[0] + (span[1] - span[0]) * np.cumsum([0, *parts]) / sum(parts)
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def baseline_output(ctx: MethodContext, span) -> MethodOutput:
+    """The baseline, trained once per context and shared by PAFO (its teachers and student start from it)."""
+    if "baseline" not in ctx.cache:
+        model = ctx.new_model()
+        ctx.cache["baseline"] = MethodOutput(model, ctx.fit(model, ctx.train, ctx.val, "baseline", span))
+    return ctx.cache["baseline"]
+
+
+def fit_bt(ctx: MethodContext, config: BTConfig, span) -> MethodOutput:
+    model = ctx.new_model(personalized=False)
+    return MethodOutput(model, ctx.fit(model, ctx.train, ctx.val, "bt", span))
+
+
+def fit_reweight(ctx: MethodContext, config: ReweightConfig, span) -> MethodOutput:
+    counts = np.bincount(ctx.train.group, minlength=2).astype(np.float64)
+    weight = (len(ctx.train) / (2 * np.maximum(counts, 1)))[ctx.train.group].astype(np.float32)
+    train = copy.copy(ctx.train)
+    train.weight = weight
+    model = ctx.new_model()
+    return MethodOutput(model, ctx.fit(model, train, ctx.val, "reweight", span))
+
+
+def fit_groupdro(ctx: MethodContext, config: GroupDROConfig, span) -> MethodOutput:
+    model = ctx.new_model()
+    objective = Objective(dro=GroupDRO(2, config.dro_step))
+    output = MethodOutput(model, ctx.fit(model, ctx.train, ctx.val, "groupdro", span, objective=objective))
+    output.extra["group_weights"] = objective.dro.q.tolist()
+    return output
+
+
+def pareto_score(baseline_majority: float, epsilon: float):
+    """Selection key: epochs keeping majority ≥ baseline − ε rank first, by minority accuracy, then overall."""
+
+    def score(metrics: dict) -> tuple:
+        qualifies = (metrics.get("majority") or 0.0) >= baseline_majority - epsilon - 1e-12
+        if qualifies:
+            return (1, metrics.get("minority") or 0.0, metrics["overall"])
+        return (0, metrics["overall"], metrics.get("minority") or 0.0)
+
+    return score
+
+
+def _teacher(ctx: MethodContext, base: RewardModel, config: PAFOConfig, group: int, span) -> MethodOutput:
+    """A teacher trained only on the training (and validation) pairs of users in ``group``."""
+    rows = np.flatnonzero(ctx.user_group[ctx.train.users] == group)
+    val_rows = np.flatnonzero(ctx.user_group[ctx.val.users] == group)
+    train, val = ctx.train.subset(rows), ctx.val.subset(val_rows)
+    assert set(np.unique(ctx.user_group[train.users])) == {group}, "a teacher saw another group's pairs"
+    model = copy.deepcopy(base) if config.teacher_init == "baseline" else ctx.new_model()
+    train_config = ctx.train_config
+    if config.teacher_user_l2 is not None:
+        train_config = dataclasses.replace(ctx.train_config, user_l2=config.teacher_user_l2)
+    name = "majority" if group == MAJORITY else "minority"
+    result = ctx.fit(model, train, val, f"teacher:{name}", span, config=train_config)
+    return MethodOutput(model, result, {"train_users": np.unique(train.users), "n_train_pairs": len(train)})
+
+
+def dense_pairs(ctx: MethodContext, per_user: int, rng: np.random.Generator) -> PairSet:
+    """Up to ``per_user`` unlabelled response pairs per user, drawn from the prompts of the user's training pairs."""
+    labelled = set(zip(ctx.train.users.tolist(), np.minimum(ctx.train.chosen, ctx.train.rejected).tolist(),
+                       np.maximum(ctx.train.chosen, ctx.train.rejected).tolist(), strict=True))
+    chosen, rejected, users = [], [], []
+    for user, prompts in enumerate(ctx.train_prompts_of_user):
+        candidates = [(a, b) for p in prompts for i, a in enumerate(ctx.prompt_responses[p])
+                      for b in ctx.prompt_responses[p][i + 1:] if (user, min(a, b), max(a, b)) not in labelled]
+        if not candidates:
+            continue
+        picks = rng.choice(len(candidates), size=min(per_user, len(candidates)), replace=False)
+        chosen += [candidates[i][0] for i in picks]
+        rejected += [candidates[i][1] for i in picks]
+        users += [user] * len(picks)
+    users_array = np.asarray(users, dtype=np.int64)
+    return PairSet(np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64), users_array,
+                   group=ctx.user_group[users_array])
+
+
+def _teacher_targets(ctx: MethodContext, teachers: dict, pairs: PairSet) -> np.ndarray:
+    """m_T for every pair from the teacher of the pair's user's group: the conditional supervision."""
+    target = np.zeros(len(pairs), dtype=np.float32)
+    for group, teacher in teachers.items():
+        rows = np.flatnonzero(ctx.user_group[pairs.users] == group)
+        target[rows] = pair_margins(teacher.model, ctx.features, pairs.subset(rows))
+    return target
+
+
+def _orient(pairs: PairSet, target: np.ndarray) -> PairSet:
+    """Dense pairs are oriented by the teacher: its preferred response becomes 'chosen'."""
+    flip = target < 0
+    chosen, rejected = np.where(flip, pairs.rejected, pairs.chosen), np.where(flip, pairs.chosen, pairs.rejected)
+    return PairSet(chosen, rejected, pairs.users, group=pairs.group, labelled=np.zeros(len(pairs), dtype=bool),
+                   target=np.abs(target).astype(np.float32), target_mask=np.ones(len(pairs), dtype=np.float32))
+
+
+def _concat(a: PairSet, b: PairSet) -> PairSet:
+    return PairSet(**{k: np.concatenate([getattr(a, k), getattr(b, k)]) for k in
+                      ("chosen", "rejected", "users", "group", "labelled", "target", "target_mask")})
+
+
+def student_pairs(ctx: MethodContext, teachers: dict, config: PAFOConfig) -> PairSet:
+    """Training pairs with their conditional targets, plus the dense teacher-labelled pairs."""
+    target = _teacher_targets(ctx, teachers, ctx.train)
+    mask = (target > 0) if config.condition == "group+agree" else np.ones(len(target), dtype=bool)
+    train = PairSet(ctx.train.chosen, ctx.train.rejected, ctx.train.users, group=ctx.train.group,
+                    labelled=np.ones(len(ctx.train), dtype=bool), target=target,
+                    target_mask=mask.astype(np.float32))
+    if config.dense <= 0:
+        return train
+    extra = dense_pairs(ctx, config.dense, np.random.default_rng(ctx.seed + 1))
+    return _concat(train, _orient(extra, _teacher_targets(ctx, teachers, extra)))
+
+
+def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
+    spans = _split_span(span, [1, 1, 1, 2])
+    base = baseline_output(ctx, spans[0])
+    teachers = {g: _teacher(ctx, base.model, config, g, spans[1 + g]) for g in (MAJORITY, MINORITY)}
+    pairs = student_pairs(ctx, teachers, config)
+    baseline_val = base.result.history[base.result.best_epoch - 1]["val"]
+    select = pareto_score(baseline_val["majority"], config.epsilon)
+    objective = Objective(lam=config.lam, temperature=config.temperature, distill=config.distill)
+    student = copy.deepcopy(base.model)
+    result = ctx.fit(student, pairs, ctx.val, "student", spans[3], objective=objective, select=select)
+    result.selected = select(result.history[result.best_epoch - 1]["val"])[0] == 1
+    extra = {"teachers": teachers, "n_student_pairs": len(pairs), "n_dense_pairs": len(pairs) - len(ctx.train),
+             "n_targets_dropped": int((pairs.target_mask == 0).sum()),
+             "setup_seconds": base.result.seconds + sum(t.result.seconds for t in teachers.values())}
+    return MethodOutput(student, result, extra)
+
+
+def fit_baseline(ctx: MethodContext, config: BaselineConfig, span) -> MethodOutput:
+    return baseline_output(ctx, span)
+
+
+FITTERS = {"bt": fit_bt, "baseline": fit_baseline, "reweight": fit_reweight, "groupdro": fit_groupdro,
+           "pafo": fit_pafo}
+
+
+def fit_method(name: str, ctx: MethodContext, config, span: tuple[float, float]) -> MethodOutput:
+    return FITTERS[name](ctx, config, span)

@@ -1,0 +1,78 @@
+"""Reward models over frozen text features (spec §5) and the Bradley–Terry loss.
+
+- ``bt``: r(x, y) = a · g(φ(x, y)), one reward for everybody.
+- ``personalized``: r(x, y, u) = (b + w_u) · g(φ(x, y)), b shared, w_u a per-user deviation under an L2 penalty.
+  Users with few pairs stay near b, which the majority's pairs shape: the mechanism of personalized reward bias.
+
+The forward pass takes features and user indices only: a model never sees a group label.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - PyTorch's usual alias
+from torch import nn
+
+__all__ = ["RewardModel", "bt_loss", "distillation_loss"]
+
+
+def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Bradley–Terry negative log-likelihood, -log σ(r⁺ − r⁻), averaged (optionally weighted)."""
+    losses = -F.logsigmoid(chosen - rejected)
+    if weight is None:
+        return losses.mean()
+    return (losses * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def distillation_loss(student_margin: torch.Tensor, teacher_margin: torch.Tensor, *, temperature: float = 1.0,
+                      kind: str = "bce", mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Margin-level supervision: BCE(σ(m_S/τ), σ(m_T/τ)) or MSE between margins, over the unmasked pairs."""
+    if kind == "mse":
+        losses = (student_margin - teacher_margin) ** 2
+    else:
+        target = torch.sigmoid(teacher_margin / temperature)
+        losses = F.binary_cross_entropy_with_logits(student_margin / temperature, target, reduction="none")
+    if mask is None:
+        return losses.mean()
+    return (losses * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class RewardModel(nn.Module):
+    """(b + w_u) · g(φ) with g a small MLP to R^k; ``personalized=False`` drops w_u (the ``bt`` model)."""
+
+    def __init__(self, in_dim: int, n_users: int, *, hidden: int = 128, k: int = 16, personalized: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.in_dim, self.n_users, self.hidden, self.k = in_dim, n_users, hidden, k
+        self.personalized, self.dropout = personalized, dropout
+        self.g = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, k))
+        self.b = nn.Parameter(torch.randn(k) / k**0.5)
+        self.w = nn.Embedding(n_users, k) if personalized else None
+        if self.w is not None:
+            nn.init.zeros_(self.w.weight)
+
+    def config(self) -> dict:
+        """Constructor arguments, saved beside the weights so a model can be rebuilt without pickle."""
+        return {"in_dim": self.in_dim, "n_users": self.n_users, "hidden": self.hidden, "k": self.k,
+                "personalized": self.personalized, "dropout": self.dropout}
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        if self.w is None:
+            return self.b.expand(len(users), -1)
+        return self.b + self.w(users)
+
+    def forward(self, features: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Reward of each (prompt, response) feature row for the given users."""
+        return (self.g(features) * self.user_vectors(users)).sum(-1)
+
+    def margin(self, chosen: torch.Tensor, rejected: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """r(x, y⁺, u) − r(x, y⁻, u); g is applied once to both sides in one batch."""
+        both = self.g(torch.cat([chosen, rejected]))
+        vectors = self.user_vectors(users)
+        return ((both[: len(users)] - both[len(users) :]) * vectors).sum(-1)
+
+    def user_penalty(self, users: torch.Tensor) -> torch.Tensor:
+        """Mean squared norm of the batch users' deviations w_u (0 for the non-personalised model)."""
+        if self.w is None:
+            return torch.zeros(())
+        return (self.w(users) ** 2).sum(-1).mean()

@@ -1,0 +1,221 @@
+"""One trainer for every method: mini-batches of pairs over cached features, AdamW, validation-based selection.
+
+A batch's loss is ``BT(labelled pairs, weighted) + λ · distillation(pairs with a teacher target) + user L2``;
+GroupDRO replaces the BT mean by its adversarially weighted group mean. Which epoch is kept is decided by a
+``select`` function of the validation metrics (overall accuracy, or PAFO's Pareto rule).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import option
+from .errors import RunCancelled
+from .models import RewardModel, bt_loss, distillation_loss
+
+__all__ = [
+    "PairSet",
+    "Progress",
+    "TrainConfig",
+    "TrainResult",
+    "group_accuracy",
+    "never_stop",
+    "no_progress",
+    "pair_margins",
+    "set_threads",
+    "train_model",
+]
+
+Progress = Callable[[float, str, dict | None], None]
+
+
+def no_progress(fraction: float, stage: str, metrics: dict | None = None) -> None:
+    """The default progress callback: report nothing."""
+
+
+def never_stop() -> bool:
+    return False
+
+
+def set_threads(n: int | None = None) -> None:
+    """Use the machine's cores for intra-op work but no extra inter-op pool (tiny models, 2-core machines)."""
+    import os
+
+    torch.set_num_threads(n or max(1, min(4, os.cpu_count() or 1)))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one reward model."""
+
+    epochs: int = option(40, "maximum training epochs")
+    batch_size: int = option(256, "pairs per mini-batch")
+    lr: float = option(3e-3, "AdamW learning rate")
+    weight_decay: float = option(1e-4, "AdamW weight decay on the shared parameters")
+    user_l2: float = option(1e-2, "L2 penalty on each user's deviation w_u")
+    hidden: int = option(128, "hidden width of the feature MLP g")
+    k: int = option(16, "dimension of g's output (and of b, w_u)")
+    patience: int = option(8, "stop after this many epochs without a better validation score")
+
+
+@dataclass
+class PairSet:
+    """Pairs as index arrays into the feature matrix, with optional weights and teacher targets.
+
+    ``labelled`` marks pairs whose label a user gave (they get the BT loss); ``target`` holds teacher margins and
+    ``target_mask`` where a target applies. ``group`` (0 majority, 1 minority) is used by losses and metrics
+    only; it never reaches the model.
+    """
+
+    chosen: np.ndarray
+    rejected: np.ndarray
+    users: np.ndarray
+    group: np.ndarray | None = None
+    weight: np.ndarray | None = None
+    labelled: np.ndarray | None = None
+    target: np.ndarray | None = None
+    target_mask: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def subset(self, rows: np.ndarray) -> PairSet:
+        return PairSet(**{k: (v[rows] if isinstance(v, np.ndarray) else v) for k, v in vars(self).items()})
+
+
+@dataclass
+class TrainResult:
+    model: RewardModel
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+    selected: bool = True
+
+
+@torch.inference_mode()
+def pair_margins(model: RewardModel, features: torch.Tensor, pairs: PairSet, batch_size: int = 4096) -> np.ndarray:
+    """The model's margin r(x, y⁺, u) − r(x, y⁻, u) for every pair."""
+    model.eval()
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        rows = slice(start, start + batch_size)
+        out.append(model.margin(features[pairs.chosen[rows]], features[pairs.rejected[rows]],
+                                torch.from_numpy(pairs.users[rows])))
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def group_accuracy(margins: np.ndarray, pairs: PairSet) -> dict:
+    """Validation accuracy, each user weighing equally: overall, majority and minority (None if no users)."""
+    correct = (margins > 0) + 0.5 * (margins == 0)
+    users, inverse = np.unique(pairs.users, return_inverse=True)
+    per_user = np.bincount(inverse, weights=correct) / np.bincount(inverse)
+    result = {"overall": float(per_user.mean()) if len(users) else None}
+    if pairs.group is not None:
+        group_of_user = np.zeros(len(users), dtype=int)
+        group_of_user[inverse] = pairs.group
+        for name, code in (("majority", 0), ("minority", 1)):
+            chosen = per_user[group_of_user == code]
+            result[name] = float(chosen.mean()) if len(chosen) else None
+    return result
+
+
+class GroupDRO:
+    """Online GroupDRO (Sagawa et al. 2020): exponentiated-gradient weights on the groups' BT losses."""
+
+    def __init__(self, n_groups: int = 2, step_size: float = 0.01):
+        self.q = torch.full((n_groups,), 1.0 / n_groups)
+        self.step_size = step_size
+
+    def __call__(self, losses: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        group_losses = torch.stack([
+            losses[group == g].mean() if (group == g).any() else losses.new_zeros(()) for g in range(len(self.q))
+        ])
+        with torch.no_grad():
+            self.q *= torch.exp(self.step_size * group_losses)
+            self.q /= self.q.sum()
+        return (self.q * group_losses).sum()
+
+
+@dataclass
+class Objective:
+    """What a batch's loss is made of (see the module docstring)."""
+
+    lam: float = 0.0
+    temperature: float = 1.0
+    distill: str = "bce"
+    dro: GroupDRO | None = None
+
+    def __call__(self, model: RewardModel, features: torch.Tensor, batch: PairSet, user_l2: float) -> torch.Tensor:
+        users = torch.from_numpy(batch.users)
+        margin = model.margin(features[batch.chosen], features[batch.rejected], users)
+        labelled = torch.ones(len(batch)) if batch.labelled is None else torch.from_numpy(batch.labelled).float()
+        weight = labelled if batch.weight is None else labelled * torch.from_numpy(batch.weight)
+        if self.dro is not None:
+            losses = -torch.nn.functional.logsigmoid(margin)
+            loss = self.dro(losses[labelled > 0], torch.from_numpy(batch.group)[labelled > 0])
+        else:
+            loss = bt_loss(margin, torch.zeros_like(margin), weight) if weight.sum() > 0 else margin.new_zeros(())
+        if self.lam > 0 and batch.target is not None:
+            mask = torch.from_numpy(batch.target_mask).float()
+            loss = loss + self.lam * distillation_loss(margin, torch.from_numpy(batch.target),
+                                                       temperature=self.temperature, kind=self.distill, mask=mask)
+        return loss + user_l2 * model.user_penalty(users)
+
+
+def _overall_score(metrics: dict) -> tuple:
+    return (metrics["overall"],)
+
+
+def train_model(
+    model: RewardModel,
+    features: torch.Tensor,
+    train: PairSet,
+    val: PairSet,
+    config: TrainConfig,
+    *,
+    objective: Objective | None = None,
+    select: Callable[[dict], tuple] = _overall_score,
+    seed: int = 0,
+    stage: str = "training",
+    progress: Progress = no_progress,
+    should_stop: Callable[[], bool] = never_stop,
+    span: tuple[float, float] = (0.0, 1.0),
+) -> TrainResult:
+    """Train ``model`` in place on ``train``; keep the epoch whose ``select(val metrics)`` is largest."""
+    objective = objective or Objective()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start, best, best_state, history, stale = time.perf_counter(), None, None, [], 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order, total = rng.permutation(len(train)), 0.0
+        for begin in range(0, len(train), config.batch_size):
+            if should_stop():
+                raise RunCancelled(stage)
+            loss = objective(model, features, train.subset(order[begin : begin + config.batch_size]),
+                             config.user_l2)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += float(loss) * min(config.batch_size, len(train) - begin)
+        metrics = {"epoch": epoch, "loss": total / max(len(train), 1),
+                   "val": group_accuracy(pair_margins(model, features, val), val)}
+        history.append(metrics)
+        score = select(metrics["val"])
+        if best is None or score > best:
+            best, best_state, stale, metrics["kept"] = score, copy.deepcopy(model.state_dict()), 0, True
+        else:
+            stale += 1
+        progress(span[0] + (span[1] - span[0]) * epoch / config.epochs, stage, {"stage": stage, **metrics})
+        if stale >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    kept = max(i for i, h in enumerate(history) if h.get("kept")) + 1
+    return TrainResult(model, history, kept, time.perf_counter() - start)
