@@ -66,6 +66,7 @@ BF16_MAX_COS_ERROR = 1e-3
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 TRANSFORMER_OPTIONS = ("precision", "max_length")
 TFIDF_OPTIONS = ("n_components", "random_state")
+TFIDF_MAX_FEATURES = 2**15  # per block (words, characters)
 CACHE_CHUNK_MIN = 512  # texts encoded between two cache writes, so an interrupted run resumes where it stopped
 
 # Message templates: module-level so tests (and the app) can match them.
@@ -325,7 +326,7 @@ class TfidfEncoder(Encoder):
 
     @property
     def name(self) -> str:
-        return f"tfidf-w12-c24-d{self.n_components}-s{self.random_state}"
+        return f"tfidf-w12-c24-f{TFIDF_MAX_FEATURES}-d{self.n_components}-s{self.random_state}"
 
     @property
     def dim(self) -> int:
@@ -362,11 +363,13 @@ class TfidfEncoder(Encoder):
     @staticmethod
     def _tfidf(texts: list[str]):
         """Both TF-IDF blocks side by side (each row-normalised, so they weigh the same); a block with no
-        vocabulary (e.g. only one-letter words) is left out rather than failing the whole encode."""
+        vocabulary (e.g. only one-letter words) is left out rather than failing the whole encode. Each block keeps
+        its TFIDF_MAX_FEATURES most frequent n-grams: the SVD's dense work grows with the feature count, and the
+        rare n-grams it drops carry little of the variance the top components keep."""
         import scipy.sparse as sp
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        common = {"sublinear_tf": True, "dtype": np.float32, "max_features": 200_000}
+        common = {"sublinear_tf": True, "dtype": np.float32, "max_features": TFIDF_MAX_FEATURES}
         vectorizers = (
             TfidfVectorizer(analyzer="word", ngram_range=(1, 2), **common),
             TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), **common),

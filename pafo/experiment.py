@@ -100,8 +100,8 @@ class ExperimentConfig:
 
 
 def _pair_set(pairs: pd.DataFrame, user_group: np.ndarray) -> PairSet:
-    users = pairs["user"].to_numpy(np.int64)
-    return PairSet(pairs["chosen"].to_numpy(np.int64), pairs["rejected"].to_numpy(np.int64), users,
+    users = pairs["user"].to_numpy(np.int64, copy=True)
+    return PairSet(pairs["chosen"].to_numpy(np.int64, copy=True), pairs["rejected"].to_numpy(np.int64, copy=True), users,
                    group=user_group[users])
 
 
@@ -185,9 +185,9 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
                    should_stop: Callable[[], bool] = never_stop) -> dict:
     """Run every requested method on one dataset and return the result JSON (also written to ``out_dir``)."""
     config = ExperimentConfig.from_dict(config) if isinstance(config, dict) else config.validate()
-    set_threads()
     started = time.perf_counter()
     dataset, features, support, groups = _load_inputs(config, progress)
+    set_threads()
     user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
     ctx = build_context(dataset, features.features, user_group, config.train, seed=config.data.seed,
                         progress=progress, should_stop=should_stop)

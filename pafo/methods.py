@@ -93,7 +93,9 @@ class PAFOConfig:
                                                                  "(+agree: drop targets contradicting the label)")
     dense: int = option(40, "teacher-labelled extra pairs per user from the user's training prompts")
     distill: Literal["bce", "mse"] = option("bce", "distillation loss on margins")
-    teacher_init: Literal["baseline", "scratch"] = option("baseline", "initialise teachers from the baseline")
+    teacher_init: Literal["recentred", "baseline", "scratch"] = option(
+        "recentred", "teachers start from the baseline with b moved to their group's mean user vector "
+                     "(recentred), from the baseline as is, or from scratch")
     teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)")
     epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy")
 
@@ -200,13 +202,27 @@ def _teacher(ctx: MethodContext, base: RewardModel, config: PAFOConfig, group: i
     val_rows = np.flatnonzero(ctx.user_group[ctx.val.users] == group)
     train, val = ctx.train.subset(rows), ctx.val.subset(val_rows)
     assert set(np.unique(ctx.user_group[train.users])) == {group}, "a teacher saw another group's pairs"
-    model = copy.deepcopy(base) if config.teacher_init == "baseline" else ctx.new_model()
+    model = ctx.new_model() if config.teacher_init == "scratch" else copy.deepcopy(base)
+    if config.teacher_init == "recentred":
+        recentre(model, np.unique(train.users))
     train_config = ctx.train_config
     if config.teacher_user_l2 is not None:
         train_config = dataclasses.replace(ctx.train_config, user_l2=config.teacher_user_l2)
     name = "majority" if group == MAJORITY else "minority"
     result = ctx.fit(model, train, val, f"teacher:{name}", span, config=train_config)
     return MethodOutput(model, result, {"train_users": np.unique(train.users), "n_train_pairs": len(train)})
+
+
+@torch.no_grad()
+def recentre(model: RewardModel, users: np.ndarray) -> None:
+    """Move b to the mean of ``users``' vectors b + w_u, keeping every b + w_u (so the function) unchanged.
+
+    The L2 prior then shrinks the group's users towards their own group's taste instead of the population's.
+    """
+    index = torch.from_numpy(users)
+    vectors = model.b + model.w.weight
+    model.b.copy_(vectors[index].mean(0))
+    model.w.weight.copy_(vectors - model.b)
 
 
 def dense_pairs(ctx: MethodContext, per_user: int, rng: np.random.Generator) -> PairSet:

@@ -72,7 +72,7 @@ class RewardModel(nn.Module):
         return ((both[: len(users)] - both[len(users) :]) * vectors).sum(-1)
 
     def user_penalty(self, users: torch.Tensor) -> torch.Tensor:
-        """Mean squared norm of the batch users' deviations w_u (0 for the non-personalised model)."""
+        """Mean squared norm of the given users' deviations w_u (0 for the non-personalised model)."""
         if self.w is None:
             return torch.zeros(())
         return (self.w(users) ** 2).sum(-1).mean()

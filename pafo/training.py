@@ -43,11 +43,10 @@ def never_stop() -> bool:
     return False
 
 
-def set_threads(n: int | None = None) -> None:
-    """Use the machine's cores for intra-op work but no extra inter-op pool (tiny models, 2-core machines)."""
-    import os
-
-    torch.set_num_threads(n or max(1, min(4, os.cpu_count() or 1)))
+def set_threads(n: int = 1) -> None:
+    """One intra-op thread for training: these models are tiny, and OpenMP threads spin-waiting on a busy 2-core
+    machine (the app, a second run) made an epoch 12× slower with 2 threads than with 1 (measured)."""
+    torch.set_num_threads(n)
 
 
 @dataclass
@@ -57,8 +56,8 @@ class TrainConfig:
     epochs: int = option(40, "maximum training epochs")
     batch_size: int = option(256, "pairs per mini-batch")
     lr: float = option(3e-3, "AdamW learning rate")
-    weight_decay: float = option(1e-4, "AdamW weight decay on the shared parameters")
-    user_l2: float = option(1e-2, "L2 penalty on each user's deviation w_u")
+    weight_decay: float = option(0.01, "AdamW weight decay on the shared parameters (bounds the scale of g)")
+    user_l2: float = option(0.1, "L2 prior on each user's deviation w_u (once per user, not per pair)")
     hidden: int = option(128, "hidden width of the feature MLP g")
     k: int = option(16, "dimension of g's output (and of b, w_u)")
     patience: int = option(8, "stop after this many epochs without a better validation score")
@@ -106,7 +105,7 @@ def pair_margins(model: RewardModel, features: torch.Tensor, pairs: PairSet, bat
     for start in range(0, len(pairs), batch_size):
         rows = slice(start, start + batch_size)
         out.append(model.margin(features[pairs.chosen[rows]], features[pairs.rejected[rows]],
-                                torch.from_numpy(pairs.users[rows])))
+                                torch.as_tensor(pairs.users[rows])))
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -151,8 +150,8 @@ class Objective:
     distill: str = "bce"
     dro: GroupDRO | None = None
 
-    def __call__(self, model: RewardModel, features: torch.Tensor, batch: PairSet, user_l2: float) -> torch.Tensor:
-        users = torch.from_numpy(batch.users)
+    def __call__(self, model: RewardModel, features: torch.Tensor, batch: PairSet, penalty: UserPenalty) -> torch.Tensor:
+        users = torch.as_tensor(batch.users)
         margin = model.margin(features[batch.chosen], features[batch.rejected], users)
         labelled = torch.ones(len(batch)) if batch.labelled is None else torch.from_numpy(batch.labelled).float()
         weight = labelled if batch.weight is None else labelled * torch.from_numpy(batch.weight)
@@ -165,7 +164,29 @@ class Objective:
             mask = torch.from_numpy(batch.target_mask).float()
             loss = loss + self.lam * distillation_loss(margin, torch.from_numpy(batch.target),
                                                        temperature=self.temperature, kind=self.distill, mask=mask)
-        return loss + user_l2 * model.user_penalty(users)
+        return loss + penalty(model)
+
+
+@dataclass
+class UserPenalty:
+    """L2 on the deviations w_u of the users being trained, counted once per user (a prior), not once per pair.
+
+    The penalty is scaled by labelled / all pairs, so extra teacher-labelled pairs weigh as extra data: a user with
+    more targets is shrunk less towards b, exactly as a user with more labels would be.
+    """
+
+    strength: float
+    users: torch.Tensor
+    scale: float = 1.0
+
+    @classmethod
+    def for_pairs(cls, strength: float, pairs: PairSet) -> UserPenalty:
+        labelled = np.ones(len(pairs), dtype=bool) if pairs.labelled is None else pairs.labelled.astype(bool)
+        users = torch.from_numpy(np.unique(pairs.users[labelled] if labelled.any() else pairs.users))
+        return cls(strength, users, float(labelled.sum()) / max(len(pairs), 1))
+
+    def __call__(self, model: RewardModel) -> torch.Tensor:
+        return self.strength * self.scale * model.user_penalty(self.users)
 
 
 def _overall_score(metrics: dict) -> tuple:
@@ -191,6 +212,7 @@ def train_model(
     objective = objective or Objective()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    penalty = UserPenalty.for_pairs(config.user_l2, train)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start, best, best_state, history, stale = time.perf_counter(), None, None, [], 0
     for epoch in range(1, config.epochs + 1):
@@ -199,12 +221,11 @@ def train_model(
         for begin in range(0, len(train), config.batch_size):
             if should_stop():
                 raise RunCancelled(stage)
-            loss = objective(model, features, train.subset(order[begin : begin + config.batch_size]),
-                             config.user_l2)
+            loss = objective(model, features, train.subset(order[begin : begin + config.batch_size]), penalty)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss) * min(config.batch_size, len(train) - begin)
+            total += float(loss.detach()) * min(config.batch_size, len(train) - begin)
         metrics = {"epoch": epoch, "loss": total / max(len(train), 1),
                    "val": group_accuracy(pair_margins(model, features, val), val)}
         history.append(metrics)
