@@ -33,6 +33,7 @@ from pafo.encoders import (
     BF16_MAX_COS_ERROR,
     configure_torch_threads,
     cpu_supports_bf16,
+    encoder_threads,
     get_encoder,
     max_cosine_error,
     minilm_model_path,
@@ -192,10 +193,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     args = _parse(argv)
     command = " ".join(["python -m bench.encoders", *(sys.argv[1:] if argv is None else argv)])
     load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    configure_torch_threads()  # the same thread setting for every candidate
+    configure_torch_threads()
+    torch.set_num_threads(encoder_threads())  # sentence-transformers gets the threads our encoder uses
     texts = load_dsp_texts(args.n_texts)
     bf16_available = cpu_supports_bf16()
     precision, cos_error = _auto_choice()

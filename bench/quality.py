@@ -43,16 +43,19 @@ ABLATIONS = {
     "lambda=0 (no distillation)": {"lam": 0.0},
     "lambda=3": {"lam": 3.0},
     "temperature=2": {"temperature": 2.0},
+    "model: unit-norm g (baseline too)": {"train": {"normalise": True}},
 }
 
 
-def experiment_config(dataset: str, seed: int, encoder: str, methods: str, **pafo) -> ExperimentConfig:
+def experiment_config(dataset: str, seed: int, encoder: str, methods: str, train: dict | None = None,
+                      **pafo) -> ExperimentConfig:
     config = ExperimentConfig()
     config.data.seed = seed
     if dataset == "dsp":
         config.data.dataset, config.data.path = "dsp", str(DSP_PATH)
     config.run.encoder, config.run.methods = encoder, methods
     config.pafo = dataclasses.replace(config.pafo, **pafo)
+    config.train = dataclasses.replace(config.train, **(train or {}))
     return config
 
 
@@ -192,9 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoder", default="minilm")
     parser.add_argument("--datasets", default="synthetic,dsp")
     parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--ablation-seeds", default=None, help="seeds of the ablation (default: --seeds)")
+    parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS_quality.md"))
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    ablation_seeds = [int(s) for s in (args.ablation_seeds or args.seeds).split(",")]
     started, sections, results = time.perf_counter(), [], {}
     for dataset in args.datasets.split(","):
         runs = []
@@ -210,13 +216,14 @@ def main(argv: list[str] | None = None) -> None:
                      "Teachers on their own group (test pairs) — the advantage PAFO can transfer:", "",
                      teacher_table(runs), ""]
         if not args.skip_ablation:
-            sections += [f"PAFO ablation on {dataset} (one option changed from the defaults at a time):", "",
-                         ablation_table(dataset, seeds, args.encoder), ""]
+            sections += [f"PAFO ablation on {dataset}, seeds {ablation_seeds} (one option changed from the defaults at "
+                         "a time; Δ is against the baseline trained with the same settings):", "",
+                         ablation_table(dataset, ablation_seeds, args.encoder), ""]
         print("\n".join(sections[-12:]), flush=True)
-    sections += ["### Speed", "", *speed_lines(results, args.encoder), ""]
-    header = ["## Quality: methods compared per user group", "",
-              f"- command: `python -m bench.quality --seeds {args.seeds} --encoder {args.encoder}"
-              f"{' --skip-ablation' if args.skip_ablation else ''}`",
+    if not args.skip_speed:
+        sections += ["### Speed", "", *speed_lines(results, args.encoder), ""]
+    header = [f"## Quality: methods compared per user group ({args.datasets})", "",
+              f"- command: `python -m bench.quality {' '.join(argv if argv is not None else sys.argv[1:])}`",
               f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}",
               f"- wall time of this benchmark: {time.perf_counter() - started:.0f} s", ""]
     Path(args.out).write_text("\n".join(header + sections) + "\n")

@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ __all__ = [
     "corpus_fingerprint",
     "cpu_supports_bf16",
     "embed_texts",
+    "encoder_threads",
     "get_encoder",
     "max_cosine_error",
     "minilm_model_path",
@@ -403,21 +404,44 @@ def minilm_model_path() -> Path:
     return path
 
 
+def encoder_threads() -> int:
+    """Intra-op threads for a forward pass: ``OMP_NUM_THREADS`` if set, else every usable core (2 here), since
+    MiniLM's matmuls are large enough to gain from a second core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return _usable_cores()
+
+
 def configure_torch_threads() -> None:
-    """Once per process: one intra-op thread per usable core (2 here) unless OMP_NUM_THREADS says otherwise, and a
-    single inter-op thread, since a BERT forward is one chain of ops and extra inter-op threads only compete for the
-    same cores. Tokenizer threads are turned off so forked workers (app, multiprocessing) do not deadlock."""
+    """Once per process: a single inter-op thread, since a BERT forward is one chain of ops and extra inter-op
+    threads only compete for the same cores; tokenizer threads off, so forked workers (app, multiprocessing) do not
+    deadlock. Intra-op threads are set around each encode instead (``_intra_op_threads``)."""
     global _THREADS_SET
     if _THREADS_SET:
         return
     import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(_usable_cores())
     with contextlib.suppress(RuntimeError):  # too late once parallel work has run in this process
         torch.set_num_interop_threads(1)
     _THREADS_SET = True
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    """Use ``n`` threads while encoding and give the caller's setting back: training elsewhere in the process
+    deliberately runs single-threaded, and encoding must neither inherit nor overwrite that."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
 
 
 def _load_model(source: str, name: str) -> tuple[Any, Any]:
@@ -525,11 +549,12 @@ class TransformerEncoder(Encoder):
         order = np.argsort([-len(row) for row in ids], kind="stable")  # longest first: batches of similar length
         out = np.empty((len(texts), self.dim), np.float32)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            out[rows] = _forward(model, [ids[i] for i in rows], pad_id, bf16)
-            if progress is not None:
-                progress(min(start + batch_size, len(texts)), len(texts))
+        with _intra_op_threads(encoder_threads()):
+            for start in range(0, len(texts), batch_size):
+                rows = order[start : start + batch_size]
+                out[rows] = _forward(model, [ids[i] for i in rows], pad_id, bf16)
+                if progress is not None:
+                    progress(min(start + batch_size, len(texts)), len(texts))
         return out
 
     def _resolve_precision(self) -> str:

@@ -134,7 +134,7 @@ class MethodContext:
     def new_model(self, personalized: bool = True) -> RewardModel:
         torch.manual_seed(self.seed)
         return RewardModel(self.features.shape[1], self.n_users, hidden=self.train_config.hidden,
-                           k=self.train_config.k, personalized=personalized)
+                           k=self.train_config.k, personalized=personalized, normalise=self.train_config.normalise)
 
     def fit(self, model, train: PairSet, val: PairSet, stage: str, span, **kwargs) -> TrainResult:
         return train_model(model, self.features, train, val, kwargs.pop("config", self.train_config),

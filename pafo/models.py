@@ -41,10 +41,10 @@ class RewardModel(nn.Module):
     """(b + w_u) · g(φ) with g a small MLP to R^k; ``personalized=False`` drops w_u (the ``bt`` model)."""
 
     def __init__(self, in_dim: int, n_users: int, *, hidden: int = 128, k: int = 16, personalized: bool = True,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, normalise: bool = False):
         super().__init__()
         self.in_dim, self.n_users, self.hidden, self.k = in_dim, n_users, hidden, k
-        self.personalized, self.dropout = personalized, dropout
+        self.personalized, self.dropout, self.normalise = personalized, dropout, normalise
         self.g = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, k))
         self.b = nn.Parameter(torch.randn(k) / k**0.5)
         self.w = nn.Embedding(n_users, k) if personalized else None
@@ -54,7 +54,13 @@ class RewardModel(nn.Module):
     def config(self) -> dict:
         """Constructor arguments, saved beside the weights so a model can be rebuilt without pickle."""
         return {"in_dim": self.in_dim, "n_users": self.n_users, "hidden": self.hidden, "k": self.k,
-                "personalized": self.personalized, "dropout": self.dropout}
+                "personalized": self.personalized, "dropout": self.dropout, "normalise": self.normalise}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """g(φ); with ``normalise`` its rows have unit norm, so a reward's scale lives in b + w_u alone and the L2
+        prior on w_u really costs a user who must deviate far from b (it cannot be dodged by scaling g up)."""
+        h = self.g(x)
+        return torch.nn.functional.normalize(h, dim=-1) if self.normalise else h
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         if self.w is None:
@@ -63,11 +69,11 @@ class RewardModel(nn.Module):
 
     def forward(self, features: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """Reward of each (prompt, response) feature row for the given users."""
-        return (self.g(features) * self.user_vectors(users)).sum(-1)
+        return (self.features(features) * self.user_vectors(users)).sum(-1)
 
     def margin(self, chosen: torch.Tensor, rejected: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """r(x, y⁺, u) − r(x, y⁻, u); g is applied once to both sides in one batch."""
-        both = self.g(torch.cat([chosen, rejected]))
+        both = self.features(torch.cat([chosen, rejected]))
         vectors = self.user_vectors(users)
         return ((both[: len(users)] - both[len(users) :]) * vectors).sum(-1)
 

@@ -57,9 +57,11 @@ class TrainConfig:
     batch_size: int = option(256, "pairs per mini-batch")
     lr: float = option(3e-3, "AdamW learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay on the shared parameters (bounds the scale of g)")
-    user_l2: float = option(0.1, "L2 prior on each user's deviation w_u (once per user, not per pair)")
+    user_l2: float = option(0.3, "L2 prior on each user's deviation w_u (once per user, not per pair)")
     hidden: int = option(128, "hidden width of the feature MLP g")
     k: int = option(16, "dimension of g's output (and of b, w_u)")
+    user_lr_scale: float = option(1.0, "learning-rate multiplier for the per-user vectors w_u (few updates each)")
+    normalise: bool = option(False, "unit-norm g(φ): reward scale lives in b + w_u, so the L2 prior on w_u binds")
     patience: int = option(8, "stop after this many epochs without a better validation score")
 
 
@@ -189,6 +191,18 @@ class UserPenalty:
         return self.strength * self.scale * model.user_penalty(self.users)
 
 
+def _parameter_groups(model: RewardModel, config: TrainConfig) -> list[dict]:
+    """Shared parameters, and the per-user vectors with a larger step and no weight decay (the L2 prior is theirs):
+    a user's vector is updated only by batches holding that user's few pairs, so at the shared rate it barely
+    moves before early stopping."""
+    user = [model.w.weight] if model.w is not None else []
+    shared = [p for p in model.parameters() if all(p is not u for u in user)]
+    groups = [{"params": shared}]
+    if user:
+        groups.append({"params": user, "lr": config.lr * config.user_lr_scale, "weight_decay": 0.0})
+    return groups
+
+
 def _overall_score(metrics: dict) -> tuple:
     return (metrics["overall"],)
 
@@ -213,7 +227,7 @@ def train_model(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     penalty = UserPenalty.for_pairs(config.user_l2, train)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.AdamW(_parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     start, best, best_state, history, stale = time.perf_counter(), None, None, [], 0
     for epoch in range(1, config.epochs + 1):
         model.train()

@@ -90,6 +90,19 @@ def test_order_is_preserved_under_length_sorting(minilm_fp32: Encoder) -> None:
     np.testing.assert_allclose(reversed_batch[::-1], batched, atol=1e-4)
 
 
+def test_encoding_gives_back_the_callers_thread_setting(minilm_fp32: Encoder) -> None:
+    """Training runs single-threaded on purpose; an encode in between must not change that."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        minilm_fp32.encode(["hello"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bf16_stays_within_the_cosine_budget(minilm_fp32: Encoder) -> None:
     bf16 = get_encoder("minilm", precision="bf16")
     assert bf16.precision == "bf16" and bf16.name != minilm_fp32.name
