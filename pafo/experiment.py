@@ -109,9 +109,10 @@ def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: 
                   *, seed: int = 0, progress: Progress = no_progress, should_stop=never_stop) -> MethodContext:
     """The method context of a dataset: tensors, pair sets and each user's training prompts."""
     train_pairs = dataset.split("train")
-    prompt_of = dataset.responses["prompt_id"].to_numpy()
-    prompt_responses = {int(p): rows.to_numpy() for p, rows in
-                        pd.Series(np.arange(len(prompt_of))).groupby(prompt_of)}
+    # Dense pairs may only use responses a source lets into pairs (DSP leaves out "normal" unless asked).
+    eligible = np.unique(dataset.pairs[["chosen", "rejected"]].to_numpy())
+    prompt_of = dataset.responses["prompt_id"].to_numpy()[eligible]
+    prompt_responses = {int(p): rows.to_numpy() for p, rows in pd.Series(eligible).groupby(prompt_of)}
     prompts_of_user = train_pairs.groupby("user")["prompt_id"].unique()
     return MethodContext(
         features=torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), n_users=dataset.n_users,

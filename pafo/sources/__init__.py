@@ -35,7 +35,7 @@ class DataConfig:
     users: int = option(300, "number of simulated users")
     shares: str | None = option(None, "population shares of the judges, KEY=V,... (e.g. academy=0.55,...)")
     alpha: float = option(0.1, "Dirichlet concentration of personas (small: one dominant judge per user)")
-    train_pairs: int = option(12, "labelled training pairs per simulated user (validation included)")
+    train_pairs: int = option(8, "labelled training pairs per simulated user (validation included)")
     test_pairs: int = option(20, "labelled test pairs per simulated user")
     test_fraction: float = option(0.25, "share of prompts held out for test")
     val_fraction: float = option(0.1, "share of each user's training pairs kept for validation (at least 1)")
@@ -44,7 +44,7 @@ class DataConfig:
     prompts: int = option(160, "synthetic: number of prompts")
     responses_per_prompt: int = option(6, "synthetic: responses per prompt")
     judges: int = option(4, "synthetic: number of style critics (2-6)")
-    minority_homogeneity: float = option(0.8, "synthetic: how much the minority critics share one direction (0-1)")
+    minority_homogeneity: float = option(0.9, "synthetic: how much the minority critics share one direction (0-1)")
     quality_noise: float = option(0.1, "synthetic: std of each response's hidden quality (not readable from text)")
 
     def validate(self) -> DataConfig:

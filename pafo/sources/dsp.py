@@ -69,7 +69,7 @@ def load_dsp(
     users: int = 300,
     shares: dict[str, float] | None = None,
     alpha: float = 0.1,
-    train_pairs: int = 20,
+    train_pairs: int = 8,
     test_pairs: int = 20,
     test_fraction: float = 0.25,
     val_fraction: float = 0.1,

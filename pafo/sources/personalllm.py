@@ -37,8 +37,8 @@ def reward_model_columns(columns: list[str]) -> tuple[int, list[str]]:
 
 def _long_tables(frame: pd.DataFrame, n: int, models: list[str], source: str) -> tuple[pd.DataFrame, np.ndarray]:
     responses, scores = [], []
-    for row, item in enumerate(frame.itertuples(index=False)):
-        values = item._asdict()
+    # Records keep the column names as they are (itertuples renames names that are not identifiers, e.g. "rm-a").
+    for row, values in enumerate(frame.to_dict("records")):
         for k in range(1, n + 1):
             responses.append((row, values["prompt"], values[f"response_{k}"]))
             score_row = []
@@ -61,7 +61,7 @@ def load_personalllm(
     users: int = 300,
     shares: dict[str, float] | None = None,
     alpha: float = 0.1,
-    train_pairs: int = 20,
+    train_pairs: int = 8,
     test_pairs: int = 20,
     test_fraction: float = 0.25,
     val_fraction: float = 0.1,
