@@ -128,9 +128,7 @@ def _add_embed(sub) -> None:
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``pafo experiment`` (and ``pafo runs start``), built from the experiment's dataclasses."""
-    from .experiment import RunSettings
-    from .methods import GroupDROConfig, PAFOConfig
-    from .training import TrainConfig
+    from .method_configs import GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
 
     add_data_arguments(parser)
     for cls in (RunSettings, TrainConfig, PAFOConfig, GroupDROConfig):
@@ -139,9 +137,8 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
 
 def experiment_config_from_args(args: argparse.Namespace):
     """An ``ExperimentConfig`` from the flags; local data paths are made absolute for background workers."""
-    from .experiment import ExperimentConfig, RunSettings
-    from .methods import GroupDROConfig, PAFOConfig
-    from .training import TrainConfig
+    from .experiment import ExperimentConfig
+    from .method_configs import GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
 
     data = data_config_from_args(args)
     if data.path and Path(data.path).exists():

@@ -110,7 +110,7 @@ class PreferenceDataset:
 def split_prompts(prompt_ids: np.ndarray, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask over ``prompt_ids`` (unique ids) marking test prompts; at least one prompt on each side."""
     n = len(prompt_ids)
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * test_fraction)
     n_test = min(max(n_test, 1), n - 1) if n > 1 else 0
     is_test = np.zeros(n, dtype=bool)
     is_test[rng.permutation(n)[:n_test]] = True

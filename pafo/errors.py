@@ -11,5 +11,5 @@ class PafoInputError(ValueError):
     """Input the user can fix: a file, a row, a field or an option value."""
 
 
-class RunCancelled(Exception):
+class RunCancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised inside a run when its ``should_stop`` callback says the user cancelled it."""

@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import dataclass_from_dict, option
+from .config import dataclass_from_dict
 from .dataset import PreferenceDataset
 from .errors import PafoInputError
 from .features import response_features
+from .method_configs import UNKNOWN_METHOD, RunSettings
 from .methods import (
     MAJORITY,
     METHOD_CONFIGS,
-    METHODS,
     MINORITY,
     GroupDROConfig,
     MethodContext,
@@ -38,27 +38,7 @@ from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, p
 
 __all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "run_experiment"]
 
-UNKNOWN_METHOD = "--methods: unknown method {name!r}; choose from " + ", ".join(METHODS)
-NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
 BAD_BOOTSTRAP = "--bootstrap: must be ≥ 10 resamples (got {value})"
-
-
-@dataclass
-class RunSettings:
-    """What to train and how to report it."""
-
-    encoder: str = option("minilm", "text encoder: minilm, tfidf or a transformers model id/path")
-    methods: str = option("baseline,pafo", "comma-separated methods: " + ",".join(METHODS))
-    bootstrap: int = option(1000, "bootstrap resamples (over users) for confidence intervals")
-
-    def method_list(self) -> list[str]:
-        names = [m.strip() for m in self.methods.split(",") if m.strip()]
-        if not names:
-            raise PafoInputError(NO_METHODS)
-        for name in names:
-            if name not in METHODS:
-                raise PafoInputError(UNKNOWN_METHOD.format(name=name))
-        return list(dict.fromkeys(names))
 
 
 @dataclass
@@ -100,9 +80,8 @@ class ExperimentConfig:
 
 
 def _pair_set(pairs: pd.DataFrame, user_group: np.ndarray) -> PairSet:
-    users = pairs["user"].to_numpy(np.int64, copy=True)
-    return PairSet(pairs["chosen"].to_numpy(np.int64, copy=True), pairs["rejected"].to_numpy(np.int64, copy=True), users,
-                   group=user_group[users])
+    chosen, rejected, users = (pairs[c].to_numpy(np.int64, copy=True) for c in ("chosen", "rejected", "user"))
+    return PairSet(chosen, rejected, users, group=user_group[users])
 
 
 def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: np.ndarray, train: TrainConfig,

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 
-from .config import option
-from .errors import PafoInputError
+from .method_configs import (
+    METHOD_CONFIGS,
+    METHODS,
+    BaselineConfig,
+    BTConfig,
+    GroupDROConfig,
+    PAFOConfig,
+    ReweightConfig,
+)
 from .models import RewardModel
 from .training import (
     GroupDRO,
@@ -48,69 +55,7 @@ __all__ = [
     "pareto_score",
 ]
 
-METHODS = ("bt", "baseline", "reweight", "groupdro", "pafo")
 MAJORITY, MINORITY = 0, 1
-BAD_LAMBDA = "--lambda: must be ≥ 0 (got {value})"
-BAD_TEMPERATURE = "--temperature: must be > 0 (got {value})"
-BAD_DENSE = "--dense: must be ≥ 0 (got {value})"
-BAD_STEP = "--dro-step: must be > 0 (got {value})"
-
-
-@dataclass
-class BTConfig:
-    """Non-personalised Bradley–Terry reward model r(x, y) = a · g(φ)."""
-
-
-@dataclass
-class BaselineConfig:
-    """The personalized reward model (b + w_u) · g(φ) trained on all training pairs."""
-
-
-@dataclass
-class ReweightConfig:
-    """The personalized model with each group's pairs weighted to contribute equally."""
-
-
-@dataclass
-class GroupDROConfig:
-    """The personalized model trained with online GroupDRO over {majority, minority}."""
-
-    dro_step: float = option(0.01, "GroupDRO step size of the group weights")
-
-    def validate(self) -> GroupDROConfig:
-        if not self.dro_step > 0:
-            raise PafoInputError(BAD_STEP.format(value=self.dro_step))
-        return self
-
-
-@dataclass
-class PAFOConfig:
-    """PAFO: group teachers distilled into one student by conditional margin-level supervision."""
-
-    lam: float = option(1.0, "λ: weight of the distillation term", flag="--lambda")
-    temperature: float = option(1.0, "τ: temperature of the tempered margins")
-    condition: Literal["group", "group+agree"] = option("group", "targets from the user's group teacher "
-                                                                 "(+agree: drop targets contradicting the label)")
-    dense: int = option(40, "teacher-labelled extra pairs per user from the user's training prompts")
-    distill: Literal["bce", "mse"] = option("bce", "distillation loss on margins")
-    teacher_init: Literal["recentred", "baseline", "scratch"] = option(
-        "recentred", "teachers start from the baseline with b moved to their group's mean user vector "
-                     "(recentred), from the baseline as is, or from scratch")
-    teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)")
-    epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy")
-
-    def validate(self) -> PAFOConfig:
-        if not self.lam >= 0:
-            raise PafoInputError(BAD_LAMBDA.format(value=self.lam))
-        if not self.temperature > 0:
-            raise PafoInputError(BAD_TEMPERATURE.format(value=self.temperature))
-        if self.dense < 0:
-            raise PafoInputError(BAD_DENSE.format(value=self.dense))
-        return self
-
-
-METHOD_CONFIGS = {"bt": BTConfig, "baseline": BaselineConfig, "reweight": ReweightConfig,
-                  "groupdro": GroupDROConfig, "pafo": PAFOConfig}
 
 
 @dataclass
@@ -151,7 +96,7 @@ class MethodOutput:
 
 def _split_span(span: tuple[float, float], parts: list[float]) -> list[tuple[float, float]]:
     edges = span[0] + (span[1] - span[0]) * np.cumsum([0, *parts]) / sum(parts)
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return list(itertools.pairwise(edges))
 
 
 def baseline_output(ctx: MethodContext, span) -> MethodOutput:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import option
 from .errors import RunCancelled
+from .method_configs import TrainConfig
 from .models import RewardModel, bt_loss, distillation_loss
 
 __all__ = [
@@ -47,22 +47,6 @@ def set_threads(n: int = 1) -> None:
     """One intra-op thread for training: these models are tiny, and OpenMP threads spin-waiting on a busy 2-core
     machine (the app, a second run) made an epoch 12× slower with 2 threads than with 1 (measured)."""
     torch.set_num_threads(n)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings of one reward model."""
-
-    epochs: int = option(40, "maximum training epochs")
-    batch_size: int = option(256, "pairs per mini-batch")
-    lr: float = option(3e-3, "AdamW learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay on the shared parameters (bounds the scale of g)")
-    user_l2: float = option(0.3, "L2 prior on each user's deviation w_u (once per user, not per pair)")
-    hidden: int = option(128, "hidden width of the feature MLP g")
-    k: int = option(16, "dimension of g's output (and of b, w_u)")
-    user_lr_scale: float = option(1.0, "learning-rate multiplier for the per-user vectors w_u (few updates each)")
-    normalise: bool = option(False, "unit-norm g(φ): reward scale lives in b + w_u, so the L2 prior on w_u binds")
-    patience: int = option(8, "stop after this many epochs without a better validation score")
 
 
 @dataclass
@@ -152,7 +136,8 @@ class Objective:
     distill: str = "bce"
     dro: GroupDRO | None = None
 
-    def __call__(self, model: RewardModel, features: torch.Tensor, batch: PairSet, penalty: UserPenalty) -> torch.Tensor:
+    def __call__(self, model: RewardModel, features: torch.Tensor, batch: PairSet,
+                 penalty: UserPenalty) -> torch.Tensor:
         users = torch.as_tensor(batch.users)
         margin = model.margin(features[batch.chosen], features[batch.rejected], users)
         labelled = torch.ones(len(batch)) if batch.labelled is None else torch.from_numpy(batch.labelled).float()

@@ -332,7 +332,8 @@ def test_bootstrap_ci_one_constant_group_still_resamples_gap():
     assert ci["gap"][0] <= 0.825 - 0.5 <= ci["gap"][1]
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"n_resamples": 0}, "n_resamples"), ({"confidence": 1.0}, "confidence")])
+@pytest.mark.parametrize(("kwargs", "match"),
+                         [({"n_resamples": 0}, "n_resamples"), ({"confidence": 1.0}, "confidence")])
 def test_bootstrap_ci_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bootstrap_group_ci(_per_user([0.7, 0.8], [0.5, 0.6]), **kwargs)

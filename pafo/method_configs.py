@@ -1,0 +1,124 @@
+"""The configuration dataclasses of training and methods, free of torch so the CLI and app start fast.
+
+Each field carries a one-line help (``pafo.config.option``); the CLI flags and the app's forms are built from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .config import option
+from .errors import PafoInputError
+
+__all__ = [
+    "METHODS",
+    "METHOD_CONFIGS",
+    "UNKNOWN_METHOD",
+    "BTConfig",
+    "BaselineConfig",
+    "GroupDROConfig",
+    "PAFOConfig",
+    "ReweightConfig",
+    "RunSettings",
+    "TrainConfig",
+]
+
+METHODS = ("bt", "baseline", "reweight", "groupdro", "pafo")
+BAD_LAMBDA = "--lambda: must be ≥ 0 (got {value})"
+BAD_TEMPERATURE = "--temperature: must be > 0 (got {value})"
+BAD_DENSE = "--dense: must be ≥ 0 (got {value})"
+BAD_STEP = "--dro-step: must be > 0 (got {value})"
+UNKNOWN_METHOD = "--methods: unknown method {name!r}; choose from " + ", ".join(METHODS)
+NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one reward model."""
+
+    epochs: int = option(40, "maximum training epochs")
+    batch_size: int = option(256, "pairs per mini-batch")
+    lr: float = option(3e-3, "AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay on the shared parameters (bounds the scale of g)")
+    user_l2: float = option(0.3, "L2 prior on each user's deviation w_u (once per user, not per pair)")
+    hidden: int = option(128, "hidden width of the feature MLP g")
+    k: int = option(16, "dimension of g's output (and of b, w_u)")
+    user_lr_scale: float = option(1.0, "learning-rate multiplier for the per-user vectors w_u (few updates each)")
+    normalise: bool = option(False, "unit-norm g(φ): reward scale lives in b + w_u, so the L2 prior on w_u binds")
+    patience: int = option(8, "stop after this many epochs without a better validation score")
+
+
+@dataclass
+class BTConfig:
+    """Non-personalised Bradley–Terry reward model r(x, y) = a · g(φ)."""
+
+
+@dataclass
+class BaselineConfig:
+    """The personalized reward model (b + w_u) · g(φ) trained on all training pairs."""
+
+
+@dataclass
+class ReweightConfig:
+    """The personalized model with each group's pairs weighted to contribute equally."""
+
+
+@dataclass
+class GroupDROConfig:
+    """The personalized model trained with online GroupDRO over {majority, minority}."""
+
+    dro_step: float = option(0.01, "GroupDRO step size of the group weights")
+
+    def validate(self) -> GroupDROConfig:
+        if not self.dro_step > 0:
+            raise PafoInputError(BAD_STEP.format(value=self.dro_step))
+        return self
+
+
+@dataclass
+class PAFOConfig:
+    """PAFO: group teachers distilled into one student by conditional margin-level supervision."""
+
+    lam: float = option(1.0, "λ: weight of the distillation term", flag="--lambda")
+    temperature: float = option(1.0, "τ: temperature of the tempered margins")
+    condition: Literal["group", "group+agree"] = option("group", "targets from the user's group teacher "
+                                                                 "(+agree: drop targets contradicting the label)")
+    dense: int = option(40, "teacher-labelled extra pairs per user from the user's training prompts")
+    distill: Literal["bce", "mse"] = option("bce", "distillation loss on margins")
+    teacher_init: Literal["recentred", "baseline", "scratch"] = option(
+        "recentred", "teachers start from the baseline with b moved to their group's mean user vector "
+                     "(recentred), from the baseline as is, or from scratch")
+    teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)")
+    epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy")
+
+    def validate(self) -> PAFOConfig:
+        if not self.lam >= 0:
+            raise PafoInputError(BAD_LAMBDA.format(value=self.lam))
+        if not self.temperature > 0:
+            raise PafoInputError(BAD_TEMPERATURE.format(value=self.temperature))
+        if self.dense < 0:
+            raise PafoInputError(BAD_DENSE.format(value=self.dense))
+        return self
+
+
+METHOD_CONFIGS = {"bt": BTConfig, "baseline": BaselineConfig, "reweight": ReweightConfig,
+                  "groupdro": GroupDROConfig, "pafo": PAFOConfig}
+
+
+@dataclass
+class RunSettings:
+    """What to train and how to report it."""
+
+    encoder: str = option("minilm", "text encoder: minilm, tfidf or a transformers model id/path")
+    methods: str = option("baseline,pafo", "comma-separated methods: " + ",".join(METHODS))
+    bootstrap: int = option(1000, "bootstrap resamples (over users) for confidence intervals")
+
+    def method_list(self) -> list[str]:
+        names = [m.strip() for m in self.methods.split(",") if m.strip()]
+        if not names:
+            raise PafoInputError(NO_METHODS)
+        for name in names:
+            if name not in METHODS:
+                raise PafoInputError(UNKNOWN_METHOD.format(name=name))
+        return list(dict.fromkeys(names))
