@@ -167,10 +167,14 @@ class UserPenalty:
     scale: float = 1.0
 
     @classmethod
-    def for_pairs(cls, strength: float, pairs: PairSet) -> UserPenalty:
+    def for_pairs(cls, strength: float, pairs: PairSet, *, distilled: bool) -> UserPenalty:
+        """``distilled``: whether teacher targets carry a loss (λ > 0); only pairs with a loss count as data."""
         labelled = np.ones(len(pairs), dtype=bool) if pairs.labelled is None else pairs.labelled.astype(bool)
         users = torch.from_numpy(np.unique(pairs.users[labelled] if labelled.any() else pairs.users))
-        return cls(strength, users, float(labelled.sum()) / max(len(pairs), 1))
+        with_loss = labelled.copy()
+        if distilled and pairs.target_mask is not None:
+            with_loss |= pairs.target_mask > 0
+        return cls(strength, users, float(labelled.sum()) / max(int(with_loss.sum()), 1))
 
     def __call__(self, model: RewardModel) -> torch.Tensor:
         return self.strength * self.scale * model.user_penalty(self.users)
@@ -211,7 +215,7 @@ def train_model(
     objective = objective or Objective()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    penalty = UserPenalty.for_pairs(config.user_l2, train)
+    penalty = UserPenalty.for_pairs(config.user_l2, train, distilled=objective.lam > 0)
     optimiser = torch.optim.AdamW(_parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     start, best, best_state, history, stale = time.perf_counter(), None, None, [], 0
     for epoch in range(1, config.epochs + 1):

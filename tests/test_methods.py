@@ -297,3 +297,17 @@ def test_pareto_score_prefers_minority_among_epochs_that_keep_the_majority():
     too_low = {"overall": 0.90, "majority": 0.70, "minority": 0.95}
     assert max([ok_low, ok_high, too_low], key=score) is ok_high
     assert score(too_low)[0] == 0 and score(ok_low)[0] == 1
+
+
+def test_penalty_counts_only_pairs_that_carry_a_loss():
+    """Regression: with λ = 0 the dense teacher pairs carry no loss, yet they used to dilute the L2 prior on w_u
+    (scale labelled/all), so 'PAFO without distillation' silently trained a less regularised baseline."""
+    import numpy as np
+
+    from pafo.training import PairSet, UserPenalty
+
+    n = np.arange(4)
+    pairs = PairSet(n, n + 4, np.array([0, 0, 1, 1]), labelled=np.array([True, True, False, False]),
+                    target=np.ones(4, dtype=np.float32), target_mask=np.ones(4, dtype=np.float32))
+    assert UserPenalty.for_pairs(1.0, pairs, distilled=False).scale == 1.0
+    assert UserPenalty.for_pairs(1.0, pairs, distilled=True).scale == 0.5
