@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import pafo.encoders
-from pafo import cli, methods
+from pafo import cli
+from pafo import method_configs as methods
 from pafo import support as support_mod
 from pafo.config import UNKNOWN_FIELD
 from pafo.encoders import MSG_MODEL_OFFLINE
