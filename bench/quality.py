@@ -134,17 +134,20 @@ def bias_lines(results: list[dict]) -> list[str]:
     for seed, result in enumerate(results):
         base = result["methods"]["baseline"]
         lo, hi = spearman_ci(result["per_user"], "baseline", seed)
-        lines.append(f"- seed {seed}: baseline Spearman(support, accuracy) = {base['unfairness']['support_spearman']:+.3f} "
+        rho = base["unfairness"]["support_spearman"]
+        lines.append(f"- seed {seed}: baseline Spearman(support, accuracy) = {rho:+.3f} "
                      f"(95% bootstrap CI [{lo:+.3f}, {hi:+.3f}]); minority {pct(base['accuracy']['minority'])} vs "
                      f"majority {pct(base['accuracy']['majority'])} "
                      f"({100 * base['unfairness']['group_gap']:.1f} points below)")
     return lines
 
 
-def ablation_table(dataset: str, seeds: list[int], encoder: str) -> str:
+def ablation_table(dataset: str, seeds: list[int], encoder: str, only: list[str] | None = None) -> str:
     lines = ["| PAFO variant | majority | minority | Δ minority vs baseline | user std | Spearman ρ | Pareto "
              "(seeds) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for label, options in ABLATIONS.items():
+        if only and not any(label.startswith(prefix) for prefix in only):
+            continue
         rows = []
         for seed in seeds:
             result = run_experiment(experiment_config(dataset, seed, encoder, "baseline,pafo", **options).validate())
@@ -183,7 +186,8 @@ def speed_lines(results: dict[str, list[dict]], encoder: str) -> list[str]:
 
 def machine() -> str:
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
     except (OSError, StopIteration):
         model = platform.processor()
     return f"{model}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the end"
@@ -197,12 +201,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--ablation-seeds", default=None, help="seeds of the ablation (default: --seeds)")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--ablation-only", default=None,
+                        help="comma-separated prefixes of ablation rows: run only those rows (no main table)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS_quality.md"))
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     ablation_seeds = [int(s) for s in (args.ablation_seeds or args.seeds).split(",")]
     started, sections, results = time.perf_counter(), [], {}
+    only = args.ablation_only.split(",") if args.ablation_only else None
     for dataset in args.datasets.split(","):
+        if only:
+            sections += [f"PAFO ablation rows on {dataset}, seeds {ablation_seeds}:", "",
+                         ablation_table(dataset, ablation_seeds, args.encoder, only), ""]
+            continue
         runs = []
         for seed in seeds:
             runs.append(run_experiment(experiment_config(dataset, seed, args.encoder, METHODS).validate()))
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
                          "a time; Δ is against the baseline trained with the same settings):", "",
                          ablation_table(dataset, ablation_seeds, args.encoder), ""]
         print("\n".join(sections[-12:]), flush=True)
-    if not args.skip_speed:
+    if not args.skip_speed and not only:
         sections += ["### Speed", "", *speed_lines(results, args.encoder), ""]
     header = [f"## Quality: methods compared per user group ({args.datasets})", "",
               f"- command: `python -m bench.quality {' '.join(argv if argv is not None else sys.argv[1:])}`",
