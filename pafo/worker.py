@@ -205,6 +205,13 @@ def run_worker(registry: RunRegistry, run_id: str, *, heartbeat_interval: float 
     return 0 if succeeded else 1
 
 
+def _cancel_was_requested(registry: RunRegistry, run_id: str) -> bool:
+    try:
+        return bool(registry.cancel_requested(run_id))
+    except Exception:  # the database itself may be what failed
+        return False
+
+
 def _execute(registry: RunRegistry, run_id: str, config: dict, out_dir: Path, stop_flag: StopFlag) -> bool:
     """Call the target and translate how it ended into exactly one final status."""
     logger.info("run %s started (pid %s)", run_id, os.getpid())
@@ -217,9 +224,12 @@ def _execute(registry: RunRegistry, run_id: str, config: dict, out_dir: Path, st
         logger.info("run %s cancelled", run_id)
         registry.mark_cancelled(run_id, REASON_CANCELLED)
         return False
-    except BaseException as exc:  # every failure, even SystemExit, must end as `failed`
+    except BaseException as exc:  # every failure, even SystemExit, must end as `failed`...
         logger.exception("run %s failed", run_id)
-        registry.mark_failed(run_id, describe_error(exc))
+        if _cancel_was_requested(registry, run_id):  # ...unless the user cancelled it: then it is `cancelled`
+            registry.mark_cancelled(run_id, REASON_CANCELLED)
+        else:
+            registry.mark_failed(run_id, describe_error(exc))
         return False
     registry.mark_succeeded(run_id, result_path)
     logger.info("run %s succeeded: %s", run_id, result_path)

@@ -438,7 +438,7 @@ def test_cancel_cooperative(reg: RunRegistry):
 def test_cancel_forced_when_the_target_ignores_it(reg: RunRegistry):
     rec = worker_started(reg, reg.submit(cfg("tests.run_targets:ignores_cancel"), fingerprint="fp").id)
     rec = reg.cancel(rec.id, wait=1.0)
-    assert rec.status == CANCELLED and "did not stop within 1 s and was killed" in rec.error
+    assert rec.status == CANCELLED and "did not stop within 1 s and was killed" in rec.error, (rec.status, rec.error)
     assert process_alive(rec.pid, rec.id) is False
 
 
