@@ -10,6 +10,8 @@ u's label; a user's support rate s(u) is the mean over u's training pairs. Three
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,6 +48,9 @@ EMPTY_GROUP = (
 MIN_COLABELLERS = 3
 # Above this many (pair × user) comparisons the exact estimator samples other users instead of using all.
 MAX_COMPARISONS = 10**11
+# Margins per block of the exact estimator (1 MB of float32): small enough that each worker thread's block stays in
+# its core's cache between the matmul, the sign and the sum, large enough that per-block overhead is small.
+BLOCK_ELEMENTS = 2**18
 
 
 @dataclass
@@ -117,15 +122,105 @@ def _per_user(pair_support: pd.Series, users: np.ndarray, n_users: int) -> pd.Se
     return means.reindex(range(n_users)).rename("support_rate")
 
 
-def _agreement_counts(directions, others, chunk: int):
-    """For each direction d, the number of persona rows w with d·w > 0 (ties count one half)."""
+def _agreement_counts(directions, others, chunk: int) -> np.ndarray:
+    """For each direction d, the number of persona rows w with d·w > 0 (ties count one half).
+
+    Σ sign(d·w) = #(> 0) − #(< 0), so #(> 0) + ½·#(= 0) = (n + Σ sign) / 2: per block of directions one matmul into
+    a reused buffer, one in-place sign and one float32 row sum, instead of two comparisons and two boolean (int64)
+    reductions. The signs are integers, so the float32 sum is exact below 2**24 users and the counts equal the
+    comparisons'. Blocks are shared out to up to ``torch.get_num_threads()`` threads, each running single-threaded
+    torch on its own cache-sized buffer and taking the next block when done: unlike splitting every op across
+    threads, one thread slowed by other processes on the machine does not hold the others at a barrier.
+    """
     import torch
 
-    counts = torch.empty(len(directions), dtype=torch.float64)
-    for start in range(0, len(directions), chunk):
-        margins = directions[start : start + chunk] @ others.T
-        counts[start : start + chunk] = (margins > 0).sum(1) + 0.5 * (margins == 0).sum(1)
-    return counts
+    n = len(others)
+    counts = np.zeros(len(directions), dtype=np.float64)
+    if len(directions) == 0:
+        return counts
+    if not _sign_sum_safe(directions, others):  # NaN / overflow: keep the comparisons' rule (NaN never agrees)
+        for start in range(0, len(directions), chunk):
+            margins = directions[start : start + chunk] @ others.T
+            counts[start : start + chunk] = ((margins > 0).sum(1) + 0.5 * (margins == 0).sum(1)).numpy()
+        return counts
+    sum_dtype = torch.float32 if n < 2**24 else torch.float64
+    starts = iter(range(0, len(directions), chunk))
+    lock = threading.Lock()
+
+    def work(single_threaded: bool) -> None:
+        if single_threaded:
+            torch.set_num_threads(1)  # this thread's OpenMP / MKL pool
+        with torch.inference_mode():
+            buffer = torch.empty((min(chunk, len(directions)), n), dtype=directions.dtype)
+            while True:
+                with lock:
+                    start = next(starts, None)
+                if start is None:
+                    return
+                block = directions[start : start + chunk]
+                margins = buffer[: len(block)]
+                torch.matmul(block, others.T, out=margins)
+                torch.sign(margins, out=margins)
+                counts[start : start + len(block)] = margins.sum(1, dtype=sum_dtype).numpy()
+
+    threads = torch.get_num_threads()
+    n_workers = min(threads, -(-len(directions) // chunk))
+    if n_workers <= 1:
+        work(single_threaded=False)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(n_workers) as pool:
+            try:
+                for future in [pool.submit(work, True) for _ in range(n_workers)]:
+                    future.result()
+            finally:
+                torch.set_num_threads(threads)  # the default that threads started later inherit
+    return (counts + n) * 0.5
+
+
+def _sign_sum_safe(directions, others) -> bool:
+    """True when every d·w is finite: finite inputs and K·max|d|·max|w| below the float32 range."""
+    import torch
+
+    if not (bool(torch.isfinite(directions).all()) and bool(torch.isfinite(others).all())):
+        return False
+    if len(others) == 0:
+        return True
+    bound = directions.shape[1] * float(directions.abs().max()) * float(others.abs().max())
+    return bound < float(torch.finfo(directions.dtype).max) / 2
+
+
+def _lift_tiny_rows(weights: np.ndarray) -> np.ndarray:
+    """Rows (float32) times a power of two, so that no non-zero entry is near float32's subnormal range.
+
+    Dirichlet draws with a small α give some users weights below 1e-38; once in float32 those are subnormal, and
+    every matmul vector that touches one is several times slower on x86 (a 10^5 × 10^4 case ran 3.5× slower with 3%
+    of the users affected). Only rows whose smallest non-zero |w| is below 2**-90 are scaled, by 2**e with e chosen
+    to lift it to 2**-90 or more but keep the row's largest |w| below 2**40. Scaling a row by 2**e scales every
+    product and partial sum of its margins exactly unless the unscaled arithmetic itself underflowed, so the signs
+    (all the estimator counts) are unchanged, short of margins that cancel to below ~1e-30 in float32 rounding.
+    """
+    magnitude = np.abs(weights)
+    finite = np.isfinite(magnitude).all(axis=1)
+    smallest = np.where(magnitude > 0, magnitude, np.inf).min(axis=1, initial=np.inf)
+    tiny = finite & (smallest < 2.0**-90)
+    if not tiny.any():
+        return weights
+    with np.errstate(divide="ignore"):
+        up = np.ceil(-90 - np.log2(smallest[tiny].astype(np.float64)))
+        cap = np.floor(40 - np.log2(magnitude[tiny].max(axis=1).astype(np.float64)))
+    lifted = weights.copy()
+    lifted[tiny] = np.ldexp(weights[tiny], np.maximum(np.minimum(up, cap), 0).astype(np.int32)[:, None])
+    return lifted
+
+
+def _distinct_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a float32 matrix and each row's index among them (as ``np.unique(axis=0)``, ~5x faster).
+
+    Rows are compared as raw bytes (one void item per row), after adding +0.0 so that −0.0 and 0.0 are one value."""
+    rows = np.asarray(values, dtype=np.float32) + np.float32(0.0)
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    return distinct.view(np.float32).reshape(-1, rows.shape[1]), inverse.ravel()
 
 
 def exact_support(
@@ -138,7 +233,7 @@ def exact_support(
     users = train["user"].to_numpy()
     diff = dataset.base_scores[train["chosen"].to_numpy()] - dataset.base_scores[train["rejected"].to_numpy()]
     # Many pairs share a score difference (DSP has 12 domain pairs), so each distinct one is scored once.
-    directions, inverse = np.unique(diff.astype(np.float32), axis=0, return_inverse=True)
+    directions, inverse = _distinct_rows(diff)
     weights = dataset.persona_weights.astype(np.float32)
     n_users, sampled, notes = len(weights), None, []
     if len(directions) * n_users > max_comparisons:
@@ -147,15 +242,17 @@ def exact_support(
         notes.append(f"sampled {sampled} of {n_users} users as the labelling population")
     else:
         others = np.arange(n_users)
-    chunk = chunk or max(1, int(4_000_000 // max(len(others), 1)))
+    chunk = chunk or max(1, BLOCK_ELEMENTS // max(len(others), 1))
     import torch
 
     with torch.inference_mode():
-        counts = _agreement_counts(torch.from_numpy(directions), torch.from_numpy(weights[others]), chunk)
+        # Lifting rows out of the subnormal range changes no sign, only the speed (see _lift_tiny_rows).
+        population = torch.from_numpy(_lift_tiny_rows(weights[others]))
+        counts = _agreement_counts(torch.from_numpy(_lift_tiny_rows(directions)), population, chunk)
     own = np.einsum("pk,pk->p", diff, dataset.persona_weights[users])
     own_agrees = np.where(own > 0, 1.0, np.where(own == 0, 0.5, 0.0))
     in_population = np.isin(users, others)
-    agree = counts.numpy()[inverse.ravel()] - own_agrees * in_population
+    agree = counts[inverse] - own_agrees * in_population
     pair_support = pd.Series(agree / (len(others) - in_population), index=train.index, name="pair_support")
     return SupportResult("exact", _per_user(pair_support, users, n_users), pair_support, sampled, notes)
 
