@@ -1,23 +1,97 @@
-"""Support rates of the built-in synthetic dataset (first page; the full app grows around it)."""
+"""Support rates: how many other users share each user's preferences, and who counts as the minority."""
 
-import plotly.express as px
+from __future__ import annotations
+
 import streamlit as st
 
-from pafo.cli import support_report
-from pafo.sources import DataConfig, load_dataset
-from pafo.support import GroupConfig
+from pafo import appstate, report
+from pafo.errors import PafoInputError
+from pafo.support import GroupConfig, support_deciles
+from pages import _ui as ui
 
+ui.require_app()
 
-@st.cache_data(show_spinner="Simulating users…")
-def support_table(config: DataConfig, groups: GroupConfig):
-    return support_report(load_dataset(config), groups)
-
-
-payload, table = support_table(DataConfig(), GroupConfig())
 st.title("Preference support rates")
+st.markdown(
+    "A user's **support rate** is the share of *other* users who label their training pairs the same way. "
+    "Users with low support are the ones a shared reward model under-serves: they form the **minority** group."
+)
+
+config = st.session_state[ui.DATA]
+groups = dict(st.session_state[ui.GROUPS])
+
+controls = st.columns([1.2, 1.2, 2, 1.2])
+estimator = controls[0].selectbox("Estimator", ["auto", "exact", "colabel", "model"],
+                                  index=["auto", "exact", "colabel", "model"].index(groups["estimator"]),
+                                  help="auto: exact with known personas, co-label when pairs are labelled by ≥3 "
+                                       "users, else a cross-fitted Bradley–Terry model (TF-IDF features here)",
+                                  key="support_estimator")
+rule = controls[1].radio("Minority rule", ["quantile", "absolute"], horizontal=True, key="support_rule",
+                         index=1 if groups.get("minority_threshold") is not None else 0)
+
+try:
+    dataset = ui.load_data(config)
+    support = ui.support_rates(config, estimator)
+except PafoInputError as exc:
+    ui.show_error(str(exc), "Cannot estimate support rates: ")
+    st.stop()
+
+values = support.user_support.dropna()
+if rule == "quantile":
+    quantile = controls[2].slider("Minority = users at or below this support quantile", 0.05, 0.5,
+                                  float(groups.get("minority_quantile") or 0.2), 0.01, key="support_quantile")
+    new_groups = {"minority_quantile": quantile, "minority_threshold": None, "estimator": estimator}
+else:
+    default = groups.get("minority_threshold")
+    default = float(values.quantile(0.2)) if default is None else float(default)
+    threshold = controls[2].slider("Minority = users at or below this support rate", 0.0, 1.0,
+                                   round(default, 3), 0.005, key="support_threshold", format="%.3f")
+    new_groups = {"minority_quantile": groups.get("minority_quantile") or 0.2, "minority_threshold": threshold,
+                  "estimator": estimator}
+
+try:
+    grouping = GroupConfig(**new_groups).validate().apply(support.user_support)
+except PafoInputError as exc:
+    ui.show_error(str(exc), "This grouping does not work: ")
+    st.stop()
+st.session_state[ui.GROUPS] = new_groups  # the Train page uses the grouping shown here
+
+n_min, n_maj = len(grouping.minority_users), len(grouping.majority_users)
+with controls[3]:
+    st.metric("Minority users", f"{n_min:,}", help="users at or below the cut; the rest are the majority")
+    st.caption(f"{100 * n_min / max(n_min + n_maj, 1):.0f}% of users · {n_maj:,} majority · cut s ≤ "
+               f"{grouping.threshold:.3f}")
+
+table = dataset.users[["user_id"]].assign(group=grouping.groups, support_rate=support.user_support)
+if dataset.users["dominant"].notna().any():
+    table["dominant"] = dataset.users["dominant"]
+table = table.join(appstate.pair_counts(dataset))
+table["decile"] = support_deciles(support.user_support) + 1
+
 cols = st.columns(4)
-cols[0].metric("Users", payload["dataset"]["n_users"])
-cols[1].metric("Prompts", payload["dataset"]["n_prompts"])
-cols[2].metric("Train pairs", payload["dataset"]["n_pairs"]["train"])
-cols[3].metric("Minority users", payload["groups"]["n_minority"])
-st.plotly_chart(px.histogram(table, x="support_rate", color="group", nbins=40), use_container_width=True)
+cols[0].metric("Estimator", support.estimator)
+cols[1].metric("Median support", f"{values.median():.3f}")
+cols[2].metric("10th percentile", f"{values.quantile(0.1):.3f}")
+cols[3].metric("Minority mean support", f"{table.loc[table['group'] == 'minority', 'support_rate'].mean():.3f}")
+for note in support.notes:
+    st.caption(note)
+
+left, right = st.columns(2)
+with left:
+    ui.plot(report.support_histogram(table, grouping.threshold), key="support_hist")
+with right:
+    pair_users = dataset.pairs.loc[support.pair_support.index, "user"].to_numpy()
+    pair_group = grouping.groups.reindex(pair_users)
+    ui.plot(report.pair_support_histogram(support.pair_support, pair_group), key="pair_hist")
+
+st.subheader("Lowest-support users")
+n_show = st.slider("How many", 5, 100, 20, 5, key="support_n_low")
+lowest = table.sort_values("support_rate").head(n_show)
+st.dataframe(lowest, width="stretch", hide_index=True,
+             column_config={"support_rate": st.column_config.ProgressColumn("support rate", min_value=0.0,
+                                                                            max_value=1.0, format="%.3f")})
+st.download_button("Download per-user support rates (CSV)", table.to_csv(index=False).encode(),
+                   file_name=f"support_{dataset.name}.csv", mime="text/csv", icon=":material/download:",
+                   on_click="ignore")
+st.page_link(ui.PAGES["train"], label="Next: train the baseline and PAFO with this grouping",
+             icon=":material/model_training:")

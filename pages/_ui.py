@@ -1,0 +1,483 @@
+"""Streamlit helpers shared by the pages: session state, cached loaders, the sidebar and the live run panel.
+
+Everything that is not drawing widgets lives in :mod:`pafo.appstate` and :mod:`pafo.report` (no Streamlit there).
+Session keys: ``data_config`` (dict of DataConfig), ``group_config`` (dict of GroupConfig), ``run_id`` (the current
+run, mirrored in the URL as ``?run=<id>`` so a refresh re-attaches), ``forms`` (last submitted experiment forms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import runpy
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pafo import appstate, report
+from pafo.errors import PafoInputError
+from pafo.paths import pafo_home
+from pafo.registry import ACTIVE_STATUSES, CANCELLED, FAILED, SUCCEEDED, RunRegistry
+from pafo.sources import DataConfig, dataset_fingerprint, load_dataset
+from pafo.support import GroupConfig, estimate_support, resolve_estimator
+
+DATA, GROUPS, RUN, FORMS = "data_config", "group_config", "run_id", "forms"
+PAGES = {
+    "data": "pages/data.py",
+    "support": "pages/support.py",
+    "train": "pages/train.py",
+    "compare": "pages/compare.py",
+    "users": "pages/users.py",
+    "whatif": "pages/whatif.py",
+}
+APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
+POLL_SECONDS = 1.0
+STATUS_ICONS = {"queued": "◷", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+# ------------------------------------------------------------------------------------------- entry
+
+
+def _prewarm() -> None:
+    """Import the training stack (torch) while the user reads the first page, so the first click is quick.
+
+    Only an import, in a daemon thread: no Streamlit call happens off the script thread.
+    """
+    with contextlib.suppress(Exception):
+        import pafo.experiment  # noqa: F401
+
+
+threading.Thread(target=_prewarm, name="pafo-prewarm", daemon=True).start()
+
+
+_THREAD = threading.local()
+
+
+@contextlib.contextmanager
+def inside_app():
+    """Marks a script run that went through app.py (see :func:`require_app`)."""
+    _THREAD.in_app = True
+    try:
+        yield
+    finally:
+        _THREAD.in_app = False
+
+
+def require_app() -> None:
+    """Run app.py in place of a page that Streamlit started without it, then stop.
+
+    Until some session's app.py has called ``st.navigation``, Streamlit treats the ``pages/`` folder as a legacy
+    multipage app and runs a requested page script alone, without the app's navigation, state or sidebar: on the
+    first request after a server start (a refresh of ``/compare?run=…``) and in every AppTest run. app.py then
+    registers the navigation and runs the requested page inside it, in this same script run, so no widget value
+    of the run is lost.
+    """
+    if getattr(_THREAD, "in_app", False):
+        return
+    runpy.run_path(str(APP_PATH), run_name="__main__")
+    st.stop()
+
+
+# ------------------------------------------------------------------------------------------- state
+
+
+@st.cache_resource(show_spinner=False)
+def _registry(home: str) -> RunRegistry:
+    return RunRegistry(home)
+
+
+def registry() -> RunRegistry:
+    """The run registry of ``$PAFO_HOME`` (one object per home, shared by all sessions)."""
+    return _registry(str(pafo_home()))
+
+
+def default_forms() -> dict:
+    """Defaults of the experiment forms."""
+    from pafo.method_configs import GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
+
+    return {"run": dataclasses.asdict(RunSettings()), "train": dataclasses.asdict(TrainConfig()),
+            "pafo": dataclasses.asdict(PAFOConfig()), "groupdro": dataclasses.asdict(GroupDROConfig())}
+
+
+def adopt_run_config(config: dict) -> None:
+    """Make a run's dataset, grouping and forms the session's current choices (re-attach, what-if)."""
+    ss = st.session_state
+    ss[DATA] = {**dataclasses.asdict(DataConfig()), **appstate.known_fields(DataConfig, config.get("data"))}
+    ss[GROUPS] = {**dataclasses.asdict(GroupConfig()), **appstate.known_fields(GroupConfig, config.get("groups"))}
+    forms = default_forms()
+    for section in forms:
+        forms[section].update({k: v for k, v in (config.get(section) or {}).items() if k in forms[section]})
+    ss[FORMS] = forms
+
+
+def init_state() -> None:
+    """Fill the session from the URL (``?run=<id>`` re-attaches a run after a refresh) or the defaults."""
+    ss = st.session_state
+    if RUN not in ss:
+        ss[RUN] = None
+        wanted = st.query_params.get("run")
+        if wanted:
+            try:
+                record = registry().get(wanted, refresh=False)
+            except PafoInputError as exc:
+                ss["attach_error"] = str(exc)
+            else:
+                ss[RUN] = record.id
+                adopt_run_config(record.config)
+    ss.setdefault(DATA, dataclasses.asdict(DataConfig()))
+    ss.setdefault(GROUPS, dataclasses.asdict(GroupConfig()))
+    sync_url()
+
+
+def forms() -> dict:
+    """The last submitted experiment forms (the defaults at first)."""
+    if FORMS not in st.session_state:
+        st.session_state[FORMS] = default_forms()
+    return st.session_state[FORMS]
+
+
+def sync_url() -> None:
+    """Mirror the current run id in the URL."""
+    run_id = st.session_state.get(RUN)
+    if run_id and st.query_params.get("run") != run_id:
+        st.query_params["run"] = run_id
+
+
+def set_current_run(run_id: str | None) -> None:
+    st.session_state[RUN] = run_id
+    if run_id:
+        st.query_params["run"] = run_id
+    elif "run" in st.query_params:
+        del st.query_params["run"]
+
+
+def current_record():
+    """The current run's record, or None (an id that vanished from the registry is dropped)."""
+    run_id = st.session_state.get(RUN)
+    if not run_id:
+        return None
+    try:
+        return registry().get(run_id)
+    except PafoInputError:
+        set_current_run(None)
+        return None
+
+
+# ------------------------------------------------------------------------------------------- cached loaders
+
+
+def fingerprint(config: dict) -> str:
+    return dataset_fingerprint(DataConfig(**config))
+
+
+@st.cache_data(show_spinner="Loading the dataset…", max_entries=6)
+def _load_data(config: dict, fingerprint: str):
+    return load_dataset(DataConfig(**config))
+
+
+def load_data(config: dict):
+    """The dataset of a DataConfig dict (cached; a changed local file gives a new fingerprint)."""
+    return _load_data(config, fingerprint(config))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _summary(config: dict, fingerprint: str) -> dict:
+    dataset = _load_data(config, fingerprint)
+    return {**dataset.summary(), "judges": list(dataset.judges), "meta": {
+        k: v for k, v in dataset.meta.items() if isinstance(v, str | int | float | dict | list)}}
+
+
+def dataset_summary(config: dict) -> dict:
+    return _summary(config, fingerprint(config))
+
+
+@st.cache_data(show_spinner="Estimating preference support rates…", max_entries=8)
+def _support(config: dict, fingerprint: str, estimator: str):
+    dataset = _load_data(config, fingerprint)
+    resolved = resolve_estimator(dataset, estimator)
+    embeddings = None
+    if resolved == "model":
+        from pafo.features import response_features
+
+        embeddings = response_features(dataset, "tfidf").features
+    return estimate_support(dataset, resolved, embeddings=embeddings, seed=int(config.get("seed") or 0))
+
+
+def support_rates(config: dict, estimator: str):
+    """Support rates of a dataset (cached by dataset and estimator; the threshold is applied live)."""
+    return _support(config, fingerprint(config), estimator)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _result(run_id: str, path: str, mtime: float) -> tuple[dict | None, str | None]:
+    record = registry().load_result(run_id)
+    return record.result, record.result_error
+
+
+def load_result(record) -> tuple[dict | None, str | None]:
+    """A finished run's result JSON (cached by file and mtime) or the reason it cannot be read."""
+    if record.status != SUCCEEDED or not record.result_path:
+        return None, f"run {record.id} has no result (status {record.status})"
+    path = Path(record.result_path)
+    mtime = path.stat().st_mtime if path.is_file() else -1.0
+    return _result(record.id, str(path), mtime)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _margins(path: str, mtime: float) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def test_margins(record) -> pd.DataFrame | None:
+    """The run's test_margins.csv (cached), or None when the run has none."""
+    if not record.result_path:
+        return None
+    path = Path(record.result_path).parent / "test_margins.csv"
+    return _margins(str(path), path.stat().st_mtime) if path.is_file() else None
+
+
+def finished_runs() -> list:
+    return registry().list(status=SUCCEEDED)
+
+
+def pareto_frame(records) -> pd.DataFrame:
+    """Majority/minority accuracy of every finished run × method (results are cached per run)."""
+    pairs = []
+    for record in records:
+        result, _ = load_result(record)
+        if result is not None:
+            pairs.append((record, result))
+    return appstate.pareto_points(pairs)
+
+
+# ------------------------------------------------------------------------------------------- widgets
+
+
+def plot(fig, key: str | None = None) -> None:
+    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key)
+
+
+def flash(kind: str, message: str) -> None:
+    """A message shown once at the top of the next page run (survives ``st.rerun``)."""
+    st.session_state["flash"] = (kind, message)
+
+
+def show_flash() -> None:
+    kind, message = st.session_state.pop("flash", (None, None))
+    if kind == "success":
+        st.success(message, icon=":material/check_circle:")
+    elif kind == "info":
+        st.info(message, icon=":material/info:")
+
+
+def show_error(message: str, prefix: str = "") -> None:
+    st.error(f"{prefix}{message}", icon=":material/error:")
+
+
+def run_label(record) -> str:
+    label = f" · {record.label}" if record.label else ""
+    methods = (record.config.get("run") or {}).get("methods", "")
+    when = time.strftime("%H:%M:%S", time.localtime(record.created_at))
+    return f"{STATUS_ICONS.get(record.status, '')} {record.id}{label} · {methods} · {when}"
+
+
+def pick_finished_run(key: str, title: str = "Run", *, live: bool = False) -> tuple[object, dict] | None:
+    """A select box of finished runs (the current run first when it finished), its record and result.
+
+    Shows the current run's failure, or its live progress (``live``) while it trains, and the honest empty state;
+    returns None when there is nothing to show. When the current run finishes it becomes the selection.
+    """
+    current = current_record()
+    if current is not None and current.status in (FAILED, CANCELLED):
+        what = "failed" if current.status == FAILED else "was cancelled"
+        show_error(f"Run {current.id} {what}: {current.error or 'no reason recorded'}. It has no results; "
+                   "start a new run on Train or pick a finished run below.")
+    elif current is not None and current.status in ACTIVE_STATUSES:
+        if live:
+            st.markdown(f"**Training run {current.id}** — its results appear here when it finishes.")
+            live_run_panel(current.id, key=key)
+        else:
+            st.info(f"Run {current.id} is {current.status} ({100 * current.progress:.0f}%, {current.stage}). Its "
+                    "results appear here when it finishes; follow it on Train.", icon=":material/hourglass_top:")
+    runs = finished_runs()
+    if not runs:
+        if current is None or current.status not in ACTIVE_STATUSES:
+            st.info("No finished run yet — start one on **Train**, or press **Run the demo** on the Data page.",
+                    icon=":material/info:")
+            st.page_link(PAGES["train"], label="Go to Train", icon=":material/model_training:")
+        return None
+    ids = [r.id for r in runs]
+    seen = f"{key}__current"
+    if current is not None and current.id in ids and st.session_state.get(seen) != current.id:
+        st.session_state[key] = current.id  # a run that just finished (or was attached) is shown first
+        st.session_state[seen] = current.id
+    if st.session_state.get(key) not in ids:
+        st.session_state[key] = ids[0]
+    chosen = st.selectbox(title, ids, key=key, format_func=lambda i: run_label(runs[ids.index(i)]))
+    record = runs[ids.index(chosen)]
+    result, error = load_result(record)
+    if result is None:
+        show_error(error or "the result could not be read")
+        return None
+    return record, result
+
+
+# ------------------------------------------------------------------------------------------- sidebar
+
+
+def _sidebar_run(record) -> None:
+    st.markdown(f"**Run** `{record.id}`" + (f" · {record.label}" if record.label else ""))
+    text = f"{STATUS_ICONS.get(record.status, '')} {record.status} · {record.stage}"
+    st.progress(min(1.0, max(0.0, float(record.progress))), text=text)
+    if record.reused_from:
+        st.caption(f"♻ reused from {record.reused_from}")
+    if record.status == SUCCEEDED:
+        st.page_link(PAGES["compare"], label="Open Compare", icon=":material/monitoring:")
+    elif record.status in (FAILED, CANCELLED) and record.error:
+        st.caption(record.error[:200])
+
+
+@st.fragment(run_every=2.0)
+def _sidebar_run_live() -> None:
+    record = current_record()
+    if record is None:
+        return
+    _sidebar_run(record)
+    if record.done:
+        st.rerun()
+
+
+def sidebar() -> None:
+    """The current dataset and run, on every page."""
+    with st.sidebar:
+        st.markdown("#### Current dataset")
+        config = st.session_state[DATA]
+        try:
+            summary = dataset_summary(config)
+        except PafoInputError as exc:
+            st.caption(f"cannot load: {exc}")
+        else:
+            pairs = summary["n_pairs"]
+            source = config["dataset"] if config["dataset"] == "synthetic" else \
+                f"{config['dataset']}: {Path(str(config.get('path') or '')).name}"
+            st.markdown(f"**{source}** · {summary['n_users']:,} users · {summary['n_prompts']:,} prompts  \n"
+                        f"{pairs['train']:,} train · {pairs['val']:,} val · {pairs['test']:,} test pairs")
+        groups = st.session_state[GROUPS]
+        rule = (f"support ≤ {groups['minority_threshold']:.2f}" if groups.get("minority_threshold") is not None
+                else f"lowest {100 * groups['minority_quantile']:.0f}% support")
+        st.caption(f"minority = {rule} · estimator {groups['estimator']}")
+        st.markdown("#### Current run")
+        if st.session_state.get("attach_error"):
+            st.caption(f"could not re-attach: {st.session_state['attach_error']}")
+        record = current_record()
+        if record is None:
+            st.caption("none yet — press **Run the demo** on Data or start one on Train")
+        elif record.status in ACTIVE_STATUSES:
+            _sidebar_run_live()
+        else:
+            _sidebar_run(record)
+
+
+# ------------------------------------------------------------------------------------------- run panel
+
+
+def run_status_message(record) -> None:
+    """The final state of a run, said plainly."""
+    if record.status == SUCCEEDED:
+        seconds = (record.finished_at or 0) - (record.started_at or record.created_at)
+        if record.reused_from:
+            st.info(f"♻ Reused finished run {record.reused_from}: identical config, data and code, so no "
+                    "training was needed. Tick *Force a fresh run* in the form below for a new one.",
+                    icon=":material/recycling:")
+        else:
+            st.success(f"Run {record.id} finished in {seconds:.0f} s.", icon=":material/check_circle:")
+        st.page_link(PAGES["compare"], label="Compare baseline and PAFO", icon=":material/monitoring:")
+    elif record.status == FAILED:
+        show_error(f"Run {record.id} failed: {record.error or 'no reason recorded'}")
+    elif record.status == CANCELLED:
+        st.warning(f"Run {record.id} was cancelled: {record.error or 'by the user'}. It has no results.",
+                   icon=":material/cancel:")
+
+
+def run_panel(record, *, key: str) -> None:
+    """Progress, stage, training curves and the cancel button of one run."""
+    reg = registry()
+    percent = 100 * float(record.progress)
+    cols = st.columns([3, 1.4, 0.8, 0.8])
+    cols[0].progress(min(1.0, max(0.0, float(record.progress))), text=f"{record.stage or record.status} · "
+                                                                     f"{percent:.0f}%")
+    cols[1].metric("Status", record.status)
+    elapsed = (record.finished_at or time.time()) - (record.started_at or record.created_at)
+    cols[2].metric("Elapsed", f"{elapsed:.0f} s")
+    if record.status in ACTIVE_STATUSES and cols[3].button("Cancel run", key=f"cancel_{key}_{record.id}",
+                                                          type="secondary", icon=":material/stop_circle:"):
+        record = reg.request_cancel(record.id)
+        st.toast(f"Cancel requested for {record.id}")
+    history = appstate.history_frame(reg.epochs(record.id))
+    if len(history):
+        last = history.iloc[-1]
+        cols[3].metric("Epochs", f"{len(history)}", help=f"last: {last['stage']} epoch {last['epoch']}")
+        plot(report.training_curves(history), key=f"curves_{key}_{record.id}")
+    elif record.status in ACTIVE_STATUSES:
+        st.caption("Loading data and embedding texts; training curves appear with the first epoch.")
+    if record.done:
+        run_status_message(record)
+
+
+def live_run_panel(run_id: str, *, key: str) -> None:
+    """:func:`run_panel`, re-drawn every second while the run is active (an ``st.fragment``)."""
+
+    @st.fragment(run_every=POLL_SECONDS)
+    def _panel() -> None:
+        record = registry().get(run_id)
+        run_panel(record, key=key)
+        if record.done:
+            st.rerun()  # the whole page re-renders once: static panel and links (on Compare: the results)
+
+    record = registry().get(run_id)
+    if record.done:
+        run_panel(record, key=key)
+    else:
+        _panel()
+
+
+# ------------------------------------------------------------------------------------------- forms
+
+
+def spec_widget(spec: appstate.FieldSpec, value, key: str):
+    """One input widget for a dataclass field (inside a form: the value counts when the form is submitted)."""
+    help_text = f"{spec.help} (default: {spec.default})"
+    if spec.kind == "choice":
+        options = list(spec.choices)
+        return st.selectbox(spec.label, options, index=options.index(value) if value in options else 0,
+                            help=help_text, key=key)
+    if spec.kind == "bool":
+        return st.checkbox(spec.label, value=bool(value), help=help_text, key=key)
+    if spec.optional or spec.kind == "str":
+        return st.text_input(spec.label, value="" if value is None else str(value), help=help_text, key=key,
+                             placeholder="default" if spec.optional else None)
+    if spec.kind == "int":
+        return st.number_input(spec.label, value=int(value), step=1, help=help_text, key=key)
+    return st.number_input(spec.label, value=float(value), help=help_text, key=key, format="%g",
+                           step=_float_step(float(value)))
+
+
+def _float_step(value: float) -> float:
+    magnitude = abs(value) if value else 0.1
+    return float(10 ** (int(f"{magnitude:e}".split("e")[1]) - 1)) if magnitude < 1 else 0.1
+
+
+def dataclass_inputs(cls: type, values: dict, *, prefix: str, include: tuple[str, ...] | None = None,
+                     exclude: tuple[str, ...] = (), columns: int = 3) -> dict:
+    """Widgets for a config dataclass's fields, laid out in columns; returns the raw form values."""
+    specs = appstate.field_specs(cls, include=include, exclude=exclude)
+    cols = st.columns(columns)
+    out = {}
+    for i, spec in enumerate(specs):
+        with cols[i % columns]:
+            out[spec.name] = spec_widget(spec, values.get(spec.name, spec.default), f"{prefix}_{spec.name}")
+    return out

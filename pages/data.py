@@ -1,0 +1,157 @@
+"""Data: the one-click demo, choosing and validating a dataset source, preview rows and summary figures."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from pafo import appstate, report
+from pafo.errors import PafoInputError
+from pafo.paths import PACKAGE_ROOT
+from pafo.sources import DataConfig
+from pafo.support import GroupConfig
+from pages import _ui as ui
+
+ui.require_app()
+
+DSP_LOCAL = PACKAGE_ROOT.parent / "shared" / "data" / "dsp_test_part_a.json"
+HUB_SCHEMAS = {"pairs": "pairs table (user_id, prompt, chosen, rejected)", "personalllm": "PersonalLLM",
+               "dsp": "DSP JSON"}
+
+st.title("⚖️ PAFO Studio")
+st.markdown(
+    "Find and fix **personalized reward bias**: users whose preferences few others share (low *support rate*) get "
+    "worse reward models. PAFO trains a teacher per user group and distils both into one fair student."
+)
+
+ui.show_flash()
+
+# ----------------------------------------------------------------------------------------------- the demo
+with st.container(border=True):
+    left, right = st.columns([3, 1], vertical_alignment="center")
+    left.markdown(
+        "**New here? Run the demo.** It simulates 300 users on the built-in synthetic data, trains the baseline "
+        "and PAFO in the background and shows their progress on **Compare**, then the results (about a minute)."
+    )
+    if right.button("▶ Run the demo", type="primary", width="stretch", key="run_demo"):
+        config = appstate.demo_config()
+        ui.adopt_run_config(config.to_dict())
+        try:
+            record = ui.registry().submit(config.to_dict(), fingerprint=config.fingerprint(), label="demo")
+        except PafoInputError as exc:
+            ui.show_error(str(exc), "Could not start the demo: ")
+        else:
+            ui.set_current_run(record.id)
+            st.switch_page(ui.PAGES["compare"])  # it shows the live progress, then the results
+
+# ----------------------------------------------------------------------------------------------- the source
+st.subheader("Dataset")
+current = st.session_state[ui.DATA]
+sources = list(appstate.SOURCE_LABELS)
+initial = appstate.source_kind(current)
+source = st.segmented_control("Source", sources, default=initial, format_func=appstate.SOURCE_LABELS.get,
+                              key="data_source") or initial
+
+path_value = current.get("path") if current["dataset"] == source else None
+dataset_name, uploaded_path = source, None
+if source == "pairs":
+    st.caption("A table with columns **user_id, prompt, chosen, rejected** (optional **split**: train / val / "
+               "test) as CSV, JSONL, JSON or Parquet.")
+    # No type= filter: a wrong file gets our own message (what is wrong and what to upload) instead of a widget error.
+    upload = st.file_uploader("Upload a pairs file (.csv, .jsonl, .json or .parquet)", key="pairs_upload")
+    if upload is not None:
+        try:
+            uploaded_path = str(appstate.save_upload(upload.name, upload.getvalue()))
+        except PafoInputError as exc:
+            ui.show_error(str(exc), "Upload rejected: ")
+        else:
+            st.caption(f"uploaded {upload.name} ({len(upload.getvalue()):,} bytes); it is used instead of the path")
+elif source == "hub":
+    dataset_name = st.radio("Schema", list(HUB_SCHEMAS), format_func=HUB_SCHEMAS.get, horizontal=True,
+                            key="hub_schema", index=list(HUB_SCHEMAS).index(current["dataset"])
+                            if current["dataset"] in HUB_SCHEMAS else 0)
+    st.caption("A Hugging Face hub id (owner/name) or a URL. This machine may be offline: then download the file "
+               "elsewhere and use its local path.")
+elif source == "dsp" and not path_value and DSP_LOCAL.is_file():
+    path_value = str(DSP_LOCAL)
+
+with st.form("data_form", border=True):
+    values: dict = {}
+    if source != "synthetic":
+        hint = {"hub": "namkoong-lab/PersonalLLM", "dsp": "path/to/dsp.json", "personalllm": "file or hub id",
+                "pairs": "path/to/pairs.csv"}[source]
+        label = "or a path on this machine" if source == "pairs" else "Path, URL or hub id"
+        values["path"] = st.text_input(label, value=path_value or "", placeholder=hint, key=f"path_{source}")
+    fields = appstate.source_fields(dataset_name)
+    with st.expander("Options", expanded=source == "synthetic"):
+        values.update(ui.dataclass_inputs(DataConfig, current if current["dataset"] == dataset_name else {},
+                                          prefix=f"data_{dataset_name}", include=fields, columns=4))
+    submitted = st.form_submit_button("Load dataset", type="primary")
+
+if submitted:
+    if uploaded_path:
+        values["path"] = uploaded_path
+    values = {k: v for k, v in values.items() if k != "path" or v}
+    try:
+        config = appstate.form_to_dataclass(DataConfig, {"dataset": dataset_name, **values})
+        config_dict = dataclasses.asdict(config.validate())
+        ui.load_data(config_dict)
+    except PafoInputError as exc:
+        ui.show_error(str(exc), "Cannot load this dataset: ")
+    except Exception as exc:  # a bug or an unforeseen file problem: say so instead of a traceback
+        ui.show_error(f"{type(exc).__name__}: {exc}", "Unexpected error while loading: ")
+    else:
+        if config_dict != st.session_state[ui.DATA]:
+            st.session_state[ui.DATA] = config_dict
+            st.session_state[ui.GROUPS] = dataclasses.asdict(GroupConfig())
+        ui.flash("success", "Dataset loaded. Next: look at its **support rates**, then **train**.")
+        st.rerun()
+
+if st.button("Reset to the synthetic demo data", key="reset_data"):
+    st.session_state[ui.DATA] = dataclasses.asdict(DataConfig())
+    st.session_state[ui.GROUPS] = dataclasses.asdict(GroupConfig())
+    st.rerun()
+
+# ----------------------------------------------------------------------------------------------- preview
+config = st.session_state[ui.DATA]
+try:
+    dataset = ui.load_data(config)
+except PafoInputError as exc:
+    ui.show_error(str(exc), "The current dataset cannot be loaded: ")
+    st.stop()
+
+summary = dataset.summary()
+st.subheader(f"Current dataset: {summary['name']}")
+cols = st.columns(6)
+cols[0].metric("Users", f"{summary['n_users']:,}")
+cols[1].metric("Prompts", f"{summary['n_prompts']:,}")
+cols[2].metric("Responses", f"{summary['n_responses']:,}")
+for col, split in zip(cols[3:], ("train", "val", "test"), strict=True):
+    col.metric(f"{split} pairs", f"{summary['n_pairs'][split]:,}")
+
+left, right = st.columns(2)
+with left:
+    ui.plot(report.pairs_per_user_figure(appstate.pair_counts(dataset)), key="pairs_per_user")
+with right:
+    dominant = dataset.users["dominant"].dropna()
+    if len(dominant):
+        counts = dominant.value_counts()
+        fig = report.make_figure([go.Bar(x=counts.index, y=counts.to_numpy(), marker_color="#4C6EF5")],
+                                 "Users by dominant judge (simulated personas)", height=320,
+                                 xaxis=dict(title="dominant judge of the user's persona"), yaxis=dict(title="users"))
+        ui.plot(fig, key="judges")
+        shares = dataset.meta.get("shares")
+        if shares:
+            st.caption(f"population shares: {appstate.shares_text(shares)} · α = {dataset.meta.get('alpha')}")
+    else:
+        per_prompt = dataset.pairs.groupby("prompt_id").size()
+        fig = report.make_figure([go.Histogram(x=per_prompt, marker_color="#4C6EF5")], "Pairs per prompt",
+                                 height=320, xaxis=dict(title="labelled pairs per prompt"),
+                                 yaxis=dict(title="prompts"))
+        ui.plot(fig, key="per_prompt")
+
+split = st.radio("Preview split", ["train", "val", "test"], horizontal=True, key="preview_split")
+st.dataframe(dataset.pair_table(split).head(200), width="stretch", height=300, hide_index=True)
+st.page_link(ui.PAGES["support"], label="Next: support rates", icon=":material/bar_chart:")

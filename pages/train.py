@@ -1,0 +1,116 @@
+"""Train: configure methods from their dataclasses, start runs in the background, follow and cancel them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from pafo import appstate
+from pafo.errors import PafoInputError
+from pafo.method_configs import METHODS, GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
+from pages import _ui as ui
+
+ui.require_app()
+
+ENCODERS = ["minilm", "tfidf"]
+
+st.title("Train")
+reg = ui.registry()
+record = ui.current_record()
+
+# ----------------------------------------------------------------------------------------------- current run
+if record is not None:
+    st.subheader(f"Run {record.id}" + (f" · {record.label}" if record.label else ""))
+    methods = (record.config.get("run") or {}).get("methods", "")
+    encoder = (record.config.get("run") or {}).get("encoder", "")
+    st.caption(f"methods {methods} · encoder {encoder} · dataset {record.config['data']['dataset']}"
+               + (f" · what-if of {record.parent_id}" if record.parent_id else ""))
+    ui.live_run_panel(record.id, key="train")
+else:
+    st.info("No run yet. Configure one below, or press **Run the demo** on the Data page.", icon=":material/info:")
+
+# ----------------------------------------------------------------------------------------------- new run
+data, groups = st.session_state[ui.DATA], st.session_state[ui.GROUPS]
+forms = ui.forms()
+rule = (f"support ≤ {groups['minority_threshold']:.3f}" if groups.get("minority_threshold") is not None
+        else f"lowest {100 * groups['minority_quantile']:.0f}% support")
+with st.expander("Start a new run", expanded=record is None):
+    source = data["dataset"] if data["dataset"] == "synthetic" else f"{data['dataset']} ({data.get('path')})"
+    st.markdown(f"Dataset **{source}** · minority = **{rule}** ({groups['estimator']} estimator) — change them on "
+                "the Data and Support rates pages.")
+    with st.form("train_form"):
+        run_values = forms["run"]
+        cols = st.columns([2, 1, 1])
+        methods_help = appstate.field_specs(RunSettings, include=("methods",))[0].help
+        chosen = cols[0].multiselect("Methods", list(METHODS),
+                                     default=[m for m in run_values["methods"].split(",") if m in METHODS],
+                                     help=methods_help, key="train_methods")
+        encoder_value = run_values["encoder"]
+        encoders = ENCODERS if encoder_value in ENCODERS else [*ENCODERS, encoder_value]
+        encoder = cols[1].selectbox("Encoder", encoders, index=encoders.index(encoder_value), key="train_encoder",
+                                    help="minilm: all-MiniLM-L6-v2 (the first run embeds the texts, later runs hit "
+                                         "the disk cache); tfidf: fast TF-IDF + SVD")
+        bootstrap = cols[2].number_input("Bootstrap resamples", 10, 10000, int(run_values["bootstrap"]), 100,
+                                         key="train_bootstrap")
+        st.markdown("**Training** (every model)")
+        train_values = ui.dataclass_inputs(TrainConfig, forms["train"], prefix="train", columns=4)
+        st.markdown("**PAFO** (teachers and distillation)")
+        pafo_values = ui.dataclass_inputs(PAFOConfig, forms["pafo"], prefix="pafo", columns=4)
+        st.markdown("**GroupDRO**")
+        dro_values = ui.dataclass_inputs(GroupDROConfig, forms["groupdro"], prefix="groupdro", columns=4)
+        cols = st.columns([2, 1, 1])
+        label = cols[0].text_input("Label (optional)", key="train_label", placeholder="e.g. λ=2, dense 80")
+        force = cols[1].checkbox("Force a fresh run", key="train_force",
+                                 help="re-train even if an identical finished run exists (otherwise it is reused)")
+        start = cols[2].form_submit_button("Start run", type="primary", width="stretch")
+
+    if start:
+        try:
+            sections = {
+                "run": dataclasses.asdict(RunSettings(encoder=encoder, methods=",".join(chosen),
+                                                      bootstrap=int(bootstrap))),
+                "train": dataclasses.asdict(appstate.form_to_dataclass(TrainConfig, train_values)),
+                "pafo": dataclasses.asdict(appstate.form_to_dataclass(PAFOConfig, pafo_values)),
+                "groupdro": dataclasses.asdict(appstate.form_to_dataclass(GroupDROConfig, dro_values)),
+            }
+            config = appstate.experiment_config(data, groups, **sections)
+            new = reg.submit(config.to_dict(), fingerprint=config.fingerprint(), force=force, label=label or None)
+        except PafoInputError as exc:
+            ui.show_error(str(exc), "Cannot start the run: ")
+        else:
+            st.session_state[ui.FORMS] = sections
+            ui.set_current_run(new.id)
+            st.rerun()
+
+# ----------------------------------------------------------------------------------------------- all runs
+st.subheader("Runs")
+
+
+def runs_table() -> None:
+    records = reg.list()
+    if not records:
+        st.caption("No runs in this registry yet.")
+        return
+    table = appstate.runs_table(records)
+    st.dataframe(table, width="stretch", hide_index=True, height=min(400, 38 + 35 * len(table)),
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0,
+                                                                            max_value=1.0, format="percent")})
+    if any(r.reused_from for r in records):
+        st.caption("♻ marks runs answered from an identical finished run (same config, data and code).")
+
+
+records = reg.list()
+if any(not r.done for r in records):
+    st.fragment(run_every=2 * ui.POLL_SECONDS)(runs_table)()
+else:
+    runs_table()
+if records:
+    ids = [r.id for r in records]
+    cols = st.columns([3, 1], vertical_alignment="bottom")
+    current_id = st.session_state.get(ui.RUN)
+    pick = cols[0].selectbox("Follow another run", ids, index=ids.index(current_id) if current_id in ids else 0,
+                             format_func=lambda i: ui.run_label(records[ids.index(i)]), key="train_attach")
+    if cols[1].button("Follow this run", key="train_attach_button", width="stretch") and pick != current_id:
+        ui.set_current_run(pick)
+        st.rerun()

@@ -1,0 +1,85 @@
+"""Users: one user's support rate, group, accuracy and test pairs, with each method's margin and verdict."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pafo import appstate, report
+from pafo.errors import PafoInputError
+from pafo.sources import DataConfig
+from pages import _ui as ui
+
+ui.require_app()
+
+st.title("User drill-down")
+picked = ui.pick_finished_run("users_run", "Finished run")
+if picked is None:
+    st.stop()
+record, result = picked
+methods = report.method_order(result["methods"])
+per_user = report.per_user_frame(result).reset_index(names="user")
+
+cols = st.columns([1, 1.3, 3])
+group = cols[0].radio("Group", ["minority", "majority", "all"], horizontal=True, key="users_group")
+orders = {"lowest support first": ("support_rate", True)}
+if {"acc_baseline", "acc_pafo"} <= set(per_user):
+    per_user["pafo_gain"] = per_user["acc_pafo"] - per_user["acc_baseline"]
+    orders["largest PAFO gain first"] = ("pafo_gain", False)
+    orders["largest PAFO loss first"] = ("pafo_gain", True)
+orders["highest support first"] = ("support_rate", False)
+order = cols[1].selectbox("Order", list(orders), key="users_order")
+column, ascending = orders[order]
+candidates = per_user if group == "all" else per_user[per_user["group"] == group]
+candidates = candidates.sort_values(column, ascending=ascending, kind="stable")
+if not len(candidates):
+    st.info("No users in this group.")
+    st.stop()
+
+
+def _describe(user: int) -> str:
+    row = per_user.loc[user]
+    return f"{row['user_id']} · {row['group']} · support {row['support_rate']:.3f}"
+
+
+user = cols[2].selectbox("User", candidates["user"].tolist(), format_func=_describe, key="users_pick")
+row = per_user.loc[user]
+
+cols = st.columns(5 + len(methods))
+cols[0].metric("User", str(row["user_id"]))
+cols[1].metric("Group", row["group"])
+below = (per_user["support_rate"] < row["support_rate"]).mean()
+cols[2].metric("Support rate", f"{row['support_rate']:.3f}",
+               help=f"{100 * below:.0f}% of users have lower support; the minority cut is "
+                    f"{(result.get('groups') or {}).get('threshold', float('nan')):.3f}")
+cols[3].metric("Train pairs", int(row.get("n_train", 0) or 0))
+cols[4].metric("Test pairs", int(row.get("n_test", 0) or 0))
+for col, name in zip(cols[5:], methods, strict=True):
+    value = row.get(f"acc_{name}")
+    base = row.get("acc_baseline")
+    delta = None if name == "baseline" or base is None or value is None else f"{100 * (value - base):+.0f} pts"
+    col.metric(f"{name} accuracy", "–" if value is None else f"{100 * value:.0f}%", delta)
+
+margins = ui.test_margins(record)
+if margins is None:
+    ui.show_error(f"run {record.id} has no test_margins.csv, so its pairs cannot be shown")
+    st.stop()
+responses = None
+try:
+    responses = ui.load_data({**appstate.default_data_dict(),
+                              **appstate.known_fields(DataConfig, result["config"]["data"])}).responses
+except PafoInputError as exc:
+    st.warning(f"The run's dataset cannot be loaded any more ({exc}); showing response ids instead of texts.")
+pairs = appstate.user_pairs_table(margins, int(user), responses, methods)
+if not len(pairs):
+    st.info("This user has no test pairs.")
+    st.stop()
+
+right = {name: (pairs[f"{name} right"] == "✓").sum() for name in methods if f"{name} right" in pairs}
+st.markdown(f"**{len(pairs)} test pairs** — right: " + ", ".join(f"{m} {k}/{len(pairs)}" for m, k in right.items()))
+ui.plot(report.user_margins_figure(pairs.rename(columns={f"{m} margin": f"margin_{m}" for m in methods}), methods),
+        key="user_margins")
+st.dataframe(pairs, width="stretch", hide_index=True, height=min(600, 38 + 35 * len(pairs)),
+             column_config={"prompt": st.column_config.TextColumn("prompt", width="medium"),
+                            "chosen": st.column_config.TextColumn("chosen (the user's pick)", width="large"),
+                            "rejected": st.column_config.TextColumn("rejected", width="large")})
+st.caption("Margin = r(chosen) − r(rejected) for this user; positive means the model agrees with the user's label.")
