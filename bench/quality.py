@@ -75,7 +75,8 @@ def method_rows(results: list[dict]) -> pd.DataFrame:
                          **m["unfairness"], "ci_maj_lo": m["accuracy_ci"]["majority"][0],
                          "ci_maj_hi": m["accuracy_ci"]["majority"][1], "ci_min_lo": m["accuracy_ci"]["minority"][0],
                          "ci_min_hi": m["accuracy_ci"]["minority"][1], "ci_gap_lo": m["accuracy_ci"]["gap"][0],
-                         "ci_gap_hi": m["accuracy_ci"]["gap"][1], "train_seconds": m["train_seconds"]})
+                         "ci_gap_hi": m["accuracy_ci"]["gap"][1], "train_seconds": m["train_seconds"],
+                         "pareto": m.get("pareto_improvement", False)})
     return pd.DataFrame(rows)
 
 
@@ -108,7 +109,7 @@ def delta_table(frame: pd.DataFrame) -> str:
         rows = rows.set_index("seed")
         d_maj = rows.acc_majority - base.acc_majority
         d_min = rows.acc_minority - base.acc_minority
-        pareto = int(((d_min > 0) & (d_maj >= -0.005)).sum())
+        pareto = int(rows.pareto.sum())  # pafo.metrics.pareto_improvement, as the experiment reported it
         lines.append(f"| {name} | {100 * d_maj.mean():+.2f} ({', '.join(f'{100 * v:+.1f}' for v in d_maj)}) "
                      f"| {100 * d_min.mean():+.2f} ({', '.join(f'{100 * v:+.1f}' for v in d_min)}) "
                      f"| {100 * (rows.user_std - base.user_std).mean():+.2f} "

@@ -82,17 +82,13 @@ def _model_embeddings(dataset, args: argparse.Namespace):
 
 
 def cmd_support(args: argparse.Namespace) -> int:
-    group_config = group_config_from_args(args)
-    dataset = load_dataset(data_config_from_args(args))
+    group_config, data_config = group_config_from_args(args), data_config_from_args(args)
+    dataset = load_dataset(data_config)
     group_config.estimator = resolve_estimator(dataset, group_config.estimator)
     embeddings = _model_embeddings(dataset, args) if group_config.estimator == "model" else None
-    payload, table = support_report(dataset, group_config, seed=dataset_seed(args), embeddings=embeddings)
+    payload, table = support_report(dataset, group_config, seed=data_config.seed, embeddings=embeddings)
     _write_outputs(args, payload, table.drop(columns="decile"))
     return 0
-
-
-def dataset_seed(args: argparse.Namespace) -> int:
-    return int(getattr(args, "seed", 0))
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
