@@ -53,6 +53,7 @@ __all__ = [
     "dense_pairs",
     "fit_method",
     "pareto_score",
+    "student_config",
 ]
 
 MAJORITY, MINORITY = 0, 1
@@ -224,6 +225,18 @@ def student_pairs(ctx: MethodContext, teachers: dict, config: PAFOConfig) -> Pai
     return _concat(train, _orient(extra, _teacher_targets(ctx, teachers, extra)))
 
 
+def student_config(ctx: MethodContext, config: PAFOConfig, n_pairs: int) -> TrainConfig:
+    """The student's training settings. With ``scale_batch`` a batch holds the baseline's batch of labelled pairs
+    plus their share of dense pairs, so dense pairs add rows per step, not steps (g runs once per distinct
+    response, so the extra rows are cheap). Each user vector then gets as many updates as in the baseline, on
+    `factor` times the pairs; its learning rate grows by √factor, Adam's square-root rule for larger batches."""
+    if not config.scale_batch:
+        return ctx.train_config
+    factor = max(n_pairs / max(len(ctx.train), 1), 1.0)
+    return dataclasses.replace(ctx.train_config, batch_size=int(np.ceil(ctx.train_config.batch_size * factor)),
+                               user_lr_scale=ctx.train_config.user_lr_scale * float(np.sqrt(factor)))
+
+
 def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     spans = _split_span(span, [1, 1, 1, 2])
     base = baseline_output(ctx, spans[0])
@@ -233,7 +246,8 @@ def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     select = pareto_score(baseline_val["majority"], config.epsilon)
     objective = Objective(lam=config.lam, temperature=config.temperature, distill=config.distill)
     student = copy.deepcopy(base.model)
-    result = ctx.fit(student, pairs, ctx.val, "student", spans[3], objective=objective, select=select)
+    result = ctx.fit(student, pairs, ctx.val, "student", spans[3], objective=objective, select=select,
+                     config=student_config(ctx, config, len(pairs)))
     result.selected = select(result.history[result.best_epoch - 1]["val"])[0] == 1
     extra = {"teachers": teachers, "n_student_pairs": len(pairs), "n_dense_pairs": len(pairs) - len(ctx.train),
              "n_targets_dropped": int((pairs.target_mask == 0).sum()),

@@ -77,6 +77,18 @@ class RewardModel(nn.Module):
         vectors = self.user_vectors(users)
         return ((both[: len(users)] - both[len(users) :]) * vectors).sum(-1)
 
+    def indexed_margin(self, features: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
+                       users: torch.Tensor) -> torch.Tensor:
+        """``margin`` for pairs given as row indices into ``features``, applying g once per distinct response.
+
+        A batch's pairs share responses (each prompt has a handful, each labelled by many users), so this runs g on
+        up to 3× fewer rows than ``margin``; the result is the same up to float rounding.
+        """
+        rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
+        g = self.features(features[rows])
+        diff = g[inverse[: len(chosen)]] - g[inverse[len(chosen) :]]
+        return (diff * self.user_vectors(users)).sum(-1)
+
     def user_penalty(self, users: torch.Tensor) -> torch.Tensor:
         """Mean squared norm of the given users' deviations w_u (0 for the non-personalised model)."""
         if self.w is None:

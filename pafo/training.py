@@ -90,8 +90,8 @@ def pair_margins(model: RewardModel, features: torch.Tensor, pairs: PairSet, bat
     out = []
     for start in range(0, len(pairs), batch_size):
         rows = slice(start, start + batch_size)
-        out.append(model.margin(features[pairs.chosen[rows]], features[pairs.rejected[rows]],
-                                torch.as_tensor(pairs.users[rows])))
+        out.append(model.indexed_margin(features, torch.as_tensor(pairs.chosen[rows]),
+                                        torch.as_tensor(pairs.rejected[rows]), torch.as_tensor(pairs.users[rows])))
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -139,7 +139,8 @@ class Objective:
     def __call__(self, model: RewardModel, features: torch.Tensor, batch: PairSet,
                  penalty: UserPenalty) -> torch.Tensor:
         users = torch.as_tensor(batch.users)
-        margin = model.margin(features[batch.chosen], features[batch.rejected], users)
+        margin = model.indexed_margin(features, torch.from_numpy(batch.chosen), torch.from_numpy(batch.rejected),
+                                      users)
         labelled = torch.ones(len(batch)) if batch.labelled is None else torch.from_numpy(batch.labelled).float()
         weight = labelled if batch.weight is None else labelled * torch.from_numpy(batch.weight)
         if self.dro is not None:

@@ -24,6 +24,7 @@ from pafo.methods import (
     fit_method,
     pareto_score,
     recentre,
+    student_config,
     student_pairs,
 )
 from pafo.models import RewardModel, bt_loss, distillation_loss
@@ -97,6 +98,27 @@ def test_margin_is_the_difference_of_rewards():
     model = RewardModel(5, 3, hidden=8, k=3)
     torch.testing.assert_close(model(features[:3], users), model(features[:3], torch.tensor([2, 2, 2])))
     assert RewardModel(5, 3, personalized=False).user_penalty(users).item() == 0.0
+
+
+@pytest.mark.parametrize("chosen, rejected", [
+    ([0, 1, 2], [3, 4, 5]),  # all distinct
+    ([0, 0, 1, 1], [2, 3, 2, 3]),  # responses shared between pairs
+    ([4, 2, 5], [2, 4, 5]),  # a response on both sides, and a pair of a response with itself
+])
+@pytest.mark.parametrize("normalise", [False, True])
+def test_indexed_margin_equals_margin_on_gathered_rows(chosen, rejected, normalise):
+    """g applied once per distinct response gives the same margins (and gradients) as applying it per pair side."""
+    torch.manual_seed(0)
+    features, users = torch.randn(6, 5), torch.arange(len(chosen)) % 3
+    model = RewardModel(5, 3, hidden=8, k=3, normalise=normalise)
+    torch.nn.init.normal_(model.w.weight)
+    c, r = torch.tensor(chosen), torch.tensor(rejected)
+    direct = model.margin(features[c], features[r], users)
+    indexed = model.indexed_margin(features, c, r, users)
+    torch.testing.assert_close(indexed, direct)
+    grads = [torch.autograd.grad(m.sum(), list(model.parameters())) for m in (direct, indexed)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 # ------------------------------------------------------------------------------------------- separable toy data
@@ -245,6 +267,19 @@ def test_lambda_zero_student_equals_a_baseline_fine_tune(ctx):
     assert [h["val"] for h in result.history] == [h["val"] for h in student.result.history]
     moved = np.abs(pair_margins(tuned, ctx.features, ctx.val) - pair_margins(base.model, ctx.features, ctx.val))
     assert moved.max() > 100 * LAMBDA0_TOLERANCE  # the fine-tune really moved away from the baseline
+
+
+def test_student_batch_grows_with_dense_pairs(ctx):
+    """With scale_batch the student takes as many steps per epoch as the baseline, and its user vectors' learning
+    rate grows by √(pairs / labelled pairs); without it, the student trains with the baseline's settings."""
+    n_labelled = len(ctx.train)
+    n_steps = math.ceil(n_labelled / ctx.train_config.batch_size)
+    scaled = student_config(ctx, PAFOConfig(), 4 * n_labelled)
+    assert math.ceil(4 * n_labelled / scaled.batch_size) == n_steps
+    assert scaled.user_lr_scale == pytest.approx(2.0 * ctx.train_config.user_lr_scale)
+    assert scaled.lr == ctx.train_config.lr
+    assert student_config(ctx, PAFOConfig(scale_batch=False), 4 * n_labelled) is ctx.train_config
+    assert student_config(ctx, PAFOConfig(), n_labelled) == ctx.train_config  # dense=0: nothing to scale
 
 
 def test_dense_pairs_come_from_the_users_training_prompts(ctx):

@@ -44,7 +44,7 @@ class DataConfig:
     prompts: int = option(160, "synthetic: number of prompts")
     responses_per_prompt: int = option(6, "synthetic: responses per prompt")
     judges: int = option(4, "synthetic: number of style critics (2-6)")
-    minority_homogeneity: float = option(0.9, "synthetic: how much the minority critics share one direction (0-1)")
+    minority_homogeneity: float = option(0.0, "synthetic: how much the minority critics share one direction (0-1)")
     quality_noise: float = option(0.1, "synthetic: std of each response's hidden quality (not readable from text)")
 
     def validate(self) -> DataConfig:

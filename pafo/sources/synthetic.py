@@ -8,17 +8,23 @@ Design (fixed before any method was tuned, so the demo shows personalized reward
   encoder recovers each attribute (``bench.support`` measures it), so a text model can learn what judges value.
 - Judges are style critics: a judge's score is a weighted sum of attributes plus idiosyncratic quality noise.
   The *majority* judges (thorough, practical, careful) like detailed, formal, structured answers; the *minority*
-  judges (witty, brief, playful) share one preference direction that conflicts with it: short, casual, funny.
-  ``minority_homogeneity`` (0–1) blends each minority judge between that shared direction and its own taste.
+  judges (witty, brief, playful) each like some of short, casual and funny, against the majority's taste.
+  ``minority_homogeneity`` (0–1) blends each minority judge between one shared minority direction and its own
+  taste (1: the minority critics agree exactly).
 - Population shares are imbalanced (default 0.55 / 0.25 / 0.12 / 0.08, the DSP shares), so the minority judges'
   users are ~20% of the population: the users whose labels the rest of the population disagrees with.
   A shared reward model learns the majority's direction; users of the minority fall back towards it when their
   own few pairs cannot pull the per-user deviation far enough. That is the bias PAFO must remove.
-- Defaults were fixed to make that bias visible *before* any PAFO option was tuned (baseline only, MiniLM, seed
-  0, validation pairs): 8 labelled pairs per user (personalization with few labels, where the L2 prior on w_u
-  matters), hidden quality noise 0.1 (labels mostly readable from text), minority homogeneity 0.9 (the minority
-  critics nearly agree). With 12 pairs per user or homogeneity 0.8 the baseline's minority gap was only 2–3
-  points; with 8 pairs and 0.9 it is ~6 points with Spearman(support, accuracy) ≈ +0.16 (bench/RESULTS.md).
+- Defaults were fixed to make that bias visible *before* any PAFO option was tuned (baseline only, MiniLM,
+  seeds 0–2, test gap = majority − minority accuracy of the baseline): 8 labelled pairs per user
+  (personalization with few labels), hidden quality noise 0.1 (labels mostly readable from text: a user who
+  knew each response's attributes would reach ~92% on either group) and minority homogeneity 0.0 (each minority
+  critic keeps its own taste). Homogeneity was first 0.9, but a homogeneous 20% minority is simply a second
+  cluster that the shared g learns a feature for, and the gap was 6.1 / 0.9 / −0.6 points over seeds 0–2
+  (0.5: 19.9 / 2.9 / 4.5). At 0.0 it is 14.7 / 6.0 / 8.9 points, and it stays ≥ 6 on every seed for an L2
+  prior on w_u from 0.03 to 1.0 (10× range around the default 0.3), so the bias is the data's, not the
+  regulariser's: a rare taste has to be learned from the user's own few labels, a common one comes with b.
+  With 6 judges (three minority critics) at 0.0 the gap is 11.8 / 5.7 / 10.8 (bench/RESULTS.md has the bench).
 """
 
 from __future__ import annotations
@@ -163,7 +169,7 @@ def make_synthetic(
     judges: int = 4,
     shares: dict[str, float] | None = None,
     alpha: float = 0.1,
-    minority_homogeneity: float = 0.9,
+    minority_homogeneity: float = 0.0,
     quality_noise: float = 0.1,
     train_pairs: int = 8,
     test_pairs: int = 20,
