@@ -43,6 +43,7 @@ ABLATIONS = {
     "lambda=0 (no distillation)": {"lam": 0.0},
     "lambda=3": {"lam": 3.0},
     "temperature=2": {"temperature": 2.0},
+    "keep_initial=on (teachers/student may stay at the baseline)": {"keep_initial": True},
     "scale_batch=off (student batch as the baseline's)": {"scale_batch": False},
     "model: unit-norm g (baseline too)": {"train": {"normalise": True}},
 }

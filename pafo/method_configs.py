@@ -91,6 +91,8 @@ class PAFOConfig:
                      "(recentred), from the baseline as is, or from scratch")
     teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)")
     epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy")
+    keep_initial: bool = option(False, "teachers and student keep their starting point (the baseline) when no "
+                                       "epoch beats it on validation")
     scale_batch: bool = option(True, "student batch grows with its pair count, so an epoch takes as many steps as "
                                      "the baseline's (dense pairs cost little time)")
 

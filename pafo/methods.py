@@ -155,7 +155,8 @@ def _teacher(ctx: MethodContext, base: RewardModel, config: PAFOConfig, group: i
     if config.teacher_user_l2 is not None:
         train_config = dataclasses.replace(ctx.train_config, user_l2=config.teacher_user_l2)
     name = "majority" if group == MAJORITY else "minority"
-    result = ctx.fit(model, train, val, f"teacher:{name}", span, config=train_config)
+    result = ctx.fit(model, train, val, f"teacher:{name}", span, config=train_config,
+                     keep_initial=config.keep_initial)
     return MethodOutput(model, result, {"train_users": np.unique(train.users), "n_train_pairs": len(train)})
 
 
@@ -242,13 +243,13 @@ def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     base = baseline_output(ctx, spans[0])
     teachers = {g: _teacher(ctx, base.model, config, g, spans[1 + g]) for g in (MAJORITY, MINORITY)}
     pairs = student_pairs(ctx, teachers, config)
-    baseline_val = base.result.history[base.result.best_epoch - 1]["val"]
+    baseline_val = base.result.best_val
     select = pareto_score(baseline_val["majority"], config.epsilon)
     objective = Objective(lam=config.lam, temperature=config.temperature, distill=config.distill)
     student = copy.deepcopy(base.model)
     result = ctx.fit(student, pairs, ctx.val, "student", spans[3], objective=objective, select=select,
-                     config=student_config(ctx, config, len(pairs)))
-    result.selected = select(result.history[result.best_epoch - 1]["val"])[0] == 1
+                     config=student_config(ctx, config, len(pairs)), keep_initial=config.keep_initial)
+    result.selected = select(result.best_val)[0] == 1
     extra = {"teachers": teachers, "n_student_pairs": len(pairs), "n_dense_pairs": len(pairs) - len(ctx.train),
              "n_targets_dropped": int((pairs.target_mask == 0).sum()),
              "setup_seconds": base.result.seconds + sum(t.result.seconds for t in teachers.values())}

@@ -81,6 +81,12 @@ class TrainResult:
     best_epoch: int = 0
     seconds: float = 0.0
     selected: bool = True
+    initial_val: dict | None = None
+
+    @property
+    def best_val(self) -> dict:
+        """Validation metrics of the kept model (epoch 0: the starting model, kept because no epoch beat it)."""
+        return self.initial_val if self.best_epoch == 0 else self.history[self.best_epoch - 1]["val"]
 
 
 @torch.inference_mode()
@@ -211,14 +217,22 @@ def train_model(
     progress: Progress = no_progress,
     should_stop: Callable[[], bool] = never_stop,
     span: tuple[float, float] = (0.0, 1.0),
+    keep_initial: bool = False,
 ) -> TrainResult:
-    """Train ``model`` in place on ``train``; keep the epoch whose ``select(val metrics)`` is largest."""
+    """Train ``model`` in place on ``train``; keep the epoch whose ``select(val metrics)`` is largest.
+
+    ``keep_initial``: the starting model competes as epoch 0, so a fine-tune that never beats its starting point on
+    validation returns it unchanged (``best_epoch`` 0).
+    """
     objective = objective or Objective()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     penalty = UserPenalty.for_pairs(config.user_l2, train, distilled=objective.lam > 0)
     optimiser = torch.optim.AdamW(_parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     start, best, best_state, history, stale = time.perf_counter(), None, None, [], 0
+    initial_val = group_accuracy(pair_margins(model, features, val), val) if keep_initial else None
+    if keep_initial:
+        best, best_state = select(initial_val), copy.deepcopy(model.state_dict())
     for epoch in range(1, config.epochs + 1):
         model.train()
         order, total = rng.permutation(len(train)), 0.0
@@ -242,5 +256,5 @@ def train_model(
         if stale >= config.patience:
             break
     model.load_state_dict(best_state)
-    kept = max(i for i, h in enumerate(history) if h.get("kept")) + 1
-    return TrainResult(model, history, kept, time.perf_counter() - start)
+    kept = max((i + 1 for i, h in enumerate(history) if h.get("kept")), default=0)
+    return TrainResult(model, history, kept, time.perf_counter() - start, initial_val=initial_val)

@@ -147,7 +147,7 @@ def test_bt_model_fits_separable_data():
     result = train_model(model, features, pairs, pairs, TOY_TRAIN)
     accuracy = (pair_margins(model, features, pairs) > 0).mean()
     assert accuracy >= 0.98, f"bt train accuracy {accuracy:.3f}"
-    assert result.history[result.best_epoch - 1]["val"]["overall"] == pytest.approx(accuracy)
+    assert result.best_val["overall"] == pytest.approx(accuracy)
 
 
 def test_personalized_model_fits_two_opposite_user_types():
@@ -161,6 +161,26 @@ def test_personalized_model_fits_two_opposite_user_types():
         accuracy[personalized] = (pair_margins(model, features, pairs) > 0).mean()
     assert accuracy[True] >= 0.98, f"personalized train accuracy {accuracy[True]:.3f}"
     assert accuracy[False] <= 0.75, f"a shared reward cannot fit opposite users ({accuracy[False]:.3f})"
+
+
+@pytest.mark.parametrize("keep_initial", [False, True])
+def test_keep_initial_returns_the_starting_model_when_no_epoch_beats_it(keep_initial):
+    """A fine-tune whose every epoch scores below the start keeps the start only with keep_initial (best_epoch 0)."""
+    features, pairs = _toy_pairs(np.ones(10), 200)
+    torch.manual_seed(0)
+    model = RewardModel(8, 10, hidden=16, k=4)
+    train_model(model, features, pairs, pairs, TOY_TRAIN)
+    before = pair_margins(model, features, pairs)
+    config = TrainConfig(epochs=3, batch_size=64, lr=1e-2, hidden=16, k=4, patience=3)
+    flipped = PairSet(pairs.rejected, pairs.chosen, pairs.users)  # reversed labels: every epoch loses accuracy
+    result = train_model(model, features, flipped, pairs, config, keep_initial=keep_initial)
+    after = pair_margins(model, features, pairs)
+    if keep_initial:
+        assert result.best_epoch == 0 and result.best_val == result.initial_val
+        np.testing.assert_array_equal(after, before)
+    else:
+        assert result.best_epoch >= 1 and result.initial_val is None
+        assert not np.array_equal(after, before)
 
 
 # ------------------------------------------------------------------------------------------- methods
@@ -232,7 +252,7 @@ def test_student_training_ignores_the_pairs_group(ctx):
     base = baseline_output(ctx, (0.0, 0.3))
     teachers = {g: methods_mod._teacher(ctx, base.model, config, g, (0.3, 0.6)) for g in (MAJORITY, MINORITY)}
     pairs = student_pairs(ctx, teachers, config)
-    select = pareto_score(base.result.history[base.result.best_epoch - 1]["val"]["majority"], config.epsilon)
+    select = pareto_score(base.result.best_val["majority"], config.epsilon)
     margins = []
     for group in (pairs.group, 1 - pairs.group, None):
         student = copy.deepcopy(base.model)
@@ -257,7 +277,7 @@ def test_lambda_zero_student_equals_a_baseline_fine_tune(ctx):
     config = PAFOConfig(lam=0.0, dense=0)
     student = fit_method("pafo", ctx, config, (0.0, 1.0))
     base = ctx.cache["baseline"]
-    select = pareto_score(base.result.history[base.result.best_epoch - 1]["val"]["majority"], config.epsilon)
+    select = pareto_score(base.result.best_val["majority"], config.epsilon)
     tuned = copy.deepcopy(base.model)
     result = ctx.fit(tuned, ctx.train, ctx.val, "fine-tune", (0.0, 1.0), select=select)
     assert result.best_epoch == student.result.best_epoch
