@@ -44,6 +44,8 @@ ABLATIONS = {
     "lambda=3": {"lam": 3.0},
     "temperature=2": {"temperature": 2.0},
     "keep_initial=on (teachers/student may stay at the baseline)": {"keep_initial": True},
+    "batches=random (student batches not grouped by prompt)": {"batches": "random"},
+    "teacher_patience=8 (the baseline's)": {"teacher_patience": 8},
     "scale_batch=off (student batch as the baseline's)": {"scale_batch": False},
     "model: unit-norm g (baseline too)": {"train": {"normalise": True}},
 }

@@ -28,6 +28,7 @@ METHODS = ("bt", "baseline", "reweight", "groupdro", "pafo")
 BAD_LAMBDA = "--lambda: must be ≥ 0 (got {value})"
 BAD_TEMPERATURE = "--temperature: must be > 0 (got {value})"
 BAD_DENSE = "--dense: must be ≥ 0 (got {value})"
+BAD_TEACHER_PATIENCE = "--teacher-patience: must be ≥ 1 (got {value})"
 BAD_STEP = "--dro-step: must be > 0 (got {value})"
 UNKNOWN_METHOD = "--methods: unknown method {name!r}; choose from " + ", ".join(METHODS)
 NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
@@ -90,9 +91,14 @@ class PAFOConfig:
         "recentred", "teachers start from the baseline with b moved to their group's mean user vector "
                      "(recentred), from the baseline as is, or from scratch")
     teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)")
+    teacher_patience: int = option(4, "teachers stop after this many epochs without a better validation score "
+                                      "(they start from the trained baseline)")
     epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy")
     keep_initial: bool = option(False, "teachers and student keep their starting point (the baseline) when no "
                                        "epoch beats it on validation")
+    batches: Literal["random", "by_prompt"] = option(
+        "by_prompt", "student batches: random pairs, or the pairs of a few prompts at a time (g then runs on fewer "
+                  "responses per step)")
     scale_batch: bool = option(True, "student batch grows with its pair count, so an epoch takes as many steps as "
                                      "the baseline's (dense pairs cost little time)")
 
@@ -103,6 +109,8 @@ class PAFOConfig:
             raise PafoInputError(BAD_TEMPERATURE.format(value=self.temperature))
         if self.dense < 0:
             raise PafoInputError(BAD_DENSE.format(value=self.dense))
+        if self.teacher_patience < 1:
+            raise PafoInputError(BAD_TEACHER_PATIENCE.format(value=self.teacher_patience))
         return self
 
 

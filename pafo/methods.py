@@ -77,6 +77,14 @@ class MethodContext:
     span: tuple[float, float] = (0.0, 1.0)
     cache: dict = field(default_factory=dict)
 
+    @property
+    def prompt_of_response(self) -> np.ndarray:
+        """Prompt id of every feature row (−1 for rows no pair may use)."""
+        prompts = np.full(len(self.features), -1, dtype=np.int64)
+        for prompt, rows in self.prompt_responses.items():
+            prompts[rows] = prompt
+        return prompts
+
     def new_model(self, personalized: bool = True) -> RewardModel:
         torch.manual_seed(self.seed)
         return RewardModel(self.features.shape[1], self.n_users, hidden=self.train_config.hidden,
@@ -151,9 +159,9 @@ def _teacher(ctx: MethodContext, base: RewardModel, config: PAFOConfig, group: i
     model = ctx.new_model() if config.teacher_init == "scratch" else copy.deepcopy(base)
     if config.teacher_init == "recentred":
         recentre(model, np.unique(train.users))
-    train_config = ctx.train_config
+    train_config = dataclasses.replace(ctx.train_config, patience=config.teacher_patience)
     if config.teacher_user_l2 is not None:
-        train_config = dataclasses.replace(ctx.train_config, user_l2=config.teacher_user_l2)
+        train_config = dataclasses.replace(train_config, user_l2=config.teacher_user_l2)
     name = "majority" if group == MAJORITY else "minority"
     result = ctx.fit(model, train, val, f"teacher:{name}", span, config=train_config,
                      keep_initial=config.keep_initial)
@@ -223,7 +231,10 @@ def student_pairs(ctx: MethodContext, teachers: dict, config: PAFOConfig) -> Pai
     if config.dense <= 0:
         return train
     extra = dense_pairs(ctx, config.dense, np.random.default_rng(ctx.seed + 1))
-    return _concat(train, _orient(extra, _teacher_targets(ctx, teachers, extra)))
+    pairs = _concat(train, _orient(extra, _teacher_targets(ctx, teachers, extra)))
+    if config.batches == "by_prompt":
+        pairs.block = ctx.prompt_of_response[pairs.chosen]
+    return pairs
 
 
 def student_config(ctx: MethodContext, config: PAFOConfig, n_pairs: int) -> TrainConfig:

@@ -55,7 +55,8 @@ class PairSet:
 
     ``labelled`` marks pairs whose label a user gave (they get the BT loss); ``target`` holds teacher margins and
     ``target_mask`` where a target applies. ``group`` (0 majority, 1 minority) is used by losses and metrics
-    only; it never reaches the model.
+    only; it never reaches the model. ``block`` (e.g. the prompt of each pair), when given, makes each epoch's
+    batches run through whole blocks in a random order (see ``epoch_order``).
     """
 
     chosen: np.ndarray
@@ -66,6 +67,7 @@ class PairSet:
     labelled: np.ndarray | None = None
     target: np.ndarray | None = None
     target_mask: np.ndarray | None = None
+    block: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -199,6 +201,17 @@ def _parameter_groups(model: RewardModel, config: TrainConfig) -> list[dict]:
     return groups
 
 
+def epoch_order(pairs: PairSet, rng: np.random.Generator) -> np.ndarray:
+    """A random order of the pairs; with ``block``, blocks in random order and pairs shuffled inside each block, so
+    a batch holds the pairs of a few prompts and g runs on their few responses only."""
+    within = rng.permutation(len(pairs))
+    if pairs.block is None:
+        return within
+    blocks, inverse = np.unique(pairs.block, return_inverse=True)
+    rank = rng.permutation(len(blocks))[inverse]
+    return within[np.argsort(rank[within], kind="stable")]
+
+
 def _overall_score(metrics: dict) -> tuple:
     return (metrics["overall"],)
 
@@ -235,7 +248,7 @@ def train_model(
         best, best_state = select(initial_val), copy.deepcopy(model.state_dict())
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order, total = rng.permutation(len(train)), 0.0
+        order, total = epoch_order(train, rng), 0.0
         for begin in range(0, len(train), config.batch_size):
             if should_stop():
                 raise RunCancelled(stage)

@@ -31,7 +31,7 @@ from pafo.models import RewardModel, bt_loss, distillation_loss
 from pafo.sources import DataConfig, load_dataset
 from pafo.sources.synthetic import ATTRIBUTES
 from pafo.support import assign_groups, exact_support
-from pafo.training import Objective, PairSet, TrainConfig, pair_margins, train_model
+from pafo.training import Objective, PairSet, TrainConfig, epoch_order, pair_margins, train_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -227,6 +227,14 @@ def test_teachers_see_only_their_groups_pairs(ctx, monkeypatch):
     assert set(ctx.user_group[calls[3]["train"].users]) == {MAJORITY, MINORITY}  # the student sees everybody
 
 
+def test_teachers_stop_with_their_own_patience(ctx, monkeypatch):
+    """Teachers (fine-tunes of the baseline) use teacher_patience; the student keeps the TrainConfig's."""
+    calls = _record_fits(monkeypatch)
+    fit_method("pafo", ctx, PAFOConfig(dense=4, teacher_patience=2), (0.0, 1.0))
+    assert [c["config"].patience for c in calls[1:3]] == [2, 2]
+    assert calls[3]["config"].patience == ctx.train_config.patience
+
+
 def test_reweight_gives_each_group_equal_total_weight(ctx, monkeypatch):
     """reweight: the majority's and the minority's training pairs weigh the same in total."""
     calls = _record_fits(monkeypatch)
@@ -300,6 +308,36 @@ def test_student_batch_grows_with_dense_pairs(ctx):
     assert scaled.lr == ctx.train_config.lr
     assert student_config(ctx, PAFOConfig(scale_batch=False), 4 * n_labelled) is ctx.train_config
     assert student_config(ctx, PAFOConfig(), n_labelled) == ctx.train_config  # dense=0: nothing to scale
+
+
+@pytest.mark.parametrize("with_blocks", [False, True])
+def test_epoch_order_is_a_seeded_permutation_running_through_whole_blocks(with_blocks):
+    """Every pair once per epoch, the same order for the same seed; with blocks, each block's pairs are contiguous
+    and the blocks come in a random order."""
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 12, 500) if with_blocks else None
+    pairs = PairSet(np.arange(500), np.arange(500), np.zeros(500, dtype=np.int64), block=block)
+    order = epoch_order(pairs, np.random.default_rng(3))
+    assert sorted(order.tolist()) == list(range(500))
+    np.testing.assert_array_equal(order, epoch_order(pairs, np.random.default_rng(3)))
+    if with_blocks:
+        runs = block[order][np.r_[True, np.diff(block[order]) != 0]]
+        assert len(runs) == len(np.unique(block))  # one contiguous run per block
+        assert not np.array_equal(runs, np.sort(runs))  # not simply sorted by block id
+        assert not np.array_equal(order, epoch_order(pairs, np.random.default_rng(4)))
+
+
+@pytest.mark.parametrize("batches", ["random", "by_prompt"])
+def test_student_pairs_are_blocked_by_prompt_only_when_asked(ctx, batches):
+    """by_prompt marks each student pair with its prompt (both responses share it); random leaves no blocks."""
+    teachers = {g: baseline_output(ctx, (0.0, 1.0)) for g in (MAJORITY, MINORITY)}
+    pairs = student_pairs(ctx, teachers, PAFOConfig(dense=3, batches=batches))
+    if batches == "random":
+        assert pairs.block is None
+    else:
+        prompts = ctx.prompt_of_response
+        np.testing.assert_array_equal(pairs.block, prompts[pairs.chosen])
+        np.testing.assert_array_equal(prompts[pairs.chosen], prompts[pairs.rejected])
 
 
 def test_dense_pairs_come_from_the_users_training_prompts(ctx):
