@@ -45,7 +45,8 @@ class TrainConfig:
     user_l2: float = option(0.3, "L2 prior on each user's deviation w_u (once per user, not per pair)")
     hidden: int = option(128, "hidden width of the feature MLP g")
     k: int = option(16, "dimension of g's output (and of b, w_u)")
-    user_lr_scale: float = option(1.0, "learning-rate multiplier for the per-user vectors w_u (few updates each)")
+    user_lr_scale: float = option(10.0, "learning-rate multiplier for the per-user vectors w_u (each gets few "
+                                        "updates; 10 won on validation pairs, bench/RESULTS.md)")
     normalise: bool = option(False, "unit-norm g(φ): reward scale lives in b + w_u, so the L2 prior on w_u binds")
     patience: int = option(8, "stop after this many epochs without a better validation score")
 
