@@ -18,6 +18,7 @@ import torch
 from .errors import RunCancelled
 from .method_configs import TrainConfig
 from .models import RewardModel, bt_loss, distillation_loss
+from .optim import AdamW
 
 __all__ = [
     "PairSet",
@@ -241,7 +242,7 @@ def train_model(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     penalty = UserPenalty.for_pairs(config.user_l2, train, distilled=objective.lam > 0)
-    optimiser = torch.optim.AdamW(_parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = AdamW(_parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     start, best, best_state, history, stale = time.perf_counter(), None, None, [], 0
     initial_val = group_accuracy(pair_margins(model, features, val), val) if keep_initial else None
     if keep_initial:

@@ -28,6 +28,7 @@ from pafo.methods import (
     student_pairs,
 )
 from pafo.models import RewardModel, bt_loss, distillation_loss
+from pafo.optim import AdamW
 from pafo.sources import DataConfig, load_dataset
 from pafo.sources.synthetic import ATTRIBUTES
 from pafo.support import assign_groups, exact_support
@@ -119,6 +120,30 @@ def test_indexed_margin_equals_margin_on_gathered_rows(chosen, rejected, normali
     grads = [torch.autograd.grad(m.sum(), list(model.parameters())) for m in (direct, indexed)]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adamw_matches_torch_adamw_bit_for_bit(weight_decay):
+    """pafo.optim.AdamW (no torch._dynamo import) gives exactly torch.optim.AdamW's parameters, per-user group too."""
+    torch.manual_seed(0)
+    features, users = torch.randn(40, 6), torch.randint(0, 5, (20,))
+    models = [RewardModel(6, 5, hidden=8, k=3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+
+    def groups(model):
+        return [{"params": [p for n, p in model.named_parameters() if n != "w.weight"]},
+                {"params": [model.w.weight], "lr": 3e-2, "weight_decay": 0.0}]
+
+    optimisers = [AdamW(groups(models[0]), lr=1e-2, weight_decay=weight_decay),
+                  torch.optim.AdamW(groups(models[1]), lr=1e-2, weight_decay=weight_decay)]
+    for _ in range(30):
+        rows = torch.randperm(40)
+        for model, optimiser in zip(models, optimisers, strict=True):
+            optimiser.zero_grad()
+            bt_loss(model.margin(features[rows[:20]], features[rows[20:]], users), torch.zeros(20)).backward()
+            optimiser.step()
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 # ------------------------------------------------------------------------------------------- separable toy data
