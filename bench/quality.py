@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(sections[-12:]), flush=True)
     if not args.skip_speed and not only and not args.baseline_tuning:
         sections += ["### Speed", "", *speed_lines(results, args.encoder), ""]
-    header = [f"## Quality: methods compared per user group ({args.datasets})", "",
+    title = (f"## Tuning on development seeds {args.ablation_seeds} ({args.datasets}; never the reported seeds)"
+             if args.baseline_tuning or only else f"## Quality: methods compared per user group ({args.datasets})")
+    header = [title, "",
               f"- command: `python -m bench.quality {' '.join(argv if argv is not None else sys.argv[1:])}`",
               f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}",
               f"- wall time of this benchmark: {time.perf_counter() - started:.0f} s", ""]
