@@ -45,7 +45,7 @@ ABLATIONS = {
     "temperature=2": {"temperature": 2.0},
     "keep_initial=on (teachers/student may stay at the baseline)": {"keep_initial": True},
     "batches=random (student batches not grouped by prompt)": {"batches": "random"},
-    "teacher_patience=8 (the baseline's)": {"teacher_patience": 8},
+    "finetune_patience=8 (the baseline's, for teachers and student)": {"finetune_patience": 8},
     "scale_batch=off (student batch as the baseline's)": {"scale_batch": False},
     "model: unit-norm g (baseline too)": {"train": {"normalise": True}},
     "model: user_lr_scale=1 (baseline too)": {"train": {"user_lr_scale": 1.0}},

@@ -28,7 +28,7 @@ METHODS = ("bt", "baseline", "reweight", "groupdro", "pafo")
 BAD_LAMBDA = "--lambda: must be ≥ 0 (got {value})"
 BAD_TEMPERATURE = "--temperature: must be > 0 (got {value})"
 BAD_DENSE = "--dense: must be ≥ 0 (got {value})"
-BAD_TEACHER_PATIENCE = "--teacher-patience: must be ≥ 1 (got {value})"
+BAD_FINETUNE_PATIENCE = "--finetune-patience: must be ≥ 1 (got {value})"
 BAD_STEP = "--dro-step: must be > 0 (got {value})"
 UNKNOWN_METHOD = "--methods: unknown method {name!r}; choose from " + ", ".join(METHODS)
 NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
@@ -92,8 +92,8 @@ class PAFOConfig:
         "recentred", "teachers start from the baseline with b moved to their group's mean user vector "
                      "(recentred), from the baseline as is, or from scratch")
     teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)")
-    teacher_patience: int = option(4, "teachers stop after this many epochs without a better validation score "
-                                      "(they start from the trained baseline)")
+    finetune_patience: int = option(4, "teachers and student stop after this many epochs without a better "
+                                       "validation score (both start from the trained baseline)")
     epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy")
     keep_initial: bool = option(False, "teachers and student keep their starting point (the baseline) when no "
                                        "epoch beats it on validation")
@@ -110,8 +110,8 @@ class PAFOConfig:
             raise PafoInputError(BAD_TEMPERATURE.format(value=self.temperature))
         if self.dense < 0:
             raise PafoInputError(BAD_DENSE.format(value=self.dense))
-        if self.teacher_patience < 1:
-            raise PafoInputError(BAD_TEACHER_PATIENCE.format(value=self.teacher_patience))
+        if self.finetune_patience < 1:
+            raise PafoInputError(BAD_FINETUNE_PATIENCE.format(value=self.finetune_patience))
         return self
 
 

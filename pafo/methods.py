@@ -159,7 +159,7 @@ def _teacher(ctx: MethodContext, base: RewardModel, config: PAFOConfig, group: i
     model = ctx.new_model() if config.teacher_init == "scratch" else copy.deepcopy(base)
     if config.teacher_init == "recentred":
         recentre(model, np.unique(train.users))
-    train_config = dataclasses.replace(ctx.train_config, patience=config.teacher_patience)
+    train_config = dataclasses.replace(ctx.train_config, patience=config.finetune_patience)
     if config.teacher_user_l2 is not None:
         train_config = dataclasses.replace(train_config, user_l2=config.teacher_user_l2)
     name = "majority" if group == MAJORITY else "minority"
@@ -238,15 +238,19 @@ def student_pairs(ctx: MethodContext, teachers: dict, config: PAFOConfig) -> Pai
 
 
 def student_config(ctx: MethodContext, config: PAFOConfig, n_pairs: int) -> TrainConfig:
-    """The student's training settings. With ``scale_batch`` a batch holds the baseline's batch of labelled pairs
-    plus their share of dense pairs, so dense pairs add rows per step, not steps (g runs once per distinct
-    response, so the extra rows are cheap). Each user vector then gets as many updates as in the baseline, on
-    `factor` times the pairs; its learning rate grows by √factor, Adam's square-root rule for larger batches."""
+    """The student's training settings: the baseline's, with PAFO's fine-tune patience.
+
+    With ``scale_batch`` a batch holds the baseline's batch of labelled pairs plus their share of dense pairs, so
+    dense pairs add rows per step, not steps (g runs once per distinct response, so extra rows are cheap). Each
+    user vector then gets as many updates as in the baseline, on `factor` times the pairs; its learning rate grows
+    by √factor, Adam's square-root rule for larger batches.
+    """
+    finetune = dataclasses.replace(ctx.train_config, patience=config.finetune_patience)
     if not config.scale_batch:
-        return ctx.train_config
+        return finetune
     factor = max(n_pairs / max(len(ctx.train), 1), 1.0)
-    return dataclasses.replace(ctx.train_config, batch_size=int(np.ceil(ctx.train_config.batch_size * factor)),
-                               user_lr_scale=ctx.train_config.user_lr_scale * float(np.sqrt(factor)))
+    return dataclasses.replace(finetune, batch_size=int(np.ceil(finetune.batch_size * factor)),
+                               user_lr_scale=finetune.user_lr_scale * float(np.sqrt(factor)))
 
 
 def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:

@@ -252,12 +252,13 @@ def test_teachers_see_only_their_groups_pairs(ctx, monkeypatch):
     assert set(ctx.user_group[calls[3]["train"].users]) == {MAJORITY, MINORITY}  # the student sees everybody
 
 
-def test_teachers_stop_with_their_own_patience(ctx, monkeypatch):
-    """Teachers (fine-tunes of the baseline) use teacher_patience; the student keeps the TrainConfig's."""
+def test_teachers_and_student_stop_with_the_finetune_patience(ctx, monkeypatch):
+    """Teachers and student (fine-tunes of the baseline) use finetune_patience; the baseline keeps TrainConfig's."""
     calls = _record_fits(monkeypatch)
-    fit_method("pafo", ctx, PAFOConfig(dense=4, teacher_patience=2), (0.0, 1.0))
-    assert [c["config"].patience for c in calls[1:3]] == [2, 2]
-    assert calls[3]["config"].patience == ctx.train_config.patience
+    fit_method("pafo", ctx, PAFOConfig(dense=4, finetune_patience=2), (0.0, 1.0))
+    assert "config" not in calls[0]  # the baseline: ctx.train_config
+    assert [c["config"].patience for c in calls[1:]] == [2, 2, 2]
+    assert ctx.train_config.patience != 2
 
 
 def test_reweight_gives_each_group_equal_total_weight(ctx, monkeypatch):
@@ -327,12 +328,14 @@ def test_student_batch_grows_with_dense_pairs(ctx):
     rate grows by √(pairs / labelled pairs); without it, the student trains with the baseline's settings."""
     n_labelled = len(ctx.train)
     n_steps = math.ceil(n_labelled / ctx.train_config.batch_size)
-    scaled = student_config(ctx, PAFOConfig(), 4 * n_labelled)
+    scaled = student_config(ctx, PAFOConfig(finetune_patience=ctx.train_config.patience), 4 * n_labelled)
     assert math.ceil(4 * n_labelled / scaled.batch_size) == n_steps
     assert scaled.user_lr_scale == pytest.approx(2.0 * ctx.train_config.user_lr_scale)
     assert scaled.lr == ctx.train_config.lr
-    assert student_config(ctx, PAFOConfig(scale_batch=False), 4 * n_labelled) is ctx.train_config
-    assert student_config(ctx, PAFOConfig(), n_labelled) == ctx.train_config  # dense=0: nothing to scale
+    same_patience = ctx.train_config.patience
+    assert student_config(ctx, PAFOConfig(scale_batch=False, finetune_patience=same_patience),
+                          4 * n_labelled) == ctx.train_config
+    assert student_config(ctx, PAFOConfig(finetune_patience=same_patience), n_labelled) == ctx.train_config
 
 
 @pytest.mark.parametrize("with_blocks", [False, True])
