@@ -99,6 +99,8 @@ BAD_EXPERIMENTS = {
     "negative-lambda": (["--lambda=-0.5"], methods.BAD_LAMBDA, ["-0.5"]),
     "zero-temperature": (["--temperature", "0"], methods.BAD_TEMPERATURE, ["0.0"]),
     "negative-temperature": (["--temperature=-1"], methods.BAD_TEMPERATURE, ["-1.0"]),
+    "negative-dense": (["--dense=-3"], methods.BAD_DENSE, ["-3"]),
+    "zero-finetune-patience": (["--finetune-patience", "0"], methods.BAD_FINETUNE_PATIENCE, ["0"]),
     "empty-minority": (["--minority-threshold", "0.0"], support_mod.EMPTY_GROUP, ["minority", "higher threshold"]),
     "encoder-offline": (["--encoder", "not/a-model"], MSG_MODEL_OFFLINE, ["'not/a-model'"]),
 }
