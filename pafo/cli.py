@@ -219,6 +219,48 @@ def _add_experiment(sub) -> None:
     parser.set_defaults(handler=cmd_experiment)
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from .scoring import load_scoring_model, read_triples, score_triples
+
+    run_dir = args.run_dir or _registry_run_dir(args.run)
+    scoring = load_scoring_model(run_dir, args.method)
+    scored = score_triples(scoring, read_triples(args.input), progress_bar=True)
+    if args.csv:
+        atomic_write_text(args.csv, scored.to_csv(index=False))
+    if args.json:
+        summary = {"run_dir": str(run_dir), "method": args.method, "encoder": scoring.encoder, "n_rows": len(scored),
+                   "n_unknown_users": int((~scored["known_user"]).sum()),
+                   "rows": scored.astype(object).where(scored.notna(), None).to_dict(orient="records")}
+        atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
+    if not args.csv and not args.json:
+        sys.stdout.write(scored.to_csv(index=False))
+    return 0
+
+
+def _registry_run_dir(run_id: str):
+    """The folder holding a succeeded background run's result.json and weights (a reused run: the original's)."""
+    from .registry import RunRegistry
+    from .scoring import MSG_NOT_A_RUN
+
+    record = RunRegistry().get(run_id)
+    if not record.result_path:
+        raise PafoInputError(MSG_NOT_A_RUN.format(path=f"run {run_id} ({record.status})"))
+    return Path(record.result_path).parent
+
+
+def _add_score(sub) -> None:
+    parser = sub.add_parser("score", help="score (prompt, response, user) triples with a trained run's model")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-dir", metavar="DIR", help="the --out-dir of a `pafo experiment`")
+    which.add_argument("--run", metavar="RUN_ID", help="a succeeded background run (`pafo runs list`)")
+    parser.add_argument("--method", default="pafo", help="which of the run's models scores (default: pafo)")
+    parser.add_argument("--input", required=True, metavar="FILE",
+                        help="CSV, JSONL, JSON or Parquet with columns user_id, prompt, response")
+    parser.add_argument("--csv", metavar="OUT", help="write the rows with reward and known_user here")
+    parser.add_argument("--json", metavar="OUT", help="write a summary with every scored row here")
+    parser.set_defaults(handler=cmd_score)
+
+
 def _add_runs(sub) -> None:
     from .runs_cli import add_runs_commands
 
@@ -231,7 +273,7 @@ def _add_runs(sub) -> None:
                       fingerprint_of)
 
 
-COMMANDS: list[Callable] = [_add_support, _add_embed, _add_experiment, _add_runs]
+COMMANDS: list[Callable] = [_add_support, _add_embed, _add_experiment, _add_score, _add_runs]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,122 @@
+"""Score (prompt, response, user) triples with a trained run's reward model: `pafo score`.
+
+A run directory (``pafo experiment --out-dir``, or a background run's folder) holds ``result.json`` and
+``weights/<method>.safetensors`` + ``.json``: the weights and constructor arguments, never a pickle. Scoring needs
+the user's id only; no group label exists at inference. A user the run never saw gets the shared reward b · g(φ)
+(w_u = 0, what the L2 prior falls back to) and ``known_user = False``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import PafoInputError
+from .models import RewardModel
+from .sources.files import read_table, require_columns
+
+__all__ = [
+    "MSG_EMPTY_CELL",
+    "MSG_NOT_A_RUN",
+    "MSG_NO_WEIGHTS",
+    "MSG_TFIDF_RUN",
+    "SCORE_COLUMNS",
+    "ScoringModel",
+    "load_scoring_model",
+    "read_triples",
+    "score_triples",
+]
+
+SCORE_COLUMNS = ["user_id", "prompt", "response"]
+MSG_NOT_A_RUN = ("{path}: not a finished run directory (no result.json); give the --out-dir of `pafo experiment` or "
+                 "--run RUN_ID of a succeeded background run")
+MSG_NO_WEIGHTS = "{path}: this run has no weights for method {method!r} (it has: {found}); choose one with --method"
+MSG_DAMAGED = "{path}: the run's files are damaged ({detail}); rerun the experiment"
+MSG_TFIDF_RUN = ("{path}: the run used tfidf features, which are fitted to that run's own texts, so new texts "
+                 "cannot be scored with them; train with --encoder minilm (or a model id) to score new text")
+MSG_EMPTY_CELL = "{source}: row {row}: {field} is empty; every row needs user_id, prompt and response"
+
+
+@dataclass
+class ScoringModel:
+    """A trained reward model with what scoring needs: its users' ids (row = user index) and its encoder."""
+
+    model: RewardModel
+    user_index: dict[str, int]
+    encoder: str
+    method: str
+    run_dir: Path
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PafoInputError(MSG_DAMAGED.format(path=path, detail=exc)) from exc
+
+
+def load_scoring_model(run_dir: str | Path, method: str = "pafo") -> ScoringModel:
+    """Rebuild ``method``'s model of a run from its safetensors weights and JSON config."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "result.json").is_file():
+        raise PafoInputError(MSG_NOT_A_RUN.format(path=run_dir))
+    result = _read_json(run_dir / "result.json")
+    try:
+        encoder = str(result["config"]["run"]["encoder"])
+    except (KeyError, TypeError) as exc:
+        raise PafoInputError(MSG_DAMAGED.format(path=run_dir / "result.json", detail="no config.run.encoder")) from exc
+    if encoder == "tfidf":
+        raise PafoInputError(MSG_TFIDF_RUN.format(path=run_dir))
+    weights = run_dir / "weights" / f"{method}.safetensors"
+    if not weights.is_file():
+        found = sorted(p.stem for p in (run_dir / "weights").glob("*.safetensors"))
+        raise PafoInputError(MSG_NO_WEIGHTS.format(path=run_dir, method=method, found=", ".join(found) or "none"))
+    try:
+        model = RewardModel(**_read_json(weights.with_suffix(".json")))
+        model.load_state_dict(load_file(str(weights)))
+    except (TypeError, RuntimeError, OSError, ValueError) as exc:
+        raise PafoInputError(MSG_DAMAGED.format(path=weights, detail=exc)) from exc
+    model.eval()
+    user_ids = [str(u) for u in result.get("per_user", {}).get("user_id", [])]
+    return ScoringModel(model, {u: i for i, u in enumerate(user_ids)}, encoder, method, run_dir)
+
+
+def read_triples(source: str | Path) -> pd.DataFrame:
+    """A CSV/JSONL/JSON/Parquet table with user_id, prompt and response, checked row by row."""
+    frame = read_table(source)
+    require_columns(frame, SCORE_COLUMNS, str(source))
+    for field in SCORE_COLUMNS:
+        empty = frame[field].isna() | (frame[field].astype(str).str.strip() == "")
+        if empty.any():
+            raise PafoInputError(MSG_EMPTY_CELL.format(source=source, row=int(np.flatnonzero(empty)[0]) + 1,
+                                                       field=field))
+    return frame
+
+
+@torch.inference_mode()
+def score_triples(scoring: ScoringModel, frame: pd.DataFrame, *, progress_bar: bool = False) -> pd.DataFrame:
+    """``frame`` with ``reward`` (r(x, y, u)) and ``known_user`` columns added; features are [e(y), e(x)]."""
+    from .encoders import embed_texts
+
+    responses, prompts = frame["response"].astype(str).tolist(), frame["prompt"].astype(str).tolist()
+    texts = list(dict.fromkeys(responses + prompts))
+    vectors = embed_texts(texts, scoring.encoder, progress_bar=progress_bar).vectors
+    row_of = {text: i for i, text in enumerate(texts)}
+    features = torch.from_numpy(np.hstack([vectors[[row_of[t] for t in responses]],
+                                           vectors[[row_of[p] for p in prompts]]]).astype(np.float32))
+    index = frame["user_id"].astype(str).map(scoring.user_index)
+    known = index.notna().to_numpy()
+    users = torch.from_numpy(index.fillna(0).to_numpy(np.int64, copy=True))
+    model = scoring.model
+    rewards, shared = model(features, users), (model.features(features) * model.b).sum(-1)
+    out = frame.copy()
+    out["reward"] = np.where(known, rewards.numpy(), shared.numpy())
+    out["known_user"] = known
+    return out

@@ -1,0 +1,121 @@
+"""`pafo score`: a run's saved model scores (prompt, response, user) triples without any group label."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pafo import cli, scoring
+from pafo.registry import RunRegistry
+from pafo.sources import DataConfig, load_dataset
+from pafo.sources.files import MISSING_COLUMNS
+
+TINY = dict(users=24, prompts=16, responses_per_prompt=4, train_pairs=6, test_pairs=4)
+TINY_FLAGS = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6",
+              "--test-pairs", "4", "--bootstrap", "20", "--epochs", "3", "--hidden", "16", "--k", "4", "--dense", "4"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny MiniLM experiment (baseline + PAFO) with its artifacts, shared by this module's tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PAFO_HOME", str(tmp_path_factory.mktemp("score_home")))
+        out = tmp_path_factory.mktemp("score_run") / "run"
+        assert cli.main(["experiment", *TINY_FLAGS, "--encoder", "minilm", "--out-dir", str(out),
+                         "--json", str(out.parent / "result.json")]) == 0
+        yield out
+
+
+def _test_pair_triples() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each test pair of the tiny dataset as two triples (chosen, then rejected) for the pair's user."""
+    dataset = load_dataset(DataConfig(**TINY))
+    test = dataset.split("test")
+    rows = [{"user_id": dataset.users["user_id"].iloc[u], "prompt": dataset.responses["prompt"].iloc[r],
+             "response": dataset.responses["text"].iloc[r]}
+            for u, c, j in zip(test["user"], test["chosen"], test["rejected"], strict=True) for r in (c, j)]
+    return pd.DataFrame(rows), test
+
+
+@pytest.mark.parametrize("method", ["baseline", "pafo"])
+def test_scores_reproduce_the_runs_test_margins(run_dir, method, write_table, tmp_path):
+    """r(chosen) − r(rejected) from `pafo score` equals the margin the experiment saved for every test pair."""
+    triples, _ = _test_pair_triples()
+    source = write_table(triples, tmp_path / "triples.csv")
+    out = tmp_path / "scored.csv"
+    assert cli.main(["score", "--run-dir", str(run_dir), "--method", method, "--input", str(source),
+                     "--csv", str(out)]) == 0
+    scored = pd.read_csv(out)
+    assert scored["known_user"].all() and len(scored) == len(triples)
+    rewards = scored["reward"].to_numpy().reshape(-1, 2)
+    margins = pd.read_csv(run_dir / "test_margins.csv")[f"margin_{method}"].to_numpy()
+    np.testing.assert_allclose(rewards[:, 0] - rewards[:, 1], margins, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+def test_unknown_users_get_the_shared_reward(run_dir, kind, write_table, tmp_path):
+    """A user the run never saw is scored with b · g(φ) (w_u = 0) and flagged, whatever the file format."""
+    triples, _ = _test_pair_triples()
+    known = triples.iloc[:4]
+    stranger = known.assign(user_id="someone-new")
+    source = write_table(pd.concat([known, stranger], ignore_index=True), tmp_path / f"triples.{kind}")
+    model = scoring.load_scoring_model(run_dir, "pafo")
+    scored = scoring.score_triples(model, scoring.read_triples(source))
+    assert scored["known_user"].tolist() == [True] * 4 + [False] * 4
+    b = model.model.b.detach().numpy()
+    assert np.abs(b).sum() > 0
+    shared = scored["reward"].to_numpy()[4:]
+    personal = scored["reward"].to_numpy()[:4]
+    assert not np.allclose(shared, personal)  # the known users' own vectors matter
+
+
+def test_score_json_summary_and_background_run_id(run_dir, tmp_path, write_table):
+    """--json holds a summary and every row; --run RUN_ID finds a succeeded background run's folder."""
+    triples, _ = _test_pair_triples()
+    source = write_table(triples.iloc[:6], tmp_path / "triples.csv")
+    registry = RunRegistry()
+    record = registry.submit({"run": {"methods": "baseline,pafo"}}, fingerprint="f", start=False, label="scored")
+    assert registry.mark_running(record.id, os.getpid())
+    assert registry.mark_succeeded(record.id, run_dir / "result.json")
+    out = tmp_path / "summary.json"
+    assert cli.main(["score", "--run", record.id, "--input", str(source), "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["n_rows"] == 6 and summary["n_unknown_users"] == 0 and summary["method"] == "pafo"
+    assert len(summary["rows"]) == 6 and all("reward" in row for row in summary["rows"])
+
+
+def _bad_cases(run_dir: Path, tmp_path: Path, write_table) -> dict:
+    triples, _ = _test_pair_triples()
+    tfidf_run = tmp_path / "tfidf_run"
+    (tfidf_run / "weights").mkdir(parents=True)
+    result = json.loads((run_dir / "result.json").read_text())
+    result["config"]["run"]["encoder"] = "tfidf"
+    (tfidf_run / "result.json").write_text(json.dumps(result))
+    return {
+        "no-column": (["--run-dir", str(run_dir), "--input",
+                       str(write_table(triples.drop(columns="response"), tmp_path / "a.csv"))],
+                      MISSING_COLUMNS, ["response"]),
+        "empty-cell": (["--run-dir", str(run_dir), "--input",
+                        str(write_table(triples.assign(prompt=["", *triples["prompt"][1:]]),
+                                        tmp_path / "b.csv"))], scoring.MSG_EMPTY_CELL, ["row 1", "prompt"]),
+        "not-a-run": (["--run-dir", str(tmp_path), "--input", str(tmp_path / "x.csv")], scoring.MSG_NOT_A_RUN, []),
+        "unknown-method": (["--run-dir", str(run_dir), "--method", "groupdro", "--input", str(tmp_path / "x.csv")],
+                           scoring.MSG_NO_WEIGHTS, ["'groupdro'", "baseline, pafo"]),
+        "tfidf-run": (["--run-dir", str(tfidf_run), "--input", str(tmp_path / "x.csv")], scoring.MSG_TFIDF_RUN, []),
+    }
+
+
+@pytest.mark.parametrize("case", ["no-column", "empty-cell", "not-a-run", "unknown-method", "tfidf-run"])
+def test_bad_score_input_exits_2_with_one_line(case, run_dir, tmp_path, write_table, capsys, check_message):
+    """Regression: every bad `pafo score` input is exit 2 and one stderr line naming the file, row or field."""
+    args, template, values = _bad_cases(run_dir, tmp_path, write_table)[case]
+    out = tmp_path / "scored.csv"
+    assert cli.main(["score", *args, "--csv", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pafo: error: ")
+    check_message(lines[0], template, *values)
+    assert not out.exists()
