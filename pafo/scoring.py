@@ -29,6 +29,7 @@ __all__ = [
     "ScoringModel",
     "load_scoring_model",
     "read_triples",
+    "score_pair",
     "score_triples",
 ]
 
@@ -120,3 +121,19 @@ def score_triples(scoring: ScoringModel, frame: pd.DataFrame, *, progress_bar: b
     out["reward"] = np.where(known, rewards.numpy(), shared.numpy())
     out["known_user"] = known
     return out
+
+
+def score_pair(models: dict[str, ScoringModel], user_id: str, prompt: str, first: str, second: str) -> pd.DataFrame:
+    """Each model's reward of two responses to one prompt for one user, and which one it prefers.
+
+    Rewards are only comparable within a user and prompt (the models learn differences), hence the pair.
+    """
+    triples = pd.DataFrame({"user_id": [user_id] * 2, "prompt": [prompt] * 2, "response": [first, second]})
+    rows = []
+    for name, model in models.items():
+        rewards = score_triples(model, triples)["reward"].to_numpy()
+        margin = float(rewards[0] - rewards[1])
+        rows.append({"method": name, "reward A": float(rewards[0]), "reward B": float(rewards[1]),
+                     "margin A − B": margin, "prefers": "A" if margin > 0 else "B" if margin < 0 else "tie",
+                     "P(A preferred)": float(1 / (1 + np.exp(-margin)))})
+    return pd.DataFrame(rows)

@@ -240,6 +240,19 @@ def test_margins(record) -> pd.DataFrame | None:
     return _margins(str(path), path.stat().st_mtime) if path.is_file() else None
 
 
+@st.cache_resource(show_spinner="Loading the run's models…", max_entries=8)
+def _scoring_models(run_dir: str, mtime: float, methods: tuple[str, ...]) -> dict:
+    from pafo.scoring import load_scoring_model
+
+    return {name: load_scoring_model(run_dir, name) for name in methods}
+
+
+def scoring_models(record, methods: list[str]) -> dict:
+    """The run's models rebuilt from their saved weights, for scoring new text (raises PafoInputError)."""
+    run_dir = Path(record.result_path).parent
+    return _scoring_models(str(run_dir), (run_dir / "result.json").stat().st_mtime, tuple(methods))
+
+
 def finished_runs() -> list:
     return registry().list(status=SUCCEEDED)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pafo import appstate, report
+from pafo import appstate, report, scoring
 from pafo.errors import PafoInputError
 from pafo.sources import DataConfig
 from pages import _ui as ui
@@ -83,3 +83,21 @@ st.dataframe(pairs, width="stretch", hide_index=True, height=min(600, 38 + 35 * 
                             "chosen": st.column_config.TextColumn("chosen (the user's pick)", width="large"),
                             "rejected": st.column_config.TextColumn("rejected", width="large")})
 st.caption("Margin = r(chosen) − r(rejected) for this user; positive means the model agrees with the user's label.")
+
+with st.expander("Score your own pair of responses for this user"):
+    st.caption("Each model scores both responses for this user (by user id only; no group label). Rewards compare "
+               "within one user and prompt, so the verdict is the margin A − B.")
+    default_prompt = str(pairs["prompt"].iloc[0]) if "prompt" in pairs else ""
+    prompt = st.text_input("Prompt", value=default_prompt, key="score_prompt")
+    first = st.text_area("Response A", key="score_a", height=90)
+    second = st.text_area("Response B", key="score_b", height=90)
+    ready = all(text.strip() for text in (prompt, first, second))
+    if st.button("Score A and B", key="score_button", disabled=not ready):
+        try:
+            with st.spinner("Embedding and scoring…"):
+                scores = scoring.score_pair(ui.scoring_models(record, methods), str(row["user_id"]), prompt, first,
+                                            second)
+        except PafoInputError as exc:
+            st.info(f"This run cannot score new text: {exc}")
+        else:
+            st.dataframe(scores, hide_index=True, width="stretch")

@@ -310,6 +310,20 @@ def test_users_page_shows_pairs_with_margins(studio):
     assert next(m for m in at.metric if m.label == "Group").value == "majority"
 
 
+def test_users_page_scores_a_typed_pair_or_says_why_it_cannot(studio):
+    """The scoring form: the fixture's tfidf run cannot embed new text, and says so instead of failing."""
+    _, run_id = studio
+    at = page(app(run_id), "users")
+    assert at.button(key="score_button").disabled  # nothing typed yet
+    at.text_area(key="score_a").input("Short and funny. 😄")
+    at.text_area(key="score_b").input("A long, formal and detailed answer with four numbered tips.")
+    at.run()
+    at.button(key="score_button").click().run()
+    assert_clean(at)
+    assert not errors(at), errors(at)
+    assert any("cannot score new text" in i.value and "tfidf" in i.value for i in at.info), [i.value for i in at.info]
+
+
 # ------------------------------------------------------------------------------------------- What-if
 
 

@@ -88,6 +88,19 @@ def test_score_json_summary_and_background_run_id(run_dir, tmp_path, write_table
     assert len(summary["rows"]) == 6 and all("reward" in row for row in summary["rows"])
 
 
+def test_score_pair_compares_two_responses_per_method(run_dir):
+    """score_pair: each method's margin A − B equals the run's saved margin on a test pair, with its verdict."""
+    triples, _ = _test_pair_triples()
+    first, second = triples.iloc[0], triples.iloc[1]  # the first test pair: chosen, rejected
+    models = {name: scoring.load_scoring_model(run_dir, name) for name in ("baseline", "pafo")}
+    table = scoring.score_pair(models, first["user_id"], first["prompt"], first["response"], second["response"])
+    saved = pd.read_csv(run_dir / "test_margins.csv").iloc[0]
+    for _, row in table.iterrows():
+        assert row["margin A − B"] == pytest.approx(saved[f"margin_{row['method']}"], abs=1e-5)
+        assert row["prefers"] == ("A" if row["margin A − B"] > 0 else "B")
+        assert 0 < row["P(A preferred)"] < 1
+
+
 def _bad_cases(run_dir: Path, tmp_path: Path, write_table) -> dict:
     triples, _ = _test_pair_triples()
     tfidf_run = tmp_path / "tfidf_run"
