@@ -10,7 +10,7 @@ import numpy as np
 
 from .dataset import PreferenceDataset
 
-__all__ = ["FeatureResult", "dataset_texts", "response_features"]
+__all__ = ["FeatureResult", "dataset_texts", "response_features", "text_features"]
 
 Layout = Literal["prompt+response", "response"]
 
@@ -34,6 +34,30 @@ def dataset_texts(dataset: PreferenceDataset) -> list[str]:
     return list(dict.fromkeys(responses + prompts))
 
 
+def text_features(
+    responses: list[str],
+    prompts: list[str],
+    encoder: str = "minilm",
+    *,
+    layout: Layout = "prompt+response",
+    cache: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    progress_bar: bool = False,
+) -> FeatureResult:
+    """Feature rows for (prompt, response) texts: [e(response), e(prompt)] (or e(response) alone), each distinct
+    text embedded once, responses before prompts."""
+    from .encoders import embed_texts
+
+    texts = list(dict.fromkeys(responses + prompts))
+    result = embed_texts(texts, encoder, cache=cache, progress=progress, progress_bar=progress_bar)
+    row_of = {text: i for i, text in enumerate(texts)}
+    response_rows = result.vectors[[row_of[t] for t in responses]]
+    if layout == "response":
+        return FeatureResult(response_rows.astype(np.float32), result)
+    prompt_rows = result.vectors[[row_of[p] for p in prompts]]
+    return FeatureResult(np.hstack([response_rows, prompt_rows]).astype(np.float32), result)
+
+
 def response_features(
     dataset: PreferenceDataset,
     encoder: str = "minilm",
@@ -43,14 +67,6 @@ def response_features(
     progress: Callable[[int, int], None] | None = None,
     progress_bar: bool = False,
 ) -> FeatureResult:
-    """Embed the dataset once; features are [e(response), e(prompt)] (or e(response) alone)."""
-    from .encoders import embed_texts
-
-    texts = dataset_texts(dataset)
-    result = embed_texts(texts, encoder, cache=cache, progress=progress, progress_bar=progress_bar)
-    row_of = {text: i for i, text in enumerate(texts)}
-    response_rows = result.vectors[[row_of[t] for t in dataset.responses["text"]]]
-    if layout == "response":
-        return FeatureResult(response_rows.astype(np.float32), result)
-    prompt_rows = result.vectors[[row_of[p] for p in dataset.responses["prompt"]]]
-    return FeatureResult(np.hstack([response_rows, prompt_rows]).astype(np.float32), result)
+    """Embed the dataset once; row i holds the features of ``dataset.responses`` row i (see ``text_features``)."""
+    return text_features(dataset.responses["text"].tolist(), dataset.responses["prompt"].tolist(), encoder,
+                         layout=layout, cache=cache, progress=progress, progress_bar=progress_bar)

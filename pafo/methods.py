@@ -159,7 +159,7 @@ def _teacher(ctx: MethodContext, base: RewardModel, config: PAFOConfig, group: i
     model = ctx.new_model() if config.teacher_init == "scratch" else copy.deepcopy(base)
     if config.teacher_init == "recentred":
         recentre(model, np.unique(train.users))
-    train_config = dataclasses.replace(ctx.train_config, patience=config.finetune_patience)
+    train_config = finetune_config(ctx, config)
     if config.teacher_user_l2 is not None:
         train_config = dataclasses.replace(train_config, user_l2=config.teacher_user_l2)
     name = "majority" if group == MAJORITY else "minority"
@@ -237,6 +237,11 @@ def student_pairs(ctx: MethodContext, teachers: dict, config: PAFOConfig) -> Pai
     return pairs
 
 
+def finetune_config(ctx: MethodContext, config: PAFOConfig) -> TrainConfig:
+    """The baseline's settings with PAFO's patience: teachers and student both start from the trained baseline."""
+    return dataclasses.replace(ctx.train_config, patience=config.finetune_patience)
+
+
 def student_config(ctx: MethodContext, config: PAFOConfig, n_pairs: int) -> TrainConfig:
     """The student's training settings: the baseline's, with PAFO's fine-tune patience.
 
@@ -245,7 +250,7 @@ def student_config(ctx: MethodContext, config: PAFOConfig, n_pairs: int) -> Trai
     user vector then gets as many updates as in the baseline, on `factor` times the pairs; its learning rate grows
     by √factor, Adam's square-root rule for larger batches.
     """
-    finetune = dataclasses.replace(ctx.train_config, patience=config.finetune_patience)
+    finetune = finetune_config(ctx, config)
     if not config.scale_batch:
         return finetune
     factor = max(n_pairs / max(len(ctx.train), 1), 1.0)

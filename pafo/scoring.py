@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .errors import PafoInputError
+from .features import text_features
 from .models import RewardModel
 from .sources.files import read_table, require_columns
 
@@ -101,37 +102,39 @@ def read_triples(source: str | Path) -> pd.DataFrame:
     return frame
 
 
+def _features(frame: pd.DataFrame, encoder: str, progress_bar: bool = False) -> torch.Tensor:
+    return torch.from_numpy(text_features(frame["response"].astype(str).tolist(), frame["prompt"].astype(str).tolist(),
+                                          encoder, progress_bar=progress_bar).features)
+
+
 @torch.inference_mode()
+def _rewards(scoring: ScoringModel, features: torch.Tensor, user_ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """r(x, y, u) per row (the shared reward b · g(φ) for users the run never saw) and which users it knew."""
+    index = user_ids.astype(str).map(scoring.user_index)
+    known = index.notna().to_numpy(copy=True)
+    users = torch.from_numpy(index.fillna(0).to_numpy(np.int64, copy=True))
+    g = scoring.model.features(features)
+    vectors = torch.where(torch.from_numpy(known)[:, None], scoring.model.user_vectors(users), scoring.model.b)
+    return (g * vectors).sum(-1).numpy(), known
+
+
 def score_triples(scoring: ScoringModel, frame: pd.DataFrame, *, progress_bar: bool = False) -> pd.DataFrame:
     """``frame`` with ``reward`` (r(x, y, u)) and ``known_user`` columns added; features are [e(y), e(x)]."""
-    from .encoders import embed_texts
-
-    responses, prompts = frame["response"].astype(str).tolist(), frame["prompt"].astype(str).tolist()
-    texts = list(dict.fromkeys(responses + prompts))
-    vectors = embed_texts(texts, scoring.encoder, progress_bar=progress_bar).vectors
-    row_of = {text: i for i, text in enumerate(texts)}
-    features = torch.from_numpy(np.hstack([vectors[[row_of[t] for t in responses]],
-                                           vectors[[row_of[p] for p in prompts]]]).astype(np.float32))
-    index = frame["user_id"].astype(str).map(scoring.user_index)
-    known = index.notna().to_numpy()
-    users = torch.from_numpy(index.fillna(0).to_numpy(np.int64, copy=True))
-    model = scoring.model
-    rewards, shared = model(features, users), (model.features(features) * model.b).sum(-1)
-    out = frame.copy()
-    out["reward"] = np.where(known, rewards.numpy(), shared.numpy())
-    out["known_user"] = known
-    return out
+    rewards, known = _rewards(scoring, _features(frame, scoring.encoder, progress_bar), frame["user_id"])
+    return frame.assign(reward=rewards, known_user=known)
 
 
 def score_pair(models: dict[str, ScoringModel], user_id: str, prompt: str, first: str, second: str) -> pd.DataFrame:
     """Each model's reward of two responses to one prompt for one user, and which one it prefers.
 
-    Rewards are only comparable within a user and prompt (the models learn differences), hence the pair.
+    Rewards are only comparable within a user and prompt (the models learn differences), hence the pair. The
+    texts are embedded once per encoder (a run's models share one).
     """
     triples = pd.DataFrame({"user_id": [user_id] * 2, "prompt": [prompt] * 2, "response": [first, second]})
+    features = {encoder: _features(triples, encoder) for encoder in {m.encoder for m in models.values()}}
     rows = []
     for name, model in models.items():
-        rewards = score_triples(model, triples)["reward"].to_numpy()
+        rewards, _ = _rewards(model, features[model.encoder], triples["user_id"])
         margin = float(rewards[0] - rewards[1])
         rows.append({"method": name, "reward A": float(rewards[0]), "reward B": float(rewards[1]),
                      "margin A − B": margin, "prefers": "A" if margin > 0 else "B" if margin < 0 else "tie",

@@ -244,8 +244,9 @@ def train_model(
     penalty = UserPenalty.for_pairs(config.user_l2, train, distilled=objective.lam > 0)
     optimiser = AdamW(_parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     start, best, best_state, history, stale = time.perf_counter(), None, None, [], 0
-    initial_val = group_accuracy(pair_margins(model, features, val), val) if keep_initial else None
+    initial_val = None
     if keep_initial:
+        initial_val = group_accuracy(pair_margins(model, features, val), val)
         best, best_state = select(initial_val), copy.deepcopy(model.state_dict())
     for epoch in range(1, config.epochs + 1):
         model.train()
