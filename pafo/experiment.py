@@ -18,6 +18,7 @@ import torch
 
 from .config import dataclass_from_dict
 from .dataset import PreferenceDataset
+from .diagnostics import cluster_report
 from .errors import PafoInputError
 from .features import response_features
 from .method_configs import UNKNOWN_METHOD, RunSettings
@@ -77,6 +78,12 @@ class ExperimentConfig:
 
     def fingerprint(self) -> str:
         return dataset_fingerprint(self.data)
+
+
+def method_config_of(config: ExperimentConfig, name: str):
+    """The options a method trains with: its own section, PAFO's cluster options for ``mixture``, else none."""
+    sections = {"pafo": config.pafo, "groupdro": config.groupdro, "mixture": config.pafo}
+    return sections.get(name) or METHOD_CONFIGS[name]()
 
 
 def _pair_set(pairs: pd.DataFrame, user_group: np.ndarray) -> PairSet:
@@ -181,17 +188,19 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
               "config": config.to_dict(), "fingerprint": config.fingerprint(), "methods": {}}
     tables, margins_by_method, models = {}, {}, {}
     for i, name in enumerate(methods):
-        method_config = {"pafo": config.pafo, "groupdro": config.groupdro}.get(name) or METHOD_CONFIGS[name]()
+        method_config = method_config_of(config, name)
         output = fit_method(name, ctx, method_config, (spans[i], spans[i + 1]))
         margins = pair_margins(output.model, ctx.features, test)
         margins_by_method[name] = margins
         tables[name] = _per_user_table(dataset, support, groups, test, margins)
         result["methods"][name] = _method_result(name, output, tables[name], config, margins, test)
-        if name == "pafo":
+        if name == "pafo" and "teachers" in output.extra:
             baseline_margins = pair_margins(ctx.cache["baseline"].model, ctx.features, test)
             result["methods"][name]["pareto_selected"] = bool(output.result.selected)
             result["methods"][name]["teachers"] = _teacher_report(output, ctx, test, baseline_margins, ctx.features)
             result["methods"][name]["n_dense_pairs"] = output.extra["n_dense_pairs"]
+        if "clusters" in output.extra:
+            result["methods"][name]["clusters"] = cluster_report(output, ctx, test, tables[name], support, groups)
         models[name] = output.model
         progress(spans[i + 1], f"{name} done", None)
     _add_comparisons(result)

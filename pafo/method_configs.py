@@ -18,16 +18,18 @@ __all__ = [
     "BTConfig",
     "BaselineConfig",
     "GroupDROConfig",
+    "MixtureConfig",
     "PAFOConfig",
     "ReweightConfig",
     "RunSettings",
     "TrainConfig",
 ]
 
-METHODS = ("bt", "baseline", "reweight", "groupdro", "pafo")
+METHODS = ("bt", "baseline", "reweight", "groupdro", "mixture", "pafo")
 BAD_LAMBDA = "--lambda: must be ≥ 0 (got {value})"
 BAD_TEMPERATURE = "--temperature: must be > 0 (got {value})"
 BAD_DENSE = "--dense: must be ≥ 0 (got {value})"
+BAD_CLUSTER_OPTION = "--{name}: must be ≥ {low} (got {value})"
 BAD_FINETUNE_PATIENCE = "--finetune-patience: must be ≥ 1 (got {value})"
 BAD_STEP = "--dro-step: must be > 0 (got {value})"
 UNKNOWN_METHOD = "--methods: unknown method {name!r}; choose from " + ", ".join(METHODS)
@@ -79,9 +81,31 @@ class GroupDROConfig:
 
 
 @dataclass
-class PAFOConfig:
-    """PAFO: group teachers distilled into one student by conditional margin-level supervision."""
+class MixtureConfig:
+    """Cluster mixture (MaxMin-RLHF style): each user scored by its preference cluster's teacher alone; it uses
+    PAFO's cluster options, so both are compared on the same clusters."""
 
+
+@dataclass
+class PAFOConfig:
+    """PAFO: teachers (per preference cluster, or per support group) combined into one student."""
+
+    teachers: Literal["clusters", "groups"] = option(
+        "clusters", "teachers per preference cluster found by EM on training pairs (clusters), or the paper's two "
+                    "support groups (groups)")
+    student: Literal["wide", "distilled"] = option(
+        "wide", "clusters: the student adds per-user weights over the teachers' channels to the baseline (wide), or "
+                "is the baseline architecture distilled from that on dense pairs (distilled)")
+    clusters: int = option(8, "clusters: number of preference clusters C")
+    restarts: int = option(40, "clusters: EM restarts; each user's teacher is averaged over them")
+    subspace: int = option(32, "clusters: dimension of the teachers' subspace of φ (top principal directions of "
+                               "training-pair differences)")
+    cluster_ridge: float = option(1.0, "clusters: ridge penalty of each cluster's linear BT teacher")
+    em_rounds: int = option(20, "clusters: maximum EM rounds")
+    heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "
+                              "by agreement with the teacher")
+    beta: float = option(2.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
+                              "their margins' spreads on training pairs")
     lam: float = option(1.0, "λ: weight of the distillation term", flag="--lambda")
     temperature: float = option(1.0, "τ: temperature of the tempered margins")
     condition: Literal["group", "group+agree"] = option("group", "targets from the user's group teacher "
@@ -112,11 +136,19 @@ class PAFOConfig:
             raise PafoInputError(BAD_DENSE.format(value=self.dense))
         if self.finetune_patience < 1:
             raise PafoInputError(BAD_FINETUNE_PATIENCE.format(value=self.finetune_patience))
+        for name, low in (("clusters", 1), ("restarts", 1), ("subspace", 1), ("em_rounds", 0), ("heldout", 1)):
+            if not getattr(self, name) >= low:
+                raise PafoInputError(BAD_CLUSTER_OPTION.format(name=name.replace("_", "-"), low=low,
+                                                               value=getattr(self, name)))
+        for name in ("cluster_ridge", "beta"):
+            if not getattr(self, name) >= 0:
+                raise PafoInputError(BAD_CLUSTER_OPTION.format(name=name.replace("_", "-"), low=0,
+                                                               value=getattr(self, name)))
         return self
 
 
 METHOD_CONFIGS = {"bt": BTConfig, "baseline": BaselineConfig, "reweight": ReweightConfig,
-                  "groupdro": GroupDROConfig, "pafo": PAFOConfig}
+                  "groupdro": GroupDROConfig, "mixture": MixtureConfig, "pafo": PAFOConfig}
 
 
 @dataclass

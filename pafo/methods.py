@@ -11,21 +11,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .clusters import ClusterFit, discover
 from .method_configs import (
     METHOD_CONFIGS,
     METHODS,
     BaselineConfig,
     BTConfig,
     GroupDROConfig,
+    MixtureConfig,
     PAFOConfig,
     ReweightConfig,
 )
-from .models import RewardModel
+from .models import RewardModel, WideRewardModel
 from .training import (
     GroupDRO,
     Objective,
@@ -48,12 +51,15 @@ __all__ = [
     "BaselineConfig",
     "GroupDROConfig",
     "MethodContext",
+    "MixtureConfig",
     "PAFOConfig",
     "ReweightConfig",
     "dense_pairs",
     "fit_method",
     "pareto_score",
+    "preference_clusters",
     "student_config",
+    "wide_model",
 ]
 
 MAJORITY, MINORITY = 0, 1
@@ -259,6 +265,118 @@ def student_config(ctx: MethodContext, config: PAFOConfig, n_pairs: int) -> Trai
 
 
 def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
+    """PAFO with preference-cluster teachers (default) or the paper's two support-group teachers."""
+    if config.teachers == "groups":
+        return _fit_pafo_groups(ctx, config, span)
+    spans = _split_span(span, [2, 1, 2])
+    base = baseline_output(ctx, spans[0])
+    clusters = preference_clusters(ctx, config, base.model)
+    teacher = wide_model(ctx, base.model, clusters, config.beta)
+    extra = {"clusters": clusters, "teacher": teacher,
+             "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]}
+    if config.student == "wide":
+        return MethodOutput(teacher, TrainResult(teacher), extra)
+    student, result, n_pairs = _distil(ctx, base.model, teacher, config, spans[2])
+    extra.update(n_student_pairs=n_pairs, n_dense_pairs=n_pairs - len(ctx.train))
+    return MethodOutput(student, result, extra)
+
+
+def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardModel) -> ClusterFit:
+    """Hard-EM preference clusters on the training pairs (``pafo.clusters``), once per context and options."""
+    key = ("clusters", config.clusters, config.restarts, config.subspace, config.cluster_ridge, config.em_rounds)
+    if key not in ctx.cache:
+        started = time.perf_counter()
+        with torch.no_grad():
+            user_vectors = base.user_vectors(torch.arange(ctx.n_users)).numpy()
+        ctx.cache[key] = discover(ctx.features.numpy(), ctx.train.chosen, ctx.train.rejected, ctx.train.users,
+                                  ctx.n_users, subspace=config.subspace, n_clusters=config.clusters,
+                                  restarts=config.restarts, user_vectors=user_vectors, ridge=config.cluster_ridge,
+                                  max_rounds=config.em_rounds, seed=ctx.seed)
+        ctx.cache["clusters_seconds"] = time.perf_counter() - started
+    return ctx.cache[key]
+
+
+def _wide_shell(ctx: MethodContext, base: RewardModel, basis: np.ndarray) -> WideRewardModel:
+    model = WideRewardModel(base.in_dim, base.n_users, rank=len(basis), hidden=base.hidden, k=base.k,
+                            personalized=True, dropout=base.dropout, normalise=base.normalise)
+    model.load_state_dict(base.state_dict(), strict=False)
+    with torch.no_grad():
+        model.basis.copy_(torch.from_numpy(basis).float())
+    return model
+
+
+def _spread(margins: np.ndarray) -> float:
+    spread = float(np.std(margins))
+    return spread if spread > 0 else 1.0
+
+
+def wide_model(ctx: MethodContext, base: RewardModel, clusters: ClusterFit, beta: float) -> WideRewardModel:
+    """The baseline plus each user's averaged cluster-teacher direction ā_u, in closed form (no training).
+
+    r = (b + w_u)·g(φ) + β · (s_b / s_e) · ā_u·Eφ, where s_b and s_e are the spreads of the baseline's and of the
+    teachers' margins on training pairs: β weighs the two in comparable units, and the baseline keeps its scale.
+    """
+    model = _wide_shell(ctx, base, clusters.basis)
+    with torch.no_grad():
+        model.a.weight.copy_(torch.from_numpy(clusters.directions).float())
+        model.scales.copy_(torch.tensor([1.0, 0.0]))
+        base_margins = pair_margins(model, ctx.features, ctx.train)
+        model.scales.copy_(torch.tensor([0.0, 1.0]))
+        teacher_margins = pair_margins(model, ctx.features, ctx.train)
+        model.scales.copy_(torch.tensor([1.0, beta * _spread(base_margins) / _spread(teacher_margins)]))
+    return model
+
+
+def fit_mixture(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
+    """Each user scored by the teacher of its cluster (lowest-objective restart), no baseline, no distillation."""
+    spans = _split_span(span, [2, 1])
+    base = baseline_output(ctx, spans[0])
+    clusters = preference_clusters(ctx, config, base.model)
+    model = _wide_shell(ctx, base.model, clusters.basis)
+    best = clusters.best
+    assigned = clusters.assignments[best]
+    directions = np.where((assigned >= 0)[:, None], clusters.teachers[best][np.maximum(assigned, 0)], 0.0)
+    with torch.no_grad():
+        model.a.weight.copy_(torch.from_numpy(directions).float())
+        model.scales.copy_(torch.tensor([0.0, 1.0]))
+    return MethodOutput(model, TrainResult(model), {
+        "clusters": clusters, "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]})
+
+
+def _any_prompt_pairs(ctx: MethodContext, per_user: int, rng: np.random.Generator) -> PairSet:
+    """``per_user`` random response pairs per user from any training prompt (unlabelled by that user)."""
+    prompts = np.unique(np.concatenate([p for p in ctx.train_prompts_of_user if len(p)]))
+    users = np.repeat(np.arange(ctx.n_users), per_user)
+    picked = rng.choice(prompts, size=len(users))
+    chosen, rejected = np.empty(len(users), dtype=np.int64), np.empty(len(users), dtype=np.int64)
+    for i, prompt in enumerate(picked):
+        chosen[i], rejected[i] = rng.choice(ctx.prompt_responses[int(prompt)], size=2, replace=False)
+    return PairSet(chosen, rejected, users, group=ctx.user_group[users])
+
+
+def _distil(ctx: MethodContext, base: RewardModel, teacher: RewardModel, config: PAFOConfig, span):
+    """The baseline architecture distilled from the wide teacher: BT + λ·distillation on the labelled pairs and on
+    ``dense`` teacher-labelled pairs per user, the epoch chosen by agreement with the teacher on ``heldout``
+    further teacher-labelled pairs per user (1 labelled validation pair per user is too noisy to select on)."""
+    rng = np.random.default_rng(ctx.seed + 1)
+    own = dense_pairs(ctx, config.dense, rng)
+    heldout = _any_prompt_pairs(ctx, config.heldout, rng)
+    train_targets = pair_margins(teacher, ctx.features, ctx.train)
+    train = PairSet(ctx.train.chosen, ctx.train.rejected, ctx.train.users, group=ctx.train.group,
+                    labelled=np.ones(len(ctx.train), dtype=bool), target=train_targets,
+                    target_mask=np.ones(len(ctx.train), dtype=np.float32))
+    pairs = _concat(train, _orient(own, pair_margins(teacher, ctx.features, own)))
+    if config.batches == "by_prompt":
+        pairs.block = ctx.prompt_of_response[pairs.chosen]
+    check = _orient(heldout, pair_margins(teacher, ctx.features, heldout))
+    student = copy.deepcopy(base)
+    objective = Objective(lam=config.lam, temperature=config.temperature, distill=config.distill)
+    result = ctx.fit(student, pairs, check, "student", span, objective=objective,
+                     config=student_config(ctx, config, len(pairs)), keep_initial=config.keep_initial)
+    return student, result, len(pairs)
+
+
+def _fit_pafo_groups(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     spans = _split_span(span, [1, 1, 1, 2])
     base = baseline_output(ctx, spans[0])
     teachers = {g: _teacher(ctx, base.model, config, g, spans[1 + g]) for g in (MAJORITY, MINORITY)}
@@ -281,7 +399,7 @@ def fit_baseline(ctx: MethodContext, config: BaselineConfig, span) -> MethodOutp
 
 
 FITTERS = {"bt": fit_bt, "baseline": fit_baseline, "reweight": fit_reweight, "groupdro": fit_groupdro,
-           "pafo": fit_pafo}
+           "mixture": fit_mixture, "pafo": fit_pafo}
 
 
 def fit_method(name: str, ctx: MethodContext, config, span: tuple[float, float]) -> MethodOutput:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - PyTorch's usual alias
 from torch import nn
 
-__all__ = ["RewardModel", "bt_loss", "distillation_loss"]
+__all__ = ["RewardModel", "WideRewardModel", "bt_loss", "build_model", "distillation_loss"]
 
 
 def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,8 +53,9 @@ class RewardModel(nn.Module):
 
     def config(self) -> dict:
         """Constructor arguments, saved beside the weights so a model can be rebuilt without pickle."""
-        return {"in_dim": self.in_dim, "n_users": self.n_users, "hidden": self.hidden, "k": self.k,
-                "personalized": self.personalized, "dropout": self.dropout, "normalise": self.normalise}
+        return {"kind": "personalized" if self.personalized else "bt", "in_dim": self.in_dim,
+                "n_users": self.n_users, "hidden": self.hidden, "k": self.k, "personalized": self.personalized,
+                "dropout": self.dropout, "normalise": self.normalise}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """g(φ); with ``normalise`` its rows have unit norm, so a reward's scale lives in b + w_u alone and the L2
@@ -66,6 +67,10 @@ class RewardModel(nn.Module):
         if self.w is None:
             return self.b.expand(len(users), -1)
         return self.b + self.w(users)
+
+    def shared_vector(self) -> torch.Tensor:
+        """The user vector of a user the model never saw: b (w_u = 0, what the L2 prior falls back to)."""
+        return self.b
 
     def forward(self, features: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """Reward of each (prompt, response) feature row for the given users."""
@@ -94,3 +99,41 @@ class RewardModel(nn.Module):
         if self.w is None:
             return torch.zeros(())
         return (self.w(users) ** 2).sum(-1).mean()
+
+
+class WideRewardModel(RewardModel):
+    """The personalized model plus per-user weights over teacher channels: one model, user ids only.
+
+    r(x, y, u) = c_b · (b + w_u) · g(φ) + c_e · a_u · (E φ), with E (rank × in_dim) a fixed basis of φ and a_u a
+    per-user vector over it (PAFO's cluster teachers' directions for u). The extra channels read φ directly, so
+    they can carry directions that the majority-shaped g(φ) lost. ``scales`` = (c_b, c_e); c_b = 0 leaves the
+    teacher channels alone (the ``mixture`` method).
+    """
+
+    def __init__(self, in_dim: int, n_users: int, *, rank: int = 32, **kwargs):
+        super().__init__(in_dim, n_users, **kwargs)
+        self.rank = rank
+        self.register_buffer("basis", torch.zeros(rank, in_dim))
+        self.register_buffer("scales", torch.ones(2))
+        self.a = nn.Embedding(n_users, rank)
+        nn.init.zeros_(self.a.weight)
+
+    def config(self) -> dict:
+        return {**super().config(), "kind": "wide", "rank": self.rank}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([super().features(x) * self.scales[0], (x @ self.basis.T) * self.scales[1]], dim=-1)
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return torch.cat([super().user_vectors(users), self.a(users)], dim=-1)
+
+    def shared_vector(self) -> torch.Tensor:
+        """An unseen user has no teacher weights (a_u = 0): the baseline's shared reward."""
+        return torch.cat([self.b, self.b.new_zeros(self.rank)])
+
+
+def build_model(config: dict) -> RewardModel:
+    """A model from its saved ``config()`` (the JSON beside its safetensors weights)."""
+    config = dict(config)
+    kind = config.pop("kind", "personalized")
+    return WideRewardModel(**config) if kind == "wide" else RewardModel(**config)

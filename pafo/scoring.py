@@ -18,7 +18,7 @@ import torch
 
 from .errors import PafoInputError
 from .features import text_features
-from .models import RewardModel
+from .models import RewardModel, build_model
 from .sources.files import read_table, require_columns
 
 __all__ = [
@@ -81,7 +81,7 @@ def load_scoring_model(run_dir: str | Path, method: str = "pafo") -> ScoringMode
         found = sorted(p.stem for p in (run_dir / "weights").glob("*.safetensors"))
         raise PafoInputError(MSG_NO_WEIGHTS.format(path=run_dir, method=method, found=", ".join(found) or "none"))
     try:
-        model = RewardModel(**_read_json(weights.with_suffix(".json")))
+        model = build_model(_read_json(weights.with_suffix(".json")))
         model.load_state_dict(load_file(str(weights)))
     except (TypeError, RuntimeError, OSError, ValueError) as exc:
         raise PafoInputError(MSG_DAMAGED.format(path=weights, detail=exc)) from exc
@@ -114,7 +114,8 @@ def _rewards(scoring: ScoringModel, features: torch.Tensor, user_ids: pd.Series)
     known = index.notna().to_numpy(copy=True)
     users = torch.from_numpy(index.fillna(0).to_numpy(np.int64, copy=True))
     g = scoring.model.features(features)
-    vectors = torch.where(torch.from_numpy(known)[:, None], scoring.model.user_vectors(users), scoring.model.b)
+    vectors = torch.where(torch.from_numpy(known)[:, None], scoring.model.user_vectors(users),
+                          scoring.model.shared_vector())
     return (g * vectors).sum(-1).numpy(), known
 
 
