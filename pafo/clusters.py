@@ -36,7 +36,7 @@ class ClusterFit:
     directions: np.ndarray     # (n_users, r): ā_u, the mean over restarts of the user's cluster direction
     objective: np.ndarray      # (R,): training NLL + ridge of each restart
     rounds: np.ndarray         # (R,): EM rounds each restart ran before its assignments stopped changing
-    basis: np.ndarray | None = None  # (r, D): E (whitened principal directions of φ), set by ``discover``
+    basis: np.ndarray | None = None  # (r, D): E (scaled principal directions of φ), set by ``discover``
 
     @property
     def best(self) -> int:
@@ -45,16 +45,18 @@ class ClusterFit:
 
 
 def pair_subspace(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, n_components: int) -> np.ndarray:
-    """E: the top ``n_components`` principal directions of the pair differences, each scaled so the projected
-    differences have unit mean square (a ridge penalty then means the same on any encoder's scale)."""
+    """E: the top ``n_components`` principal directions of the pair differences, scaled by one factor so the
+    projected differences have unit mean square averaged over the directions."""
     diff = np.asarray(features[chosen] - features[rejected], dtype=np.float64)
     used = np.flatnonzero(np.any(diff != 0, axis=0))  # the prompt half of φ is 0 in every difference
     values, vectors = np.linalg.eigh(diff[:, used].T @ diff[:, used])  # cheaper than an SVD of pairs × D
     top = vectors[:, np.argsort(values)[::-1][: min(n_components, len(used))]].T
     top *= np.where(top.sum(1, keepdims=True) < 0, -1.0, 1.0)  # a fixed sign per direction
-    scale = np.sqrt(np.maximum(np.sort(values)[::-1][: len(top)] / len(diff), 1e-12))
+    # One scale for all directions: the projected differences have unit mean square on average, so a ridge means
+    # the same on any encoder's scale, while low-variance (noisier) directions stay small and are shrunk more.
+    scale = np.sqrt(max(float(np.sort(values)[::-1][: len(top)].mean()) / len(diff), 1e-12))
     basis = np.zeros((len(top), diff.shape[1]))
-    basis[:, used] = top / scale[:, None]  # whitened: each coordinate of E(φ⁺ − φ⁻) has unit mean square
+    basis[:, used] = top / scale
     return basis
 
 
@@ -131,11 +133,13 @@ def _initial_assignments(user_vectors: np.ndarray, user_sums: np.ndarray, n_clus
 
 
 def fit_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_clusters: int, restarts: int,
-                 user_vectors: np.ndarray, ridge: float = 1.0, max_rounds: int = 20, seed: int = 0) -> ClusterFit:
+                 user_vectors: np.ndarray, ridge: float = 1.0, max_rounds: int = 20, seed: int = 0,
+                 initial: np.ndarray | None = None) -> ClusterFit:
     """Hard EM of module docstring step 2 over oriented training-pair differences ``x`` (pairs × r).
 
-    ``user_vectors`` (n_users × k, e.g. the baseline's b + w_u) seed half of the restarts. Users without pairs get
-    cluster −1 and a zero direction.
+    ``user_vectors`` (n_users × k, e.g. the baseline's b + w_u) seed half of the restarts; ``initial`` (a cluster
+    per user), when given, seeds every restart instead (with ``max_rounds=0``: teachers of fixed clusters, e.g.
+    the true ones for an oracle diagnostic). Users without pairs get cluster −1 and a zero direction.
     """
     has_pairs = np.bincount(pair_users, minlength=n_users) > 0
     users = np.flatnonzero(has_pairs)
@@ -144,7 +148,10 @@ def fit_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_clust
     sums = np.asarray(models.to_user @ x)
     top = sums[:, : min(16, x.shape[1])]
     assignments = np.full((restarts, n_users), 0, dtype=np.int64)
-    if n_clusters > 1:
+    if initial is not None:
+        n_clusters = int(initial.max()) + 1
+        assignments[:, users] = initial[users]
+    elif n_clusters > 1:
         assignments[:, users] = _initial_assignments(user_vectors[users], top[users], n_clusters, restarts, seed)
     teachers = models.fit(np.zeros((restarts, n_clusters, x.shape[1])), assignments, steps=8)
     rounds = np.zeros(restarts, dtype=np.int64)

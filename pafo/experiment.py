@@ -31,7 +31,7 @@ from .methods import (
     PAFOConfig,
     fit_method,
 )
-from .metrics import evaluate, pareto_improvement
+from .metrics import calibration, evaluate, pareto_improvement
 from .paths import atomic_write_bytes, atomic_write_text
 from .sources import DataConfig, dataset_fingerprint, load_dataset
 from .support import GroupConfig, estimate_support, resolve_estimator
@@ -161,6 +161,7 @@ def _load_inputs(config: ExperimentConfig, progress: Progress):
 def _method_result(name, output, per_user, config, margins, test) -> dict:
     metrics = evaluate(per_user, n_resamples=config.run.bootstrap, seed=config.data.seed,
                        micro_accuracy=float(((margins > 0) + 0.5 * (margins == 0)).mean()))
+    metrics["calibration"] = calibration(margins, np.where(test.group == MINORITY, "minority", "majority"))
     metrics["train_seconds"] = round(output.result.seconds + output.extra.get("setup_seconds", 0.0), 3)
     metrics["best_epoch"] = output.result.best_epoch
     metrics["history"] = output.result.history

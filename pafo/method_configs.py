@@ -104,7 +104,7 @@ class PAFOConfig:
     em_rounds: int = option(20, "clusters: maximum EM rounds")
     heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "
                               "by agreement with the teacher")
-    beta: float = option(2.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
+    beta: float = option(1.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
                               "their margins' spreads on training pairs")
     lam: float = option(1.0, "λ: weight of the distillation term", flag="--lambda")
     temperature: float = option(1.0, "τ: temperature of the tempered margins")

@@ -44,6 +44,7 @@ __all__ = [
     "MSG_NO_USERS",
     "accuracy_by_decile",
     "bootstrap_group_ci",
+    "calibration",
     "evaluate",
     "gini",
     "group_gap",
@@ -396,3 +397,37 @@ def pareto_improvement(method: Mapping, baseline: Mapping, *, epsilon: float = 0
     minority_up = float(method_minor) > float(base_minor)
     majority_kept = float(method_major) >= float(base_major) - epsilon - _FLOAT_TOL
     return bool(minority_up and majority_kept)
+
+
+# --------------------------------------------------------------------------------------------------- calibration
+
+
+def _calibration_of(margins: np.ndarray, bins: int) -> dict:
+    """BT log-loss −log σ(m) and the expected calibration error of σ(m) over equal-width confidence bins."""
+    confidence = stats.logistic.cdf(np.abs(margins))  # P(the preferred side) the model claims
+    correct = (margins > 0) + 0.5 * (margins == 0)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    gaps = [abs(correct[which == b].mean() - confidence[which == b].mean()) * np.mean(which == b)
+            for b in range(bins) if (which == b).any()]
+    return {"log_loss": float(np.mean(np.logaddexp(0.0, -margins))), "ece": float(np.sum(gaps)),
+            "mean_confidence": float(confidence.mean()), "n_pairs": int(margins.size)}
+
+
+def calibration(margins: Any, group_of_pair: Any, *, bins: int = 10) -> dict:
+    """How well σ(margin) reads as the probability that the user prefers the chosen response, per group.
+
+    ``margins`` are r(chosen) − r(rejected) on test pairs, ``group_of_pair`` each pair's user group. Log-loss
+    is pair-level (the BT likelihood); ECE bins the claimed confidence max(σ(m), 1 − σ(m)) into ``bins``
+    equal-width bins over [0.5, 1] and weighs each bin's |accuracy − confidence| by its share of pairs. A model
+    whose margins are several times too large has a low error rate and a high log-loss: accuracy cannot see it.
+    """
+    margins = _as_array(margins, "margins")
+    group_of_pair = np.asarray(group_of_pair).ravel()
+    if group_of_pair.size != margins.size:
+        raise PafoInputError(MSG_LENGTH_MISMATCH.format(n_support=group_of_pair.size, n_accuracy=margins.size))
+    out = {"overall": _calibration_of(margins, bins)}
+    for name in GROUPS:
+        mask = group_of_pair == name
+        out[name] = _calibration_of(margins[mask], bins) if mask.any() else None
+    return out

@@ -474,3 +474,21 @@ def test_pareto_improvement_epsilon():
         pareto_improvement(method, BASE, epsilon=-0.01)
     with pytest.raises(ValueError, match="minority"):
         pareto_improvement({"majority": 0.8}, BASE)
+
+
+def test_calibration_by_hand():
+    """Log-loss is −log σ(m) per pair; a model that is right with margins far too large has a large ECE."""
+    from pafo.metrics import calibration
+
+    margins = np.array([2.0, -1.0, 0.5, 3.0])
+    groups = np.array(["majority", "majority", "minority", "minority"])
+    result = calibration(margins, groups)
+    expected = np.mean([np.log1p(np.exp(-m)) for m in margins])
+    assert result["overall"]["log_loss"] == pytest.approx(expected, rel=1e-12)
+    assert result["minority"]["log_loss"] == pytest.approx(np.mean(np.log1p(np.exp(-margins[2:]))), rel=1e-12)
+    assert result["majority"]["n_pairs"] == 2
+    # Half right at claimed confidence ~1: the calibration error is about one half.
+    overconfident = calibration(np.array([30.0, -30.0, 30.0, -30.0]), groups)
+    assert overconfident["overall"]["ece"] == pytest.approx(0.5, abs=1e-6)
+    honest = calibration(np.zeros(4), groups)
+    assert honest["overall"]["ece"] == pytest.approx(0.0, abs=1e-12)
