@@ -28,7 +28,7 @@ import torch
 
 from pafo.clusters import fit_clusters, oriented_differences
 from pafo.compare import paired_comparison
-from pafo.diagnostics import model_features, representation_ceiling, user_accuracy_of
+from pafo.diagnostics import model_features, predicted_scores, representation_ceiling, user_accuracy_of
 from pafo.experiment import ExperimentConfig, _load_inputs, _pair_set, build_context, run_experiment
 from pafo.methods import MAJORITY, MINORITY, baseline_output, fit_method, preference_clusters, wide_model
 from pafo.training import pair_margins, set_threads
@@ -180,11 +180,13 @@ def ceilings(dataset: str, seed: int, encoder: str) -> dict[str, pd.DataFrame]:
     accuracy = {"baseline": user_accuracy_of(pair_margins(base, ctx.features, test), test.users),
                 "PAFO (default)": user_accuracy_of(pair_margins(fit_method("pafo", ctx, config.pafo, (0, 1)).model,
                                                                 ctx.features, test), test.users)}
-    features = ctx.features.numpy()
-    reps = {"per-user fit on the baseline's g(φ)": model_features(base, ctx.features),
-            "per-user fit on the teachers' subspace Eφ": features @ fit.basis.T}
+    features, g = ctx.features.numpy(), model_features(base, ctx.features)
+    reps = {"per-user fit on the baseline's g(φ)": g}
     if data.base_scores is not None:
+        seen = np.unique(np.r_[ctx.train.chosen, ctx.train.rejected])
         reps["oracle: per-user fit on the true judge scores"] = data.base_scores
+        reps["oracle: … on judge scores predicted linearly from φ"] = predicted_scores(features, data.base_scores, seen)
+        reps["oracle: … on judge scores predicted linearly from g(φ)"] = predicted_scores(g, data.base_scores, seen)
     for name, values in representation_ceiling(features, ctx.train, test, ctx.n_users, reps).items():
         accuracy[name] = pd.Series(values).dropna()
     if data.persona_weights is not None:

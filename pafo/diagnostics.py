@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from .clusters import oriented_differences
 from .training import PairSet, pair_margins
 
-__all__ = ["cluster_report", "representation_ceiling", "user_accuracy_of"]
+__all__ = ["cluster_report", "model_features", "predicted_scores", "representation_ceiling", "user_accuracy_of"]
 
 
 def user_accuracy_of(margins: np.ndarray, users: np.ndarray) -> pd.Series:
@@ -79,3 +79,10 @@ def model_features(model, features: torch.Tensor) -> np.ndarray:
     """g(φ) of a trained model, for ``representation_ceiling``."""
     with torch.no_grad():
         return model.features(features).numpy()
+
+
+def predicted_scores(rows: np.ndarray, scores: np.ndarray, fit_rows: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """The judges' scores predicted linearly (ridge) from a representation, fitted on ``fit_rows`` (e.g. the
+    responses of training prompts): how much of each judge a representation keeps. An oracle diagnostic on
+    simulated data, where the true scores exist."""
+    return Ridge(alpha=alpha).fit(rows[fit_rows], scores[fit_rows]).predict(rows)

@@ -102,6 +102,8 @@ class PAFOConfig:
                                "training-pair differences)")
     cluster_ridge: float = option(1.0, "clusters: ridge penalty of each cluster's linear BT teacher")
     em_rounds: int = option(20, "clusters: maximum EM rounds")
+    calibrate: bool = option(True, "clusters: divide the student's margins by one temperature fitted on "
+                                   "validation pairs (BT log-loss; accuracy unchanged)")
     heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "
                               "by agreement with the teacher")
     beta: float = option(1.0, "clusters: weight of the teachers' channel against the baseline's, in units of "

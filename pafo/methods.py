@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.optimize import minimize_scalar
 
 from .clusters import ClusterFit, discover
 from .method_configs import (
@@ -272,6 +273,8 @@ def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     base = baseline_output(ctx, spans[0])
     clusters = preference_clusters(ctx, config, base.model)
     teacher = wide_model(ctx, base.model, clusters, config.beta)
+    if config.calibrate:
+        calibrate_temperature(teacher, ctx.features, ctx.val)
     extra = {"clusters": clusters, "teacher": teacher,
              "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]}
     if config.student == "wide":
@@ -325,6 +328,23 @@ def wide_model(ctx: MethodContext, base: RewardModel, clusters: ClusterFit, beta
         teacher_margins = pair_margins(model, ctx.features, ctx.train)
         model.scales.copy_(torch.tensor([1.0, beta * _spread(base_margins) / _spread(teacher_margins)]))
     return model
+
+
+def calibrate_temperature(model: WideRewardModel, features: torch.Tensor, val: PairSet) -> float:
+    """Divide the model's margins by the one temperature that minimises BT log-loss on validation pairs.
+
+    Adding the teachers' channel makes margins larger than the evidence supports; one scalar fitted on held-out
+    pairs fixes the scale without changing any pair's sign (so accuracy is unchanged).
+    """
+    margins = pair_margins(model, features, val).astype(np.float64)
+    if not len(margins) or not np.any(margins):
+        return 1.0
+    fit = minimize_scalar(lambda log_t: np.mean(np.logaddexp(0.0, -margins / np.exp(log_t))), bounds=(-4.0, 4.0),
+                          method="bounded")
+    temperature = float(np.exp(fit.x))
+    with torch.no_grad():
+        model.scales.div_(temperature)
+    return temperature
 
 
 def fit_mixture(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
