@@ -118,7 +118,7 @@ def test_wide_student_takes_user_ids_only_and_keeps_the_baseline_channel(ctx):
     """The student's forward has no group or cluster input; with β = 0 it is exactly the baseline."""
     assert list(inspect.signature(WideRewardModel.forward).parameters) == ["self", "features", "users"]
     base = baseline_output(ctx, (0.0, 1.0)).model
-    off = fit_method("pafo", ctx, PAFOConfig(restarts=4, clusters=3, subspace=6, beta=0.0), (0.0, 1.0)).model
+    off = fit_method("pafo", ctx, PAFOConfig(restarts=4, clusters=3, subspace=6, beta=0.0, calibrate=False), (0.0, 1.0)).model
     np.testing.assert_allclose(pair_margins(off, ctx.features, ctx.val), pair_margins(base, ctx.features, ctx.val),
                                rtol=1e-5, atol=1e-6)
     on = fit_method("pafo", ctx, FAST, (0.0, 1.0)).model
@@ -173,3 +173,16 @@ def test_discover_is_deterministic(ctx):
     a, b = discover(*args, **kwargs), discover(*args, **kwargs)
     np.testing.assert_array_equal(a.directions, b.directions)
     np.testing.assert_array_equal(a.assignments, b.assignments)
+
+
+def test_calibration_rescales_margins_without_changing_any_sign(ctx):
+    """The fitted temperature changes confidence, never a preference: same signs, lower validation log-loss."""
+    raw = fit_method("pafo", ctx, PAFOConfig(restarts=4, clusters=3, subspace=6, calibrate=False), (0.0, 1.0)).model
+    calibrated = fit_method("pafo", ctx, FAST, (0.0, 1.0)).model
+    for pairs in (ctx.val, ctx.train):
+        a, b = pair_margins(raw, ctx.features, pairs), pair_margins(calibrated, ctx.features, pairs)
+        np.testing.assert_array_equal(np.sign(a), np.sign(b))
+        ratio = b[a != 0] / a[a != 0]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)  # one temperature for every pair
+    loss = [np.mean(np.logaddexp(0, -pair_margins(m, ctx.features, ctx.val))) for m in (raw, calibrated)]
+    assert loss[1] <= loss[0] + 1e-9
