@@ -118,7 +118,8 @@ def test_wide_student_takes_user_ids_only_and_keeps_the_baseline_channel(ctx):
     """The student's forward has no group or cluster input; with β = 0 it is exactly the baseline."""
     assert list(inspect.signature(WideRewardModel.forward).parameters) == ["self", "features", "users"]
     base = baseline_output(ctx, (0.0, 1.0)).model
-    off = fit_method("pafo", ctx, PAFOConfig(restarts=4, clusters=3, subspace=6, beta=0.0, calibrate=False), (0.0, 1.0)).model
+    no_teacher = PAFOConfig(restarts=4, clusters=3, subspace=6, beta=0.0, calibrate=False)
+    off = fit_method("pafo", ctx, no_teacher, (0.0, 1.0)).model
     np.testing.assert_allclose(pair_margins(off, ctx.features, ctx.val), pair_margins(base, ctx.features, ctx.val),
                                rtol=1e-5, atol=1e-6)
     on = fit_method("pafo", ctx, FAST, (0.0, 1.0)).model

@@ -21,7 +21,7 @@ from pafo.errors import PafoInputError
 from pafo.experiment import UNKNOWN_METHOD, ExperimentConfig, RunSettings, run_experiment
 from pafo.features import response_features
 from pafo.methods import PAFOConfig
-from pafo.models import RewardModel
+from pafo.models import build_model
 from pafo.sources import DataConfig, load_dataset
 from pafo.training import PairSet, TrainConfig, pair_margins
 
@@ -56,7 +56,10 @@ def test_same_seed_gives_an_identical_experiment_json(tiny_config):
     assert second["encoder"]["cache_hits"] > 0  # the second run read the embeddings cache: same vectors
     assert json.dumps(without_timings(first), sort_keys=True) == json.dumps(without_timings(second), sort_keys=True)
     assert set(first["methods"]) == {"baseline", "pafo"}
-    assert first["methods"]["pafo"]["history"] and "teachers" in first["methods"]["pafo"]
+    clusters = first["methods"]["pafo"]["clusters"]
+    assert clusters["restarts"] == PAFOConfig().restarts and clusters["clusters"]
+    assert sum(c["n_users"] for c in clusters["clusters"]) == tiny_config.users
+    assert {"log_loss", "ece"} <= set(first["methods"]["pafo"]["calibration"]["minority"])
     assert first["support"]["estimator"] == "exact" and first["encoder"]["name"].startswith("tfidf")
     json.dumps(first, allow_nan=False)  # plain JSON, no NaN
 
@@ -85,7 +88,7 @@ def test_experiment_cli_writes_json_and_out_dir_and_weights_load_back(tmp_path, 
     features = torch.from_numpy(response_features(ds, "tfidf").features)
     test = PairSet(*(margins[c].to_numpy(np.int64, copy=True) for c in ("chosen", "rejected", "user")))
     for name in ("baseline", "pafo"):
-        model = RewardModel(**json.loads((out_dir / "weights" / f"{name}.json").read_text()))
+        model = build_model(json.loads((out_dir / "weights" / f"{name}.json").read_text()))
         model.load_state_dict(load_file(out_dir / "weights" / f"{name}.safetensors"))
         np.testing.assert_allclose(pair_margins(model, features, test), margins[f"margin_{name}"], rtol=1e-5,
                                    atol=1e-6)
@@ -140,8 +143,11 @@ def test_dsp_experiment_runs_on_the_shared_file(dsp_path, monkeypatch):
     for name in ("baseline", "pafo"):
         accuracy = result["methods"][name]["accuracy"]
         assert all(0 <= accuracy[k] <= 1 for k in ("overall", "micro", "majority", "minority")), accuracy
-        assert result["methods"][name]["history"]
-    teachers = result["methods"]["pafo"]["teachers"]
+    assert result["methods"]["baseline"]["history"]
+    clusters = result["methods"]["pafo"]["clusters"]["clusters"]
+    assert sum(c["n_users"] for c in clusters) == 60 and {c["group"] for c in clusters} <= {"majority", "minority"}
+    groups_path = run_experiment(dataclasses.replace(config, pafo=PAFOConfig(dense=4, teachers="groups")))
+    teachers = groups_path["methods"]["pafo"]["teachers"]
     assert set(teachers) == {"majority", "minority"}
     assert teachers["minority"]["n_train_pairs"] < teachers["majority"]["n_train_pairs"]
     assert len(result["per_user"]["user_id"]) == 60
