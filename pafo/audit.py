@@ -57,6 +57,7 @@ __all__ = [
     "parse_source",
     "predictions_from_run",
     "run_audit",
+    "source_name",
 ]
 
 SOURCE_KINDS = ("predictions", "model")
@@ -151,6 +152,16 @@ class Source:
         if not NAME_PATTERN.match(self.name):
             raise PafoInputError(MSG_BAD_NAME.format(kind=self.kind, name=self.name))
         return self
+
+
+def source_name(filename: str, taken: list[str] | tuple[str, ...] = ()) -> str:
+    """A valid model name from a file or folder name (``preds v2.csv`` → ``preds_v2``), unique among ``taken``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(filename).stem if Path(filename).suffix else Path(filename).name)
+    stem = stem.strip("_.-")[:36] or "model"
+    name, n = stem, 2
+    while name in taken:
+        name, n = f"{stem}_{n}", n + 1
+    return name
 
 
 def parse_source(kind: str, text: str) -> Source:

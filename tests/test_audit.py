@@ -9,19 +9,23 @@ computed from that construction, not from the code under test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from streamlit.testing.v1 import AppTest
 
 from pafo import audit, cli, hf_reward
 from pafo.errors import PafoInputError
 from pafo.registry import AUDIT_TARGET, RunRegistry
 from pafo.sources import DataConfig, load_dataset
 
+APP = Path(__file__).resolve().parent.parent / "app.py"
 N_USERS, N_RARE, N_TRAIN, N_TEST = 200, 40, 12, 8
 TIE_PROMPT = N_TRAIN + N_TEST - 1  # the shared model's margin is 0 on this test prompt (a tie counts 0.5)
 EXPERIMENT_FLAGS = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6",
@@ -529,3 +533,65 @@ def test_check_sources_finds_bad_input_before_a_run_starts(small, tmp_path):
     dataset = load_dataset(config.data)
     with pytest.raises(PafoInputError, match="1 of 96 test pairs have no prediction"):
         audit.check_sources(config.validate(), dataset)
+
+
+# ------------------------------------------------------------------------------------------- the app
+
+
+def _app_on(pairs_path) -> AppTest:
+    """The app with a pairs file as the current dataset (what loading it on the Data page leaves in the session)."""
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["data_config"] = dataclasses.asdict(DataConfig(dataset="pairs", path=str(pairs_path)))
+    return at.run()
+
+
+def test_data_page_refuses_predictions_that_miss_pairs_naming_the_uploaded_file(small, tmp_path):
+    """Bad input on the attach form is an st.error naming the file as uploaded (not its stored copy), and no run."""
+    folder, good, _ = small
+    at = _app_on(folder / "pairs.csv")
+    at.file_uploader(key="audit_files").set_value([("short.csv", good.iloc[2:].to_csv(index=False).encode(),
+                                                    "text/csv")])
+    at.run()
+    at.button(key="audit_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert any("Cannot start the audit" in e and "short.csv: 2 of 96 test pairs have no prediction" in e
+               for e in errors), errors
+    assert RunRegistry().list() == []
+
+
+def test_data_page_attaches_two_files_and_compare_users_and_report_show_the_audit(constructed, tmp_path):
+    """Attach two prediction files on Data: the audit runs in the background, then Compare shows both models with
+    the verdict, Users shows each model's margin per pair and the HTML report carries the paired comparison."""
+    folder, _ = constructed
+    personal = pd.read_parquet(folder / "personal.parquet")
+    at = _app_on(folder / "pairs.csv")
+    at.file_uploader(key="audit_files").set_value([
+        ("shared.csv", (folder / "shared.csv").read_bytes(), "text/csv"),
+        ("personal.jsonl", personal.to_json(orient="records", lines=True).encode(), "application/json")])
+    at.run()
+    assert at.selectbox(key="audit_reference").options == ["shared", "personal"]
+    at.button(key="audit_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    run_id = at.session_state["run_id"]
+    record = RunRegistry().wait(run_id, timeout=180)
+    assert record.status == "succeeded", record.error
+    assert record.kind == "audit" and record.label == "audit"
+    at.run()
+    assert any(t.value == "Compare methods" for t in at.title)
+    assert [m.label for m in at.metric].count("Minority accuracy") == 2
+    assert any("Verdict vs shared: **pareto**" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    assert list(at.dataframe[1].value["verdict"]) == ["pareto"]
+    assert not at.exception and not at.error
+    at.switch_page("pages/users.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    pairs = at.dataframe[0].value
+    assert {"shared margin", "personal margin", "shared right"} <= set(pairs.columns)
+    assert len(pairs) == N_TEST
+    from pafo import report
+
+    result = RunRegistry().load_result(run_id).result
+    page = report.build_report_html(result, run_id=run_id)
+    assert "Paired comparisons" in page and "pareto" in page and "audit of given predictions" in page
+    assert "BT log-loss" in page
