@@ -54,10 +54,12 @@ __all__ = [
     "headline",
     "log_loss",
     "match_predictions",
+    "pairs_template",
     "parse_source",
     "predictions_from_run",
     "run_audit",
     "source_name",
+    "write_table",
 ]
 
 SOURCE_KINDS = ("predictions", "model")
@@ -154,10 +156,10 @@ class Source:
         return self
 
 
-def source_name(filename: str, taken: list[str] | tuple[str, ...] = ()) -> str:
-    """A valid model name from a file or folder name (``preds v2.csv`` → ``preds_v2``), unique among ``taken``."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(filename).stem if Path(filename).suffix else Path(filename).name)
-    stem = stem.strip("_.-")[:36] or "model"
+def source_name(label: str, taken: list[str] | tuple[str, ...] = ()) -> str:
+    """A valid model name from a label such as a file stem or folder name (``preds v2`` → ``preds_v2``), unique
+    among ``taken``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_.-")[:36] or "model"
     name, n = stem, 2
     while name in taken:
         name, n = f"{stem}_{n}", n + 1
@@ -252,6 +254,30 @@ def evaluated_pairs(dataset, split: str = "auto") -> tuple[str, pd.DataFrame]:
     if not len(pairs):
         raise PafoInputError(MSG_NO_SPLIT)
     return split, pairs
+
+
+def pairs_template(dataset, split: str = "auto") -> pd.DataFrame:
+    """The evaluated pairs as a predictions file without margins (user_id, prompt, chosen, rejected, pair_id): what
+    a model must score, e.g. for the simulated sources, whose pairs exist only once the loader made them."""
+    _, pairs = evaluated_pairs(dataset, split)
+    return dataset.pair_table().loc[pairs.index, ["user_id", *TEXT_COLUMNS]].assign(pair_id=pairs.index)
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a table atomically in the format its suffix names (.csv, .jsonl, .json or .parquet)."""
+    from .paths import atomic_write_bytes
+    from .sources.files import TABLE_SUFFIXES, UNKNOWN_FORMAT
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise PafoInputError(UNKNOWN_FORMAT.format(path=path, suffix=suffix or "(none)"))
+    if suffix in (".parquet", ".pq"):
+        atomic_write_bytes(path, frame.to_parquet(index=False))
+    else:
+        text = {".csv": lambda: frame.to_csv(index=False),
+                ".jsonl": lambda: frame.to_json(orient="records", lines=True, force_ascii=False),
+                ".json": lambda: frame.to_json(orient="records", force_ascii=False)}[suffix]()
+        atomic_write_text(path, text)
 
 
 def _first(mask: np.ndarray) -> int:

@@ -262,9 +262,13 @@ def _add_score(sub) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit_config_from_args, headline, run_audit
+    from .audit import audit_config_from_args, headline, pairs_template, run_audit, write_table
     from .experiment import per_user_csv_text
 
+    if args.export_pairs:  # the file a model must score, then stop
+        write_table(pairs_template(load_dataset(data_config_from_args(args)), getattr(args, "split", "auto")),
+                    args.export_pairs)
+        return 0
     config = audit_config_from_args(args, data_config_from_args(args), group_config_from_args(args))
     bar = _progress_bar()
     try:
@@ -294,6 +298,8 @@ def _add_audit(sub) -> None:
                          help="a local transformers sequence-classification reward model to score the pairs with")
     parser.add_argument("--json", metavar="OUT", help="write the full result JSON here")
     parser.add_argument("--per-user-csv", metavar="OUT", help="write per-user accuracies (acc_NAME) here")
+    parser.add_argument("--export-pairs", metavar="OUT", help="only write the evaluated pairs (user_id, prompt, "
+                                                              "chosen, rejected, pair_id) for a model to score")
     parser.set_defaults(handler=cmd_audit)
 
 

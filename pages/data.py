@@ -4,6 +4,7 @@ attaching other reward models' predictions (or a local reward model) for an audi
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -181,12 +182,13 @@ with st.container(border=True):
         except PafoInputError as exc:
             ui.show_error(str(exc), "Upload rejected: ")
             continue
-        sources.append(audit.Source(audit.source_name(upload.name, [s.name for s in sources]), "predictions",
-                                    stored))
+        sources.append(audit.Source(audit.source_name(Path(upload.name).stem, [s.name for s in sources]),
+                                    "predictions", stored))
         shown_as[stored] = upload.name
     if model_folder.strip():
         folder = model_folder.strip()
-        sources.append(audit.Source(audit.source_name(folder, [s.name for s in sources]), "model", folder))
+        sources.append(audit.Source(audit.source_name(Path(folder).name, [s.name for s in sources]), "model",
+                                    str(Path(folder).expanduser())))
     names = [s.name for s in sources]
     if sources:
         st.caption("Models: " + ", ".join(f"**{s.name}** ({shown_as.get(s.path, s.path)})" for s in sources))

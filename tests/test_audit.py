@@ -195,6 +195,24 @@ def test_audit_of_an_experiments_own_margins_gives_its_metrics(experiment_run, t
         assert result["comparisons"]["pafo"]["verdict"] in ("pareto", "noise", "worse", "tradeoff")
 
 
+def test_exported_pairs_of_a_simulated_source_come_back_as_predictions(tmp_path, capsys):
+    """--export-pairs writes the loader's evaluated pairs; adding a margin column makes them a valid predictions file
+    (the way to audit a model on synthetic or DSP data, whose pairs exist only inside the loader)."""
+    template = tmp_path / "pairs.jsonl"
+    code, _, err = run_cli(["audit", *EXPERIMENT_FLAGS, "--export-pairs", template], capsys)
+    assert code == 0, err
+    pairs = pd.read_json(template, lines=True)
+    assert list(pairs.columns) == ["user_id", "prompt", "chosen", "rejected", "pair_id"]
+    assert len(pairs) == 24 * 4  # users × test pairs
+    pairs.assign(margin=np.where(pairs.index % 2 == 0, 1.0, -1.0)).to_parquet(tmp_path / "m.parquet")
+    out = tmp_path / "out.json"
+    code, _, err = run_cli(["audit", *EXPERIMENT_FLAGS, "--predictions", f"m={tmp_path / 'm.parquet'}", "--json",
+                            out], capsys)
+    assert code == 0, err
+    assert json.loads(out.read_text())["methods"]["m"]["accuracy"]["micro"] == 0.5
+    assert "unknown format" in one_line_error(*run_cli(["audit", "--export-pairs", tmp_path / "x.txt"], capsys))
+
+
 def test_run_dir_of_other_data_or_unknown_method_is_refused(experiment_run, capsys):
     """A run's margins only mean something on the run's own dataset and for one of its methods."""
     run_dir, _ = experiment_run
@@ -558,6 +576,20 @@ def test_data_page_refuses_predictions_that_miss_pairs_naming_the_uploaded_file(
     assert any("Cannot start the audit" in e and "short.csv: 2 of 96 test pairs have no prediction" in e
                for e in errors), errors
     assert RunRegistry().list() == []
+    model = tiny_reward_model(tmp_path / "encoder only", ["Question 1?"], head=False)
+    at.file_uploader(key="audit_files").set_value(None)
+    at.text_input(key="audit_model").input(str(model)).run()
+    at.button(key="audit_start").click().run()
+    errors = [e.value for e in at.error]
+    assert any("--model encoder_only=" in e and "not a sequence-classification model" in e for e in errors), errors
+    assert RunRegistry().list() == []
+
+
+def test_source_names_from_file_names_are_valid_and_unique():
+    assert audit.source_name("preds v2") == "preds_v2"
+    assert audit.source_name("Skywork-Reward-Llama-3.1-8B") == "Skywork-Reward-Llama-3.1-8B"
+    assert audit.source_name("mine", ["mine", "mine_2"]) == "mine_3"
+    assert audit.source_name("???") == "model"
 
 
 def test_data_page_attaches_two_files_and_compare_users_and_report_show_the_audit(constructed, tmp_path):
