@@ -514,16 +514,10 @@ def _correct(margins: np.ndarray) -> np.ndarray:
     return (margins > 0) + 0.5 * (margins == 0)
 
 
-def log_loss(table: pd.DataFrame, users: np.ndarray, margins: np.ndarray) -> dict:
-    """Bradley–Terry log-loss −log σ(margin) of the user's label: per user, then as accuracies are (mean over
-    users overall and per group), plus the pair-level mean. ``table`` is the per-user table (user, group)."""
-    loss = pd.Series(np.logaddexp(0.0, -margins)).groupby(users).mean()
-    per_user = table.set_index("user")["group"].to_frame().assign(loss=loss).dropna(subset=["loss"])
-    block = {"overall": float(per_user["loss"].mean()), "micro": float(np.logaddexp(0.0, -margins).mean())}
-    for group in ("majority", "minority"):
-        values = per_user.loc[per_user["group"] == group, "loss"]
-        block[group] = float(values.mean()) if len(values) else None
-    return block
+def log_loss(calibration: dict) -> dict:
+    """The BT log-loss −log σ(margin) overall and per group: the pair-level figures of the experiment's
+    ``calibration`` block (:func:`pafo.metrics.calibration`), lifted out because an audit's margins are its data."""
+    return {key: (block or {}).get("log_loss") for key, block in calibration.items()}
 
 
 def _coverage(evaluated: pd.DataFrame, covered: pd.Index, user_group: pd.Series) -> dict:
@@ -544,13 +538,14 @@ def _model_result(margins: pd.Series, dataset, support, groups, evaluated: pd.Da
                   settings: AuditSettings, seed: int) -> tuple[dict, pd.DataFrame]:
     """The experiment's metric blocks for one model's margins, plus log-loss and coverage."""
     from .experiment import _pair_set, _per_user_table
-    from .metrics import evaluate
+    from .metrics import calibration, evaluate
 
     covered = evaluated.loc[margins.index]
     values = margins.to_numpy(dtype=float)
     table = _per_user_table(dataset, support, groups, _pair_set(covered, user_group), values)
     metrics = evaluate(table, n_resamples=settings.bootstrap, seed=seed, micro_accuracy=float(_correct(values).mean()))
-    metrics["log_loss"] = log_loss(table, covered["user"].to_numpy(), values)
+    metrics["calibration"] = calibration(values, groups.groups.to_numpy()[covered["user"].to_numpy()])
+    metrics["log_loss"] = log_loss(metrics["calibration"])
     metrics["coverage"] = _coverage(evaluated, margins.index, groups.groups)
     return metrics, table
 

@@ -76,10 +76,10 @@ UNFAIRNESS_ROWS = (
     ("worst10", "Worst-10% users' accuracy", True),
     ("support_spearman", "Spearman(support, accuracy) — the bias", False),
 )
-LOG_LOSS_ROWS = (  # audits of given margins only: −log σ(margin), mean over users
-    ("overall", "BT log-loss: overall", False),
-    ("majority", "BT log-loss: majority users", False),
-    ("minority", "BT log-loss: minority users", False),
+LOG_LOSS_ROWS = (  # audits of given margins: −log σ(margin), mean over pairs (pafo.metrics.calibration)
+    ("overall", "BT log-loss: all pairs", False),
+    ("majority", "BT log-loss: majority users' pairs", False),
+    ("minority", "BT log-loss: minority users' pairs", False),
 )
 VERDICT_WORDS = {"pareto": "a Pareto improvement", "worse": "worse", "tradeoff": "a trade-off",
                  "noise": "within noise"}

@@ -119,13 +119,11 @@ def test_audit_reproduces_constructed_accuracies_groups_spearman_and_verdict(con
         lo, hi = result["methods"][name]["accuracy_ci"]["minority"]
         assert lo <= accuracy["minority"] <= hi
     assert result["methods"]["shared"]["unfairness"]["support_spearman"] > 0.3  # the bias the audit must see
-    # BT log-loss −log σ(m): margins ±1 and 0 (shared), so the pair-level mean is known exactly.
+    # BT log-loss −log σ(m) over pairs: margins ±1 and 0 (shared), so the means are known exactly.
     losses = np.logaddexp(0, -shared_margin(test))
-    assert result["methods"]["shared"]["log_loss"]["micro"] == pytest.approx(losses.mean(), abs=1e-12)
-    per_user_loss = pd.Series(losses).groupby(test["user_id"]).mean()
-    minority_users = users.index[users["group"] == "minority"]
-    assert result["methods"]["shared"]["log_loss"]["minority"] == pytest.approx(
-        per_user_loss.loc[minority_users].mean(), abs=1e-12)
+    assert result["methods"]["shared"]["log_loss"]["overall"] == pytest.approx(losses.mean(), abs=1e-12)
+    assert result["methods"]["shared"]["log_loss"]["minority"] == pytest.approx(losses[test["rare"]].mean(),
+                                                                                abs=1e-12)
     # The paired verdict: personal is a clear minority win with the majority untouched.
     comparison = result["comparisons"]["personal"]
     assert result["reference"] == "shared" and set(result["comparisons"]) == {"personal"}
@@ -147,6 +145,7 @@ def test_reference_flag_and_headline_without_json(constructed, capsys):
     assert headline["shared"]["verdict_vs_personal"] == "worse"
     assert "verdict_vs_personal" not in headline["personal"]
     assert set(headline["shared"]) >= {"accuracy", "unfairness", "log_loss"}
+    assert set(headline["shared"]["log_loss"]) == {"overall", "majority", "minority"}
 
 
 # ------------------------------------------------------------------------------------------- experiment runs
@@ -190,6 +189,9 @@ def test_audit_of_an_experiments_own_margins_gives_its_metrics(experiment_run, t
         for method in ("baseline", "pafo"):
             for block in ("accuracy", "accuracy_ci", "unfairness", "by_decile"):
                 assert result["methods"][method][block] == expected["methods"][method][block], (variant, method)
+            # The run computed calibration on its float32 margins, the audit on their CSV text: equal to ~1e-9.
+            for group, block in expected["methods"][method]["calibration"].items():
+                assert result["methods"][method]["calibration"][group] == pytest.approx(block, rel=1e-6)
         pd.testing.assert_frame_equal(pd.read_csv(users_csv), pd.read_csv(run_dir / "per_user.csv"))
         assert result["groups"] == expected["groups"] and result["support"] == expected["support"]
         assert result["comparisons"]["pafo"]["verdict"] in ("pareto", "noise", "worse", "tradeoff")
