@@ -336,5 +336,6 @@ def user_pairs_table(margins: pd.DataFrame, user: int, responses: pd.DataFrame |
         if column in rows:
             margin = rows[column].to_numpy(float)
             table[f"{name} margin"] = np.round(margin, 3)
-            table[f"{name} right"] = np.where(margin > 0, "✓", np.where(margin < 0, "✗", "½"))
+            table[f"{name} right"] = np.where(np.isnan(margin), "–",  # an audit with --allow-missing
+                                              np.where(margin > 0, "✓", np.where(margin < 0, "✗", "½")))
     return table.reset_index(drop=True)

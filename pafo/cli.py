@@ -261,6 +261,48 @@ def _add_score(sub) -> None:
     parser.set_defaults(handler=cmd_score)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit_config_from_args, headline, pairs_template, run_audit, write_table
+    from .experiment import per_user_csv_text
+
+    if args.export_pairs:  # the file a model must score, then stop
+        write_table(pairs_template(load_dataset(data_config_from_args(args)), getattr(args, "split", "auto")),
+                    args.export_pairs)
+        return 0
+    config = audit_config_from_args(args, data_config_from_args(args), group_config_from_args(args))
+    bar = _progress_bar()
+    try:
+        result = run_audit(config, progress=bar)
+    finally:
+        bar.close()
+    if args.per_user_csv:
+        atomic_write_text(args.per_user_csv, per_user_csv_text(result))
+    _write_outputs(args, result if args.json else headline(result))
+    return 0
+
+
+def _add_audit(sub) -> None:
+    from .audit import AuditSettings
+
+    parser = sub.add_parser("audit", help="measure personalized reward bias from any model's predictions")
+    add_data_arguments(parser)
+    add_dataclass_arguments(parser, AuditSettings)
+    sources = parser.add_argument_group("models", "each audited model, in order (the first is the default reference)")
+    sources.add_argument("--predictions", dest="sources", action="append", metavar="NAME=FILE",
+                         type=lambda text: ("predictions", text),
+                         help="margins of a model: CSV/JSONL/JSON/Parquet with user_id, prompt, chosen, rejected and "
+                              "margin (or score_chosen, score_rejected), optional pair_id; or a `pafo experiment "
+                              "--out-dir` (NAME = one of its methods)")
+    sources.add_argument("--model", dest="sources", action="append", metavar="NAME=FOLDER",
+                         type=lambda text: ("model", text),
+                         help="a local transformers sequence-classification reward model to score the pairs with")
+    parser.add_argument("--json", metavar="OUT", help="write the full result JSON here")
+    parser.add_argument("--per-user-csv", metavar="OUT", help="write per-user accuracies (acc_NAME) here")
+    parser.add_argument("--export-pairs", metavar="OUT", help="only write the evaluated pairs (user_id, prompt, "
+                                                              "chosen, rejected, pair_id) for a model to score")
+    parser.set_defaults(handler=cmd_audit)
+
+
 def _add_runs(sub) -> None:
     from .runs_cli import add_runs_commands
 
@@ -273,7 +315,7 @@ def _add_runs(sub) -> None:
                       fingerprint_of)
 
 
-COMMANDS: list[Callable] = [_add_support, _add_embed, _add_experiment, _add_score, _add_runs]
+COMMANDS: list[Callable] = [_add_support, _add_embed, _add_experiment, _add_score, _add_audit, _add_runs]
 
 
 def build_parser() -> argparse.ArgumentParser:

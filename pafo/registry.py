@@ -38,6 +38,7 @@ from pafo.paths import PACKAGE_ROOT, pafo_home
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "AUDIT_TARGET",
     "CANCELLED",
     "DEFAULT_STALE_AFTER",
     "DEFAULT_TARGET",
@@ -75,6 +76,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 DEFAULT_TARGET = "pafo.experiment:run_experiment"
+AUDIT_TARGET = "pafo.audit:run_audit"  # an audit of given predictions (pafo.audit): a run of kind "audit"
 DEFAULT_STALE_AFTER = 20.0  # seconds without heartbeat before a running run counts as dead (worker beats every 2 s)
 FORCE_CANCEL_AFTER = 10.0  # seconds between a cancel request and the forced kill of the worker's process group
 DEFAULT_LOCK_TIMEOUT = 10.0  # seconds to wait for another process's write lock before giving up
@@ -336,6 +338,11 @@ class RunRecord:
     result_error: str | None = None  # why the result could not be loaded, if it could not
 
     SUMMARY_KEYS = ("id", "status", "progress", "stage", "pid", "reused_from", "result_path", "error")
+
+    @property
+    def kind(self) -> str:
+        """``audit`` for an audit of given predictions (pafo.audit), else ``experiment``."""
+        return "audit" if self.config.get("target") == AUDIT_TARGET else "experiment"
 
     @property
     def done(self) -> bool:

@@ -24,6 +24,8 @@ __all__ = [
     "METHOD_COLORS",
     "WEBGL_MIN_POINTS",
     "build_report_html",
+    "comparison_table",
+    "comparison_text",
     "decile_curve",
     "decile_table",
     "group_accuracy_bars",
@@ -74,6 +76,13 @@ UNFAIRNESS_ROWS = (
     ("worst10", "Worst-10% users' accuracy", True),
     ("support_spearman", "Spearman(support, accuracy) — the bias", False),
 )
+LOG_LOSS_ROWS = (  # audits of given margins: −log σ(margin), mean over pairs (pafo.metrics.calibration)
+    ("overall", "BT log-loss: all pairs", False),
+    ("majority", "BT log-loss: majority users' pairs", False),
+    ("minority", "BT log-loss: minority users' pairs", False),
+)
+VERDICT_WORDS = {"pareto": "a Pareto improvement", "worse": "worse", "tradeoff": "a trade-off",
+                 "noise": "within noise"}
 
 
 def method_color(name: str) -> str:
@@ -155,7 +164,10 @@ def unfairness_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
     methods = result.get("methods") or {}
     names = method_order(methods)
     rows = []
-    for section, spec in (("accuracy", ACCURACY_ROWS), ("unfairness", UNFAIRNESS_ROWS)):
+    sections = [("accuracy", ACCURACY_ROWS), ("unfairness", UNFAIRNESS_ROWS)]
+    if any("log_loss" in methods[name] for name in names):
+        sections.append(("log_loss", LOG_LOSS_ROWS))
+    for section, spec in sections:
         for key, label, larger in spec:
             row = {"metric": label, "better": "↑" if larger else "↓"}
             for name in names:
@@ -167,6 +179,37 @@ def unfairness_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
             if name != reference:
                 frame[f"Δ {name}"] = pd.to_numeric(frame[name]) - pd.to_numeric(frame[reference])
     return frame
+
+
+def _points(block: dict | None) -> str:
+    """``+2.1 pts [+0.8, +3.4]`` of a paired ``{"delta", "ci"}`` block (fractions shown as percentage points)."""
+    block = block or {}
+    delta, ci = block.get("delta"), block.get("ci") or [None, None]
+    if delta is None:
+        return "–"
+    bounds = ", ".join("–" if c is None else f"{100 * c:+.1f}" for c in ci)
+    return f"{100 * delta:+.1f} pts [{bounds}]"
+
+
+def comparison_text(name: str, comparison: dict, reference: str) -> str:
+    """One sentence per compared method: its verdict against the reference with the paired group deltas."""
+    word = VERDICT_WORDS.get(comparison.get("verdict"), str(comparison.get("verdict")))
+    return (f"{name} vs {reference}: {word} (verdict {comparison.get('verdict')}) — minority "
+            f"{_points(comparison.get('minority'))}, majority {_points(comparison.get('majority'))}, paired over "
+            f"{comparison.get('n_users', '?')} users")
+
+
+def comparison_table(result: dict) -> pd.DataFrame:
+    """Paired comparisons of every method with the reference: verdict and deltas with their 95% CIs (points)."""
+    reference = result.get("reference", "baseline")
+    rows = [{"method": name, "vs": reference, "verdict": c.get("verdict"),
+             "Δ minority": _points(c.get("minority")), "Δ majority": _points(c.get("majority")),
+             "Δ user std": _points(c.get("user_std")),
+             "Δ |Spearman|": "–" if (c.get("support_spearman_abs") or {}).get("delta") is None
+             else f"{c['support_spearman_abs']['delta']:+.3f}"}
+            for name, c in (result.get("comparisons") or {}).items()]
+    return pd.DataFrame(rows, columns=["method", "vs", "verdict", "Δ minority", "Δ majority", "Δ user std",
+                                       "Δ |Spearman|"])
 
 
 def decile_table(result: dict) -> pd.DataFrame:
@@ -519,13 +562,18 @@ def build_report_html(result: dict, *, run_id: str | None = None, label: str | N
              f"<style>{REPORT_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p class='meta'>{html.escape(label or '')} Generated {generated_at:%Y-%m-%d %H:%M} · dataset "
              f"{html.escape(str(dataset.get('name', '?')))}: {dataset.get('n_users', '?')} users, "
-             f"{dataset.get('n_prompts', '?')} prompts · encoder {html.escape(str(encoder.get('name', '?')))} · "
+             f"{dataset.get('n_prompts', '?')} prompts · "
+             + ("audit of given predictions" if result.get("kind") == "audit"
+                else f"encoder {html.escape(str(encoder.get('name', '?')))}") + " · "
              f"support estimator {html.escape(str(support.get('estimator', '?')))} · minority = "
              f"{groups.get('n_minority', '?')} users with support ≤ {groups.get('threshold', float('nan')):.3f} "
              f"({html.escape(str(groups.get('rule', '?')))})</p>",
              "<div class='kpi'>" + "".join(kpis) + "</div>",
              "".join(f"<p class='note'>{n}</p>" for n in notes),
-             "<h2>Accuracy and unfairness</h2>", _table_html(unfairness_table(result))]
+             "<h2>Accuracy and unfairness</h2>",
+             _table_html(unfairness_table(result, result.get("reference", "baseline")))]
+    if result.get("comparisons"):
+        parts += ["<h2>Paired comparisons</h2>", _table_html(comparison_table(result))]
     teachers = teacher_table(result)
     if len(teachers):
         parts += ["<h2>PAFO teachers on their own group</h2>", _table_html(teachers)]

@@ -294,11 +294,14 @@ def show_error(message: str, prefix: str = "") -> None:
 def run_label(record) -> str:
     label = f" · {record.label}" if record.label else ""
     methods = (record.config.get("run") or {}).get("methods", "")
+    if record.kind == "audit":
+        methods = "audit of " + ",".join(s.get("name", "?") for s in record.config.get("sources") or [])
     when = time.strftime("%H:%M:%S", time.localtime(record.created_at))
     return f"{STATUS_ICONS.get(record.status, '')} {record.id}{label} · {methods} · {when}"
 
 
-def pick_finished_run(key: str, title: str = "Run", *, live: bool = False) -> tuple[object, dict] | None:
+def pick_finished_run(key: str, title: str = "Run", *, live: bool = False,
+                      kind: str | None = None) -> tuple[object, dict] | None:
     """A select box of finished runs (the current run first when it finished), its record and result.
 
     Shows the current run's failure, or its live progress (``live``) while it trains, and the honest empty state;
@@ -316,7 +319,7 @@ def pick_finished_run(key: str, title: str = "Run", *, live: bool = False) -> tu
         else:
             st.info(f"Run {current.id} is {current.status} ({100 * current.progress:.0f}%, {current.stage}). Its "
                     "results appear here when it finishes; follow it on Train.", icon=":material/hourglass_top:")
-    runs = finished_runs()
+    runs = [r for r in finished_runs() if kind is None or r.kind == kind]  # kind: experiment or audit only
     if not runs:
         if current is None or current.status not in ACTIVE_STATUSES:
             st.info("No finished run yet — start one on **Train**, or press **Run the demo** on the Data page.",

@@ -21,14 +21,16 @@ groups = result.get("groups") or {}
 dataset = result.get("dataset") or {}
 
 st.caption(
-    f"{dataset.get('name')} · {dataset.get('n_users', 0):,} users · encoder {result['encoder']['name']} · "
+    f"{dataset.get('name')} · {dataset.get('n_users', 0):,} users · "
+    + (f"audit of given predictions on {result.get('n_pairs', 0):,} {result.get('split')} pairs"
+       if result.get("kind") == "audit" else f"encoder {result['encoder']['name']}") + " · "
     f"support estimator {result['support']['estimator']} · minority = {groups.get('n_minority')} users with "
     f"support ≤ {groups.get('threshold', float('nan')):.3f} · run took {result.get('seconds', 0):.0f} s"
     + (f" · ♻ reused from {record.reused_from}" if record.reused_from else "")
 )
 
 # ----------------------------------------------------------------------------------------------- headline
-reference = "baseline" if "baseline" in methods else methods[0]
+reference = result.get("reference") or ("baseline" if "baseline" in methods else methods[0])
 ref_acc = result["methods"][reference]["accuracy"]
 ref_gap = result["methods"][reference]["unfairness"]["group_gap"]
 cols = st.columns(len(methods))
@@ -48,6 +50,10 @@ for col, name in zip(cols, methods, strict=True):
                        else "✗ not a Pareto improvement over the baseline")
         if metrics.get("pareto_selected") is False:
             st.caption("no epoch met the Pareto selection rule; the best overall epoch was kept")
+        if name in (result.get("comparisons") or {}):
+            comparison = result["comparisons"][name]
+            st.markdown(f"Verdict vs {reference}: **{comparison['verdict']}**")
+            st.caption(report.comparison_text(name, comparison, reference))
 
 # ----------------------------------------------------------------------------------------------- figures
 left, right = st.columns(2)
@@ -80,6 +86,12 @@ st.dataframe(table, width="stretch", hide_index=True, column_config={
     for c in table.columns if c not in ("metric", "better")})
 st.caption("↑: larger is better, ↓: smaller is better. Δ columns: the method minus the "
            f"{reference}. Accuracies weigh each user equally; CIs are percentile bootstraps over users.")
+if result.get("comparisons"):
+    st.subheader("Paired comparisons")
+    st.dataframe(report.comparison_table(result), width="stretch", hide_index=True)
+    st.caption("Each model minus the reference on the same users and pairs, with 95% bootstrap CIs over users. "
+               "Verdict: pareto = minority CI above 0 and majority not down by more than 0.5 points; worse, "
+               "tradeoff, or noise otherwise (see the README).")
 teachers = report.teacher_table(result)
 if len(teachers):
     with st.expander("PAFO's teachers on their own group (what distillation can transfer)"):

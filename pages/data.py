@@ -1,13 +1,15 @@
-"""Data: the one-click demo, choosing and validating a dataset source, preview rows and summary figures."""
+"""Data: the one-click demo, choosing and validating a dataset source, preview rows and summary figures, and
+attaching other reward models' predictions (or a local reward model) for an audit."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from pafo import appstate, report
+from pafo import appstate, audit, hf_reward, report
 from pafo.errors import PafoInputError
 from pafo.paths import PACKAGE_ROOT
 from pafo.sources import DataConfig
@@ -155,3 +157,63 @@ with right:
 split = st.radio("Preview split", ["train", "val", "test"], horizontal=True, key="preview_split")
 st.dataframe(dataset.pair_table(split).head(200), width="stretch", height=300, hide_index=True)
 st.page_link(ui.PAGES["support"], label="Next: support rates", icon=":material/bar_chart:")
+
+# ----------------------------------------------------------------------------------------------- audit
+st.subheader("Audit your own reward model")
+st.markdown("Attach the predictions of reward models trained elsewhere (one file per model), or a local "
+            "transformers reward model folder, to this dataset. The audit measures each model's accuracy per user "
+            "group, the bias curve and a paired verdict against a reference, in the background like a training "
+            "run, and opens on **Compare**.")
+st.caption("A predictions file (CSV, JSONL, JSON or Parquet) has **user_id, prompt, chosen, rejected** and "
+           "**margin** (the model's r(chosen) − r(rejected) for that user) or **score_chosen, score_rejected**; an "
+           "optional **pair_id** (the pair's row in the dataset) joins on instead of the texts. Every test pair "
+           "needs exactly one row per model (every pair when a pairs file has no split column).")
+with st.container(border=True):
+    uploads = st.file_uploader("Prediction files (one per model; the file name names the model)",
+                               accept_multiple_files=True, key="audit_files")
+    cols = st.columns([3, 1])
+    model_folder = cols[0].text_input("Local reward model folder (optional)", key="audit_model",
+                                      placeholder="a folder saved by an AutoModelForSequenceClassification")
+    device = cols[1].selectbox("Model device", hf_reward.DEVICES, key="audit_device")
+    sources, shown_as = [], {}  # shown_as: stored upload path → the file name the analyst knows
+    for upload in uploads or []:
+        try:
+            stored = str(appstate.save_upload(upload.name, upload.getvalue()))
+        except PafoInputError as exc:
+            ui.show_error(str(exc), "Upload rejected: ")
+            continue
+        sources.append(audit.Source(audit.source_name(Path(upload.name).stem, [s.name for s in sources]),
+                                    "predictions", stored))
+        shown_as[stored] = upload.name
+    if model_folder.strip():
+        folder = model_folder.strip()
+        sources.append(audit.Source(audit.source_name(Path(folder).name, [s.name for s in sources]), "model",
+                                    str(Path(folder).expanduser())))
+    names = [s.name for s in sources]
+    if sources:
+        st.caption("Models: " + ", ".join(f"**{s.name}** ({shown_as.get(s.path, s.path)})" for s in sources))
+    cols = st.columns([2, 2, 1], vertical_alignment="bottom")
+    reference = cols[0].selectbox("Reference (every other model is compared with it)", names or ["–"],
+                                  key="audit_reference", disabled=not names)
+    allow_missing = cols[1].checkbox("Allow missing predictions", key="audit_allow_missing",
+                                     help="audit only the pairs each model has a row for and report coverage per "
+                                          "group, instead of refusing a file that misses pairs")
+    if cols[2].button("Start audit", type="primary", disabled=not sources, key="audit_start", width="stretch"):
+        try:
+            audit_config = audit.AuditConfig(
+                data=DataConfig(**config), groups=GroupConfig(**st.session_state[ui.GROUPS]),
+                audit=audit.AuditSettings(reference=reference, allow_missing=allow_missing, device=device,
+                                          encoder=ui.forms()["run"]["encoder"]),
+                sources=sources).validate()
+            with st.spinner("Checking the predictions against the dataset…"):
+                audit.check_sources(audit_config, dataset)
+            record = ui.registry().submit(audit_config.to_dict(), fingerprint=audit_config.fingerprint(),
+                                          label="audit")
+        except PafoInputError as exc:
+            message = str(exc)
+            for stored, name in shown_as.items():
+                message = message.replace(stored, name)
+            ui.show_error(message, "Cannot start the audit: ")
+        else:
+            ui.set_current_run(record.id)
+            st.switch_page(ui.PAGES["compare"])  # its live progress, then the audit's results

@@ -53,10 +53,11 @@ cols[2].metric("Support rate", f"{row['support_rate']:.3f}",
                     f"{(result.get('groups') or {}).get('threshold', float('nan')):.3f}")
 cols[3].metric("Train pairs", int(row.get("n_train", 0) or 0))
 cols[4].metric("Test pairs", int(row.get("n_test", 0) or 0))
+reference = result.get("reference", "baseline")  # an audit compares with its own reference model
 for col, name in zip(cols[5:], methods, strict=True):
     value = row.get(f"acc_{name}")
-    base = row.get("acc_baseline")
-    delta = None if name == "baseline" or base is None or value is None else f"{100 * (value - base):+.0f} pts"
+    base = row.get(f"acc_{reference}")
+    delta = None if name == reference or base is None or value is None else f"{100 * (value - base):+.0f} pts"
     col.metric(f"{name} accuracy", "–" if value is None else f"{100 * value:.0f}%", delta)
 
 margins = ui.test_margins(record)
@@ -84,6 +85,8 @@ st.dataframe(pairs, width="stretch", hide_index=True, height=min(600, 38 + 35 * 
                             "rejected": st.column_config.TextColumn("rejected", width="large")})
 st.caption("Margin = r(chosen) − r(rejected) for this user; positive means the model agrees with the user's label.")
 
+if record.kind == "audit":  # an audit holds given margins, no model that could score new text
+    st.stop()
 with st.expander("Score your own pair of responses for this user"):
     st.caption("Each model scores both responses for this user (by user id only; no group label). Rewards compare "
                "within one user and prompt, so the verdict is the margin A − B.")

@@ -18,7 +18,7 @@ SIMULATED = ("synthetic", "dsp", "personalllm")
 
 st.title("What-if")
 st.markdown("Clone a finished run with one or more changes, run it in the background, and see what moved.")
-picked = ui.pick_finished_run("whatif_parent", "Parent run")
+picked = ui.pick_finished_run("whatif_parent", "Parent run", kind="experiment")  # audits train nothing to vary
 if picked is None:
     st.stop()
 parent, parent_result = picked

@@ -77,4 +77,4 @@ def load_pairs(path: str | None, *, test_fraction: float = 0.25, val_fraction: f
         pairs, test_fraction, val_fraction, rng)
     users = pd.DataFrame({"user_id": list(map(str, user_ids)), "dominant": None})
     return PreferenceDataset(name="pairs", responses=responses, pairs=pairs, users=users,
-                             meta={"source": source})
+                             meta={"source": source, "split_column": "split" in frame})
