@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pafo.clusters import fit_clusters, oriented_differences
+from pafo import diagnostics
 from pafo.compare import paired_comparison
-from pafo.diagnostics import model_features, predicted_scores, representation_ceiling, user_accuracy_of
+from pafo.diagnostics import user_accuracy_of
 from pafo.experiment import ExperimentConfig, _load_inputs, _pair_set, build_context, run_experiment
-from pafo.methods import MAJORITY, MINORITY, baseline_output, fit_method, preference_clusters, wide_model
+from pafo.methods import MAJORITY, MINORITY, baseline_output, fit_method
 from pafo.training import pair_margins, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,37 +168,18 @@ def cluster_lines(results: list[dict]) -> list[str]:
 
 
 def ceilings(dataset: str, seed: int, encoder: str) -> dict[str, pd.DataFrame]:
-    """Per-user test accuracy of the baseline, PAFO and diagnostic ceilings (never used by any method)."""
+    """Per-user test accuracy of the baseline, PAFO and the diagnostic ceilings (never used by any method)."""
     config = experiment_config(dataset, seed, encoder, "baseline,pafo")
     data, feats, _support, groups = _load_inputs(config, lambda *a: None)
     set_threads()
     user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
     ctx = build_context(data, feats.features, user_group, config.train, seed=seed)
     test = _pair_set(data.split("test"), user_group)
-    base = baseline_output(ctx, (0, 1)).model
-    fit = preference_clusters(ctx, config.pafo, base)
-    accuracy = {"baseline": user_accuracy_of(pair_margins(base, ctx.features, test), test.users),
-                "PAFO (default)": user_accuracy_of(pair_margins(fit_method("pafo", ctx, config.pafo, (0, 1)).model,
-                                                                ctx.features, test), test.users)}
-    features, g = ctx.features.numpy(), model_features(base, ctx.features)
-    reps = {"per-user fit on the baseline's g(φ)": g}
-    if data.base_scores is not None:
-        seen = np.unique(np.r_[ctx.train.chosen, ctx.train.rejected])
-        reps["oracle: per-user fit on the true judge scores"] = data.base_scores
-        reps["oracle: … on judge scores predicted linearly from φ"] = predicted_scores(features, data.base_scores, seen)
-        reps["oracle: … on judge scores predicted linearly from g(φ)"] = predicted_scores(g, data.base_scores, seen)
-    for name, values in representation_ceiling(features, ctx.train, test, ctx.n_users, reps).items():
-        accuracy[name] = pd.Series(values).dropna()
-    if data.persona_weights is not None:
-        truth = data.persona_weights.argmax(1)
-        x = oriented_differences(features, fit.basis, ctx.train.chosen, ctx.train.rejected)
-        oracle = fit_clusters(x, ctx.train.users, ctx.n_users, n_clusters=0, restarts=1,
-                              ridge=config.pafo.cluster_ridge, user_vectors=np.zeros((ctx.n_users, 1)),
-                              max_rounds=0, initial=truth)
-        oracle.basis = fit.basis
-        model = wide_model(ctx, base, oracle, config.pafo.beta)
-        accuracy["oracle: PAFO with the true clusters"] = user_accuracy_of(
-            pair_margins(model, ctx.features, test), test.users)
+    pafo = fit_method("pafo", ctx, config.pafo, (0, 1)).model
+    accuracy = {"baseline": user_accuracy_of(pair_margins(ctx.cache["baseline"].model, ctx.features, test),
+                                             test.users),
+                "PAFO (default)": user_accuracy_of(pair_margins(pafo, ctx.features, test), test.users),
+                **diagnostics.ceilings(ctx, test, data, config.pafo)}
     group = pd.Series(np.where(user_group == MINORITY, "minority", "majority"))
     return {name: pd.DataFrame({"group": group[acc.index].to_numpy(), "acc": acc.to_numpy()})
             for name, acc in accuracy.items()}

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.cluster import KMeans
 
-__all__ = ["ClusterFit", "discover", "fit_clusters", "oriented_differences", "pair_subspace"]
+__all__ = ["ClusterFit", "discover", "fit_clusters", "oriented_differences", "pair_subspace", "per_user_fit"]
 
 
 @dataclass
@@ -188,3 +188,18 @@ def discover(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, use
                        ridge=ridge, max_rounds=max_rounds, seed=seed)
     fit.basis = basis
     return fit
+
+
+def per_user_fit(x: np.ndarray, pair_users: np.ndarray, n_users: int, ridge: float, steps: int = 8) -> np.ndarray:
+    """Each user's own ridge BT direction, argmin Σ softplus(−a_u·x) + ridge/2·|a_u|² over the user's pairs, by
+    Newton steps for all users at once (users without pairs get 0)."""
+    dim = x.shape[1]
+    to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
+    outer = (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+    a = np.zeros((n_users, dim))
+    for _ in range(steps):
+        p = _sigmoid(np.einsum("nd,nd->n", a[pair_users], x))
+        grad = -np.asarray(to_user @ ((1.0 - p)[:, None] * x)) + ridge * a
+        hess = np.asarray(to_user @ ((p * (1.0 - p))[:, None] * outer)).reshape(-1, dim, dim)
+        a -= np.linalg.solve(hess + ridge * np.eye(dim), grad[:, :, None])[:, :, 0]
+    return a

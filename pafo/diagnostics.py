@@ -10,12 +10,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import Ridge
 
-from .clusters import oriented_differences
+from .clusters import ClusterFit, fit_clusters, oriented_differences, per_user_fit
 from .training import PairSet, pair_margins
 
-__all__ = ["cluster_report", "model_features", "predicted_scores", "representation_ceiling", "user_accuracy_of"]
+__all__ = [
+    "ceiling_summary",
+    "ceilings",
+    "cluster_report",
+    "model_features",
+    "predicted_scores",
+    "representation_ceiling",
+    "true_cluster_model",
+    "user_accuracy_of",
+]
 
 
 def user_accuracy_of(margins: np.ndarray, users: np.ndarray) -> pd.Series:
@@ -53,25 +62,17 @@ def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, 
             "mean_em_rounds": float(fit.rounds.mean()), "clusters": rows}
 
 
-def representation_ceiling(features: np.ndarray, train: PairSet, test: PairSet, n_users: int,
-                           representations: dict[str, np.ndarray], c: float = 1.0) -> dict:
-    """Per-user logistic regressions on each user's own training pairs, over each representation (rows aligned
-    with ``features``), scored on that user's test pairs: how much a representation lets a user's few labels
-    say. A diagnostic: it reads test labels and is never used by training."""
+def representation_ceiling(train: PairSet, test: PairSet, n_users: int, representations: dict[str, np.ndarray],
+                           ridge: float = 0.5) -> dict[str, pd.Series]:
+    """Per-user ridge logistic regressions on each user's own training pairs, over each representation (rows
+    aligned with the feature rows), scored on that user's test pairs: how much a representation lets a user's few
+    labels say. A diagnostic: it reads test labels and is never used by training."""
     out = {}
     for name, rows in representations.items():
-        accuracy = np.full(n_users, np.nan)
-        for user in range(n_users):
-            tr, te = train.users == user, test.users == user
-            if not tr.any() or not te.any():
-                continue
-            d = rows[train.chosen[tr]] - rows[train.rejected[tr]]
-            x = np.vstack([d, -d])  # both orientations: a balanced problem with no intercept
-            y = np.r_[np.ones(len(d)), np.zeros(len(d))]
-            fit = LogisticRegression(C=c, fit_intercept=False, max_iter=200).fit(x, y)
-            margins = (rows[test.chosen[te]] - rows[test.rejected[te]]) @ fit.coef_[0]
-            accuracy[user] = user_accuracy_of(margins, np.zeros(te.sum(), dtype=int)).iloc[0]
-        out[name] = accuracy
+        rows = np.asarray(rows, dtype=np.float64)
+        directions = per_user_fit(rows[train.chosen] - rows[train.rejected], train.users, n_users, ridge)
+        margins = np.einsum("nd,nd->n", rows[test.chosen] - rows[test.rejected], directions[test.users])
+        out[name] = user_accuracy_of(margins, test.users)
     return out
 
 
@@ -86,3 +87,51 @@ def predicted_scores(rows: np.ndarray, scores: np.ndarray, fit_rows: np.ndarray,
     responses of training prompts): how much of each judge a representation keeps. An oracle diagnostic on
     simulated data, where the true scores exist."""
     return Ridge(alpha=alpha).fit(rows[fit_rows], scores[fit_rows]).predict(rows)
+
+
+def true_cluster_model(ctx, base, fit: ClusterFit, dataset, config):
+    """PAFO's wide student built from the *true* preference clusters (each user's dominant judge) instead of EM's:
+    the headroom that better cluster discovery could reach. Oracle: reads the simulated personas."""
+    from .methods import wide_model
+
+    features = ctx.features.numpy()
+    x = oriented_differences(features, fit.basis, ctx.train.chosen, ctx.train.rejected)
+    oracle = fit_clusters(x, ctx.train.users, ctx.n_users, n_clusters=0, restarts=1, ridge=config.cluster_ridge,
+                          user_vectors=np.zeros((ctx.n_users, 1)), max_rounds=0,
+                          initial=dataset.persona_weights.argmax(1))
+    oracle.basis = fit.basis
+    return wide_model(ctx, base, oracle, config.beta)
+
+
+def ceilings(ctx, test: PairSet, dataset, pafo_config) -> dict[str, pd.Series]:
+    """Per-user test accuracy of diagnostic models beside the baseline (each reads test labels; the oracle rows
+    also the true personas of simulated data). Uses the context's trained baseline and, when PAFO ran, its
+    clusters."""
+    base = ctx.cache["baseline"].model
+    features, g = ctx.features.numpy(), model_features(base, ctx.features)
+    reps = {"per-user fit on the baseline's g(φ)": g}
+    if dataset.base_scores is not None:
+        seen = np.unique(np.r_[ctx.train.chosen, ctx.train.rejected])
+        reps["oracle: per-user fit on the true judge scores"] = dataset.base_scores
+        reps["oracle: per-user fit on judge scores predicted linearly from φ"] = predicted_scores(
+            features, dataset.base_scores, seen)
+        reps["oracle: per-user fit on judge scores predicted linearly from g(φ)"] = predicted_scores(
+            g, dataset.base_scores, seen)
+    out = representation_ceiling(ctx.train, test, ctx.n_users, reps)
+    fits = [v for k, v in ctx.cache.items() if isinstance(k, tuple) and k[0] == "clusters"]
+    if dataset.persona_weights is not None and fits:
+        model = true_cluster_model(ctx, base, fits[0], dataset, pafo_config)
+        out["oracle: PAFO with the true preference clusters"] = user_accuracy_of(
+            pair_margins(model, ctx.features, test), test.users)
+    return out
+
+
+def ceiling_summary(ceilings_by_name: dict[str, pd.Series], user_group: np.ndarray) -> dict:
+    """Mean accuracy per group of each ceiling row, for the result JSON."""
+    out = {}
+    for name, accuracy in ceilings_by_name.items():
+        minority = user_group[accuracy.index.to_numpy()] == 1
+        out[name] = {"majority": float(accuracy[~minority].mean()) if (~minority).any() else None,
+                     "minority": float(accuracy[minority].mean()) if minority.any() else None,
+                     "oracle": name.startswith("oracle")}
+    return out

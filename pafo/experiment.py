@@ -18,7 +18,7 @@ import torch
 
 from .config import dataclass_from_dict
 from .dataset import PreferenceDataset
-from .diagnostics import cluster_report
+from .diagnostics import ceiling_summary, ceilings, cluster_report
 from .errors import PafoInputError
 from .features import response_features
 from .method_configs import UNKNOWN_METHOD, RunSettings
@@ -204,6 +204,8 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
             result["methods"][name]["clusters"] = cluster_report(output, ctx, test, tables[name], support, groups)
         models[name] = output.model
         progress(spans[i + 1], f"{name} done", None)
+    if "baseline" in ctx.cache:
+        result["diagnostics"] = {"ceilings": ceiling_summary(ceilings(ctx, test, dataset, config.pafo), user_group)}
     _add_comparisons(result)
     frame = per_user_frame(dataset, tables)
     result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")

@@ -187,3 +187,29 @@ def test_calibration_rescales_margins_without_changing_any_sign(ctx):
         np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)  # one temperature for every pair
     loss = [np.mean(np.logaddexp(0, -pair_margins(m, ctx.features, ctx.val))) for m in (raw, calibrated)]
     assert loss[1] <= loss[0] + 1e-9
+
+
+def test_per_user_fit_matches_sklearn_per_user():
+    """The batched per-user fit behind the representation ceiling equals one sklearn regression per user."""
+    from pafo.clusters import per_user_fit
+
+    x, users, truth = _planted(n_users=6, per_user=10, dim=3)
+    directions = per_user_fit(x, users, len(truth), ridge=0.5)
+    for user in range(len(truth)):
+        d = x[users == user]
+        reference = LogisticRegression(C=1.0, fit_intercept=False, tol=1e-10, max_iter=1000).fit(
+            np.vstack([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))]).coef_[0]
+        np.testing.assert_allclose(directions[user], reference, atol=1e-4)
+
+
+def test_experiment_reports_ceilings_marked_as_diagnostics(ctx):
+    """Ceilings read test labels (and true personas): each row says whether it is an oracle."""
+    from pafo.diagnostics import ceiling_summary, ceilings
+
+    fit_method("pafo", ctx, FAST, (0.0, 1.0))
+    ds = load_dataset(DataConfig(users=30, prompts=16, responses_per_prompt=4, train_pairs=8, test_pairs=4, seed=0))
+    test = PairSet(*(ds.split("test")[c].to_numpy(np.int64) for c in ("chosen", "rejected", "user")))
+    summary = ceiling_summary(ceilings(ctx, test, ds, FAST), ctx.user_group)
+    assert summary["per-user fit on the baseline's g(φ)"]["oracle"] is False
+    assert summary["oracle: PAFO with the true preference clusters"]["oracle"] is True
+    assert all(0 <= row["majority"] <= 1 for row in summary.values())
