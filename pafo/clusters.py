@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
+from scipy import linalg, sparse
 from sklearn.cluster import KMeans
 
 __all__ = ["ClusterFit", "discover", "fit_clusters", "oriented_differences", "pair_subspace", "per_user_fit"]
@@ -49,12 +49,15 @@ def pair_subspace(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray
     projected differences have unit mean square averaged over the directions."""
     diff = np.asarray(features[chosen] - features[rejected], dtype=np.float64)
     used = np.flatnonzero(np.any(diff != 0, axis=0))  # the prompt half of φ is 0 in every difference
-    values, vectors = np.linalg.eigh(diff[:, used].T @ diff[:, used])  # cheaper than an SVD of pairs × D
-    top = vectors[:, np.argsort(values)[::-1][: min(n_components, len(used))]].T
+    gram = diff[:, used].T @ diff[:, used]  # cheaper than an SVD of pairs × D; only the top block is computed
+    k = min(n_components, len(used))
+    values, vectors = linalg.eigh(gram, subset_by_index=(len(used) - k, len(used) - 1))
+    top = vectors[:, ::-1].T
+    values = values[::-1]
     top *= np.where(top.sum(1, keepdims=True) < 0, -1.0, 1.0)  # a fixed sign per direction
     # One scale for all directions: the projected differences have unit mean square on average, so a ridge means
     # the same on any encoder's scale, while low-variance (noisier) directions stay small and are shrunk more.
-    scale = np.sqrt(max(float(np.sort(values)[::-1][: len(top)].mean()) / len(diff), 1e-12))
+    scale = np.sqrt(max(float(values.mean()) / len(diff), 1e-12))
     basis = np.zeros((len(top), diff.shape[1]))
     basis[:, used] = top / scale
     return basis

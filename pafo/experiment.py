@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from .config import dataclass_from_dict
 from .dataset import PreferenceDataset
@@ -205,7 +206,9 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
         models[name] = output.model
         progress(spans[i + 1], f"{name} done", None)
     if "baseline" in ctx.cache:
-        result["diagnostics"] = {"ceilings": ceiling_summary(ceilings(ctx, test, dataset, config.pafo), user_group)}
+        with threadpool_limits(1):  # small matrices: see pafo.methods.preference_clusters
+            rows = ceilings(ctx, test, dataset, config.pafo)
+        result["diagnostics"] = {"ceilings": ceiling_summary(rows, user_group)}
     _add_comparisons(result)
     frame = per_user_frame(dataset, tables)
     result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")

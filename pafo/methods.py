@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
+from threadpoolctl import threadpool_limits
 
 from .clusters import ClusterFit, discover
 from .method_configs import (
@@ -291,10 +292,13 @@ def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardMode
         started = time.perf_counter()
         with torch.no_grad():
             user_vectors = base.user_vectors(torch.arange(ctx.n_users)).numpy()
-        ctx.cache[key] = discover(ctx.features.numpy(), ctx.train.chosen, ctx.train.rejected, ctx.train.users,
-                                  ctx.n_users, subspace=config.subspace, n_clusters=config.clusters,
-                                  restarts=config.restarts, user_vectors=user_vectors, ridge=config.cluster_ridge,
-                                  max_rounds=config.em_rounds, seed=ctx.seed)
+        # One BLAS/OpenMP thread, as in training: the matrices are small, and spinning worker threads on a busy
+        # 2-core machine cost more than they give.
+        with threadpool_limits(1):
+            ctx.cache[key] = discover(ctx.features.numpy(), ctx.train.chosen, ctx.train.rejected, ctx.train.users,
+                                      ctx.n_users, subspace=config.subspace, n_clusters=config.clusters,
+                                      restarts=config.restarts, user_vectors=user_vectors,
+                                      ridge=config.cluster_ridge, max_rounds=config.em_rounds, seed=ctx.seed)
         ctx.cache["clusters_seconds"] = time.perf_counter() - started
     return ctx.cache[key]
 
