@@ -8,8 +8,8 @@ fixed order so one rerun never clobbers another's figures.
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("quality_synthetic", "quality_dsp", "quality_speed", "tuning_baseline_synthetic", "tuning_baseline_dsp",
-         "tuning_synthetic", "tuning_dsp", "quality", "encoders", "support", "registry", "app")
+ORDER = ("quality", "quality_tfidf", "quality_speed", "tuning", "tuning_baseline_synthetic", "tuning_baseline_dsp",
+         "encoders", "support", "registry", "app")
 
 
 def main() -> None:
