@@ -1,34 +1,62 @@
-"""Dataclass configs with one help line per field, and the argparse flags built from them.
+"""Dataclass configs with one help line per field, their bounds, and the argparse flags built from them.
 
 The CLI, the app's forms and the run registry all read the same dataclasses, so a new option appears everywhere
-once it is added here. A field's ``metadata`` holds ``help`` and optionally ``choices``; ``None`` defaults mean
-"not set".
+once it is added here. A field's ``metadata`` holds ``help`` and optionally ``choices``, ``flag`` and its bounds
+(``ge``, ``gt``, ``le``, ``lt``); ``None`` defaults mean "not set". :func:`validate_options` is the one check of
+every numeric option (finite, integral where the field is an ``int``, within its bounds) and of every choice;
+each config's ``validate()`` calls it first, so the CLI, the app and background runs refuse the same values with
+the same message.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
 from .errors import PafoInputError
 
-__all__ = ["add_dataclass_arguments", "dataclass_from_dict", "dataclass_from_namespace", "field_choices", "option"]
+__all__ = [
+    "BAD_CHOICE",
+    "NOT_FINITE",
+    "OUT_OF_RANGE",
+    "add_dataclass_arguments",
+    "bounds_rule",
+    "check_range",
+    "dataclass_from_dict",
+    "dataclass_from_namespace",
+    "field_choices",
+    "option",
+    "parse_int",
+    "validate_options",
+]
 
 UNKNOWN_FIELD = "{config}: unknown option {key!r}; known options: {known}"
 BAD_VALUE = "{config}: option {key!r} must be {kind} (got {value!r})"
+NOT_FINITE = "{flag}: must be a finite number (got {value})"
+OUT_OF_RANGE = "{flag}: must be {rule} (got {value})"
+BAD_CHOICE = "{flag}: unknown value {value!r}; use one of {choices}"
+NOT_A_NUMBER = "{flag}: must be {kind} (got {value!r})"
+NOT_WHOLE = "expected a whole number, got {text!r}"
+BOUND_SYMBOLS = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:
-    """A dataclass field with a help line (and optional ``choices``/``flag`` metadata)."""
+    """A dataclass field with a help line and optional ``choices``/``flag`` metadata and bounds
+    (``ge``/``gt`` below, ``le``/``lt`` above: an upper bound is also where a limit of memory or time is stated)."""
+    unknown = set(metadata) - {"choices", "flag", "cli", *BOUND_SYMBOLS}
+    if unknown:
+        raise TypeError(f"option(): unknown metadata {sorted(unknown)}")
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
 def _base_type(cls: type, field: dataclasses.Field) -> Any:
     hint = typing.get_type_hints(cls)[field.name]
     args = [a for a in get_args(hint) if a is not type(None)]
-    return args[0] if get_origin(hint) in (typing.Union, __import__("types").UnionType) else hint
+    return args[0] if get_origin(hint) in (typing.Union, types.UnionType) else hint
 
 
 def field_choices(cls: type, field: dataclasses.Field) -> tuple | None:
@@ -40,6 +68,67 @@ def field_choices(cls: type, field: dataclasses.Field) -> tuple | None:
 
 def _flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def bounds_rule(bounds: dict) -> str | None:
+    """``> 0 and < 1``-style text of a field's bounds (``None`` without any)."""
+    parts = [f"{BOUND_SYMBOLS[key]} {bounds[key]:g}" if isinstance(bounds[key], float) else
+             f"{BOUND_SYMBOLS[key]} {bounds[key]}" for key in BOUND_SYMBOLS if bounds.get(key) is not None]
+    return " and ".join(parts) or None
+
+
+def check_range(flag: str, value: Any, *, integer: bool = False, **bounds: Any) -> Any:
+    """``value`` if it is a finite number (whole for ``integer``) within ``bounds``, else :class:`PafoInputError`.
+
+    Comparisons are written so that NaN fails them, but NaN and ±inf get their own message first.
+    """
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PafoInputError(NOT_A_NUMBER.format(flag=flag, kind=kind, value=value))
+    if not math.isfinite(value):
+        raise PafoInputError(NOT_FINITE.format(flag=flag, value=value))
+    if integer and value != int(value):
+        raise PafoInputError(NOT_A_NUMBER.format(flag=flag, kind=kind, value=value))
+    inside = {"gt": lambda b: value > b, "ge": lambda b: value >= b, "lt": lambda b: value < b,
+              "le": lambda b: value <= b}
+    if not all(inside[key](bound) for key, bound in bounds.items() if bound is not None):
+        raise PafoInputError(OUT_OF_RANGE.format(flag=flag, rule=bounds_rule(bounds), value=value))
+    return value
+
+
+def _bounds(field: dataclasses.Field) -> dict:
+    return {key: field.metadata[key] for key in BOUND_SYMBOLS if key in field.metadata}
+
+
+def validate_options(config: Any) -> Any:
+    """Check every field of a config dataclass against its type, bounds and choices; returns ``config``."""
+    cls = type(config)
+    for field in dataclasses.fields(config):
+        value, base = getattr(config, field.name), _base_type(cls, field)
+        if value is None:
+            continue
+        choices = field_choices(cls, field)
+        if choices is not None and value not in choices:
+            raise PafoInputError(BAD_CHOICE.format(flag=_flag(field), value=value,
+                                                   choices=", ".join(map(str, choices))))
+        if base in (int, float):
+            check_range(_flag(field), value, integer=base is int, **_bounds(field))
+    return config
+
+
+def parse_int(text: str) -> int:
+    """argparse type of integer options: ``300`` or ``1e8`` (a whole number in any notation), never ``2.5``."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(NOT_WHOLE.format(text=text)) from None
+    if not math.isfinite(value) or value != int(value):
+        raise argparse.ArgumentTypeError(NOT_WHOLE.format(text=text))
+    return int(value)
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = ()) -> None:
@@ -55,9 +144,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclu
                                default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
             continue
         choices = field_choices(cls, field)
-        kind = str if choices or get_origin(base) is Literal else base
+        kind = str if choices or get_origin(base) is Literal else parse_int if base is int else base
+        rule = bounds_rule(_bounds(field))
         group.add_argument(_flag(field), dest=field.name, type=kind, choices=choices, default=argparse.SUPPRESS,
-                           metavar=None if choices else field.name.upper(), help=f"{help_text} (default: {default})")
+                           metavar=None if choices else field.name.upper(),
+                           help=f"{help_text} (default: {default}{'; ' + rule if rule else ''})")
 
 
 def dataclass_from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
@@ -73,8 +164,10 @@ def _coerce(cls: type, field: dataclasses.Field, value: Any) -> Any:
     try:
         if base is bool and isinstance(value, str):
             return {"true": True, "false": False, "1": True, "0": False}[value.lower()]
+        if base is int and not isinstance(value, bool):
+            return parse_int(str(value)) if isinstance(value, str | float) else int(value)
         return base(value) if base in (int, float, str, bool) else value
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, argparse.ArgumentTypeError):
         raise PafoInputError(BAD_VALUE.format(config=cls.__name__, key=field.name, kind=base.__name__,
                                               value=value)) from None
 

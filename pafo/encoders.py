@@ -803,7 +803,9 @@ class _Progress:
         if bar:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=done, desc=desc, unit="text", file=sys.stderr, dynamic_ncols=True)
+            # Only on a terminal: in a log or a pipe the redraws are noise, and stderr must stay one line per error.
+            self.bar = tqdm(total=total, initial=done, desc=desc, unit="text", file=sys.stderr, dynamic_ncols=True,
+                            disable=not (sys.stderr and sys.stderr.isatty()))
         self._emit()
 
     def advance_to(self, done: int) -> None:

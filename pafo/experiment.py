@@ -40,7 +40,6 @@ from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, p
 
 __all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "run_experiment"]
 
-BAD_BOOTSTRAP = "--bootstrap: must be ≥ 10 resamples (got {value})"
 
 
 @dataclass
@@ -55,13 +54,9 @@ class ExperimentConfig:
     groupdro: GroupDROConfig = field(default_factory=GroupDROConfig)
 
     def validate(self) -> ExperimentConfig:
-        self.data.validate()
-        self.groups.validate()
-        self.run.method_list()
-        self.pafo.validate()
-        self.groupdro.validate()
-        if self.run.bootstrap < 10:
-            raise PafoInputError(BAD_BOOTSTRAP.format(value=self.run.bootstrap))
+        """Each section's validate(): bounds, finiteness and choices of every option (pafo.config)."""
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
         return self
 
     def to_dict(self) -> dict:

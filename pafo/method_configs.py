@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import option
+from .config import OUT_OF_RANGE, option, validate_options
 from .errors import PafoInputError
 
 __all__ = [
@@ -26,12 +26,13 @@ __all__ = [
 ]
 
 METHODS = ("bt", "baseline", "reweight", "groupdro", "mixture", "pafo")
-BAD_LAMBDA = "--lambda: must be ≥ 0 (got {value})"
-BAD_TEMPERATURE = "--temperature: must be > 0 (got {value})"
-BAD_DENSE = "--dense: must be ≥ 0 (got {value})"
-BAD_CLUSTER_OPTION = "--{name}: must be ≥ {low} (got {value})"
-BAD_FINETUNE_PATIENCE = "--finetune-patience: must be ≥ 1 (got {value})"
-BAD_STEP = "--dro-step: must be > 0 (got {value})"
+# The bounds live on the fields (pafo.config.validate_options); these names stay for callers matching messages.
+BAD_LAMBDA = BAD_TEMPERATURE = BAD_DENSE = BAD_CLUSTER_OPTION = BAD_FINETUNE_PATIENCE = BAD_STEP = OUT_OF_RANGE
+# Limits of size: beyond them a model no longer fits the memory of the machines PAFO Studio targets.
+MAX_HIDDEN = 16384
+MAX_K = 1024
+# The bootstrap draws resamples × users floats at once: with up to 20,000 users (DataConfig) that stays ≤ 1.6 GB.
+MAX_BOOTSTRAP = 10_000
 UNKNOWN_METHOD = "--methods: unknown method {name!r}; choose from " + ", ".join(METHODS)
 NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
 
@@ -40,17 +41,20 @@ NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
 class TrainConfig:
     """Optimisation settings of one reward model."""
 
-    epochs: int = option(40, "maximum training epochs")
-    batch_size: int = option(256, "pairs per mini-batch")
-    lr: float = option(3e-3, "AdamW learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay on the shared parameters (bounds the scale of g)")
-    user_l2: float = option(0.3, "L2 prior on each user's deviation w_u (once per user, not per pair)")
-    hidden: int = option(128, "hidden width of the feature MLP g")
-    k: int = option(16, "dimension of g's output (and of b, w_u)")
+    epochs: int = option(40, "maximum training epochs", ge=1, le=100_000)
+    batch_size: int = option(256, "pairs per mini-batch", ge=1)
+    lr: float = option(3e-3, "AdamW learning rate", gt=0)
+    weight_decay: float = option(0.01, "AdamW weight decay on the shared parameters (bounds the scale of g)", ge=0)
+    user_l2: float = option(0.3, "L2 prior on each user's deviation w_u (once per user, not per pair)", ge=0)
+    hidden: int = option(128, "hidden width of the feature MLP g", ge=1, le=MAX_HIDDEN)
+    k: int = option(16, "dimension of g's output (and of b, w_u)", ge=1, le=MAX_K)
     user_lr_scale: float = option(10.0, "learning-rate multiplier for the per-user vectors w_u (each gets few "
-                                        "updates; 10 won on validation pairs, bench/RESULTS.md)")
+                                        "updates; 10 won on validation pairs, bench/RESULTS.md)", gt=0)
     normalise: bool = option(False, "unit-norm g(φ): reward scale lives in b + w_u, so the L2 prior on w_u binds")
-    patience: int = option(8, "stop after this many epochs without a better validation score")
+    patience: int = option(8, "stop after this many epochs without a better validation score", ge=1)
+
+    def validate(self) -> TrainConfig:
+        return validate_options(self)
 
 
 @dataclass
@@ -72,12 +76,10 @@ class ReweightConfig:
 class GroupDROConfig:
     """The personalized model trained with online GroupDRO over {majority, minority}."""
 
-    dro_step: float = option(0.01, "GroupDRO step size of the group weights")
+    dro_step: float = option(0.01, "GroupDRO step size of the group weights", gt=0)
 
     def validate(self) -> GroupDROConfig:
-        if not self.dro_step > 0:
-            raise PafoInputError(BAD_STEP.format(value=self.dro_step))
-        return self
+        return validate_options(self)
 
 
 @dataclass
@@ -96,31 +98,33 @@ class PAFOConfig:
     student: Literal["wide", "distilled"] = option(
         "wide", "clusters: the student adds per-user weights over the teachers' channels to the baseline (wide), or "
                 "is the baseline architecture distilled from that on dense pairs (distilled)")
-    clusters: int = option(8, "clusters: number of preference clusters C")
-    restarts: int = option(40, "clusters: EM restarts; each user's teacher is averaged over them")
+    clusters: int = option(8, "clusters: number of preference clusters C", ge=1)
+    restarts: int = option(40, "clusters: EM restarts; each user's teacher is averaged over them", ge=1)
     subspace: int = option(32, "clusters: dimension of the teachers' subspace of φ (top principal directions of "
-                               "training-pair differences)")
-    cluster_ridge: float = option(1.0, "clusters: ridge penalty of each cluster's linear BT teacher")
-    em_rounds: int = option(20, "clusters: maximum EM rounds")
+                               "training-pair differences)", ge=1)
+    cluster_ridge: float = option(1.0, "clusters: ridge penalty of each cluster's linear BT teacher", ge=0)
+    em_rounds: int = option(20, "clusters: maximum EM rounds", ge=0)
     calibrate: bool = option(True, "clusters: divide the student's margins by one temperature fitted on "
                                    "validation pairs (BT log-loss; accuracy unchanged)")
     heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "
-                              "by agreement with the teacher")
+                              "by agreement with the teacher", ge=1)
     beta: float = option(1.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
-                              "their margins' spreads on training pairs")
-    lam: float = option(1.0, "λ: weight of the distillation term", flag="--lambda")
-    temperature: float = option(1.0, "τ: temperature of the tempered margins")
+                              "their margins' spreads on training pairs", ge=0)
+    lam: float = option(1.0, "λ: weight of the distillation term", flag="--lambda", ge=0)
+    temperature: float = option(1.0, "τ: temperature of the tempered margins", gt=0)
     condition: Literal["group", "group+agree"] = option("group", "targets from the user's group teacher "
                                                                  "(+agree: drop targets contradicting the label)")
-    dense: int = option(40, "teacher-labelled extra pairs per user from the user's training prompts")
+    dense: int = option(40, "teacher-labelled extra pairs per user from the user's training prompts",
+                        ge=0, le=10_000)
     distill: Literal["bce", "mse"] = option("bce", "distillation loss on margins")
     teacher_init: Literal["recentred", "baseline", "scratch"] = option(
         "recentred", "teachers start from the baseline with b moved to their group's mean user vector "
                      "(recentred), from the baseline as is, or from scratch")
-    teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)")
+    teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)", ge=0)
     finetune_patience: int = option(4, "teachers and student stop after this many epochs without a better "
-                                       "validation score (both start from the trained baseline)")
-    epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy")
+                                       "validation score (both start from the trained baseline)", ge=1)
+    epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy",
+                            ge=0, le=1)
     keep_initial: bool = option(False, "teachers and student keep their starting point (the baseline) when no "
                                        "epoch beats it on validation")
     batches: Literal["random", "by_prompt"] = option(
@@ -130,23 +134,7 @@ class PAFOConfig:
                                      "the baseline's (dense pairs cost little time)")
 
     def validate(self) -> PAFOConfig:
-        if not self.lam >= 0:
-            raise PafoInputError(BAD_LAMBDA.format(value=self.lam))
-        if not self.temperature > 0:
-            raise PafoInputError(BAD_TEMPERATURE.format(value=self.temperature))
-        if self.dense < 0:
-            raise PafoInputError(BAD_DENSE.format(value=self.dense))
-        if self.finetune_patience < 1:
-            raise PafoInputError(BAD_FINETUNE_PATIENCE.format(value=self.finetune_patience))
-        for name, low in (("clusters", 1), ("restarts", 1), ("subspace", 1), ("em_rounds", 0), ("heldout", 1)):
-            if not getattr(self, name) >= low:
-                raise PafoInputError(BAD_CLUSTER_OPTION.format(name=name.replace("_", "-"), low=low,
-                                                               value=getattr(self, name)))
-        for name in ("cluster_ridge", "beta"):
-            if not getattr(self, name) >= 0:
-                raise PafoInputError(BAD_CLUSTER_OPTION.format(name=name.replace("_", "-"), low=0,
-                                                               value=getattr(self, name)))
-        return self
+        return validate_options(self)
 
 
 METHOD_CONFIGS = {"bt": BTConfig, "baseline": BaselineConfig, "reweight": ReweightConfig,
@@ -159,7 +147,13 @@ class RunSettings:
 
     encoder: str = option("minilm", "text encoder: minilm, tfidf or a transformers model id/path")
     methods: str = option("baseline,pafo", "comma-separated methods: " + ",".join(METHODS))
-    bootstrap: int = option(1000, "bootstrap resamples (over users) for confidence intervals")
+    bootstrap: int = option(1000, "bootstrap resamples (over users) for confidence intervals", ge=10,
+                            le=MAX_BOOTSTRAP)
+
+    def validate(self) -> RunSettings:
+        validate_options(self)
+        self.method_list()
+        return self
 
     def method_list(self) -> list[str]:
         names = [m.strip() for m in self.methods.split(",") if m.strip()]

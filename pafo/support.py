@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .config import option
+from .config import OUT_OF_RANGE, check_range, option, validate_options
 from .dataset import PreferenceDataset
 from .errors import PafoInputError
 
@@ -40,8 +40,9 @@ Estimator = Literal["auto", "exact", "colabel", "model"]
 NO_PERSONAS = "estimator 'exact' needs persona weights; {name} has none, use 'colabel' or 'model'"
 NO_COLABELS = "estimator 'colabel' needs pairs labelled by at least 3 users; {name} has none, use 'model'"
 NO_EMBEDDINGS = "estimator 'model' needs response embeddings; pass embeddings= (see pafo.encoders.embed_texts)"
-BAD_QUANTILE = "--minority-quantile: must be between 0 and 1, exclusive (got {value})"
-BAD_THRESHOLD = "--minority-threshold: must be between 0 and 1 (got {value})"
+# The bounds live on GroupConfig's fields (pafo.config); these names stay for callers matching messages.
+BAD_QUANTILE = BAD_THRESHOLD = OUT_OF_RANGE
+QUANTILE_BOUNDS, THRESHOLD_BOUNDS = {"gt": 0, "lt": 1}, {"ge": 0, "le": 1}
 EMPTY_GROUP = (
     "grouping left the {group} group empty ({rule} = {value}); choose a {hint} so both groups have users"
 )
@@ -57,16 +58,14 @@ BLOCK_ELEMENTS = 2**18
 class GroupConfig:
     """How support rates are estimated and how users are split into majority and minority groups."""
 
-    minority_quantile: float = option(0.2, "minority = users at or below this quantile of support rate")
-    minority_threshold: float | None = option(None, "minority = users at or below this absolute support rate")
+    minority_quantile: float = option(0.2, "minority = users at or below this quantile of support rate",
+                                      **QUANTILE_BOUNDS)
+    minority_threshold: float | None = option(None, "minority = users at or below this absolute support rate",
+                                              **THRESHOLD_BOUNDS)
     estimator: Literal["auto", "exact", "colabel", "model"] = option("auto", "support-rate estimator")
 
     def validate(self) -> GroupConfig:
-        if self.minority_threshold is None and not 0 < self.minority_quantile < 1:
-            raise PafoInputError(BAD_QUANTILE.format(value=self.minority_quantile))
-        if self.minority_threshold is not None and not 0 <= self.minority_threshold <= 1:
-            raise PafoInputError(BAD_THRESHOLD.format(value=self.minority_threshold))
-        return self
+        return validate_options(self)
 
     def apply(self, user_support: pd.Series) -> GroupResult:
         return assign_groups(user_support, quantile=self.minority_quantile, threshold=self.minority_threshold)
@@ -338,13 +337,9 @@ def assign_groups(user_support: pd.Series, *, quantile: float | None = 0.2,
     """Minority = users whose support rate is at or below the threshold (absolute, or the given quantile)."""
     values = user_support.dropna()
     if threshold is not None:
-        if not 0 <= threshold <= 1:
-            raise PafoInputError(BAD_THRESHOLD.format(value=threshold))
-        rule, cut = "threshold", float(threshold)
+        rule, cut = "threshold", float(check_range("--minority-threshold", threshold, **THRESHOLD_BOUNDS))
     else:
-        quantile = 0.2 if quantile is None else quantile
-        if not 0 < quantile < 1:
-            raise PafoInputError(BAD_QUANTILE.format(value=quantile))
+        quantile = check_range("--minority-quantile", 0.2 if quantile is None else quantile, **QUANTILE_BOUNDS)
         rule, cut = "quantile", float(np.quantile(values, quantile))
     groups = pd.Series(np.where(user_support <= cut, "minority", "majority"), index=user_support.index,
                        name="group")

@@ -9,20 +9,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..config import option
+from ..config import BAD_CHOICE, OUT_OF_RANGE, option, validate_options
 from ..dataset import PreferenceDataset, validate_dataset
 from ..errors import PafoInputError
 from ..simulate import parse_shares
 from .dsp import DOMAINS, load_dsp
 from .pairs import load_pairs
 from .personalllm import load_personalllm
-from .synthetic import make_synthetic, synthetic_judges
+from .synthetic import MAX_JUDGES, MIN_JUDGES, make_synthetic, synthetic_judges
 
 __all__ = ["SOURCES", "DataConfig", "dataset_fingerprint", "load_dataset"]
 
 SOURCES = ("synthetic", "dsp", "personalllm", "pairs")
-BAD_FRACTION = "--{field}: must be between 0 and 1, exclusive (got {value})"
-UNKNOWN_SOURCE = "--dataset: unknown source {name!r}; use one of " + ", ".join(SOURCES)
+# The bounds live on the fields (pafo.config.validate_options); these names stay for callers matching messages.
+BAD_FRACTION, UNKNOWN_SOURCE = OUT_OF_RANGE, BAD_CHOICE
+# Limits of size (memory and time of one run on a laptop-class machine, see the README's limits).
+MAX_USERS = 20_000
+MAX_PAIRS_PER_USER = 1_000
+MAX_PROMPTS = 100_000
+MAX_RESPONSES_PER_PROMPT = 100
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -31,30 +37,28 @@ class DataConfig:
 
     dataset: Literal["synthetic", "dsp", "personalllm", "pairs"] = option("synthetic", "data source")
     path: str | None = option(None, "file, URL or hub id (dsp, personalllm, pairs)")
-    seed: int = option(0, "random seed for the split and the simulation")
-    users: int = option(300, "number of simulated users")
+    seed: int = option(0, "random seed for the split and the simulation", ge=0, le=MAX_SEED)
+    users: int = option(300, "number of simulated users", ge=2, le=MAX_USERS)
     shares: str | None = option(None, "population shares of the judges, KEY=V,... (e.g. academy=0.55,...)")
-    alpha: float = option(0.1, "Dirichlet concentration of personas (small: one dominant judge per user)")
-    train_pairs: int = option(8, "labelled training pairs per simulated user (validation included)")
-    test_pairs: int = option(20, "labelled test pairs per simulated user")
-    test_fraction: float = option(0.25, "share of prompts held out for test")
-    val_fraction: float = option(0.1, "share of each user's training pairs kept for validation (at least 1)")
+    alpha: float = option(0.1, "Dirichlet concentration of personas (small: one dominant judge per user)", gt=0)
+    train_pairs: int = option(8, "labelled training pairs per simulated user (validation included)", ge=1,
+                              le=MAX_PAIRS_PER_USER)
+    test_pairs: int = option(20, "labelled test pairs per simulated user", ge=1, le=MAX_PAIRS_PER_USER)
+    test_fraction: float = option(0.25, "share of prompts held out for test", gt=0, lt=1)
+    val_fraction: float = option(0.1, "share of each user's training pairs kept for validation (at least 1)",
+                                 gt=0, lt=1)
     protocol: Literal["random", "best_worst"] = option("random", "pairs at random, or the user's best vs worst")
     include_normal: bool = option(False, "dsp: also pair the original (normal) answer")
-    prompts: int = option(160, "synthetic: number of prompts")
-    responses_per_prompt: int = option(6, "synthetic: responses per prompt")
-    judges: int = option(4, "synthetic: number of style critics (2-6)")
-    minority_homogeneity: float = option(0.0, "synthetic: how much the minority critics share one direction (0-1)")
-    quality_noise: float = option(0.1, "synthetic: std of each response's hidden quality (not readable from text)")
+    prompts: int = option(160, "synthetic: number of prompts", ge=2, le=MAX_PROMPTS)
+    responses_per_prompt: int = option(6, "synthetic: responses per prompt", ge=2, le=MAX_RESPONSES_PER_PROMPT)
+    judges: int = option(4, "synthetic: number of style critics", ge=MIN_JUDGES, le=MAX_JUDGES)
+    minority_homogeneity: float = option(0.0, "synthetic: how much the minority critics share one direction",
+                                         ge=0, le=1)
+    quality_noise: float = option(0.1, "synthetic: std of each response's hidden quality (not readable from text)",
+                                  ge=0)
 
     def validate(self) -> DataConfig:
-        if self.dataset not in SOURCES:
-            raise PafoInputError(UNKNOWN_SOURCE.format(name=self.dataset))
-        for name in ("test_fraction", "val_fraction"):
-            value = getattr(self, name)
-            if not 0 < value < 1:
-                raise PafoInputError(BAD_FRACTION.format(field=name.replace("_", "-"), value=value))
-        return self
+        return validate_options(self)
 
     def judge_names(self) -> list[str] | None:
         """The judges that ``--shares`` keys may name, where known before loading."""

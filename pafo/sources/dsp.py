@@ -6,6 +6,7 @@ weighs more; pairs use two different domains unless ``include_normal``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,15 @@ from ..dataset import PreferenceDataset
 from ..errors import PafoInputError
 from ..paths import pafo_home
 from ..simulate import normalise_shares, sample_personas, simulate_pairs
-from .files import INVALID_JSON, OFFLINE, check_text_file, ensure_online, is_remote, read_json_records
+from .files import INVALID_JSON, OFFLINE, TABLE_SUFFIXES, check_text_file, ensure_online, is_remote, read_json_records
 
 __all__ = ["DOMAINS", "DSP_SHARES", "dsp_records", "load_dsp"]
 
 DOMAINS = ("academy", "business", "entertainment", "literature")
 DSP_SHARES = {"academy": 0.55, "business": 0.25, "entertainment": 0.12, "literature": 0.08}
 NEED_PATH = "--path: the dsp source needs the DSP JSON file (e.g. ../shared/data/dsp_test_part_a.json) or its URL"
+NOT_JSON = ("{path}: the dsp source reads the DSP JSON file, not a {suffix} table; give the DSP .json file, or use "
+            "--dataset pairs for a table of (user_id, prompt, chosen, rejected)")
 BAD_ITEM = (
     "{path}: item {row} has no {field}; each item must be "
     '{{"query": str, "responses": {{"academy", "business", "entertainment", "literature", "normal"}}}}'
@@ -32,6 +35,8 @@ def _load_with_datasets(source: str) -> list[dict]:
     import datasets
 
     datasets.disable_progress_bars()
+    # datasets logs its own parse errors on stderr; ours (one line, with the fix) replaces them.
+    datasets.utils.logging.get_logger().setLevel(logging.CRITICAL)
     try:
         table = datasets.load_dataset("json", data_files=source, split="train",
                                       cache_dir=str(pafo_home() / "datasets"))
@@ -51,7 +56,11 @@ def dsp_records(source: str) -> list[dict]:
     if is_remote(source):
         ensure_online(source)
     else:
-        check_text_file(Path(source))
+        suffix = Path(source).suffix.lower()
+        if suffix in TABLE_SUFFIXES and suffix not in (".json", ".jsonl"):
+            raise PafoInputError(NOT_JSON.format(path=source, suffix=suffix))
+        # A regular UTF-8 (JSON) file, or the message that says what it is not, before datasets tries to parse it.
+        (check_text_file if suffix == ".jsonl" else read_json_records)(Path(source))
     records = _load_with_datasets(source)
     for row, item in enumerate(records):
         if not str(item.get("query") or "").strip():

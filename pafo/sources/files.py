@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import stat
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,6 +18,13 @@ __all__ = ["check_text_file", "ensure_online", "is_remote", "read_json_records",
 
 MISSING_FILE = "{path}: no such file; check the path (relative paths are from {cwd})"
 NOT_A_FILE = "{path}: is a folder, not a file; give the data file inside it"
+NOT_REGULAR = ("{path}: is a {kind}, not a regular file, so it is not read (it could block or never end); copy the "
+               "data into a file and give that file's path")
+SYMLINK_LOOP = "{path}: is a symbolic link that loops back on itself; point it (or --path) at the real file"
+MIXED_JSONL = ("{path}: line {line} is a JSON {kind}, not an object; each line of a JSONL file must be one JSON "
+               "object such as {{\"user_id\": ..., \"prompt\": ...}}")
+NOT_RECORDS = ("{path}: item {item} is a JSON {kind}, not an object; a JSON file must hold one object or a list of "
+               "objects with the column names as keys")
 UNREADABLE = "{path}: cannot be read ({reason}); check its permissions"
 NOT_UTF8 = "{path}: is not UTF-8 text (byte {offset}); re-save it as UTF-8"
 INVALID_JSON = "{path}: invalid JSON at line {line}, column {column} ({reason}); fix the file or export it again"
@@ -41,11 +50,26 @@ def is_remote(source: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(source).exists() and not Path(source).suffix
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
 def _check_local(path: Path) -> Path:
-    if not path.exists():
-        raise PafoInputError(MISSING_FILE.format(path=path, cwd=os.getcwd()))
-    if path.is_dir():
+    """A path that exists and is a readable regular file (after following links): checked before any read, so a
+    FIFO (blocks forever) or a link to ``/dev/zero`` (never ends) is refused instead of read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PafoInputError(SYMLINK_LOOP.format(path=path)) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise PafoInputError(MISSING_FILE.format(path=path, cwd=os.getcwd())) from None
+        raise PafoInputError(UNREADABLE.format(path=path, reason=exc.strerror or exc)) from None
+    if stat.S_ISDIR(mode):
         raise PafoInputError(NOT_A_FILE.format(path=path))
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+        raise PafoInputError(NOT_REGULAR.format(path=path, kind=kind))
     if not os.access(path, os.R_OK):
         raise PafoInputError(UNREADABLE.format(path=path, reason="permission denied"))
     return path
@@ -82,15 +106,22 @@ def read_json_records(path: Path) -> str:
     return text
 
 
+def _json_kind(value: object) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+
+
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise PafoInputError(INVALID_JSONL.format(path=path, line=number, reason=exc.msg)) from None
+        if not isinstance(row, dict):  # pandas would silently build columns 0, 1, ... from a list line
+            raise PafoInputError(MIXED_JSONL.format(path=path, line=number, kind=_json_kind(row)))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -111,7 +142,11 @@ def _read_local(path: Path) -> pd.DataFrame:
         if error:
             raise error
         data = json.loads(text)
-        return pd.DataFrame(data if isinstance(data, list) else [data])
+        records = data if isinstance(data, list) else [data]
+        wrong = next((i for i, item in enumerate(records) if not isinstance(item, dict)), None)
+        if wrong is not None:
+            raise PafoInputError(NOT_RECORDS.format(path=path, item=wrong, kind=_json_kind(records[wrong])))
+        return pd.DataFrame(records)
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..dataset import PreferenceDataset
-from ..errors import PafoInputError
+from ..config import OUT_OF_RANGE, check_range
 from ..simulate import normalise_shares, sample_personas, simulate_pairs, zscore_columns
 
 __all__ = ["ATTRIBUTES", "JUDGE_TASTES", "default_shares", "make_synthetic", "synthetic_judges"]
@@ -54,9 +54,9 @@ MINORITY_JUDGES = ("witty", "brief", "playful")
 # The direction the minority critics share: short, casual, funny, unstructured — against the majority's taste.
 MINORITY_DIRECTION = (-1.0, -0.8, -0.3, 0.0, -0.6, 1.0)
 
-BAD_JUDGES = "--judges: must be between 2 and 6 (got {k})"
-BAD_HOMOGENEITY = "--minority-homogeneity: must be between 0 and 1 (got {h})"
-BAD_SIZE = "--{field}: must be at least {low} (got {value})"
+MIN_JUDGES, MAX_JUDGES = 2, len(JUDGE_TASTES)
+# The bounds are checked by pafo.config.check_range (DataConfig declares them); names kept for message matching.
+BAD_JUDGES = BAD_HOMOGENEITY = BAD_SIZE = OUT_OF_RANGE
 
 TOPICS = (
     "start running", "learn Python", "save money each month", "bake sourdough bread", "grow tomatoes on a balcony",
@@ -98,8 +98,7 @@ JOKES = (
 
 def synthetic_judges(k: int) -> list[str]:
     """The K judges: the first ceil(K/2) majority critics, then floor(K/2) minority critics."""
-    if not 2 <= k <= 6:
-        raise PafoInputError(BAD_JUDGES.format(k=k))
+    check_range("--judges", k, integer=True, ge=MIN_JUDGES, le=MAX_JUDGES)
     return list(MAJORITY_JUDGES[: (k + 1) // 2] + MINORITY_JUDGES[: k // 2])
 
 
@@ -113,8 +112,7 @@ def default_shares(judges: list[str]) -> dict[str, float]:
 
 def judge_tastes(judges: list[str], homogeneity: float) -> np.ndarray:
     """(K, attributes) taste matrix; minority tastes are blended towards the shared minority direction."""
-    if not 0 <= homogeneity <= 1:
-        raise PafoInputError(BAD_HOMOGENEITY.format(h=homogeneity))
+    check_range("--minority-homogeneity", homogeneity, ge=0, le=1)
     shared = np.asarray(MINORITY_DIRECTION) / np.linalg.norm(MINORITY_DIRECTION)
     rows = []
     for judge in judges:
@@ -157,8 +155,7 @@ def _responses(n_prompts: int, per_prompt: int, rng: np.random.Generator) -> tup
 
 def _check_sizes(**sizes: tuple[int, int]) -> None:
     for name, (value, low) in sizes.items():
-        if value < low:
-            raise PafoInputError(BAD_SIZE.format(field=name.replace("_", "-"), low=low, value=value))
+        check_range("--" + name.replace("_", "-"), value, integer=True, ge=low)
 
 
 def make_synthetic(
