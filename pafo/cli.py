@@ -1,14 +1,18 @@
 """The ``pafo`` command line, built from the same dataclasses the app and the run registry use.
 
-Bad input exits with code 2 and one line on stderr (``pafo: error: ...``); nothing is written half-way because
-every output file is written atomically.
+Bad input exits with code 2 and one line on stderr (``pafo: error: ...``), a fault of the machine (registry
+locked or corrupt, disk full, unwritable home) with code 3 (see :mod:`pafo.errors`). Output paths are checked
+before any work; nothing is written half-way because every output file is written atomically, and an
+``--out-dir`` is published whole: it replaces the folder, never merges into it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -16,7 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import add_dataclass_arguments, dataclass_from_namespace
-from .errors import PafoInputError
+from .errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    PafoEnvironmentError,
+    PafoInputError,
+)
 from .paths import atomic_write_text
 from .sources import DataConfig, load_dataset
 from .support import GroupConfig, estimate_support, resolve_estimator, support_deciles
@@ -24,6 +34,16 @@ from .support import GroupConfig, estimate_support, resolve_estimator, support_d
 __all__ = ["add_data_arguments", "build_parser", "data_config_from_args", "group_config_from_args", "main"]
 
 INTERNAL_ERROR = "pafo: internal error: {error} (set PAFO_DEBUG=1 to see the traceback)"
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell tool that loses its reader (`| head`) reports
+OUT_IS_FOLDER = "{flag} {path}: is a folder; give a file name, e.g. {path}/out{suffix}"
+OUT_NOT_REGULAR = "{flag} {path}: exists and is not a regular file; give the name of a new or ordinary file"
+OUT_PARENT_NOT_FOLDER = "{flag} {path}: {parent} is a file, not a folder; choose a path inside a folder"
+OUT_UNWRITABLE = "{flag} {path}: cannot write in {parent} ({reason}); choose a writable folder"
+OUT_DIR_IS_FILE = "--out-dir {path}: is a file, not a folder; give a new folder (a run's folder is replaced whole)"
+OUT_DIR_FOREIGN = ("--out-dir {path}: holds files that are not a PAFO run (e.g. {example}); give a new or empty "
+                   "folder, or an earlier run's --out-dir (it is replaced whole)")
+ENV_DISK_FULL = "disk full while writing {file}: free space and retry"
+ENV_OS_ERROR = "cannot access {file} ({reason}): check the disk and its permissions, then retry"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -110,7 +130,7 @@ def _add_support(sub) -> None:
     add_data_arguments(parser)
     parser.add_argument("--json", metavar="OUT", help="write the summary JSON here")
     parser.add_argument("--csv", metavar="OUT", help="write one row per user here")
-    parser.set_defaults(handler=cmd_support)
+    parser.set_defaults(handler=cmd_support, output_files=("json", "csv"))
 
 
 def _add_embed(sub) -> None:
@@ -119,7 +139,7 @@ def _add_embed(sub) -> None:
     parser.add_argument("--encoder", default="minilm", help="minilm, tfidf or a transformers model id/path")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embeddings cache")
     parser.add_argument("--json", metavar="OUT", help="write timing JSON here")
-    parser.set_defaults(handler=cmd_embed)
+    parser.set_defaults(handler=cmd_embed, output_files=("json",))
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,8 +166,24 @@ def experiment_config_from_args(args: argparse.Namespace):
                             groupdro=dataclass_from_namespace(GroupDROConfig, args)).validate()
 
 
+def check_encoder(config) -> None:
+    """The encoder resolves (a name, a local folder or a cached model id) before any data is embedded."""
+    from .encoders import get_encoder
+
+    get_encoder(config.run.encoder)
+
+
+def preflight(config):
+    """What ``pafo experiment`` refuses before training, checked before a background run is queued: the options
+    (already validated), the data (loaded and checked) and the encoder. A bad run is then exit 2 at
+    ``pafo runs start``, not a failed run later."""
+    load_dataset(config.data)
+    check_encoder(config)
+    return config
+
+
 def _staged_out_dir(out_dir: str | None):
-    """A temporary sibling of --out-dir; its files move into place only when the experiment succeeded."""
+    """A temporary sibling of --out-dir; it replaces --out-dir only when the experiment succeeded."""
     if not out_dir:
         return None
     target = Path(out_dir)
@@ -156,19 +192,84 @@ def _staged_out_dir(out_dir: str | None):
 
 
 def _publish(staging: Path, out_dir: str) -> None:
+    """Record the artifacts' checksums, then swap the staged folder in for --out-dir: files an earlier run left
+    there (another method's weights) can never mix with this run's."""
+    from .manifest import write_manifest
+
+    write_manifest(staging)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; the published folder gets the usual mode
     target = Path(out_dir)
-    for path in sorted(staging.rglob("*"), key=lambda p: p.name == "result.json"):
-        if path.is_file():
-            destination = target / path.relative_to(staging)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, destination)
-    shutil.rmtree(staging, ignore_errors=True)
+    replaced = target.with_name(f".{target.name}.replaced-{secrets.token_hex(4)}")
+    if target.exists() or target.is_symlink():
+        os.rename(target, replaced)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if replaced.exists():
+            os.rename(replaced, target)
+        raise
+    if replaced.is_dir() and not replaced.is_symlink():
+        shutil.rmtree(replaced, ignore_errors=True)
+    else:
+        replaced.unlink(missing_ok=True)
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written before any work is done (not after an hour of training)."""
+    target = Path(path)
+    if target.is_dir():
+        raise PafoInputError(OUT_IS_FOLDER.format(flag=flag, path=path, suffix=".csv" if "csv" in flag else ".json"))
+    if target.exists() and not target.is_file():
+        raise PafoInputError(OUT_NOT_REGULAR.format(flag=flag, path=path))
+    _check_writable_parent(target, flag)
+
+
+def _check_writable_parent(target: Path, flag: str) -> None:
+    """The nearest existing folder above ``target`` must be a folder in which a file can be created."""
+    parent = target.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PafoInputError(OUT_PARENT_NOT_FOLDER.format(flag=flag, path=target, parent=parent))
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".pafo-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PafoInputError(OUT_UNWRITABLE.format(flag=flag, path=target, parent=parent,
+                                                   reason=exc.strerror or exc)) from None
+
+
+def check_out_dir(path: str) -> None:
+    """--out-dir must be new, empty or an earlier run's folder (it is replaced whole), in a writable place."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise PafoInputError(OUT_DIR_IS_FILE.format(path=path))
+    if target.is_dir():
+        from .manifest import MANIFEST_NAME
+
+        entries = sorted(p.name for p in target.iterdir())
+        if entries and not {"result.json", MANIFEST_NAME} & set(entries):
+            raise PafoInputError(OUT_DIR_FOREIGN.format(path=path, example=entries[0]))
+    _check_writable_parent(target, "--out-dir")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The output paths a command declared (``set_defaults(output_files=..., output_dir=...)``)."""
+    for name in getattr(args, "output_files", ()):
+        if getattr(args, name, None):
+            check_output_file(getattr(args, name), "--" + name.replace("_", "-"))
+    if getattr(args, "out_dir", None):
+        check_out_dir(args.out_dir)
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .experiment import per_user_csv_text, run_experiment
 
     config = experiment_config_from_args(args)
+    check_encoder(config)
     staging = _staged_out_dir(args.out_dir)
     bar = _progress_bar()
     try:
@@ -215,8 +316,9 @@ def _add_experiment(sub) -> None:
     add_experiment_arguments(parser)
     parser.add_argument("--json", metavar="OUT", help="write the full result JSON here")
     parser.add_argument("--per-user-csv", metavar="OUT", help="write per-user accuracies here")
-    parser.add_argument("--out-dir", metavar="DIR", help="write weights (safetensors), result and tables here")
-    parser.set_defaults(handler=cmd_experiment)
+    parser.add_argument("--out-dir", metavar="DIR", help="write weights (safetensors), result and tables here; "
+                                                         "an earlier run's folder is replaced whole")
+    parser.set_defaults(handler=cmd_experiment, output_files=("json", "per_user_csv"))
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -258,7 +360,7 @@ def _add_score(sub) -> None:
                         help="CSV, JSONL, JSON or Parquet with columns user_id, prompt, response")
     parser.add_argument("--csv", metavar="OUT", help="write the rows with reward and known_user here")
     parser.add_argument("--json", metavar="OUT", help="write a summary with every scored row here")
-    parser.set_defaults(handler=cmd_score)
+    parser.set_defaults(handler=cmd_score, output_files=("csv", "json"))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -311,7 +413,7 @@ def _add_runs(sub) -> None:
 
         return ExperimentConfig.from_dict(config).fingerprint()
 
-    add_runs_commands(sub, add_experiment_arguments, lambda a: experiment_config_from_args(a).to_dict(),
+    add_runs_commands(sub, add_experiment_arguments, lambda a: preflight(experiment_config_from_args(a)).to_dict(),
                       fingerprint_of)
 
 
@@ -326,21 +428,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _environment_message(exc: OSError) -> str:
+    """A file-system failure (full disk, read-only or vanished folder) as one line naming the file."""
+    file = exc.filename or "a file"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ENV_DISK_FULL.format(file=file)
+    return ENV_OS_ERROR.format(file=file, reason=exc.strerror or exc)
+
+
+def _silence_stdout() -> None:
+    """After a BrokenPipeError (`pafo runs list | head`), point stdout at /dev/null so the interpreter's final
+    flush does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (tests capture it)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code says how it ended (0 ok, 1 bug, 2 bad input, 3 environment fault)."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        _check_outputs(args)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not by the interpreter at exit
+        return code
+    except PafoEnvironmentError as exc:
+        print(f"pafo: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except PafoInputError as exc:
-        print(f"pafo: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"pafo: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("pafo: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine, not the input: a full disk, a folder that vanished or turned read-only
+        if os.environ.get("PAFO_DEBUG"):
+            raise
+        print(f"pafo: error: {_one_line(_environment_message(exc))}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if os.environ.get("PAFO_DEBUG"):
             raise
-        print(INTERNAL_ERROR.format(error=f"{type(exc).__name__}: {exc}"), file=sys.stderr)
-        return 1
+        print(_one_line(INTERNAL_ERROR.format(error=f"{type(exc).__name__}: {exc}")), file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_TIMEOUT = 0, 1, 2, 3, 124
 
-MSG_DIVERGED = ("{stage}: training produced a non-finite loss ({value}) at epoch {epoch}; the model diverged, so no "
-                "result is reported: lower --lr (or --user-lr-scale, --lambda, --dro-step) and run again")
+MSG_DIVERGED = ("{stage}: training diverged at epoch {epoch} ({what}), so no result is reported; lower --lr (or "
+                "--user-lr-scale, --lambda, --dro-step) and run again")
 
 
 class PafoInputError(ValueError):
@@ -30,7 +30,7 @@ class PafoEnvironmentError(PafoInputError):
     """
 
 
-class TrainingDiverged(PafoInputError):
+class TrainingDivergedError(PafoInputError):
     """Training produced a non-finite loss or non-finite margins; the options (usually the learning rate) are to
     blame, so it is input the user can fix, and no number from that model is reported."""
 

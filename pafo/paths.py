@@ -6,13 +6,27 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import PafoEnvironmentError, PafoInputError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+MSG_HOME_NOT_FOLDER = "PAFO_HOME {path} is not a folder (a file is in the way); point $PAFO_HOME at a folder"
+MSG_HOME_UNUSABLE = "PAFO_HOME {path} cannot be created ({reason}); make it writable or point $PAFO_HOME elsewhere"
 
 
 def pafo_home() -> Path:
     """The runtime folder: ``$PAFO_HOME`` if set, else ``cached_models/`` beside the package."""
-    home = Path(os.environ.get("PAFO_HOME") or PACKAGE_ROOT / "cached_models")
-    home.mkdir(parents=True, exist_ok=True)
+    return ensure_home(Path(os.environ.get("PAFO_HOME") or PACKAGE_ROOT / "cached_models"))
+
+
+def ensure_home(home: Path) -> Path:
+    """``home`` as an existing folder: a file in its place is a setting to fix (exit 2), a folder that cannot be
+    made is a fault of the machine (exit 3)."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise PafoInputError(MSG_HOME_NOT_FOLDER.format(path=home)) from None
+    except OSError as exc:
+        raise PafoEnvironmentError(MSG_HOME_UNUSABLE.format(path=home, reason=exc.strerror or exc)) from None
     return home
 
 

@@ -12,11 +12,20 @@ kill a whole process group), progress and heartbeat rows, cached reuse and crash
 huey brings a consumer daemon and still needs all of that on top. WAL mode lets readers (the app polling
 progress) run alongside the writing worker, ``BEGIN IMMEDIATE`` serialises state changes between processes and
 the busy timeout turns short contention into waiting instead of errors.
+
+Faults: each run folder ``runs/<id>/`` also holds the run's ``config.json`` and a ``status.json`` written with
+every change of state, so the database can always be rebuilt from the folders (:meth:`RunRegistry.rebuild`, and
+automatically when ``runs.sqlite`` is missing; a process whose database file was deleted or replaced reconnects to
+the new one before its next read or write, so a finishing worker records its run there). Opening checks the
+file's integrity (``PRAGMA quick_check``). A run counts as *published* once its ``manifest.json`` (checksums of
+its artifacts, :mod:`pafo.manifest`) exists: a dead or killed worker whose run was published ends ``succeeded``,
+otherwise ``cancelled``/``failed``, and only a run whose artifacts still match their checksums is reused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -33,8 +42,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pafo.errors import PafoInputError
-from pafo.paths import PACKAGE_ROOT, pafo_home
+from pafo.errors import PafoEnvironmentError, PafoInputError
+from pafo.manifest import is_published, verify_manifest
+from pafo.paths import PACKAGE_ROOT, atomic_write_text, ensure_home, pafo_home
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -81,18 +91,27 @@ DEFAULT_STALE_AFTER = 20.0  # seconds without heartbeat before a running run cou
 FORCE_CANCEL_AFTER = 10.0  # seconds between a cancel request and the forced kill of the worker's process group
 DEFAULT_LOCK_TIMEOUT = 10.0  # seconds to wait for another process's write lock before giving up
 DB_NAME = "runs.sqlite"
+DB_SIDE_FILES = ("-wal", "-shm", "-journal")
+LOCK_NAME = "runs.lock"  # serialises creating (and rebuilding) the database between processes
 RUNS_DIR = "runs"
 RESULT_NAME = "result.json"
 LOG_NAME = "log.txt"
+CONFIG_NAME = "config.json"
+STATUS_NAME = "status.json"
 SCHEMA_VERSION = 1
+SQLITE_READONLY_DBMOVED = 1032  # extended code: the database file was deleted or moved while open
 
 STAGE_STARTING = "starting worker"
 STAGE_REUSED = "reused"
 
 MSG_CORRUPT_DB = (
-    "run registry {path} is not a readable SQLite database ({detail}): move it aside (e.g. rename it to "
-    "{path}.bad) and start again; a new empty registry is created"
+    "run registry {path} is damaged or not a readable SQLite database ({detail}): run `pafo runs rebuild`, which "
+    "moves it aside and rebuilds it from the run folders in {runs}"
 )
+MSG_READONLY_DB = (
+    "run registry {path} cannot be written ({detail}): make {home} writable, or point $PAFO_HOME at a writable folder"
+)
+MSG_MOVED_DB = "run registry {path} was deleted or replaced while in use: retry (it is rebuilt from {runs})"
 MSG_FOREIGN_DB = (
     "run registry {path} is an SQLite database but not a PAFO run registry (missing {detail}): move it aside "
     "or point $PAFO_HOME elsewhere"
@@ -121,12 +140,17 @@ REASON_EXIT_CODE = "worker pid {pid} exited with code {code} before recording a 
 REASON_EXIT_ZERO = "worker pid {pid} exited without recording a result (see its log.txt)"
 REASON_GONE = "worker pid {pid} is gone (killed or crashed) before finishing; see its log.txt"
 REASON_SPAWN_FAILED = "could not start the worker process: {detail}"
+REASON_NO_STATUS = "recovered from {path} without a status record: its outcome is unknown"
+STAGE_RECOVERED = "done (recorded from its published result)"
 
 _REQUIRED_COLUMNS = (
     "id", "created_at", "started_at", "finished_at", "config_json", "config_hash", "dataset_fingerprint",
     "code_version", "status", "progress", "stage", "heartbeat_at", "pid", "error", "result_path",
     "reused_from", "cancel_requested", "parent_id", "label",
 )  # fmt: skip
+
+# Every column but the config, which has its own file: what runs/<id>/status.json holds.
+_RECORD_COLUMNS = tuple(column for column in _REQUIRED_COLUMNS if column != "config_json")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -392,7 +416,8 @@ class RunRegistry:
     home : folder holding ``runs.sqlite`` and ``runs/<id>/``; default :func:`pafo.paths.pafo_home`.
     max_concurrent : how many runs may be ``running`` at once; default ``$PAFO_MAX_CONCURRENT`` or 1.
     stale_after : seconds without heartbeat after which a running run is declared failed.
-    lock_timeout : seconds to wait for another process's write lock before raising :class:`PafoInputError`.
+    lock_timeout : seconds to wait for another process's write lock before raising :class:`PafoEnvironmentError`
+        (default :data:`DEFAULT_LOCK_TIMEOUT`).
     force_cancel_after : seconds a cancelled run gets to stop on its own before its process group is killed.
     """
 
@@ -402,26 +427,50 @@ class RunRegistry:
         *,
         max_concurrent: int | None = None,
         stale_after: float = DEFAULT_STALE_AFTER,
-        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        lock_timeout: float | None = None,
         force_cancel_after: float = FORCE_CANCEL_AFTER,
     ) -> None:
-        self.home = Path(home) if home is not None else pafo_home()
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home = ensure_home(Path(home)) if home is not None else pafo_home()
         self.db_path = self.home / DB_NAME
         self.max_concurrent = _concurrency_limit(max_concurrent)
         self.stale_after = float(stale_after)
-        self.lock_timeout = float(lock_timeout)
+        self.lock_timeout = float(DEFAULT_LOCK_TIMEOUT if lock_timeout is None else lock_timeout)
         self.force_cancel_after = float(force_cancel_after)
         self._local = threading.local()
-        self._init_schema()
+        self._connect()
 
     # ---------------------------------------------------------------- connection and error mapping
 
     def _connect(self) -> sqlite3.Connection:
-        """One connection per thread (sqlite3 connections must not be shared across threads)."""
+        """This thread's connection (sqlite3 connections must not be shared across threads), reopened when the
+        database file was deleted or replaced since: writes to the old, unlinked file would be lost."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            return conn
+            if self._file_id() == self._local.file_id:
+                return conn
+            self.close()  # safe: SQLite neither checkpoints into nor deletes the journal of a moved database
+        if self.db_path.exists():
+            return self._open(created=False)
+        with self._home_lock():  # one process creates the file and fills it from the run folders
+            return self._open(created=self._drop_stale_side_files())
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.db_path)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def _drop_stale_side_files(self) -> bool:
+        """Before a missing database is created anew, remove the journal files of the deleted one: SQLite would
+        otherwise replay them into the new file. Returns whether the database is (still) missing."""
+        if self.db_path.exists():
+            return False
+        for suffix in DB_SIDE_FILES:
+            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        return True
+
+    def _open(self, *, created: bool) -> sqlite3.Connection:
         with self._errors():
             conn = sqlite3.connect(self.db_path, timeout=self.lock_timeout, isolation_level=None)
             try:
@@ -433,32 +482,68 @@ class RunRegistry:
             except BaseException:
                 conn.close()
                 raise
-        self._local.conn = conn
+        self._local.conn, self._local.file_id = conn, self._file_id()
+        try:
+            self._init_schema(rebuild=created)
+        except BaseException:
+            self.close()
+            raise
         return conn
+
+    @contextlib.contextmanager
+    def _home_lock(self) -> Iterator[None]:
+        """An exclusive lock on ``<home>/runs.lock`` (waits up to ``lock_timeout``)."""
+        try:
+            handle = open(self.home / LOCK_NAME, "a+b")  # noqa: SIM115 - held across the yield
+        except OSError as exc:
+            raise PafoEnvironmentError(MSG_READONLY_DB.format(path=self.db_path, home=self.home,
+                                                              detail=exc.strerror or exc)) from None
+        deadline = time.monotonic() + self.lock_timeout
+        try:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise PafoEnvironmentError(MSG_LOCKED_DB.format(path=self.home / LOCK_NAME,
+                                                                        timeout=self.lock_timeout)) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            handle.close()  # closing releases the lock
 
     def close(self) -> None:
         """Close this thread's connection (other threads close theirs when they end)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            conn.close()
             self._local.conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _format(self, template: str, **values: Any) -> str:
+        return template.format(path=self.db_path, home=self.home, runs=self.home / RUNS_DIR, **values)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        """Translate SQLite failures into one clear :class:`PafoInputError` that names the file."""
+        """Translate SQLite failures into one clear :class:`PafoEnvironmentError` that names the file and the fix."""
         try:
             yield
         except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
+            text, detail = str(exc).lower(), " ".join(str(exc).split())
+            if getattr(exc, "sqlite_errorcode", None) == SQLITE_READONLY_DBMOVED:
+                raise PafoEnvironmentError(self._format(MSG_MOVED_DB)) from exc
             if "locked" in text or "busy" in text:
-                raise PafoInputError(MSG_LOCKED_DB.format(path=self.db_path, timeout=self.lock_timeout)) from exc
+                raise PafoEnvironmentError(self._format(MSG_LOCKED_DB, timeout=self.lock_timeout)) from exc
             if "full" in text:
-                raise PafoInputError(MSG_DISK_FULL_DB.format(path=self.db_path)) from exc
+                raise PafoEnvironmentError(self._format(MSG_DISK_FULL_DB)) from exc
+            if "readonly" in text or "unable to open" in text or "read-only" in text:
+                raise PafoEnvironmentError(self._format(MSG_READONLY_DB, detail=detail)) from exc
             if "no such" in text or "has no column" in text:
-                raise PafoInputError(MSG_FOREIGN_DB.format(path=self.db_path, detail=exc)) from exc
-            raise PafoInputError(MSG_CORRUPT_DB.format(path=self.db_path, detail=exc)) from exc
+                raise PafoEnvironmentError(self._format(MSG_FOREIGN_DB, detail=detail)) from exc
+            raise PafoEnvironmentError(self._format(MSG_CORRUPT_DB, detail=detail)) from exc
         except sqlite3.DatabaseError as exc:
-            raise PafoInputError(MSG_CORRUPT_DB.format(path=self.db_path, detail=exc)) from exc
+            raise PafoEnvironmentError(self._format(MSG_CORRUPT_DB, detail=" ".join(str(exc).split()))) from exc
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -481,24 +566,28 @@ class RunRegistry:
         with self._errors():
             return conn.execute(sql, params).fetchall()
 
-    def _init_schema(self) -> None:
-        """Create the tables on first use and refuse a database that is not ours.
-
-        An existing registry is only read here, so opening one (every CLI call, every app rerun) takes no lock.
-        """
-        if self._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION:
-            self._check_columns(self._connect())
-            return
+    def _init_schema(self, *, rebuild: bool = False) -> None:
+        """Check an existing registry (integrity, then that it is ours), or create the tables of a new one and,
+        when ``rebuild``, fill them from the run folders. An existing registry is only read (no lock taken)."""
+        if not rebuild:
+            problems = [row[0] for row in self._read("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise PafoEnvironmentError(self._format(MSG_CORRUPT_DB, detail=" ".join(problems[0].split())))
+            if self._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION:
+                self._check_columns(self._connect())
+                return
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise PafoInputError(MSG_FOREIGN_DB.format(path=self.db_path, detail=f"schema {version}"))
+                raise PafoEnvironmentError(self._format(MSG_FOREIGN_DB, detail=f"schema {version}"))
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
             self._check_columns(conn)
             for statement in filter(str.strip, _INDEXES.split(";")):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if rebuild:
+                self._restore_rows(conn)
 
     def _check_columns(self, conn: sqlite3.Connection) -> None:
         """Refuse an SQLite file whose ``runs`` table is not ours instead of failing later on a query."""
@@ -506,7 +595,97 @@ class RunRegistry:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
         missing = [name for name in _REQUIRED_COLUMNS if name not in columns]
         if missing:
-            raise PafoInputError(MSG_FOREIGN_DB.format(path=self.db_path, detail="columns " + ", ".join(missing)))
+            raise PafoEnvironmentError(self._format(MSG_FOREIGN_DB, detail="columns " + ", ".join(missing)))
+
+    # ---------------------------------------------------------------- run folders: config and status records
+
+    def _save_status(self, conn: sqlite3.Connection, run_id: str) -> None:
+        """Mirror the run's row into ``runs/<id>/status.json`` (inside the caller's transaction, so the file
+        follows the database's order of changes): what :meth:`rebuild` reads back."""
+        row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is not None:
+            record = {column: row[column] for column in _RECORD_COLUMNS}
+            atomic_write_text(self.run_dir(run_id) / STATUS_NAME, json.dumps(record, indent=1, sort_keys=True))
+
+    def _restore_rows(self, conn: sqlite3.Connection) -> tuple[int, list[str]]:
+        """Insert a row for every run folder that has none; returns (rows added, folders skipped)."""
+        added, skipped = 0, []
+        runs = self.home / RUNS_DIR
+        for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
+            values = self._row_from_folder(run_dir)
+            if values is None:
+                skipped.append(run_dir.name)
+                continue
+            columns = ", ".join(values)
+            cursor = conn.execute(f"INSERT OR IGNORE INTO runs ({columns}) VALUES ({', '.join('?' * len(values))})",
+                                  tuple(values.values()))
+            added += cursor.rowcount
+        return added, skipped
+
+    def _row_from_folder(self, run_dir: Path) -> dict | None:
+        """The ``runs`` row recorded in a run folder (status.json + config.json), or ``None`` if it holds none.
+
+        A folder from before status records existed keeps its config: it is listed as succeeded if it holds a
+        result, else as failed with the reason, and never reused (its code version is unknown).
+        """
+        try:
+            config = json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+            config_text = canonical_json(config)
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        try:
+            record = json.loads((run_dir / STATUS_NAME).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            record = None
+        if not isinstance(record, dict) or record.get("id") != run_dir.name or record.get("status") not in STATUSES:
+            has_result = (run_dir / RESULT_NAME).is_file()
+            record = {"id": run_dir.name, "created_at": run_dir.stat().st_mtime, "config_hash": config_hash(config),
+                      "dataset_fingerprint": "", "code_version": "unknown",
+                      "status": SUCCEEDED if has_result else FAILED, "progress": 1.0 if has_result else 0.0,
+                      "stage": "done" if has_result else FAILED,
+                      "result_path": f"{RUNS_DIR}/{run_dir.name}/{RESULT_NAME}" if has_result else None,
+                      "error": None if has_result else REASON_NO_STATUS.format(path=run_dir)}
+        defaults = {"progress": 0.0, "stage": "", "cancel_requested": 0, "dataset_fingerprint": "",
+                    "code_version": "unknown", "config_hash": config_hash(config), "created_at": time.time()}
+        values = {column: record.get(column, defaults.get(column)) for column in _RECORD_COLUMNS}
+        for column, default in defaults.items():
+            if values[column] is None:
+                values[column] = default
+        return {**values, "config_json": config_text}
+
+    def _ensure_row(self, conn: sqlite3.Connection, run_id: str) -> None:
+        """Re-register a run from its folder when its row is missing (the database was replaced mid-run)."""
+        if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            values = self._row_from_folder(self.run_dir(run_id))
+            if values is not None:
+                conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(values)}) "
+                             f"VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
+
+    @classmethod
+    def rebuild(cls, home: Path | str | None = None, **options: Any) -> tuple[RunRegistry, int, list[str], Path | None]:
+        """Move the database aside (if there is one) and rebuild it from the run folders.
+
+        Returns the new registry, how many runs it lists, the folders that held no run record, and where the old
+        file went. Workers still running reconnect to the new file on their next write.
+        """
+        home = ensure_home(Path(home)) if home is not None else pafo_home()
+        db_path, moved = home / DB_NAME, None
+        probe = cls.__new__(cls)  # only for the home lock: constructing a registry would open the damaged file
+        probe.home, probe.db_path = home, db_path
+        probe.lock_timeout = float(options.get("lock_timeout") or DEFAULT_LOCK_TIMEOUT)
+        with probe._home_lock():
+            if db_path.exists():
+                moved = db_path.with_name(f"{DB_NAME}.replaced-{new_run_id()}")
+                for suffix in ("", *DB_SIDE_FILES):
+                    source = Path(f"{db_path}{suffix}")
+                    if source.exists():
+                        os.replace(source, f"{moved}{suffix}")
+        registry = cls(home, **options)
+        rows = registry._read("SELECT COUNT(*) FROM runs")[0][0]
+        runs = home / RUNS_DIR
+        folders = sorted(p.name for p in runs.iterdir()) if runs.is_dir() else []
+        listed = {row[0] for row in registry._read("SELECT id FROM runs")}
+        return registry, rows, [name for name in folders if name not in listed], moved
 
     # ---------------------------------------------------------------- paths
 
@@ -549,14 +728,15 @@ class RunRegistry:
         return self.get(run_id, refresh=False)
 
     def _find_reusable(self, conn: sqlite3.Connection, digest: str, fingerprint: str, version: str):
-        """The newest succeeded run with the same cache key whose result file still exists."""
+        """The newest succeeded run with the same cache key whose artifacts still match the checksums recorded
+        when it was published (a truncated or edited result is retrained, never served)."""
         rows = conn.execute(
             "SELECT id, reused_from, result_path FROM runs WHERE config_hash = ? AND dataset_fingerprint = ? "
             "AND code_version = ? AND status = ? ORDER BY finished_at DESC, rowid DESC",
             (digest, fingerprint, version, SUCCEEDED),
         ).fetchall()
         for row in rows:
-            if row["result_path"] and (self.home / row["result_path"]).is_file():
+            if row["result_path"] and verify_manifest((self.home / row["result_path"]).parent) is None:
                 return row
         return None
 
@@ -576,9 +756,12 @@ class RunRegistry:
                     (run_id, now, finished, config_text, digest, fingerprint, version, status, progress, stage,
                      result_path, origin, parent_id, label),
                 )  # fmt: skip
-                return run_id
             except sqlite3.IntegrityError:
                 continue  # same second and same random tail: draw again
+            atomic_write_text(self.run_dir(run_id) / CONFIG_NAME, json.dumps(json.loads(config_text), indent=2,
+                                                                             sort_keys=True))
+            self._save_status(conn, run_id)
+            return run_id
 
     def get(self, run_id: str, *, refresh: bool = True) -> RunRecord:
         """One run; first reconciles and dispatches (unless ``refresh=False``) so the answer is current."""
@@ -651,6 +834,8 @@ class RunRegistry:
                 "AND (status = ? OR (status = ? AND (pid IS NULL OR pid = ?)))",
                 (RUNNING, pid, now, now, run_id, QUEUED, RUNNING, pid),
             )
+            if cursor.rowcount == 1:
+                self._save_status(conn, run_id)
             return cursor.rowcount == 1
 
     def update_progress(self, run_id: str, fraction: float, stage: str, metrics: dict | None = None) -> None:
@@ -698,16 +883,32 @@ class RunRegistry:
         return self._finish(run_id, CANCELLED, reason, stage="cancelled")
 
     def _finish(self, run_id: str, status: str, error: str | None, **fields: Any) -> bool:
-        """Move a run to a terminal status if its current status allows it; returns whether it did."""
+        """Move a run to a terminal status if its current status allows it; returns whether it did.
+
+        A run whose row is missing (its database was deleted and recreated while it ran) is first registered
+        again from its folder, so a finishing worker never loses its outcome.
+        """
         sources = [state for state, targets in TRANSITIONS.items() if status in targets]
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._write() as conn:
+            self._ensure_row(conn, run_id)
             cursor = conn.execute(
                 f"UPDATE runs SET status = ?, error = ?, finished_at = ?, {assignments} "
                 f"WHERE id = ? AND status IN ({', '.join('?' * len(sources))})",
                 (status, error, time.time(), *fields.values(), run_id, *sources),
             )
+            if cursor.rowcount == 1:
+                self._save_status(conn, run_id)
             return cursor.rowcount == 1
+
+    def _settle(self, run_id: str, outcome: Outcome) -> bool:
+        """End a run whose worker is gone or was killed: ``succeeded`` if it published its result (the manifest
+        matches), else ``outcome``. So a cancel or crash racing the end of a run has one defined result."""
+        run_dir = self.run_dir(run_id)
+        if is_published(run_dir):
+            return self._finish(run_id, SUCCEEDED, None, progress=1.0, stage=STAGE_RECOVERED,
+                                result_path=self._relative(run_dir / RESULT_NAME))
+        return self._finish(run_id, outcome.status, outcome.reason, stage=outcome.status)
 
     # ---------------------------------------------------------------- cancel
 
@@ -722,6 +923,7 @@ class RunRegistry:
                 "UPDATE runs SET status = ?, error = ?, finished_at = ?, stage = ? WHERE id = ? AND status = ?",
                 (CANCELLED, REASON_CANCELLED_QUEUED, time.time(), CANCELLED, run_id, QUEUED),
             )
+            self._save_status(conn, run_id)
         return self.get(run_id)
 
     def cancel(self, run_id: str, wait: float | None = None) -> RunRecord:
@@ -733,7 +935,7 @@ class RunRegistry:
             record = self.wait(run_id, timeout=wait, poll=0.1)
         if not record.done:
             self._kill_worker(run_id, record.pid)
-            self.mark_cancelled(run_id, REASON_CANCELLED_FORCED.format(after=wait))
+            self._settle(run_id, Outcome(CANCELLED, REASON_CANCELLED_FORCED.format(after=wait)))
             record = self.get(run_id)
         return record
 
@@ -775,7 +977,7 @@ class RunRegistry:
             )
             if outcome is not None:
                 self._kill_worker(run_id, pid)  # a stale worker may still be alive: do not leave it training
-                if self._finish(run_id, outcome.status, outcome.reason, stage=outcome.status):
+                if self._settle(run_id, outcome):
                     changes.append((run_id, outcome))
         return changes
 
@@ -825,6 +1027,7 @@ class RunRegistry:
                 "UPDATE runs SET status = ?, error = ?, finished_at = ?, stage = ? WHERE id = ?",
                 (FAILED, REASON_SPAWN_FAILED.format(detail=exc), now, FAILED, run_id),
             )
+            self._save_status(conn, run_id)
             return False
         with _SPAWNED_LOCK:
             _SPAWNED[run_id] = process
@@ -832,6 +1035,7 @@ class RunRegistry:
             "UPDATE runs SET status = ?, pid = ?, started_at = ?, heartbeat_at = ?, stage = ? WHERE id = ?",
             (RUNNING, process.pid, now, now, STAGE_STARTING, run_id),
         )
+        self._save_status(conn, run_id)
         return True
 
     def worker_command(self, run_id: str) -> list[str]:

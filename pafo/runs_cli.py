@@ -1,4 +1,4 @@
-"""``pafo runs start|list|show|wait|cancel``: background runs from the command line.
+"""``pafo runs start|list|show|wait|cancel|rebuild``: background runs from the command line.
 
 The experiment flags, their validation and the dataset fingerprint are injected by :mod:`pafo.cli`, so this
 module does not import it (and ``pafo runs start`` accepts exactly the flags of ``pafo experiment``). Handlers
@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
 from typing import TextIO
 
-from pafo.errors import PafoInputError
+from pafo.errors import EXIT_OK, EXIT_TIMEOUT, PafoInputError
 from pafo.registry import FORCE_CANCEL_AFTER, SUCCEEDED, RunRecord, RunRegistry
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "add_runs_commands"]
 
-EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 3
+EXIT_FAILED = 1  # the run failed or was cancelled (`runs wait`); EXIT_TIMEOUT (124): `runs wait` gave up
 LIST_COLUMNS = ("id", "status", "progress", "stage", "created", "reused_from", "label")
 MSG_NO_RUNS = "no runs yet: start one with `pafo runs start`"
-MSG_BAD_TIMEOUT = "--timeout must be a positive number of seconds, got {value}"
+MSG_BAD_TIMEOUT = ("--timeout must be a positive number of seconds, got {value} (leave it out to wait as long as "
+                   "the run takes)")
+MSG_REBUILT = "rebuilt the run registry from {runs}: {rows} run(s) listed{skipped}{moved}"
 
 
 def add_runs_commands(
@@ -49,7 +52,7 @@ def add_runs_commands(
     show.add_argument("--json", action="store_true", help="print one JSON object")
     show.set_defaults(handler=show_run)
 
-    wait = commands.add_parser("wait", help="wait for a run: exit 0 succeeded, 1 failed/cancelled, 3 timed out")
+    wait = commands.add_parser("wait", help="wait for a run: exit 0 succeeded, 1 failed/cancelled, 124 timed out")
     wait.add_argument("run_id", metavar="RUN_ID")
     wait.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds")
     wait.set_defaults(handler=wait_run)
@@ -57,6 +60,10 @@ def add_runs_commands(
     cancel = commands.add_parser("cancel", help="cancel a run (forced after 10 s)")
     cancel.add_argument("run_id", metavar="RUN_ID")
     cancel.set_defaults(handler=cancel_run)
+
+    rebuild = commands.add_parser("rebuild", help="move runs.sqlite aside and rebuild it from the run folders "
+                                                  "(after it was deleted or damaged)")
+    rebuild.set_defaults(handler=rebuild_runs)
     return runs
 
 
@@ -101,8 +108,8 @@ def show_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def wait_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Block until the run ends; the exit code says how (0 succeeded, 1 failed/cancelled, 3 timeout)."""
-    if args.timeout is not None and args.timeout <= 0:
+    """Block until the run ends; the exit code says how (0 succeeded, 1 failed/cancelled, 124 timeout)."""
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise PafoInputError(MSG_BAD_TIMEOUT.format(value=args.timeout))
     record = RunRegistry().wait(args.run_id, timeout=args.timeout)
     print(f"{record.id} {record.status}" + (f": {record.error}" if record.error else ""), file=out or sys.stdout)
@@ -115,6 +122,15 @@ def cancel_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Cancel cooperatively, killing the worker after 10 s; a run that already ended is left as it is."""
     record = RunRegistry().cancel(args.run_id, wait=FORCE_CANCEL_AFTER)
     print(f"{record.id} {record.status}" + (f": {record.error}" if record.error else ""), file=out or sys.stdout)
+    return EXIT_OK
+
+
+def rebuild_runs(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Recreate the registry from ``runs/*/`` (each run folder holds its config and status)."""
+    registry, rows, skipped, moved = RunRegistry.rebuild()
+    print(MSG_REBUILT.format(runs=registry.home / "runs", rows=rows,
+                             skipped=f"; folders without a run record: {', '.join(skipped)}" if skipped else "",
+                             moved=f"; the old file is {moved}" if moved else ""), file=out or sys.stdout)
     return EXIT_OK
 
 

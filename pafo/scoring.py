@@ -18,6 +18,7 @@ import torch
 
 from .errors import PafoInputError
 from .features import text_features
+from .manifest import MANIFEST_NAME, verify_manifest
 from .models import RewardModel, build_model
 from .sources.files import read_table, require_columns
 
@@ -55,20 +56,46 @@ class ScoringModel:
     run_dir: Path
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line (torch's load_state_dict errors span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PafoInputError(MSG_DAMAGED.format(path=path, detail=exc)) from exc
+        raise PafoInputError(MSG_DAMAGED.format(path=path, detail=_one_line(exc))) from exc
+    if not isinstance(data, dict):
+        raise PafoInputError(MSG_DAMAGED.format(path=path, detail="not a JSON object"))
+    return data
+
+
+def _check_published(run_dir: Path) -> None:
+    """A run directory with a manifest must still match it (older run directories have none)."""
+    if (run_dir / MANIFEST_NAME).exists() and (problem := verify_manifest(run_dir)) is not None:
+        raise PafoInputError(MSG_DAMAGED.format(path=run_dir, detail=problem))
+
+
+def _load_model(weights: Path) -> RewardModel:
+    from safetensors.torch import load_file
+
+    try:
+        model = build_model(_read_json(weights.with_suffix(".json")))
+        model.load_state_dict(load_file(str(weights)))
+    except PafoInputError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError; torch RuntimeError on shape mismatch
+        raise PafoInputError(MSG_DAMAGED.format(path=weights, detail=_one_line(exc))) from exc
+    return model
 
 
 def load_scoring_model(run_dir: str | Path, method: str = "pafo") -> ScoringModel:
     """Rebuild ``method``'s model of a run from its safetensors weights and JSON config."""
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
     if not (run_dir / "result.json").is_file():
         raise PafoInputError(MSG_NOT_A_RUN.format(path=run_dir))
+    _check_published(run_dir)
     result = _read_json(run_dir / "result.json")
     try:
         encoder = str(result["config"]["run"]["encoder"])
@@ -76,15 +103,13 @@ def load_scoring_model(run_dir: str | Path, method: str = "pafo") -> ScoringMode
         raise PafoInputError(MSG_DAMAGED.format(path=run_dir / "result.json", detail="no config.run.encoder")) from exc
     if encoder == "tfidf":
         raise PafoInputError(MSG_TFIDF_RUN.format(path=run_dir))
+    # Only a method the run trained names a file: no path ("../other/weights/pafo") reaches outside the run, and
+    # weights another run left in the folder are never used.
+    methods = list(result["methods"]) if isinstance(result.get("methods"), dict) else []
     weights = run_dir / "weights" / f"{method}.safetensors"
-    if not weights.is_file():
-        found = sorted(p.stem for p in (run_dir / "weights").glob("*.safetensors"))
-        raise PafoInputError(MSG_NO_WEIGHTS.format(path=run_dir, method=method, found=", ".join(found) or "none"))
-    try:
-        model = build_model(_read_json(weights.with_suffix(".json")))
-        model.load_state_dict(load_file(str(weights)))
-    except (TypeError, RuntimeError, OSError, ValueError) as exc:
-        raise PafoInputError(MSG_DAMAGED.format(path=weights, detail=exc)) from exc
+    if method not in methods or not weights.is_file():
+        raise PafoInputError(MSG_NO_WEIGHTS.format(path=run_dir, method=method, found=", ".join(methods) or "none"))
+    model = _load_model(weights)
     model.eval()
     user_ids = [str(u) for u in result.get("per_user", {}).get("user_id", [])]
     return ScoringModel(model, {u: i for i, u in enumerate(user_ids)}, encoder, method, run_dir)

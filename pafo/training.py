@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import MSG_DIVERGED, RunCancelled, TrainingDiverged
+from .errors import MSG_DIVERGED, RunCancelled, TrainingDivergedError
 from .method_configs import TrainConfig
 from .models import RewardModel, bt_loss, distillation_loss
 from .optim import AdamW
@@ -256,14 +256,14 @@ def train_model(
                 raise RunCancelled(stage)
             loss = objective(model, features, train.subset(order[begin : begin + config.batch_size]), penalty)
             if not torch.isfinite(loss):  # NaN/inf would train on and report accuracies of a broken model
-                raise TrainingDiverged(MSG_DIVERGED.format(stage=stage, value=float(loss), epoch=epoch))
+                raise TrainingDivergedError(MSG_DIVERGED.format(stage=stage, what=f"loss {float(loss)}", epoch=epoch))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * min(config.batch_size, len(train) - begin)
         val_margins = pair_margins(model, features, val)
         if not np.isfinite(val_margins).all():  # the last step can break the weights without a non-finite loss
-            raise TrainingDiverged(MSG_DIVERGED.format(stage=stage, value="non-finite margins", epoch=epoch))
+            raise TrainingDivergedError(MSG_DIVERGED.format(stage=stage, what="non-finite margins", epoch=epoch))
         metrics = {"epoch": epoch, "loss": total / max(len(train), 1), "val": group_accuracy(val_margins, val)}
         history.append(metrics)
         score = select(metrics["val"])

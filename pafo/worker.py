@@ -13,12 +13,16 @@ Target contract::
 
 The target writes its artifacts (result.json, per-user table, safetensors weights) atomically into ``out_dir``
 and raises :class:`pafo.errors.RunCancelled` when ``should_stop()`` turns true. If it returns a dict and wrote
-no result.json, the worker writes the dict there.
+no result.json, the worker writes the dict there. The worker then *publishes* the run (``manifest.json``: the
+checksums of its artifacts) and records it ``succeeded``; a cancel that arrives once the target has returned no
+longer stops it, so a run ends ``succeeded`` exactly when its result was published. Recording the final status
+is retried while the registry is locked or being rebuilt, and re-registers the run if its row is gone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import json
@@ -31,7 +35,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pafo.errors import PafoInputError, RunCancelled
+from pafo.errors import PafoEnvironmentError, PafoInputError, RunCancelled
+from pafo.manifest import write_manifest
 from pafo.paths import atomic_write_text
 from pafo.registry import (
     DEFAULT_STALE_AFTER,
@@ -50,10 +55,11 @@ __all__ = ["HEARTBEAT_INTERVAL", "StopFlag", "describe_error", "main", "resolve_
 HEARTBEAT_INTERVAL = 2.0  # seconds between heartbeats; the registry calls a run dead after DEFAULT_STALE_AFTER
 STOP_CACHE_SECONDS = 0.5  # should_stop reads the database at most this often
 PROGRESS_MIN_INTERVAL = 0.2  # progress rows are written at most this often unless the stage or metrics change
-CONFIG_NAME = "config.json"
+RECORD_PATIENCE = 120.0  # seconds a final status is retried while the registry is locked or being rebuilt
 
 MSG_NOT_MINE = "run %s is not queued or running for this worker (status %s, pid %s): nothing to do"
 MSG_BAD_TARGET = "cannot load run target {target!r}: {detail}"
+MSG_RECORD_RETRY = "could not record the outcome of run %s yet (%s): retrying"
 
 logger = logging.getLogger("pafo.worker")
 
@@ -120,9 +126,11 @@ class Heartbeat(threading.Thread):
     """Beats every few seconds and enforces a cancel the target ignores: ``force_after`` seconds after it sees
     the request it marks the run cancelled and kills its own process group, even if nobody waits on the cancel."""
 
-    def __init__(self, registry: RunRegistry, run_id: str, stop_flag: StopFlag, interval: float) -> None:
+    def __init__(self, registry: RunRegistry, run_id: str, stop_flag: StopFlag, interval: float,
+                 finishing: threading.Lock | None = None) -> None:
         super().__init__(name=f"pafo-heartbeat-{run_id}", daemon=True)
         self.registry, self.run_id, self.stop_flag, self.interval = registry, run_id, stop_flag, interval
+        self.finishing = finishing or threading.Lock()
         self.force_after = registry.force_cancel_after
         self._stopped = threading.Event()
         self._cancel_seen_at: float | None = None
@@ -147,9 +155,17 @@ class Heartbeat(threading.Thread):
         if self._cancel_seen_at is None:
             self._cancel_seen_at = now
         elif now - self._cancel_seen_at >= self.force_after and not self._stopped.is_set():
-            logger.warning("run %s ignored the cancel for %.0f s: killing it", self.run_id, self.force_after)
-            self.registry.mark_cancelled(self.run_id, REASON_CANCELLED_FORCED.format(after=self.force_after))
-            _kill_own_group()
+            if not self.finishing.acquire(blocking=False):
+                return  # the target returned and the run is being published: it ends succeeded on its own
+            # Killed while holding the lock, so the target cannot publish between the mark and the kill; a run
+            # that just ended keeps its status and goes on to dispatch the next one.
+            reason = REASON_CANCELLED_FORCED.format(after=self.force_after)
+            try:
+                if self.registry.mark_cancelled(self.run_id, reason):
+                    logger.warning("run %s ignored the cancel for %.0f s: killing it", self.run_id, self.force_after)
+                    _kill_own_group()
+            finally:
+                self.finishing.release()
 
 
 def _kill_own_group() -> None:
@@ -194,11 +210,11 @@ def run_worker(registry: RunRegistry, run_id: str, *, heartbeat_interval: float 
             registry.mark_cancelled(run_id, REASON_CANCELLED)
         registry.dispatch()
         return 1
-    stop_flag = StopFlag(registry, run_id)
-    heartbeat = Heartbeat(registry, run_id, stop_flag, heartbeat_interval)
+    stop_flag, finishing = StopFlag(registry, run_id), threading.Lock()
+    heartbeat = Heartbeat(registry, run_id, stop_flag, heartbeat_interval, finishing)
     heartbeat.start()
     try:
-        succeeded = _execute(registry, run_id, record.config, out_dir, stop_flag)
+        succeeded = _execute(registry, run_id, record.config, out_dir, stop_flag, finishing)
     finally:
         heartbeat.stop()
     registry.dispatch()
@@ -212,26 +228,49 @@ def _cancel_was_requested(registry: RunRegistry, run_id: str) -> bool:
         return False
 
 
-def _execute(registry: RunRegistry, run_id: str, config: dict, out_dir: Path, stop_flag: StopFlag) -> bool:
+def _record(action: Callable[..., bool], *args: object, patience: float = RECORD_PATIENCE) -> bool:
+    """Record a final status, retrying while the registry is locked, moved aside or rebuilt (the run's outcome
+    must not be lost to a busy moment); after ``patience`` seconds the error propagates."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return action(*args)
+        except PafoEnvironmentError as exc:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning(MSG_RECORD_RETRY, args[0], exc)
+            time.sleep(1.0)
+
+
+def _publish(out_dir: Path, result: object) -> Path:
+    """Keep or write result.json, then the manifest of every artifact: from here on the run is published."""
+    result_path = _write_result(out_dir, result)
+    write_manifest(out_dir)
+    return result_path
+
+
+def _execute(registry: RunRegistry, run_id: str, config: dict, out_dir: Path, stop_flag: StopFlag,
+             finishing: threading.Lock | None = None) -> bool:
     """Call the target and translate how it ended into exactly one final status."""
     logger.info("run %s started (pid %s)", run_id, os.getpid())
+    finishing = finishing or threading.Lock()
     try:
-        atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
         target = resolve_target(str(config.get("target", DEFAULT_TARGET)))
         result = target(config, out_dir=out_dir, progress=ProgressReporter(registry, run_id), should_stop=stop_flag)
-        result_path = _write_result(out_dir, result)
+        with finishing:  # the heartbeat's forced cancel waits: publishing and recording it belong together
+            result_path = _publish(out_dir, result)
+            _record(registry.mark_succeeded, run_id, result_path)
     except RunCancelled:
         logger.info("run %s cancelled", run_id)
-        registry.mark_cancelled(run_id, REASON_CANCELLED)
+        _record(registry.mark_cancelled, run_id, REASON_CANCELLED)
         return False
     except BaseException as exc:  # every failure, even SystemExit, must end as `failed`...
         logger.exception("run %s failed", run_id)
         if _cancel_was_requested(registry, run_id):  # ...unless the user cancelled it: then it is `cancelled`
-            registry.mark_cancelled(run_id, REASON_CANCELLED)
+            _record(registry.mark_cancelled, run_id, REASON_CANCELLED)
         else:
-            registry.mark_failed(run_id, describe_error(exc))
+            _record(registry.mark_failed, run_id, describe_error(exc))
         return False
-    registry.mark_succeeded(run_id, result_path)
     logger.info("run %s succeeded: %s", run_id, result_path)
     return True
 
@@ -251,10 +290,16 @@ def main(argv: list[str] | None = None) -> int:
             stale_after=args.stale_after,
             force_cancel_after=args.force_cancel_after,
         )
-        return run_worker(registry, args.run_id)
-    except PafoInputError as exc:
+    except PafoInputError as exc:  # no registry to record anything in: the spawner reads the exit code
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return run_worker(registry, args.run_id)
+    except BaseException as exc:  # the registry failed around the target: record why instead of vanishing
+        logger.exception("worker for run %s failed", args.run_id)
+        with contextlib.suppress(Exception):
+            registry.mark_failed(args.run_id, describe_error(exc))
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from pafo import registry as registry_module
-from pafo.errors import PafoInputError
+from pafo.errors import PafoEnvironmentError, PafoInputError
 from pafo.paths import PACKAGE_ROOT
 from pafo.registry import (
     CANCELLED,
@@ -267,14 +267,15 @@ def test_unknown_run_id_is_a_clear_error(reg: RunRegistry):
 
 def test_corrupt_database_file_is_a_clear_error(tmp_path: Path):
     (tmp_path / "runs.sqlite").write_bytes(b"this is not a database at all" * 100)
-    with pytest.raises(PafoInputError, match=r"runs.sqlite is not a readable SQLite database.*move it aside"):
+    with pytest.raises(PafoEnvironmentError, match=r"runs.sqlite is damaged or not a readable SQLite database.*"
+                                                   r"pafo runs rebuild"):
         RunRegistry(tmp_path)
 
 
 def test_foreign_sqlite_database_is_a_clear_error(tmp_path: Path):
     with sqlite3.connect(tmp_path / "runs.sqlite") as conn:
         conn.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, other TEXT)")
-    with pytest.raises(PafoInputError, match=r"not a PAFO run registry.*missing columns created_at"):
+    with pytest.raises(PafoEnvironmentError, match=r"not a PAFO run registry.*missing columns created_at"):
         RunRegistry(tmp_path)
 
 
@@ -285,7 +286,7 @@ def test_locked_database_is_a_clear_error_and_other_runs_untouched(reg: RunRegis
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         started = time.monotonic()
-        with pytest.raises(PafoInputError, match=r"runs.sqlite stayed locked by another process for more than 0.2 s"):
+        with pytest.raises(PafoEnvironmentError, match=r"runs.sqlite stayed locked by another process for more than 0.2 s"):
             impatient.submit(cfg(other=1), fingerprint="fp", start=False)
         assert time.monotonic() - started < 5
         assert RunRegistry(home, lock_timeout=0.2).get(kept, refresh=False).status == QUEUED  # reads still work
@@ -304,9 +305,9 @@ def test_bad_concurrency_limit_and_disk_full_database_are_clear_errors(home: Pat
     reg = RunRegistry(home)
     assert reg.max_concurrent == 3 and RunRegistry(home, max_concurrent=2).max_concurrent == 2
     full, malformed = sqlite3.OperationalError("database or disk is full"), sqlite3.DatabaseError("malformed")
-    with pytest.raises(PafoInputError, match=r"disk full while writing the run registry .*runs.sqlite: free space"):
+    with pytest.raises(PafoEnvironmentError, match=r"disk full while writing the run registry .*runs.sqlite: free"):
         _raise_inside(reg, full)
-    with pytest.raises(PafoInputError, match=r"\(malformed\): move it aside"):
+    with pytest.raises(PafoEnvironmentError, match=r"\(malformed\): run `pafo runs rebuild`"):
         _raise_inside(reg, malformed)
 
 
@@ -590,7 +591,7 @@ def test_cli_exit_codes_for_failure_cancel_timeout_and_bad_input(home: Path, cap
         assert cli_main(["wait", failed, "--timeout", "20"]) == 1
         assert "failed: ValueError: boom" in capsys.readouterr().out
         looping = reg.submit(cfg("tests.run_targets:until_cancelled"), fingerprint="x").id
-        assert cli_main(["wait", looping, "--timeout", "0.3"]) == 3
+        assert cli_main(["wait", looping, "--timeout", "0.3"]) == 124
         assert cli_main(["cancel", looping]) == 0
         assert f"{looping} cancelled" in capsys.readouterr().out
         assert cli_main(["wait", looping]) == 1

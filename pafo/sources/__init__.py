@@ -11,7 +11,6 @@ from typing import Literal
 
 from ..config import BAD_CHOICE, OUT_OF_RANGE, option, validate_options
 from ..dataset import PreferenceDataset, validate_dataset
-from ..errors import PafoInputError
 from ..simulate import parse_shares
 from .dsp import DOMAINS, load_dsp
 from .pairs import load_pairs

@@ -32,8 +32,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..dataset import PreferenceDataset
 from ..config import OUT_OF_RANGE, check_range
+from ..dataset import PreferenceDataset
 from ..simulate import normalise_shares, sample_personas, simulate_pairs, zscore_columns
 
 __all__ = ["ATTRIBUTES", "JUDGE_TASTES", "default_shares", "make_synthetic", "synthetic_judges"]
