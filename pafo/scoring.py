@@ -56,9 +56,10 @@ class ScoringModel:
     run_dir: Path
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception's text on one line (torch's load_state_dict errors span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+def _one_line(exc: BaseException, limit: int = 240) -> str:
+    """An exception's text on one line (torch's load_state_dict errors span several), cut after ``limit``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_json(path: Path) -> dict:

@@ -256,7 +256,7 @@ def train_model(
                 raise RunCancelled(stage)
             loss = objective(model, features, train.subset(order[begin : begin + config.batch_size]), penalty)
             if not torch.isfinite(loss):  # NaN/inf would train on and report accuracies of a broken model
-                raise TrainingDivergedError(MSG_DIVERGED.format(stage=stage, what=f"loss {float(loss)}", epoch=epoch))
+                raise TrainingDivergedError(MSG_DIVERGED.format(stage=stage, what=f"loss {loss.item()}", epoch=epoch))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
