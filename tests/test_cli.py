@@ -15,6 +15,7 @@ import pytest
 from pafo import cli, simulate
 from pafo import dataset as dataset_mod
 from pafo import support as support_mod
+from pafo.config import OUT_OF_RANGE
 from pafo.sources import BAD_FRACTION, DataConfig, files, load_dataset, pairs
 from pafo.sources.personalllm import HUB_ID
 
@@ -155,7 +156,7 @@ def bad_case(case: str, tmp_path: Path, write_table, pairs_frame) -> tuple[list,
     if case == "shares-not-positive":
         return [*SMALL, "--shares", "thorough=0,practical=0,witty=0,brief=0"], simulate.SHARES_NOT_POSITIVE, []
     if case == "negative-alpha":
-        return [*SMALL, "--alpha=-1"], simulate.NEGATIVE_ALPHA, ["-1.0"]
+        return [*SMALL, "--alpha=-1"], OUT_OF_RANGE, ["--alpha", "> 0", "-1.0"]
     if case == "quantile-outside":
         return [*SMALL, "--minority-quantile", "1.5"], support_mod.BAD_QUANTILE, ["1.5"]
     if case == "exact-without-personas":
@@ -214,7 +215,7 @@ def test_unreadable_file_is_reported(tmp_path, capsys, monkeypatch, write_table,
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--dataset", "nope"], "invalid choice: 'nope'"),
-    (["--users", "many"], "invalid int value: 'many'"),
+    (["--users", "many"], "expected a whole number, got 'many'"),
     (["--minority-quantile", "0.1", "--minority-threshold", "0.5"], "not allowed with argument"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, fragment, capsys):
