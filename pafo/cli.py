@@ -186,7 +186,7 @@ def _staged_out_dir(out_dir: str | None):
     """A temporary sibling of --out-dir; it replaces --out-dir only when the experiment succeeded."""
     if not out_dir:
         return None
-    target = Path(out_dir)
+    target = Path(out_dir).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
 
@@ -200,7 +200,7 @@ def _publish(staging: Path, out_dir: str) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; the published folder gets the usual mode
-    target = Path(out_dir)
+    target = Path(out_dir).resolve()
     replaced = target.with_name(f".{target.name}.replaced-{secrets.token_hex(4)}")
     if target.exists() or target.is_symlink():
         os.rename(target, replaced)

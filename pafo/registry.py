@@ -490,28 +490,8 @@ class RunRegistry:
             raise
         return conn
 
-    @contextlib.contextmanager
-    def _home_lock(self) -> Iterator[None]:
-        """An exclusive lock on ``<home>/runs.lock`` (waits up to ``lock_timeout``)."""
-        try:
-            handle = open(self.home / LOCK_NAME, "a+b")  # noqa: SIM115 - held across the yield
-        except OSError as exc:
-            raise PafoEnvironmentError(MSG_READONLY_DB.format(path=self.db_path, home=self.home,
-                                                              detail=exc.strerror or exc)) from None
-        deadline = time.monotonic() + self.lock_timeout
-        try:
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise PafoEnvironmentError(MSG_LOCKED_DB.format(path=self.home / LOCK_NAME,
-                                                                        timeout=self.lock_timeout)) from None
-                    time.sleep(0.05)
-            yield
-        finally:
-            handle.close()  # closing releases the lock
+    def _home_lock(self) -> contextlib.AbstractContextManager[None]:
+        return _home_lock(self.home, self.lock_timeout)
 
     def close(self) -> None:
         """Close this thread's connection (other threads close theirs when they end)."""
@@ -672,10 +652,7 @@ class RunRegistry:
         """
         home = ensure_home(Path(home)) if home is not None else pafo_home()
         db_path, moved = home / DB_NAME, None
-        probe = cls.__new__(cls)  # only for the home lock: constructing a registry would open the damaged file
-        probe.home, probe.db_path = home, db_path
-        probe.lock_timeout = float(options.get("lock_timeout") or DEFAULT_LOCK_TIMEOUT)
-        with probe._home_lock():
+        with _home_lock(home, float(options.get("lock_timeout") or DEFAULT_LOCK_TIMEOUT)):
             if db_path.exists():
                 moved = db_path.with_name(f"{DB_NAME}.replaced-{new_run_id()}")
                 for suffix in ("", *DB_SIDE_FILES):
@@ -1047,6 +1024,33 @@ class RunRegistry:
             "--max-concurrent", str(self.max_concurrent), "--stale-after", str(self.stale_after),
             "--force-cancel-after", str(self.force_cancel_after),
         ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- home lock
+
+
+@contextlib.contextmanager
+def _home_lock(home: Path, timeout: float) -> Iterator[None]:
+    """An exclusive lock on ``<home>/runs.lock`` (waits up to ``timeout`` seconds): held while a missing database
+    is created and filled from the run folders, and while ``rebuild`` moves one aside."""
+    try:
+        handle = open(home / LOCK_NAME, "a+b")  # noqa: SIM115 - held across the yield
+    except OSError as exc:
+        raise PafoEnvironmentError(MSG_READONLY_DB.format(path=home / DB_NAME, home=home,
+                                                          detail=exc.strerror or exc)) from None
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PafoEnvironmentError(MSG_LOCKED_DB.format(path=home / LOCK_NAME, timeout=timeout)) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 # --------------------------------------------------------------------------------------------- child processes

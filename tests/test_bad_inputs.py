@@ -484,3 +484,26 @@ def test_non_finite_loss_stops_training_with_a_clear_error(tmp_path, capsys, mon
     assert (code, out) == (2, "") and len(err.splitlines()) == 1
     assert "baseline: training diverged at epoch 1" in err and "lower --lr" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # no result, no out-dir, no staging folder
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_app_path_input_refuses_files_that_never_end(kind, earlier, tmp_path, monkeypatch):
+    """The Data page's path box goes through the same check as the CLI: a FIFO or a link to /dev/zero is an
+    st.error naming it, not a page that hangs or runs out of memory."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PAFO_HOME", str(tmp_path / "home"))
+    path = tmp_path / "x.csv"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    at = AppTest.from_file(str(PACKAGE_ROOT / "app.py"), default_timeout=120).run()
+    at.segmented_control(key="data_source").set_value("pairs").run()
+    at.text_input(key="path_pairs").set_value(str(path))
+    at.form_submit_button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    messages = [e.value for e in at.error]
+    assert any(str(path) in m and "not a regular file" in m for m in messages), messages
+    assert at.session_state["data_config"]["dataset"] == "synthetic"  # the previous dataset stays current
