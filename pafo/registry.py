@@ -25,6 +25,7 @@ otherwise ``cancelled``/``failed``, and only a run whose artifacts still match t
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -585,9 +586,17 @@ class RunRegistry:
         """Mirror the run's row into ``runs/<id>/status.json`` (inside the caller's transaction, so the file
         follows the database's order of changes): what :meth:`rebuild` reads back."""
         row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is not None:
-            record = {column: row[column] for column in _RECORD_COLUMNS}
-            atomic_write_text(self.run_dir(run_id) / STATUS_NAME, json.dumps(record, indent=1, sort_keys=True))
+        if row is None:
+            return
+        record = {column: row[column] for column in _RECORD_COLUMNS}
+        path = self.run_dir(run_id) / STATUS_NAME
+        try:
+            atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+        except OSError as exc:  # the change is rolled back with it: the folder and the database never disagree
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise PafoEnvironmentError(MSG_DISK_FULL.format(file=path)) from exc
+            raise PafoEnvironmentError(MSG_READONLY_DB.format(path=path, home=self.home,
+                                                              detail=exc.strerror or exc)) from exc
 
     def _restore_rows(self, conn: sqlite3.Connection) -> tuple[int, list[str]]:
         """Insert a row for every run folder that has none; returns (rows added, folders skipped)."""
