@@ -402,7 +402,7 @@ def _add_audit(sub) -> None:
     parser.add_argument("--per-user-csv", metavar="OUT", help="write per-user accuracies (acc_NAME) here")
     parser.add_argument("--export-pairs", metavar="OUT", help="only write the evaluated pairs (user_id, prompt, "
                                                               "chosen, rejected, pair_id) for a model to score")
-    parser.set_defaults(handler=cmd_audit)
+    parser.set_defaults(handler=cmd_audit, output_files=("json", "per_user_csv", "export_pairs"))
 
 
 def _add_runs(sub) -> None:
