@@ -32,9 +32,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .config import dataclass_from_dict, option
+from .config import dataclass_from_dict, option, validate_options
 from .errors import PafoInputError, RunCancelled
-from .method_configs import RunSettings
+from .method_configs import MAX_BOOTSTRAP, RunSettings
 from .paths import atomic_write_text
 from .registry import AUDIT_TARGET
 from .sources import DataConfig, dataset_fingerprint, load_dataset
@@ -78,8 +78,6 @@ MSG_DUPLICATE_NAME = "audit: the model name {name!r} is given twice; give each -
 MSG_BAD_REFERENCE = "--reference: {name!r} is not one of the audited models ({names})"
 MSG_UNKNOWN_KIND = "audit config: source kind {kind!r} is not one of " + ", ".join(SOURCE_KINDS)
 MSG_UNKNOWN_SECTION = "audit config: unknown section {key!r}; known: {known}"
-MSG_BAD_BOOTSTRAP = "--bootstrap: must be ≥ 10 resamples (got {value})"
-MSG_BAD_MAX_LENGTH = "--max-length: must be ≥ 8 tokens (got {value})"
 MSG_NO_MARGIN = ("{path}: needs a 'margin' column, or both 'score_chosen' and 'score_rejected' (found: {found}); "
                  "margin is the model's r(chosen) − r(rejected) for the row's user")
 MSG_BOTH_MARGINS = ("{path}: has both 'margin' and 'score_chosen'/'score_rejected'; keep one of them so the margin "
@@ -123,21 +121,19 @@ class AuditSettings:
         "auto", "pairs to evaluate: auto = test pairs, or every pair when a pairs file has no split column")
     allow_missing: bool = option(False, "audit only the pairs a model has predictions for and report coverage per "
                                         "group, instead of failing on missing pairs")
-    bootstrap: int = option(_DEFAULTS.bootstrap, "bootstrap resamples (over users) for confidence intervals")
+    bootstrap: int = option(_DEFAULTS.bootstrap, "bootstrap resamples (over users) for confidence intervals", ge=10,
+                            le=MAX_BOOTSTRAP)
     encoder: str = option(_DEFAULTS.encoder, "text encoder of the model support estimator (pairs without co-labels "
                                              "or personas); use the training run's to get its groups")
     device: Literal["cpu", "cuda"] = option("cpu", "--model: where the reward model runs")
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "--model: bf16 only where the device computes it "
                                                                 "natively (auto), or always fp32/bf16")
-    batch_size: int = option(16, "--model: (prompt, response) texts per forward pass")
-    max_length: int | None = option(None, "--model: truncate texts to this many tokens (default: the model's limit)")
+    batch_size: int = option(16, "--model: (prompt, response) texts per forward pass", ge=1, le=4096)
+    max_length: int | None = option(None, "--model: truncate texts to this many tokens (default: the model's limit)",
+                                    ge=8, le=1_000_000)
 
     def validate(self) -> AuditSettings:
-        if self.bootstrap < 10:
-            raise PafoInputError(MSG_BAD_BOOTSTRAP.format(value=self.bootstrap))
-        if self.max_length is not None and self.max_length < 8:
-            raise PafoInputError(MSG_BAD_MAX_LENGTH.format(value=self.max_length))
-        return self
+        return validate_options(self)
 
 
 @dataclass
