@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.common import machine
+
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS_app.md"
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGES = ("data", "support", "train", "compare", "users", "whatif")
@@ -253,18 +255,6 @@ def time_browser(home: Path, run_id: str, repeats: int) -> list[dict]:
     return rows
 
 
-def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
 def write_results(args, setup: dict, pages: list[dict], figures: list[dict], load: tuple[float, float],
                   browser: list[dict] | None = None) -> str:
     import plotly
@@ -272,7 +262,7 @@ def write_results(args, setup: dict, pages: list[dict], figures: list[dict], loa
 
     lines = [
         "## App page render time (`bench/app_render.py`)", "",
-        f"- Machine: {_machine()}",
+        f"- Machine: {machine()}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- Command: `{' '.join(['python -m bench.app_render', *sys.argv[1:]])}`",
         f"- Python {platform.python_version()}, Streamlit {streamlit.__version__}, Plotly {plotly.__version__}",

@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import machine
 from pafo.encoders import (
     BF16_MAX_COS_ERROR,
     configure_torch_threads,
@@ -113,11 +113,8 @@ def _machine() -> dict[str, str]:
     import torch
     import transformers
 
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
     return {
-        "cpu": fields.get("Model name", "?").strip(),
-        "cores": f"{fields.get('CPU(s)', '?').strip()} CPUs, {len(os.sched_getaffinity(0))} usable",
+        "machine": machine(),
         "torch_threads": str(torch.get_num_threads()),
         "versions": f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"sentence-transformers {sentence_transformers.__version__}",
@@ -160,7 +157,7 @@ def _report(args: argparse.Namespace, candidates: list[Candidate], n_texts: int,
         "",
         f"- command (from the repository root): `{notes['command']}`",
         f"- date: {notes['date']}",
-        f"- machine: {machine['cpu']}; {machine['cores']}; torch threads {machine['torch_threads']}",
+        f"- machine: {machine['machine']}; torch threads {machine['torch_threads']}",
         f"- software: {machine['versions']}",
         f"- load average (1/5/15 min) at start: {notes['load_start']}; at end: {machine['load']} "
         "(other jobs shared the machine)",

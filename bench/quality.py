@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
+from bench.common import machine
 from pafo import diagnostics
 from pafo.compare import paired_comparison
 from pafo.diagnostics import user_accuracy_of
@@ -276,16 +275,6 @@ def speed_lines(encoder: str, seeds: list[int]) -> list[str]:
                  f"embeddings cache {cold:.1f} s, warm {np.median(warm):.1f} s median of "
                  f"{', '.join(f'{w:.1f}' for w in warm)} s")
     return lines
-
-
-def machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return (f"{model}; {os.cpu_count()} cores; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f} "
-            "at the end")
 
 
 def quality_sections(dataset: str, seeds: list[int], encoder: str, seed_text: str) -> list[str]:

@@ -17,13 +17,13 @@ import os
 import platform
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.common import machine
 from pafo.paths import PACKAGE_ROOT, atomic_write_text
 from pafo.registry import STAGE_STARTING, SUCCEEDED, RunRegistry
 from pafo.worker import ProgressReporter
@@ -123,23 +123,13 @@ def measure_progress_overhead(home: Path, updates: int) -> dict[str, tuple[float
     return results
 
 
-def _machine() -> str:
-    """CPU model and core count, for the results file."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
 def _report(latency: dict, overhead: dict, runs: int, updates: int, command: str) -> str:
     """The markdown written to RESULTS_registry.md (and printed)."""
     base = overhead["registry.update_progress"][0]
     lines = [
         "## Run registry (`bench/registry.py`)",
         "",
-        f"- Machine: {_machine()}",
+        f"- Machine: {machine()}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"- Command: `{command}`",
         f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL)",

@@ -33,8 +33,6 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
-import re
 import resource
 import subprocess
 import sys
@@ -42,6 +40,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.common import machine
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS_support.md"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -346,23 +346,6 @@ def model_vs_exact(dataset, encoder: str, quantile: float = 0.2) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = re.search(r"^Model name:\s*(.+)$", lscpu, re.MULTILINE)
-        model_name = model.group(1).strip() if model else platform.processor()
-    except OSError:
-        model_name = platform.processor()
-    memory = ""
-    try:
-        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        memory = f", {kib / 2**20:.0f} GiB RAM"
-    except (OSError, AttributeError):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model_name}; {os.cpu_count()} CPUs ({usable} usable){memory}; Python {platform.python_version()}"
-
-
 def _software() -> str:
     import numpy
     import sklearn
@@ -569,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     command = " ".join(["python -m bench.support", *(sys.argv[1:] if argv is None else argv)])
     notes = {"command": command, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-             "load_start": _load(), "machine": _machine()}
+             "load_start": _load(), "machine": machine()}
     # Part 1 first, while this process is small: a child's ru_maxrss starts at its parent's peak.
     cases = _cases(args.quick)
     with tempfile.TemporaryDirectory(prefix="pafo-bench-support-") as workdir:
