@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import time
 import typing
 from dataclasses import dataclass
@@ -25,22 +26,32 @@ from .paths import pafo_home
 __all__ = [
     "DEMO_ENCODER",
     "DEMO_METHODS",
+    "DEMO_SEEDS",
+    "FIELD_LABELS",
     "SOURCE_LABELS",
     "FieldSpec",
     "config_diff",
     "data_config_dict",
+    "dataset_label",
     "default_data_dict",
     "demo_config",
+    "display_path",
     "experiment_config",
     "field_specs",
+    "form_changes",
     "form_to_dataclass",
+    "friendly_paths",
+    "grouping_rule",
     "history_frame",
     "known_fields",
+    "metric_delta",
     "pair_counts",
     "pareto_points",
+    "pareto_records",
     "run_row",
     "runs_table",
     "save_upload",
+    "seeds_text",
     "shares_text",
     "source_fields",
     "source_kind",
@@ -53,6 +64,12 @@ __all__ = [
 #: features leave almost no gap to close; the first run embeds ~1,100 texts (~15-30 s here), later runs hit the cache.
 DEMO_METHODS = "baseline,pafo"
 DEMO_ENCODER = "minilm"
+#: The demo's seeds: one, because three did not reach Compare within a minute on 2 cores from a cold start (each
+#: synthetic seed draws its own response texts to embed; bench/RESULTS_app.md has the times). The demo says that
+#: a single seed is no evidence.
+DEMO_SEEDS = "0"
+#: Form labels where the flag name would mislead: a user's training pairs include the validation pair(s).
+FIELD_LABELS = {"train_pairs": "train + val pairs per user", "test_pairs": "test pairs per user"}
 
 SOURCE_LABELS = {
     "synthetic": "Synthetic demo",
@@ -68,6 +85,7 @@ SYNTHETIC_FIELDS = ("prompts", "responses_per_prompt", "judges", "minority_homog
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
 BAD_UPLOAD_SUFFIX = "{name}: unsupported file type {suffix!r}; upload a .csv, .jsonl, .json or .parquet file"
 EMPTY_UPLOAD = "{name}: the uploaded file is empty; choose the file again or export it anew"
+UPLOADS = "uploads"
 NO_PARENT_RESULT = "run {run_id} has no result to compare with (status {status})"
 
 
@@ -100,7 +118,8 @@ def field_specs(cls: type, include: tuple[str, ...] | None = None, exclude: tupl
         base = args[0] if optional and args else hint
         choices = field_choices(cls, field)
         kind = "choice" if choices else {bool: "bool", int: "int", float: "float"}.get(base, "str")
-        label = field.metadata.get("flag", "--" + field.name.replace("_", "-")).removeprefix("--").replace("-", " ")
+        label = FIELD_LABELS.get(field.name) or field.metadata.get(
+            "flag", "--" + field.name.replace("_", "-")).removeprefix("--").replace("-", " ")
         specs.append(FieldSpec(field.name, label, field.metadata.get("help", ""), kind, field.default, optional,
                                tuple(choices) if choices else None))
     if include is not None:
@@ -164,20 +183,49 @@ def data_config_dict(config) -> dict:
 
 
 def save_upload(name: str, data: bytes, home: Path | None = None) -> Path:
-    """Store uploaded bytes as ``<home>/uploads/<content hash><suffix>`` (idempotent) and return the path."""
-    suffix = Path(name).suffix.lower()
+    """Store uploaded bytes as ``<home>/uploads/<content hash>/<file name>`` (idempotent) and return the path.
+
+    The hash folder keeps two different files of the same name apart; the file keeps its own name, so the sidebar,
+    the forms, the runs table and error messages can say "mine.csv" instead of an internal path.
+    """
+    base = Path(name).name or "upload"
+    suffix = Path(base).suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
         raise PafoInputError(BAD_UPLOAD_SUFFIX.format(name=name, suffix=suffix or "(none)"))
     if not data:
         raise PafoInputError(EMPTY_UPLOAD.format(name=name))
-    folder = (home or pafo_home()) / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:20]}{suffix}"
+    folder = (home or pafo_home()) / UPLOADS / hashlib.sha256(data).hexdigest()[:20]
+    path = folder / (Path(base).stem + suffix)
     if not path.exists():
         from .paths import atomic_write_bytes
 
         atomic_write_bytes(path, data)
     return path
+
+
+def _uploads_pattern() -> re.Pattern:
+    return re.compile(re.escape(str(pafo_home() / UPLOADS)) + r"/[0-9a-f]+/")
+
+
+def display_path(path: str | None) -> str:
+    """How a data path is shown: an upload by its file name, a local file by its name, a hub id or URL as is."""
+    if not path:
+        return ""
+    text = str(path)
+    from .sources.files import is_remote
+
+    return text if is_remote(text) else Path(text).name
+
+
+def friendly_paths(message: str) -> str:
+    """``message`` with every stored upload's internal path shortened to the uploaded file's name."""
+    return _uploads_pattern().sub("", str(message))
+
+
+def dataset_label(data: dict) -> str:
+    """One short name of a DataConfig dict for the sidebar, forms and tables: "synthetic", "pairs: mine.csv"."""
+    source = data.get("dataset", "?")
+    return f"{source}: {display_path(data.get('path'))}" if source != "synthetic" and data.get("path") else source
 
 
 def pair_counts(dataset) -> pd.DataFrame:
@@ -194,21 +242,44 @@ def shares_text(shares: dict | None) -> str:
 
 
 def experiment_config(data: dict, groups: dict, run: dict | None = None, train: dict | None = None,
-                      pafo: dict | None = None, groupdro: dict | None = None):
-    """A validated :class:`pafo.experiment.ExperimentConfig` from the pages' plain dicts."""
+                      pafo: dict | None = None, groupdro: dict | None = None, seeds: str | list | None = None):
+    """A validated :class:`pafo.experiment.ExperimentConfig` from the pages' plain dicts; ``seeds`` as typed in
+    a form ("0-2", "0,3,7"; blank: the dataset's one seed)."""
     from .experiment import ExperimentConfig
 
-    return ExperimentConfig.from_dict({"data": data, "groups": groups, "run": run or {}, "train": train or {},
-                                       "pafo": pafo or {}, "groupdro": groupdro or {}})
+    values = {"data": data, "groups": groups, "run": run or {}, "train": train or {}, "pafo": pafo or {},
+              "groupdro": groupdro or {}}
+    if seeds not in (None, "") and not (isinstance(seeds, str) and not seeds.strip()):
+        values["seeds"] = seeds
+    return ExperimentConfig.from_dict(values)
 
 
-def demo_config(encoder: str = DEMO_ENCODER):
-    """The one-click demo experiment: default synthetic data, baseline and PAFO."""
+def seeds_text(seeds) -> str:
+    """Seeds as a form shows them: [0, 1, 2, 5] → "0-2,5"."""
+    seeds = list(seeds or [])
+    parts, i = [], 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if j == i else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def form_changes(values: dict, defaults: dict) -> list[tuple[str, Any, Any]]:
+    """The ``(section.field, value, default)`` triples where experiment forms differ from their defaults."""
+    return [(key, value, default) for key, value, default in
+            ((k, v, _flatten(defaults).get(k)) for k, v in _flatten(values).items()) if value != default]
+
+
+def demo_config(encoder: str = DEMO_ENCODER, seeds: str = DEMO_SEEDS):
+    """The one-click demo experiment: default synthetic data, baseline and PAFO, on :data:`DEMO_SEEDS`."""
     from .sources import DataConfig
     from .support import GroupConfig
 
     return experiment_config(dataclasses.asdict(DataConfig()), dataclasses.asdict(GroupConfig()),
-                             {"encoder": encoder, "methods": DEMO_METHODS})
+                             {"encoder": encoder, "methods": DEMO_METHODS}, seeds=seeds)
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:
@@ -236,12 +307,16 @@ def whatif_config(parent: dict, changes: dict[str, Any]) -> dict:
 
     child = {k: (dict(v) if isinstance(v, dict) else v) for k, v in parent.items()}
     for key, value in changes.items():
+        if key == "seeds":  # the one top-level field: blank keeps data.seed alone
+            child.pop("seeds", None)
+            if value not in (None, "") and str(value).strip():
+                child["seeds"] = value
+            continue
         section, _, name = key.partition(".")
         if not name:
             raise PafoInputError(f"what-if change {key!r} must name section.field, e.g. pafo.lam")
         child.setdefault(section, {})[name] = value
-    ExperimentConfig.from_dict(child)  # raises PafoInputError for a bad value
-    return child
+    return ExperimentConfig.from_dict(child).to_dict()  # validated (PafoInputError) and in its one spelling
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -258,9 +333,7 @@ def run_row(record) -> dict:
     """One row of the runs table for a :class:`pafo.registry.RunRecord`."""
     config = record.config or {}
     data, run = config.get("data") or {}, config.get("run") or {}
-    source = data.get("dataset", "?")
-    if source != "synthetic" and data.get("path"):
-        source = f"{source}: {Path(str(data['path'])).name}"
+    source = dataset_label(data)
     return {
         "run": record.id,
         "status": record.status,
@@ -269,6 +342,7 @@ def run_row(record) -> dict:
         "label": record.label or "",
         "methods": run.get("methods", ""),
         "encoder": run.get("encoder", ""),
+        "seeds": seeds_text(config.get("seeds") or [data.get("seed", 0)]),
         "dataset": f"{source} ({data.get('users', '?')} users)" if data.get("dataset") != "pairs" else source,
         "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at)),
         "seconds": None if _duration(record) is None else round(_duration(record), 1),
@@ -280,8 +354,8 @@ def run_row(record) -> dict:
 
 def runs_table(records) -> pd.DataFrame:
     """The runs table (newest first, as the registry lists them)."""
-    columns = ["run", "status", "progress", "stage", "label", "methods", "encoder", "dataset", "created", "seconds",
-               "reused", "parent", "error"]
+    columns = ["run", "status", "progress", "stage", "label", "methods", "encoder", "seeds", "dataset", "created",
+               "seconds", "reused", "parent", "error"]
     return pd.DataFrame([run_row(r) for r in records], columns=columns)
 
 
@@ -295,6 +369,55 @@ def history_frame(epochs: list[dict]) -> pd.DataFrame:
                      "val_minority": val.get("minority")})
     return pd.DataFrame(rows, columns=["step", "stage", "epoch", "loss", "val_overall", "val_majority",
                                        "val_minority"])
+
+
+def grouping_rule(groups: dict | None) -> tuple:
+    """What decides who is in the minority: the estimator and the threshold, or the quantile when there is none."""
+    groups = groups or {}
+    threshold = groups.get("minority_threshold")
+    cut = ("threshold", float(threshold)) if threshold is not None else (
+        "quantile", float(groups.get("minority_quantile") or 0.2))
+    return (groups.get("estimator", "auto"), *cut)
+
+
+def pareto_records(records: list, current, *, every_dataset: bool = False) -> list:
+    """The finished runs a Pareto view of ``current`` compares: by default those on the same dataset fingerprint
+    (same data and seeds) and grouping rule, since accuracies of other users or other groups are not comparable;
+    ``every_dataset``: all of them. A run reused from another shows once (it is the same result)."""
+    rule = grouping_rule((current.config or {}).get("groups"))
+    kept, results = [], set()
+    # A result shows once, under the current run if it is one of them, else under the run that trained it.
+    for record in sorted(records, key=lambda r: (r.id != current.id, r.reused_from is not None)):
+        if not every_dataset and (record.dataset_fingerprint != current.dataset_fingerprint
+                                  or grouping_rule((record.config or {}).get("groups")) != rule):
+            continue
+        if record.result_path and record.result_path in results:
+            continue
+        results.add(record.result_path)
+        kept.append(record)
+    return kept
+
+
+def metric_delta(value: float | None, reference: float | None, *, absolute: bool = False, lower_is_better=False,
+                 unit: str = "pts", change: float | None = None) -> dict:
+    """``st.metric``'s delta arguments for value − reference in points of a percentage (fractions in, one decimal).
+
+    ``absolute`` compares sizes (|value| − |reference|), as a group gap must be judged: −18.8 is worse than −16.7.
+    ``change`` overrides the difference (the paired delta, so a card and its verdict show the same number).
+    Arrow and colour are explicit (the arrow shows the direction of the change, green/red whether it is better),
+    and a change that rounds to 0.0 gets neither.
+    """
+    if change is None and (value is None or reference is None):
+        return {"delta": None}
+    if change is None:
+        change = (abs(value) - abs(reference)) if absolute else (value - reference)
+    points = round(100 * change, 1)
+    prefix = "|gap| " if absolute else ""
+    if points == 0:
+        return {"delta": f"{prefix}0.0 {unit}", "delta_color": "gray", "delta_arrow": "off"}
+    better = (points > 0) != lower_is_better
+    return {"delta": f"{prefix}{points:+.1f} {unit}".replace("-", "−"), "delta_color": "green" if better else "red",
+            "delta_arrow": "up" if points > 0 else "down"}
 
 
 def pareto_points(results: list[tuple[Any, dict]]) -> pd.DataFrame:

@@ -44,6 +44,8 @@ OUT_DIR_FOREIGN = ("--out-dir {path}: holds files that are not a PAFO run (e.g. 
                    "folder, or an earlier run's --out-dir (it is replaced whole)")
 ENV_DISK_FULL = "disk full while writing {file}: free space and retry"
 ENV_OS_ERROR = "cannot access {file} ({reason}): check the disk and its permissions, then retry"
+SEED_AND_SEEDS = "--seed and --seeds: give one of them (--seed N runs the one seed N, like --seeds N)"
+WROTE = "pafo: wrote {files}"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -74,14 +76,22 @@ def group_config_from_args(args: argparse.Namespace) -> GroupConfig:
     return dataclass_from_namespace(GroupConfig, args).validate()
 
 
-def _write_outputs(args: argparse.Namespace, payload: dict, csv_frame=None) -> None:
-    """Write --json / --csv atomically, or print the JSON when no file was asked for."""
+def _write_outputs(args: argparse.Namespace, payload: dict, csv_frame=None, summary: str | None = None) -> None:
+    """Write --json / --csv atomically, or print the JSON when no file was asked for.
+
+    Files written get one line on stderr (what was written, and ``summary``), so a run with --json is not silent.
+    """
+    written = []
     if getattr(args, "json", None):
         atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
+        written.append(args.json)
     if getattr(args, "csv", None) and csv_frame is not None:
         atomic_write_text(args.csv, csv_frame.to_csv(index=False))
+        written.append(args.csv)
     if not getattr(args, "json", None):
         print(json.dumps(payload, indent=2))
+    if written:
+        print(WROTE.format(files=", ".join(map(str, written))) + (f": {summary}" if summary else ""), file=sys.stderr)
 
 
 def support_report(dataset, group_config: GroupConfig, *, seed: int = 0, embeddings=None) -> tuple[dict, object]:
@@ -147,6 +157,9 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     from .method_configs import GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
 
     add_data_arguments(parser)
+    parser.add_argument("--seeds", metavar="LIST", default=argparse.SUPPRESS,
+                        help="run every method once per data seed and pool them, e.g. 0-4 or 0,3,7 (default: the "
+                             "one seed of --seed); adds paired comparisons with a verdict per method")
     for cls in (RunSettings, TrainConfig, PAFOConfig, GroupDROConfig):
         add_dataclass_arguments(parser, cls)
 
@@ -159,11 +172,14 @@ def experiment_config_from_args(args: argparse.Namespace):
     data = data_config_from_args(args)
     if data.path and Path(data.path).exists():
         data.path = str(Path(data.path).resolve())
+    seeds = getattr(args, "seeds", None)
+    if seeds is not None and hasattr(args, "seed"):
+        raise PafoInputError(SEED_AND_SEEDS)
     return ExperimentConfig(data=data, groups=group_config_from_args(args),
                             run=dataclass_from_namespace(RunSettings, args),
                             train=dataclass_from_namespace(TrainConfig, args),
                             pafo=dataclass_from_namespace(PAFOConfig, args),
-                            groupdro=dataclass_from_namespace(GroupDROConfig, args)).validate()
+                            groupdro=dataclass_from_namespace(GroupDROConfig, args), seeds=seeds).validate()
 
 
 def check_encoder(config) -> None:
@@ -266,7 +282,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiment import per_user_csv_text, run_experiment
+    from .experiment import per_user_csv_text, run_experiment, summary_line
 
     config = experiment_config_from_args(args)
     check_encoder(config)
@@ -284,13 +300,16 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         _publish(staging, args.out_dir)
     if args.per_user_csv:
         atomic_write_text(args.per_user_csv, per_user_csv_text(result))
-    _write_outputs(args, result if args.json else _headline(result))
+    _write_outputs(args, result if args.json else _headline(result), summary=summary_line(result))
     return 0
 
 
 def _headline(result: dict) -> dict:
-    """What stdout shows without --json: accuracy and unfairness per method."""
-    return {name: {"accuracy": m["accuracy"], "unfairness": m["unfairness"]}
+    """What stdout shows without --json: accuracy and unfairness per method (means over the seeds) and, for
+    every method but the baseline, its paired comparison with the baseline (``vs_baseline``)."""
+    comparisons = result.get("comparisons") or {}
+    return {name: {"accuracy": m["accuracy"], "unfairness": m["unfairness"],
+                   **({"vs_baseline": comparisons[name]} if name in comparisons else {})}
             for name, m in result["methods"].items()}
 
 

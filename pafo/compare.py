@@ -24,9 +24,12 @@ from scipy import stats
 
 from .errors import PafoInputError
 
-__all__ = ["COMPARED", "MSG_NO_COMMON_USERS", "VERDICTS", "paired_comparison", "verdict"]
+__all__ = ["COMPARED", "MSG_NO_COMMON_USERS", "VERDICTS", "VERDICT_WORDS", "describe_comparison", "paired_comparison",
+           "pooled_group_ci", "verdict"]
 
 VERDICTS = ("pareto", "noise", "worse", "tradeoff")
+#: How the app, the HTML report and the CLI say each verdict.
+VERDICT_WORDS = {"pareto": "Pareto improvement", "noise": "within noise", "worse": "worse", "tradeoff": "trade-off"}
 COMPARED = ("majority", "minority", "user_std", "support_spearman_abs")
 MSG_NO_COMMON_USERS = "paired comparison of {method!r} with {reference!r}: no user has a test accuracy under both"
 MSG_MISSING_ACCURACY = "paired comparison: per-user table of seed {seed} has no column {column!r}"
@@ -133,3 +136,64 @@ def paired_comparison(per_seed: Sequence[pd.DataFrame], method: str, reference: 
     result["n_users"] = n_users
     result["verdict"] = verdict(result["majority"], result["minority"], epsilon)
     return result
+
+
+def pooled_group_ci(per_seed: Sequence[pd.DataFrame], column: str, *, n_resamples: int = 1000,
+                    confidence: float = 0.95, seed: int = 0) -> dict:
+    """CIs of one method's pooled group accuracies: the mean over seeds of each group's mean ``column``.
+
+    The same seed- and group-stratified bootstrap over users as :func:`paired_comparison`, on the accuracies
+    themselves rather than on differences. Returns ``{"majority": [lo, hi], "minority": [lo, hi], "gap": [lo,
+    hi]}`` (gap = majority − minority); ``[None, None]`` where a group has no user with a value.
+    """
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[np.ndarray]] = {"majority": [], "minority": []}
+    users = dict.fromkeys(samples, 0)
+    for table in per_seed:
+        table = table[["group", column]].dropna()
+        group, values = table["group"].to_numpy(dtype=str), table[column].to_numpy(dtype=float)
+        for name in users:
+            users[name] += int((group == name).sum())
+        index = _stratified_indices(group, n_resamples, rng)
+        for name in samples:
+            mask = group[index] == name
+            count = mask.sum(-1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                samples[name].append(np.where(count > 0, (values[index] * mask).sum(-1) / count, np.nan))
+    # One user says nothing about the spread: no interval rather than a zero-width one (as pafo.metrics does).
+    pooled = {name: np.mean(np.stack(parts), axis=0) if parts and users[name] >= 2 else np.array([np.nan])
+              for name, parts in samples.items()}
+    pooled["gap"] = pooled["majority"] - pooled["minority"]
+    tail = (1 - confidence) / 2 * 100
+    out = {}
+    for name, values in pooled.items():
+        finite = values[np.isfinite(values)]
+        out[name] = ([float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))]
+                     if finite.size == values.size else [None, None])
+    return out
+
+
+def _signed_points(value: float | None) -> str:
+    """A fraction as signed percentage points with a true minus sign: 0.021 → "+2.1", −0.001 → "−0.1", 0 → "0.0"."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    text = f"{100 * value:+.1f}"
+    return (text[1:] if text[1:] == "0.0" else text).replace("-", "−")
+
+
+def describe_comparison(comparison: dict, *, verdict: bool = False) -> str:
+    """The paired result in words: "minority +2.1 points [+0.8, +3.4], majority −0.1 [−0.6, +0.4] over 5 seeds ×
+    300 users" (users per seed), led by the verdict's words when ``verdict``."""
+    parts = []
+    for i, group in enumerate(("minority", "majority")):
+        block = comparison.get(group) or {}
+        lo, hi = (block.get("ci") or [None, None])
+        unit = " points" if i == 0 else ""
+        parts.append(f"{group} {_signed_points(block.get('delta'))}{unit} "
+                     f"[{_signed_points(lo)}, {_signed_points(hi)}]")
+    n_seeds = int(comparison.get("n_seeds") or 0)
+    per_seed = round((comparison.get("n_users") or 0) / max(n_seeds, 1))
+    text = f"{', '.join(parts)} over {n_seeds} seed{'s' if n_seeds != 1 else ''} × {per_seed} users"
+    if verdict:
+        text = f"{VERDICT_WORDS.get(comparison.get('verdict'), comparison.get('verdict'))}: {text}"
+    return text

@@ -1,12 +1,31 @@
-"""One experiment: data → support rates → groups → features → methods → metrics (and artifacts).
+"""One experiment: data → support rates → groups → features → methods → metrics (and artifacts), over one seed
+or several.
 
 ``run_experiment`` is the single code path behind ``pafo experiment``, ``pafo runs`` workers and the app.
+
+A *seed* is the data seed (``DataConfig.seed``: the simulation, the split and the model initialisation), so a run
+over seeds 0–2 repeats the whole experiment on three draws of users and pairs, as ``bench.quality`` does. Each
+seed's texts are embedded once for the whole run (the embeddings cache serves every text a seed shares with an
+earlier one), then the seeds train one after another. The result JSON keeps the single-seed keys and adds:
+
+- ``seeds``: the seeds, in order;
+- ``methods.NAME``: with several seeds the pooled figures: means over seeds, CIs from a bootstrap over users
+  pooled across seeds (stratified by seed and group, :func:`pafo.compare.pooled_group_ci`);
+- ``per_seed``: one block per seed with its own ``dataset``, ``support``, ``groups``, ``methods`` and
+  ``comparisons``;
+- ``comparisons.NAME`` for every method but the baseline: method − baseline on the same users and pairs with
+  paired bootstrap CIs and the verdict (:func:`pafo.compare.paired_comparison`), pooled over the seeds;
+- ``per_user`` (and per_user.csv, test_margins.csv): one row per seed and user, with a ``seed`` column.
+
+The saved weights (for ``pafo score`` and the Users page) are the first seed's models.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +36,12 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
+from .compare import describe_comparison, paired_comparison, pooled_group_ci
 from .config import dataclass_from_dict
 from .dataset import PreferenceDataset
 from .diagnostics import ceiling_summary, ceilings, cluster_report
-from .errors import PafoInputError
-from .features import response_features
+from .errors import PafoInputError, RunCancelled
+from .features import dataset_texts, response_features
 from .method_configs import UNKNOWN_METHOD, RunSettings
 from .methods import (
     MAJORITY,
@@ -32,14 +52,28 @@ from .methods import (
     PAFOConfig,
     fit_method,
 )
-from .metrics import calibration, evaluate, pareto_improvement
+from .metrics import accuracy_by_decile, calibration, evaluate, pareto_improvement
 from .paths import atomic_write_bytes, atomic_write_text
 from .sources import DataConfig, dataset_fingerprint, load_dataset
 from .support import GroupConfig, estimate_support, resolve_estimator
 from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, pair_margins, set_threads
 
-__all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "run_experiment"]
+__all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "parse_seeds", "run_experiment",
+           "summary_line"]
 
+BAD_SEEDS = "--seeds: {detail}; write seeds and ranges such as 0-4 or 0,3,7"
+MAX_SEEDS = 50
+REFERENCE = "baseline"  # the method every other one is compared with, user by user
+
+# The progress bar is divided by rough costs measured on the 2-core demo machine, only so that it moves with the
+# work: MiniLM bf16 embeds ~70 short texts/s on an idle machine; the demo's baseline trains its 2,100 pairs in
+# ~1 s and PAFO costs ~1.5× that (bench/RESULTS.md). Both slow down alike under load, so their ratio holds. A
+# cold demo is mostly embedding (~30 of ~40 s on one seed); a warm cache makes it nothing.
+LOADED_AT, TRAINED_AT = 0.02, 0.98
+EMBED_SECONDS_PER_TEXT = {"tfidf": 0.0005}
+EMBED_SECONDS_PER_TEXT_MODEL = 1 / 70  # MiniLM and any transformers model
+TRAIN_SECONDS_PER_PAIR = 0.0005
+METHOD_COST = {"bt": 0.7, "baseline": 1.0, "reweight": 1.0, "groupdro": 1.2, "pafo": 1.5}
 
 
 @dataclass
@@ -52,28 +86,82 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     pafo: PAFOConfig = field(default_factory=PAFOConfig)
     groupdro: GroupDROConfig = field(default_factory=GroupDROConfig)
+    #: Two or more data seeds; ``None`` means the one seed ``data.seed``. ``validate`` keeps one spelling per run:
+    #: a single seed becomes ``data.seed``, and ``data.seed`` is always the first seed.
+    seeds: list[int] | None = None
+
+    def seed_list(self) -> list[int]:
+        """The seeds this experiment runs, in order."""
+        return list(self.seeds) if self.seeds else [self.data.seed]
 
     def validate(self) -> ExperimentConfig:
-        """Each section's validate(): bounds, finiteness and choices of every option (pafo.config)."""
+        """Each section's validate(): bounds, finiteness and choices of every option (pafo.config); a seed list in
+        its one spelling, each seed checked as ``--seed`` is."""
+        if self.seeds is not None:
+            seeds = parse_seeds(self.seeds)
+            for seed in seeds:
+                dataclasses.replace(self.data, seed=seed).validate()
+            self.data.seed = seeds[0]
+            self.seeds = seeds if len(seeds) > 1 else None
         for section in dataclasses.fields(self):
-            getattr(self, section.name).validate()
+            if section.name != "seeds":
+                getattr(self, section.name).validate()
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as JSON; a one-seed run has no ``seeds`` key, so its dict is what it was before seeds."""
+        values = dataclasses.asdict(self)
+        if values["seeds"] is None:
+            del values["seeds"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> ExperimentConfig:
-        sections = {f.name: f.default_factory for f in dataclasses.fields(cls)}
-        unknown = [k for k in values if k not in sections and k != "target"]
+        sections = {f.name: f.default_factory for f in dataclasses.fields(cls) if f.name != "seeds"}
+        unknown = [k for k in values if k not in sections and k not in ("target", "seeds")]
         if unknown:
             raise PafoInputError(f"experiment config: unknown section {unknown[0]!r}; known: {', '.join(sections)}")
         parts = {name: dataclass_from_dict(type(factory()), values.get(name) or {})
                  for name, factory in sections.items()}
-        return cls(**parts).validate()
+        return cls(**parts, seeds=values.get("seeds")).validate()
 
     def fingerprint(self) -> str:
-        return dataset_fingerprint(self.data)
+        """The dataset fingerprint; with several seeds, one over every seed's dataset."""
+        if not self.seeds:
+            return dataset_fingerprint(self.data)
+        parts = [dataset_fingerprint(dataclasses.replace(self.data, seed=s)) for s in self.seeds]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def parse_seeds(value) -> list[int]:
+    """Seeds from ``"0-4"``, ``"0,3,7"``, ``"0-2,9"``, an int or a list of ints: distinct, in the order given."""
+    if isinstance(value, bool):
+        raise PafoInputError(BAD_SEEDS.format(detail=f"got {value!r}"))
+    if isinstance(value, int):
+        items = [value]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        items = []
+        for part in filter(None, (p.strip() for p in str(value).split(","))):
+            match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+            if match:
+                low, high = int(match[1]), int(match[2])
+                if high < low:
+                    raise PafoInputError(BAD_SEEDS.format(detail=f"range {part!r} runs backwards"))
+                items += list(range(low, min(high, low + MAX_SEEDS) + 1))
+            elif part.isdigit():
+                items.append(int(part))
+            else:
+                raise PafoInputError(BAD_SEEDS.format(detail=f"{part!r} is not a seed (a whole number ≥ 0)"))
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in items):
+        raise PafoInputError(BAD_SEEDS.format(detail=f"seeds are whole numbers ≥ 0, got {value!r}"))
+    seeds = list(dict.fromkeys(items))
+    if not seeds:
+        raise PafoInputError(BAD_SEEDS.format(detail="no seed given"))
+    if len(seeds) > MAX_SEEDS:
+        raise PafoInputError(BAD_SEEDS.format(detail=f"at most {MAX_SEEDS} seeds per run, got {len(seeds)}"))
+    return seeds
 
 
 def method_config_of(config: ExperimentConfig, name: str):
@@ -140,18 +228,108 @@ def _save_model(out_dir: Path, name: str, model) -> None:
     atomic_write_text(out_dir / "weights" / f"{name}.json", json.dumps(model.config(), indent=2))
 
 
-def _load_inputs(config: ExperimentConfig, progress: Progress):
+@dataclass
+class SeedInputs:
+    """One seed's dataset, features, support rates and groups."""
+
+    seed: int
+    dataset: PreferenceDataset
+    features: object  # FeatureResult
+    support: object  # SupportResult
+    groups: object  # Grouping
+
+
+@dataclass
+class SeedRun:
+    """What one seed produced: its result block, per-user table, test margins and models."""
+
+    inputs: SeedInputs
+    block: dict
+    frame: pd.DataFrame
+    margins: dict[str, np.ndarray]
+    models: dict
+
+
+def _tagged(progress: Progress, seed_index: int, n_seeds: int, seed: int) -> Progress:
+    """``progress`` with "seed i of n: " before every stage when a run has several seeds; per-epoch metrics name
+    their seed in their stage too, so each seed's training curves stay apart."""
+    if n_seeds == 1:
+        return progress
+    prefix = f"seed {seed_index + 1} of {n_seeds}: "
+
+    def tagged(fraction: float, stage: str, metrics: dict | None = None) -> None:
+        if metrics is not None and "stage" in metrics:
+            metrics = {**metrics, "stage": f"seed {seed}: {metrics['stage']}"}
+        progress(fraction, prefix + stage, metrics)
+
+    return tagged
+
+
+class _EmbedProgress:
+    """Moves the bar with the embedding work of every seed's texts.
+
+    The embedding span ends where its estimated seconds stop, against the training's; the first callback says how
+    many texts the cache already holds, so a warm cache gets a sliver of the bar and a cold MiniLM most of it.
+    Within the span, seed i takes the share of texts no earlier seed had.
+    """
+
+    def __init__(self, progress: Progress, datasets: list[PreferenceDataset], encoder: str, train_seconds: float):
+        self.progress, self.encoder, self.train_seconds = progress, encoder, train_seconds
+        seen: set[str] = set()
+        self.new = []
+        for dataset in datasets:
+            texts = set(dataset_texts(dataset))
+            self.new.append(len(texts - seen))
+            seen |= texts
+        self.end: float | None = None
+        self.seed_index, self.first_done = 0, 0
+
+    def for_seed(self, index: int) -> Callable[[int, int], None]:
+        self.seed_index, self.first_done = index, -1
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.first_done < 0:
+            self.first_done = done
+            if self.end is None:  # the first seed's first report: size the span from its cache misses
+                missing = sum(self.new) * (total - done) / max(total, 1)
+                per_text = EMBED_SECONDS_PER_TEXT.get(self.encoder, EMBED_SECONDS_PER_TEXT_MODEL)
+                embed = missing * per_text
+                self.end = LOADED_AT + (TRAINED_AT - LOADED_AT) * embed / max(embed + self.train_seconds, 1e-9)
+        total_new = max(sum(self.new), 1)
+        before = sum(self.new[: self.seed_index]) / total_new
+        share = self.new[self.seed_index] / total_new
+        inside = (done - self.first_done) / max(total - self.first_done, 1)
+        stage = "embedding texts" + (f" (seed {self.seed_index + 1} of {len(self.new)})" if len(self.new) > 1 else "")
+        self.progress(LOADED_AT + (self.end - LOADED_AT) * (before + share * inside), stage, None)
+
+    @property
+    def embedded_at(self) -> float:
+        return LOADED_AT if self.end is None else self.end
+
+
+def _train_seconds(datasets: list[PreferenceDataset], methods: list[str]) -> list[list[float]]:
+    """Estimated training seconds per seed and method (only the bar's proportions use them)."""
+    return [[METHOD_COST.get(name, 1.0) * TRAIN_SECONDS_PER_PAIR * len(dataset.split("train")) for name in methods]
+            for dataset in datasets]
+
+
+def _load_inputs(config: ExperimentConfig, progress: Progress) -> tuple[list[SeedInputs], float]:
+    """Every seed's data, features (each text embedded once for the run), support rates and groups; also the
+    progress fraction at which embedding ended."""
+    seeds = config.seed_list()
     progress(0.0, "loading data", None)
-    dataset = load_dataset(config.data)
-    estimator = resolve_estimator(dataset, config.groups.estimator)
-
-    def embed_progress(done: int, total: int) -> None:
-        progress(0.02 + 0.13 * done / max(total, 1), "embedding texts", None)
-
-    features = response_features(dataset, config.run.encoder, progress=embed_progress)
-    support = estimate_support(dataset, estimator, embeddings=features.features, seed=config.data.seed)
-    groups = config.groups.apply(support.user_support)
-    return dataset, features, support, groups
+    datasets = [load_dataset(dataclasses.replace(config.data, seed=seed)) for seed in seeds]
+    train = _train_seconds(datasets, config.run.method_list())
+    embed = _EmbedProgress(progress, datasets, config.run.encoder, sum(map(sum, train)))
+    inputs = []
+    progress(LOADED_AT, "embedding texts", None)  # loading the encoder comes first, before its first report
+    for i, (seed, dataset) in enumerate(zip(seeds, datasets, strict=True)):
+        features = response_features(dataset, config.run.encoder, progress=embed.for_seed(i))
+        estimator = resolve_estimator(dataset, config.groups.estimator)
+        support = estimate_support(dataset, estimator, embeddings=features.features, seed=seed)
+        inputs.append(SeedInputs(seed, dataset, features, support, config.groups.apply(support.user_support)))
+    return inputs, embed.embedded_at
 
 
 def _method_result(name, output, per_user, config, margins, test) -> dict:
@@ -167,22 +345,42 @@ def _method_result(name, output, per_user, config, margins, test) -> dict:
 def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | None = None,
                    progress: Progress = no_progress,
                    should_stop: Callable[[], bool] = never_stop) -> dict:
-    """Run every requested method on one dataset and return the result JSON (also written to ``out_dir``)."""
+    """Run every requested method on one dataset, once per seed, and return the result JSON (see the module
+    docstring; also written to ``out_dir``)."""
     config = ExperimentConfig.from_dict(config) if isinstance(config, dict) else config.validate()
     started = time.perf_counter()
-    dataset, features, support, groups = _load_inputs(config, progress)
+    inputs, embedded_at = _load_inputs(config, progress)
     set_threads()
+    methods = config.run.method_list()
+    costs = np.asarray(_train_seconds([i.dataset for i in inputs], methods)).ravel()
+    shares = np.concatenate([[0.0], np.cumsum(costs) / costs.sum()])
+    edges = (embedded_at + (TRAINED_AT - embedded_at) * shares).tolist()
+    runs = []
+    for i, seed_inputs in enumerate(inputs):
+        if should_stop():
+            raise RunCancelled()
+        spans = edges[i * len(methods): (i + 1) * len(methods) + 1]
+        tagged = _tagged(progress, i, len(inputs), seed_inputs.seed)
+        runs.append(_run_seed(config, seed_inputs, methods, spans, tagged, should_stop))
+    result = _assemble(config, runs)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    if out_dir is not None:
+        write_artifacts(Path(out_dir), result, runs)
+    progress(1.0, "done", None)
+    return result
+
+
+def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], spans: np.ndarray,
+              progress: Progress, should_stop: Callable[[], bool]) -> SeedRun:
+    """Every method on one seed's data: the single-seed experiment."""
+    dataset, support, groups = inputs.dataset, inputs.support, inputs.groups
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=inputs.seed), seeds=None)
     user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
-    ctx = build_context(dataset, features.features, user_group, config.train, seed=config.data.seed,
+    ctx = build_context(dataset, inputs.features.features, user_group, config.train, seed=inputs.seed,
                         progress=progress, should_stop=should_stop)
     test = _pair_set(dataset.split("test"), user_group)
-    methods = config.run.method_list()
-    spans = np.linspace(0.15, 0.97, len(methods) + 1)
-    result = {"dataset": dataset.summary(), "support": support.summary(), "groups": groups.summary(),
-              "encoder": {"name": features.embedding.encoder, "dim": features.dim,
-                          "seconds": round(features.embedding.seconds, 3),
-                          "cache_hits": features.embedding.cache_hits},
-              "config": config.to_dict(), "fingerprint": config.fingerprint(), "methods": {}}
+    block = {"seed": inputs.seed, "dataset": dataset.summary(), "support": support.summary(),
+             "groups": groups.summary(), "methods": {}}
     tables, margins_by_method, models = {}, {}, {}
     for i, name in enumerate(methods):
         method_config = method_config_of(config, name)
@@ -190,39 +388,140 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
         margins = pair_margins(output.model, ctx.features, test)
         margins_by_method[name] = margins
         tables[name] = _per_user_table(dataset, support, groups, test, margins)
-        result["methods"][name] = _method_result(name, output, tables[name], config, margins, test)
+        block["methods"][name] = _method_result(name, output, tables[name], config, margins, test)
+        _add_decile_cis(block["methods"][name]["by_decile"], tables[name], config.run.bootstrap, inputs.seed)
         if name == "pafo" and "teachers" in output.extra:
             baseline_margins = pair_margins(ctx.cache["baseline"].model, ctx.features, test)
-            result["methods"][name]["pareto_selected"] = bool(output.result.selected)
-            result["methods"][name]["teachers"] = _teacher_report(output, ctx, test, baseline_margins, ctx.features)
-            result["methods"][name]["n_dense_pairs"] = output.extra["n_dense_pairs"]
+            block["methods"][name]["pareto_selected"] = bool(output.result.selected)
+            block["methods"][name]["teachers"] = _teacher_report(output, ctx, test, baseline_margins, ctx.features)
+            block["methods"][name]["n_dense_pairs"] = output.extra["n_dense_pairs"]
         if "clusters" in output.extra:
-            result["methods"][name]["clusters"] = cluster_report(output, ctx, test, tables[name], support, groups)
+            block["methods"][name]["clusters"] = cluster_report(output, ctx, test, tables[name], support, groups)
         models[name] = output.model
         progress(spans[i + 1], f"{name} done", None)
     if "baseline" in ctx.cache:
         with threadpool_limits(1):  # small matrices: see pafo.methods.preference_clusters
             rows = ceilings(ctx, test, dataset, config.pafo)
-        result["diagnostics"] = {"ceilings": ceiling_summary(rows, user_group)}
-    _add_comparisons(result)
+        block["diagnostics"] = {"ceilings": ceiling_summary(rows, user_group)}
+    _add_pareto(block["methods"], config.pafo.epsilon)
     frame = per_user_frame(dataset, tables)
+    frame.insert(0, "seed", inputs.seed)
+    block["comparisons"] = _comparisons([frame], methods, config, inputs.seed)
+    return SeedRun(inputs, block, frame, margins_by_method, models)
+
+
+def _assemble(config: ExperimentConfig, runs: list[SeedRun]) -> dict:
+    """The result JSON: one seed's block as it always was, or the pooled figures of several; both with
+    ``seeds``, ``comparisons``, ``per_seed`` and the per-user table of every seed."""
+    first = runs[0]
+    embeddings = [run.inputs.features.embedding for run in runs]
+    seeds = [run.inputs.seed for run in runs]
+    methods = config.run.method_list()
+    result = {"dataset": first.block["dataset"], "support": first.block["support"], "groups": first.block["groups"],
+              "encoder": {"name": embeddings[0].encoder, "dim": first.inputs.features.dim,
+                          "seconds": round(sum(e.seconds for e in embeddings), 3),
+                          "cache_hits": sum(e.cache_hits for e in embeddings)},
+              "config": config.to_dict(), "fingerprint": config.fingerprint(), "seeds": seeds}
+    frames = [run.frame for run in runs]
+    if len(runs) == 1:
+        result["methods"] = first.block["methods"]
+    else:
+        result["methods"] = {name: _pooled_method(name, runs, config) for name in methods}
+        _add_pareto(result["methods"], config.pafo.epsilon)
+    if all("diagnostics" in run.block for run in runs):
+        result["diagnostics"] = _mean_tree([run.block["diagnostics"] for run in runs])
+    result["comparisons"] = (first.block["comparisons"] if len(runs) == 1
+                             else _comparisons(frames, methods, config, seeds[0]))
+    result["per_seed"] = [run.block for run in runs]
+    frame = pd.concat(frames, ignore_index=True)
     result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")
-    result["seconds"] = round(time.perf_counter() - started, 3)
-    if out_dir is not None:
-        write_artifacts(Path(out_dir), result, dataset, tables, margins_by_method, models)
-    progress(1.0, "done", None)
     return result
 
 
-def _add_comparisons(result: dict) -> None:
-    """Pareto improvement of every method over the baseline (when the baseline was run)."""
-    base = result["methods"].get("baseline")
+def _comparisons(frames: list[pd.DataFrame], methods: list[str], config: ExperimentConfig, seed: int) -> dict:
+    """Every method against the baseline on the same users and pairs (nothing when no baseline was trained)."""
+    if REFERENCE not in methods:
+        return {}
+    return {name: paired_comparison(frames, name, REFERENCE, n_resamples=config.run.bootstrap, seed=seed,
+                                    epsilon=config.pafo.epsilon)
+            for name in methods if name != REFERENCE}
+
+
+def _mean_tree(values: list):
+    """The mean over seeds of matching numbers in nested dicts (missing values skipped; other leaves: the first)."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {key: _mean_tree([v.get(key) for v in values if isinstance(v, dict)]) for key in first}
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)]
+    if isinstance(first, bool) or not (numbers or first is None):
+        return first
+    return float(np.mean(numbers)) if numbers else None
+
+
+def _pooled_method(name: str, runs: list[SeedRun], config: ExperimentConfig) -> dict:
+    """One method over every seed: mean figures, CIs from the bootstrap over users pooled across seeds."""
+    blocks = [run.block["methods"][name] for run in runs]
+    frames = [run.frame for run in runs]
+    column, seed = f"acc_{name}", runs[0].inputs.seed
+    pooled = pd.concat(frames, ignore_index=True)
+    deciles = accuracy_by_decile(pooled.rename(columns={column: "accuracy"})[["support_rate", "accuracy"]])
+    _add_decile_cis(deciles, pooled.rename(columns={column: "accuracy"}), config.run.bootstrap, seed)
+    metrics = {"accuracy": _mean_tree([b["accuracy"] for b in blocks]),
+               "accuracy_ci": pooled_group_ci(frames, column, n_resamples=config.run.bootstrap, seed=seed),
+               "unfairness": _mean_tree([b["unfairness"] for b in blocks]),
+               "calibration": _mean_tree([b["calibration"] for b in blocks]),
+               "by_decile": deciles,
+               "train_seconds": round(sum(b["train_seconds"] for b in blocks), 3),
+               "n_seeds": len(blocks)}
+    # Cluster reports stay in per_seed: each seed clusters its own users, so there is nothing to average.
+    if all("teachers" in b for b in blocks):
+        metrics["pareto_selected"] = all(b["pareto_selected"] for b in blocks)
+        metrics["teachers"] = _mean_tree([b["teachers"] for b in blocks])
+        metrics["n_dense_pairs"] = _mean_tree([b["n_dense_pairs"] for b in blocks])
+    return metrics
+
+
+def _add_decile_cis(rows: list[dict], per_user: pd.DataFrame, n_resamples: int, seed: int,
+                    confidence: float = 0.95) -> None:
+    """A percentile-bootstrap CI over the users of each support-rate bin, for the bias curve's error bars.
+
+    A bin's users are those with a support rate in [support_lo, support_hi] (bins never split tied rates).
+    """
+    rng = np.random.default_rng(seed)
+    support = per_user["support_rate"].to_numpy(dtype=float)
+    accuracy = per_user["accuracy"].to_numpy(dtype=float)
+    tail = (1 - confidence) / 2 * 100
+    for row in rows:
+        values = accuracy[(support >= row["support_lo"]) & (support <= row["support_hi"]) & np.isfinite(accuracy)]
+        if values.size < 2:
+            row["ci"] = [None, None]
+            continue
+        means = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
+        row["ci"] = [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def _add_pareto(methods: dict, epsilon: float) -> None:
+    """Pareto improvement of every method's mean accuracies over the baseline's (when the baseline was run).
+
+    Kept for old readers: the paired ``comparisons`` verdict is the one to trust.
+    """
+    base = methods.get(REFERENCE)
     if base is None:
         return
-    for name, metrics in result["methods"].items():
-        if name != "baseline":
-            eps = result["config"]["pafo"]["epsilon"]
-            metrics["pareto_improvement"] = pareto_improvement(metrics, base, epsilon=eps)
+    for name, metrics in methods.items():
+        if name != REFERENCE:
+            metrics["pareto_improvement"] = pareto_improvement(metrics, base, epsilon=epsilon)
+
+
+def summary_line(result: dict) -> str:
+    """One line for stderr after ``pafo experiment --json FILE``: the data, seeds and each method's verdict."""
+    seeds = result.get("seeds") or []
+    dataset = result.get("dataset") or {}
+    head = (f"{', '.join(result.get('methods') or {})} on {dataset.get('name')} ({dataset.get('n_users')} users), "
+            f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
+    verdicts = [f"{name} vs {REFERENCE}: {describe_comparison(c, verdict=True)}"
+                for name, c in (result.get("comparisons") or {}).items()]
+    return "; ".join([head, *verdicts])
 
 
 def per_user_frame(dataset: PreferenceDataset, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -241,17 +540,22 @@ def per_user_csv_text(result: dict) -> str:
     return pd.DataFrame(result["per_user"]).to_csv(index=False)
 
 
-def write_artifacts(out_dir: Path, result: dict, dataset, tables, margins_by_method, models) -> None:
+def write_artifacts(out_dir: Path, result: dict, runs: list[SeedRun]) -> None:
     """Weights, test_margins.csv, per_user.csv and last result.json, each atomically, all only once a run is done.
 
-    result.json is written last, so its presence means every other artifact is complete.
+    The weights are the first seed's models (what scoring uses); the tables hold every seed, with a ``seed``
+    column. result.json is written last, so its presence means every other artifact is complete.
     """
-    for name, model in models.items():
+    for name, model in runs[0].models.items():
         _save_model(out_dir, name, model)
-    test_frame = dataset.split("test")[["user", "prompt_id", "chosen", "rejected"]].reset_index(names="pair")
-    for name, margins in margins_by_method.items():
-        test_frame[f"margin_{name}"] = margins
-    atomic_write_text(out_dir / "test_margins.csv", test_frame.to_csv(index=False))
+    frames = []
+    for run in runs:
+        frame = run.inputs.dataset.split("test")[["user", "prompt_id", "chosen", "rejected"]].reset_index(names="pair")
+        for name, margins in run.margins.items():
+            frame[f"margin_{name}"] = margins
+        frame.insert(0, "seed", run.inputs.seed)
+        frames.append(frame)
+    atomic_write_text(out_dir / "test_margins.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
     atomic_write_text(out_dir / "per_user.csv", per_user_csv_text(result))
     atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2, allow_nan=False, default=_json_default))
 

@@ -30,15 +30,32 @@ def ensure_home(home: Path) -> Path:
     return home
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` alone must set one to read
+    it, which would briefly change it for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 
-    Readers see the old file or the new one, never half of one.
+    Readers see the old file or the new one, never half of one. The file gets the mode a plain ``open`` would
+    give it (0666 less the umask, so 0644 typically): ``mkstemp`` creates its temp file 0600, which the rename
+    would otherwise carry over to a result file other users and tools cannot read.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -704,16 +704,29 @@ class RunRegistry:
         """Queue a run (and start it if a slot is free), or reuse a finished identical run unless ``force``.
 
         A reused run is a new ``succeeded`` row with ``reused_from`` set and the earlier run's result, so it
-        answers at once without spawning anything.
+        answers at once without spawning anything. An identical run that is still queued or running (and not
+        being cancelled) is returned itself, even with ``force``: the same config is never trained twice at once.
         """
         config_text = _validate_config(config)
         digest, version, now = config_hash(config), code_version(), time.time()
         with self._write() as conn:
+            active = self._find_active(conn, digest, str(fingerprint), version)
+            if active is not None:
+                return self.get(active, refresh=False)
             reusable = None if force else self._find_reusable(conn, digest, str(fingerprint), version)
             run_id = self._insert(conn, config_text, digest, str(fingerprint), version, now, reusable, parent_id, label)
         if start and reusable is None:
             self.dispatch()
         return self.get(run_id, refresh=False)
+
+    def _find_active(self, conn: sqlite3.Connection, digest: str, fingerprint: str, version: str) -> str | None:
+        """The oldest queued or running run with the same cache key that nobody asked to cancel."""
+        row = conn.execute(
+            "SELECT id FROM runs WHERE config_hash = ? AND dataset_fingerprint = ? AND code_version = ? "
+            "AND status IN (?, ?) AND cancel_requested = 0 ORDER BY created_at, rowid LIMIT 1",
+            (digest, fingerprint, version, QUEUED, RUNNING),
+        ).fetchone()
+        return None if row is None else row["id"]
 
     def _find_reusable(self, conn: sqlite3.Connection, digest: str, fingerprint: str, version: str):
         """The newest succeeded run with the same cache key whose artifacts still match the checksums recorded

@@ -19,15 +19,27 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from .compare import VERDICT_WORDS, describe_comparison
+
 __all__ = [
     "GROUP_COLORS",
     "METHOD_COLORS",
+    "PARETO_SCOPE",
+    "PARETO_SCOPE_ALL",
+    "SMALL_GROUP_PAIRS",
+    "SMALL_GROUP_USERS",
+    "VERDICT_ICONS",
+    "VERDICT_RULE",
     "WEBGL_MIN_POINTS",
     "build_report_html",
     "comparison_table",
     "comparison_text",
     "decile_curve",
     "decile_table",
+    "describe_comparison",
+    "display_table",
+    "forest_plot",
+    "format_value",
     "group_accuracy_bars",
     "headline_table",
     "make_figure",
@@ -37,7 +49,11 @@ __all__ = [
     "pairs_per_user_figure",
     "pareto_plot",
     "per_user_frame",
+    "percent",
+    "points",
     "report_figures",
+    "sample_warnings",
+    "seed_note",
     "support_histogram",
     "teacher_table",
     "training_curves",
@@ -62,27 +78,44 @@ EXTRA_COLORS = ("#E64980", "#15AABF", "#82C91E", "#7950F2")
 WEBGL_MIN_POINTS = 1000
 FONT = "Inter, -apple-system, Segoe UI, Roboto, sans-serif"
 
-# (key in the result, label, True when larger is better)
+# (key in the result, label, True when larger is better, unit shown: % of accuracy, points of it, or a plain number)
 ACCURACY_ROWS = (
-    ("overall", "Accuracy: overall (users weigh equally)", True),
-    ("micro", "Accuracy: pair level (micro)", True),
-    ("majority", "Accuracy: majority users", True),
-    ("minority", "Accuracy: minority users", True),
+    ("overall", "Accuracy: overall, each user weighs equally", True, "%"),
+    ("micro", "Accuracy: pair level (micro)", True, "%"),
+    ("majority", "Accuracy: majority users", True, "%"),
+    ("minority", "Accuracy: minority users", True, "%"),
 )
 UNFAIRNESS_ROWS = (
-    ("group_gap", "Group gap (majority − minority)", False),
-    ("user_std", "Std of user accuracy", False),
-    ("gini", "Gini of user accuracy", False),
-    ("worst10", "Worst-10% users' accuracy", True),
-    ("support_spearman", "Spearman(support, accuracy) — the bias", False),
+    ("group_gap", "Group gap (majority − minority)", False, "pts"),
+    ("user_std", "Std of user accuracy", False, "pts"),
+    ("gini", "Gini of user accuracy", False, ""),
+    ("worst10", "Worst-10% users' accuracy", True, "%"),
+    ("support_spearman", "Spearman(support, accuracy) — the bias", False, ""),
 )
 LOG_LOSS_ROWS = (  # audits of given margins: −log σ(margin), mean over pairs (pafo.metrics.calibration)
-    ("overall", "BT log-loss: all pairs", False),
-    ("majority", "BT log-loss: majority users' pairs", False),
-    ("minority", "BT log-loss: minority users' pairs", False),
+    ("overall", "BT log-loss: all pairs", False, ""),
+    ("majority", "BT log-loss: majority users' pairs", False, ""),
+    ("minority", "BT log-loss: minority users' pairs", False, ""),
 )
-VERDICT_WORDS = {"pareto": "a Pareto improvement", "worse": "worse", "tradeoff": "a trade-off",
-                 "noise": "within noise"}
+SIZE_DELTA = frozenset({"group_gap", "support_spearman"})
+#: Below these a group's accuracy is too rough to read (a 6-user minority once showed 100.0% with no warning).
+SMALL_GROUP_USERS, SMALL_GROUP_PAIRS = 20, 200
+VERDICT_ICONS = {"pareto": "✓", "noise": "≈", "worse": "✗", "tradeoff": "⇄"}
+#: The verdict rule of :mod:`pafo.compare` in words (Compare page, HTML report; the README says the same).
+VERDICT_RULE = """A method is compared with the reference **user by user** on the same test pairs (paired); the
+uncertainty comes from a bootstrap over users pooled across seeds. With ε the Pareto tolerance (`--epsilon`, 0.5
+points by default):
+
+- **Pareto improvement**: the minority's CI lies above 0 and the majority's difference is ≥ −ε;
+- **worse**: one group's CI lies below −ε and the other group's CI does not lie above 0;
+- **trade-off**: one group's CI lies above 0 and the other's below 0;
+- **within noise**: anything else: these data cannot tell the method from the reference."""
+SEED_NOTE = ("This run has one seed ({seed}), so differences between its methods are not evidence: another seed can "
+             "move them by several points either way. Train several seeds (Seeds on Train or What-if, "
+             "`--seeds 0-4` on the command line) for paired confidence intervals pooled over seeds.")
+SMALL_SAMPLE = ("Small sample: the {group} group has {users} users and {pairs} test pairs{where} (fewer than "
+                f"{SMALL_GROUP_USERS} users or {SMALL_GROUP_PAIRS} pairs), so its accuracy and intervals are rough "
+                "and a 100% can be luck.")
 
 
 def method_color(name: str) -> str:
@@ -130,6 +163,18 @@ def _pct(value) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
 
 
+def percent(value) -> str:
+    """An accuracy (a fraction) as the app shows it: "81.2%"."""
+    return _pct(value)
+
+
+def points(value) -> str:
+    """A difference of accuracies (a fraction) in percentage points: "−1.5 pts"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.1f} pts".replace("-", "−")
+
+
 # ------------------------------------------------------------------------------------------- tables
 
 
@@ -159,7 +204,8 @@ def headline_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
 def unfairness_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
     """Metrics (rows) × methods (columns), plus ``Δ <method>`` columns against ``reference``.
 
-    The ``better`` column says which direction is an improvement for each metric (↑ larger, ↓ smaller).
+    The ``better`` column says which direction is an improvement for each metric (↑ larger, ↓ smaller). Signed
+    measures of bias (the group gap, Spearman) are judged by size, so their Δ is |method| − |reference|.
     """
     methods = result.get("methods") or {}
     names = method_order(methods)
@@ -168,16 +214,18 @@ def unfairness_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
     if any("log_loss" in methods[name] for name in names):
         sections.append(("log_loss", LOG_LOSS_ROWS))
     for section, spec in sections:
-        for key, label, larger in spec:
-            row = {"metric": label, "better": "↑" if larger else "↓"}
+        for key, label, larger, _unit in spec:
+            row = {"metric": label, "better": ("|↓|" if key in SIZE_DELTA else "↓") if not larger else "↑"}
             for name in names:
                 row[name] = (methods[name].get(section) or {}).get(key)
             rows.append(row)
     frame = pd.DataFrame(rows)
     if reference in names:
+        size = frame["better"].eq("|↓|").to_numpy()
         for name in names:
             if name != reference:
-                frame[f"Δ {name}"] = pd.to_numeric(frame[name]) - pd.to_numeric(frame[reference])
+                values, base = pd.to_numeric(frame[name]), pd.to_numeric(frame[reference])
+                frame[f"Δ {name}"] = np.where(size, values.abs() - base.abs(), values - base)
     return frame
 
 
@@ -192,11 +240,11 @@ def _points(block: dict | None) -> str:
 
 
 def comparison_text(name: str, comparison: dict, reference: str) -> str:
-    """One sentence per compared method: its verdict against the reference with the paired group deltas."""
-    word = VERDICT_WORDS.get(comparison.get("verdict"), str(comparison.get("verdict")))
-    return (f"{name} vs {reference}: {word} (verdict {comparison.get('verdict')}) — minority "
-            f"{_points(comparison.get('minority'))}, majority {_points(comparison.get('majority'))}, paired over "
-            f"{comparison.get('n_users', '?')} users")
+    """One sentence per compared method: its verdict against the reference in words, with the paired group
+    deltas and their CIs ("pafo vs baseline: within noise — minority +0.3 points [−1.2, +1.8], majority …")."""
+    verdict = comparison.get("verdict")
+    words = VERDICT_WORDS.get(verdict, str(verdict))
+    return f"{VERDICT_ICONS.get(verdict, '')} {name} vs {reference}: {words} — {describe_comparison(comparison)}"
 
 
 def comparison_table(result: dict) -> pd.DataFrame:
@@ -212,21 +260,52 @@ def comparison_table(result: dict) -> pd.DataFrame:
                                        "Δ |Spearman|"])
 
 
+def display_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
+    """:func:`unfairness_table` as text in the units of the cards: accuracies in %, gaps and spreads in points
+    (Δ columns in points too), Gini, Spearman and log-loss as plain numbers; one unit per row, in its label."""
+    table = unfairness_table(result, reference)
+    unit_of = {label: unit for spec in (ACCURACY_ROWS, UNFAIRNESS_ROWS, LOG_LOSS_ROWS) for _, label, _, unit in spec}
+    units = [unit_of.get(label, "") for label in table["metric"]]
+    out = pd.DataFrame({"metric": [f"{label} ({unit})" if unit else label
+                                   for label, unit in zip(table["metric"], units, strict=True)],
+                        "better": table["better"]})
+    for column in table.columns[2:]:
+        delta = str(column).startswith("Δ")
+        out[column] = [format_value(value, unit, delta) for value, unit in zip(table[column], units, strict=True)]
+    return out
+
+
+def format_value(value, unit: str, delta: bool = False) -> str:
+    """A table cell in its row's unit: a fraction as % or points ("81.2", "+1.5"), else a plain "+0.215"."""
+    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
+        return "–"
+    number, digits = (100 * value, 1) if unit else (value, 3)
+    if round(number, digits) == 0:
+        number = 0.0  # no "−0.0": a change too small to show has no sign
+    text = f"{number:{'+' if delta and number else ''}.{digits}f}"
+    return text.replace("-", "−")
+
+
 def decile_table(result: dict) -> pd.DataFrame:
     """Long table of accuracy by support-rate decile: method, decile, support_lo/hi, n_users, accuracy."""
     rows = []
     for name in method_order(result.get("methods") or {}):
         for row in result["methods"][name].get("by_decile") or []:
-            rows.append({"method": name, **row})
-    return pd.DataFrame(rows, columns=["method", "decile", "support_lo", "support_hi", "n_users", "accuracy"])
+            lo, hi = row.get("ci") or [None, None]
+            rows.append({"method": name, **{k: v for k, v in row.items() if k != "ci"}, "ci_lo": lo, "ci_hi": hi})
+    return pd.DataFrame(rows, columns=["method", "decile", "support_lo", "support_hi", "n_users", "accuracy", "ci_lo",
+                                       "ci_hi"])
 
 
 def teacher_table(result: dict) -> pd.DataFrame:
-    """PAFO's teachers on their own group vs the baseline: the advantage distillation can transfer."""
+    """PAFO's teachers on their own group vs the baseline: the advantage distillation can transfer (accuracies in
+    %, the advantage in points, as on the cards; means over seeds where there are several)."""
     teachers = ((result.get("methods") or {}).get("pafo") or {}).get("teachers") or {}
-    rows = [{"teacher": group, "teacher accuracy": t.get("teacher_accuracy"),
-             "baseline accuracy": t.get("baseline_accuracy"), "advantage": t.get("advantage"),
-             "train pairs": t.get("n_train_pairs")} for group, t in teachers.items()]
+    rows = [{"teacher": group, "teacher accuracy (%)": format_value(t.get("teacher_accuracy"), "%"),
+             "baseline accuracy (%)": format_value(t.get("baseline_accuracy"), "%"),
+             "advantage (pts)": format_value(t.get("advantage"), "pts", delta=True),
+             "train pairs": None if t.get("n_train_pairs") is None else f"{t['n_train_pairs']:,.0f}"}
+            for group, t in teachers.items()]
     return pd.DataFrame(rows)
 
 
@@ -295,7 +374,7 @@ def group_accuracy_bars(result: dict) -> go.Figure:
     """Majority and minority accuracy per method, with 95% bootstrap confidence intervals as error bars."""
     methods = result.get("methods") or {}
     names = method_order(methods)
-    traces, seen = [], []
+    traces = []
     for group in GROUP_ORDER:
         values, lower, upper = [], [], []
         for name in names:
@@ -304,27 +383,33 @@ def group_accuracy_bars(result: dict) -> go.Figure:
             values.append(value)
             lower.append(None if value is None or ci[0] is None else value - ci[0])
             upper.append(None if value is None or ci[1] is None else ci[1] - value)
-        seen += [v for v in values if v is not None]
         traces.append(go.Bar(
             x=names, y=values, name=group, marker_color=GROUP_COLORS[group],
             error_y=dict(type="data", symmetric=False, array=upper, arrayminus=lower, color="#343A40", thickness=1.2),
             text=[_pct(v) for v in values], textposition="inside", insidetextanchor="start",
             hovertemplate="%{x} · " + group + ": %{y:.3f}<extra></extra>",
         ))
-    low = max(0.0, min(seen, default=0.5) - 0.1)
+    # From 0: a bar's length is its value (an axis starting at 60% made small differences look large).
     return make_figure(traces, "Accuracy by user group", barmode="group", bargap=0.25,
-                       yaxis=dict(title="user test accuracy (95% bootstrap CI)", range=[low, 1.0], tickformat=".0%"))
+                       yaxis=dict(title="user test accuracy (95% bootstrap CI)", range=[0, 1.04], tickformat=".0%"))
 
 
 def decile_curve(result: dict) -> go.Figure:
-    """Accuracy by support-rate decile per method: the personalized-reward-bias curve (flat is fair)."""
+    """Accuracy by support-rate decile per method: the personalized-reward-bias curve (flat is fair), with each
+    bin's 95% bootstrap CI over its users as error bars (methods side by side so the bars do not overlap)."""
     table = decile_table(result)
     traces = []
-    for name, part in table.groupby("method", sort=False):
+    methods = list(dict.fromkeys(table["method"]))
+    for k, (name, part) in enumerate(table.groupby("method", sort=False)):
         labels = [f"D{d}<br>{lo:.2f}–{hi:.2f}" for d, lo, hi in
                   zip(part["decile"], part["support_lo"], part["support_hi"])]
+        accuracy = part["accuracy"].to_numpy(dtype=float)
+        lo, hi = (pd.to_numeric(part[c], errors="coerce").to_numpy(dtype=float) for c in ("ci_lo", "ci_hi"))
+        offset = 0.12 * (k - (len(methods) - 1) / 2)
         traces.append(go.Scatter(
-            x=part["decile"], y=part["accuracy"], name=name, mode="lines+markers",
+            x=part["decile"] + offset, y=accuracy, name=name, mode="lines+markers",
+            error_y=dict(type="data", symmetric=False, array=np.nan_to_num(hi - accuracy),
+                         arrayminus=np.nan_to_num(accuracy - lo), color=method_color(name), thickness=1, width=3),
             line=dict(color=method_color(name), width=2.5), marker=dict(size=8), customdata=np.c_[part["n_users"]],
             text=labels, hovertemplate="%{text}<br>accuracy %{y:.3f} (%{customdata[0]} users)<extra>" + name +
             "</extra>",
@@ -335,7 +420,7 @@ def decile_curve(result: dict) -> go.Figure:
         xaxis.update(tickvals=ticks["decile"].tolist(),
                      ticktext=[f"D{d}<br>≤{hi:.2f}" for d, hi in zip(ticks["decile"], ticks["support_hi"])])
     return make_figure(traces, "Accuracy by support-rate decile (the bias curve)", xaxis=xaxis,
-                       yaxis=dict(title="mean user accuracy", tickformat=".0%"))
+                       yaxis=dict(title="mean user accuracy (95% CI)", tickformat=".0%"))
 
 
 def user_scatter(per_user: pd.DataFrame, x_method: str = "baseline", y_method: str = "pafo", *,
@@ -356,8 +441,10 @@ def user_scatter(per_user: pd.DataFrame, x_method: str = "baseline", y_method: s
         if not len(part):
             continue
         noise = rng.uniform(-jitter, jitter, size=(2, len(part))) if jitter else np.zeros((2, len(part)))
-        custom = np.c_[part["user_id"].astype(str), part["support_rate"].round(3), part[x_col].round(3),
-                       part[y_col].round(3)]
+        who = part["user_id"].astype(str)
+        if "seed" in part and part["seed"].nunique() > 1:
+            who = "seed " + part["seed"].astype(str) + " · " + who
+        custom = np.c_[who, part["support_rate"].round(3), part[x_col].round(3), part[y_col].round(3)]
         traces.append(trace_type(
             x=part[x_col].to_numpy() + noise[0], y=part[y_col].to_numpy() + noise[1], mode="markers",
             name=f"{group} ({len(part)})", marker=dict(color=GROUP_COLORS[group], size=7, opacity=0.65,
@@ -374,16 +461,23 @@ def user_scatter(per_user: pd.DataFrame, x_method: str = "baseline", y_method: s
         worse = int((frame[y_col] < frame[x_col]).sum())
         annotations.append(dict(x=0.02, y=0.98, xref="paper", yref="paper", showarrow=False, align="left",
                                 text=f"{better} users better with {y_method}, {worse} worse", bgcolor="white"))
+    # constrain="domain": keeping the square aspect shrinks the plot area instead of widening the axes (the report
+    # once showed −100%..200%).
+    axis = dict(range=[-0.03, 1.03], tickformat=".0%", constrain="domain")
     return make_figure(traces, f"Per-user accuracy: {y_method} vs {x_method}", height=460, annotations=annotations,
-                       xaxis=dict(title=f"{x_method} accuracy", range=[-0.03, 1.03], tickformat=".0%"),
-                       yaxis=dict(title=f"{y_method} accuracy", range=[-0.03, 1.03], tickformat=".0%",
-                                  scaleanchor="x"))
+                       xaxis=dict(title=f"{x_method} accuracy", **axis),
+                       yaxis=dict(title=f"{y_method} accuracy", scaleanchor="x", **axis))
 
 
-def pareto_plot(points: pd.DataFrame, highlight_run: str | None = None) -> go.Figure:
-    """Majority vs minority accuracy of every finished run × method, with the Pareto front.
+PARETO_SCOPE = "runs on this dataset and grouping"
+PARETO_SCOPE_ALL = "finished runs on every dataset"
 
-    ``points`` columns: run_id, label, method, majority, minority (and optionally overall).
+
+def pareto_plot(points: pd.DataFrame, highlight_run: str | None = None, scope: str = PARETO_SCOPE) -> go.Figure:
+    """Majority vs minority accuracy of finished runs × methods, with the Pareto front.
+
+    ``points`` columns: run_id, label, method, majority, minority (and optionally overall); ``scope`` says in the
+    title which runs they are (see :func:`pafo.appstate.pareto_records`).
     """
     traces = []
     if len(points):
@@ -402,7 +496,7 @@ def pareto_plot(points: pd.DataFrame, highlight_run: str | None = None) -> go.Fi
         front = _pareto_front(points[["majority", "minority"]].to_numpy(float))
         traces.append(go.Scatter(x=front[:, 0], y=front[:, 1], mode="lines", name="Pareto front",
                                  line=dict(color="#212529", dash="dot", shape="hv"), hoverinfo="skip"))
-    return make_figure(traces, "Pareto view: all finished runs (★ this run)", height=420,
+    return make_figure(traces, f"Pareto view: {scope} (★ this run)", height=420,
                        xaxis=dict(title="majority accuracy →", tickformat=".1%",
                                   range=_padded_range(points["majority"] if len(points) else [])),
                        yaxis=dict(title="minority accuracy →", tickformat=".1%",
@@ -487,14 +581,94 @@ def whatif_bars(parent: dict, child: dict, parent_name: str = "parent", child_na
                        yaxis=dict(title="user test accuracy", tickformat=".0%", range=[0, 1.05]))
 
 
+# ------------------------------------------------------------------------------------------- paired comparisons
+
+
+def seed_note(result: dict) -> str | None:
+    """The warning a single-seed run carries; None with several seeds."""
+    if result.get("kind") == "audit":  # given predictions: no training seed to vary
+        return None
+    seeds = result.get("seeds") or [((result.get("config") or {}).get("data") or {}).get("seed", 0)]
+    return SEED_NOTE.format(seed=seeds[0]) if len(seeds) == 1 else None
+
+
+def sample_warnings(result: dict) -> list[str]:
+    """One warning per group with fewer than :data:`SMALL_GROUP_USERS` users or :data:`SMALL_GROUP_PAIRS` test
+    pairs (users with a test pair; the smallest seed counts)."""
+    per_user = per_user_frame(result)
+    if not {"group", "n_test"} <= set(per_user.columns):
+        return []
+    if "seed" not in per_user:
+        per_user = per_user.assign(seed=0)
+    tested = per_user[pd.to_numeric(per_user["n_test"], errors="coerce").fillna(0) > 0]
+    warnings = []
+    for group in GROUP_ORDER:
+        counts = [(int((part["group"] == group).sum()), int(part.loc[part["group"] == group, "n_test"].sum()), seed)
+                  for seed, part in tested.groupby("seed")] or [(0, 0, None)]
+        users, pairs, seed = min(counts)
+        if users < SMALL_GROUP_USERS or pairs < SMALL_GROUP_PAIRS:
+            where = f" on seed {seed}" if per_user["seed"].nunique() > 1 else ""
+            warnings.append(SMALL_SAMPLE.format(group=group, users=users, pairs=pairs, where=where))
+    return warnings
+
+
+def forest_plot(result: dict, reference: str = "baseline") -> go.Figure:
+    """Paired differences to the reference per method and group: each seed's delta with its CI, and the pooled one
+    (a diamond), in percentage points; the grey band is ±ε of the verdict rule."""
+    comparisons = result.get("comparisons") or {}
+    per_seed = result.get("per_seed") or []
+    rows, traces = [], []
+    for name in method_order(comparisons):
+        for group in ("minority", "majority"):
+            entries = [(f"seed {b.get('seed')}", ((b.get("comparisons") or {}).get(name) or {}).get(group))
+                       for b in per_seed] if len(per_seed) > 1 else []
+            entries.append(("pooled" if len(per_seed) > 1 else f"seed {(result.get('seeds') or ['?'])[0]}",
+                            comparisons[name].get(group)))
+            for label, block in entries:
+                if block is not None:
+                    lo, hi = block.get("ci") or [None, None]
+                    rows.append({"y": f"{name} · {group} · {label}", "group": group, "pooled": label == "pooled",
+                                 "delta": block.get("delta"), "lo": lo, "hi": hi})
+    frame = pd.DataFrame(rows, columns=["y", "group", "pooled", "delta", "lo", "hi"])
+    for col in ("delta", "lo", "hi"):
+        frame[col] = 100 * pd.to_numeric(frame[col], errors="coerce")
+    for group in ("minority", "majority"):
+        for pooled in (False, True):
+            part = frame[(frame["group"] == group) & (frame["pooled"] == pooled)]
+            if not len(part):
+                continue
+            traces.append(go.Scatter(
+                x=part["delta"], y=part["y"], mode="markers", name=f"{group}, {'pooled' if pooled else 'per seed'}",
+                error_x=dict(type="data", symmetric=False, array=(part["hi"] - part["delta"]).fillna(0),
+                             arrayminus=(part["delta"] - part["lo"]).fillna(0), color=GROUP_COLORS[group],
+                             thickness=2.5 if pooled else 1.2),
+                marker=dict(color=GROUP_COLORS[group], size=13 if pooled else 8,
+                            symbol="diamond" if pooled else "circle", line=dict(width=1, color="#212529")),
+                customdata=np.c_[part["lo"], part["hi"]],
+                hovertemplate="%{y}: %{x:+.1f} points [%{customdata[0]:+.1f}, %{customdata[1]:+.1f}]<extra></extra>"))
+    epsilon = 100 * float(((result.get("config") or {}).get("pafo") or {}).get("epsilon", 0.005))
+    shapes = [dict(type="rect", xref="x", yref="paper", x0=-epsilon, x1=epsilon, y0=0, y1=1, line=dict(width=0),
+                   fillcolor="#E9ECEF", layer="below"), _vline(0, color="#212529", width=1)]
+    pooled = " ◆ pooled over seeds;" if len(per_seed) > 1 else ""
+    return make_figure(traces, f"Paired differences to the {reference} (points;{pooled} 95% CI)",
+                       height=max(220, 90 + 26 * len(frame)), shapes=shapes,
+                       xaxis=dict(title=f"method − {reference}, percentage points of user accuracy", zeroline=False),
+                       yaxis=dict(autorange="reversed", categoryorder="array", categoryarray=frame["y"].tolist()))
+
+
 # ------------------------------------------------------------------------------------------- report
 
 
-def report_figures(result: dict, pareto_points: pd.DataFrame | None = None, run_id: str | None = None) -> dict:
+def report_figures(result: dict, pareto_points: pd.DataFrame | None = None, run_id: str | None = None,
+                   pareto_scope: str = PARETO_SCOPE) -> dict:
     """The report's figures by title, built exactly as the app's Compare page builds them."""
     methods = method_order(result.get("methods") or {})
     per_user = per_user_frame(result)
-    figures = {"Accuracy by group": group_accuracy_bars(result), "Bias curve": decile_curve(result)}
+    figures = {}
+    if result.get("comparisons"):
+        reference = result.get("reference", "baseline")
+        figures[f"Paired differences to the {reference}"] = forest_plot(result, reference)
+    figures.update({"Accuracy by group": group_accuracy_bars(result), "Bias curve": decile_curve(result)})
     if len(methods) >= 2:
         x = "baseline" if "baseline" in methods else methods[0]
         y = "pafo" if "pafo" in methods and x != "pafo" else next(m for m in methods if m != x)
@@ -503,7 +677,7 @@ def report_figures(result: dict, pareto_points: pd.DataFrame | None = None, run_
         threshold = (result.get("groups") or {}).get("threshold")
         figures["Support rates"] = support_histogram(per_user, threshold)
     if pareto_points is not None and len(pareto_points):
-        figures["Pareto view"] = pareto_plot(pareto_points, run_id)
+        figures["Pareto view"] = pareto_plot(pareto_points, run_id, pareto_scope)
     return figures
 
 
@@ -511,6 +685,8 @@ def _table_html(frame: pd.DataFrame) -> str:
     def fmt(value, signed: bool) -> str:
         if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
             return "–"
+        if isinstance(value, str):
+            return html.escape(value)
         if isinstance(value, float | np.floating):
             return f"{value:+.3f}" if signed else f"{value:.3f}"
         return html.escape(str(value))
@@ -529,49 +705,57 @@ padding:0 1rem}h1{font-size:1.7rem;margin-bottom:.2rem}h2{font-size:1.2rem;margi
 margin:.5rem 0}th,td{border:1px solid #DEE2E6;padding:.3rem .6rem;text-align:right}th:first-child,td:first-child{
 text-align:left}th{background:#F8F9FA}.kpi{display:flex;gap:1rem;flex-wrap:wrap}.kpi div{background:#F8F9FA;
 border-radius:8px;padding:.6rem 1rem}.kpi b{display:block;font-size:1.3rem}.note{color:#495057;font-size:.9rem}
+.warn{background:#FFF9DB;border-left:4px solid #FAB005;padding:.5rem .8rem;font-size:.9rem}
 """
 
 
 def build_report_html(result: dict, *, run_id: str | None = None, label: str | None = None,
-                      pareto_points: pd.DataFrame | None = None, generated_at: _dt.datetime | None = None) -> str:
-    """A single HTML file with the run's headline numbers, tables and interactive figures.
+                      pareto_points: pd.DataFrame | None = None, generated_at: _dt.datetime | None = None,
+                      pareto_scope: str = PARETO_SCOPE) -> str:
+    """A single HTML file with the run's headline numbers, verdicts, tables and interactive figures.
 
     Self-contained: plotly.js is embedded once (no network needed to open it), so it can be mailed or archived.
+    It says what the Compare page says, in its units: accuracies in %, gaps and differences in points.
     """
     generated_at = generated_at or _dt.datetime.now()
     dataset, groups = result.get("dataset") or {}, result.get("groups") or {}
     support, encoder = result.get("support") or {}, result.get("encoder") or {}
     methods = result.get("methods") or {}
+    seeds = result.get("seeds") or [((result.get("config") or {}).get("data") or {}).get("seed", "?")]
     title = f"PAFO Studio report — run {run_id}" if run_id else "PAFO Studio report"
     kpis = []
     for name in method_order(methods):
         acc = methods[name].get("accuracy") or {}
         gap = (methods[name].get("unfairness") or {}).get("group_gap")
+        gap_text = points(gap)
         kpis.append(f"<div>{html.escape(name)}<b>{_pct(acc.get('minority'))}</b>minority · majority "
-                    f"{_pct(acc.get('majority'))} · gap {_pct(gap)}</div>")
-    pafo = methods.get("pafo") or {}
-    notes = []
-    if "pareto_improvement" in pafo:
-        notes.append("PAFO is a Pareto improvement over the baseline (minority up, majority not down beyond ε)."
-                     if pafo["pareto_improvement"] else
-                     "PAFO is <b>not</b> a Pareto improvement over the baseline on this run.")
-    if pafo.get("pareto_selected") is False:
+                    f"{_pct(acc.get('majority'))} · gap {gap_text}</div>")
+    reference = result.get("reference", "baseline")
+    notes = [html.escape(comparison_text(name, c, reference)) for name, c in (result.get("comparisons") or {}).items()]
+    warnings = [n for n in (seed_note(result), *sample_warnings(result)) if n]
+    if (methods.get("pafo") or {}).get("pareto_selected") is False:
         notes.append("No PAFO epoch met the Pareto selection rule; the best overall epoch was kept.")
-    figures = report_figures(result, pareto_points, run_id)
+    figures = report_figures(result, pareto_points, run_id, pareto_scope)
+    meta = [html.escape(label)] if label else []
+    meta += [f"generated {generated_at:%Y-%m-%d %H:%M}",
+             f"dataset {html.escape(str(dataset.get('name', '?')))}: {dataset.get('n_users', '?')} users, "
+             f"{dataset.get('n_prompts', '?')} prompts",
+             f"seed{'s' if len(seeds) > 1 else ''} {html.escape(', '.join(map(str, seeds)) or '?')}",
+             "audit of given predictions" if result.get("kind") == "audit"
+             else f"encoder {html.escape(str(encoder.get('name', '?')))}",
+             f"support estimator {html.escape(str(support.get('estimator', '?')))}",
+             f"minority = {groups.get('n_minority', '?')} users with support ≤ "
+             f"{groups.get('threshold', float('nan')):.3f} ({html.escape(str(groups.get('rule', '?')))})"
+             + (" on the first seed" if len(seeds) > 1 else "")]
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{REPORT_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-             f"<p class='meta'>{html.escape(label or '')} Generated {generated_at:%Y-%m-%d %H:%M} · dataset "
-             f"{html.escape(str(dataset.get('name', '?')))}: {dataset.get('n_users', '?')} users, "
-             f"{dataset.get('n_prompts', '?')} prompts · "
-             + ("audit of given predictions" if result.get("kind") == "audit"
-                else f"encoder {html.escape(str(encoder.get('name', '?')))}") + " · "
-             f"support estimator {html.escape(str(support.get('estimator', '?')))} · minority = "
-             f"{groups.get('n_minority', '?')} users with support ≤ {groups.get('threshold', float('nan')):.3f} "
-             f"({html.escape(str(groups.get('rule', '?')))})</p>",
+             f"<p class='meta'>{' · '.join(meta)}</p>",
+             "".join(f"<p class='warn'>{html.escape(w).replace('`', '')}</p>" for w in warnings),
              "<div class='kpi'>" + "".join(kpis) + "</div>",
              "".join(f"<p class='note'>{n}</p>" for n in notes),
-             "<h2>Accuracy and unfairness</h2>",
-             _table_html(unfairness_table(result, result.get("reference", "baseline")))]
+             "<h2>Accuracy and unfairness</h2>", _table_html(display_table(result, reference)),
+             "<p class='note'>Accuracies in %, gaps, spreads and Δ in percentage points; means over seeds where "
+             f"there are several. Δ: the method minus the {html.escape(reference)}.</p>"]
     if result.get("comparisons"):
         parts += ["<h2>Paired comparisons</h2>", _table_html(comparison_table(result))]
     teachers = teacher_table(result)

@@ -112,7 +112,11 @@ def load_scoring_model(run_dir: str | Path, method: str = "pafo") -> ScoringMode
         raise PafoInputError(MSG_NO_WEIGHTS.format(path=run_dir, method=method, found=", ".join(methods) or "none"))
     model = _load_model(weights)
     model.eval()
-    user_ids = [str(u) for u in result.get("per_user", {}).get("user_id", [])]
+    per_user = result.get("per_user", {})
+    user_ids = [str(u) for u in per_user.get("user_id", [])]
+    if "seed" in per_user:  # a multi-seed run saves the first seed's models: its users are their rows
+        first = per_user["seed"][0] if per_user["seed"] else None
+        user_ids = [u for u, seed in zip(user_ids, per_user["seed"], strict=True) if seed == first]
     return ScoringModel(model, {u: i for i, u in enumerate(user_ids)}, encoder, method, run_dir)
 
 

@@ -2,13 +2,15 @@
 
 Everything that is not drawing widgets lives in :mod:`pafo.appstate` and :mod:`pafo.report` (no Streamlit there).
 Session keys: ``data_config`` (dict of DataConfig), ``group_config`` (dict of GroupConfig), ``run_id`` (the current
-run, mirrored in the URL as ``?run=<id>`` so a refresh re-attaches), ``forms`` (last submitted experiment forms).
+run, mirrored in the URL as ``?run=<id>`` so a refresh re-attaches), ``forms`` (last submitted experiment forms: one
+dict per config section, and ``seeds`` as typed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import runpy
 import threading
 import time
@@ -96,11 +98,11 @@ def registry() -> RunRegistry:
 
 
 def default_forms() -> dict:
-    """Defaults of the experiment forms."""
+    """Defaults of the experiment forms (``seeds`` blank: the dataset's one seed)."""
     from pafo.method_configs import GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
 
     return {"run": dataclasses.asdict(RunSettings()), "train": dataclasses.asdict(TrainConfig()),
-            "pafo": dataclasses.asdict(PAFOConfig()), "groupdro": dataclasses.asdict(GroupDROConfig())}
+            "pafo": dataclasses.asdict(PAFOConfig()), "groupdro": dataclasses.asdict(GroupDROConfig()), "seeds": ""}
 
 
 def adopt_run_config(config: dict) -> None:
@@ -110,8 +112,21 @@ def adopt_run_config(config: dict) -> None:
     ss[GROUPS] = {**dataclasses.asdict(GroupConfig()), **appstate.known_fields(GroupConfig, config.get("groups"))}
     forms = default_forms()
     for section in forms:
-        forms[section].update({k: v for k, v in (config.get(section) or {}).items() if k in forms[section]})
+        if isinstance(forms[section], dict):
+            forms[section].update({k: v for k, v in (config.get(section) or {}).items() if k in forms[section]})
+    forms["seeds"] = appstate.seeds_text(config.get("seeds") or [])
     ss[FORMS] = forms
+    clear_widgets(FORM_WIDGETS)
+
+
+#: Widget key prefixes of the Train form: their session values win over the forms' values until cleared.
+FORM_WIDGETS = ("train_", "pafo_", "groupdro_")
+
+
+def clear_widgets(prefixes: tuple[str, ...]) -> None:
+    """Forget the widgets' own state so they redraw from the values the page passes (a reset, a new run)."""
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefixes)]:
+        del st.session_state[key]
 
 
 def init_state() -> None:
@@ -288,7 +303,16 @@ def show_flash() -> None:
 
 
 def show_error(message: str, prefix: str = "") -> None:
-    st.error(f"{prefix}{message}", icon=":material/error:")
+    """``st.error`` with uploads named by their file name, not their internal path."""
+    st.error(appstate.friendly_paths(f"{prefix}{message}"), icon=":material/error:")
+
+
+def progress_text(record) -> str:
+    """Status, stage and percent of a run in one line, the same in the sidebar and the run panel (a stage that
+    repeats the status, as "cancelled · cancelled" did, is said once)."""
+    stage = record.stage if record.stage and record.stage != record.status else ""
+    return (f"{STATUS_ICONS.get(record.status, '')} {record.status}" + (f" · {stage}" if stage else "")
+            + f" · {100 * float(record.progress):.0f}%")
 
 
 def run_label(record) -> str:
@@ -347,8 +371,7 @@ def pick_finished_run(key: str, title: str = "Run", *, live: bool = False,
 
 def _sidebar_run(record) -> None:
     st.markdown(f"**Run** `{record.id}`" + (f" · {record.label}" if record.label else ""))
-    text = f"{STATUS_ICONS.get(record.status, '')} {record.status} · {record.stage}"
-    st.progress(min(1.0, max(0.0, float(record.progress))), text=text)
+    st.progress(min(1.0, max(0.0, float(record.progress))), text=progress_text(record))
     if record.reused_from:
         st.caption(f"♻ reused from {record.reused_from}")
     if record.status == SUCCEEDED:
@@ -357,7 +380,7 @@ def _sidebar_run(record) -> None:
         st.caption(record.error[:200])
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=POLL_SECONDS)  # the run panel's pace, so both show the same stage
 def _sidebar_run_live() -> None:
     record = current_record()
     if record is None:
@@ -375,11 +398,10 @@ def sidebar() -> None:
         try:
             summary = dataset_summary(config)
         except PafoInputError as exc:
-            st.caption(f"cannot load: {exc}")
+            st.caption(f"cannot load: {appstate.friendly_paths(str(exc))}")
         else:
             pairs = summary["n_pairs"]
-            source = config["dataset"] if config["dataset"] == "synthetic" else \
-                f"{config['dataset']}: {Path(str(config.get('path') or '')).name}"
+            source = appstate.dataset_label(config)
             st.markdown(f"**{source}** · {summary['n_users']:,} users · {summary['n_prompts']:,} prompts  \n"
                         f"{pairs['train']:,} train · {pairs['val']:,} val · {pairs['test']:,} test pairs")
         groups = st.session_state[GROUPS]
@@ -422,10 +444,8 @@ def run_status_message(record) -> None:
 def run_panel(record, *, key: str) -> None:
     """Progress, stage, training curves and the cancel button of one run."""
     reg = registry()
-    percent = 100 * float(record.progress)
     cols = st.columns([3, 1.4, 0.8, 0.8])
-    cols[0].progress(min(1.0, max(0.0, float(record.progress))), text=f"{record.stage or record.status} · "
-                                                                     f"{percent:.0f}%")
+    cols[0].progress(min(1.0, max(0.0, float(record.progress))), text=progress_text(record))
     cols[1].metric("Status", record.status)
     elapsed = (record.finished_at or time.time()) - (record.started_at or record.created_at)
     cols[2].metric("Elapsed", f"{elapsed:.0f} s")
@@ -436,12 +456,38 @@ def run_panel(record, *, key: str) -> None:
     history = appstate.history_frame(reg.epochs(record.id))
     if len(history):
         last = history.iloc[-1]
-        cols[3].metric("Epochs", f"{len(history)}", help=f"last: {last['stage']} epoch {last['epoch']}")
+        cols[3].metric("Epochs trained", f"{len(history)}",
+                       help=f"epochs of every model and stage together; last: {last['stage']} epoch {last['epoch']}")
         plot(report.training_curves(history), key=f"curves_{key}_{record.id}")
     elif record.status in ACTIVE_STATUSES:
-        st.caption("Loading data and embedding texts; training curves appear with the first epoch.")
+        st.caption("Loading data and embedding texts (the first run of a dataset embeds every text; later runs read "
+                   "the cache); training curves appear with the first epoch.")
     if record.done:
         run_status_message(record)
+
+
+def picker_key(base: str, records) -> str:
+    """A widget key that changes with the listed runs' statuses. A select box keeps showing its selected option's
+    old label (a ▶ long after the run finished) until the widget is drawn anew, so a new status makes a new
+    widget; the page passes the selection on through ``index``."""
+    digest = hashlib.sha256("".join(f"{r.id}:{r.status};" for r in records).encode()).hexdigest()[:10]
+    return f"{base}_{digest}"
+
+
+def rerun_when_runs_change(records) -> None:
+    """Re-run the page when one of these runs (those still active) changes status, so status icons in pickers
+    and tables drawn once per page run stay true."""
+    active = {r.id: r.status for r in records if not r.done}
+    if not active:
+        return
+
+    @st.fragment(run_every=2 * POLL_SECONDS)
+    def _watch() -> None:
+        for run_id, status in active.items():
+            if registry().get(run_id).status != status:
+                st.rerun()
+
+    _watch()
 
 
 def live_run_panel(run_id: str, *, key: str) -> None:

@@ -1,11 +1,13 @@
-"""Compare: baseline vs PAFO (and any other method) per user group, with uncertainty, the bias curve, per-user
-accuracy, the unfairness table, a Pareto view of every finished run, and downloads."""
+"""Compare: baseline vs PAFO (and any other method) per user group: each method's verdict against the baseline from
+paired confidence intervals pooled over seeds, a forest plot of those differences, the bias curve, per-user
+accuracy, the unfairness table, a Pareto view of the runs on the same data, and downloads."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from pafo import report
+from pafo import appstate, report
+from pafo.compare import VERDICT_WORDS
 from pages import _ui as ui
 
 ui.require_app()
@@ -19,41 +21,60 @@ methods = report.method_order(result["methods"])
 per_user = report.per_user_frame(result)
 groups = result.get("groups") or {}
 dataset = result.get("dataset") or {}
+seeds = result.get("seeds") or [(result["config"].get("data") or {}).get("seed", 0)]
+comparisons = result.get("comparisons") or {}
 
+minority = (f"{groups.get('n_minority')} minority users per seed" if len(seeds) > 1 else
+            f"minority = {groups.get('n_minority')} users with support ≤ {groups.get('threshold', float('nan')):.3f}")
+source = (f"audit of given predictions on {result.get('n_pairs', 0):,} {result.get('split')} pairs"
+          if result.get("kind") == "audit" else f"encoder {result['encoder']['name']}")
 st.caption(
-    f"{dataset.get('name')} · {dataset.get('n_users', 0):,} users · "
-    + (f"audit of given predictions on {result.get('n_pairs', 0):,} {result.get('split')} pairs"
-       if result.get("kind") == "audit" else f"encoder {result['encoder']['name']}") + " · "
-    f"support estimator {result['support']['estimator']} · minority = {groups.get('n_minority')} users with "
-    f"support ≤ {groups.get('threshold', float('nan')):.3f} · run took {result.get('seconds', 0):.0f} s"
-    + (f" · ♻ reused from {record.reused_from}" if record.reused_from else "")
+    f"{dataset.get('name')} · {dataset.get('n_users', 0):,} users · seed{'s' if len(seeds) > 1 else ''} "
+    f"{appstate.seeds_text(seeds)} · {source} · support estimator {result['support']['estimator']} · {minority} · "
+    f"run took {result.get('seconds', 0):.0f} s" + (f" · ♻ reused from {record.reused_from}" if record.reused_from
+                                                     else "")
 )
+note = report.seed_note(result)
+if note:
+    st.warning(note, icon=":material/casino:")
+for warning in report.sample_warnings(result):
+    st.warning(warning, icon=":material/group_off:")
 
 # ----------------------------------------------------------------------------------------------- headline
-reference = result.get("reference") or ("baseline" if "baseline" in methods else methods[0])
-ref_acc = result["methods"][reference]["accuracy"]
-ref_gap = result["methods"][reference]["unfairness"]["group_gap"]
+reference = result.get("reference") or ("baseline" if "baseline" in methods else methods[0])  # an audit names its own
+ref = result["methods"][reference]
 cols = st.columns(len(methods))
 for col, name in zip(cols, methods, strict=True):
-    acc, unf = result["methods"][name]["accuracy"], result["methods"][name]["unfairness"]
+    metrics = result["methods"][name]
+    acc, unf = metrics["accuracy"], metrics["unfairness"]
+    same = name == reference
     with col.container(border=True):
-        st.markdown(f"**{name}**")
-        delta = None if name == reference else f"{100 * (acc['minority'] - ref_acc['minority']):+.1f} pts"
-        st.metric("Minority accuracy", f"{100 * acc['minority']:.1f}%", delta)
-        delta = None if name == reference else f"{100 * (acc['majority'] - ref_acc['majority']):+.1f} pts"
-        st.metric("Majority accuracy", f"{100 * acc['majority']:.1f}%", delta)
-        delta = None if name == reference else f"{100 * (unf['group_gap'] - ref_gap):+.1f} pts"
-        st.metric("Group gap", f"{100 * unf['group_gap']:.1f} pts", delta, delta_color="inverse")
-        metrics = result["methods"][name]
-        if "pareto_improvement" in metrics:
-            st.caption("✓ Pareto improvement over the baseline" if metrics["pareto_improvement"]
-                       else "✗ not a Pareto improvement over the baseline")
+        st.markdown(f"**{name}**" + (" (the reference)" if same and comparisons else ""))
+        for label, key in (("Minority accuracy", "minority"), ("Majority accuracy", "majority")):
+            paired = ((comparisons.get(name) or {}).get(key) or {}).get("delta")  # the verdict's own number
+            delta = {} if same else appstate.metric_delta(acc[key], ref["accuracy"][key], change=paired)
+            st.metric(label, report.percent(acc[key]), **delta)
+        delta = {} if same else appstate.metric_delta(unf["group_gap"], ref["unfairness"]["group_gap"],
+                                                      absolute=True, lower_is_better=True)
+        st.metric("Group gap", report.points(unf["group_gap"]), **delta,
+                  help="majority − minority accuracy; the change compares sizes, |gap|: closer to 0 is fairer")
+        if name in comparisons:
+            comparison = comparisons[name]
+            verdict = comparison["verdict"]
+            st.markdown(f"Verdict vs {reference}: **{report.VERDICT_ICONS.get(verdict, '')} "
+                        f"{VERDICT_WORDS.get(verdict, verdict)}**", help=report.VERDICT_RULE)
+            st.caption(report.describe_comparison(comparison))
         if metrics.get("pareto_selected") is False:
             st.caption("no epoch met the Pareto selection rule; the best overall epoch was kept")
-        if name in (result.get("comparisons") or {}):
-            comparison = result["comparisons"][name]
-            st.markdown(f"Verdict vs {reference}: **{comparison['verdict']}**")
-            st.caption(report.comparison_text(name, comparison, reference))
+
+if comparisons:
+    ui.plot(report.forest_plot(result, reference), key="cmp_forest")
+    st.subheader("Paired comparisons")
+    st.dataframe(report.comparison_table(result), width="stretch", hide_index=True)
+    st.caption(f"Each method minus the {reference} on the same users and test pairs, in percentage points, with 95% "
+               "bootstrap CIs over users pooled across seeds.")
+    with st.expander("How the verdict is decided"):
+        st.markdown(report.VERDICT_RULE)
 
 # ----------------------------------------------------------------------------------------------- figures
 left, right = st.columns(2)
@@ -74,24 +95,25 @@ with left:
     else:
         st.info("The per-user scatter needs two methods; this run trained only one.")
 with right:
-    runs = ui.finished_runs()
-    points = ui.pareto_frame(runs)
-    ui.plot(report.pareto_plot(points, record.id), key="cmp_pareto")
+    every = st.toggle("Pareto view: runs on every dataset", key="cmp_pareto_all",
+                      help="off: only runs on this run's data (same fingerprint, so the same users and seeds) and "
+                           "grouping rule, whose accuracies can be compared")
+    finished = ui.finished_runs()
+    shown = appstate.pareto_records(finished, record, every_dataset=every)
+    points = ui.pareto_frame(shown)
+    scope = report.PARETO_SCOPE_ALL if every else report.PARETO_SCOPE
+    ui.plot(report.pareto_plot(points, record.id, scope), key="cmp_pareto")
+    hidden = len(appstate.pareto_records(finished, record, every_dataset=True)) - len(shown)
+    if hidden:
+        st.caption(f"{hidden} finished run{'s' if hidden != 1 else ''} on other data or groupings not shown.")
 
 # ----------------------------------------------------------------------------------------------- tables
 st.subheader("Accuracy and unfairness")
-table = report.unfairness_table(result, reference)
-st.dataframe(table, width="stretch", hide_index=True, column_config={
-    c: st.column_config.NumberColumn(c, format="%+.3f" if c.startswith("Δ") else "%.3f")
-    for c in table.columns if c not in ("metric", "better")})
-st.caption("↑: larger is better, ↓: smaller is better. Δ columns: the method minus the "
-           f"{reference}. Accuracies weigh each user equally; CIs are percentile bootstraps over users.")
-if result.get("comparisons"):
-    st.subheader("Paired comparisons")
-    st.dataframe(report.comparison_table(result), width="stretch", hide_index=True)
-    st.caption("Each model minus the reference on the same users and pairs, with 95% bootstrap CIs over users. "
-               "Verdict: pareto = minority CI above 0 and majority not down by more than 0.5 points; worse, "
-               "tradeoff, or noise otherwise (see the README).")
+st.dataframe(report.display_table(result, reference), width="stretch", hide_index=True)
+st.caption("Accuracies in %, gaps and spreads in percentage points (pts), as on the cards; ↑ larger is better, ↓ "
+           f"smaller, |↓| smaller in size. Δ columns: the method minus the {reference}, in points. Accuracies weigh "
+           "each user equally" + ("; with several seeds every figure is the mean over the seeds." if len(seeds) > 1
+                                  else "."))
 teachers = report.teacher_table(result)
 if len(teachers):
     with st.expander("PAFO's teachers on their own group (what distillation can transfer)"):
@@ -104,10 +126,11 @@ cols[0].download_button("Per-user CSV", per_user.to_csv(index=False).encode(), f
 
 
 def _report_html() -> bytes:
-    return report.build_report_html(result, run_id=record.id, label=record.label, pareto_points=points).encode()
+    return report.build_report_html(result, run_id=record.id, label=record.label, pareto_points=points,
+                                    pareto_scope=scope).encode()
 
 
 cols[1].download_button("HTML report", _report_html, file_name=f"pafo_report_{record.id}.html", mime="text/html",
                         icon=":material/description:", on_click="ignore", key="dl_report",
-                        help="one self-contained HTML file with these figures and tables (opens offline)")
+                        help="one self-contained HTML file with these verdicts, figures and tables (opens offline)")
 cols[2].page_link(ui.PAGES["users"], label="Drill down into single users", icon=":material/person_search:")

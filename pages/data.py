@@ -33,9 +33,14 @@ ui.show_flash()
 # ----------------------------------------------------------------------------------------------- the demo
 with st.container(border=True):
     left, right = st.columns([3, 1], vertical_alignment="center")
+    demo_seeds = appstate.DEMO_SEEDS
+    several = any(c in demo_seeds for c in ",-")
     left.markdown(
         "**New here? Run the demo.** It simulates 300 users on the built-in synthetic data, trains the baseline "
         "and PAFO in the background and shows their progress on **Compare**, then the results (about a minute)."
+        + (f" It repeats that on seeds {demo_seeds} and pools them, so Compare can tell a real difference from "
+           "noise." if several else " It runs **one seed**: a difference between methods on one seed is not "
+           "evidence; train seeds 0-2 on Train for a verdict you can trust.")
     )
     if right.button("▶ Run the demo", type="primary", width="stretch", key="run_demo"):
         config = appstate.demo_config()
@@ -70,6 +75,8 @@ if source == "pairs":
             ui.show_error(str(exc), "Upload rejected: ")
         else:
             st.caption(f"uploaded {upload.name} ({len(upload.getvalue()):,} bytes); it is used instead of the path")
+elif current["dataset"] == "pairs" and appstate.friendly_paths(str(path_value or "")) != str(path_value or ""):
+    path_value = None  # an earlier upload: named in the sidebar; the path box is for files on this machine
 elif source == "hub":
     dataset_name = st.radio("Schema", list(HUB_SCHEMAS), format_func=HUB_SCHEMAS.get, horizontal=True,
                             key="hub_schema", index=list(HUB_SCHEMAS).index(current["dataset"])
@@ -96,6 +103,8 @@ if submitted:
     if uploaded_path:
         values["path"] = uploaded_path
     values = {k: v for k, v in values.items() if k != "path" or v}
+    if not values.get("path") and source == "pairs" and current["dataset"] == "pairs" and current.get("path"):
+        values["path"] = current["path"]  # keep the uploaded file that is the current dataset
     try:
         config = appstate.form_to_dataclass(DataConfig, {"dataset": dataset_name, **values})
         config_dict = dataclasses.asdict(config.validate())

@@ -24,8 +24,9 @@ if record is not None:
     st.subheader(f"Run {record.id}" + (f" · {record.label}" if record.label else ""))
     methods = (record.config.get("run") or {}).get("methods", "")
     encoder = (record.config.get("run") or {}).get("encoder", "")
-    st.caption(f"methods {methods} · encoder {encoder} · dataset {record.config['data']['dataset']}"
-               + (f" · what-if of {record.parent_id}" if record.parent_id else ""))
+    seeds = appstate.seeds_text(record.config.get("seeds") or [record.config["data"].get("seed", 0)])
+    st.caption(f"methods {methods} · encoder {encoder} · dataset {appstate.dataset_label(record.config['data'])} · "
+               f"seeds {seeds}" + (f" · what-if of {record.parent_id}" if record.parent_id else ""))
     ui.live_run_panel(record.id, key="train")
 else:
     st.info("No run yet. Configure one below, or press **Run the demo** on the Data page.", icon=":material/info:")
@@ -36,12 +37,22 @@ forms = ui.forms()
 rule = (f"support ≤ {groups['minority_threshold']:.3f}" if groups.get("minority_threshold") is not None
         else f"lowest {100 * groups['minority_quantile']:.0f}% support")
 with st.expander("Start a new run", expanded=record is None):
-    source = data["dataset"] if data["dataset"] == "synthetic" else f"{data['dataset']} ({data.get('path')})"
-    st.markdown(f"Dataset **{source}** · minority = **{rule}** ({groups['estimator']} estimator) — change them on "
-                "the Data and Support rates pages.")
-    with st.form("train_form"):
+    st.markdown(f"Dataset **{appstate.dataset_label(data)}** (seed {data.get('seed', 0)}) · minority = **{rule}** "
+                f"({groups['estimator']} estimator) — change them on the Data and Support rates pages.")
+    changed = appstate.form_changes(forms, ui.default_forms())
+    if changed:
+        cols = st.columns([4, 1], vertical_alignment="center")
+        cols[0].info("This form holds values that differ from the defaults (from an earlier run or what you set): "
+                     + ", ".join(f"`{key}` {value} (default {default})" for key, value, default in changed),
+                     icon=":material/tune:")
+        if cols[1].button("Reset to defaults", key="train_reset", icon=":material/restart_alt:", width="stretch"):
+            st.session_state[ui.FORMS] = ui.default_forms()
+            ui.clear_widgets(ui.FORM_WIDGETS)
+            st.rerun()
+    # Enter in a field must not start a run: only the button does.
+    with st.form("train_form", enter_to_submit=False):
         run_values = forms["run"]
-        cols = st.columns([2, 1, 1])
+        cols = st.columns([2, 1, 1, 1])
         methods_help = appstate.field_specs(RunSettings, include=("methods",))[0].help
         chosen = cols[0].multiselect("Methods", list(METHODS),
                                      default=[m for m in run_values["methods"].split(",") if m in METHODS],
@@ -53,6 +64,11 @@ with st.expander("Start a new run", expanded=record is None):
                                          "the disk cache); tfidf: fast TF-IDF + SVD")
         bootstrap = cols[2].number_input("Bootstrap resamples", 10, 10000, int(run_values["bootstrap"]), 100,
                                          key="train_bootstrap")
+        seeds = cols[3].text_input("Seeds", value=forms.get("seeds", ""), key="train_seeds",
+                                   placeholder=f"{data.get('seed', 0)} (the dataset's)",
+                                   help="several data seeds, e.g. 0-2 or 0,3,7: every method trains once per seed "
+                                        "and Compare pools them, with paired CIs and a verdict per method. Blank: "
+                                        "the dataset's one seed")
         st.markdown("**Training** (every model)")
         train_values = ui.dataclass_inputs(TrainConfig, forms["train"], prefix="train", columns=4)
         st.markdown("**PAFO** (teachers and distillation)")
@@ -74,12 +90,12 @@ with st.expander("Start a new run", expanded=record is None):
                 "pafo": dataclasses.asdict(appstate.form_to_dataclass(PAFOConfig, pafo_values)),
                 "groupdro": dataclasses.asdict(appstate.form_to_dataclass(GroupDROConfig, dro_values)),
             }
-            config = appstate.experiment_config(data, groups, **sections)
+            config = appstate.experiment_config(data, groups, **sections, seeds=seeds)
             new = reg.submit(config.to_dict(), fingerprint=config.fingerprint(), force=force, label=label or None)
         except PafoInputError as exc:
             ui.show_error(str(exc), "Cannot start the run: ")
         else:
-            st.session_state[ui.FORMS] = sections
+            st.session_state[ui.FORMS] = {**sections, "seeds": seeds.strip()}
             ui.set_current_run(new.id)
             st.rerun()
 
@@ -105,12 +121,14 @@ if any(not r.done for r in records):
     st.fragment(run_every=2 * ui.POLL_SECONDS)(runs_table)()
 else:
     runs_table()
+ui.rerun_when_runs_change(records)  # the picker's status icons below
 if records:
     ids = [r.id for r in records]
     cols = st.columns([3, 1], vertical_alignment="bottom")
     current_id = st.session_state.get(ui.RUN)
     pick = cols[0].selectbox("Follow another run", ids, index=ids.index(current_id) if current_id in ids else 0,
-                             format_func=lambda i: ui.run_label(records[ids.index(i)]), key="train_attach")
+                             format_func=lambda i: ui.run_label(records[ids.index(i)]),
+                             key=ui.picker_key("train_attach", records))
     if cols[1].button("Follow this run", key="train_attach_button", width="stretch") and pick != current_id:
         ui.set_current_run(pick)
         st.rerun()

@@ -17,7 +17,15 @@ if picked is None:
     st.stop()
 record, result = picked
 methods = report.method_order(result["methods"])
-per_user = report.per_user_frame(result).reset_index(names="user")
+per_user = report.per_user_frame(result)
+seeds = list(dict.fromkeys(per_user["seed"])) if "seed" in per_user else [None]
+seed = seeds[0]
+if len(seeds) > 1:
+    seed = st.selectbox("Seed", seeds, key="users_seed", help="each seed simulated its own users and test pairs; "
+                        "scoring uses the first seed's models")
+if seed is not None:  # rows of one seed; "user" is the user's index within that seed, as in test_margins.csv
+    per_user = per_user[per_user["seed"] == seed].reset_index(drop=True)
+per_user = per_user.reset_index(names="user")
 
 cols = st.columns([1, 1.3, 3])
 group = cols[0].radio("Group", ["minority", "majority", "all"], horizontal=True, key="users_group")
@@ -44,30 +52,39 @@ def _describe(user: int) -> str:
 user = cols[2].selectbox("User", candidates["user"].tolist(), format_func=_describe, key="users_pick")
 row = per_user.loc[user]
 
-cols = st.columns(5 + len(methods))
+# Two rows of four: a metric needs about a quarter of the page for "minority" to show whole.
+cols = st.columns(4)
 cols[0].metric("User", str(row["user_id"]))
 cols[1].metric("Group", row["group"])
 below = (per_user["support_rate"] < row["support_rate"]).mean()
 cols[2].metric("Support rate", f"{row['support_rate']:.3f}",
                help=f"{100 * below:.0f}% of users have lower support; the minority cut is "
                     f"{(result.get('groups') or {}).get('threshold', float('nan')):.3f}")
-cols[3].metric("Train pairs", int(row.get("n_train", 0) or 0))
-cols[4].metric("Test pairs", int(row.get("n_test", 0) or 0))
+cols[3].metric("Train + val pairs", f"{int(row.get('n_train', 0) or 0)} + {int(row.get('n_val', 0) or 0)}",
+               help="labelled pairs the models trained on, and those kept for validation (early stopping)")
 reference = result.get("reference", "baseline")  # an audit compares with its own reference model
-for col, name in zip(cols[5:], methods, strict=True):
-    value = row.get(f"acc_{name}")
-    base = row.get(f"acc_{reference}")
-    delta = None if name == reference or base is None or value is None else f"{100 * (value - base):+.0f} pts"
-    col.metric(f"{name} accuracy", "–" if value is None else f"{100 * value:.0f}%", delta)
+for start in range(0, len(methods) + 1, 4):
+    cols = st.columns(4)
+    for col, name in zip(cols, ["test pairs", *methods][start:start + 4], strict=False):
+        if name == "test pairs":
+            col.metric("Test pairs", int(row.get("n_test", 0) or 0))
+            continue
+        value = row.get(f"acc_{name}")
+        delta = {} if name == reference or value is None else appstate.metric_delta(value, row.get(f"acc_{reference}"))
+        col.metric(f"{name} accuracy", "–" if value is None else f"{100 * value:.0f}%", **delta)
 
 margins = ui.test_margins(record)
 if margins is None:
     ui.show_error(f"run {record.id} has no test_margins.csv, so its pairs cannot be shown")
     st.stop()
+if seed is not None and "seed" in margins:
+    margins = margins[margins["seed"] == seed]
 responses = None
+data_config = appstate.known_fields(DataConfig, result["config"]["data"])
+if seed is not None:
+    data_config["seed"] = int(seed)
 try:
-    responses = ui.load_data({**appstate.default_data_dict(),
-                              **appstate.known_fields(DataConfig, result["config"]["data"])}).responses
+    responses = ui.load_data({**appstate.default_data_dict(), **data_config}).responses
 except PafoInputError as exc:
     st.warning(f"The run's dataset cannot be loaded any more ({exc}); showing response ids instead of texts.")
 pairs = appstate.user_pairs_table(margins, int(user), responses, methods)
@@ -94,8 +111,12 @@ with st.expander("Score your own pair of responses for this user"):
     prompt = st.text_input("Prompt", value=default_prompt, key="score_prompt")
     first = st.text_area("Response A", key="score_a", height=90)
     second = st.text_area("Response B", key="score_b", height=90)
-    ready = all(text.strip() for text in (prompt, first, second))
-    if st.button("Score A and B", key="score_button", disabled=not ready):
+    # Never disabled: a text area commits its value when focus leaves it, which the click itself does, so a
+    # button enabled only after that commit needed a second click.
+    if st.button("Score A and B", key="score_button"):
+        if not all(text.strip() for text in (prompt, first, second)):
+            st.warning("Type a prompt and both responses first.", icon=":material/edit:")
+            st.stop()
         try:
             with st.spinner("Embedding and scoring…"):
                 scores = scoring.score_pair(ui.scoring_models(record, methods), str(row["user_id"]), prompt, first,

@@ -1,7 +1,9 @@
-"""What-if: clone a finished run with a changed threshold, λ, τ, condition or population shares, launch it and
-compare it with its parent."""
+"""What-if: clone a finished run with a changed threshold, λ, τ, condition, population shares or seeds, launch it
+and compare it with its parent."""
 
 from __future__ import annotations
+
+import time
 
 import pandas as pd
 import streamlit as st
@@ -28,17 +30,28 @@ groups, pafo = config.get("groups") or {}, config.get("pafo") or {}
 data = config.get("data") or {}
 
 # ----------------------------------------------------------------------------------------------- changes
+# No st.form: in a form, Enter in any field submits it, and each Enter launched a training run. Plain widgets
+# commit on Enter and only the button launches; the rule radio can also disable the input it makes irrelevant.
+WIDGETS = ("whatif_rule", "whatif_quantile", "whatif_threshold", "whatif_lam", "whatif_temperature",
+           "whatif_condition", "whatif_shares", "whatif_seeds", "whatif_label")
+if st.session_state.get("whatif_for") != parent.id:  # another parent: its values, not the last parent's
+    for key in WIDGETS:
+        st.session_state.pop(key, None)
+    st.session_state["whatif_for"] = parent.id
+
 condition_choices = list(appstate.field_specs(PAFOConfig, include=("condition",))[0].choices)
-with st.form("whatif_form"):
+with st.container(border=True):
     cols = st.columns(4)
     rule = cols[0].radio("Minority rule", ["quantile", "absolute"], horizontal=True, key="whatif_rule",
                          index=1 if groups.get("minority_threshold") is not None else 0)
     quantile = cols[0].number_input("quantile", 0.01, 0.99, float(groups.get("minority_quantile") or 0.2), 0.05,
-                                    key="whatif_quantile")
+                                    key="whatif_quantile", disabled=rule != "quantile",
+                                    help="minority = users at or below this quantile of support (quantile rule)")
     threshold = cols[0].number_input("absolute support threshold", 0.0, 1.0,
                                      float(groups.get("minority_threshold") or
                                            (parent_result.get("groups") or {}).get("threshold") or 0.5),
-                                     0.01, key="whatif_threshold", format="%.3f")
+                                     0.01, key="whatif_threshold", format="%.3f", disabled=rule != "absolute",
+                                     help="minority = users at or below this support rate (absolute rule)")
     lam = cols[1].number_input("λ (distillation weight)", 0.0, 100.0, float(pafo.get("lam", 1.0)), 0.25,
                                key="whatif_lam")
     temperature = cols[1].number_input("τ (temperature)", 0.01, 100.0, float(pafo.get("temperature", 1.0)), 0.25,
@@ -57,8 +70,11 @@ with st.form("whatif_form"):
     shares = cols[3].text_input("Population shares (KEY=V,...)", value=shares_default or "", key="whatif_shares",
                                 disabled=data.get("dataset") not in SIMULATED,
                                 help="simulated sources only: how many users each judge dominates")
+    parent_seeds = appstate.seeds_text(config.get("seeds") or [data.get("seed", 0)])
+    seeds = cols[3].text_input("Seeds", value=parent_seeds, key="whatif_seeds",
+                               help="data seeds, e.g. 0-2: several give paired CIs and a verdict on Compare")
     label = cols[2].text_input("Label", key="whatif_label", placeholder="e.g. λ=2")
-    launch = st.form_submit_button("Launch what-if run", type="primary")
+    launch = st.button("Launch what-if run", type="primary", key="whatif_launch")
 
 if launch:
     changes = {"pafo.lam": float(lam), "pafo.temperature": float(temperature), "pafo.condition": condition}
@@ -68,6 +84,8 @@ if launch:
         changes["groups.minority_threshold"] = float(threshold)
     if data.get("dataset") in SIMULATED and (shares or "") != (shares_default or ""):
         changes["data.shares"] = shares.strip() or None
+    if seeds.strip() != parent_seeds:
+        changes["seeds"] = seeds.strip() or str(data.get("seed", 0))
     try:
         child_config = appstate.whatif_config(config, changes)
         diff = appstate.config_diff(config, child_config)
@@ -77,22 +95,36 @@ if launch:
 
         fingerprint = ExperimentConfig.from_dict(child_config).fingerprint()
         auto_label = label or "what-if: " + ", ".join(f"{k.split('.')[-1]}={v}" for k, _, v in diff)
+        submitted_at = time.time()
         child = reg.submit(child_config, fingerprint=fingerprint, parent_id=parent.id, label=auto_label[:80])
     except PafoInputError as exc:
         ui.show_error(str(exc), "Cannot launch this what-if: ")
     else:
-        st.session_state["whatif_child"] = child.id
+        if not child.done and child.created_at < submitted_at:  # the registry handed back a run in flight
+            ui.flash("info", f"An identical run is already {child.status} ({child.id}): following it instead of "
+                             "training the same config twice.")
+        elif child.reused_from:
+            ui.flash("info", f"♻ Identical to finished run {child.reused_from}: its result is shown, no training.")
+        st.session_state["whatif_child"] = child.id  # the picker shows the run just launched, not an older one
         st.rerun()
 
+ui.show_flash()
+
 # ----------------------------------------------------------------------------------------------- children
-children = [r for r in reg.list() if r.parent_id == parent.id]
+records = reg.list()
+children = [r for r in records if r.parent_id == parent.id]
+wanted = st.session_state.get("whatif_child")
+if wanted and wanted not in {c.id for c in children}:  # an identical run of another parent was reused
+    children += [r for r in records if r.id == wanted]
 if not children:
     st.info("No what-if runs of this parent yet: change something above and launch one.", icon=":material/info:")
     st.stop()
 ids = [c.id for c in children]
-wanted = st.session_state.get("whatif_child")
 child_id = st.selectbox("What-if run", ids, index=ids.index(wanted) if wanted in ids else 0,
-                        format_func=lambda i: ui.run_label(children[ids.index(i)]), key="whatif_pick")
+                        format_func=lambda i: ui.run_label(children[ids.index(i)]),
+                        key=ui.picker_key("whatif_pick", children))
+st.session_state["whatif_child"] = child_id  # the selection outlives the picker's key (a new one per status)
+ui.rerun_when_runs_change(children)  # the picker's status icons
 child = children[ids.index(child_id)]
 diff = appstate.config_diff(config, child.config)
 st.markdown("**Changed:** " + (", ".join(f"`{k}` {a} → **{b}**" for k, a, b in diff) or "nothing"))
@@ -112,24 +144,20 @@ if child.reused_from:
 ui.plot(report.whatif_bars(parent_result, child_result, f"parent {parent.id[-6:]}", f"what-if {child.id[-6:]}"),
         key="whatif_bars")
 rows = []
+ROWS = (("accuracy", "majority", "majority accuracy (%)", "%"), ("accuracy", "minority", "minority accuracy (%)", "%"),
+        ("accuracy", "overall", "overall accuracy (%)", "%"), ("unfairness", "group_gap", "group gap (pts)", "pts"),
+        ("unfairness", "support_spearman", "Spearman(support, accuracy)", ""))
 for name in report.method_order(set(parent_result["methods"]) | set(child_result["methods"])):
     before = parent_result["methods"].get(name) or {}
     after = child_result["methods"].get(name) or {}
-    for key, label in (("majority", "majority accuracy"), ("minority", "minority accuracy"),
-                       ("overall", "overall accuracy")):
-        a, b = (before.get("accuracy") or {}).get(key), (after.get("accuracy") or {}).get(key)
-        rows.append({"method": name, "metric": label, "parent": a, "what-if": b,
-                     "Δ": None if a is None or b is None else b - a})
-    for key, label in (("group_gap", "group gap"), ("support_spearman", "Spearman(support, accuracy)")):
-        a, b = (before.get("unfairness") or {}).get(key), (after.get("unfairness") or {}).get(key)
-        rows.append({"method": name, "metric": label, "parent": a, "what-if": b,
-                     "Δ": None if a is None or b is None else b - a})
-table = pd.DataFrame(rows)
-st.dataframe(table, width="stretch", hide_index=True, column_config={
-    "parent": st.column_config.NumberColumn("parent", format="%.3f"),
-    "what-if": st.column_config.NumberColumn("what-if", format="%.3f"),
-    "Δ": st.column_config.NumberColumn("Δ", format="%+.3f")})
-st.caption(f"Groups: parent {parent_result['groups']['n_minority']} minority users (cut "
+    for section, key, label, unit in ROWS:
+        a, b = (before.get(section) or {}).get(key), (after.get(section) or {}).get(key)
+        rows.append({"method": name, "metric": label, "parent": report.format_value(a, unit),
+                     "what-if": report.format_value(b, unit),
+                     "Δ": report.format_value(None if a is None or b is None else b - a, unit, delta=True)})
+st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+st.caption("Accuracies in %, the gap and Δ in percentage points, as on Compare. Groups: parent "
+           f"{parent_result['groups']['n_minority']} minority users (cut "
            f"{parent_result['groups']['threshold']:.3f}), what-if {child_result['groups']['n_minority']} (cut "
            f"{child_result['groups']['threshold']:.3f}). A different grouping changes who counts as minority, so "
            "compare group accuracies with that in mind.")

@@ -1,17 +1,21 @@
 """AppTest tests of every page of the Streamlit app, with real (tiny) runs through the run registry.
 
 One module-wide ``$PAFO_HOME`` holds a finished baseline + PAFO run on a 40-user synthetic dataset with the TF-IDF
-encoder; error paths (bad upload, bad path, offline hub id, failed run, cancelled run) must show ``st.error`` (or
-the cancelled warning) and never an exception.
+encoder, the same over seeds 0-1, and a run on another (30-user) dataset; error paths (bad upload, bad path,
+offline hub id, failed run, cancelled run) must show ``st.error`` (or the cancelled warning) and never an exception.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
 from pafo import appstate
@@ -36,31 +40,68 @@ class Studio:
     registry: RunRegistry
     run_id: str  # a finished baseline + PAFO run
     failed_id: str  # a run whose worker failed (its data file is missing)
+    seeds_id: str  # the same as run_id over seeds 0-1
+    other_id: str  # a finished run on another dataset (30 users)
 
     def __iter__(self):  # tests unpack (registry, run id)
         return iter((self.registry, self.run_id))
 
 
+def submit(registry: RunRegistry, config, **kwargs):
+    return registry.submit(config.to_dict(), fingerprint=config.fingerprint(), **kwargs)
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    """A PAFO home with one finished tiny run and one failed run (trained side by side)."""
+    """A PAFO home with finished tiny runs (one seed, two seeds, another dataset) and one failed run."""
     home = tmp_path_factory.mktemp("pafo_home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PAFO_HOME", str(home))
         patch.setenv("PAFO_MAX_CONCURRENT", "2")
         registry = RunRegistry(home)
         config = tiny_config()
-        good = registry.submit(config.to_dict(), fingerprint=config.fingerprint(), label="fixture")
+        runs = [submit(registry, config, label="fixture")]
         broken = config.to_dict()
         broken["data"] = {**broken["data"], "dataset": "pairs", "path": str(home / "moved-away.csv")}
-        bad = registry.submit(broken, fingerprint="missing-file", label="fails")
-        good, bad = registry.wait(good.id, timeout=240), registry.wait(bad.id, timeout=240)
-        assert good.status == "succeeded", good.error
+        runs.append(registry.submit(broken, fingerprint="missing-file", label="fails"))
+        runs.append(submit(registry, dataclasses.replace(tiny_config(), seeds=[0, 1]).validate(), label="seeds"))
+        other = appstate.experiment_config({**TINY_DATA, "users": 30, "prompts": 24},
+                                           dataclasses.asdict(GroupConfig()), TINY_RUN, TINY_TRAIN)
+        runs.append(submit(registry, other, label="other data"))
+        good, bad, seeds, other = (registry.wait(r.id, timeout=240) for r in runs)
+        for run in (good, seeds, other):
+            assert run.status == "succeeded", run.error
         assert bad.status == "failed", bad.status
-        yield Studio(registry, good.id, bad.id)
+        yield Studio(registry, good.id, bad.id, seeds.id, other.id)
         for run in registry.list():
             if not run.done:
                 registry.cancel(run.id, wait=5)
+
+
+def crafted_run(registry: RunRegistry, result: dict, label: str) -> str:
+    """A succeeded run whose result.json is ``result`` as given (numbers a test chooses), with no training."""
+    config = {**result["config"], "run": {**result["config"]["run"], "bootstrap": 11}}  # a config of its own
+    run_id = registry.submit(config, fingerprint=result["fingerprint"], label=label, start=False).id
+    assert registry.mark_running(run_id, os.getpid())
+    path = registry.run_dir(run_id) / "result.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    assert registry.mark_succeeded(run_id, path)
+    return run_id
+
+
+def picker(at: AppTest, label: str):
+    """A select box by its label (run pickers' keys change with their runs' statuses)."""
+    return next(box for box in at.selectbox if box.label == label)
+
+
+def figure(at: AppTest, title: str) -> dict:
+    """The Plotly figure (as JSON) whose title starts with ``title``."""
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        if ((spec.get("layout") or {}).get("title") or {}).get("text", "").startswith(title):
+            return spec
+    raise AssertionError(f"no figure titled {title!r}")
 
 
 def app(run_id: str | None = None) -> AppTest:
@@ -138,6 +179,8 @@ def test_data_upload_of_wrong_type_and_empty_file_show_errors(studio):
 
 
 def test_data_good_upload_becomes_the_current_dataset(studio, tmp_path):
+    """Regression: an upload was named `pairs: <hash>.csv` in the sidebar and by its internal path in the Train
+    form; it must be named by its own file name everywhere."""
     dataset = load_dataset(DataConfig(**TINY_DATA))
     table = dataset.pair_table()
     at = app().run()
@@ -147,8 +190,12 @@ def test_data_good_upload_becomes_the_current_dataset(studio, tmp_path):
     assert_clean(at)
     assert not errors(at), errors(at)
     config = at.session_state["data_config"]
-    assert config["dataset"] == "pairs" and Path(config["path"]).parent.name == "uploads"
+    assert config["dataset"] == "pairs" and Path(config["path"]).parent.parent.name == "uploads"
     assert at.metric[0].value == "40"
+    assert any("**pairs: mine.csv**" in m.value for m in at.sidebar.markdown), [m.value for m in at.sidebar.markdown]
+    at.switch_page("pages/train.py").run()
+    shown = " ".join(m.value for m in at.markdown)
+    assert "pairs: mine.csv" in shown and "uploads" not in shown
 
 
 def test_data_missing_path_and_offline_hub_show_errors(studio):
@@ -214,6 +261,33 @@ def test_train_form_reuses_an_identical_finished_run(studio):
     assert any(v.startswith("♻") for v in at.dataframe[0].value["reused"])
 
 
+def test_train_form_shows_values_that_differ_from_the_defaults_and_resets(studio):
+    """Regression: form values of an earlier run (here the fixture's 3 epochs) carried silently into the next run,
+    even on another dataset; the form says what differs from the defaults and resets on one click."""
+    _, run_id = studio
+    at = page(app(run_id), "train")
+    shown = " ".join(i.value for i in at.info)
+    assert "`train.epochs` 3 (default 40)" in shown and "`run.encoder` tfidf (default minilm)" in shown
+    at.button(key="train_reset").click().run()
+    assert_clean(at)
+    assert at.number_input(key="train_epochs").value == 40
+    assert not any("differ from the defaults" in i.value for i in at.info)
+
+
+def test_train_form_runs_several_seeds(studio):
+    """The Seeds field: seeds 0-1 with the fixture's settings is the fixture's two-seed run, reused."""
+    registry, run_id = studio
+    at = page(app(run_id), "train")
+    at.text_input(key="train_seeds").input("0-1")
+    at.form_submit_button[0].click().run()
+    assert_clean(at)
+    assert not errors(at), errors(at)
+    assert registry.get(at.session_state["run_id"]).reused_from == studio.seeds_id
+    at.text_input(key="train_seeds").input("0-x")
+    at.form_submit_button[0].click().run()
+    assert any("--seeds: '0-x' is not a seed" in e for e in errors(at)), errors(at)
+
+
 def test_train_form_rejects_bad_values(studio):
     _, run_id = studio
     at = page(app(run_id), "train")
@@ -258,10 +332,12 @@ def test_train_start_then_cancel_shows_cancelled(studio, gated_runs):
     assert not gated_runs.exists()  # the gate never opened: only the cancel ended it
     at.run()
     assert any("was cancelled" in w.value for w in at.warning)
+    progress = [bar.proto.text for bar in at.get("progress")]
+    assert progress and all("cancelled · cancelled" not in text for text in progress), progress  # said once
     at.switch_page("pages/compare.py").run()
     assert_clean(at)
     assert any("was cancelled" in e for e in errors(at)), errors(at)
-    assert plotly_count(at) >= 4  # the latest finished run is still shown below the message
+    assert plotly_count(at) >= 5  # the latest finished run is still shown below the message
 
 
 def test_failed_run_shows_error_on_train_and_compare(studio):
@@ -273,7 +349,7 @@ def test_failed_run_shows_error_on_train_and_compare(studio):
     at.switch_page("pages/compare.py").run()
     assert_clean(at)
     assert any("failed" in e for e in errors(at)), errors(at)
-    assert plotly_count(at) == 4  # the finished run is still there to look at
+    assert plotly_count(at) == 5  # the finished run is still there to look at
 
 
 # ------------------------------------------------------------------------------------------- Compare
@@ -284,15 +360,87 @@ def test_compare_page_figures_tables_and_downloads(studio):
     at = page(app(run_id), "compare")
     assert_clean(at)
     assert not errors(at), errors(at)
-    assert plotly_count(at) == 4  # group bars, decile curve, per-user scatter, Pareto
+    assert plotly_count(at) == 5  # forest plot, group bars, decile curve, per-user scatter, Pareto
     labels = [m.label for m in at.metric]
     assert labels.count("Minority accuracy") == 2
     table = at.dataframe[0].value
     assert {"baseline", "pafo", "Δ pafo", "better"} <= set(table.columns)
+    assert table["metric"].iloc[0].endswith("(%)")  # the cards' unit, not fractions
     assert len(at.get("download_button")) == 2
     at.selectbox(key="cmp_x").set_value("pafo").run()
     assert_clean(at)
     assert at.selectbox(key="cmp_y").value == "baseline"
+
+
+def test_compare_single_seed_run_says_so_and_warns_about_small_groups(studio):
+    """Regression: one seed was shown as "✓ Pareto improvement" with no caveat, and an 8-user minority with no
+    warning; a single seed must say its differences are not evidence, and small groups must be flagged."""
+    _, run_id = studio
+    at = page(app(run_id), "compare")
+    warnings = [w.value for w in at.warning]
+    assert any("one seed (0)" in w and "not evidence" in w for w in warnings), warnings
+    assert any("Small sample: the minority group has 8 users" in w for w in warnings), warnings
+    assert not any("Pareto improvement over the baseline" in m.value for m in [*at.markdown, *at.caption])
+
+
+def test_compare_shows_the_verdict_with_paired_cis_over_seeds(studio):
+    """The verdict in words next to the method, its paired CIs over seeds × users, and a forest plot with a row
+    per seed and a pooled row per group."""
+    registry, _ = studio
+    result = registry.load_result(studio.seeds_id).result
+    verdict = result["comparisons"]["pafo"]["verdict"]
+    at = page(app(studio.seeds_id), "compare")
+    assert_clean(at)
+    assert not any("one seed" in w.value for w in at.warning)
+    words = {"pareto": "Pareto improvement", "noise": "within noise", "worse": "worse", "tradeoff": "trade-off"}
+    assert any(f"{words[verdict]}** vs baseline" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("minority ") and " points [" in c and "over 2 seeds × 40 users" in c
+               for c in captions), captions
+    forest = figure(at, "Paired differences")
+    rows = [y for trace in forest["data"] for y in trace["y"]]
+    assert sorted(rows) == sorted(f"pafo · {g} · {s}" for g in ("minority", "majority")
+                                  for s in ("seed 0", "seed 1", "pooled"))
+
+
+def test_compare_pareto_view_holds_only_runs_of_the_current_dataset(studio):
+    """Regression: the Pareto view plotted every finished run of every dataset; by default it keeps runs with the
+    same data fingerprint and grouping rule, and a toggle shows them all."""
+    _, run_id = studio
+    at = page(app(run_id), "compare")
+
+    def runs_shown() -> set[str]:
+        spec = figure(at, "Pareto view")
+        return {row[0] for trace in spec["data"] if trace.get("customdata") for row in trace["customdata"]}
+
+    assert runs_shown() == {run_id}
+    assert any("on other data or groupings not shown" in c.value for c in at.caption)
+    at.toggle(key="cmp_pareto_all").set_value(True).run()
+    assert {run_id, studio.other_id, studio.seeds_id} <= runs_shown()
+
+
+def test_compare_gap_delta_judges_size_and_zero_has_no_arrow(studio):
+    """Regression: a gap of −18.8 vs the baseline's −16.7 was coloured as better (its signed change is down);
+    the gap is judged by |gap|, and a change that rounds to zero gets no arrow and no colour."""
+    registry, run_id = studio
+    result = copy.deepcopy(registry.load_result(run_id).result)
+    base, pafo = result["methods"]["baseline"], result["methods"]["pafo"]
+    base["accuracy"].update(majority=0.70, minority=0.867)
+    pafo["accuracy"].update(majority=0.70, minority=0.888)
+    base["unfairness"]["group_gap"], pafo["unfairness"]["group_gap"] = -0.167, -0.188
+    result["comparisons"] = {}  # cards then show the differences of these means
+    at = page(app(crafted_run(registry, result, "crafted gaps")), "compare")
+    assert_clean(at)
+    gap = [m for m in at.metric if m.label == "Group gap"][1]
+    assert gap.value == "−18.8 pts" and gap.proto.delta == "|gap| +2.1 pts"
+    assert (gap.proto.color, gap.proto.direction) == (MetricProto.MetricColor.RED, MetricProto.MetricDirection.UP)
+    majority = [m for m in at.metric if m.label == "Majority accuracy"][1]
+    assert majority.proto.delta == "0.0 pts"
+    assert (majority.proto.color, majority.proto.direction) == (MetricProto.MetricColor.GRAY,
+                                                                MetricProto.MetricDirection.NONE)
+    minority = [m for m in at.metric if m.label == "Minority accuracy"][1]
+    assert (minority.proto.color, minority.proto.direction) == (MetricProto.MetricColor.GREEN,
+                                                                MetricProto.MetricDirection.UP)
 
 
 def test_compare_empty_state_without_runs(tmp_path, monkeypatch):
@@ -326,18 +474,29 @@ def test_users_page_shows_pairs_with_margins(studio):
     assert next(m for m in at.metric if m.label == "Group").value == "majority"
 
 
-def test_users_page_scores_a_typed_pair_or_says_why_it_cannot(studio):
-    """The scoring form: the fixture's tfidf run cannot embed new text, and says so instead of failing."""
+def test_users_page_scores_a_typed_pair_with_one_click(studio):
+    """Regression: the score button stayed disabled until the text area committed, so scoring took two clicks;
+    typing and one click must score (the fixture's tfidf run cannot embed new text, and says so)."""
     _, run_id = studio
     at = page(app(run_id), "users")
-    assert at.button(key="score_button").disabled  # nothing typed yet
+    at.button(key="score_button").click().run()  # nothing typed: a hint, no crash
+    assert any("Type a prompt and both responses" in w.value for w in at.warning)
     at.text_area(key="score_a").input("Short and funny. 😄")
     at.text_area(key="score_b").input("A long, formal and detailed answer with four numbered tips.")
-    at.run()
-    at.button(key="score_button").click().run()
+    at.button(key="score_button").click().run()  # the typed text and the click in one script run
     assert_clean(at)
     assert not errors(at), errors(at)
     assert any("cannot score new text" in i.value and "tfidf" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_users_page_of_a_multi_seed_run_picks_a_seed(studio):
+    at = page(app(studio.seeds_id), "users")
+    assert_clean(at)
+    assert at.selectbox(key="users_seed").options == ["0", "1"]
+    at.selectbox(key="users_seed").set_value(1).run()
+    assert_clean(at)
+    assert not errors(at), errors(at)
+    assert len(at.dataframe[0].value) == TINY_DATA["test_pairs"]
 
 
 # ------------------------------------------------------------------------------------------- What-if
@@ -350,11 +509,14 @@ def test_whatif_launches_a_child_and_compares_with_parent(studio, gated_runs):
     at = page(app(run_id), "whatif")
     assert_clean(at)
     assert any("No what-if runs" in i.value for i in at.info)
-    at.number_input(key="whatif_lam").set_value(2.0)
-    at.form_submit_button[0].click().run()
+    at.number_input(key="whatif_lam").set_value(2.0).run()  # a committed value (Enter, or leaving the field)
+    assert_clean(at)
+    assert not [r for r in registry.list() if r.parent_id == run_id]  # ...launches nothing
+    at.button(key="whatif_launch").click().run()
     assert_clean(at)
     assert not errors(at), errors(at)
     child_id = at.session_state["whatif_child"]
+    assert picker(at, "What-if run").value == child_id
     assert not registry.get(child_id).done  # held at the gate
     gated_runs.touch()
     child = registry.wait(child_id, timeout=600)
@@ -366,14 +528,54 @@ def test_whatif_launches_a_child_and_compares_with_parent(studio, gated_runs):
     assert plotly_count(at) == 1
     table = at.dataframe[0].value
     assert {"parent", "what-if", "Δ"} <= set(table.columns)
-    at.form_submit_button[0].click().run()  # the form still says λ = 2 against the parent: a second, reused clone
-    assert_clean(at)
+    assert table.loc[table["metric"] == "minority accuracy (%)", "parent"].iloc[0].count(".") == 1  # "72.5", not 0.725
+
+
+def test_whatif_has_no_form_and_enter_cannot_launch(studio):
+    """Regression: Enter in any what-if field submitted the form and launched a run (four runs from three Enters
+    and a click); the page has no form, so only the launch button starts a run."""
+    _, run_id = studio
+    at = page(app(run_id), "whatif")
+    assert not at.get("form_submit_button")
+    assert at.button(key="whatif_launch").label == "Launch what-if run"
+
+
+def test_whatif_rule_disables_the_other_cut(studio):
+    """Regression: both the quantile and the threshold were editable whichever rule was chosen."""
+    _, run_id = studio
+    at = page(app(run_id), "whatif")
+    assert not at.number_input(key="whatif_quantile").disabled and at.number_input(key="whatif_threshold").disabled
+    at.radio(key="whatif_rule").set_value("absolute").run()
+    assert at.number_input(key="whatif_quantile").disabled and not at.number_input(key="whatif_threshold").disabled
+
+
+def test_whatif_identical_config_in_flight_is_not_trained_twice(studio):
+    """Regression: two identical what-ifs trained at once; launching a config that is already queued or running
+    follows that run, and the page shows it (not an older what-if)."""
+    registry, run_id = studio
+    parent = registry.get(run_id)
+    child_config = appstate.whatif_config(parent.config, {"pafo.lam": 3.0})
+    from pafo.experiment import ExperimentConfig
+
+    queued = registry.submit(child_config, fingerprint=ExperimentConfig.from_dict(child_config).fingerprint(),
+                             parent_id=run_id, label="queued first", start=False)
+    try:
+        at = page(app(run_id), "whatif")
+        at.number_input(key="whatif_lam").set_value(3.0)
+        at.button(key="whatif_launch").click().run()
+        assert_clean(at)
+        assert at.session_state["whatif_child"] == queued.id
+        assert picker(at, "What-if run").value == queued.id
+        assert any("An identical run is already" in i.value for i in at.info), [i.value for i in at.info]
+        assert [r.id for r in registry.list() if r.config == child_config] == [queued.id]
+    finally:
+        registry.request_cancel(queued.id)
 
 
 def test_whatif_without_changes_is_an_error(studio):
     _, run_id = studio
     at = page(app(run_id), "whatif")
-    at.form_submit_button[0].click().run()
+    at.button(key="whatif_launch").click().run()
     assert_clean(at)
     assert any("nothing changed" in e for e in errors(at)), errors(at)
 
@@ -396,7 +598,7 @@ def test_refresh_reattaches_the_run_from_the_url(studio):
 
 def test_demo_button_follows_the_run_to_compare(studio, monkeypatch):
     _, run_id = studio
-    monkeypatch.setattr(appstate, "demo_config", lambda encoder="tfidf": tiny_config())  # identical → reused
+    monkeypatch.setattr(appstate, "demo_config", lambda **_: tiny_config())  # identical → reused
     at = app().run()
     at.button(key="run_demo").click().run()
     assert_clean(at)
@@ -404,5 +606,5 @@ def test_demo_button_follows_the_run_to_compare(studio, monkeypatch):
     assert new_id != run_id
     # The run was answered at once from the fixture's run, so Train hands over to Compare straight away.
     assert any(t.value == "Compare methods" for t in at.title), [t.value for t in at.title]
-    assert plotly_count(at) == 4
+    assert plotly_count(at) == 5
     assert isinstance(at.dataframe[0].value, pd.DataFrame)

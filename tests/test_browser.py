@@ -1,9 +1,11 @@
 """The app in a real browser: Playwright drives Debian's Chromium against ``streamlit run app.py``.
 
 The new-user path of the README: start the app, press **Run the demo** (synthetic data, baseline + PAFO, trained in
-the background, live progress on Compare) and see the Compare figures — in under two minutes from starting the
-server. Then the other pages, a refresh that re-attaches the run from the URL, and the exported HTML report opened
-offline.
+the background, live progress on Compare) and see the Compare figures with the verdict and its paired CI — in under
+two minutes from starting the server. The progress bar must move with the embedding and the sidebar must say what
+the page says. Then the Pareto view with a run on another dataset in the registry (it must keep to the demo's
+data), the other pages (Enter in a What-if field must start no run; the Users page's group must show whole), a
+refresh that re-attaches the run from the URL, and the exported HTML report opened offline.
 
 Screenshots go to ``artifacts/screenshots/`` (git-ignored). With ``PAFO_DOCS_SCREENSHOTS=1`` the three curated
 README screenshots are also written to ``docs/`` (compare.png, support.png, train.png).
@@ -15,8 +17,11 @@ Chromium comes from apt (``./run.sh test`` installs it); a missing browser is a 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -155,7 +160,47 @@ def plots_rendered(page) -> int:
         "(p.querySelector('.trace, .barlayer .point, .scatterlayer .point, canvas') !== null)).length")
 
 
+def progress_texts(page) -> tuple[str | None, str | None]:
+    """The run's progress line in the sidebar and on the page (None where there is none)."""
+    texts = page.evaluate(
+        "() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')].map(e => "
+        "[e.closest('[data-testid=\"stSidebar\"]') ? 'side' : 'main', e.innerText.trim()])")
+    found = dict(reversed(texts))
+    return found.get("side"), found.get("main")
+
+
+def figure_runs(page, title: str) -> set[str] | None:
+    """The run ids (first customdata column) of the Plotly figure whose title holds ``title`` (Streamlit's theme
+    wraps titles in <b>)."""
+    ids = page.evaluate(
+        "(title) => { const plot = [...document.querySelectorAll('.js-plotly-plot')].find(p => p._fullLayout && "
+        "p._fullLayout.title && String(p._fullLayout.title.text).includes(title)); "
+        "return plot ? plot.data.flatMap(t => (Array.isArray(t.customdata) ? t.customdata : [])"
+        ".map(row => String(row[0]))) : null; }",
+        title)
+    return None if ids is None else set(ids)
+
+
+def other_dataset_run(home: Path) -> str:
+    """A finished tiny run on another dataset (40 simulated users, tfidf), trained through the registry."""
+    from pafo import appstate
+    from pafo.registry import RunRegistry
+    from pafo.sources import DataConfig
+    from pafo.support import GroupConfig
+
+    data = {**dataclasses.asdict(DataConfig()), "users": 40, "prompts": 30, "train_pairs": 12, "test_pairs": 10}
+    config = appstate.experiment_config(data, dataclasses.asdict(GroupConfig()),
+                                        {"encoder": "tfidf", "methods": "baseline,pafo", "bootstrap": 50},
+                                        {"epochs": 3, "patience": 2})
+    registry = RunRegistry(home)
+    record = registry.wait(registry.submit(config.to_dict(), fingerprint=config.fingerprint(),
+                                           label="other data").id, timeout=300)
+    assert record.status == "succeeded", record.error
+    return record.id
+
+
 def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, tmp_path):
+    from playwright.sync_api import expect
     url, home, started, started_wall, server_seconds = app_server
     page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
     page.set_default_timeout(90_000)
@@ -175,30 +220,45 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
     run_id = page.url.split("run=")[1].split("&")[0]
     page.get_by_text("Cancel run").wait_for()
 
+    from pafo.registry import RunRegistry
+
+    registry = RunRegistry(home)
+    samples, same_line = [], False  # (progress, stage) of the run; whether sidebar and page ever read alike
+
+    def observe() -> None:
+        """One sample of the run's progress, and whether the sidebar's line reads as the page's."""
+        nonlocal same_line
+        live = registry.get(run_id, refresh=False)
+        if not live.done:
+            samples.append((live.progress, live.stage))
+            side, main = progress_texts(page)
+            same_line = same_line or (side is not None and side == main)
+
     # Meanwhile a second tab (a new session) re-attaches to the running run on Train via the URL.
     train = browser.new_page(viewport=VIEWPORT)
     train.goto(f"{url}/train?run={run_id}")
     train.get_by_text(f"Run {run_id}").first.wait_for()
-    train_deadline = time.monotonic() + DEMO_TIMEOUT
-    while plots_rendered(train) < 1 and time.monotonic() < train_deadline and "/compare" in page.url:
-        time.sleep(0.5)
-    if plots_rendered(train) >= 1:
-        time.sleep(2)
-        shoot(train, "02_train", docs=True)  # progress, stage, loss and validation accuracy by group
-    no_exceptions(train)
-    train.close()
+    epochs_labels = 0  # regression: two metrics both said "Epochs"
 
     deadline = time.monotonic() + DEMO_TIMEOUT
     while time.monotonic() < deadline:
-        if plots_rendered(page) >= 4 and page.get_by_text("Accuracy and unfairness").count():
+        if plots_rendered(page) >= 5 and page.get_by_text("Accuracy and unfairness").count():
             break
         failed = page.locator("[data-testid='stAlertContentError']")
         assert failed.count() == 0, failed.first.inner_text()
+        observe()
+        epochs_labels = max(epochs_labels, sum(train.get_by_text(label, exact=True).count()
+                                               for label in ("Epochs", "Epochs trained")))
         time.sleep(0.5)
     time_to_compare = time.monotonic() - started
-    from pafo.registry import RunRegistry
+    assert epochs_labels <= 1, epochs_labels
 
-    run = RunRegistry(home).get(run_id, refresh=False)
+    # The Train tab's run picker drew the run as running; its status icon must turn ✓ without a click.
+    expect(train.get_by_role("combobox", name="Follow another run")).to_have_value(re.compile("^✓"), timeout=30_000)
+    no_exceptions(train)
+    shoot(train, "02_train", docs=True)  # progress, stage, loss and validation accuracy by group
+    train.close()
+    run = registry.get(run_id, refresh=False)
     timing = {  # seconds since the server process was started
         "server_up": round(server_seconds, 1), "data_page_ready": round(page_seconds, 1),
         "run_submitted": round(run.created_at - started_wall, 1),
@@ -213,13 +273,47 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
     assert page.get_by_text("Accuracy and unfairness").count(), f"no results within {DEMO_TIMEOUT:.0f} s"
     wait_idle(page)
     no_exceptions(page)
-    assert wait_plots(page, 4) == 4  # group bars with CIs, bias curve, per-user scatter, Pareto view
+    assert wait_plots(page, 5) == 5  # paired differences, group bars, bias curve, per-user scatter, Pareto view
     assert page.get_by_text("Accuracy and unfairness").count() == 1
     assert page.locator(".js-plotly-plot .scatterlayer .point").count() >= 40  # the per-user points
     shoot(page, "03_compare", docs=True)
-    assert time_to_compare < TIME_TO_COMPARE_LIMIT, f"time to Compare {time_to_compare:.0f} s"
 
-    # 4. The exported report is one self-contained file that renders offline.
+    # 3. The verdict in words with its paired CI; a one-seed demo says its difference is no evidence.
+    text = page.locator("[data-testid='stMain']").inner_text()
+    assert re.search(r"(Pareto improvement|within noise|worse|trade-off) vs baseline", text), text[:2000]
+    assert re.search(r"minority [+−]?\d+\.\d points \[[+−]?\d+\.\d, [+−]?\d+\.\d\], majority", text), text[:2000]
+    if len(run.config.get("seeds") or [0]) == 1:
+        assert "not evidence" in text
+    assert page.get_by_text("Deploy", exact=True).count() == 0  # no Deploy button in the toolbar
+
+    # Regression: the bar sat at 2-14% while the texts were embedded, then jumped; the sidebar said other words.
+    embedding = [progress for progress, stage in samples if stage.startswith("embedding texts")]
+    assert embedding and max(embedding) >= 0.3, samples[:: max(1, len(samples) // 40)]
+    assert all(b >= a - 1e-9 for (a, _), (b, _) in itertools.pairwise(samples)), samples
+    assert same_line, "the sidebar's progress line never matched the page's"
+
+    # 4. The Pareto view keeps to the demo's data when a run on another dataset exists (regression), or shows all.
+    other_id = other_dataset_run(home)
+    page.reload()
+    page.get_by_text("Accuracy and unfairness").wait_for()
+    wait_idle(page)
+    wait_plots(page, 5)
+    shown = figure_runs(page, "Pareto view")
+    assert shown is not None and run_id in shown and other_id not in shown, shown
+    page.get_by_text("Pareto view: runs on every dataset").click()
+    wait_idle(page)
+    deadline = time.monotonic() + 60
+    while other_id not in (figure_runs(page, "Pareto view") or set()) and time.monotonic() < deadline:
+        time.sleep(0.3)  # the toggle's rerun redraws the figure
+    assert {run_id, other_id} <= figure_runs(page, "Pareto view")
+    page.get_by_text("Pareto view: runs on every dataset").click()  # back to this dataset's runs
+    deadline = time.monotonic() + 60
+    while other_id in (figure_runs(page, "Pareto view") or {other_id}) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert other_id not in figure_runs(page, "Pareto view")
+    wait_idle(page)
+
+    # 5. The exported report is one self-contained file that renders offline.
     with page.expect_download() as download_info:
         page.get_by_role("button", name="HTML report").click()
     report = tmp_path / "report.html"
@@ -227,11 +321,11 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
     offline = browser.new_page(viewport=VIEWPORT)
     offline.route("http*://**", lambda route: route.abort())  # any network request would fail
     offline.goto(report.as_uri())
-    offline.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 5")
+    offline.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 6")
     assert offline.get_by_text(f"run {run_id}").count() >= 1
     offline.close()
 
-    # 5. The other pages render without an exception.
+    # 6. The other pages render without an exception.
     for title, name in (("Support rates", "support"), ("Users", "users"), ("What-if", "whatif")):
         page.get_by_role("link", name=title).first.click()
         page.wait_for_url(f"**/{name}*")
@@ -239,9 +333,34 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
         no_exceptions(page)
         if name != "whatif":  # What-if draws its figure once a what-if run exists
             assert wait_plots(page, {"support": 2, "users": 1}[name]) >= 1, name
+        if name == "users":  # regression: the Group metric showed "mino…"
+            clipped = page.evaluate(
+                "() => [...document.querySelectorAll('[data-testid=\"stMetric\"]')].filter(m => "
+                "[...m.querySelectorAll('[data-testid=\"stMetricValue\"], [data-testid=\"stMetricValue\"] *')]"
+                ".some(e => e.scrollWidth > e.clientWidth + 1)).map(m => m.innerText)")
+            assert clipped == [], clipped
         shoot(page, f"04_{name}", docs=name == "support")
 
-    # 6. A refresh (a new browser session) re-attaches the run from the URL.
+    # 7. What-if: Enter in a field commits it and starts nothing (regression: each Enter launched a run); only the
+    # button launches, and the page then shows that new run.
+    before = {r.id for r in registry.list()}
+    for label, value in (("λ (distillation weight)", "2"), ("Label", "enter test")):
+        field = page.get_by_label(label, exact=True)
+        field.fill(value)
+        field.press("Enter")
+        wait_idle(page)
+    no_exceptions(page)
+    # Script runs happen in order, so once the button's run shows its new run, any run an Enter started exists too
+    # (and an Enter-launched λ=2 run would have been reused by the click, with its own label).
+    page.get_by_role("button", name="Launch what-if run").click()
+    picker = page.get_by_role("combobox", name="What-if run")  # the page shows the run just launched
+    expect(picker).to_have_value(re.compile(r"\d{8}-\d{6}-[0-9a-f]{6} · enter test"), timeout=90_000)
+    new = [r for r in registry.list() if r.id not in before]
+    assert len(new) == 1 and new[0].parent_id == run_id and new[0].label == "enter test", new
+    assert new[0].id in picker.input_value()
+    registry.cancel(new[0].id, wait=5)
+
+    # 8. A refresh (a new browser session) re-attaches the run from the URL.
     fresh = browser.new_page(viewport=VIEWPORT)
     fresh.goto(f"{url}/compare?run={run_id}")
     fresh.get_by_text("Accuracy and unfairness").wait_for()
@@ -250,3 +369,5 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
     no_exceptions(fresh)
     fresh.close()
     page.close()
+    # Last, so that a slow (loaded) machine still gets every functional check above.
+    assert time_to_compare < TIME_TO_COMPARE_LIMIT, f"time to Compare {time_to_compare:.0f} s ({timing})"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -15,13 +17,15 @@ import pafo.encoders
 from pafo import cli
 from pafo import method_configs as methods
 from pafo import support as support_mod
+from pafo.compare import pooled_group_ci, verdict
 from pafo.config import UNKNOWN_FIELD
 from pafo.encoders import MSG_MODEL_OFFLINE
 from pafo.errors import PafoInputError
-from pafo.experiment import UNKNOWN_METHOD, ExperimentConfig, RunSettings, run_experiment
+from pafo.experiment import UNKNOWN_METHOD, ExperimentConfig, RunSettings, parse_seeds, run_experiment
 from pafo.features import response_features
 from pafo.methods import PAFOConfig
 from pafo.models import build_model
+from pafo.paths import atomic_write_text
 from pafo.sources import DataConfig, load_dataset
 from pafo.training import PairSet, TrainConfig, pair_margins
 
@@ -161,3 +165,143 @@ def test_experiment_config_round_trips_through_json(tiny_config, check_message):
     with pytest.raises(PafoInputError) as caught:
         ExperimentConfig.from_dict({**config.to_dict(), "pafo": {"lam": 1.0, "colour": "red"}})
     check_message(str(caught.value), UNKNOWN_FIELD, "PAFOConfig", "'colour'")
+
+
+# ------------------------------------------------------------------------------------------- several seeds
+
+
+def test_experiment_over_seeds_pools_them_with_paired_comparisons(tmp_path, capsys):
+    """`pafo experiment --seeds 0-2 --json r.json`: seeds, per-seed blocks, pooled methods (means over seeds),
+    comparisons whose verdict follows the documented rule from their own CIs, every seed's users, and one
+    summary line on stderr."""
+    path = tmp_path / "r.json"
+    code = cli.main(["experiment", *TINY_FLAGS, "--seeds", "0-2", "--json", str(path), "--out-dir",
+                     str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(path.read_text())
+    assert result["seeds"] == [0, 1, 2] and [b["seed"] for b in result["per_seed"]] == [0, 1, 2]
+    assert result["config"]["seeds"] == [0, 1, 2] and result["config"]["data"]["seed"] == 0
+    for name in ("baseline", "pafo"):
+        for group in ("majority", "minority"):
+            per_seed = [b["methods"][name]["accuracy"][group] for b in result["per_seed"]]
+            assert result["methods"][name]["accuracy"][group] == pytest.approx(np.mean(per_seed))
+            lo, hi = result["methods"][name]["accuracy_ci"][group]
+            assert lo <= result["methods"][name]["accuracy"][group] <= hi
+    comparison = result["comparisons"]["pafo"]
+    assert set(comparison) >= {"majority", "minority", "user_std", "support_spearman_abs", "verdict"}
+    assert comparison["verdict"] == verdict(comparison["majority"], comparison["minority"],
+                                            result["config"]["pafo"]["epsilon"])
+    assert comparison["n_seeds"] == 3 and comparison["n_users"] == 72
+    assert "baseline" not in result["comparisons"]
+    minority = [b["methods"]["pafo"]["accuracy"]["minority"] - b["methods"]["baseline"]["accuracy"]["minority"]
+                for b in result["per_seed"]]
+    assert comparison["minority"]["delta"] == pytest.approx(np.mean(minority))  # paired: the same users' deltas
+    per_user = pd.DataFrame(result["per_user"])
+    assert len(per_user) == 72 and per_user.groupby("seed").size().tolist() == [24, 24, 24]
+    margins = pd.read_csv(tmp_path / "run" / "test_margins.csv")
+    assert sorted(margins["seed"].unique()) == [0, 1, 2]
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pafo: wrote {path}: ") and "seeds 0,1,2" in lines[0]
+    assert "pafo vs baseline: " in lines[0] and " over 3 seeds × 24 users" in lines[0]
+
+
+def test_one_seed_keeps_its_json_and_seed_flags_agree(tiny_config):
+    """`--seed N` and `--seeds N` are the same one-seed run: the old keys, `seeds: [N]`, no `seeds` in the config;
+    per_seed[0] holds the same numbers as the top level."""
+    result = run_experiment(tiny_experiment(dataclasses.replace(tiny_config, seed=1)))
+    assert result["seeds"] == [1] and "seeds" not in result["config"]
+    assert {"dataset", "support", "groups", "encoder", "config", "fingerprint", "methods", "per_user",
+            "seconds"} <= set(result)
+    assert result["per_seed"][0]["methods"] == result["methods"]
+    assert result["comparisons"] == result["per_seed"][0]["comparisons"]
+    seed, seeds = (cli.experiment_config_from_args(cli.build_parser().parse_args(["experiment", *TINY_FLAGS, *a]))
+                   for a in (["--seed", "1"], ["--seeds", "1"]))
+    assert seed.to_dict() == seeds.to_dict() and seed.data.seed == 1 and "seeds" not in seed.to_dict()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("0-4", [0, 1, 2, 3, 4]), ("0,3,7", [0, 3, 7]), ("0-2, 9", [0, 1, 2, 9]), ("3,3,1", [3, 1]), ([2, 5], [2, 5]),
+    (4, [4]),
+])
+def test_parse_seeds(value, expected):
+    assert parse_seeds(value) == expected
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--seeds", "0-x"], "'0-x' is not a seed"),
+    (["--seeds", "4-2"], "runs backwards"),
+    (["--seeds", "0-1000"], "at most 50 seeds"),
+    (["--seeds", ","], "no seed given"),
+    (["--seed", "1", "--seeds", "0-2"], "give one of them"),
+])
+def test_bad_seeds_exit_2_with_one_line(args, fragment, tmp_path, capsys):
+    code = cli.main(["experiment", *TINY_FLAGS, *args, "--json", str(tmp_path / "r.json")])
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], captured.err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_config_with_seeds_round_trips_and_fingerprints_every_seed(tiny_config):
+    config = dataclasses.replace(tiny_experiment(tiny_config), seeds="0-1").validate()
+    assert config.seeds == [0, 1] and config.seed_list() == [0, 1]
+    again = ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and again.fingerprint() == config.fingerprint()
+    assert config.fingerprint() != tiny_experiment(tiny_config).fingerprint()  # seed 0 alone is other data
+    single = dataclasses.replace(tiny_experiment(tiny_config), seeds=[3]).validate()
+    assert single.seeds is None and single.data.seed == 3  # one spelling per run
+
+
+def test_pooled_group_ci_brackets_the_mean_over_seeds():
+    """The pooled CI is of the mean over seeds of each group's mean, and narrows with more seeds."""
+
+    def table(seed: int) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        group = np.where(np.arange(100) < 20, "minority", "majority")
+        return pd.DataFrame({"group": group, "acc_pafo": np.clip(rng.normal(0.7, 0.1, 100), 0, 1)})
+
+    tables = [table(s) for s in range(4)]
+    one, four = pooled_group_ci(tables[:1], "acc_pafo", seed=1), pooled_group_ci(tables, "acc_pafo", seed=1)
+    means = [t.loc[t.group == "minority", "acc_pafo"].mean() for t in tables]
+    assert four["minority"][0] < np.mean(means) < four["minority"][1]
+    assert four["minority"][1] - four["minority"][0] < one["minority"][1] - one["minority"][0]
+    assert four["gap"][0] < four["majority"][1] - four["minority"][0]
+    assert pooled_group_ci([tables[0].iloc[19:21]], "acc_pafo")["minority"] == [None, None]  # one user: no CI
+
+
+def test_result_files_follow_the_umask(tmp_path):
+    """Regression: atomic writes went through mkstemp, so every result file was 0600 whatever the umask."""
+    previous = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "r.json", "{}")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o027)
+        assert stat.S_IMODE(atomic_write_text(tmp_path / "r.json", "{}").stat().st_mode) == 0o640
+    finally:
+        os.umask(previous)
+
+
+def test_runs_start_with_seeds_trains_them_in_the_worker_and_reuses_a_run_in_flight(capsys):
+    """`pafo runs start --seeds 0-1` trains both seeds in one worker (progress says "seed i of n"); starting the
+    same config again while it is queued or running hands back that run (regression: two identical runs trained
+    at once), and a run being cancelled is not handed back."""
+    from pafo.registry import RunRegistry
+
+    registry = RunRegistry()
+    data = DataConfig(users=24, prompts=16, responses_per_prompt=4, train_pairs=6, test_pairs=4)
+    config = dataclasses.replace(tiny_experiment(data), seeds=[0, 1]).validate()
+    queued = registry.submit(config.to_dict(), fingerprint=config.fingerprint(), start=False)
+    assert registry.submit(config.to_dict(), fingerprint=config.fingerprint(), force=True).id == queued.id
+    registry.request_cancel(queued.id)
+    assert cli.main(["runs", "start", *TINY_FLAGS, "--seeds", "0-1"]) == 0
+    run_id = capsys.readouterr().out.strip()
+    assert run_id != queued.id
+    assert cli.main(["runs", "start", *TINY_FLAGS, "--seeds", "0,1"]) == 0
+    again = capsys.readouterr().out.strip()  # in flight: the same run; finished already: reused, not retrained
+    assert again == run_id or registry.get(again).reused_from == run_id
+    record = registry.wait(run_id, timeout=240)
+    assert record.status == "succeeded", record.error
+    assert registry.load_result(run_id).result["seeds"] == [0, 1]
+    stages = {row["stage"] for row in registry.epochs(run_id)}
+    assert {s.split(":")[0] for s in stages} == {"seed 0", "seed 1"}

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +15,7 @@ import plotly.graph_objects as go
 import pytest
 
 from pafo import appstate, report
+from pafo.compare import paired_comparison
 from pafo.errors import PafoInputError
 from pafo.method_configs import PAFOConfig
 from pafo.registry import RunRecord
@@ -50,12 +54,19 @@ def make_result(n_users: int = 60, methods=("baseline", "pafo"), seed: int = 0) 
             "minority": {"teacher_accuracy": 0.7, "baseline_accuracy": 0.6, "advantage": 0.1, "n_train_pairs": 90}}})
     config = {"data": dataclasses.asdict(DataConfig()), "groups": dataclasses.asdict(GroupConfig()),
               "pafo": dataclasses.asdict(PAFOConfig())}
-    return {"dataset": {"name": "synthetic", "n_users": n_users, "n_prompts": 30, "n_responses": 180,
-                        "n_pairs": {"train": 720, "val": 60, "test": 600}},
-            "support": {"estimator": "exact"}, "groups": {"rule": "quantile", "threshold": cut,
-                                                          "n_majority": int((group == "majority").sum()),
-                                                          "n_minority": int((group == "minority").sum())},
-            "encoder": {"name": "tfidf-test", "dim": 64}, "config": config, "fingerprint": "f", "methods": out,
+    per_user["seed"] = [seed] * n_users
+    frame = pd.DataFrame(per_user)
+    comparisons = {name: paired_comparison([frame], name, "baseline", n_resamples=100, seed=seed)
+                   for name in methods if name != "baseline" and "baseline" in methods}
+    groups = {"rule": "quantile", "threshold": cut, "n_majority": int((group == "majority").sum()),
+              "n_minority": int((group == "minority").sum())}
+    dataset = {"name": "synthetic", "n_users": n_users, "n_prompts": 30, "n_responses": 180,
+               "n_pairs": {"train": 720, "val": 60, "test": 600}}
+    return {"dataset": dataset, "support": {"estimator": "exact"}, "groups": groups,
+            "encoder": {"name": "tfidf-test", "dim": 64}, "config": config, "fingerprint": "f", "seeds": [seed],
+            "methods": out, "comparisons": comparisons,
+            "per_seed": [{"seed": seed, "dataset": dataset, "groups": groups, "methods": out,
+                          "comparisons": comparisons}],
             "per_user": per_user, "seconds": 3.0}
 
 
@@ -131,20 +142,113 @@ def test_unfairness_table_deltas_against_baseline():
     row = table.loc["Accuracy: minority users"]
     expected = result["methods"]["pafo"]["accuracy"]["minority"] - result["methods"]["baseline"]["accuracy"]["minority"]
     assert row["Δ pafo"] == pytest.approx(expected)
-    assert table.loc["Spearman(support, accuracy) — the bias", "better"] == "↓"
-    assert report.teacher_table(result)["advantage"].tolist() == [0.01, 0.1]
+    assert table.loc["Spearman(support, accuracy) — the bias", "better"] == "|↓|"  # judged by its size
+    assert report.teacher_table(result)["advantage (pts)"].tolist() == ["+1.0", "+10.0"]
 
 
 def test_html_report_is_self_contained():
     result = make_result()
     points = appstate.pareto_points([(record("r1"), result), (record("r2", label="what-if"), make_result(seed=1))])
-    html = report.build_report_html(result, run_id="r1", label="demo", pareto_points=points)
+    html = report.build_report_html(result, run_id="r1", label="demo", pareto_points=points,
+                                    generated_at=datetime.datetime(2026, 11, 30, 12, 0))
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert len(re.findall(r"<script[^>]+src=", html)) == 0  # nothing fetched from the network
     assert html.count("window.PlotlyConfig") == 1 and len(html) > 3_000_000  # plotly.js embedded, once
-    assert html.count('class="plotly-graph-div"') == 5
-    for text in ("run r1", "Accuracy: minority users", "Pareto improvement", "PAFO teachers"):
-        assert text in html
+    assert html.count('class="plotly-graph-div"') == 6
+    verdict = result["comparisons"]["pafo"]["verdict"]
+    for text in ("run r1", "Accuracy: minority users (%)", f"pafo vs baseline: {report.VERDICT_WORDS[verdict]}",
+                 "over 1 seed × 60 users", "PAFO teachers", "Paired differences to the baseline", "one seed (0)"):
+        assert text in html, text
+
+
+def test_html_report_header_units_and_scatter_axes():
+    """Regression: the header ran label and date together ("demo Generated"), cards said the gap in "%" where the
+    app says "pts", and the per-user scatter's axes stretched to −100%..200% in the report."""
+    result = make_result()
+    html = report.build_report_html(result, run_id="r1", label="demo",
+                                    generated_at=datetime.datetime(2026, 11, 30, 12, 0))
+    assert "demo · generated 2026-11-30 12:00 · dataset synthetic" in html
+    gap = result["methods"]["pafo"]["unfairness"]["group_gap"]
+    assert f"gap {100 * gap:.1f} pts".replace("-", "−") in html
+    scatter = report.user_scatter(report.per_user_frame(result))
+    for axis in (scatter.layout.xaxis, scatter.layout.yaxis):
+        assert axis.constrain == "domain" and axis.range[0] >= -0.05 and axis.range[1] <= 1.05
+
+
+def test_group_bars_start_at_zero_and_bias_curve_has_cis():
+    """Regression: the bar chart's y-axis started at 60% without saying so, and the bias curve had no CIs."""
+    result = make_result()
+    assert report.group_accuracy_bars(result).layout.yaxis.range[0] == 0
+    for row in result["methods"]["pafo"]["by_decile"]:
+        row["ci"] = [row["accuracy"] - 0.05, row["accuracy"] + 0.03]
+    curve = report.decile_curve(result)
+    pafo = next(t for t in curve.data if t.name == "pafo")
+    assert list(pafo.error_y.array) == pytest.approx([0.03] * 10)
+    assert list(pafo.error_y.arrayminus) == pytest.approx([0.05] * 10)
+
+
+def test_forest_plot_has_a_row_per_seed_and_a_pooled_row():
+    result = make_result()
+    seeds = [make_result(seed=s) for s in (0, 1)]
+    result["seeds"] = [0, 1]
+    result["per_seed"] = [{**r["per_seed"][0], "seed": s} for s, r in zip((0, 1), seeds, strict=True)]
+    fig = report.forest_plot(result)
+    expected = [f"pafo · {g} · {s}" for g in ("minority", "majority") for s in ("seed 0", "seed 1", "pooled")]
+    assert list(fig.layout.yaxis.categoryarray) == expected  # top to bottom
+    assert sorted(y for trace in fig.data for y in trace.y) == sorted(expected)
+    pooled = next(t for t in fig.data if t.name == "minority, pooled")
+    assert pooled.x[0] == pytest.approx(100 * result["comparisons"]["pafo"]["minority"]["delta"])
+    assert fig.layout.shapes[0].x1 == pytest.approx(0.5)  # ±ε band in points
+
+
+def test_sample_warnings_and_seed_note():
+    """Regression: a 6-user minority showed 100.0% with no warning; small groups and single seeds are flagged."""
+    result = make_result(n_users=30)
+    warnings = report.sample_warnings(result)
+    assert any(w.startswith("Small sample: the minority group has 6 users and 60 test pairs") for w in warnings)
+    assert report.seed_note(result).startswith("This run has one seed (0)")
+    big = make_result(n_users=200)
+    assert report.sample_warnings(big) == []
+    big["seeds"] = [0, 1]
+    assert report.seed_note(big) is None
+
+
+def test_display_table_uses_one_unit_per_row():
+    table = report.display_table(make_result()).set_index("metric")
+    assert re.fullmatch(r"\d+\.\d", table.loc["Accuracy: minority users (%)", "pafo"])
+    assert table.loc["Spearman(support, accuracy) — the bias", "pafo"].count(".") == 1
+    assert table.loc["Group gap (majority − minority) (pts)", "Δ pafo"][0] in "+−"
+
+
+def test_metric_delta_judges_gap_size_and_zero_has_no_arrow():
+    """Regression: a gap of −18.8 vs −16.7 was coloured as an improvement; zero changes showed an arrow."""
+    worse = appstate.metric_delta(-0.188, -0.167, absolute=True, lower_is_better=True)
+    assert worse == {"delta": "|gap| +2.1 pts", "delta_color": "red", "delta_arrow": "up"}
+    better = appstate.metric_delta(0.05, -0.08, absolute=True, lower_is_better=True)
+    assert better["delta_color"] == "green" and better["delta_arrow"] == "down"
+    assert appstate.metric_delta(0.8004, 0.8) == {"delta": "0.0 pts", "delta_color": "gray", "delta_arrow": "off"}
+    assert appstate.metric_delta(0.75, 0.8) == {"delta": "−5.0 pts", "delta_color": "red", "delta_arrow": "down"}
+
+
+def test_pareto_records_keep_the_same_data_and_grouping():
+    """Regression: the Pareto view plotted runs of every dataset; by default only the same fingerprint and
+    grouping rule, each result once."""
+    groups = {"minority_quantile": 0.2, "minority_threshold": None, "estimator": "auto"}
+    config = {"groups": groups}
+    current = record("a", dataset_fingerprint="f1", config=config, result_path="/r/a")
+    records = [current, record("b2", dataset_fingerprint="f1", config=config, result_path="/r/b", reused_from="b"),
+               record("b", dataset_fingerprint="f1", config=config, result_path="/r/b"),
+               record("c", dataset_fingerprint="f2", config=config, result_path="/r/c"),
+               record("d", dataset_fingerprint="f1", config={"groups": {**groups, "minority_quantile": 0.3}},
+                      result_path="/r/d"),
+               record("e", dataset_fingerprint="f1", config=config, result_path="/r/a", reused_from="a")]
+    assert [r.id for r in appstate.pareto_records(records, current)] == ["a", "b"]
+    assert [r.id for r in appstate.pareto_records(records, current, every_dataset=True)] == ["a", "b", "c", "d"]
+
+
+def test_deploy_button_is_hidden():
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["toolbarMode"] == "minimal"
 
 
 # ------------------------------------------------------------------------------------------- appstate
@@ -168,12 +272,34 @@ def test_form_to_dataclass_blank_optional_and_bad_value():
 
 def test_save_upload(tmp_path):
     path = appstate.save_upload("Mine.CSV", b"a,b\n1,2\n", home=tmp_path)
-    assert path.parent == tmp_path / "uploads" and path.suffix == ".csv" and path.read_bytes() == b"a,b\n1,2\n"
-    assert appstate.save_upload("again.csv", b"a,b\n1,2\n", home=tmp_path) == path
+    assert path.parent.parent == tmp_path / "uploads" and path.name == "Mine.csv"
+    assert path.read_bytes() == b"a,b\n1,2\n"
+    assert appstate.save_upload("Mine.CSV", b"a,b\n1,2\n", home=tmp_path) == path
+    other = appstate.save_upload("Mine.CSV", b"a,b\n3,4\n", home=tmp_path)
+    assert other != path and other.name == "Mine.csv"  # same name, other content: both kept
     with pytest.raises(PafoInputError, match="unsupported file type"):
         appstate.save_upload("notes.txt", b"x", home=tmp_path)
     with pytest.raises(PafoInputError, match="empty"):
         appstate.save_upload("empty.csv", b"", home=tmp_path)
+
+
+def test_uploads_are_named_by_their_file_name(pafo_home):
+    """Regression: uploads showed as `pairs: <hash>.csv` and by internal paths in messages."""
+    path = appstate.save_upload("mine.csv", b"a,b\n1,2\n")
+    assert appstate.dataset_label({"dataset": "pairs", "path": str(path)}) == "pairs: mine.csv"
+    assert appstate.friendly_paths(f"{path}: missing column 'user_id'") == "mine.csv: missing column 'user_id'"
+    assert appstate.dataset_label({"dataset": "pairs", "path": "someone/prefs"}) == "pairs: someone/prefs"
+    assert appstate.dataset_label({"dataset": "synthetic", "path": None}) == "synthetic"
+
+
+def test_form_labels_changes_and_seeds_text():
+    """Regression: "train pairs 8" on the Data page read as 8 training pairs where 7 train and 1 validate."""
+    labels = {s.name: s.label for s in appstate.field_specs(DataConfig)}
+    assert labels["train_pairs"] == "train + val pairs per user"
+    defaults = {"train": {"epochs": 40, "lr": 0.003}, "seeds": ""}
+    assert appstate.form_changes({"train": {"epochs": 3, "lr": 0.003}, "seeds": "0-2"}, defaults) == [
+        ("train.epochs", 3, 40), ("seeds", "0-2", "")]
+    assert appstate.seeds_text([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and appstate.seeds_text([4]) == "4"
 
 
 def test_whatif_config_and_diff():
@@ -185,6 +311,9 @@ def test_whatif_config_and_diff():
         appstate.whatif_config(parent, {"pafo.lam": -1.0})
     with pytest.raises(PafoInputError, match=r"section\.field"):
         appstate.whatif_config(parent, {"lam": 2.0})
+    seeded = appstate.whatif_config(parent, {"seeds": "0-2"})
+    assert seeded["seeds"] == [0, 1, 2] and appstate.config_diff(parent, seeded) == [("seeds", None, [0, 1, 2])]
+    assert "seeds" not in appstate.whatif_config(seeded, {"seeds": "0"})  # one seed: data.seed alone
 
 
 def test_user_pairs_table_with_and_without_texts():
