@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench.common import machine
 
 CHILD = r"""
 import json, resource, sys, time
@@ -53,9 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", default=["0", "0-2"], help="seed lists to time (default: 0 0-2)")
     args = parser.parse_args()
-    print(f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; date "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command `python -m bench.demo_time "
-          f"--seeds {' '.join(args.seeds)}`")
+    print(f"- machine: {machine()}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command "
+          f"`python -m bench.demo_time --seeds {' '.join(args.seeds)}`")
     for seeds in args.seeds:
         row = measure(seeds)
         stages = "; ".join(f"{stage} at {wall} s ({100 * fraction:.0f}%)" for wall, _, fraction, stage in row["events"])

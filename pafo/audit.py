@@ -417,6 +417,8 @@ def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         margins = pd.read_csv(run_dir / RUN_MARGINS)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=exc)) from None
+    if "seed" in margins:  # a multi-seed run: its data options (config.data) are its first seed's
+        margins = margins[margins["seed"] == ((result.get("config") or {}).get("data") or {}).get("seed", 0)]
     return result, margins
 
 

@@ -389,7 +389,6 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
         margins_by_method[name] = margins
         tables[name] = _per_user_table(dataset, support, groups, test, margins)
         block["methods"][name] = _method_result(name, output, tables[name], config, margins, test)
-        _add_decile_cis(block["methods"][name]["by_decile"], tables[name], config.run.bootstrap, inputs.seed)
         if name == "pafo" and "teachers" in output.extra:
             baseline_margins = pair_margins(ctx.cache["baseline"].model, ctx.features, test)
             block["methods"][name]["pareto_selected"] = bool(output.result.selected)
@@ -463,9 +462,8 @@ def _pooled_method(name: str, runs: list[SeedRun], config: ExperimentConfig) -> 
     blocks = [run.block["methods"][name] for run in runs]
     frames = [run.frame for run in runs]
     column, seed = f"acc_{name}", runs[0].inputs.seed
-    pooled = pd.concat(frames, ignore_index=True)
-    deciles = accuracy_by_decile(pooled.rename(columns={column: "accuracy"})[["support_rate", "accuracy"]])
-    _add_decile_cis(deciles, pooled.rename(columns={column: "accuracy"}), config.run.bootstrap, seed)
+    pooled = pd.concat(frames, ignore_index=True).rename(columns={column: "accuracy"})
+    deciles = accuracy_by_decile(pooled[["support_rate", "accuracy"]], n_resamples=config.run.bootstrap, seed=seed)
     metrics = {"accuracy": _mean_tree([b["accuracy"] for b in blocks]),
                "accuracy_ci": pooled_group_ci(frames, column, n_resamples=config.run.bootstrap, seed=seed),
                "unfairness": _mean_tree([b["unfairness"] for b in blocks]),
@@ -479,25 +477,6 @@ def _pooled_method(name: str, runs: list[SeedRun], config: ExperimentConfig) -> 
         metrics["teachers"] = _mean_tree([b["teachers"] for b in blocks])
         metrics["n_dense_pairs"] = _mean_tree([b["n_dense_pairs"] for b in blocks])
     return metrics
-
-
-def _add_decile_cis(rows: list[dict], per_user: pd.DataFrame, n_resamples: int, seed: int,
-                    confidence: float = 0.95) -> None:
-    """A percentile-bootstrap CI over the users of each support-rate bin, for the bias curve's error bars.
-
-    A bin's users are those with a support rate in [support_lo, support_hi] (bins never split tied rates).
-    """
-    rng = np.random.default_rng(seed)
-    support = per_user["support_rate"].to_numpy(dtype=float)
-    accuracy = per_user["accuracy"].to_numpy(dtype=float)
-    tail = (1 - confidence) / 2 * 100
-    for row in rows:
-        values = accuracy[(support >= row["support_lo"]) & (support <= row["support_hi"]) & np.isfinite(accuracy)]
-        if values.size < 2:
-            row["ci"] = [None, None]
-            continue
-        means = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
-        row["ci"] = [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
 def _add_pareto(methods: dict, epsilon: float) -> None:

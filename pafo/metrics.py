@@ -214,14 +214,17 @@ def support_spearman(support: Any, accuracy: Any) -> float:
     return float(stats.spearmanr(support, accuracy).statistic)
 
 
-def accuracy_by_decile(per_user: pd.DataFrame) -> list[dict]:
+def accuracy_by_decile(per_user: pd.DataFrame, *, n_resamples: int = 0, seed: int = 0,
+                       confidence: float = 0.95) -> list[dict]:
     """Mean user accuracy per support-rate decile, for the "accuracy vs support" plot.
 
     Bins are ``pd.qcut(support_rate, 10, duplicates='drop')``: users with equal support always share a bin, so
     heavy ties give fewer than ten bins. ``decile`` is the 1-based bin number after duplicate edges are dropped;
     bins that hold no user (possible with few users) are left out. ``support_lo`` / ``support_hi`` are the
     smallest and largest support rate actually in the bin (qcut's own edges are padded and less readable). Users
-    with a non-finite support or accuracy are left out; if all supports are equal there is one bin.
+    with a non-finite support or accuracy are left out; if all supports are equal there is one bin. With
+    ``n_resamples`` each row also gets ``ci``: a seeded percentile bootstrap over the bin's users of their mean
+    (``[None, None]`` for a bin of one user), the bias curve's error bars.
     """
     _require_columns(per_user, _DECILE_COLUMNS, "per_user")
     support = per_user["support_rate"].to_numpy(dtype=float)
@@ -234,16 +237,24 @@ def accuracy_by_decile(per_user: pd.DataFrame) -> list[dict]:
         codes = np.zeros(support.size, dtype=int)
     else:
         codes = pd.qcut(support, 10, labels=False, duplicates="drop").astype(int)
+    rng = np.random.default_rng(seed)
+    tail = (1 - confidence) / 2 * 100
     rows = []
     for code in np.unique(codes):
         in_bin = codes == code
-        rows.append({
+        row = {
             "decile": int(code) + 1,
             "support_lo": float(support[in_bin].min()),
             "support_hi": float(support[in_bin].max()),
             "n_users": int(in_bin.sum()),
             "accuracy": float(accuracy[in_bin].mean()),
-        })
+        }
+        if n_resamples:
+            values = accuracy[in_bin]
+            means = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
+            row["ci"] = ([float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+                         if values.size >= 2 else [None, None])
+        rows.append(row)
     return rows
 
 
@@ -365,7 +376,7 @@ def evaluate(per_user: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0,
             "worst10": worst_fraction_mean(accuracy, 0.1),
             "support_spearman": support_spearman(table["support_rate"], accuracy),
         },
-        "by_decile": accuracy_by_decile(table),
+        "by_decile": accuracy_by_decile(table, n_resamples=n_resamples, seed=seed),
     }
     return _plain(result)
 

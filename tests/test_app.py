@@ -356,14 +356,15 @@ def test_failed_run_shows_error_on_train_and_compare(studio):
 
 
 def test_compare_page_figures_tables_and_downloads(studio):
-    _, run_id = studio
+    registry, run_id = studio
     at = page(app(run_id), "compare")
     assert_clean(at)
     assert not errors(at), errors(at)
     assert plotly_count(at) == 5  # forest plot, group bars, decile curve, per-user scatter, Pareto
     labels = [m.label for m in at.metric]
     assert labels.count("Minority accuracy") == 2
-    table = at.dataframe[0].value
+    paired, table = (d.value for d in at.dataframe)
+    assert list(paired["verdict"]) == [registry.load_result(run_id).result["comparisons"]["pafo"]["verdict"]]
     assert {"baseline", "pafo", "Δ pafo", "better"} <= set(table.columns)
     assert table["metric"].iloc[0].endswith("(%)")  # the cards' unit, not fractions
     assert len(at.get("download_button")) == 2
@@ -393,7 +394,8 @@ def test_compare_shows_the_verdict_with_paired_cis_over_seeds(studio):
     assert_clean(at)
     assert not any("one seed" in w.value for w in at.warning)
     words = {"pareto": "Pareto improvement", "noise": "within noise", "worse": "worse", "tradeoff": "trade-off"}
-    assert any(f"{words[verdict]}** vs baseline" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    assert any(m.value.startswith("Verdict vs baseline: **") and m.value.endswith(f"{words[verdict]}**")
+               for m in at.markdown), [m.value for m in at.markdown]
     captions = [c.value for c in at.caption]
     assert any(c.startswith("minority ") and " points [" in c and "over 2 seeds × 40 users" in c
                for c in captions), captions

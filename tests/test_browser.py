@@ -280,7 +280,7 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
 
     # 3. The verdict in words with its paired CI; a one-seed demo says its difference is no evidence.
     text = page.locator("[data-testid='stMain']").inner_text()
-    assert re.search(r"(Pareto improvement|within noise|worse|trade-off) vs baseline", text), text[:2000]
+    assert re.search(r"Verdict vs baseline: \S (Pareto improvement|within noise|worse|trade-off)", text), text[:2000]
     assert re.search(r"minority [+−]?\d+\.\d points \[[+−]?\d+\.\d, [+−]?\d+\.\d\], majority", text), text[:2000]
     if len(run.config.get("seeds") or [0]) == 1:
         assert "not evidence" in text

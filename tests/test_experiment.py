@@ -204,6 +204,12 @@ def test_experiment_over_seeds_pools_them_with_paired_comparisons(tmp_path, caps
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"pafo: wrote {path}: ") and "seeds 0,1,2" in lines[0]
     assert "pafo vs baseline: " in lines[0] and " over 3 seeds × 24 users" in lines[0]
+    # The run folder audits as its first seed (whose data options it records), not as three seeds' pairs at once.
+    audited = tmp_path / "audit.json"
+    assert cli.main(["audit", *TINY_FLAGS[:10], "--predictions", f"baseline={tmp_path / 'run'}", "--json",
+                     str(audited)]) == 0, capsys.readouterr().err
+    audit_accuracy = json.loads(audited.read_text())["methods"]["baseline"]["accuracy"]
+    assert audit_accuracy == result["per_seed"][0]["methods"]["baseline"]["accuracy"]
 
 
 def test_one_seed_keeps_its_json_and_seed_flags_agree(tiny_config):
