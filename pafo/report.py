@@ -32,6 +32,8 @@ __all__ = [
     "VERDICT_RULE",
     "WEBGL_MIN_POINTS",
     "build_report_html",
+    "ceiling_table",
+    "cluster_table",
     "comparison_table",
     "comparison_text",
     "decile_curve",
@@ -306,6 +308,41 @@ def teacher_table(result: dict) -> pd.DataFrame:
              "advantage (pts)": format_value(t.get("advantage"), "pts", delta=True),
              "train pairs": None if t.get("n_train_pairs") is None else f"{t['n_train_pairs']:,.0f}"}
             for group, t in teachers.items()]
+    return pd.DataFrame(rows)
+
+
+def cluster_table(result: dict, method: str = "pafo") -> pd.DataFrame:
+    """The preference clusters EM found for ``method`` (PAFO or the mixture), per seed: size, mean support, the
+    group it maps to, and on its users' test pairs its own teacher, the baseline and the method (%)."""
+    blocks = result.get("per_seed") or [result]
+    seeds = result.get("seeds") or [None]
+    rows = []
+    for seed, block in zip(seeds, blocks, strict=False):
+        clusters = (((block.get("methods") or {}).get(method) or {}).get("clusters") or {}).get("clusters") or []
+        for c in clusters:
+            rows.append({**({"seed": seed} if len(blocks) > 1 else {}), "cluster": c["cluster"],
+                         "users": c["n_users"], "mean support": f"{c['mean_support']:.3f}", "group": c["group"],
+                         "teacher (%)": format_value(c["teacher_accuracy"], "%"),
+                         "baseline (%)": format_value(c["baseline_accuracy"], "%"),
+                         f"{method} (%)": format_value(c["method_accuracy"], "%"),
+                         f"{method} − baseline (pts)": format_value(c["method_accuracy"] - c["baseline_accuracy"],
+                                                                   "pts", delta=True)})
+    return pd.DataFrame(rows)
+
+
+def ceiling_table(result: dict) -> pd.DataFrame:
+    """Diagnostic ceilings beside the baseline (group accuracies in %, Δ in points); oracle rows read the true
+    personas of simulated data, and every row reads test labels: none of them is a method."""
+    ceilings = ((result.get("diagnostics") or {}).get("ceilings")) or {}
+    base = ((result.get("methods") or {}).get("baseline") or {}).get("accuracy") or {}
+    rows = []
+    for name, row in ceilings.items():
+        entry = {"diagnostic": name, "majority (%)": format_value(row.get("majority"), "%"),
+                 "minority (%)": format_value(row.get("minority"), "%")}
+        for group in ("majority", "minority"):
+            if row.get(group) is not None and base.get(group) is not None:
+                entry[f"Δ {group} vs baseline (pts)"] = format_value(row[group] - base[group], "pts", delta=True)
+        rows.append(entry)
     return pd.DataFrame(rows)
 
 

@@ -350,3 +350,24 @@ def test_library_modules_never_import_streamlit():
     code = ("import sys, pafo.report, pafo.appstate, pafo.experiment; "
             "sys.exit(1 if 'streamlit' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_cluster_and_ceiling_tables_from_a_real_run(tiny_config):
+    """Compare's cluster and ceiling tables read the experiment JSON: one row per cluster of each seed, users
+    adding up to the population, and the diagnostic rows with their deltas to the baseline."""
+    from pafo.experiment import ExperimentConfig, RunSettings, run_experiment
+    from pafo.method_configs import PAFOConfig
+    from pafo.training import TrainConfig
+
+    config = ExperimentConfig(data=tiny_config, run=RunSettings(encoder="tfidf", bootstrap=20),
+                              train=TrainConfig(epochs=3, hidden=16, k=4, patience=3),
+                              pafo=PAFOConfig(restarts=4, clusters=3), seeds=[0, 1])
+    result = run_experiment(config)
+    clusters = report.cluster_table(result)
+    assert set(clusters["seed"]) == {0, 1}
+    assert clusters.groupby("seed")["users"].sum().tolist() == [tiny_config.users] * 2
+    assert set(clusters["group"]) <= {"majority", "minority"}
+    ceilings = report.ceiling_table(result).set_index("diagnostic")
+    assert "oracle: PAFO with the true preference clusters" in ceilings.index
+    assert ceilings.loc["per-user fit on the baseline's g(φ)", "majority (%)"] != "–"
+    assert report.cluster_table({"methods": {"baseline": {}}}).empty and report.ceiling_table({}).empty
