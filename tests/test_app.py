@@ -363,7 +363,9 @@ def test_compare_page_figures_tables_and_downloads(studio):
     assert plotly_count(at) == 5  # forest plot, group bars, decile curve, per-user scatter, Pareto
     labels = [m.label for m in at.metric]
     assert labels.count("Minority accuracy") == 2
-    paired, table = (d.value for d in at.dataframe)
+    paired, table, *expanders = (d.value for d in at.dataframe)
+    assert [{"mean support", "group"} <= set(f.columns) for f in expanders] == [True, False]  # PAFO's clusters
+    assert "oracle: PAFO with the true preference clusters" in set(expanders[1]["diagnostic"])  # the ceilings
     assert list(paired["verdict"]) == [registry.load_result(run_id).result["comparisons"]["pafo"]["verdict"]]
     assert {"baseline", "pafo", "Δ pafo", "better"} <= set(table.columns)
     assert table["metric"].iloc[0].endswith("(%)")  # the cards' unit, not fractions
