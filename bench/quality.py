@@ -27,9 +27,9 @@ import pandas as pd
 from bench.common import machine
 from pafo import diagnostics
 from pafo.compare import paired_comparison
-from pafo.diagnostics import user_accuracy_of
 from pafo.experiment import ExperimentConfig, _load_inputs, _pair_set, build_context, run_experiment
 from pafo.methods import MAJORITY, MINORITY, baseline_output, fit_method
+from pafo.metrics import per_user_accuracy
 from pafo.training import pair_margins, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,9 +177,9 @@ def ceilings(dataset: str, seed: int, encoder: str) -> dict[str, pd.DataFrame]:
     ctx = build_context(data, feats.features, user_group, config.train, seed=seed)
     test = _pair_set(data.split("test"), user_group)
     pafo = fit_method("pafo", ctx, config.pafo, (0, 1)).model
-    accuracy = {"baseline": user_accuracy_of(pair_margins(ctx.cache["baseline"].model, ctx.features, test),
+    accuracy = {"baseline": per_user_accuracy(pair_margins(ctx.cache["baseline"].model, ctx.features, test),
                                              test.users),
-                "PAFO (default)": user_accuracy_of(pair_margins(pafo, ctx.features, test), test.users),
+                "PAFO (default)": per_user_accuracy(pair_margins(pafo, ctx.features, test), test.users),
                 **diagnostics.ceilings(ctx, test, data, config.pafo)}
     group = pd.Series(np.where(user_group == MINORITY, "minority", "majority"))
     return {name: pd.DataFrame({"group": group[acc.index].to_numpy(), "acc": acc.to_numpy()})
@@ -226,8 +226,8 @@ def tuning_table(dataset: str, seeds: list[int], encoder: str) -> str:
             log_loss[label].append(np.mean(np.logaddexp(0, -pair_margins(output.model, ctx.features, test)))
                                    - np.mean(np.logaddexp(0, -pair_margins(base.model, ctx.features, test))))
             for split, pairs in (("val", ctx.val), ("test", test)):
-                b = user_accuracy_of(pair_margins(base.model, ctx.features, pairs), pairs.users)
-                m = user_accuracy_of(pair_margins(output.model, ctx.features, pairs), pairs.users)
+                b = per_user_accuracy(pair_margins(base.model, ctx.features, pairs), pairs.users)
+                m = per_user_accuracy(pair_margins(output.model, ctx.features, pairs), pairs.users)
                 tables[label][split].append(pd.DataFrame({
                     "group": np.where(user_group[b.index] == MINORITY, "minority", "majority"),
                     "support_rate": support.user_support.to_numpy()[b.index], "acc_pafo": m.to_numpy(),

@@ -507,11 +507,6 @@ def check_sources(config: AuditConfig, dataset) -> None:
 # ------------------------------------------------------------------------------------------- metrics
 
 
-def _correct(margins: np.ndarray) -> np.ndarray:
-    """1 for a positive margin, 0.5 for a tie, 0 otherwise: the convention of every accuracy here."""
-    return (margins > 0) + 0.5 * (margins == 0)
-
-
 def log_loss(calibration: dict) -> dict:
     """The BT log-loss −log σ(margin) overall and per group: the pair-level figures of the experiment's
     ``calibration`` block (:func:`pafo.metrics.calibration`), lifted out because an audit's margins are its data."""
@@ -536,12 +531,13 @@ def _model_result(margins: pd.Series, dataset, support, groups, evaluated: pd.Da
                   settings: AuditSettings, seed: int) -> tuple[dict, pd.DataFrame]:
     """The experiment's metric blocks for one model's margins, plus log-loss and coverage."""
     from .experiment import _pair_set, _per_user_table
-    from .metrics import calibration, evaluate
+    from .metrics import calibration, evaluate, pair_correct
 
     covered = evaluated.loc[margins.index]
     values = margins.to_numpy(dtype=float)
     table = _per_user_table(dataset, support, groups, _pair_set(covered, user_group), values)
-    metrics = evaluate(table, n_resamples=settings.bootstrap, seed=seed, micro_accuracy=float(_correct(values).mean()))
+    metrics = evaluate(table, n_resamples=settings.bootstrap, seed=seed,
+                       micro_accuracy=float(pair_correct(values).mean()))
     metrics["calibration"] = calibration(values, groups.groups.to_numpy()[covered["user"].to_numpy()])
     metrics["log_loss"] = log_loss(metrics["calibration"])
     metrics["coverage"] = _coverage(evaluated, margins.index, groups.groups)

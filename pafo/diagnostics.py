@@ -13,6 +13,7 @@ import torch
 from sklearn.linear_model import Ridge
 
 from .clusters import ClusterFit, fit_clusters, oriented_differences, per_user_fit
+from .metrics import per_user_accuracy
 from .training import PairSet, pair_margins
 
 __all__ = [
@@ -23,14 +24,7 @@ __all__ = [
     "predicted_scores",
     "representation_ceiling",
     "true_cluster_model",
-    "user_accuracy_of",
 ]
-
-
-def user_accuracy_of(margins: np.ndarray, users: np.ndarray) -> pd.Series:
-    """Each user's share of pairs with a positive margin (a tie counts a half)."""
-    correct = (margins > 0) + 0.5 * (margins == 0)
-    return pd.Series(correct).groupby(users).mean()
 
 
 def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, groups) -> dict:
@@ -41,7 +35,7 @@ def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, 
     best = fit.best
     assigned = fit.assignments[best]
     x = oriented_differences(ctx.features.numpy(), fit.basis, test.chosen, test.rejected)
-    baseline = user_accuracy_of(pair_margins(ctx.cache["baseline"].model, ctx.features, test), test.users)
+    baseline = per_user_accuracy(pair_margins(ctx.cache["baseline"].model, ctx.features, test), test.users)
     method = per_user.set_index("user")["accuracy"]
     rows = []
     for cluster in range(fit.teachers.shape[1]):
@@ -49,7 +43,7 @@ def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, 
         if not len(users):
             continue
         on_test = np.isin(test.users, users)
-        teacher = user_accuracy_of(x[on_test] @ fit.teachers[best, cluster], test.users[on_test])
+        teacher = per_user_accuracy(x[on_test] @ fit.teachers[best, cluster], test.users[on_test])
         mean_support = float(support.user_support.to_numpy()[users].mean())
         rows.append({
             "cluster": cluster, "n_users": len(users), "mean_support": mean_support,
@@ -72,7 +66,7 @@ def representation_ceiling(train: PairSet, test: PairSet, n_users: int, represen
         rows = np.asarray(rows, dtype=np.float64)
         directions = per_user_fit(rows[train.chosen] - rows[train.rejected], train.users, n_users, ridge)
         margins = np.einsum("nd,nd->n", rows[test.chosen] - rows[test.rejected], directions[test.users])
-        out[name] = user_accuracy_of(margins, test.users)
+        out[name] = per_user_accuracy(margins, test.users)
     return out
 
 
@@ -121,7 +115,7 @@ def ceilings(ctx, test: PairSet, dataset, pafo_config) -> dict[str, pd.Series]:
     fits = [v for k, v in ctx.cache.items() if isinstance(k, tuple) and k[0] == "clusters"]
     if dataset.persona_weights is not None and fits:
         model = true_cluster_model(ctx, base, fits[0], dataset, pafo_config)
-        out["oracle: PAFO with the true preference clusters"] = user_accuracy_of(
+        out["oracle: PAFO with the true preference clusters"] = per_user_accuracy(
             pair_margins(model, ctx.features, test), test.users)
     return out
 

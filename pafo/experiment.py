@@ -52,7 +52,7 @@ from .methods import (
     PAFOConfig,
     fit_method,
 )
-from .metrics import accuracy_by_decile, calibration, evaluate, pareto_improvement
+from .metrics import accuracy_by_decile, calibration, evaluate, pair_correct, pareto_improvement, per_user_accuracy
 from .paths import atomic_write_bytes, atomic_write_text
 from .sources import DataConfig, dataset_fingerprint, load_dataset
 from .support import GroupConfig, estimate_support, resolve_estimator
@@ -194,8 +194,7 @@ def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: 
 
 
 def _per_user_table(dataset, support, groups, test: PairSet, margins: np.ndarray) -> pd.DataFrame:
-    correct = (margins > 0) + 0.5 * (margins == 0)
-    accuracy = pd.Series(correct).groupby(test.users).agg(["mean", "size"])
+    accuracy = pd.Series(pair_correct(margins)).groupby(test.users).agg(["mean", "size"])
     return pd.DataFrame({"user": dataset.users.index, "group": groups.groups.to_numpy(),
                          "support_rate": support.user_support.to_numpy(),
                          "n_pairs": accuracy["size"].reindex(dataset.users.index).fillna(0).to_numpy(int),
@@ -211,8 +210,7 @@ def _teacher_report(output, ctx, test: PairSet, baseline_margins: np.ndarray, fe
         accuracy = {}
         for name, margins in (("teacher", pair_margins(teacher.model, features, subset)),
                               ("baseline", baseline_margins[rows])):
-            correct = pd.Series((margins > 0) + 0.5 * (margins == 0)).groupby(subset.users).mean()
-            accuracy[name] = float(correct.mean())
+            accuracy[name] = float(per_user_accuracy(margins, subset.users).mean())
         report["majority" if group == MAJORITY else "minority"] = {
             "teacher_accuracy": accuracy["teacher"], "baseline_accuracy": accuracy["baseline"],
             "advantage": accuracy["teacher"] - accuracy["baseline"], "n_train_pairs": teacher.extra["n_train_pairs"],
@@ -334,7 +332,7 @@ def _load_inputs(config: ExperimentConfig, progress: Progress) -> tuple[list[See
 
 def _method_result(name, output, per_user, config, margins, test) -> dict:
     metrics = evaluate(per_user, n_resamples=config.run.bootstrap, seed=config.data.seed,
-                       micro_accuracy=float(((margins > 0) + 0.5 * (margins == 0)).mean()))
+                       micro_accuracy=float(pair_correct(margins).mean()))
     metrics["calibration"] = calibration(margins, np.where(test.group == MINORITY, "minority", "majority"))
     metrics["train_seconds"] = round(output.result.seconds + output.extra.get("setup_seconds", 0.0), 3)
     metrics["best_epoch"] = output.result.best_epoch

@@ -48,7 +48,9 @@ __all__ = [
     "evaluate",
     "gini",
     "group_gap",
+    "pair_correct",
     "pareto_improvement",
+    "per_user_accuracy",
     "support_spearman",
     "user_accuracy",
     "worst_fraction_mean",
@@ -136,6 +138,17 @@ def _mean_or_nan(values: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- per user
+
+
+def pair_correct(margins: Any) -> np.ndarray:
+    """1 for a positive margin, 0.5 for a tie (a coin flip), 0 otherwise: the convention of every accuracy here."""
+    margins = np.asarray(margins)
+    return (margins > 0) + 0.5 * (margins == 0)
+
+
+def per_user_accuracy(margins: Any, users: Any) -> pd.Series:
+    """Each user's share of correctly ordered pairs (``pair_correct``), indexed by user."""
+    return pd.Series(pair_correct(margins)).groupby(np.asarray(users)).mean()
 
 
 def user_accuracy(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -416,7 +429,7 @@ def pareto_improvement(method: Mapping, baseline: Mapping, *, epsilon: float = 0
 def _calibration_of(margins: np.ndarray, bins: int) -> dict:
     """BT log-loss −log σ(m) and the expected calibration error of σ(m) over equal-width confidence bins."""
     confidence = stats.logistic.cdf(np.abs(margins))  # P(the preferred side) the model claims
-    correct = (margins > 0) + 0.5 * (margins == 0)
+    correct = pair_correct(margins)
     edges = np.linspace(0.5, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     gaps = [abs(correct[which == b].mean() - confidence[which == b].mean()) * np.mean(which == b)

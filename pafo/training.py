@@ -17,6 +17,7 @@ import torch
 
 from .errors import MSG_DIVERGED, RunCancelled, TrainingDivergedError
 from .method_configs import TrainConfig
+from .metrics import pair_correct
 from .models import RewardModel, bt_loss, distillation_loss
 from .optim import AdamW
 
@@ -106,7 +107,7 @@ def pair_margins(model: RewardModel, features: torch.Tensor, pairs: PairSet, bat
 
 def group_accuracy(margins: np.ndarray, pairs: PairSet) -> dict:
     """Validation accuracy, each user weighing equally: overall, majority and minority (None if no users)."""
-    correct = (margins > 0) + 0.5 * (margins == 0)
+    correct = pair_correct(margins)
     users, inverse = np.unique(pairs.users, return_inverse=True)
     per_user = np.bincount(inverse, weights=correct) / np.bincount(inverse)
     result = {"overall": float(per_user.mean()) if len(users) else None}
