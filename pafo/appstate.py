@@ -21,6 +21,7 @@ import pandas as pd
 
 from .config import dataclass_from_dict, field_choices
 from .errors import PafoInputError
+from .method_configs import DEFAULT_ENCODER
 from .paths import pafo_home
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "SOURCE_LABELS",
     "FieldSpec",
     "config_diff",
-    "data_config_dict",
     "dataset_label",
     "default_data_dict",
     "demo_config",
@@ -45,7 +45,6 @@ __all__ = [
     "history_frame",
     "known_fields",
     "metric_delta",
-    "pair_counts",
     "pareto_points",
     "pareto_records",
     "run_row",
@@ -63,7 +62,7 @@ __all__ = [
 #: today's defaults MiniLM shows the bias (baseline gap ~6 points) and PAFO closing part of it, where TF-IDF
 #: features leave almost no gap to close; the first run embeds ~1,100 texts (~15-30 s here), later runs hit the cache.
 DEMO_METHODS = "baseline,pafo"
-DEMO_ENCODER = "minilm"
+DEMO_ENCODER = DEFAULT_ENCODER
 #: The demo's seeds: one, because three did not reach Compare within a minute on 2 cores from a cold start (each
 #: synthetic seed draws its own response texts to embed; bench/RESULTS_app.md has the times). The demo says that
 #: a single seed is no evidence.
@@ -177,11 +176,6 @@ def default_data_dict() -> dict:
     return dataclasses.asdict(DataConfig())
 
 
-def data_config_dict(config) -> dict:
-    """The plain dict of a DataConfig (or the dict itself): the cache key and session value of a dataset."""
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-
-
 def save_upload(name: str, data: bytes, home: Path | None = None) -> Path:
     """Store uploaded bytes as ``<home>/uploads/<content hash>/<file name>`` (idempotent) and return the path.
 
@@ -226,11 +220,6 @@ def dataset_label(data: dict) -> str:
     """One short name of a DataConfig dict for the sidebar, forms and tables: "synthetic", "pairs: mine.csv"."""
     source = data.get("dataset", "?")
     return f"{source}: {display_path(data.get('path'))}" if source != "synthetic" and data.get("path") else source
-
-
-def pair_counts(dataset) -> pd.DataFrame:
-    """Per-user n_train / n_val / n_test (kept as the pages' name for ``PreferenceDataset.user_pair_counts``)."""
-    return dataset.user_pair_counts()
 
 
 def shares_text(shares: dict | None) -> str:

@@ -27,6 +27,7 @@ from .errors import (
     PafoEnvironmentError,
     PafoInputError,
 )
+from .method_configs import DEFAULT_ENCODER
 from .paths import atomic_write_text
 from .sources import DataConfig, load_dataset
 from .support import GroupConfig, estimate_support, resolve_estimator, support_deciles
@@ -146,7 +147,7 @@ def _add_support(sub) -> None:
 def _add_embed(sub) -> None:
     parser = sub.add_parser("embed", help="embed a dataset's texts into the disk cache")
     add_data_arguments(parser)
-    parser.add_argument("--encoder", default="minilm", help="minilm, tfidf or a transformers model id/path")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="minilm, tfidf or a transformers model id/path")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embeddings cache")
     parser.add_argument("--json", metavar="OUT", help="write timing JSON here")
     parser.set_defaults(handler=cmd_embed, output_files=("json",))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pafo.errors import PafoInputError
+from pafo.method_configs import DEFAULT_ENCODER, ENCODERS
 from pafo.paths import atomic_write_text, pafo_home
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
     "text_hash",
 ]
 
-ENCODERS = ("minilm", "tfidf")
+
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_N_COMPONENTS = 256
@@ -832,7 +833,7 @@ def _dedupe(texts: list[str]) -> tuple[list[str], np.ndarray]:
 
 def embed_texts(
     texts: Sequence[str],
-    encoder: str | Encoder = "minilm",
+    encoder: str | Encoder = DEFAULT_ENCODER,
     *,
     cache: bool = True,
     home: Path | None = None,

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from .dataset import PreferenceDataset
+from .method_configs import DEFAULT_ENCODER
 
 __all__ = ["FeatureResult", "dataset_texts", "response_features", "text_features"]
 
@@ -37,7 +38,7 @@ def dataset_texts(dataset: PreferenceDataset) -> list[str]:
 def text_features(
     responses: list[str],
     prompts: list[str],
-    encoder: str = "minilm",
+    encoder: str = DEFAULT_ENCODER,
     *,
     layout: Layout = "prompt+response",
     cache: bool = True,
@@ -60,7 +61,7 @@ def text_features(
 
 def response_features(
     dataset: PreferenceDataset,
-    encoder: str = "minilm",
+    encoder: str = DEFAULT_ENCODER,
     *,
     layout: Layout = "prompt+response",
     cache: bool = True,

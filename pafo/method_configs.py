@@ -12,6 +12,8 @@ from .config import OUT_OF_RANGE, option, validate_options
 from .errors import PafoInputError
 
 __all__ = [
+    "DEFAULT_ENCODER",
+    "ENCODERS",
     "METHODS",
     "METHOD_CONFIGS",
     "UNKNOWN_METHOD",
@@ -25,6 +27,9 @@ __all__ = [
     "TrainConfig",
 ]
 
+#: The built-in text encoders (any transformers model id or path works too); the default is the first.
+ENCODERS = ("minilm", "tfidf")
+DEFAULT_ENCODER = ENCODERS[0]
 METHODS = ("bt", "baseline", "reweight", "groupdro", "mixture", "pafo")
 # The bounds live on the fields (pafo.config.validate_options); these names stay for callers matching messages.
 BAD_LAMBDA = BAD_TEMPERATURE = BAD_DENSE = BAD_CLUSTER_OPTION = BAD_FINETUNE_PATIENCE = BAD_STEP = OUT_OF_RANGE
@@ -145,7 +150,7 @@ METHOD_CONFIGS = {"bt": BTConfig, "baseline": BaselineConfig, "reweight": Reweig
 class RunSettings:
     """What to train and how to report it."""
 
-    encoder: str = option("minilm", "text encoder: minilm, tfidf or a transformers model id/path")
+    encoder: str = option(DEFAULT_ENCODER, "text encoder: minilm, tfidf or a transformers model id/path")
     methods: str = option("baseline,pafo", "comma-separated methods: " + ",".join(METHODS))
     bootstrap: int = option(1000, "bootstrap resamples (over users) for confidence intervals", ge=10,
                             le=MAX_BOOTSTRAP)

@@ -43,7 +43,6 @@ __all__ = [
     "forest_plot",
     "format_value",
     "group_accuracy_bars",
-    "headline_table",
     "make_figure",
     "method_color",
     "method_order",
@@ -183,24 +182,6 @@ def points(value) -> str:
 def per_user_frame(result: dict) -> pd.DataFrame:
     """The result's per-user table (user_id, group, support_rate, n_*, acc_<method>...) as a DataFrame."""
     return pd.DataFrame(result.get("per_user") or {})
-
-
-def headline_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
-    """One row per method: group accuracies, gap and Spearman, with Δ vs the reference method."""
-    methods = result.get("methods") or {}
-    rows = []
-    for name in method_order(methods):
-        m = methods[name]
-        acc, unf = m.get("accuracy", {}), m.get("unfairness", {})
-        rows.append({"method": name, "overall": acc.get("overall"), "majority": acc.get("majority"),
-                     "minority": acc.get("minority"), "gap": unf.get("group_gap"),
-                     "spearman": unf.get("support_spearman"), "train_seconds": m.get("train_seconds")})
-    frame = pd.DataFrame(rows)
-    if reference in methods and len(frame):
-        ref = frame.set_index("method").loc[reference]
-        for column in ("overall", "majority", "minority", "gap", "spearman"):
-            frame[f"Δ {column}"] = frame[column] - ref[column]
-    return frame
 
 
 def unfairness_table(result: dict, reference: str = "baseline") -> pd.DataFrame:

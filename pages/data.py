@@ -144,7 +144,7 @@ for col, split in zip(cols[3:], ("train", "val", "test"), strict=True):
 
 left, right = st.columns(2)
 with left:
-    ui.plot(report.pairs_per_user_figure(appstate.pair_counts(dataset)), key="pairs_per_user")
+    ui.plot(report.pairs_per_user_figure(dataset.user_pair_counts()), key="pairs_per_user")
 with right:
     dominant = dataset.users["dominant"].dropna()
     if len(dominant):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pafo import appstate, report
+from pafo import report
 from pafo.errors import PafoInputError
 from pafo.support import GroupConfig, support_deciles
 from pages import _ui as ui
@@ -65,7 +65,7 @@ with controls[3]:
 table = dataset.users[["user_id"]].assign(group=grouping.groups, support_rate=support.user_support)
 if dataset.users["dominant"].notna().any():
     table["dominant"] = dataset.users["dominant"]
-table = table.join(appstate.pair_counts(dataset))
+table = table.join(dataset.user_pair_counts())
 table["decile"] = support_deciles(support.user_support) + 1
 
 cols = st.columns(4)

@@ -8,12 +8,10 @@ import streamlit as st
 
 from pafo import appstate
 from pafo.errors import PafoInputError
-from pafo.method_configs import METHODS, GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
+from pafo.method_configs import ENCODERS, METHODS, GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
 from pages import _ui as ui
 
 ui.require_app()
-
-ENCODERS = ["minilm", "tfidf"]
 
 st.title("Train")
 reg = ui.registry()
