@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "FAILED",
     "FORCE_CANCEL_AFTER",
+    "PRESENTATION_MODULES",
     "QUEUED",
     "RUNNING",
     "STATUSES",
@@ -70,6 +71,7 @@ __all__ = [
     "decide_outcome",
     "new_run_id",
     "process_alive",
+    "source_version",
 ]
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -263,13 +265,25 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
 
 
+#: Modules that present, store or schedule results but never compute them: editing a label, a colour, a message or
+#: the registry itself keeps finished runs reusable. Every other ``pafo/`` source counts (README: reuse).
+PRESENTATION_MODULES = frozenset({"__init__.py", "appstate.py", "cli.py", "errors.py", "manifest.py", "paths.py",
+                                  "registry.py", "report.py", "runs_cli.py", "worker.py"})
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """Short sha256 over every ``pafo/**/*.py`` source (sorted by path), so a code change invalidates the cache."""
+    """The installed package's ``source_version``, computed once per process."""
+    return source_version(PACKAGE_ROOT / "pafo")
+
+
+def source_version(package: Path) -> str:
+    """Short sha256 over the ``pafo/**/*.py`` sources that compute results (sorted by path; ``PRESENTATION_MODULES``
+    left out), so a change to how results are computed invalidates the cache and a change to how they are shown
+    does not."""
     digest = hashlib.sha256()
-    package = PACKAGE_ROOT / "pafo"
     for path in sorted(package.rglob("*.py")):
-        if "__pycache__" in path.parts:
+        if "__pycache__" in path.parts or path.relative_to(package).as_posix() in PRESENTATION_MODULES:
             continue
         digest.update(path.relative_to(package).as_posix().encode("utf-8") + b"\0")
         digest.update(path.read_bytes() + b"\0")

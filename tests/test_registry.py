@@ -847,3 +847,20 @@ def test_read_only_home_and_unopenable_database_are_environment_faults(reg: RunR
     for error in ("attempt to write a readonly database", "unable to open database file"):
         with pytest.raises(PafoEnvironmentError, match=r"cannot be written .*make .* writable"):
             _raise_inside(reg, sqlite3.OperationalError(error))
+
+
+def test_code_version_ignores_presentation_modules(tmp_path):
+    """Regression (issue 12): editing a label or colour in report.py stopped every finished run from being reused;
+    only code that computes results changes the version."""
+    import shutil
+
+    from pafo.registry import PACKAGE_ROOT, PRESENTATION_MODULES, code_version, source_version
+
+    package = tmp_path / "pafo"
+    shutil.copytree(PACKAGE_ROOT / "pafo", package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = source_version(package)
+    assert before == code_version() and "report.py" in PRESENTATION_MODULES
+    (package / "report.py").write_text((package / "report.py").read_text() + "\n# a new colour\n")
+    assert source_version(package) == before
+    (package / "metrics.py").write_text((package / "metrics.py").read_text() + "\n# a changed metric\n")
+    assert source_version(package) != before
