@@ -23,6 +23,7 @@ from .config import dataclass_from_dict, field_choices
 from .errors import PafoInputError
 from .method_configs import DEFAULT_ENCODER
 from .paths import pafo_home
+from .sources import SOURCE_SPECS
 
 __all__ = [
     "DEMO_ENCODER",
@@ -47,11 +48,13 @@ __all__ = [
     "metric_delta",
     "pareto_points",
     "pareto_records",
+    "path_hint",
     "run_row",
     "runs_table",
     "save_upload",
     "seeds_text",
     "shares_text",
+    "simulated",
     "source_fields",
     "source_kind",
     "user_pairs_table",
@@ -70,17 +73,11 @@ DEMO_SEEDS = "0"
 #: Form labels where the flag name would mislead: a user's training pairs include the validation pair(s).
 FIELD_LABELS = {"train_pairs": "train + val pairs per user", "test_pairs": "test pairs per user"}
 
-SOURCE_LABELS = {
-    "synthetic": "Synthetic demo",
-    "dsp": "DSP (domain-specific preference)",
-    "personalllm": "PersonalLLM",
-    "pairs": "Own pairs file (upload or path)",
-    "hub": "Hub id / URL",
-}
-SIMULATION_FIELDS = ("seed", "users", "shares", "alpha", "train_pairs", "test_pairs", "test_fraction",
-                     "val_fraction", "protocol")
-SPLIT_FIELDS = ("seed", "test_fraction", "val_fraction")
-SYNTHETIC_FIELDS = ("prompts", "responses_per_prompt", "judges", "minority_homogeneity")
+#: The Data page's source choices: every source (pafo.sources.SOURCE_SPECS), then loading by hub id or URL.
+SOURCE_LABELS = {**{name: spec.label for name, spec in SOURCE_SPECS.items()}, "hub": "Hub id / URL"}
+#: The hub schemas: the sources that load from a hub id, by name.
+HUB_SCHEMAS = {name: spec.hub_schema for name, spec in SOURCE_SPECS.items() if spec.hub_schema}
+HUB_PATH_HINT = "namkoong-lab/PersonalLLM"
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
 BAD_UPLOAD_SUFFIX = "{name}: unsupported file type {suffix!r}; upload a .csv, .jsonl, .json or .parquet file"
 EMPTY_UPLOAD = "{name}: the uploaded file is empty; choose the file again or export it anew"
@@ -146,13 +143,18 @@ def form_to_dataclass(cls: type, values: dict) -> Any:
 
 def source_fields(source: str) -> tuple[str, ...]:
     """The DataConfig fields that matter for a source (besides ``dataset`` and ``path``)."""
-    if source == "synthetic":
-        return SIMULATION_FIELDS + SYNTHETIC_FIELDS
-    if source == "dsp":
-        return (*SIMULATION_FIELDS, "include_normal")
-    if source == "personalllm":
-        return SIMULATION_FIELDS
-    return SPLIT_FIELDS
+    return SOURCE_SPECS[source].fields
+
+
+def path_hint(source: str) -> str:
+    """The placeholder of the Data page's path box for a source choice (a source or ``hub``)."""
+    return HUB_PATH_HINT if source == "hub" else SOURCE_SPECS[source].path_hint or ""
+
+
+def simulated(data: dict) -> bool:
+    """Whether a DataConfig dict's users are simulated (so population shares can be changed)."""
+    spec = SOURCE_SPECS.get(data.get("dataset"))
+    return bool(spec and spec.simulated)
 
 
 def source_kind(config: dict) -> str:

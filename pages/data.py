@@ -19,8 +19,6 @@ from pages import _ui as ui
 ui.require_app()
 
 DSP_LOCAL = PACKAGE_ROOT.parent / "shared" / "data" / "dsp_test_part_a.json"
-HUB_SCHEMAS = {"pairs": "pairs table (user_id, prompt, chosen, rejected)", "personalllm": "PersonalLLM",
-               "dsp": "DSP JSON"}
 
 st.title("⚖️ PAFO Studio")
 st.markdown(
@@ -78,9 +76,10 @@ if source == "pairs":
 elif current["dataset"] == "pairs" and appstate.friendly_paths(str(path_value or "")) != str(path_value or ""):
     path_value = None  # an earlier upload: named in the sidebar; the path box is for files on this machine
 elif source == "hub":
-    dataset_name = st.radio("Schema", list(HUB_SCHEMAS), format_func=HUB_SCHEMAS.get, horizontal=True,
-                            key="hub_schema", index=list(HUB_SCHEMAS).index(current["dataset"])
-                            if current["dataset"] in HUB_SCHEMAS else 0)
+    schemas = appstate.HUB_SCHEMAS
+    dataset_name = st.radio("Schema", list(schemas), format_func=schemas.get, horizontal=True,
+                            key="hub_schema", index=list(schemas).index(current["dataset"])
+                            if current["dataset"] in schemas else 0)
     st.caption("A Hugging Face hub id (owner/name) or a URL. This machine may be offline: then download the file "
                "elsewhere and use its local path.")
 elif source == "dsp" and not path_value and DSP_LOCAL.is_file():
@@ -89,8 +88,7 @@ elif source == "dsp" and not path_value and DSP_LOCAL.is_file():
 with st.form("data_form", border=True):
     values: dict = {}
     if source != "synthetic":
-        hint = {"hub": "namkoong-lab/PersonalLLM", "dsp": "path/to/dsp.json", "personalllm": "file or hub id",
-                "pairs": "path/to/pairs.csv"}[source]
+        hint = appstate.path_hint(source)
         label = "or a path on this machine" if source == "pairs" else "Path, URL or hub id"
         values["path"] = st.text_input(label, value=path_value or "", placeholder=hint, key=f"path_{source}")
     fields = appstate.source_fields(dataset_name)

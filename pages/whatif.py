@@ -16,7 +16,6 @@ from pages import _ui as ui
 
 ui.require_app()
 
-SIMULATED = ("synthetic", "dsp", "personalllm")
 
 st.title("What-if")
 st.markdown("Clone a finished run with one or more changes, run it in the background, and see what moved.")
@@ -61,14 +60,14 @@ with st.container(border=True):
                                   key="whatif_condition", help=appstate.field_specs(
                                       PAFOConfig, include=("condition",))[0].help)
     shares_default = data.get("shares") or ""
-    if not shares_default and data.get("dataset") in SIMULATED:
+    if not shares_default and appstate.simulated(data):
         try:
             shares_default = appstate.shares_text(ui.dataset_summary(
                 {**appstate.default_data_dict(), **appstate.known_fields(DataConfig, data)})["meta"].get("shares"))
         except PafoInputError:
             shares_default = ""
     shares = cols[3].text_input("Population shares (KEY=V,...)", value=shares_default or "", key="whatif_shares",
-                                disabled=data.get("dataset") not in SIMULATED,
+                                disabled=not appstate.simulated(data),
                                 help="simulated sources only: how many users each judge dominates")
     parent_seeds = appstate.seeds_text(config.get("seeds") or [data.get("seed", 0)])
     seeds = cols[3].text_input("Seeds", value=parent_seeds, key="whatif_seeds",
@@ -82,7 +81,7 @@ if launch:
         changes.update({"groups.minority_quantile": float(quantile), "groups.minority_threshold": None})
     else:
         changes["groups.minority_threshold"] = float(threshold)
-    if data.get("dataset") in SIMULATED and (shares or "") != (shares_default or ""):
+    if appstate.simulated(data) and (shares or "") != (shares_default or ""):
         changes["data.shares"] = shares.strip() or None
     if seeds.strip() != parent_seeds:
         changes["seeds"] = seeds.strip() or str(data.get("seed", 0))

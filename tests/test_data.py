@@ -240,3 +240,23 @@ def test_bad_input_names_the_fault(case, tmp_path, write_table, pairs_frame, per
         load_dataset(dataclasses.replace(DataConfig(users=10, prompts=6, train_pairs=4, test_pairs=2), **options))
     check_message(str(caught.value), template, *values)
     assert "\n" not in str(caught.value)
+
+
+def test_every_source_is_declared_once_and_read_everywhere():
+    """Regression (issue 12): the Data page's hint dict raised KeyError for a source it did not list. Every source
+    comes from pafo.sources.SOURCE_SPECS: the CLI's choices, the page's labels, hints and form fields."""
+    import dataclasses
+
+    from pafo import appstate
+    from pafo.config import field_choices
+    from pafo.sources import SOURCE_SPECS, SOURCES
+
+    field = next(f for f in dataclasses.fields(DataConfig) if f.name == "dataset")
+    assert tuple(field_choices(DataConfig, field)) == SOURCES == tuple(SOURCE_SPECS)
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    for name, spec in SOURCE_SPECS.items():
+        assert appstate.SOURCE_LABELS[name] == spec.label
+        assert set(appstate.source_fields(name)) <= names
+        assert isinstance(appstate.path_hint(name), str)
+        assert appstate.simulated({"dataset": name}) is spec.simulated
+    assert set(appstate.HUB_SCHEMAS) <= set(SOURCES) and appstate.path_hint("hub")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,9 +18,8 @@ from .pairs import load_pairs
 from .personalllm import load_personalllm
 from .synthetic import MAX_JUDGES, MIN_JUDGES, make_synthetic, synthetic_judges
 
-__all__ = ["SOURCES", "DataConfig", "dataset_fingerprint", "load_dataset"]
+__all__ = ["SOURCES", "SOURCE_SPECS", "DataConfig", "SourceSpec", "dataset_fingerprint", "load_dataset"]
 
-SOURCES = ("synthetic", "dsp", "personalllm", "pairs")
 # The bounds live on the fields (pafo.config.validate_options); these names stay for callers matching messages.
 BAD_FRACTION, UNKNOWN_SOURCE = OUT_OF_RANGE, BAD_CHOICE
 # Limits of size (memory and time of one run on a laptop-class machine, see the README's limits).
@@ -30,11 +30,60 @@ MAX_RESPONSES_PER_PROMPT = 100
 MAX_SEED = 2**32 - 1
 
 
+#: The DataConfig fields that simulating users from base scores reads, and those every source's split reads.
+SIMULATION_FIELDS = ("seed", "users", "shares", "alpha", "train_pairs", "test_pairs", "test_fraction", "val_fraction",
+                     "protocol")
+SPLIT_FIELDS = ("seed", "test_fraction", "val_fraction")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One data source, declared once: the loader, CLI, forms and pages all read it. Adding a source is one loader
+    module plus one entry in ``SOURCE_SPECS``."""
+
+    name: str
+    label: str                                        # the Data page's name for it
+    load: Callable                                    # (DataConfig, simulation options) -> PreferenceDataset
+    fields: tuple[str, ...]                           # DataConfig fields its form shows (besides dataset, path)
+    simulated: bool                                   # users simulated from base scores (personas known)
+    path_hint: str | None = None                      # placeholder of the path box; None: it takes no path
+    hub_schema: str | None = None                     # its name among the hub schemas; None: no hub loading
+    judges: Callable = lambda config: None            # DataConfig -> judge names --shares may use, if known
+
+
+def _load_synthetic(config, options: dict) -> PreferenceDataset:
+    return make_synthetic(prompts=config.prompts, responses_per_prompt=config.responses_per_prompt,
+                          judges=config.judges, minority_homogeneity=config.minority_homogeneity,
+                          quality_noise=config.quality_noise, **options)
+
+
+def _load_dsp(config, options: dict) -> PreferenceDataset:
+    return load_dsp(config.path, include_normal=config.include_normal, **options)
+
+
+def _load_pairs(config, options: dict) -> PreferenceDataset:
+    return load_pairs(config.path, **options)
+
+
+SOURCE_SPECS = {spec.name: spec for spec in (
+    SourceSpec("synthetic", "Synthetic demo", _load_synthetic,
+               (*SIMULATION_FIELDS, "prompts", "responses_per_prompt", "judges", "minority_homogeneity"), True,
+               judges=lambda config: synthetic_judges(config.judges)),
+    SourceSpec("dsp", "DSP (domain-specific preference)", _load_dsp, (*SIMULATION_FIELDS, "include_normal"), True,
+               path_hint="path/to/dsp.json", hub_schema="DSP JSON", judges=lambda config: list(DOMAINS)),
+    SourceSpec("personalllm", "PersonalLLM", lambda config, options: _load_personalllm(config, options),
+               SIMULATION_FIELDS, True, path_hint="file or hub id", hub_schema="PersonalLLM"),
+    SourceSpec("pairs", "Own pairs file (upload or path)", _load_pairs, SPLIT_FIELDS, False,
+               path_hint="path/to/pairs.csv", hub_schema="pairs table (user_id, prompt, chosen, rejected)"),
+)}
+SOURCES = tuple(SOURCE_SPECS)
+
+
 @dataclass
 class DataConfig:
     """Which preference data to load and, for simulated sources, how to simulate the users."""
 
-    dataset: Literal["synthetic", "dsp", "personalllm", "pairs"] = option("synthetic", "data source")
+    dataset: str = option("synthetic", "data source", choices=SOURCES)
     path: str | None = option(None, "file, URL or hub id (dsp, personalllm, pairs)")
     seed: int = option(0, "random seed for the split and the simulation", ge=0, le=MAX_SEED)
     users: int = option(300, "number of simulated users", ge=2, le=MAX_USERS)
@@ -61,8 +110,7 @@ class DataConfig:
 
     def judge_names(self) -> list[str] | None:
         """The judges that ``--shares`` keys may name, where known before loading."""
-        return {"synthetic": lambda: synthetic_judges(self.judges), "dsp": lambda: list(DOMAINS)}.get(
-            self.dataset, lambda: None)()
+        return SOURCE_SPECS[self.dataset].judges(self) if self.dataset in SOURCE_SPECS else None
 
 
 def _simulation_options(config: DataConfig, shares: dict | None) -> dict:
@@ -82,17 +130,7 @@ def load_dataset(config: DataConfig | None = None, **overrides) -> PreferenceDat
     config = dataclasses.replace(config or DataConfig(), **overrides).validate()
     shares = _shares_for(config, config.judge_names())
     options = _simulation_options(config, shares)
-    if config.dataset == "synthetic":
-        dataset = make_synthetic(prompts=config.prompts, responses_per_prompt=config.responses_per_prompt,
-                                 judges=config.judges, minority_homogeneity=config.minority_homogeneity,
-                                 quality_noise=config.quality_noise, **options)
-    elif config.dataset == "dsp":
-        dataset = load_dsp(config.path, include_normal=config.include_normal, **options)
-    elif config.dataset == "personalllm":
-        dataset = _load_personalllm(config, options)
-    else:
-        dataset = load_pairs(config.path, **options)
-    return validate_dataset(dataset)
+    return validate_dataset(SOURCE_SPECS[config.dataset].load(config, options))
 
 
 def _load_personalllm(config: DataConfig, options: dict) -> PreferenceDataset:
