@@ -218,8 +218,8 @@ def _points(block: dict | None) -> str:
     delta, ci = block.get("delta"), block.get("ci") or [None, None]
     if delta is None:
         return "–"
-    bounds = ", ".join("–" if c is None else f"{100 * c:+.1f}" for c in ci)
-    return f"{100 * delta:+.1f} pts [{bounds}]"
+    bounds = ", ".join(format_value(c, "pts", delta=True) for c in ci)
+    return f"{format_value(delta, 'pts', delta=True)} pts [{bounds}]"
 
 
 def comparison_text(name: str, comparison: dict, reference: str) -> str:
@@ -236,8 +236,7 @@ def comparison_table(result: dict) -> pd.DataFrame:
     rows = [{"method": name, "vs": reference, "verdict": c.get("verdict"),
              "Δ minority": _points(c.get("minority")), "Δ majority": _points(c.get("majority")),
              "Δ user std": _points(c.get("user_std")),
-             "Δ |Spearman|": "–" if (c.get("support_spearman_abs") or {}).get("delta") is None
-             else f"{c['support_spearman_abs']['delta']:+.3f}"}
+             "Δ |Spearman|": format_value((c.get("support_spearman_abs") or {}).get("delta"), "", delta=True)}
             for name, c in (result.get("comparisons") or {}).items()]
     return pd.DataFrame(rows, columns=["method", "vs", "verdict", "Δ minority", "Δ majority", "Δ user std",
                                        "Δ |Spearman|"])
