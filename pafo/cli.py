@@ -425,6 +425,67 @@ def _add_audit(sub) -> None:
     parser.set_defaults(handler=cmd_audit, output_files=("json", "per_user_csv", "export_pairs"))
 
 
+SWEEP_BACKENDS = ("local",)
+SWEEP_FAILED = ("pafo: {n} of {total} sweep cells did not succeed (see `cells` in the sweep JSON and "
+                "`pafo runs show ID`)")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .registry import SUCCEEDED, RunRegistry
+    from .sweep import parse_grid, run_sweep
+
+    base = preflight(experiment_config_from_args(args))
+    grid = parse_grid(args.grid, base)
+    registry = RunRegistry(max_concurrent=args.max_concurrent)
+
+    def report(cell, done: int, total: int) -> None:
+        print(f"pafo: cell {done}/{total} {cell.record.status}: {cell.label} ({cell.record.id})", file=sys.stderr)
+
+    result = run_sweep(base, grid, registry=registry, force=args.force, pareto_method=args.pareto_method,
+                       on_cell=report)
+    _write_outputs(args, result if args.json else _sweep_headline(result),
+                   summary=f"{len(result['cells'])} cells, Pareto front: points {result['pareto_front']}")
+    failed = sum(cell["status"] != SUCCEEDED for cell in result["cells"])
+    if failed:
+        print(SWEEP_FAILED.format(n=failed, total=len(result["cells"])), file=sys.stderr)
+        return EXIT_INTERNAL
+    return 0
+
+
+def _sweep_headline(result: dict) -> dict:
+    """stdout without --json: each point's params, the Pareto method's accuracies and its verdict."""
+    method = result["pareto_method"]
+    rows = []
+    for point in result["points"]:
+        block = (point["methods"] or {}).get(method) or {}
+        comparison = (point["comparisons"] or {}).get(method) or {}
+        rows.append({"params": point["params"], "n_seeds": point["n_seeds"], "accuracy": block.get("accuracy"),
+                     "verdict": comparison.get("verdict")})
+    return {"sweep_id": result["sweep_id"], "pareto_method": method, "points": rows,
+            "pareto_front": result["pareto_front"]}
+
+
+def _add_sweep(sub) -> None:
+    from .config import parse_int
+
+    parser = sub.add_parser("sweep", help="run a grid of what-ifs × seeds as registry runs; Pareto front of points")
+    add_experiment_arguments(parser)
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--grid", action="append", metavar="SECTION.FIELD=V1,V2", required=True,
+                       help="an option of the experiment and its values, e.g. pafo.lam=0,0.5,1 or "
+                            "groups.minority_quantile=0.1,0.2; repeat for more keys (the grid is their product)")
+    sweep.add_argument("--backend", choices=SWEEP_BACKENDS, default="local",
+                       help="where cells run: local = the run registry's worker processes (default)")
+    sweep.add_argument("--max-concurrent", type=parse_int, default=None, metavar="N",
+                       help="cells running at once (default: $PAFO_MAX_CONCURRENT or 1)")
+    sweep.add_argument("--pareto-method", default=None, metavar="METHOD",
+                       help="the method whose accuracies the Pareto front compares (default: the first method "
+                            "that is not the baseline)")
+    sweep.add_argument("--force", action="store_true", help="retrain cells that already finished")
+    parser.add_argument("--json", metavar="OUT", help="write the sweep JSON (grid, cells, points, pareto_front) here")
+    parser.set_defaults(handler=cmd_sweep, output_files=("json",))
+
+
 def _add_runs(sub) -> None:
     from .runs_cli import add_runs_commands
 
@@ -437,7 +498,7 @@ def _add_runs(sub) -> None:
                       fingerprint_of)
 
 
-COMMANDS: list[Callable] = [_add_support, _add_embed, _add_experiment, _add_score, _add_audit, _add_runs]
+COMMANDS: list[Callable] = [_add_support, _add_embed, _add_experiment, _add_score, _add_audit, _add_runs, _add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,297 @@
+"""Sweeps: a grid of what-ifs × seeds, each cell a run in the registry, summarised with a Pareto front.
+
+A grid is ``{"section.field": [values]}`` over the experiment's config dataclasses (``pafo.lam``,
+``groups.minority_quantile``, ...). Every value is checked before anything runs, by the same code that checks a
+what-if (:func:`pafo.appstate.whatif_config`, hence :func:`pafo.config.validate_options` and the fields' bounds).
+A *cell* is one grid point on one data seed: a one-seed run submitted to :class:`pafo.registry.RunRegistry` with
+the sweep's id as its ``parent_id``, so the registry's cache key reuses cells that already finished with the same
+config (``force`` retrains them) and its worker processes run the rest under its concurrency limit. Before the
+workers start, the sweep embeds each distinct dataset once, so every cell finds its features in the disk cache.
+
+``sweep.json`` (:func:`assemble`):
+
+- ``grid``: the keys and their values; ``seeds``; ``sweep_id``; ``pareto_method``;
+- ``cells``: one per point × seed: ``params``, ``seed``, ``run_id``, ``status``, ``reused_from``, ``error`` and
+  ``methods`` (the blocks of ``pafo experiment``'s result, ``None`` unless the cell succeeded);
+- ``points``: one per grid point: per method the accuracies and unfairness (means over the point's seeds) with
+  CIs from the bootstrap over users pooled across seeds (:func:`pafo.compare.pooled_group_ci`), and per method but
+  the baseline the paired comparison with the baseline over the point's seeds
+  (:func:`pafo.compare.paired_comparison`);
+- ``pareto_front``: the indices of the points whose ``pareto_method`` is not dominated on majority and minority
+  accuracy by another point's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .appstate import whatif_config
+from .compare import paired_comparison, pooled_group_ci
+from .errors import PafoInputError
+from .experiment import REFERENCE, ExperimentConfig, _mean_tree
+from .registry import ACTIVE_STATUSES, QUEUED, SUCCEEDED, RunRecord, RunRegistry, new_run_id
+
+__all__ = ["MAX_CELLS", "Cell", "assemble", "cancel_sweep", "expand_cells", "new_sweep_id", "pareto_front",
+           "parse_grid", "preflight_cells", "run_sweep", "submit_cells", "sweep_cells", "warm_embeddings"]
+
+MAX_CELLS = 1000  # grid points × seeds; a bigger sweep is more likely a typo than a plan on one machine
+NONE_WORDS = ("none", "null")  # how a grid value says "not set" (e.g. groups.minority_threshold back to quantiles)
+SWEEP_PREFIX = "sweep-"
+
+MSG_SYNTAX = "--grid {text!r}: write section.field=value,value,... e.g. pafo.lam=0,0.5,1"
+MSG_SECTION = "--grid {key}: unknown section {section!r}; use one of {known}"
+MSG_FIELD = "--grid {key}: section {section!r} has no option {name!r}; its options: {known}"
+MSG_SEED = "--grid {key}: seeds are not grid keys; give them with --seeds (e.g. --seeds 0-4)"
+MSG_DUPLICATE = "--grid {key}: given twice; give each key once with all its values"
+MSG_REPEATED_VALUE = "--grid {key}: value {value!r} is given twice"
+MSG_VALUE = "--grid {key}={value}: {detail}"
+MSG_NO_GRID = "--grid: give at least one section.field=value,... (e.g. --grid pafo.lam=0,0.5,1)"
+MSG_TOO_MANY = "sweep of {points} grid point(s) × {seeds} seed(s) = {cells} cells is over the limit of {limit}"
+MSG_PARETO_METHOD = "--pareto-method {name!r} is not one of the sweep's methods ({methods})"
+SEED_KEYS = ("data.seed", "seeds")
+
+
+@dataclass
+class Cell:
+    """One grid point on one seed: its params, the one-seed experiment config and, once submitted, its run."""
+
+    point: int
+    params: dict
+    seed: int
+    config: dict
+    fingerprint: str
+    record: RunRecord | None = None
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in self.params.items()) + f" seed {self.seed}"
+
+
+# --------------------------------------------------------------------------------------------- grid
+
+
+def _sections() -> dict[str, type]:
+    defaults = ExperimentConfig()
+    return {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(ExperimentConfig) if f.name != "seeds"}
+
+
+def _check_key(key: str) -> None:
+    """An existing ``section.field`` of the experiment config, and not a seed."""
+    if key in SEED_KEYS:
+        raise PafoInputError(MSG_SEED.format(key=key))
+    section, _, name = key.partition(".")
+    sections = _sections()
+    if section not in sections:
+        raise PafoInputError(MSG_SECTION.format(key=key, section=section, known=", ".join(sections)))
+    names = [f.name for f in dataclasses.fields(sections[section])]
+    if name not in names:
+        raise PafoInputError(MSG_FIELD.format(key=key, section=section, name=name, known=", ".join(names)))
+
+
+def _value(base: dict, key: str, text: str):
+    """``text`` as the field's type, checked as a what-if of ``base`` would be (bounds, choices, the whole config)."""
+    value = None if text.lower() in NONE_WORDS else text
+    try:
+        config = whatif_config(base, {key: value})
+    except PafoInputError as exc:
+        raise PafoInputError(MSG_VALUE.format(key=key, value=text, detail=exc)) from None
+    section, _, name = key.partition(".")
+    return config[section][name]
+
+
+def parse_grid(specs: Sequence[str], base: ExperimentConfig | dict) -> dict[str, list]:
+    """``["pafo.lam=0,0.5", ...]`` → ``{"pafo.lam": [0.0, 0.5], ...}`` with every value typed and validated
+    against ``base`` (the sweep's other options); any problem is one :class:`PafoInputError` naming the key."""
+    base = base.to_dict() if isinstance(base, ExperimentConfig) else base
+    if not specs:
+        raise PafoInputError(MSG_NO_GRID)
+    grid: dict[str, list] = {}
+    for text in specs:
+        key, sep, values = (part.strip() for part in str(text).partition("="))
+        items = [item.strip() for item in values.split(",")]
+        if not sep or not key or not all(items):
+            raise PafoInputError(MSG_SYNTAX.format(text=text))
+        _check_key(key)
+        if key in grid:
+            raise PafoInputError(MSG_DUPLICATE.format(key=key))
+        typed = [_value(base, key, item) for item in items]
+        for i, (value, item) in enumerate(zip(typed, items, strict=True)):
+            if value in typed[:i]:  # 0 and 0.0 are one value: the cell would run twice
+                raise PafoInputError(MSG_REPEATED_VALUE.format(key=key, value=item))
+        grid[key] = typed
+    return grid
+
+
+def expand_cells(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int]) -> list[Cell]:
+    """Every grid point (the product of the values, first key slowest) on every seed, each a validated one-seed
+    experiment config."""
+    base = base.to_dict() if isinstance(base, ExperimentConfig) else base
+    points = list(itertools.product(*grid.values()))
+    if len(points) * len(seeds) > MAX_CELLS:
+        raise PafoInputError(MSG_TOO_MANY.format(points=len(points), seeds=len(seeds),
+                                                 cells=len(points) * len(seeds), limit=MAX_CELLS))
+    cells = []
+    for index, values in enumerate(points):
+        params = dict(zip(grid, values, strict=True))
+        for seed in seeds:
+            config = whatif_config(base, {**params, "seeds": None, "data.seed": seed})
+            cells.append(Cell(index, params, seed, config, ExperimentConfig.from_dict(config).fingerprint()))
+    return cells
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+def new_sweep_id() -> str:
+    """The id recorded as every cell's ``parent_id`` (it sorts by time like run ids, and says it is a sweep)."""
+    return SWEEP_PREFIX + new_run_id()
+
+
+def submit_cells(registry: RunRegistry, cells: list[Cell], *, sweep_id: str, force: bool = False) -> None:
+    """Register every cell (finished identical runs are reused unless ``force``) without starting workers yet."""
+    for cell in cells:
+        cell.record = registry.submit(cell.config, fingerprint=cell.fingerprint, force=force,
+                                      parent_id=sweep_id, label=f"{sweep_id}: {cell.label}", start=False)
+
+
+def preflight_cells(cells: list[Cell]) -> None:
+    """What ``pafo experiment`` refuses before training, for every distinct dataset and encoder of the grid (a
+    grid over ``data.*`` or ``run.encoder`` can name one that does not load): exit 2 before any cell is queued."""
+    from .encoders import get_encoder
+    from .sources import load_dataset
+
+    configs = [ExperimentConfig.from_dict(cell.config) for cell in cells]
+    for data in {repr(dataclasses.asdict(c.data)): c.data for c in configs}.values():
+        load_dataset(data)
+    for encoder in dict.fromkeys(c.run.encoder for c in configs):
+        get_encoder(encoder)
+
+
+def warm_embeddings(cells: list[Cell]) -> int:
+    """Embed each distinct dataset of the cells still to run once, into the disk cache the workers read; returns
+    how many datasets were embedded. Cells that run at the same time would otherwise each embed the same texts."""
+    from .features import response_features
+    from .sources import load_dataset
+
+    seen, embedded = set(), 0
+    for cell in cells:
+        if cell.record is None or cell.record.status != QUEUED:
+            continue
+        config = ExperimentConfig.from_dict(cell.config)
+        key = (repr(dataclasses.asdict(config.data)), config.run.encoder)
+        if key not in seen:
+            seen.add(key)
+            response_features(load_dataset(config.data), config.run.encoder)
+            embedded += 1
+    return embedded
+
+
+def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int] | None = None, *,
+              registry: RunRegistry | None = None, force: bool = False, sweep_id: str | None = None,
+              pareto_method: str | None = None,
+              on_cell: Callable[[Cell, int, int], None] | None = None) -> dict:
+    """Run (or reuse) every cell through the registry's workers, wait for all of them, return ``sweep.json``.
+
+    ``seeds`` default to the base config's seeds. ``on_cell(cell, done, total)`` is called as each cell ends.
+    Interrupting the wait (Ctrl-C) cancels the sweep's cells that have not finished.
+    """
+    base = ExperimentConfig.from_dict(base) if isinstance(base, dict) else base.validate()
+    seeds = list(seeds) if seeds is not None else base.seed_list()
+    methods = base.run.method_list()
+    pareto_method = _pareto_method(pareto_method, methods)
+    cells = expand_cells(base, grid, seeds)
+    preflight_cells(cells)
+    registry = registry or RunRegistry()
+    sweep_id = sweep_id or new_sweep_id()
+    submit_cells(registry, cells, sweep_id=sweep_id, force=force)
+    try:
+        warm_embeddings(cells)
+        registry.dispatch()
+        for done, cell in enumerate(cells, 1):
+            cell.record = registry.wait(cell.record.id)
+            if on_cell is not None:
+                on_cell(cell, done, len(cells))
+    except BaseException:
+        cancel_sweep(registry, sweep_id)
+        raise
+    results = {cell.record.id: registry.load_result(cell.record.id).result for cell in cells
+               if cell.record.status == SUCCEEDED}
+    return assemble(base, grid, seeds, cells, results, sweep_id=sweep_id, pareto_method=pareto_method)
+
+
+def _pareto_method(name: str | None, methods: list[str]) -> str:
+    """The method whose accuracies the front compares: given, else the first one that is not the baseline."""
+    if name is None:
+        return next((m for m in methods if m != REFERENCE), methods[0])
+    if name not in methods:
+        raise PafoInputError(MSG_PARETO_METHOD.format(name=name, methods=", ".join(methods)))
+    return name
+
+
+def sweep_cells(registry: RunRegistry, sweep_id: str) -> list[RunRecord]:
+    """The runs recorded with ``sweep_id`` as their parent, oldest first."""
+    return sorted((r for r in registry.list() if r.parent_id == sweep_id), key=lambda r: r.created_at)
+
+
+def cancel_sweep(registry: RunRegistry, sweep_id: str) -> list[RunRecord]:
+    """Ask every queued or running cell of a sweep to stop (queued ones end at once, running ones at their next
+    batch, forced by their worker after the registry's timeout); returns the cells asked."""
+    asked = [r for r in sweep_cells(registry, sweep_id) if r.status in ACTIVE_STATUSES]
+    return [registry.request_cancel(r.id) for r in asked]
+
+
+# --------------------------------------------------------------------------------------------- sweep.json
+
+
+def assemble(base: ExperimentConfig, grid: dict[str, list], seeds: list[int], cells: list[Cell],
+             results: dict[str, dict], *, sweep_id: str, pareto_method: str) -> dict:
+    """``sweep.json`` from the cells and the results of those that succeeded (see the module docstring)."""
+    methods = base.run.method_list()
+    entries = []
+    for cell in cells:
+        result = results.get(cell.record.id)
+        entries.append({"params": cell.params, "seed": cell.seed, "run_id": cell.record.id,
+                        "status": cell.record.status, "reused_from": cell.record.reused_from,
+                        "error": cell.record.error, "methods": result["methods"] if result else None})
+    points = []
+    for index in sorted({cell.point for cell in cells}):
+        mine = [cell for cell in cells if cell.point == index]
+        done = [results[cell.record.id] for cell in mine if cell.record.id in results]
+        points.append(_point(index, mine[0], done, methods, base.run.bootstrap))
+    return {"sweep_id": sweep_id, "grid": grid, "seeds": seeds, "methods": methods, "pareto_method": pareto_method,
+            "cells": entries, "points": points, "pareto_front": pareto_front(points, pareto_method)}
+
+
+def _point(index: int, cell: Cell, results: list[dict], methods: list[str], bootstrap: int) -> dict:
+    """One grid point over the seeds that succeeded: pooled figures per method and paired comparisons."""
+    point = {"index": index, "params": cell.params, "n_seeds": len(results), "methods": None, "comparisons": None}
+    if not results:
+        return point
+    frames = [pd.DataFrame(result["per_user"]) for result in results]
+    seed = results[0]["seeds"][0]
+    point["methods"] = {
+        name: {"accuracy": _mean_tree([r["methods"][name]["accuracy"] for r in results]),
+               "accuracy_ci": pooled_group_ci(frames, f"acc_{name}", n_resamples=bootstrap, seed=seed),
+               "unfairness": _mean_tree([r["methods"][name]["unfairness"] for r in results])}
+        for name in methods}
+    if REFERENCE in methods:
+        epsilon = cell.config["pafo"]["epsilon"]
+        point["comparisons"] = {name: paired_comparison(frames, name, REFERENCE, n_resamples=bootstrap, seed=seed,
+                                                        epsilon=epsilon)
+                                for name in methods if name != REFERENCE}
+    return point
+
+
+def pareto_front(points: list[dict], method: str) -> list[int]:
+    """Indices of the points whose ``method`` is not dominated: no other point is at least as accurate on both
+    groups and more accurate on one. Points without a result are left out."""
+    scored = [(p["index"], p["methods"][method]["accuracy"]["majority"], p["methods"][method]["accuracy"]["minority"])
+              for p in points if p.get("methods") and method in p["methods"]]
+    scored = [(i, maj, mino) for i, maj, mino in scored if maj is not None and mino is not None]
+    return [i for i, maj, mino in scored
+            if not any(a >= maj and b >= mino and (a > maj or b > mino) for _, a, b in scored)]

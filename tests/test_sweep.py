@@ -1,0 +1,221 @@
+"""Sweeps (pafo.sweep, `pafo sweep`): grid parsing and validation, cells as registry runs, reuse, cancel."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pafo import registry as registry_module
+from pafo.cli import main
+from pafo.compare import VERDICTS
+from pafo.errors import PafoInputError
+from pafo.experiment import ExperimentConfig
+from pafo.paths import PACKAGE_ROOT
+from pafo.registry import CANCELLED, RUNNING, SUCCEEDED, RunRegistry, process_alive
+from pafo.sweep import (
+    MAX_CELLS,
+    cancel_sweep,
+    expand_cells,
+    new_sweep_id,
+    pareto_front,
+    parse_grid,
+    submit_cells,
+    sweep_cells,
+)
+
+DATA = ["--dataset", "synthetic", "--users", "60", "--prompts", "16", "--train-pairs", "6", "--test-pairs", "4",
+        "--encoder", "tfidf", "--epochs", "2", "--bootstrap", "50", "--methods", "baseline,pafo"]
+
+
+def base_config(**data) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({"data": {"dataset": "synthetic", "users": 60, "prompts": 16, "train_pairs": 6,
+                                                "test_pairs": 4, **data},
+                                       "run": {"encoder": "tfidf", "bootstrap": 50}, "train": {"epochs": 2}})
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh $PAFO_HOME, the repo root on PYTHONPATH (workers import tests.run_targets), no concurrency override."""
+    monkeypatch.setenv("PAFO_HOME", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(PACKAGE_ROOT))
+    monkeypatch.delenv("PAFO_MAX_CONCURRENT", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def reg(home: Path):
+    """A registry allowing two workers at once; kills any worker still alive afterwards."""
+    registry = RunRegistry(home, max_concurrent=2)
+    yield registry
+    for run_id, pid in registry._read("SELECT id, pid FROM runs WHERE pid IS NOT NULL"):
+        if process_alive(pid, run_id):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        registry_module._reap(run_id, timeout=2.0)
+    registry.close()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+# ============================================================================ grid parsing and cells
+
+
+def test_grid_values_are_typed_and_keep_their_order():
+    grid = parse_grid(["pafo.lam=1,0,0.5", "groups.minority_threshold=none,0.3", "train.epochs=2,3",
+                       "run.methods=baseline,pafo"], base_config())
+    assert grid == {"pafo.lam": [1.0, 0.0, 0.5], "groups.minority_threshold": [None, 0.3], "train.epochs": [2, 3],
+                    "run.methods": ["baseline", "pafo"]}
+    assert all(isinstance(v, float) for v in grid["pafo.lam"]) and all(type(v) is int for v in grid["train.epochs"])
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("pafo.lamb=1", "section 'pafo' has no option 'lamb'"),
+    ("foo.lam=1", "unknown section 'foo'"),
+    ("pafo.lam", "write section.field=value"),
+    ("pafo.lam=", "write section.field=value"),
+    ("pafo.lam=0,,1", "write section.field=value"),
+    ("pafo.lam=-1", "--grid pafo.lam=-1: --lambda: must be ≥ 0"),
+    ("pafo.lam=abc", "--grid pafo.lam=abc:"),
+    ("pafo.lam=nan", "finite"),
+    ("pafo.lam=0,0.0", "value '0.0' is given twice"),
+    ("groups.minority_quantile=0.1,1.5", "--grid groups.minority_quantile=1.5:"),
+    ("train.epochs=2.5", "--grid train.epochs=2.5:"),
+    ("run.methods=nosuch", "--grid run.methods=nosuch:"),
+    ("data.seed=1,2", "--seeds"),
+    ("seeds=1", "--seeds"),
+])  # fmt: skip
+def test_bad_grid_is_one_clear_error(spec: str, message: str):
+    """Guards against a sweep that starts dozens of runs and only then trips over a typo or an out-of-range value."""
+    with pytest.raises(PafoInputError) as caught:
+        parse_grid([spec], base_config())
+    assert message in str(caught.value)
+
+
+def test_key_given_twice_and_empty_grid_are_refused():
+    with pytest.raises(PafoInputError, match="given twice"):
+        parse_grid(["pafo.lam=0", "pafo.lam=1"], base_config())
+    with pytest.raises(PafoInputError, match="at least one"):
+        parse_grid([], base_config())
+
+
+def test_cells_are_every_point_on_every_seed_each_a_one_seed_config():
+    grid = parse_grid(["pafo.lam=0,1", "groups.minority_quantile=0.1,0.2"], base_config())
+    cells = expand_cells(base_config(), grid, [3, 5])
+    assert len(cells) == 8
+    assert [(c.point, c.seed) for c in cells[:4]] == [(0, 3), (0, 5), (1, 3), (1, 5)]
+    assert cells[2].params == {"pafo.lam": 0.0, "groups.minority_quantile": 0.2}
+    last = cells[-1].config
+    assert last["pafo"]["lam"] == 1.0 and last["groups"]["minority_quantile"] == 0.2
+    assert last["data"]["seed"] == 5 and "seeds" not in last
+    assert cells[0].fingerprint == cells[2].fingerprint != cells[1].fingerprint  # same data per seed, not per point
+    too_many = {"pafo.lam": [float(i) for i in range(MAX_CELLS)]}
+    with pytest.raises(PafoInputError, match="over the limit"):
+        expand_cells(base_config(), too_many, [0, 1])
+
+
+def test_pareto_front_keeps_the_undominated_points():
+    def point(index, majority, minority):
+        return {"index": index, "methods": {"pafo": {"accuracy": {"majority": majority, "minority": minority}}}}
+
+    points = [point(0, 0.8, 0.5), point(1, 0.7, 0.6), point(2, 0.7, 0.5), point(3, 0.8, 0.5), point(4, 0.6, 0.6),
+              {"index": 5, "methods": None}, point(6, None, 0.9)]
+    # 2 is dominated by 0 and 1; 4 by 1; 0 and 3 tie (neither dominates); 5 and 6 have no figures.
+    assert pareto_front(points, "pafo") == [0, 1, 3]
+
+
+def test_cli_bad_grid_exits_2_with_one_line_and_queues_nothing(home: Path, capsys: pytest.CaptureFixture):
+    assert main(["sweep", *DATA, "--grid", "pafo.lam=0,1", "--grid", "pafo.beta=-3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pafo: error: --grid pafo.beta=-3:")
+    assert main(["sweep", *DATA, "--grid", "run.encoder=tfidf,/no/such/model"]) == 2  # checked before queueing
+    assert "/no/such/model" in capsys.readouterr().err
+    assert RunRegistry(home).list() == []
+
+
+# ============================================================================ running sweeps
+
+
+def test_four_cell_sweep_end_to_end_then_reused_then_forced(home: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture):
+    """A 2-point × 2-seed sweep: every cell a registry run under the sweep, sweep.json complete; the same sweep
+    again reuses every finished cell (nothing retrains, same figures); --force retrains with identical metrics."""
+    out = tmp_path / "sweep.json"
+    argv = ["sweep", *DATA, "--grid", "groups.minority_quantile=0.2,0.4", "--seeds", "0-1", "--max-concurrent", "2",
+            "--json", str(out)]
+    assert main(argv) == 0
+    sweep = json.loads(out.read_text())
+    assert sweep["grid"] == {"groups.minority_quantile": [0.2, 0.4]} and sweep["seeds"] == [0, 1]
+    assert [(c["params"]["groups.minority_quantile"], c["seed"], c["status"]) for c in sweep["cells"]] == [
+        (0.2, 0, SUCCEEDED), (0.2, 1, SUCCEEDED), (0.4, 0, SUCCEEDED), (0.4, 1, SUCCEEDED)]
+    registry = RunRegistry(home)
+    cells = sweep_cells(registry, sweep["sweep_id"])
+    assert sorted(r.id for r in cells) == sorted(c["run_id"] for c in sweep["cells"])
+    for entry in sweep["cells"]:
+        result = registry.load_result(entry["run_id"]).result
+        quantile = result["config"]["groups"]["minority_quantile"]
+        assert result["seeds"] == [entry["seed"]] and quantile == entry["params"]["groups.minority_quantile"]
+        assert entry["methods"]["pafo"]["accuracy"] == result["methods"]["pafo"]["accuracy"]
+    for point in sweep["points"]:
+        assert point["n_seeds"] == 2
+        pafo = point["methods"]["pafo"]
+        assert 0 <= pafo["accuracy_ci"]["minority"][0] <= pafo["accuracy"]["minority"] <= pafo["accuracy_ci"][
+            "minority"][1]
+        assert point["comparisons"]["pafo"]["verdict"] in VERDICTS and point["comparisons"]["pafo"]["n_seeds"] == 2
+    # A larger minority quantile puts more users in the minority: the two points' groups differ.
+    assert sweep["points"][0]["methods"]["baseline"]["accuracy"] != sweep["points"][1]["methods"]["baseline"][
+        "accuracy"]
+    assert sweep["pareto_front"] and set(sweep["pareto_front"]) <= {0, 1}
+    assert "wrote" in capsys.readouterr().err
+
+    assert main(argv) == 0
+    again = json.loads(out.read_text())
+    assert again["sweep_id"] != sweep["sweep_id"]
+    assert [c["reused_from"] for c in again["cells"]] == [c["run_id"] for c in sweep["cells"]]
+    assert again["points"] == sweep["points"] and again["pareto_front"] == sweep["pareto_front"]
+
+    forced = tmp_path / "forced.json"
+    assert main(["sweep", *DATA, "--grid", "groups.minority_quantile=0.4", "--seeds", "1", "--force",
+                 "--json", str(forced)]) == 0
+    cell = json.loads(forced.read_text())["cells"][0]
+    assert cell["reused_from"] is None and cell["run_id"] not in {c["run_id"] for c in sweep["cells"]}
+    first = sweep["cells"][3]["methods"]
+    for name in ("baseline", "pafo"):
+        assert cell["methods"][name]["accuracy"] == first[name]["accuracy"]  # determinism: same seed and config
+
+
+def test_cancel_of_a_sweep_cancels_its_running_and_queued_cells(reg: RunRegistry, tmp_path: Path):
+    """Guards against cancelling a sweep leaving cells queued or a worker training on: one cell is held running
+    (a gate the test never opens), the others queued; cancel_sweep ends all of them, and a run outside the sweep
+    is left alone."""
+    grid = parse_grid(["pafo.lam=0,1"], base_config())
+    cells = expand_cells(base_config(), grid, [0, 1])
+    gate = tmp_path / "never.gate"
+    for cell in cells:
+        cell.config = {**cell.config, "target": "tests.run_targets:gated_experiment", "gate": str(gate)}
+    other = {**cells[0].config, "gate": str(tmp_path / "other.gate")}
+    reg.max_concurrent = 1
+    sweep_id = new_sweep_id()
+    submit_cells(reg, cells, sweep_id=sweep_id)
+    reg.dispatch()
+    running = wait_for(lambda: (r := reg.get(cells[0].record.id)).status == RUNNING and r, 60)
+    outsider = reg.submit(other, fingerprint="outside", start=False)
+    asked = cancel_sweep(reg, sweep_id)
+    assert {r.id for r in asked} == {c.record.id for c in cells}
+    final = [reg.wait(c.record.id, timeout=60) for c in cells]
+    assert [r.status for r in final] == [CANCELLED] * 4
+    assert wait_for(lambda: process_alive(running.pid, running.id) is False, 30)
+    assert reg.get(outsider.id).status not in (CANCELLED,)
