@@ -425,7 +425,6 @@ def _add_audit(sub) -> None:
     parser.set_defaults(handler=cmd_audit, output_files=("json", "per_user_csv", "export_pairs"))
 
 
-SWEEP_BACKENDS = ("local",)
 SWEEP_FAILED = ("pafo: {n} of {total} sweep cells did not succeed (see `cells` in the sweep JSON and "
                 "`pafo runs show ID`)")
 
@@ -442,7 +441,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"pafo: cell {done}/{total} {cell.record.status}: {cell.label} ({cell.record.id})", file=sys.stderr)
 
     result = run_sweep(base, grid, registry=registry, force=args.force, pareto_method=args.pareto_method,
-                       on_cell=report)
+                       backend=args.backend, ray_address=args.ray_address, on_cell=report)
     _write_outputs(args, result if args.json else _sweep_headline(result),
                    summary=f"{len(result['cells'])} cells, Pareto front: points {result['pareto_front']}")
     failed = sum(cell["status"] != SUCCEEDED for cell in result["cells"])
@@ -467,6 +466,7 @@ def _sweep_headline(result: dict) -> dict:
 
 def _add_sweep(sub) -> None:
     from .config import parse_int
+    from .sweep import BACKENDS
 
     parser = sub.add_parser("sweep", help="run a grid of what-ifs × seeds as registry runs; Pareto front of points")
     add_experiment_arguments(parser)
@@ -474,10 +474,13 @@ def _add_sweep(sub) -> None:
     sweep.add_argument("--grid", action="append", metavar="SECTION.FIELD=V1,V2", required=True,
                        help="an option of the experiment and its values, e.g. pafo.lam=0,0.5,1 or "
                             "groups.minority_quantile=0.1,0.2; repeat for more keys (the grid is their product)")
-    sweep.add_argument("--backend", choices=SWEEP_BACKENDS, default="local",
-                       help="where cells run: local = the run registry's worker processes (default)")
+    sweep.add_argument("--backend", choices=BACKENDS, default="local",
+                       help="where cells run: local = the run registry's worker processes (default); ray = one Ray "
+                            "task per cell (needs $PAFO_HOME on a file system the Ray nodes share)")
+    sweep.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray with this machine's cores)")
     sweep.add_argument("--max-concurrent", type=parse_int, default=None, metavar="N",
-                       help="cells running at once (default: $PAFO_MAX_CONCURRENT or 1)")
+                       help="local backend: cells running at once (default: $PAFO_MAX_CONCURRENT or 1)")
     sweep.add_argument("--pareto-method", default=None, metavar="METHOD",
                        help="the method whose accuracies the Pareto front compares (default: the first method "
                             "that is not the baseline)")

@@ -72,6 +72,7 @@ __all__ = [
     "new_run_id",
     "process_alive",
     "source_version",
+    "worker_env",
 ]
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -837,6 +838,41 @@ class RunRegistry:
         record.result = data
         return record
 
+    # ---------------------------------------------------------------- runs executed elsewhere (a Ray cluster)
+
+    def claim(self, run_id: str, stage: str) -> bool:
+        """Take a queued run away from :meth:`dispatch` for an outside executor (``pafo sweep --backend ray``):
+        it becomes ``running`` without a pid until the executor starts its worker, whose ``mark_running`` then
+        records the pid. Until then only the heartbeat says it is alive (see :meth:`beat_unstarted`)."""
+        now = time.time()
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET status = ?, pid = NULL, started_at = ?, heartbeat_at = ?, stage = ? "
+                "WHERE id = ? AND status = ? AND cancel_requested = 0",
+                (RUNNING, now, now, str(stage), run_id, QUEUED),
+            )
+            if cursor.rowcount == 1:
+                self._save_status(conn, run_id)
+            return cursor.rowcount == 1
+
+    def settle_exited(self, run_id: str, pid: int, exit_code: int) -> bool:
+        """Record how a worker that the caller waited on (not spawned by this registry) ended, when it did not
+        record that itself: the exit code gives the precise reason (e.g. killed by SIGKILL)."""
+        record = self.get(run_id, refresh=False)
+        outcome = decide_outcome(record.status, pid=pid, pid_alive=False, heartbeat_age=None,
+                                 stale_after=self.stale_after, cancel_requested=record.cancel_requested,
+                                 exit_code=exit_code)
+        return outcome is not None and self._settle(run_id, outcome)
+
+    def beat_unstarted(self, run_ids: list[str]) -> None:
+        """Heartbeat the claimed runs whose worker has not started yet (a started worker beats for itself)."""
+        if not run_ids:
+            return
+        with self._errors():
+            self._connect().execute(
+                f"UPDATE runs SET heartbeat_at = ? WHERE status = ? AND pid IS NULL "
+                f"AND id IN ({', '.join('?' * len(run_ids))})", (time.time(), RUNNING, *run_ids))
+
     # ---------------------------------------------------------------- worker-side updates
 
     def mark_running(self, run_id: str, pid: int) -> bool:
@@ -934,9 +970,12 @@ class RunRegistry:
         with self._write() as conn:
             sql = "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status IN (?, ?)"
             conn.execute(sql, (run_id, QUEUED, RUNNING))
+            # A claimed run whose worker has not started (pid still NULL) can no longer start (mark_running
+            # refuses a cancelled run), so it ends at once like a queued one.
             conn.execute(
-                "UPDATE runs SET status = ?, error = ?, finished_at = ?, stage = ? WHERE id = ? AND status = ?",
-                (CANCELLED, REASON_CANCELLED_QUEUED, time.time(), CANCELLED, run_id, QUEUED),
+                "UPDATE runs SET status = ?, error = ?, finished_at = ?, stage = ? WHERE id = ? "
+                "AND (status = ? OR (status = ? AND pid IS NULL))",
+                (CANCELLED, REASON_CANCELLED_QUEUED, time.time(), CANCELLED, run_id, QUEUED, RUNNING),
             )
             self._save_status(conn, run_id)
         return self.get(run_id)
@@ -1034,7 +1073,7 @@ class RunRegistry:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    env=_worker_env(),
+                    env=worker_env(),
                     close_fds=True,
                 )
         except OSError as exc:
@@ -1092,7 +1131,7 @@ def _home_lock(home: Path, timeout: float) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- child processes
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
     """The caller's environment with the package root first on PYTHONPATH, so the worker imports this code."""
     env = dict(os.environ)
     paths = [str(PACKAGE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,12 +34,22 @@ import pandas as pd
 
 from .appstate import whatif_config
 from .compare import paired_comparison, pooled_group_ci
-from .errors import PafoInputError
+from .errors import PafoEnvironmentError, PafoInputError
 from .experiment import REFERENCE, ExperimentConfig, _mean_tree
-from .registry import ACTIVE_STATUSES, QUEUED, SUCCEEDED, RunRecord, RunRegistry, new_run_id
+from .registry import (
+    ACTIVE_STATUSES,
+    LOG_NAME,
+    QUEUED,
+    SUCCEEDED,
+    RunRecord,
+    RunRegistry,
+    new_run_id,
+    worker_env,
+)
 
-__all__ = ["MAX_CELLS", "Cell", "assemble", "cancel_sweep", "expand_cells", "new_sweep_id", "pareto_front",
-           "parse_grid", "preflight_cells", "run_sweep", "submit_cells", "sweep_cells", "warm_embeddings"]
+__all__ = ["BACKENDS", "MAX_CELLS", "Cell", "assemble", "cancel_sweep", "expand_cells", "new_sweep_id",
+           "pareto_front", "parse_grid", "preflight_cells", "ray_cell", "run_on_ray", "run_sweep", "submit_cells",
+           "sweep_cells", "warm_embeddings"]
 
 MAX_CELLS = 1000  # grid points × seeds; a bigger sweep is more likely a typo than a plan on one machine
 NONE_WORDS = ("none", "null")  # how a grid value says "not set" (e.g. groups.minority_threshold back to quantiles)
@@ -52,6 +64,14 @@ MSG_REPEATED_VALUE = "--grid {key}: value {value!r} is given twice"
 MSG_VALUE = "--grid {key}={value}: {detail}"
 MSG_NO_GRID = "--grid: give at least one section.field=value,... (e.g. --grid pafo.lam=0,0.5,1)"
 MSG_TOO_MANY = "sweep of {points} grid point(s) × {seeds} seed(s) = {cells} cells is over the limit of {limit}"
+BACKENDS = ("local", "ray")
+STAGE_RAY = "waiting for a Ray worker"
+HEARTBEAT_SECONDS = 2.0  # how often claimed cells are heartbeaten while Ray has not started them
+MSG_BACKEND = "--backend {backend!r}: use one of {known}"
+MSG_NO_RAY = "--backend ray needs the ray package: pip install -r requirements.txt (or use --backend local)"
+MSG_RAY_INIT = ("cannot start or join Ray ({address}): {detail}; check --ray-address / $RAY_ADDRESS, or use "
+                "--backend local")
+REASON_RAY_TASK = "its Ray task failed before the worker started: {detail}"
 MSG_PARETO_METHOD = "--pareto-method {name!r} is not one of the sweep's methods ({methods})"
 SEED_KEYS = ("data.seed", "seeds")
 
@@ -193,13 +213,17 @@ def warm_embeddings(cells: list[Cell]) -> int:
 
 def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int] | None = None, *,
               registry: RunRegistry | None = None, force: bool = False, sweep_id: str | None = None,
-              pareto_method: str | None = None,
+              pareto_method: str | None = None, backend: str = "local", ray_address: str | None = None,
               on_cell: Callable[[Cell, int, int], None] | None = None) -> dict:
-    """Run (or reuse) every cell through the registry's workers, wait for all of them, return ``sweep.json``.
+    """Run (or reuse) every cell, wait for all of them, return ``sweep.json``.
 
-    ``seeds`` default to the base config's seeds. ``on_cell(cell, done, total)`` is called as each cell ends.
-    Interrupting the wait (Ctrl-C) cancels the sweep's cells that have not finished.
+    ``backend``: ``local`` runs the cells in the registry's worker processes (under its concurrency limit),
+    ``ray`` as Ray tasks (:func:`run_on_ray`). ``seeds`` default to the base config's seeds.
+    ``on_cell(cell, done, total)`` is called as each cell ends. Interrupting the wait (Ctrl-C) cancels the
+    sweep's cells that have not finished.
     """
+    if backend not in BACKENDS:
+        raise PafoInputError(MSG_BACKEND.format(backend=backend, known=", ".join(BACKENDS)))
     base = ExperimentConfig.from_dict(base) if isinstance(base, dict) else base.validate()
     seeds = list(seeds) if seeds is not None else base.seed_list()
     methods = base.run.method_list()
@@ -211,7 +235,10 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
     submit_cells(registry, cells, sweep_id=sweep_id, force=force)
     try:
         warm_embeddings(cells)
-        registry.dispatch()
+        if backend == "ray":
+            run_on_ray(registry, cells, address=ray_address)
+        else:
+            registry.dispatch()
         for done, cell in enumerate(cells, 1):
             cell.record = registry.wait(cell.record.id)
             if on_cell is not None:
@@ -222,6 +249,90 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
     results = {cell.record.id: registry.load_result(cell.record.id).result for cell in cells
                if cell.record.status == SUCCEEDED}
     return assemble(base, grid, seeds, cells, results, sweep_id=sweep_id, pareto_method=pareto_method)
+
+
+# --------------------------------------------------------------------------------------------- Ray backend
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise PafoInputError(MSG_NO_RAY) from None
+    return ray
+
+
+def ray_cell(run_id: str, home: str, options: dict) -> int:
+    """The Ray task of one cell: start the cell's worker (``python -m pafo.worker``, the same process a local
+    run gets, so progress, heartbeat, cancel and artifacts behave alike) and wait for it; returns its exit code.
+
+    The worker runs in a session of its own with the run id on its command line, so the registry can check it
+    is alive and kill it on cancel. A worker killed before recording its outcome is settled here with the signal
+    that killed it. Needs ``home`` on a file system the Ray node shares with the caller.
+    """
+    registry = RunRegistry(home, **options)
+    run_dir = registry.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOG_NAME, "ab") as log:
+        process = subprocess.Popen(registry.worker_command(run_id), stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**worker_env(), "PAFO_HOME": str(registry.home)},
+                                   close_fds=True)
+    code = process.wait()
+    if code != 0:
+        registry.settle_exited(run_id, process.pid, code)
+    return code
+
+
+def _ray_init(ray, address: str | None) -> bool:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray with this machine's cores;
+    returns whether this call started Ray (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"env_vars": {key: value for key, value in worker_env().items()
+                                if key in ("PYTHONPATH", "PAFO_HOME")}}
+    try:
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     runtime_env=runtime_env)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise PafoEnvironmentError(MSG_RAY_INIT.format(address=address or "a local instance",
+                                                       detail=" ".join(str(exc).split()))) from None
+    return True
+
+
+def run_on_ray(registry: RunRegistry, cells: list[Cell], *, address: str | None = None) -> None:
+    """Run the sweep's queued cells as Ray tasks (one CPU each) and return when every task has ended.
+
+    Each cell is first *claimed* in the registry (running, no pid yet), so the registry's own dispatch never
+    starts a second, local worker for it; the claimed cells are heartbeaten here until their worker starts.
+    A task that fails before its worker started fails its cell with Ray's reason; the others go on.
+    """
+    ray = _import_ray()
+    started_here = _ray_init(ray, address)
+    try:
+        options = {"max_concurrent": registry.max_concurrent, "stale_after": registry.stale_after,
+                   "force_cancel_after": registry.force_cancel_after}
+        task = ray.remote(num_cpus=1, max_retries=0)(ray_cell)
+        claimed = [cell.record.id for cell in cells
+                   if cell.record.status == QUEUED and registry.claim(cell.record.id, STAGE_RAY)]
+        pending = {task.remote(run_id, str(registry.home), options): run_id for run_id in claimed}
+        while pending:
+            registry.beat_unstarted(claimed)
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=HEARTBEAT_SECONDS)
+            for ref in done:
+                run_id = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # a Ray error (worker or node died): the cell's worker may not exist
+                    if registry.get(run_id, refresh=False).pid is None:
+                        registry.mark_failed(run_id, REASON_RAY_TASK.format(detail=" ".join(str(exc).split())))
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def _pareto_method(name: str | None, methods: list[str]) -> str:
