@@ -47,9 +47,27 @@ from .registry import (
     worker_env,
 )
 
-__all__ = ["BACKENDS", "MAX_CELLS", "Cell", "assemble", "cancel_sweep", "expand_cells", "new_sweep_id",
-           "pareto_front", "parse_grid", "preflight_cells", "ray_cell", "run_on_ray", "run_sweep", "submit_cells",
-           "sweep_cells", "warm_embeddings"]
+__all__ = [
+    "BACKENDS",
+    "MAX_CELLS",
+    "Cell",
+    "assemble",
+    "attach_records",
+    "cancel_sweep",
+    "expand_cells",
+    "new_sweep_id",
+    "pareto_front",
+    "parse_grid",
+    "preflight_cells",
+    "ray_cell",
+    "run_on_ray",
+    "run_sweep",
+    "start_sweep",
+    "submit_cells",
+    "sweep_cells",
+    "sweep_result",
+    "warm_embeddings",
+]
 
 MAX_CELLS = 1000  # grid points × seeds; a bigger sweep is more likely a typo than a plan on one machine
 NONE_WORDS = ("none", "null")  # how a grid value says "not set" (e.g. groups.minority_threshold back to quantiles)
@@ -225,20 +243,13 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
     if backend not in BACKENDS:
         raise PafoInputError(MSG_BACKEND.format(backend=backend, known=", ".join(BACKENDS)))
     base = ExperimentConfig.from_dict(base) if isinstance(base, dict) else base.validate()
-    seeds = list(seeds) if seeds is not None else base.seed_list()
-    methods = base.run.method_list()
-    pareto_method = _pareto_method(pareto_method, methods)
-    cells = expand_cells(base, grid, seeds)
-    preflight_cells(cells)
+    pareto_method = _pareto_method(pareto_method, base.run.method_list())
     registry = registry or RunRegistry()
-    sweep_id = sweep_id or new_sweep_id()
-    submit_cells(registry, cells, sweep_id=sweep_id, force=force)
+    sweep_id, cells = start_sweep(base, grid, seeds, registry=registry, force=force, sweep_id=sweep_id,
+                                  dispatch=backend == "local")
     try:
-        warm_embeddings(cells)
         if backend == "ray":
             run_on_ray(registry, cells, address=ray_address)
-        else:
-            registry.dispatch()
         for done, cell in enumerate(cells, 1):
             cell.record = registry.wait(cell.record.id)
             if on_cell is not None:
@@ -246,8 +257,49 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
     except BaseException:
         cancel_sweep(registry, sweep_id)
         raise
+    return sweep_result(registry, base, grid, cells, sweep_id=sweep_id, pareto_method=pareto_method)
+
+
+def start_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int] | None = None, *,
+                registry: RunRegistry, force: bool = False, sweep_id: str | None = None,
+                dispatch: bool = True) -> tuple[str, list[Cell]]:
+    """Check every cell, register it (reusing finished identical runs unless ``force``), embed each dataset
+    once and, with ``dispatch``, start the registry's workers; returns at once with the sweep id and its cells
+    (what the app does; :func:`run_sweep` then waits)."""
+    base = ExperimentConfig.from_dict(base) if isinstance(base, dict) else base.validate()
+    cells = expand_cells(base, grid, list(seeds) if seeds is not None else base.seed_list())
+    preflight_cells(cells)
+    sweep_id = sweep_id or new_sweep_id()
+    submit_cells(registry, cells, sweep_id=sweep_id, force=force)
+    try:
+        warm_embeddings(cells)
+    except BaseException:
+        cancel_sweep(registry, sweep_id)
+        raise
+    if dispatch:
+        registry.dispatch()
+    return sweep_id, cells
+
+
+def attach_records(registry: RunRegistry, base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int],
+                   run_ids: Sequence[str]) -> list[Cell]:
+    """The cells of a sweep started earlier (``run_ids`` in cell order, as :func:`start_sweep` returned them),
+    each with its run's current record: what a page that polls a sweep rebuilds on every run."""
+    cells = expand_cells(base, grid, seeds)
+    for cell, run_id in zip(cells, run_ids, strict=True):
+        cell.record = registry.get(run_id, refresh=False)
+    return cells
+
+
+def sweep_result(registry: RunRegistry, base: ExperimentConfig | dict, grid: dict[str, list], cells: list[Cell], *,
+                 sweep_id: str, pareto_method: str | None = None) -> dict:
+    """``sweep.json`` of cells that have all ended (their results are read from the registry)."""
+    base = ExperimentConfig.from_dict(base) if isinstance(base, dict) else base
+    pareto_method = _pareto_method(pareto_method, base.run.method_list())
+    seeds = list(dict.fromkeys(cell.seed for cell in cells))
     results = {cell.record.id: registry.load_result(cell.record.id).result for cell in cells
                if cell.record.status == SUCCEEDED}
+    results = {run_id: result for run_id, result in results.items() if result is not None}
     return assemble(base, grid, seeds, cells, results, sweep_id=sweep_id, pareto_method=pareto_method)
 
 
