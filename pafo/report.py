@@ -543,6 +543,75 @@ def _pareto_front(values: np.ndarray) -> np.ndarray:
     return np.array(front[::-1] if front else np.zeros((0, 2)))
 
 
+def _sweep_rows(sweep: dict) -> pd.DataFrame:
+    """One row per grid point with a result: its label and the Pareto method's accuracies with their CIs."""
+    method, front, rows = sweep["pareto_method"], set(sweep.get("pareto_front") or []), []
+    for point in sweep.get("points") or []:
+        block = (point.get("methods") or {}).get(method)
+        if not block:
+            continue
+        params = point["params"]
+        row = {"index": point["index"], "label": ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items()),
+               "front": point["index"] in front, **{f"param:{k}": v for k, v in params.items()}}
+        for group in ("majority", "minority"):
+            lo, hi = (block.get("accuracy_ci") or {}).get(group) or [None, None]
+            value = block["accuracy"][group]
+            row.update({group: value, f"{group}_minus": None if lo is None else value - lo,
+                        f"{group}_plus": None if hi is None else hi - value})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep_pareto(sweep: dict) -> go.Figure:
+    """A sweep's grid points: majority vs minority accuracy of its Pareto method (means over seeds), whiskers for
+    the CIs over seeds and users, the undominated points as stars joined by the front."""
+    rows, method = _sweep_rows(sweep), sweep["pareto_method"]
+    traces = []
+    for on_front in (False, True):
+        part = rows[rows["front"] == on_front] if len(rows) else rows
+        if not len(part):
+            continue
+        traces.append(go.Scatter(
+            x=part["majority"], y=part["minority"], mode="markers+text", text=part["label"],
+            textposition="top center", name="Pareto front" if on_front else "dominated",
+            marker=dict(color=method_color(method), size=14 if on_front else 9, symbol="star" if on_front else "circle",
+                        opacity=1.0 if on_front else 0.55, line=dict(width=0.5, color="#212529")),
+            error_x=dict(type="data", array=part["majority_plus"], arrayminus=part["majority_minus"], thickness=1),
+            error_y=dict(type="data", array=part["minority_plus"], arrayminus=part["minority_minus"], thickness=1),
+            hovertemplate="%{text}<br>majority %{x:.3f}<br>minority %{y:.3f}<extra></extra>"))
+    if len(rows) and rows["front"].any():
+        front = rows[rows["front"]].sort_values("majority")
+        traces.append(go.Scatter(x=front["majority"], y=front["minority"], mode="lines", showlegend=False,
+                                 line=dict(color="#212529", dash="dot"), hoverinfo="skip"))
+    return make_figure(traces, f"Sweep: {method} at each grid point (means over {len(sweep['seeds'])} seed(s))",
+                       height=440,
+                       xaxis=dict(title="majority accuracy →", tickformat=".1%",
+                                  range=_padded_range(rows["majority"] if len(rows) else [])),
+                       yaxis=dict(title="minority accuracy →", tickformat=".1%",
+                                  range=_padded_range(rows["minority"] if len(rows) else [])))
+
+
+def sweep_lines(sweep: dict, key: str) -> go.Figure:
+    """Majority and minority accuracy of the sweep's Pareto method against one swept parameter (a pair of lines
+    per value of the second parameter, if there is one), with CI whiskers."""
+    rows, method = _sweep_rows(sweep), sweep["pareto_method"]
+    other = next((k for k in sweep["grid"] if k != key), None)  # pages sweep one or two parameters
+    traces = []
+    parts = [(None, rows)] if other is None or not len(rows) else list(rows.groupby(f"param:{other}", dropna=False))
+    for value, part in parts:
+        if not len(part):
+            continue
+        part = part.sort_values(f"param:{key}")
+        suffix = "" if other is None else f" ({other.split('.')[-1]}={value})"
+        for group, dash in (("majority", "solid"), ("minority", "dash")):
+            traces.append(go.Scatter(
+                x=part[f"param:{key}"], y=part[group], mode="lines+markers", name=group + suffix,
+                line=dict(dash=dash), error_y=dict(type="data", array=part[f"{group}_plus"],
+                                                   arrayminus=part[f"{group}_minus"], thickness=1)))
+    return make_figure(traces, f"Sweep: {method} accuracy against {key}", height=380,
+                       xaxis=dict(title=key), yaxis=dict(title="accuracy", tickformat=".1%"))
+
+
 def training_curves(history: pd.DataFrame) -> go.Figure:
     """Loss and validation accuracy by group over the epochs of every stage (long table from the registry).
 

@@ -1,5 +1,5 @@
 """What-if: clone a finished run with a changed threshold, λ, τ, condition, population shares or seeds, launch it
-and compare it with its parent."""
+and compare it with its parent; or sweep one or two of its parameters over seeds (pages/_sweep.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pafo import appstate, report
 from pafo.errors import PafoInputError
 from pafo.method_configs import PAFOConfig
 from pafo.sources import DataConfig
+from pages import _sweep
 from pages import _ui as ui
 
 ui.require_app()
@@ -34,9 +35,16 @@ data = config.get("data") or {}
 WIDGETS = ("whatif_rule", "whatif_quantile", "whatif_threshold", "whatif_lam", "whatif_temperature",
            "whatif_condition", "whatif_shares", "whatif_seeds", "whatif_label")
 if st.session_state.get("whatif_for") != parent.id:  # another parent: its values, not the last parent's
-    for key in WIDGETS:
+    for key in (*WIDGETS, *_sweep.WIDGETS):
         st.session_state.pop(key, None)
     st.session_state["whatif_for"] = parent.id
+
+MODES = ("one what-if", "sweep")
+if st.radio("Mode", MODES, horizontal=True, key="whatif_mode",
+            help="sweep: a grid of values of one or two parameters × seeds, with a Pareto plot of the grid points"
+            ) == "sweep":
+    _sweep.sweep_mode(parent, reg)
+    st.stop()
 
 condition_choices = list(appstate.field_specs(PAFOConfig, include=("condition",))[0].choices)
 with st.container(border=True):

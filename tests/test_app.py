@@ -612,3 +612,34 @@ def test_demo_button_follows_the_run_to_compare(studio, monkeypatch):
     assert any(t.value == "Compare methods" for t in at.title), [t.value for t in at.title]
     assert plotly_count(at) == 5
     assert isinstance(at.dataframe[0].value, pd.DataFrame)
+
+
+def test_whatif_sweep_mode_shows_progress_then_its_pareto_plot(studio):
+    """A 2-point sweep launched from the What-if page: a bad value is an error naming the grid key, a good grid
+    gives a progress grid of its cells (the parent's own λ reused, not retrained) and, once they ended, the
+    Pareto plot of the grid points and the accuracy-against-λ plot."""
+    registry, run_id = studio
+    at = page(app(run_id), "whatif")
+    at.radio(key="whatif_mode").set_value("sweep").run()
+    assert_clean(at)
+    assert any("No sweep" in i.value for i in at.info)
+    at.text_input(key="sweep_values1").set_value("1,-1").run()
+    at.button(key="sweep_launch").click().run()
+    assert any("--grid pafo.lam=-1" in e for e in errors(at)), errors(at)
+    assert "whatif_sweep" not in at.session_state
+    at.text_input(key="sweep_values1").set_value("1,0").run()
+    at.button(key="sweep_launch").click().run()
+    assert_clean(at)
+    assert not errors(at), errors(at)
+    state = at.session_state["whatif_sweep"]
+    assert state["grid"] == {"pafo.lam": [1.0, 0.0]} and len(state["run_ids"]) == 1 * 2
+    cells = [registry.wait(cell, timeout=600) for cell in state["run_ids"]]
+    assert [c.status for c in cells] == ["succeeded"] * 2, [c.error for c in cells]
+    assert cells[0].reused_from and all(c.parent_id == state["sweep_id"] for c in cells)
+    at.run()
+    assert_clean(at)
+    grid = at.dataframe[0].value
+    assert list(grid["pafo.lam"]) == ["1.0", "0.0"] and all("succeeded" in v for v in grid["seed 0"])
+    pareto = figure(at, "Sweep: pafo at each grid point")
+    assert sum(len(trace.get("x") or []) for trace in pareto["data"] if trace.get("mode") == "markers+text") == 2
+    figure(at, "Sweep: pafo accuracy against pafo.lam")

@@ -1,0 +1,94 @@
+"""The What-if page's sweep mode: one or two parameters of a finished run × seeds, run as a sweep (pafo.sweep), a
+progress grid of its cells, then the Pareto plot of its grid points and accuracy against the swept parameter."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from pafo import appstate, report
+from pafo.errors import PafoInputError
+from pafo.experiment import parse_seeds
+from pafo.sweep import attach_records, cancel_sweep, parse_grid, start_sweep, sweep_result
+from pages import _ui as ui
+
+#: The parameters offered, with the values a new sweep starts from (any section.field works in `pafo sweep`).
+SWEEP_KEYS = {"pafo.lam": "0,0.5,1,2", "pafo.temperature": "0.5,1,2", "groups.minority_quantile": "0.1,0.2,0.3",
+              "pafo.beta": "0.5,1,2"}
+NO_SECOND = "(none)"
+STATE = "whatif_sweep"  # the sweep this session launched: its parent, id, grid, seeds and run ids in cell order
+WIDGETS = ("sweep_key1", "sweep_values1", "sweep_key2", "sweep_values2", "sweep_seeds")
+
+
+def sweep_mode(parent, registry) -> None:
+    """The form, then the current sweep of this parent (if any)."""
+    config = parent.config
+    parent_seeds = appstate.seeds_text(config.get("seeds") or [(config.get("data") or {}).get("seed", 0)])
+    keys = list(SWEEP_KEYS)
+    with st.container(border=True):
+        cols = st.columns(3)
+        key1 = cols[0].selectbox("Parameter", keys, key="sweep_key1")
+        values1 = cols[0].text_input("Values", value=SWEEP_KEYS[key1], key="sweep_values1",
+                                     help="comma-separated values of this parameter")
+        key2 = cols[1].selectbox("Second parameter", [NO_SECOND, *(k for k in keys if k != key1)], key="sweep_key2")
+        values2 = cols[1].text_input("Values of the second parameter", value=SWEEP_KEYS.get(key2, ""),
+                                     key="sweep_values2", disabled=key2 == NO_SECOND)
+        seeds_text = cols[2].text_input("Seeds", value=parent_seeds, key="sweep_seeds",
+                                        help="every grid point runs once per seed, e.g. 0-2")
+        launch = st.button("Launch sweep", type="primary", key="sweep_launch")
+    if launch:
+        specs = [f"{key1}={values1}"] + ([f"{key2}={values2}"] if key2 != NO_SECOND else [])
+        try:
+            grid = parse_grid(specs, config)
+            seeds = parse_seeds(seeds_text)
+            sweep_id, cells = start_sweep(config, grid, seeds, registry=registry)
+        except PafoInputError as exc:
+            ui.show_error(str(exc), "Cannot launch this sweep: ")
+        else:
+            st.session_state[STATE] = {"parent": parent.id, "sweep_id": sweep_id, "grid": grid, "seeds": seeds,
+                                       "run_ids": [cell.record.id for cell in cells]}
+            st.rerun()
+    state = st.session_state.get(STATE)
+    if not state or state["parent"] != parent.id:
+        st.info("No sweep of this run yet: pick a parameter and its values above and launch one.",
+                icon=":material/info:")
+        return
+    show_sweep(state, config, registry)
+
+
+def show_sweep(state: dict, config: dict, registry) -> None:
+    """The progress grid while cells run; once all ended, the Pareto plot, the line plot and sweep.json."""
+    cells = attach_records(registry, config, state["grid"], state["seeds"], state["run_ids"])
+    records = [cell.record for cell in cells]
+    done = sum(record.done for record in records)
+    st.markdown(f"**Sweep** `{state['sweep_id']}`: {done} of {len(cells)} cells done")
+    st.dataframe(progress_grid(cells), width="stretch", hide_index=True)
+    if done < len(cells):
+        st.progress(done / len(cells))
+        if st.button("Cancel sweep", key="sweep_cancel"):
+            cancel_sweep(registry, state["sweep_id"])
+            st.rerun()
+        ui.rerun_when_runs_change(records)
+        return
+    sweep = sweep_result(registry, config, state["grid"], cells, sweep_id=state["sweep_id"])
+    failed = [c for c in sweep["cells"] if c["status"] != "succeeded"]
+    if failed:
+        st.warning(f"{len(failed)} cell(s) did not succeed; the points pool the seeds that did.")
+    ui.plot(report.sweep_pareto(sweep), key="sweep_pareto")
+    ui.plot(report.sweep_lines(sweep, next(iter(state["grid"]))), key="sweep_lines")
+    st.download_button("sweep.json", json.dumps(sweep, indent=2), file_name=f"{state['sweep_id']}.json",
+                       mime="application/json", key="sweep_download")
+
+
+def progress_grid(cells) -> pd.DataFrame:
+    """One row per grid point, one column per seed: each cell's status (and progress while it runs)."""
+    rows: dict[int, dict] = {}
+    for cell in cells:
+        row = rows.setdefault(cell.point, {key: str(value) for key, value in cell.params.items()})
+        record = cell.record
+        icon = ui.STATUS_ICONS.get(record.status, "")
+        text = f"{icon} {record.status}" + (f" {100 * float(record.progress):.0f}%" if not record.done else "")
+        row[f"seed {cell.seed}"] = text + (" ♻" if record.reused_from else "")
+    return pd.DataFrame(list(rows.values()))
