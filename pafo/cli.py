@@ -425,14 +425,20 @@ def _add_audit(sub) -> None:
     parser.set_defaults(handler=cmd_audit, output_files=("json", "per_user_csv", "export_pairs"))
 
 
+RAY_ADDRESS_WITHOUT_RAY = "--ray-address: only used with --backend ray (add --backend ray, or leave it out)"
 SWEEP_FAILED = ("pafo: {n} of {total} sweep cells did not succeed (see `cells` in the sweep JSON and "
                 "`pafo runs show ID`)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .config import check_range
     from .registry import SUCCEEDED, RunRegistry
     from .sweep import parse_grid, run_sweep
 
+    if args.max_concurrent is not None:
+        check_range("--max-concurrent", args.max_concurrent, integer=True, ge=1)
+    if args.ray_address and args.backend != "ray":
+        raise PafoInputError(RAY_ADDRESS_WITHOUT_RAY)
     base = preflight(experiment_config_from_args(args))
     grid = parse_grid(args.grid, base)
     registry = RunRegistry(max_concurrent=args.max_concurrent)

@@ -25,6 +25,8 @@ LIST_COLUMNS = ("id", "status", "progress", "stage", "created", "reused_from", "
 MSG_NO_RUNS = "no runs yet: start one with `pafo runs start`"
 MSG_BAD_TIMEOUT = ("--timeout must be a positive number of seconds, got {value} (leave it out to wait as long as "
                    "the run takes)")
+MSG_UNKNOWN_SWEEP = ("unknown sweep id {sweep_id!r}: no run has it as its parent (see the label column of "
+                     "`pafo runs list`)")
 MSG_REBUILT = "rebuilt the run registry from {runs}: {rows} run(s) listed{skipped}{moved}"
 
 
@@ -57,8 +59,8 @@ def add_runs_commands(
     wait.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds")
     wait.set_defaults(handler=wait_run)
 
-    cancel = commands.add_parser("cancel", help="cancel a run (forced after 10 s)")
-    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel = commands.add_parser("cancel", help="cancel a run, or every cell of a sweep (forced after 10 s)")
+    cancel.add_argument("run_id", metavar="RUN_ID", help="a run id, or a sweep id (sweep-...) for all its cells")
     cancel.set_defaults(handler=cancel_run)
 
     rebuild = commands.add_parser("rebuild", help="move runs.sqlite aside and rebuild it from the run folders "
@@ -119,9 +121,21 @@ def wait_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def cancel_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Cancel cooperatively, killing the worker after 10 s; a run that already ended is left as it is."""
-    record = RunRegistry().cancel(args.run_id, wait=FORCE_CANCEL_AFTER)
-    print(f"{record.id} {record.status}" + (f": {record.error}" if record.error else ""), file=out or sys.stdout)
+    """Cancel cooperatively, killing the worker after 10 s; a run that already ended is left as it is. A sweep
+    id (``sweep-...``, the cells' parent) cancels every cell of the sweep that has not ended."""
+    from pafo.sweep import SWEEP_PREFIX, cancel_sweep, sweep_cells
+
+    registry = RunRegistry()
+    if args.run_id.startswith(SWEEP_PREFIX):
+        cells = sweep_cells(registry, args.run_id)
+        if not cells:
+            raise PafoInputError(MSG_UNKNOWN_SWEEP.format(sweep_id=args.run_id))
+        asked = {record.id for record in cancel_sweep(registry, args.run_id)}
+        records = [registry.cancel(run_id, wait=FORCE_CANCEL_AFTER) for run_id in sorted(asked)]
+    else:
+        records = [registry.cancel(args.run_id, wait=FORCE_CANCEL_AFTER)]
+    for record in records:
+        print(f"{record.id} {record.status}" + (f": {record.error}" if record.error else ""), file=out or sys.stdout)
     return EXIT_OK
 
 

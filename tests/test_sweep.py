@@ -197,6 +197,18 @@ def test_four_cell_sweep_end_to_end_then_reused_then_forced(home: Path, tmp_path
         assert cell["methods"][name]["accuracy"] == first[name]["accuracy"]  # determinism: same seed and config
 
 
+def test_cli_sweep_flags_are_checked(home: Path, capsys: pytest.CaptureFixture):
+    for flags, message in ((["--max-concurrent", "0"], "--max-concurrent: must be ≥ 1"),
+                           (["--ray-address", "ray://x:1"], "only used with --backend ray"),
+                           (["--pareto-method", "groupdro"], "--pareto-method 'groupdro'")):
+        assert main(["sweep", *DATA, "--grid", "pafo.lam=0", *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert main(["runs", "cancel", "sweep-nosuch"]) == 2
+    assert "unknown sweep id" in capsys.readouterr().err
+    assert RunRegistry(home).list() == []
+
+
 def test_cancel_of_a_sweep_cancels_its_running_and_queued_cells(reg: RunRegistry, tmp_path: Path):
     """Guards against cancelling a sweep leaving cells queued or a worker training on: one cell is held running
     (a gate the test never opens), the others queued; cancel_sweep ends all of them, and a run outside the sweep
@@ -213,8 +225,7 @@ def test_cancel_of_a_sweep_cancels_its_running_and_queued_cells(reg: RunRegistry
     reg.dispatch()
     running = wait_for(lambda: (r := reg.get(cells[0].record.id)).status == RUNNING and r, 60)
     outsider = reg.submit(other, fingerprint="outside", start=False)
-    asked = cancel_sweep(reg, sweep_id)
-    assert {r.id for r in asked} == {c.record.id for c in cells}
+    assert main(["runs", "cancel", sweep_id]) == 0  # `pafo runs cancel SWEEP_ID`: cancel_sweep, then wait
     final = [reg.wait(c.record.id, timeout=60) for c in cells]
     assert [r.status for r in final] == [CANCELLED] * 4
     assert wait_for(lambda: process_alive(running.pid, running.id) is False, 30)
