@@ -571,14 +571,17 @@ def sweep_pareto(sweep: dict) -> go.Figure:
         part = rows[rows["front"] == on_front] if len(rows) else rows
         if not len(part):
             continue
+        # Points that land on the same spot (a parameter that changed nothing) share one label, not a smudge.
+        text = part.groupby(["majority", "minority"])["label"].transform(" / ".join)
+        text = text.where(~part.duplicated(["majority", "minority"]), "")
         traces.append(go.Scatter(
-            x=part["majority"], y=part["minority"], mode="markers+text", text=part["label"],
+            x=part["majority"], y=part["minority"], mode="markers+text", text=text, customdata=part["label"],
             textposition="top center", name="Pareto front" if on_front else "dominated",
             marker=dict(color=method_color(method), size=14 if on_front else 9, symbol="star" if on_front else "circle",
                         opacity=1.0 if on_front else 0.55, line=dict(width=0.5, color="#212529")),
             error_x=dict(type="data", array=part["majority_plus"], arrayminus=part["majority_minus"], thickness=1),
             error_y=dict(type="data", array=part["minority_plus"], arrayminus=part["minority_minus"], thickness=1),
-            hovertemplate="%{text}<br>majority %{x:.3f}<br>minority %{y:.3f}<extra></extra>"))
+            hovertemplate="%{customdata}<br>majority %{x:.3f}<br>minority %{y:.3f}<extra></extra>"))
     if len(rows) and rows["front"].any():
         front = rows[rows["front"]].sort_values("majority")
         traces.append(go.Scatter(x=front["majority"], y=front["minority"], mode="lines", showlegend=False,
