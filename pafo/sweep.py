@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -345,11 +346,11 @@ def _ray_init(ray, address: str | None) -> bool:
     runtime_env = {"env_vars": {key: value for key, value in worker_env().items()
                                 if key in ("PYTHONPATH", "PAFO_HOME")}}
     try:
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # stderr keeps the sweep's own lines
         if address:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(address=address, runtime_env=runtime_env, **quiet)
         else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     runtime_env=runtime_env)
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise PafoEnvironmentError(MSG_RAY_INIT.format(address=address or "a local instance",
                                                        detail=" ".join(str(exc).split()))) from None
