@@ -115,28 +115,32 @@ class PAFOConfig:
                               "by agreement with the teacher", ge=1)
     beta: float = option(1.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
                               "their margins' spreads on training pairs", ge=0)
-    lam: float = option(1.0, "λ: weight of the distillation term", flag="--lambda", ge=0)
-    temperature: float = option(1.0, "τ: temperature of the tempered margins", gt=0)
-    condition: Literal["group", "group+agree"] = option("group", "targets from the user's group teacher "
-                                                                 "(+agree: drop targets contradicting the label)")
-    dense: int = option(40, "teacher-labelled extra pairs per user from the user's training prompts",
+    # The options below shape distillation: the paper's two-group PAFO (teachers=groups) and the distilled student;
+    # the default wide student is closed form and does not read them.
+    lam: float = option(1.0, "distillation: λ, weight of the distillation term", flag="--lambda", ge=0)
+    temperature: float = option(1.0, "distillation: τ, temperature of the tempered margins", gt=0)
+    condition: Literal["group", "group+agree"] = option(
+        "group", "teachers=groups: targets from the user's group teacher (+agree: drop targets contradicting the "
+                 "label)")
+    dense: int = option(40, "distillation: teacher-labelled extra pairs per user from the user's training prompts",
                         ge=0, le=10_000)
-    distill: Literal["bce", "mse"] = option("bce", "distillation loss on margins")
+    distill: Literal["bce", "mse"] = option("bce", "distillation: loss on margins")
     teacher_init: Literal["recentred", "baseline", "scratch"] = option(
-        "recentred", "teachers start from the baseline with b moved to their group's mean user vector "
-                     "(recentred), from the baseline as is, or from scratch")
-    teacher_user_l2: float | None = option(None, "teachers' L2 on w_u (default: the baseline's)", ge=0)
-    finetune_patience: int = option(4, "teachers and student stop after this many epochs without a better "
-                                       "validation score (both start from the trained baseline)", ge=1)
-    epsilon: float = option(0.005, "Pareto selection: allowed drop of majority validation accuracy",
-                            ge=0, le=1)
-    keep_initial: bool = option(False, "teachers and student keep their starting point (the baseline) when no "
-                                       "epoch beats it on validation")
+        "recentred", "teachers=groups: teachers start from the baseline with b moved to their group's mean user "
+                     "vector (recentred), from the baseline as is, or from scratch")
+    teacher_user_l2: float | None = option(None, "teachers=groups: teachers' L2 on w_u (default: the baseline's)",
+                                           ge=0)
+    finetune_patience: int = option(4, "distillation: teachers and student stop after this many epochs without a "
+                                       "better validation score (both start from the trained baseline)", ge=1)
+    epsilon: float = option(0.005, "teachers=groups: Pareto selection, allowed drop of majority validation "
+                                   "accuracy", ge=0, le=1)
+    keep_initial: bool = option(False, "distillation: teachers and student keep their starting point (the "
+                                       "baseline) when no epoch beats it on validation")
     batches: Literal["random", "by_prompt"] = option(
-        "by_prompt", "student batches: random pairs, or the pairs of a few prompts at a time (g then runs on fewer "
-                  "responses per step)")
-    scale_batch: bool = option(True, "student batch grows with its pair count, so an epoch takes as many steps as "
-                                     "the baseline's (dense pairs cost little time)")
+        "by_prompt", "distillation: student batches of random pairs, or of the pairs of a few prompts at a time "
+                     "(g then runs on fewer responses per step)")
+    scale_batch: bool = option(True, "distillation: the student batch grows with its pair count, so an epoch takes "
+                                     "as many steps as the baseline's (dense pairs cost little time)")
 
     def validate(self) -> PAFOConfig:
         return validate_options(self)
