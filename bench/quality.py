@@ -168,14 +168,20 @@ def cluster_lines(results: list[dict]) -> list[str]:
 # ------------------------------------------------------------------------------------------- ceilings
 
 
+def seed_context(config: ExperimentConfig):
+    """One seed's data, support rates, user groups (0/1), method context and test pairs, as an experiment has."""
+    (inputs,), _ = _load_inputs(config, lambda *a: None)
+    set_threads()
+    data, support = inputs.dataset, inputs.support
+    user_group = np.where(inputs.groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
+    ctx = build_context(data, inputs.features.features, user_group, config.train, seed=config.data.seed)
+    return data, support, user_group, ctx, _pair_set(data.split("test"), user_group)
+
+
 def ceilings(dataset: str, seed: int, encoder: str) -> dict[str, pd.DataFrame]:
     """Per-user test accuracy of the baseline, PAFO and the diagnostic ceilings (never used by any method)."""
     config = experiment_config(dataset, seed, encoder, "baseline,pafo")
-    data, feats, _support, groups = _load_inputs(config, lambda *a: None)
-    set_threads()
-    user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
-    ctx = build_context(data, feats.features, user_group, config.train, seed=seed)
-    test = _pair_set(data.split("test"), user_group)
+    data, _support, user_group, ctx, test = seed_context(config)
     pafo = fit_method("pafo", ctx, config.pafo, (0, 1)).model
     accuracy = {"baseline": per_user_accuracy(pair_margins(ctx.cache["baseline"].model, ctx.features, test),
                                              test.users),
@@ -211,11 +217,7 @@ def tuning_table(dataset: str, seeds: list[int], encoder: str) -> str:
     base_seconds = []
     for seed in seeds:
         config = experiment_config(dataset, seed, encoder, "baseline")
-        data, feats, support, groups = _load_inputs(config, lambda *a: None)
-        set_threads()
-        user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
-        ctx = build_context(data, feats.features, user_group, config.train, seed=seed)
-        test = _pair_set(data.split("test"), user_group)
+        _data, support, user_group, ctx, test = seed_context(config)
         base = baseline_output(ctx, (0, 1))
         base_seconds.append(base.result.seconds)
         for label, options in ABLATIONS.items():

@@ -14,30 +14,19 @@ from sklearn.metrics import adjusted_rand_score
 
 from pafo import methods as methods_mod
 from pafo.clusters import discover, fit_clusters, oriented_differences, pair_subspace
-from pafo.experiment import build_context
-from pafo.methods import MAJORITY, MINORITY, PAFOConfig, baseline_output, fit_method, preference_clusters
+from pafo.methods import PAFOConfig, baseline_output, fit_method, preference_clusters
 from pafo.models import WideRewardModel, build_model
 from pafo.sources import DataConfig, load_dataset
-from pafo.sources.synthetic import ATTRIBUTES
-from pafo.support import assign_groups, exact_support
-from pafo.training import PairSet, TrainConfig, pair_margins
+from pafo.training import PairSet, pair_margins
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY_TRAIN = TrainConfig(epochs=4, batch_size=64, hidden=16, k=4, patience=4)
 FAST = PAFOConfig(restarts=4, clusters=3, subspace=6)
 
 
 @pytest.fixture
-def ctx():
-    """A tiny synthetic method context whose features are the readable style attributes plus noise."""
-    ds = load_dataset(DataConfig(users=30, prompts=16, responses_per_prompt=4, train_pairs=8, test_pairs=4, seed=0))
-    rng = np.random.default_rng(0)
-    attrs = ds.responses[list(ATTRIBUTES)].to_numpy(np.float32)
-    features = np.hstack([attrs, 0.1 * rng.standard_normal((len(attrs), 4))]).astype(np.float32)
-    groups = assign_groups(exact_support(ds).user_support)
-    user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
-    return build_context(ds, features, user_group, TINY_TRAIN, seed=0)
+def ctx(method_ctx):
+    return method_ctx
 
 
 def _planted(n_users: int = 60, per_user: int = 12, dim: int = 5, seed: int = 0):

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from pafo import methods as methods_mod
-from pafo.experiment import build_context
 from pafo.methods import (
     MAJORITY,
     METHOD_CONFIGS,
@@ -29,26 +28,15 @@ from pafo.methods import (
 )
 from pafo.models import RewardModel, bt_loss, distillation_loss
 from pafo.optim import AdamW
-from pafo.sources import DataConfig, load_dataset
-from pafo.sources.synthetic import ATTRIBUTES
-from pafo.support import assign_groups, exact_support
 from pafo.training import Objective, PairSet, TrainConfig, epoch_order, pair_margins, train_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY_TRAIN = TrainConfig(epochs=4, batch_size=64, hidden=16, k=4, patience=4)
 
 
 @pytest.fixture
-def ctx() -> MethodContext:
-    """A method context on a tiny synthetic dataset with readable features (style attributes + noise)."""
-    ds = load_dataset(DataConfig(users=30, prompts=16, responses_per_prompt=4, train_pairs=8, test_pairs=4, seed=0))
-    rng = np.random.default_rng(0)
-    attrs = ds.responses[list(ATTRIBUTES)].to_numpy(np.float32)
-    features = np.hstack([attrs, 0.1 * rng.standard_normal((len(attrs), 4))]).astype(np.float32)
-    groups = assign_groups(exact_support(ds).user_support)
-    user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
-    return build_context(ds, features, user_group, TINY_TRAIN, seed=0)
+def ctx(method_ctx):
+    return method_ctx
 
 
 def _sigmoid(x: float) -> float:
@@ -226,7 +214,7 @@ def test_every_method_trains_and_keeps_a_validated_epoch(name, ctx):
     if name in CLOSED_FORM:
         assert output.result.best_epoch == 0 and output.result.history == []
         return
-    assert 1 <= output.result.best_epoch <= len(output.result.history) <= TINY_TRAIN.epochs
+    assert 1 <= output.result.best_epoch <= len(output.result.history) <= ctx.train_config.epochs
     assert output.result.history[output.result.best_epoch - 1].get("kept")
     if name == "groupdro":
         q = output.extra["group_weights"]
