@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from string import Formatter
@@ -176,3 +177,15 @@ def method_ctx():
     user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
     train = TrainConfig(epochs=4, batch_size=64, hidden=16, k=4, patience=4)
     return build_context(ds, features, user_group, train, seed=0)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05):
+    """Poll until ``predicate()`` is truthy (a status, a file: an event the test waits on) and return its value;
+    fail after ``timeout``, a generous bound that only a hang reaches."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

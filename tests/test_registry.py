@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from pafo import registry as registry_module
 from pafo.errors import PafoEnvironmentError, PafoInputError
@@ -82,17 +83,6 @@ def _kill_all(registry: RunRegistry) -> None:
     for run_id, _ in rows:
         registry_module._reap(run_id, timeout=2.0)
     registry.close()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    """Poll until ``predicate()`` is truthy; return its value or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def worker_started(registry: RunRegistry, run_id: str) -> RunRecord:

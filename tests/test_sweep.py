@@ -6,10 +6,10 @@ import contextlib
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from pafo import registry as registry_module
 from pafo.cli import main
@@ -59,16 +59,6 @@ def reg(home: Path):
                 os.killpg(pid, signal.SIGKILL)
         registry_module._reap(run_id, timeout=2.0)
     registry.close()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 # ============================================================================ grid parsing and cells
