@@ -118,20 +118,21 @@ teachers = report.teacher_table(result)
 if len(teachers):
     with st.expander("PAFO's teachers on their own group (what distillation can transfer)"):
         st.dataframe(teachers, width="stretch", hide_index=True)
-clusters = report.cluster_table(result)
-if len(clusters):
-    with st.expander("PAFO's preference clusters (found by EM on training pairs)"):
-        st.dataframe(clusters, width="stretch", hide_index=True)
-        st.caption("Clusters of the lowest-objective EM restart; each user's teacher direction averages every "
-                   "restart. A cluster maps to the minority when its mean support is at or below the grouping "
-                   "threshold. Accuracies are on the cluster's users' test pairs.")
-ceilings = report.ceiling_table(result)
-if len(ceilings):
-    with st.expander("Ceilings: how much could be gained (diagnostics, not methods)"):
-        st.dataframe(ceilings, width="stretch", hide_index=True)
-        st.caption("Each row reads test labels; oracle rows also read the simulated users' true personas. "
-                   "Per-user fits on g(φ) vs on judge scores predicted from φ show what the baseline's learned "
-                   "features lost; 'PAFO with the true preference clusters' is the headroom of cluster discovery.")
+DIAGNOSTICS = (  # (expander title, table, caption): what PAFO found and how much was left to gain
+    ("PAFO's preference clusters (found by EM on training pairs)", report.cluster_table(result),
+     "Clusters of the lowest-objective EM restart; each user's teacher direction averages every restart. A cluster "
+     "maps to the minority when its mean support is at or below the grouping threshold. Accuracies are on the "
+     "cluster's users' test pairs."),
+    ("Ceilings: how much could be gained (diagnostics, not methods)", report.ceiling_table(result),
+     "Each row reads test labels; oracle rows also read the simulated users' true personas. Per-user fits on g(φ) "
+     "vs on judge scores predicted from φ show what the baseline's learned features lost; 'PAFO with the true "
+     "preference clusters' is the headroom of cluster discovery."),
+)
+for title, table, caption in DIAGNOSTICS:
+    if len(table):
+        with st.expander(title):
+            st.dataframe(table, width="stretch", hide_index=True)
+            st.caption(caption)
 
 # ----------------------------------------------------------------------------------------------- downloads
 cols = st.columns([1, 1, 3])

@@ -189,3 +189,32 @@ def wait_for(predicate, timeout: float, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def worker_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh $PAFO_HOME for tests with real worker processes: the repo root on PYTHONPATH (workers import
+    tests.run_targets) and no concurrency override from the environment."""
+    from pafo.paths import PACKAGE_ROOT
+
+    monkeypatch.setenv("PAFO_HOME", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(PACKAGE_ROOT))
+    monkeypatch.delenv("PAFO_MAX_CONCURRENT", raising=False)
+    return tmp_path
+
+
+def kill_workers(registry) -> None:
+    """Kill every worker of ``registry`` still alive, reap them and close it, so no test leaks processes."""
+    import contextlib
+    import signal
+
+    from pafo import registry as registry_module
+
+    rows = registry._read("SELECT id, pid FROM runs WHERE pid IS NOT NULL")
+    for run_id, pid in rows:
+        if registry_module.process_alive(pid, run_id):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+    for run_id, _ in rows:
+        registry_module._reap(run_id, timeout=2.0)
+    registry.close()

@@ -32,6 +32,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
@@ -319,10 +320,10 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
     assert shown is not None and run_id in shown and other_id not in shown, shown
     page.get_by_text("Pareto view: runs on every dataset").click()
     wait_idle(page)
-    deadline = time.monotonic() + 60
-    while other_id not in (figure_runs(page, "Pareto view") or set()) and time.monotonic() < deadline:
-        time.sleep(0.3)  # the toggle's rerun redraws the figure
-    assert {run_id, other_id} <= figure_runs(page, "Pareto view")
+    # The toggle's rerun redraws the figure: wait for it to list the other run.
+    shown = wait_for(lambda: (runs := figure_runs(page, "Pareto view") or set()) >= {run_id, other_id} and runs,
+                     60, interval=0.3)
+    assert {run_id, other_id} <= shown
     wait_idle(page)
 
     # 6. The other pages render without an exception.

@@ -8,11 +8,10 @@ support estimator and grouping), so its verdict against ``shared`` must be a cle
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import wait_for
 from test_browser import VIEWPORT, app_server, browser, no_exceptions, shoot, wait_idle, wait_plots  # noqa: F401
 
 from pafo.sources import DataConfig, load_dataset
@@ -55,12 +54,12 @@ def test_attach_two_prediction_files_and_reach_compare_with_a_verdict(app_server
 
     page.get_by_role("button", name="Start audit").click()
     page.wait_for_url("**/compare?run=*")
-    deadline = time.monotonic() + AUDIT_TIMEOUT
-    while time.monotonic() < deadline and not page.get_by_text("Paired comparisons").count():
+    def audit_shown() -> bool:
         failed = page.locator("[data-testid='stAlertContentError']")
         assert failed.count() == 0, failed.first.inner_text()
-        time.sleep(0.5)
-    assert page.get_by_text("Paired comparisons").count(), f"no audit result within {AUDIT_TIMEOUT:.0f} s"
+        return page.get_by_text("Paired comparisons").count() > 0
+
+    wait_for(audit_shown, AUDIT_TIMEOUT, interval=0.5)
     wait_idle(page)
     no_exceptions(page)
     main = page.locator("[data-testid='stMain']")

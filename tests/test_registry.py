@@ -6,7 +6,6 @@ and use ``tmp_path`` as ``$PAFO_HOME``.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import itertools
 import json
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import kill_workers, wait_for
 
 from pafo import registry as registry_module
 from pafo.errors import PafoEnvironmentError, PafoInputError
@@ -58,12 +57,8 @@ def cfg(target: str = "tests.run_targets:steps", **extra) -> dict:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh $PAFO_HOME; the repo root on PYTHONPATH so workers import tests.run_targets."""
-    monkeypatch.setenv("PAFO_HOME", str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(PACKAGE_ROOT))
-    monkeypatch.delenv("PAFO_MAX_CONCURRENT", raising=False)
-    return tmp_path
+def home(worker_home: Path) -> Path:
+    return worker_home
 
 
 @pytest.fixture
@@ -71,18 +66,7 @@ def reg(home: Path):
     """A registry on ``home``; kills any worker still alive afterwards so no test leaks processes."""
     registry = RunRegistry(home)
     yield registry
-    _kill_all(registry)
-
-
-def _kill_all(registry: RunRegistry) -> None:
-    rows = registry._read("SELECT id, pid FROM runs WHERE pid IS NOT NULL")
-    for run_id, pid in rows:
-        if process_alive(pid, run_id):
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
-    for run_id, _ in rows:
-        registry_module._reap(run_id, timeout=2.0)
-    registry.close()
+    kill_workers(registry)
 
 
 def worker_started(registry: RunRegistry, run_id: str) -> RunRecord:
@@ -383,7 +367,7 @@ def test_max_concurrent_two_runs_in_parallel(home: Path):
     finally:
         for run_id in ids:
             reg.request_cancel(run_id)
-        _kill_all(reg)
+        kill_workers(reg)
 
 
 def test_kill_9_worker_is_failed_with_reason(reg: RunRegistry):
@@ -414,7 +398,7 @@ def test_stopped_worker_goes_stale_and_is_failed_and_killed(home: Path):
         assert rec.status == FAILED and "no heartbeat from worker pid" in rec.error
         wait_for(lambda: process_alive(rec.pid, rec.id) is False, 5)  # and it does not keep training
     finally:
-        _kill_all(reg)
+        kill_workers(reg)
 
 
 def test_cancel_cooperative(reg: RunRegistry):
@@ -439,7 +423,7 @@ def test_worker_enforces_cancel_itself_when_nobody_waits(home: Path):
         rec = wait_for(lambda: (r := reg.get(rec.id)).done and r, 60)
         assert rec.status == CANCELLED and "was killed" in rec.error
     finally:
-        _kill_all(reg)
+        kill_workers(reg)
 
 
 def test_cancel_of_queued_and_finished_runs(reg: RunRegistry):
@@ -559,7 +543,7 @@ def test_cli_start_show_list_wait(home: Path, capsys: pytest.CaptureFixture):
     assert table.splitlines()[0].split() == ["id", "status", "progress", "stage", "created", "reused_from", "label"]
     assert "100%" in _out(capsys, ["show", run_id])
     assert cli_main(["wait", forced_id, "--timeout", "20"]) == 0
-    _kill_all(RunRegistry(home))
+    kill_workers(RunRegistry(home))
 
 
 def _out(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -593,7 +577,7 @@ def test_cli_exit_codes_for_failure_cancel_timeout_and_bad_input(home: Path, cap
             assert err.startswith(message) and err.count("\n") == 1
         assert {r.id for r in reg.list()} == {failed, looping}  # bad input touched no run
     finally:
-        _kill_all(reg)
+        kill_workers(reg)
 
 
 def test_cli_show_reports_a_corrupt_result_without_crashing(reg: RunRegistry, capsys: pytest.CaptureFixture):
@@ -673,7 +657,7 @@ def test_deleted_database_is_rebuilt_with_every_run_listed(reg: RunRegistry, hom
     assert again.load_result(running.id).result == {"gated": True, "value": None}
     assert again.wait(queued.id, timeout=120).status == SUCCEEDED  # the queue goes on in the new file
     assert again._read("PRAGMA integrity_check")[0][0] == "ok"
-    _kill_all(again)
+    kill_workers(again)
 
 
 def test_finishing_worker_re_registers_a_run_missing_from_the_database(reg: RunRegistry, home: Path, tmp_path):
@@ -716,7 +700,7 @@ def test_truncated_database_is_detected_and_rebuilt(reg: RunRegistry, home: Path
     assert {r.id for r in again.list()} == {done.id, running}
     open_gate(gated)
     assert again.wait(running, timeout=120).status == SUCCEEDED
-    _kill_all(again)
+    kill_workers(again)
 
 
 def _fake_worker(run_id: str) -> subprocess.Popen:
@@ -785,7 +769,7 @@ def test_cancel_arriving_after_the_target_returned_ends_succeeded(home: Path, tm
         assert (rec.status, rec.error) == (SUCCEEDED, None)
         assert (reg.run_dir(run_id) / "manifest.json").is_file()
     finally:
-        _kill_all(reg)
+        kill_workers(reg)
 
 
 def test_forced_cancel_waits_while_the_run_is_being_published(monkeypatch: pytest.MonkeyPatch):

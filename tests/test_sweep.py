@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import kill_workers, wait_for
 
-from pafo import registry as registry_module
 from pafo.cli import main
 from pafo.compare import VERDICTS
 from pafo.errors import PafoInputError
@@ -40,12 +38,8 @@ def base_config(**data) -> ExperimentConfig:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh $PAFO_HOME, the repo root on PYTHONPATH (workers import tests.run_targets), no concurrency override."""
-    monkeypatch.setenv("PAFO_HOME", str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(PACKAGE_ROOT))
-    monkeypatch.delenv("PAFO_MAX_CONCURRENT", raising=False)
-    return tmp_path
+def home(worker_home: Path) -> Path:
+    return worker_home
 
 
 @pytest.fixture
@@ -53,12 +47,7 @@ def reg(home: Path):
     """A registry allowing two workers at once; kills any worker still alive afterwards."""
     registry = RunRegistry(home, max_concurrent=2)
     yield registry
-    for run_id, pid in registry._read("SELECT id, pid FROM runs WHERE pid IS NOT NULL"):
-        if process_alive(pid, run_id):
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
-        registry_module._reap(run_id, timeout=2.0)
-    registry.close()
+    kill_workers(registry)
 
 
 # ============================================================================ grid parsing and cells
