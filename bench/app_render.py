@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
     half = args.pairs_per_user // 2
     data = dataclasses.asdict(DataConfig(users=args.users, train_pairs=args.pairs_per_user - half, test_pairs=half))
-    config = appstate.experiment_config(data, dataclasses.asdict(GroupConfig()), {"encoder": "tfidf"})
+    config = appstate.experiment_config(data, dataclasses.asdict(GroupConfig()), run={"encoder": "tfidf"})
     start = time.perf_counter()
     dataset = load_dataset(config.data)
     load_s = time.perf_counter() - start

@@ -28,13 +28,14 @@ from bench.common import machine
 from pafo import diagnostics
 from pafo.compare import paired_comparison
 from pafo.experiment import ExperimentConfig, _load_inputs, _pair_set, build_context, run_experiment
+from pafo.method_configs import METHODS as METHOD_NAMES
 from pafo.methods import MAJORITY, MINORITY, baseline_output, fit_method
 from pafo.metrics import per_user_accuracy
 from pafo.training import pair_margins, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 DSP_PATH = ROOT.parent / "shared" / "data" / "dsp_test_part_a.json"
-METHODS = "bt,baseline,reweight,groupdro,mixture,pafo"
+METHODS = ",".join(METHOD_NAMES)
 REPORTED_SEEDS, DEV_SEEDS = "0-9", "100-104"
 ABLATIONS = {
     "default (clusters, wide student)": {},

@@ -232,14 +232,13 @@ def shares_text(shares: dict | None) -> str:
 # ------------------------------------------------------------------------------------------- experiments
 
 
-def experiment_config(data: dict, groups: dict, run: dict | None = None, train: dict | None = None,
-                      pafo: dict | None = None, groupdro: dict | None = None, seeds: str | list | None = None):
-    """A validated :class:`pafo.experiment.ExperimentConfig` from the pages' plain dicts; ``seeds`` as typed in
-    a form ("0-2", "0,3,7"; blank: the dataset's one seed)."""
+def experiment_config(data: dict, groups: dict, seeds: str | list | None = None, **sections: dict | None):
+    """A validated :class:`pafo.experiment.ExperimentConfig` from the pages' plain dicts: ``run``, ``train`` and
+    the method sections (``pafo``, ...) by name, missing ones at their defaults; ``seeds`` as typed in a form
+    ("0-2", "0,3,7"; blank: the dataset's one seed)."""
     from .experiment import ExperimentConfig
 
-    values = {"data": data, "groups": groups, "run": run or {}, "train": train or {}, "pafo": pafo or {},
-              "groupdro": groupdro or {}}
+    values = {"data": data, "groups": groups, **{name: part or {} for name, part in sections.items()}}
     if seeds not in (None, "") and not (isinstance(seeds, str) and not seeds.strip()):
         values["seeds"] = seeds
     return ExperimentConfig.from_dict(values)
@@ -270,7 +269,7 @@ def demo_config(encoder: str = DEMO_ENCODER, seeds: str = DEMO_SEEDS):
     from .support import GroupConfig
 
     return experiment_config(dataclasses.asdict(DataConfig()), dataclasses.asdict(GroupConfig()),
-                             {"encoder": encoder, "methods": DEMO_METHODS}, seeds=seeds)
+                             run={"encoder": encoder, "methods": DEMO_METHODS}, seeds=seeds)
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:

@@ -155,20 +155,20 @@ def _add_embed(sub) -> None:
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``pafo experiment`` (and ``pafo runs start``), built from the experiment's dataclasses."""
-    from .method_configs import GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
+    from .method_configs import RunSettings, TrainConfig, method_sections
 
     add_data_arguments(parser)
     parser.add_argument("--seeds", metavar="LIST", default=argparse.SUPPRESS,
                         help="run every method once per data seed and pool them, e.g. 0-4 or 0,3,7 (default: the "
                              "one seed of --seed); adds paired comparisons with a verdict per method")
-    for cls in (RunSettings, TrainConfig, PAFOConfig, GroupDROConfig):
+    for cls in (RunSettings, TrainConfig, *method_sections().values()):
         add_dataclass_arguments(parser, cls)
 
 
 def experiment_config_from_args(args: argparse.Namespace):
     """An ``ExperimentConfig`` from the flags; local data paths are made absolute for background workers."""
     from .experiment import ExperimentConfig
-    from .method_configs import GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
+    from .method_configs import RunSettings, TrainConfig, method_sections
 
     data = data_config_from_args(args)
     if data.path and Path(data.path).exists():
@@ -179,8 +179,8 @@ def experiment_config_from_args(args: argparse.Namespace):
     return ExperimentConfig(data=data, groups=group_config_from_args(args),
                             run=dataclass_from_namespace(RunSettings, args),
                             train=dataclass_from_namespace(TrainConfig, args),
-                            pafo=dataclass_from_namespace(PAFOConfig, args),
-                            groupdro=dataclass_from_namespace(GroupDROConfig, args), seeds=seeds).validate()
+                            **{name: dataclass_from_namespace(cls, args) for name, cls in method_sections().items()},
+                            seeds=seeds).validate()
 
 
 def check_encoder(config) -> None:

@@ -42,16 +42,8 @@ from .dataset import PreferenceDataset
 from .diagnostics import ceiling_summary, ceilings, cluster_report
 from .errors import PafoInputError, RunCancelled
 from .features import dataset_texts, response_features
-from .method_configs import UNKNOWN_METHOD, RunSettings
-from .methods import (
-    MAJORITY,
-    METHOD_CONFIGS,
-    MINORITY,
-    GroupDROConfig,
-    MethodContext,
-    PAFOConfig,
-    fit_method,
-)
+from .method_configs import UNKNOWN_METHOD, RunSettings, method_sections, method_spec
+from .methods import MAJORITY, MINORITY, MethodContext, fit_method
 from .metrics import accuracy_by_decile, calibration, evaluate, pair_correct, pareto_improvement, per_user_accuracy
 from .paths import atomic_write_bytes, atomic_write_text
 from .sources import DataConfig, dataset_fingerprint, load_dataset
@@ -73,22 +65,10 @@ LOADED_AT, TRAINED_AT = 0.02, 0.98
 EMBED_SECONDS_PER_TEXT = {"tfidf": 0.0005}
 EMBED_SECONDS_PER_TEXT_MODEL = 1 / 70  # MiniLM and any transformers model
 TRAIN_SECONDS_PER_PAIR = 0.0005
-METHOD_COST = {"bt": 0.7, "baseline": 1.0, "reweight": 1.0, "groupdro": 1.2, "pafo": 1.5}
 
 
-@dataclass
-class ExperimentConfig:
-    """A whole experiment; ``to_dict`` / ``from_dict`` give the JSON the run registry stores and hashes."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    groups: GroupConfig = field(default_factory=GroupConfig)
-    run: RunSettings = field(default_factory=RunSettings)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    pafo: PAFOConfig = field(default_factory=PAFOConfig)
-    groupdro: GroupDROConfig = field(default_factory=GroupDROConfig)
-    #: Two or more data seeds; ``None`` means the one seed ``data.seed``. ``validate`` keeps one spelling per run:
-    #: a single seed becomes ``data.seed``, and ``data.seed`` is always the first seed.
-    seeds: list[int] | None = None
+class _Experiment:
+    """The behaviour of :class:`ExperimentConfig`, whose fields are made below from the method registry."""
 
     def seed_list(self) -> list[int]:
         """The seeds this experiment runs, in order."""
@@ -133,6 +113,23 @@ class ExperimentConfig:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def _section(name: str, cls: type) -> tuple:
+    return name, cls, field(default_factory=cls)
+
+
+# A whole experiment: the sections data, groups, run, train, then one per method with options (pafo, groupdro, ...
+# from pafo.method_configs.method_sections), then ``seeds``: two or more data seeds, ``None`` meaning the one seed
+# ``data.seed`` (``validate`` keeps one spelling per run: a single seed becomes ``data.seed``, which is always the
+# first seed). ``to_dict`` / ``from_dict`` give the JSON the run registry stores and hashes.
+ExperimentConfig = dataclasses.make_dataclass(
+    "ExperimentConfig",
+    [_section("data", DataConfig), _section("groups", GroupConfig), _section("run", RunSettings),
+     _section("train", TrainConfig), *(_section(name, cls) for name, cls in method_sections().items()),
+     ("seeds", list[int] | None, field(default=None))],
+    bases=(_Experiment,), namespace={"__module__": __name__, "__doc__": "A whole experiment: data, groups, run, "
+                                     "train, each method's options and the seeds."})
+
+
 def parse_seeds(value) -> list[int]:
     """Seeds from ``"0-4"``, ``"0,3,7"``, ``"0-2,9"``, an int or a list of ints: distinct, in the order given."""
     if isinstance(value, bool):
@@ -165,9 +162,9 @@ def parse_seeds(value) -> list[int]:
 
 
 def method_config_of(config: ExperimentConfig, name: str):
-    """The options a method trains with: its own section, PAFO's cluster options for ``mixture``, else none."""
-    sections = {"pafo": config.pafo, "groupdro": config.groupdro, "mixture": config.pafo}
-    return sections.get(name) or METHOD_CONFIGS[name]()
+    """The options a method trains with: its section of the config (its own or the one it shares), else none."""
+    spec = method_spec(name)
+    return getattr(config, spec.section) if spec.section else spec.config()
 
 
 def _pair_set(pairs: pd.DataFrame, user_group: np.ndarray) -> PairSet:
@@ -308,7 +305,7 @@ class _EmbedProgress:
 
 def _train_seconds(datasets: list[PreferenceDataset], methods: list[str]) -> list[list[float]]:
     """Estimated training seconds per seed and method (only the bar's proportions use them)."""
-    return [[METHOD_COST.get(name, 1.0) * TRAIN_SECONDS_PER_PAIR * len(dataset.split("train")) for name in methods]
+    return [[method_spec(name).cost * TRAIN_SECONDS_PER_PAIR * len(dataset.split("train")) for name in methods]
             for dataset in datasets]
 
 

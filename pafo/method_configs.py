@@ -1,10 +1,16 @@
-"""The configuration dataclasses of training and methods, free of torch so the CLI and app start fast.
+"""The method registry and the configuration dataclasses of training and methods, free of torch so the CLI and
+app start fast.
 
 Each field carries a one-line help (``pafo.config.option``); the CLI flags and the app's forms are built from them.
+:data:`METHOD_SPECS` is the one list of methods: the experiment, the CLI, the Train form, the report's colours and
+order, and the benchmarks all read it. Adding a method with options is one :class:`MethodSpec` and its config
+dataclass here, plus its fit function in any module (named in ``fit``, imported when the method trains).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,21 +22,24 @@ __all__ = [
     "ENCODERS",
     "METHODS",
     "METHOD_CONFIGS",
+    "METHOD_SPECS",
     "UNKNOWN_METHOD",
     "BTConfig",
     "BaselineConfig",
     "GroupDROConfig",
+    "MethodSpec",
     "MixtureConfig",
     "PAFOConfig",
     "ReweightConfig",
     "RunSettings",
     "TrainConfig",
+    "method_sections",
+    "method_spec",
 ]
 
 #: The built-in text encoders (any transformers model id or path works too); the default is the first.
 ENCODERS = ("minilm", "tfidf")
 DEFAULT_ENCODER = ENCODERS[0]
-METHODS = ("bt", "baseline", "reweight", "groupdro", "mixture", "pafo")
 # The bounds live on the fields (pafo.config.validate_options); these names stay for callers matching messages.
 BAD_LAMBDA = BAD_TEMPERATURE = BAD_DENSE = BAD_CLUSTER_OPTION = BAD_FINETUNE_PATIENCE = BAD_STEP = OUT_OF_RANGE
 # Limits of size: beyond them a model no longer fits the memory of the machines PAFO Studio targets.
@@ -38,7 +47,6 @@ MAX_HIDDEN = 16384
 MAX_K = 1024
 # The bootstrap draws resamples × users floats at once: with up to 20,000 users (DataConfig) that stays ≤ 1.6 GB.
 MAX_BOOTSTRAP = 10_000
-UNKNOWN_METHOD = "--methods: unknown method {name!r}; choose from " + ", ".join(METHODS)
 NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
 
 
@@ -146,8 +154,66 @@ class PAFOConfig:
         return validate_options(self)
 
 
-METHOD_CONFIGS = {"bt": BTConfig, "baseline": BaselineConfig, "reweight": ReweightConfig,
-                  "groupdro": GroupDROConfig, "mixture": MixtureConfig, "pafo": PAFOConfig}
+@dataclass(frozen=True)
+class MethodSpec:
+    """One training method: everything the experiment, CLI, forms, report and benchmarks know about it."""
+
+    name: str  # in --methods, result JSON keys and run configs
+    config: type  # its options dataclass (one without fields when it has none)
+    fit: str  # "module:function" of its fit function, imported only when it trains (the CLI starts without torch)
+    label: str  # one line for forms and the report
+    colour: str  # its colour in every plot
+    cost: float = 1.0  # training time relative to the baseline, for the progress bar only
+    needs_groups: bool = False  # trains on the majority/minority groups, so the grouping changes its result
+    #: The experiment config section holding its options: its own name when its config has fields, or another
+    #: method's section it shares (mixture reads PAFO's cluster options so both use the same clusters).
+    shares_options_of: str | None = None
+
+    @property
+    def section(self) -> str | None:
+        """Where its options live in :class:`pafo.experiment.ExperimentConfig` (``None``: it has none)."""
+        if self.shares_options_of:
+            return self.shares_options_of
+        return self.name if dataclasses.fields(self.config) else None
+
+    def fit_function(self):
+        """The fit function ``(ctx, config, span) -> MethodOutput``."""
+        module, function = self.fit.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+#: Every method, in the order tables, legends and the Train form show them.
+METHOD_SPECS = (
+    MethodSpec("bt", BTConfig, "pafo.methods:fit_bt", "BT: one non-personalised reward for everyone",
+               "#495057", cost=0.7),
+    MethodSpec("baseline", BaselineConfig, "pafo.methods:fit_baseline",
+               "Baseline: the personalized reward model every method is compared with", "#868E96"),
+    MethodSpec("reweight", ReweightConfig, "pafo.methods:fit_reweight",
+               "Reweight: each group's pairs weigh the same in the loss", "#FAB005", needs_groups=True),
+    MethodSpec("groupdro", GroupDROConfig, "pafo.methods:fit_groupdro",
+               "GroupDRO: online worst-group weighting of the loss", "#BE4BDB", cost=1.2, needs_groups=True),
+    MethodSpec("mixture", MixtureConfig, "pafo.methods:fit_mixture",
+               "Mixture: each user scored by their preference cluster's teacher alone", "#82C91E",
+               shares_options_of="pafo"),
+    MethodSpec("pafo", PAFOConfig, "pafo.methods:fit_pafo",
+               "PAFO: preference-cluster teachers combined into one student", "#12B886", cost=1.5),
+)
+METHODS = tuple(spec.name for spec in METHOD_SPECS)
+METHOD_CONFIGS = {spec.name: spec.config for spec in METHOD_SPECS}
+UNKNOWN_METHOD = "--methods: unknown method {name!r}; choose from " + ", ".join(METHODS)
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The spec of a method by name (``PafoInputError`` naming the choices for an unknown one)."""
+    for spec in METHOD_SPECS:
+        if spec.name == name:
+            return spec
+    raise PafoInputError(UNKNOWN_METHOD.format(name=name))
+
+
+def method_sections() -> dict[str, type]:
+    """The experiment config's method sections, ``{section: config dataclass}``, in method order."""
+    return {spec.name: spec.config for spec in METHOD_SPECS if spec.section == spec.name}
 
 
 @dataclass
@@ -169,6 +235,5 @@ class RunSettings:
         if not names:
             raise PafoInputError(NO_METHODS)
         for name in names:
-            if name not in METHODS:
-                raise PafoInputError(UNKNOWN_METHOD.format(name=name))
+            method_spec(name)
         return list(dict.fromkeys(names))

@@ -29,6 +29,7 @@ from .method_configs import (
     MixtureConfig,
     PAFOConfig,
     ReweightConfig,
+    method_spec,
 )
 from .models import RewardModel, WideRewardModel
 from .training import (
@@ -422,9 +423,6 @@ def fit_baseline(ctx: MethodContext, config: BaselineConfig, span) -> MethodOutp
     return baseline_output(ctx, span)
 
 
-FITTERS = {"bt": fit_bt, "baseline": fit_baseline, "reweight": fit_reweight, "groupdro": fit_groupdro,
-           "mixture": fit_mixture, "pafo": fit_pafo}
-
-
 def fit_method(name: str, ctx: MethodContext, config, span: tuple[float, float]) -> MethodOutput:
-    return FITTERS[name](ctx, config, span)
+    """Train the registered method ``name`` (:data:`pafo.method_configs.METHOD_SPECS`)."""
+    return method_spec(name).fit_function()(ctx, config, span)

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .compare import VERDICT_WORDS, describe_comparison
+from .method_configs import METHOD_SPECS, METHODS
 
 __all__ = [
     "GROUP_COLORS",
@@ -66,14 +67,7 @@ __all__ = [
 
 GROUP_COLORS = {"majority": "#4C6EF5", "minority": "#F76707"}
 GROUP_ORDER = ("majority", "minority")
-METHOD_COLORS = {
-    "baseline": "#868E96",
-    "pafo": "#12B886",
-    "reweight": "#FAB005",
-    "groupdro": "#BE4BDB",
-    "bt": "#495057",
-}
-METHOD_ORDER = ("bt", "baseline", "reweight", "groupdro", "pafo")
+METHOD_COLORS = {spec.name: spec.colour for spec in METHOD_SPECS}
 EXTRA_COLORS = ("#E64980", "#15AABF", "#82C91E", "#7950F2")
 #: Scatter plots switch to WebGL (``Scattergl``) at this many points: SVG gets sluggish beyond about a thousand.
 WEBGL_MIN_POINTS = 1000
@@ -129,7 +123,7 @@ def method_color(name: str) -> str:
 def method_order(names) -> list[str]:
     """Methods in the canonical order (baseline before PAFO), unknown ones last."""
     names = list(names)
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rank = {m: i for i, m in enumerate(METHODS)}
     return sorted(names, key=lambda m: (rank.get(m, len(rank)), names.index(m)))
 
 

@@ -21,6 +21,7 @@ import streamlit as st
 
 from pafo import appstate, report
 from pafo.errors import PafoInputError
+from pafo.method_configs import RunSettings, TrainConfig, method_sections
 from pafo.paths import pafo_home
 from pafo.registry import ACTIVE_STATUSES, CANCELLED, FAILED, SUCCEEDED, RunRegistry
 from pafo.sources import DataConfig, dataset_fingerprint, load_dataset
@@ -99,10 +100,8 @@ def registry() -> RunRegistry:
 
 def default_forms() -> dict:
     """Defaults of the experiment forms (``seeds`` blank: the dataset's one seed)."""
-    from pafo.method_configs import GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
-
     return {"run": dataclasses.asdict(RunSettings()), "train": dataclasses.asdict(TrainConfig()),
-            "pafo": dataclasses.asdict(PAFOConfig()), "groupdro": dataclasses.asdict(GroupDROConfig()), "seeds": ""}
+            **{name: dataclasses.asdict(cls()) for name, cls in method_sections().items()}, "seeds": ""}
 
 
 def adopt_run_config(config: dict) -> None:
@@ -120,7 +119,7 @@ def adopt_run_config(config: dict) -> None:
 
 
 #: Widget key prefixes of the Train form: their session values win over the forms' values until cleared.
-FORM_WIDGETS = ("train_", "pafo_", "groupdro_")
+FORM_WIDGETS = ("train_", *(f"{name}_" for name in method_sections()))
 
 
 def clear_widgets(prefixes: tuple[str, ...]) -> None:

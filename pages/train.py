@@ -8,10 +8,13 @@ import streamlit as st
 
 from pafo import appstate
 from pafo.errors import PafoInputError
-from pafo.method_configs import ENCODERS, METHODS, GroupDROConfig, PAFOConfig, RunSettings, TrainConfig
+from pafo.method_configs import ENCODERS, METHOD_SPECS, METHODS, RunSettings, TrainConfig, method_sections
 from pages import _ui as ui
 
 ui.require_app()
+# One line per method from the registry; the grouping-dependent ones say so, as the Support page's choice moves them.
+METHODS_HELP = "\n".join(f"- **{spec.name}**: {spec.label}" + (" (trains on the support groups)" if spec.needs_groups
+                                                                   else "") for spec in METHOD_SPECS)
 
 st.title("Train")
 reg = ui.registry()
@@ -51,10 +54,9 @@ with st.expander("Start a new run", expanded=record is None):
     with st.form("train_form", enter_to_submit=False):
         run_values = forms["run"]
         cols = st.columns([2, 1, 1, 1])
-        methods_help = appstate.field_specs(RunSettings, include=("methods",))[0].help
         chosen = cols[0].multiselect("Methods", list(METHODS),
                                      default=[m for m in run_values["methods"].split(",") if m in METHODS],
-                                     help=methods_help, key="train_methods")
+                                     help=METHODS_HELP, key="train_methods")
         encoder_value = run_values["encoder"]
         encoders = ENCODERS if encoder_value in ENCODERS else [*ENCODERS, encoder_value]
         encoder = cols[1].selectbox("Encoder", encoders, index=encoders.index(encoder_value), key="train_encoder",
@@ -69,10 +71,10 @@ with st.expander("Start a new run", expanded=record is None):
                                         "the dataset's one seed")
         st.markdown("**Training** (every model)")
         train_values = ui.dataclass_inputs(TrainConfig, forms["train"], prefix="train", columns=4)
-        st.markdown("**PAFO** (teachers and distillation)")
-        pafo_values = ui.dataclass_inputs(PAFOConfig, forms["pafo"], prefix="pafo", columns=4)
-        st.markdown("**GroupDRO**")
-        dro_values = ui.dataclass_inputs(GroupDROConfig, forms["groupdro"], prefix="groupdro", columns=4)
+        method_values = {}
+        for name, cls in method_sections().items():
+            st.markdown(f"**{name}**: {cls.__doc__.splitlines()[0]}")
+            method_values[name] = ui.dataclass_inputs(cls, forms[name], prefix=name, columns=4)
         cols = st.columns([2, 1, 1])
         label = cols[0].text_input("Label (optional)", key="train_label", placeholder="e.g. λ=2, dense 80")
         force = cols[1].checkbox("Force a fresh run", key="train_force",
@@ -85,8 +87,8 @@ with st.expander("Start a new run", expanded=record is None):
                 "run": dataclasses.asdict(RunSettings(encoder=encoder, methods=",".join(chosen),
                                                       bootstrap=int(bootstrap))),
                 "train": dataclasses.asdict(appstate.form_to_dataclass(TrainConfig, train_values)),
-                "pafo": dataclasses.asdict(appstate.form_to_dataclass(PAFOConfig, pafo_values)),
-                "groupdro": dataclasses.asdict(appstate.form_to_dataclass(GroupDROConfig, dro_values)),
+                **{name: dataclasses.asdict(appstate.form_to_dataclass(cls, method_values[name]))
+                   for name, cls in method_sections().items()},
             }
             config = appstate.experiment_config(data, groups, **sections, seeds=seeds)
             new = reg.submit(config.to_dict(), fingerprint=config.fingerprint(), force=force, label=label or None)

@@ -31,8 +31,8 @@ TINY_TRAIN = {"epochs": 3, "patience": 2}
 
 
 def tiny_config(**pafo):
-    return appstate.experiment_config(TINY_DATA, dataclasses.asdict(GroupConfig()), TINY_RUN, TINY_TRAIN,
-                                      pafo or None)
+    return appstate.experiment_config(TINY_DATA, dataclasses.asdict(GroupConfig()), run=TINY_RUN,
+                                      train=TINY_TRAIN, pafo=pafo or None)
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ def studio(tmp_path_factory):
         runs.append(registry.submit(broken, fingerprint="missing-file", label="fails"))
         runs.append(submit(registry, dataclasses.replace(tiny_config(), seeds=[0, 1]).validate(), label="seeds"))
         other = appstate.experiment_config({**TINY_DATA, "users": 30, "prompts": 24},
-                                           dataclasses.asdict(GroupConfig()), TINY_RUN, TINY_TRAIN)
+                                           dataclasses.asdict(GroupConfig()), run=TINY_RUN, train=TINY_TRAIN)
         runs.append(submit(registry, other, label="other data"))
         good, bad, seeds, other = (registry.wait(r.id, timeout=240) for r in runs)
         for run in (good, seeds, other):

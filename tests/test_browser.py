@@ -197,8 +197,8 @@ def other_dataset_run(home: Path) -> str:
 
     data = {**dataclasses.asdict(DataConfig()), "users": 40, "prompts": 30, "train_pairs": 12, "test_pairs": 10}
     config = appstate.experiment_config(data, dataclasses.asdict(GroupConfig()),
-                                        {"encoder": "tfidf", "methods": "baseline,pafo", "bootstrap": 50},
-                                        {"epochs": 3, "patience": 2})
+                                        run={"encoder": "tfidf", "methods": "baseline,pafo", "bootstrap": 50},
+                                        train={"epochs": 3, "patience": 2})
     registry = RunRegistry(home)
     record = registry.wait(registry.submit(config.to_dict(), fingerprint=config.fingerprint(),
                                            label="other data").id, timeout=300)

@@ -426,3 +426,30 @@ def test_penalty_counts_only_pairs_that_carry_a_loss():
                     target=np.ones(4, dtype=np.float32), target_mask=np.ones(4, dtype=np.float32))
     assert UserPenalty.for_pairs(1.0, pairs, distilled=False).scale == 1.0
     assert UserPenalty.for_pairs(1.0, pairs, distilled=True).scale == 0.5
+
+
+def test_the_method_registry_drives_config_flags_forms_and_colours():
+    """Guards the 8-file method list (issue 12): every registered method must be reachable from the one registry —
+    its options a config section and CLI flags, its fit function importable, a colour of its own — with nothing
+    written elsewhere by hand."""
+    import dataclasses
+
+    from pafo import report
+    from pafo.cli import build_parser
+    from pafo.experiment import ExperimentConfig, method_config_of
+    from pafo.method_configs import METHOD_SPECS, METHODS, method_sections
+
+    config = ExperimentConfig()
+    sections = config.to_dict()
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["experiment"]._actions}
+    for spec in METHOD_SPECS:
+        assert callable(spec.fit_function())
+        options = method_config_of(config, spec.name)
+        assert isinstance(options, spec.config if spec.section in (None, spec.name) else method_sections()[spec.section])
+        if spec.section == spec.name:
+            assert spec.name in sections
+            assert {f.name for f in dataclasses.fields(spec.config)} <= flags
+    assert list(method_sections()) == [n for n in sections if n not in ("data", "groups", "run", "train")]
+    assert len({spec.colour for spec in METHOD_SPECS}) == len(METHODS)
+    assert report.method_order(reversed(METHODS)) == list(METHODS)
+    assert [report.method_color(name) for name in METHODS] == [spec.colour for spec in METHOD_SPECS]
