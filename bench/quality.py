@@ -29,8 +29,8 @@ from pafo import diagnostics
 from pafo.compare import paired_comparison
 from pafo.experiment import ExperimentConfig, _load_inputs, _pair_set, build_context, run_experiment
 from pafo.method_configs import METHODS as METHOD_NAMES
-from pafo.methods import MAJORITY, MINORITY, baseline_output, fit_method
-from pafo.metrics import per_user_accuracy
+from pafo.methods import baseline_output, fit_method
+from pafo.metrics import group_codes, group_labels, per_user_accuracy
 from pafo.training import pair_margins, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def seed_context(config: ExperimentConfig):
     (inputs,), _ = _load_inputs(config, lambda *a: None)
     set_threads()
     data, support = inputs.dataset, inputs.support
-    user_group = np.where(inputs.groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
+    user_group = group_codes(inputs.groups.groups.to_numpy())
     ctx = build_context(data, inputs.features.features, user_group, config.train, seed=config.data.seed)
     return data, support, user_group, ctx, _pair_set(data.split("test"), user_group)
 
@@ -188,7 +188,7 @@ def ceilings(dataset: str, seed: int, encoder: str) -> dict[str, pd.DataFrame]:
                                              test.users),
                 "PAFO (default)": per_user_accuracy(pair_margins(pafo, ctx.features, test), test.users),
                 **diagnostics.ceilings(ctx, test, data, config.pafo)}
-    group = pd.Series(np.where(user_group == MINORITY, "minority", "majority"))
+    group = pd.Series(group_labels(user_group))
     return {name: pd.DataFrame({"group": group[acc.index].to_numpy(), "acc": acc.to_numpy()})
             for name, acc in accuracy.items()}
 
@@ -232,7 +232,7 @@ def tuning_table(dataset: str, seeds: list[int], encoder: str) -> str:
                 b = per_user_accuracy(pair_margins(base.model, ctx.features, pairs), pairs.users)
                 m = per_user_accuracy(pair_margins(output.model, ctx.features, pairs), pairs.users)
                 tables[label][split].append(pd.DataFrame({
-                    "group": np.where(user_group[b.index] == MINORITY, "minority", "majority"),
+                    "group": group_labels(user_group[b.index]),
                     "support_rate": support.user_support.to_numpy()[b.index], "acc_pafo": m.to_numpy(),
                     "acc_baseline": b.to_numpy()}))
         print(f"  tuning {dataset} seed {seed} done", flush=True)

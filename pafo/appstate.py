@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import dataclass_from_dict, field_choices
+from .config import dataclass_from_dict, field_bounds, field_choices
 from .errors import PafoInputError
 from .method_configs import DEFAULT_ENCODER
 from .paths import pafo_home
@@ -99,6 +99,14 @@ class FieldSpec:
     default: Any
     optional: bool = False
     choices: tuple | None = None
+    bounds: dict = dataclasses.field(default_factory=dict)  # ge / gt / le / lt, as the field declares them
+
+    def limits(self) -> dict:
+        """``min_value`` / ``max_value`` for a number input (a strict bound is the limit; validation refuses it)."""
+        cast = int if self.kind == "int" else float
+        low = self.bounds.get("ge", self.bounds.get("gt"))
+        high = self.bounds.get("le", self.bounds.get("lt"))
+        return {"min_value": None if low is None else cast(low), "max_value": None if high is None else cast(high)}
 
 
 def field_specs(cls: type, include: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[FieldSpec]:
@@ -117,7 +125,7 @@ def field_specs(cls: type, include: tuple[str, ...] | None = None, exclude: tupl
         label = FIELD_LABELS.get(field.name) or field.metadata.get(
             "flag", "--" + field.name.replace("_", "-")).removeprefix("--").replace("-", " ")
         specs.append(FieldSpec(field.name, label, field.metadata.get("help", ""), kind, field.default, optional,
-                               tuple(choices) if choices else None))
+                               tuple(choices) if choices else None, field_bounds(field)))
     if include is not None:
         order = {name: i for i, name in enumerate(include)}
         specs.sort(key=lambda s: order[s.name])

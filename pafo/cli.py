@@ -27,10 +27,10 @@ from .errors import (
     PafoEnvironmentError,
     PafoInputError,
 )
-from .method_configs import DEFAULT_ENCODER
+from .method_configs import RunSettings
 from .paths import atomic_write_text
 from .sources import DataConfig, load_dataset
-from .support import GroupConfig, estimate_support, resolve_estimator, support_deciles
+from .support import GroupConfig, estimate_support, resolve_estimator, support_table
 
 __all__ = ["add_data_arguments", "build_parser", "data_config_from_args", "group_config_from_args", "main"]
 
@@ -95,30 +95,24 @@ def _write_outputs(args: argparse.Namespace, payload: dict, csv_frame=None, summ
         print(WROTE.format(files=", ".join(map(str, written))) + (f": {summary}" if summary else ""), file=sys.stderr)
 
 
-def support_report(dataset, group_config: GroupConfig, *, seed: int = 0, embeddings=None) -> tuple[dict, object]:
-    """The ``pafo support`` JSON and per-user table for a loaded dataset."""
-    support = estimate_support(dataset, group_config.estimator, embeddings=embeddings, seed=seed)
+def support_report(dataset, group_config: GroupConfig, *, seed: int = 0, encoder: str | None = None,
+                   embeddings=None) -> tuple[dict, object]:
+    """The ``pafo support`` JSON and per-user table for a loaded dataset; the model estimator reads the features
+    of ``encoder`` (a run's ``--encoder``) unless ``embeddings`` are given."""
+    estimator = resolve_estimator(dataset, group_config.estimator)
+    support = estimate_support(dataset, estimator, embeddings=embeddings, encoder=encoder, seed=seed)
     groups = group_config.apply(support.user_support)
-    table = dataset.users[["user_id"]].assign(group=groups.groups, support_rate=support.user_support)
-    table = table.join(dataset.user_pair_counts())
-    table["decile"] = support_deciles(support.user_support)
     payload = {"dataset": dataset.summary(), "support": support.summary(), "groups": groups.summary()}
-    return payload, table
-
-
-def _model_embeddings(dataset, args: argparse.Namespace):
-    from .features import response_features
-
-    return response_features(dataset, encoder=getattr(args, "encoder", None) or "tfidf").features
+    if estimator == "model":
+        payload["support"]["encoder"] = encoder
+    return payload, support_table(dataset, support, groups)
 
 
 def cmd_support(args: argparse.Namespace) -> int:
-    group_config, data_config = group_config_from_args(args), data_config_from_args(args)
-    dataset = load_dataset(data_config)
-    group_config.estimator = resolve_estimator(dataset, group_config.estimator)
-    embeddings = _model_embeddings(dataset, args) if group_config.estimator == "model" else None
-    payload, table = support_report(dataset, group_config, seed=data_config.seed, embeddings=embeddings)
-    _write_outputs(args, payload, table.drop(columns="decile"))
+    data_config = data_config_from_args(args)
+    payload, table = support_report(load_dataset(data_config), group_config_from_args(args), seed=data_config.seed,
+                                    encoder=dataclass_from_namespace(RunSettings, args).encoder)
+    _write_outputs(args, payload, table)
     return 0
 
 
@@ -127,7 +121,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .features import dataset_texts
 
     dataset = load_dataset(data_config_from_args(args))
-    result = embed_texts(dataset_texts(dataset), args.encoder, cache=not args.no_cache, progress_bar=True)
+    encoder = dataclass_from_namespace(RunSettings, args).encoder
+    result = embed_texts(dataset_texts(dataset), encoder, cache=not args.no_cache, progress_bar=True)
     payload = {"encoder": result.encoder, "dim": result.dim, "n_texts": result.n_texts,
                "seconds": round(result.seconds, 3),
                "texts_per_second": round(result.n_texts / result.seconds, 1) if result.seconds > 0 else None,
@@ -139,6 +134,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def _add_support(sub) -> None:
     parser = sub.add_parser("support", help="support rates and majority/minority groups of a dataset")
     add_data_arguments(parser)
+    add_dataclass_arguments(parser, RunSettings, include=("encoder",))
     parser.add_argument("--json", metavar="OUT", help="write the summary JSON here")
     parser.add_argument("--csv", metavar="OUT", help="write one row per user here")
     parser.set_defaults(handler=cmd_support, output_files=("json", "csv"))
@@ -147,7 +143,7 @@ def _add_support(sub) -> None:
 def _add_embed(sub) -> None:
     parser = sub.add_parser("embed", help="embed a dataset's texts into the disk cache")
     add_data_arguments(parser)
-    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="minilm, tfidf or a transformers model id/path")
+    add_dataclass_arguments(parser, RunSettings, include=("encoder",))
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embeddings cache")
     parser.add_argument("--json", metavar="OUT", help="write timing JSON here")
     parser.set_defaults(handler=cmd_embed, output_files=("json",))

@@ -28,6 +28,7 @@ __all__ = [
     "check_range",
     "dataclass_from_dict",
     "dataclass_from_namespace",
+    "field_bounds",
     "field_choices",
     "option",
     "parse_int",
@@ -96,7 +97,8 @@ def check_range(flag: str, value: Any, *, integer: bool = False, **bounds: Any) 
     return value
 
 
-def _bounds(field: dataclasses.Field) -> dict:
+def field_bounds(field: dataclasses.Field) -> dict:
+    """A field's bounds, e.g. ``{"ge": 0, "le": 1}``."""
     return {key: field.metadata[key] for key in BOUND_SYMBOLS if key in field.metadata}
 
 
@@ -112,7 +114,7 @@ def validate_options(config: Any) -> Any:
             raise PafoInputError(BAD_CHOICE.format(flag=_flag(field), value=value,
                                                    choices=", ".join(map(str, choices))))
         if base in (int, float):
-            check_range(_flag(field), value, integer=base is int, **_bounds(field))
+            check_range(_flag(field), value, integer=base is int, **field_bounds(field))
     return config
 
 
@@ -131,11 +133,14 @@ def parse_int(text: str) -> int:
     return int(value)
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = ()) -> None:
-    """One flag per field of ``cls`` (``--field-name``), typed from the annotation, help from the metadata."""
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = (),
+                            include: tuple[str, ...] | None = None) -> None:
+    """One flag per field of ``cls`` (``--field-name``; only those in ``include`` when given), typed from the
+    annotation, help from the metadata."""
     group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
     for field in dataclasses.fields(cls):
-        if field.name in exclude or field.metadata.get("cli") is False:
+        if field.name in exclude or (include is not None and field.name not in include) or \
+                field.metadata.get("cli") is False:
             continue
         base, help_text = _base_type(cls, field), field.metadata.get("help", "")
         default = field.default
@@ -145,7 +150,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclu
             continue
         choices = field_choices(cls, field)
         kind = str if choices or get_origin(base) is Literal else parse_int if base is int else base
-        rule = bounds_rule(_bounds(field))
+        rule = bounds_rule(field_bounds(field))
         group.add_argument(_flag(field), dest=field.name, type=kind, choices=choices, default=argparse.SUPPRESS,
                            metavar=None if choices else field.name.upper(),
                            help=f"{help_text} (default: {default}{'; ' + rule if rule else ''})")

@@ -43,8 +43,18 @@ from .diagnostics import ceiling_summary, ceilings, cluster_report
 from .errors import PafoInputError, RunCancelled
 from .features import dataset_texts, response_features
 from .method_configs import UNKNOWN_METHOD, RunSettings, method_sections, method_spec
-from .methods import MAJORITY, MINORITY, MethodContext, fit_method
-from .metrics import accuracy_by_decile, calibration, evaluate, pair_correct, pareto_improvement, per_user_accuracy
+from .methods import MethodContext, fit_method
+from .metrics import (
+    Group,
+    accuracy_by_decile,
+    calibration,
+    evaluate,
+    group_codes,
+    group_labels,
+    pair_correct,
+    pareto_improvement,
+    per_user_accuracy,
+)
 from .paths import atomic_write_bytes, atomic_write_text
 from .sources import DataConfig, dataset_fingerprint, load_dataset
 from .support import GroupConfig, estimate_support, resolve_estimator
@@ -208,7 +218,7 @@ def _teacher_report(output, ctx, test: PairSet, baseline_margins: np.ndarray, fe
         for name, margins in (("teacher", pair_margins(teacher.model, features, subset)),
                               ("baseline", baseline_margins[rows])):
             accuracy[name] = float(per_user_accuracy(margins, subset.users).mean())
-        report["majority" if group == MAJORITY else "minority"] = {
+        report[Group(group).label] = {
             "teacher_accuracy": accuracy["teacher"], "baseline_accuracy": accuracy["baseline"],
             "advantage": accuracy["teacher"] - accuracy["baseline"], "n_train_pairs": teacher.extra["n_train_pairs"],
             "best_epoch": teacher.result.best_epoch, "train_seconds": round(teacher.result.seconds, 3)}
@@ -330,7 +340,7 @@ def _load_inputs(config: ExperimentConfig, progress: Progress) -> tuple[list[See
 def _method_result(name, output, per_user, config, margins, test) -> dict:
     metrics = evaluate(per_user, n_resamples=config.run.bootstrap, seed=config.data.seed,
                        micro_accuracy=float(pair_correct(margins).mean()))
-    metrics["calibration"] = calibration(margins, np.where(test.group == MINORITY, "minority", "majority"))
+    metrics["calibration"] = calibration(margins, group_labels(test.group))
     metrics["train_seconds"] = round(output.result.seconds + output.extra.get("setup_seconds", 0.0), 3)
     metrics["best_epoch"] = output.result.best_epoch
     metrics["history"] = output.result.history
@@ -370,7 +380,7 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
     """Every method on one seed's data: the single-seed experiment."""
     dataset, support, groups = inputs.dataset, inputs.support, inputs.groups
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=inputs.seed), seeds=None)
-    user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
+    user_group = group_codes(groups.groups.to_numpy())
     ctx = build_context(dataset, inputs.features.features, user_group, config.train, seed=inputs.seed,
                         progress=progress, should_stop=should_stop)
     test = _pair_set(dataset.split("test"), user_group)

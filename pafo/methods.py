@@ -31,6 +31,7 @@ from .method_configs import (
     ReweightConfig,
     method_spec,
 )
+from .metrics import Group
 from .models import RewardModel, WideRewardModel
 from .training import (
     GroupDRO,
@@ -46,10 +47,8 @@ from .training import (
 )
 
 __all__ = [
-    "MAJORITY",
     "METHODS",
     "METHOD_CONFIGS",
-    "MINORITY",
     "BTConfig",
     "BaselineConfig",
     "GroupDROConfig",
@@ -65,7 +64,6 @@ __all__ = [
     "wide_model",
 ]
 
-MAJORITY, MINORITY = 0, 1
 
 
 @dataclass
@@ -171,7 +169,7 @@ def _teacher(ctx: MethodContext, base: RewardModel, config: PAFOConfig, group: i
     train_config = finetune_config(ctx, config)
     if config.teacher_user_l2 is not None:
         train_config = dataclasses.replace(train_config, user_l2=config.teacher_user_l2)
-    name = "majority" if group == MAJORITY else "minority"
+    name = Group(group).label
     result = ctx.fit(model, train, val, f"teacher:{name}", span, config=train_config,
                      keep_initial=config.keep_initial)
     return MethodOutput(model, result, {"train_users": np.unique(train.users), "n_train_pairs": len(train)})
@@ -404,7 +402,7 @@ def _distil(ctx: MethodContext, base: RewardModel, teacher: RewardModel, config:
 def _fit_pafo_groups(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     spans = _split_span(span, [1, 1, 1, 2])
     base = baseline_output(ctx, spans[0])
-    teachers = {g: _teacher(ctx, base.model, config, g, spans[1 + g]) for g in (MAJORITY, MINORITY)}
+    teachers = {g: _teacher(ctx, base.model, config, g, spans[1 + g]) for g in Group}
     pairs = student_pairs(ctx, teachers, config)
     baseline_val = base.result.best_val
     select = pareto_score(baseline_val["majority"], config.epsilon)

@@ -14,9 +14,10 @@ Conventions:
 
 from __future__ import annotations
 
+import enum
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,9 @@ from scipy import stats
 from pafo.errors import PafoInputError
 
 __all__ = [
+    "ACCURACY_METRICS",
     "GROUPS",
+    "LOG_LOSS_METRICS",
     "MAJORITY",
     "MINORITY",
     "MSG_BAD_ACCURACY",
@@ -42,23 +45,52 @@ __all__ = [
     "MSG_NEGATIVE",
     "MSG_NOT_FINITE",
     "MSG_NO_USERS",
+    "UNFAIRNESS_METRICS",
+    "Group",
+    "Metric",
     "accuracy_by_decile",
     "bootstrap_group_ci",
     "calibration",
     "evaluate",
     "gini",
+    "group_codes",
     "group_gap",
+    "group_labels",
     "pair_correct",
     "pareto_improvement",
     "per_user_accuracy",
+    "support_deciles",
     "support_spearman",
     "user_accuracy",
     "worst_fraction_mean",
 ]
 
-MAJORITY = "majority"
-MINORITY = "minority"
-GROUPS = (MAJORITY, MINORITY)
+
+
+class Group(enum.IntEnum):
+    """A user's support group: the code in arrays and tensors (``PairSet.group``), ``label`` in tables and JSON."""
+
+    MAJORITY = 0
+    MINORITY = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+GROUPS = tuple(group.label for group in Group)
+MAJORITY, MINORITY = GROUPS
+
+
+def group_codes(labels: Any) -> np.ndarray:
+    """``Group`` codes (ints) of group labels ("majority"/"minority")."""
+    return np.where(np.asarray(labels) == MINORITY, Group.MINORITY, Group.MAJORITY).astype(np.int64)
+
+
+def group_labels(codes: Any) -> np.ndarray:
+    """Group labels of ``Group`` codes."""
+    return np.asarray(GROUPS, dtype=object)[np.asarray(codes, dtype=np.int64)]
+
 
 MSG_MISSING_COLUMN = "{table} table is missing column '{column}'; it needs columns {required}."
 MSG_BAD_CORRECT = (
@@ -227,6 +259,19 @@ def support_spearman(support: Any, accuracy: Any) -> float:
     return float(stats.spearmanr(support, accuracy).statistic)
 
 
+def support_deciles(support: Any) -> np.ndarray:
+    """Each user's 1-based support-rate decile, the bins of the bias curve: ``pd.qcut(support, 10,
+    duplicates='drop')``, so users with equal support share a bin and heavy ties give fewer than ten; all-equal
+    support is one bin. Float, with nan where the support is not finite."""
+    support = np.asarray(support, dtype=float)
+    out = np.full(support.shape, np.nan)
+    finite = np.isfinite(support)
+    if finite.any():
+        values = support[finite]
+        out[finite] = 1 + (0 if np.ptp(values) == 0 else pd.qcut(values, 10, labels=False, duplicates="drop"))
+    return out
+
+
 def accuracy_by_decile(per_user: pd.DataFrame, *, n_resamples: int = 0, seed: int = 0,
                        confidence: float = 0.95) -> list[dict]:
     """Mean user accuracy per support-rate decile, for the "accuracy vs support" plot.
@@ -246,17 +291,14 @@ def accuracy_by_decile(per_user: pd.DataFrame, *, n_resamples: int = 0, seed: in
     support, accuracy = support[keep], accuracy[keep]
     if support.size == 0:
         return []
-    if np.ptp(support) == 0:
-        codes = np.zeros(support.size, dtype=int)
-    else:
-        codes = pd.qcut(support, 10, labels=False, duplicates="drop").astype(int)
+    codes = support_deciles(support).astype(int)
     rng = np.random.default_rng(seed)
     tail = (1 - confidence) / 2 * 100
     rows = []
     for code in np.unique(codes):
         in_bin = codes == code
         row = {
-            "decile": int(code) + 1,
+            "decile": int(code),
             "support_lo": float(support[in_bin].min()),
             "support_hi": float(support[in_bin].max()),
             "n_users": int(in_bin.sum()),
@@ -364,6 +406,49 @@ def _micro(table: pd.DataFrame) -> float:
     return float(np.sum(n_pairs[keep] * accuracy[keep]) / np.sum(n_pairs[keep]))
 
 
+class Metric(NamedTuple):
+    """One reported metric: its key in a result block, how tables show it and, for unfairness, how it is computed."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+    unit: str  # "%": a fraction shown in percent; "pts": a difference of fractions, in points; "": a plain number
+    by_size: bool = False  # a signed measure of bias, judged by its absolute value (its Δ is |m| − |reference|)
+    compute: Callable[[pd.DataFrame], float] | None = None  # from evaluate()'s validated per-user table
+
+
+def _accuracies(table: pd.DataFrame) -> np.ndarray:
+    return table["accuracy"].to_numpy(dtype=float)
+
+
+def _table_group_gap(table: pd.DataFrame) -> float:
+    return group_gap(_mean_or_nan(_group_values(table, MAJORITY)), _mean_or_nan(_group_values(table, MINORITY)))
+
+
+#: Rows of ``accuracy`` (computed in :func:`evaluate`), ``unfairness`` and ``calibration`` blocks, in table order.
+ACCURACY_METRICS = (
+    Metric("overall", "Accuracy: overall, each user weighs equally", True, "%"),
+    Metric("micro", "Accuracy: pair level (micro)", True, "%"),
+    Metric(MAJORITY, "Accuracy: majority users", True, "%"),
+    Metric(MINORITY, "Accuracy: minority users", True, "%"),
+)
+UNFAIRNESS_METRICS = (
+    Metric("group_gap", "Group gap (majority − minority)", False, "pts", by_size=True, compute=_table_group_gap),
+    Metric("user_std", "Std of user accuracy", False, "pts",
+           compute=lambda table: float(np.std(_accuracies(table), ddof=0))),
+    Metric("gini", "Gini of user accuracy", False, "", compute=lambda table: gini(_accuracies(table))),
+    Metric("worst10", "Worst-10% users' accuracy", True, "%",
+           compute=lambda table: worst_fraction_mean(_accuracies(table), 0.1)),
+    Metric("support_spearman", "Spearman(support, accuracy) — the bias", False, "", by_size=True,
+           compute=lambda table: support_spearman(table["support_rate"], _accuracies(table))),
+)
+LOG_LOSS_METRICS = (  # audits of given margins: −log σ(margin), mean over pairs (calibration below)
+    Metric("overall", "BT log-loss: all pairs", False, ""),
+    Metric(MAJORITY, "BT log-loss: majority users' pairs", False, ""),
+    Metric(MINORITY, "BT log-loss: minority users' pairs", False, ""),
+)
+
+
 def evaluate(per_user: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0,
              micro_accuracy: float | None = None) -> dict:
     """All section-7 metrics for one method's test results, as strict-JSON-ready plain Python values.
@@ -382,13 +467,7 @@ def evaluate(per_user: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0,
     result = {
         "accuracy": {"overall": float(accuracy.mean()), "micro": micro, "majority": majority, "minority": minority},
         "accuracy_ci": bootstrap_group_ci(table, n_resamples=n_resamples, seed=seed),
-        "unfairness": {
-            "group_gap": group_gap(majority, minority),
-            "user_std": float(np.std(accuracy, ddof=0)),
-            "gini": gini(accuracy),
-            "worst10": worst_fraction_mean(accuracy, 0.1),
-            "support_spearman": support_spearman(table["support_rate"], accuracy),
-        },
+        "unfairness": {metric.key: metric.compute(table) for metric in UNFAIRNESS_METRICS},
         "by_decile": accuracy_by_decile(table, n_resamples=n_resamples, seed=seed),
     }
     return _plain(result)

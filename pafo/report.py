@@ -21,6 +21,7 @@ import plotly.io as pio
 
 from .compare import VERDICT_WORDS, describe_comparison
 from .method_configs import METHOD_SPECS, METHODS
+from .metrics import ACCURACY_METRICS, GROUPS, LOG_LOSS_METRICS, UNFAIRNESS_METRICS
 
 __all__ = [
     "GROUP_COLORS",
@@ -63,36 +64,17 @@ __all__ = [
     "user_margins_figure",
     "user_scatter",
     "whatif_bars",
+    "whatif_table",
 ]
 
 GROUP_COLORS = {"majority": "#4C6EF5", "minority": "#F76707"}
-GROUP_ORDER = ("majority", "minority")
+GROUP_ORDER = GROUPS
 METHOD_COLORS = {spec.name: spec.colour for spec in METHOD_SPECS}
 EXTRA_COLORS = ("#E64980", "#15AABF", "#82C91E", "#7950F2")
 #: Scatter plots switch to WebGL (``Scattergl``) at this many points: SVG gets sluggish beyond about a thousand.
 WEBGL_MIN_POINTS = 1000
 FONT = "Inter, -apple-system, Segoe UI, Roboto, sans-serif"
 
-# (key in the result, label, True when larger is better, unit shown: % of accuracy, points of it, or a plain number)
-ACCURACY_ROWS = (
-    ("overall", "Accuracy: overall, each user weighs equally", True, "%"),
-    ("micro", "Accuracy: pair level (micro)", True, "%"),
-    ("majority", "Accuracy: majority users", True, "%"),
-    ("minority", "Accuracy: minority users", True, "%"),
-)
-UNFAIRNESS_ROWS = (
-    ("group_gap", "Group gap (majority − minority)", False, "pts"),
-    ("user_std", "Std of user accuracy", False, "pts"),
-    ("gini", "Gini of user accuracy", False, ""),
-    ("worst10", "Worst-10% users' accuracy", True, "%"),
-    ("support_spearman", "Spearman(support, accuracy) — the bias", False, ""),
-)
-LOG_LOSS_ROWS = (  # audits of given margins: −log σ(margin), mean over pairs (pafo.metrics.calibration)
-    ("overall", "BT log-loss: all pairs", False, ""),
-    ("majority", "BT log-loss: majority users' pairs", False, ""),
-    ("minority", "BT log-loss: minority users' pairs", False, ""),
-)
-SIZE_DELTA = frozenset({"group_gap", "support_spearman"})
 #: Below these a group's accuracy is too rough to read (a 6-user minority once showed 100.0% with no warning).
 SMALL_GROUP_USERS, SMALL_GROUP_PAIRS = 20, 200
 VERDICT_ICONS = {"pareto": "✓", "noise": "≈", "worse": "✗", "tradeoff": "⇄"}
@@ -187,14 +169,15 @@ def unfairness_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
     methods = result.get("methods") or {}
     names = method_order(methods)
     rows = []
-    sections = [("accuracy", ACCURACY_ROWS), ("unfairness", UNFAIRNESS_ROWS)]
+    sections = [("accuracy", ACCURACY_METRICS), ("unfairness", UNFAIRNESS_METRICS)]
     if any("log_loss" in methods[name] for name in names):
-        sections.append(("log_loss", LOG_LOSS_ROWS))
+        sections.append(("log_loss", LOG_LOSS_METRICS))
     for section, spec in sections:
-        for key, label, larger, _unit in spec:
-            row = {"metric": label, "better": ("|↓|" if key in SIZE_DELTA else "↓") if not larger else "↑"}
+        for metric in spec:
+            better = "↑" if metric.higher_is_better else "|↓|" if metric.by_size else "↓"
+            row = {"metric": metric.label, "better": better}
             for name in names:
-                row[name] = (methods[name].get(section) or {}).get(key)
+                row[name] = (methods[name].get(section) or {}).get(metric.key)
             rows.append(row)
     frame = pd.DataFrame(rows)
     if reference in names:
@@ -240,7 +223,7 @@ def display_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
     """:func:`unfairness_table` as text in the units of the cards: accuracies in %, gaps and spreads in points
     (Δ columns in points too), Gini, Spearman and log-loss as plain numbers; one unit per row, in its label."""
     table = unfairness_table(result, reference)
-    unit_of = {label: unit for spec in (ACCURACY_ROWS, UNFAIRNESS_ROWS, LOG_LOSS_ROWS) for _, label, _, unit in spec}
+    unit_of = {m.label: m.unit for spec in (ACCURACY_METRICS, UNFAIRNESS_METRICS, LOG_LOSS_METRICS) for m in spec}
     units = [unit_of.get(label, "") for label in table["metric"]]
     out = pd.DataFrame({"metric": [f"{label} ({unit})" if unit else label
                                    for label, unit in zip(table["metric"], units, strict=True)],
@@ -647,6 +630,25 @@ def user_margins_figure(pairs: pd.DataFrame, methods: list[str]) -> go.Figure:
     return make_figure(traces, "Margins on this user's test pairs (above 0 = right)", height=300, barmode="group",
                        shapes=[zero], xaxis=dict(title="test pair"),
                        yaxis=dict(title="margin r(chosen) − r(rejected)"))
+
+
+#: The rows of the What-if table: (result section, metric), read from pafo.metrics' declarations.
+WHATIF_ROWS = tuple(("accuracy", m) for m in ACCURACY_METRICS if m.key in ("majority", "minority", "overall")) + \
+    tuple(("unfairness", m) for m in UNFAIRNESS_METRICS if m.key in ("group_gap", "support_spearman"))
+
+
+def whatif_table(parent: dict, child: dict) -> pd.DataFrame:
+    """One row per method and headline metric: the parent's value, the what-if's and Δ, in the metric's unit."""
+    rows = []
+    for name in method_order(set(parent.get("methods") or {}) | set(child.get("methods") or {})):
+        before, after = (parent.get("methods") or {}).get(name) or {}, (child.get("methods") or {}).get(name) or {}
+        for section, metric in WHATIF_ROWS:
+            a, b = (before.get(section) or {}).get(metric.key), (after.get(section) or {}).get(metric.key)
+            label = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
+            rows.append({"method": name, "metric": label, "parent": format_value(a, metric.unit),
+                         "what-if": format_value(b, metric.unit),
+                         "Δ": format_value(None if a is None or b is None else b - a, metric.unit, delta=True)})
+    return pd.DataFrame(rows, columns=["method", "metric", "parent", "what-if", "Δ"])
 
 
 def whatif_bars(parent: dict, child: dict, parent_name: str = "parent", child_name: str = "what-if") -> go.Figure:

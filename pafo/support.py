@@ -21,6 +21,7 @@ import pandas as pd
 from .config import OUT_OF_RANGE, check_range, option, validate_options
 from .dataset import PreferenceDataset
 from .errors import PafoInputError
+from .metrics import pair_correct, support_deciles
 
 __all__ = [
     "GroupConfig",
@@ -32,14 +33,15 @@ __all__ = [
     "exact_support",
     "model_support",
     "resolve_estimator",
-    "support_deciles",
+    "support_table",
 ]
 
 Estimator = Literal["auto", "exact", "colabel", "model"]
 
 NO_PERSONAS = "estimator 'exact' needs persona weights; {name} has none, use 'colabel' or 'model'"
 NO_COLABELS = "estimator 'colabel' needs pairs labelled by at least 3 users; {name} has none, use 'model'"
-NO_EMBEDDINGS = "estimator 'model' needs response embeddings; pass embeddings= (see pafo.encoders.embed_texts)"
+NO_EMBEDDINGS = ("estimator 'model' needs response embeddings; pass embeddings= or the encoder= of the run "
+                 "(see pafo.encoders.embed_texts)")
 # The bounds live on GroupConfig's fields (pafo.config); these names stay for callers matching messages.
 BAD_QUANTILE = BAD_THRESHOLD = OUT_OF_RANGE
 QUANTILE_BOUNDS, THRESHOLD_BOUNDS = {"gt": 0, "lt": 1}, {"ge": 0, "le": 1}
@@ -140,7 +142,7 @@ def _agreement_counts(directions, others, chunk: int) -> np.ndarray:
     if not _sign_sum_safe(directions, others):  # NaN / overflow: keep the comparisons' rule (NaN never agrees)
         for start in range(0, len(directions), chunk):
             margins = directions[start : start + chunk] @ others.T
-            counts[start : start + chunk] = ((margins > 0).sum(1) + 0.5 * (margins == 0).sum(1)).numpy()
+            counts[start : start + chunk] = pair_correct(margins.numpy()).sum(1)
         return counts
     sum_dtype = torch.float32 if n < 2**24 else torch.float64
     starts = iter(range(0, len(directions), chunk))
@@ -319,14 +321,23 @@ def resolve_estimator(dataset: PreferenceDataset, estimator: Estimator = "auto")
 
 def estimate_support(
     dataset: PreferenceDataset, estimator: Estimator = "auto", *, embeddings: np.ndarray | None = None,
-    seed: int = 0
+    encoder: str | None = None, seed: int = 0
 ) -> SupportResult:
-    """Support rates with the best estimator the data allows (or the one asked for)."""
+    """Support rates with the best estimator the data allows (or the one asked for).
+
+    The one estimation path of runs, ``pafo support`` and the Support page: the model estimator reads response
+    features, either ``embeddings`` (a run's own) or those of ``encoder`` (embedded here through the disk cache),
+    so with the same encoder all three group the users alike.
+    """
     estimator = resolve_estimator(dataset, estimator)
     if estimator == "exact":
         return exact_support(dataset, seed=seed)
     if estimator == "colabel":
         return colabel_support(dataset)
+    if embeddings is None and encoder is not None:
+        from .features import response_features
+
+        embeddings = response_features(dataset, encoder).features
     if embeddings is None:
         raise PafoInputError(NO_EMBEDDINGS)
     return model_support(dataset, embeddings, seed=seed)
@@ -352,7 +363,13 @@ def assign_groups(user_support: pd.Series, *, quantile: float | None = 0.2,
     return GroupResult(groups, rule, cut)
 
 
-def support_deciles(user_support: pd.Series) -> pd.Series:
-    """Decile (0–9) of each user's support rate; fewer bins when many users tie."""
-    ranks = user_support.rank(method="first")
-    return pd.qcut(ranks, q=min(10, ranks.notna().sum()), labels=False).rename("decile")
+def support_table(dataset: PreferenceDataset, support: SupportResult, groups: GroupResult) -> pd.DataFrame:
+    """One row per user: id, group, support rate, the judge that dominates a simulated persona (when known), pair
+    counts and the support decile of the bias curve (``pafo.metrics.support_deciles``); the Support page and
+    ``pafo support --csv`` show this table."""
+    table = dataset.users[["user_id"]].assign(group=groups.groups, support_rate=support.user_support)
+    if "dominant" in dataset.users and dataset.users["dominant"].notna().any():
+        table["dominant"] = dataset.users["dominant"]
+    table = table.join(dataset.user_pair_counts())
+    table["decile"] = pd.array(support_deciles(support.user_support.to_numpy(dtype=float)), dtype="Int64")
+    return table

@@ -17,7 +17,7 @@ import torch
 
 from .errors import MSG_DIVERGED, RunCancelled, TrainingDivergedError
 from .method_configs import TrainConfig
-from .metrics import pair_correct
+from .metrics import Group, per_user_accuracy
 from .models import RewardModel, bt_loss, distillation_loss
 from .optim import AdamW
 
@@ -107,16 +107,15 @@ def pair_margins(model: RewardModel, features: torch.Tensor, pairs: PairSet, bat
 
 def group_accuracy(margins: np.ndarray, pairs: PairSet) -> dict:
     """Validation accuracy, each user weighing equally: overall, majority and minority (None if no users)."""
-    correct = pair_correct(margins)
     users, inverse = np.unique(pairs.users, return_inverse=True)
-    per_user = np.bincount(inverse, weights=correct) / np.bincount(inverse)
+    per_user = per_user_accuracy(margins, pairs.users).to_numpy()  # sorted by user, as ``users``
     result = {"overall": float(per_user.mean()) if len(users) else None}
     if pairs.group is not None:
         group_of_user = np.zeros(len(users), dtype=int)
         group_of_user[inverse] = pairs.group
-        for name, code in (("majority", 0), ("minority", 1)):
-            chosen = per_user[group_of_user == code]
-            result[name] = float(chosen.mean()) if len(chosen) else None
+        for group in Group:
+            chosen = per_user[group_of_user == group]
+            result[group.label] = float(chosen.mean()) if len(chosen) else None
     return result
 
 

@@ -25,7 +25,7 @@ from pafo.method_configs import RunSettings, TrainConfig, method_sections
 from pafo.paths import pafo_home
 from pafo.registry import ACTIVE_STATUSES, CANCELLED, FAILED, SUCCEEDED, RunRegistry
 from pafo.sources import DataConfig, dataset_fingerprint, load_dataset
-from pafo.support import GroupConfig, estimate_support, resolve_estimator
+from pafo.support import GroupConfig, estimate_support
 
 DATA, GROUPS, RUN, FORMS = "data_config", "group_config", "run_id", "forms"
 PAGES = {
@@ -210,20 +210,15 @@ def dataset_summary(config: dict) -> dict:
 
 
 @st.cache_data(show_spinner="Estimating preference support rates…", max_entries=8)
-def _support(config: dict, fingerprint: str, estimator: str):
+def _support(config: dict, fingerprint: str, estimator: str, encoder: str):
     dataset = _load_data(config, fingerprint)
-    resolved = resolve_estimator(dataset, estimator)
-    embeddings = None
-    if resolved == "model":
-        from pafo.features import response_features
-
-        embeddings = response_features(dataset, "tfidf").features
-    return estimate_support(dataset, resolved, embeddings=embeddings, seed=int(config.get("seed") or 0))
+    return estimate_support(dataset, estimator, encoder=encoder, seed=int(config.get("seed") or 0))
 
 
-def support_rates(config: dict, estimator: str):
-    """Support rates of a dataset (cached by dataset and estimator; the threshold is applied live)."""
-    return _support(config, fingerprint(config), estimator)
+def support_rates(config: dict, estimator: str, encoder: str):
+    """Support rates of a dataset as a run estimates them (the model estimator on ``encoder``'s features); cached
+    by dataset, estimator and encoder; the threshold is applied live."""
+    return _support(config, fingerprint(config), estimator, encoder)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -509,22 +504,23 @@ def live_run_panel(run_id: str, *, key: str) -> None:
 # ------------------------------------------------------------------------------------------- forms
 
 
-def spec_widget(spec: appstate.FieldSpec, value, key: str):
-    """One input widget for a dataclass field (inside a form: the value counts when the form is submitted)."""
+def spec_widget(spec: appstate.FieldSpec, value, key: str, *, label: str | None = None, disabled: bool = False):
+    """One input widget for a dataclass field, its bounds and help from the field (inside a form: the value counts
+    when the form is submitted)."""
     help_text = f"{spec.help} (default: {spec.default})"
+    common = {"label": label or spec.label, "help": help_text, "key": key, "disabled": disabled}
     if spec.kind == "choice":
         options = list(spec.choices)
-        return st.selectbox(spec.label, options, index=options.index(value) if value in options else 0,
-                            help=help_text, key=key)
+        return st.selectbox(options=options, index=options.index(value) if value in options else 0, **common)
     if spec.kind == "bool":
-        return st.checkbox(spec.label, value=bool(value), help=help_text, key=key)
-    if spec.optional or spec.kind == "str":
-        return st.text_input(spec.label, value="" if value is None else str(value), help=help_text, key=key,
-                             placeholder="default" if spec.optional else None)
+        return st.checkbox(value=bool(value), **common)
+    if spec.optional or spec.kind == "str":  # text, so an optional field can be blanked back to "not set"
+        return st.text_input(value="" if value is None else str(value),
+                             placeholder="default" if spec.optional else None, **common)
     if spec.kind == "int":
-        return st.number_input(spec.label, value=int(value), step=1, help=help_text, key=key)
-    return st.number_input(spec.label, value=float(value), help=help_text, key=key, format="%g",
-                           step=_float_step(float(value)))
+        return st.number_input(value=int(value), step=1, **spec.limits(), **common)
+    return st.number_input(value=float(value), format="%g", step=_float_step(float(value)), **spec.limits(),
+                           **common)
 
 
 def _float_step(value: float) -> float:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pafo import report
+from pafo import appstate, report
 from pafo.errors import PafoInputError
-from pafo.support import GroupConfig, support_deciles
+from pafo.support import GroupConfig, support_table
 from pages import _ui as ui
 
 ui.require_app()
@@ -20,18 +20,22 @@ st.markdown(
 config = st.session_state[ui.DATA]
 groups = dict(st.session_state[ui.GROUPS])
 
+# The model estimator reads the features of the encoder the next run will use, so the grouping set here is the
+# grouping that run trains with (one estimation path: pafo.support.estimate_support).
+encoder = ui.forms()["run"]["encoder"]
+estimators = list(appstate.field_specs(GroupConfig, include=("estimator",))[0].choices)
 controls = st.columns([1.2, 1.2, 2, 1.2])
-estimator = controls[0].selectbox("Estimator", ["auto", "exact", "colabel", "model"],
-                                  index=["auto", "exact", "colabel", "model"].index(groups["estimator"]),
+estimator = controls[0].selectbox("Estimator", estimators, index=estimators.index(groups["estimator"]),
                                   help="auto: exact with known personas, co-label when pairs are labelled by ≥3 "
-                                       "users, else a cross-fitted Bradley–Terry model (TF-IDF features here)",
+                                       f"users, else a cross-fitted Bradley–Terry model on {encoder} features (the "
+                                       "Train form's encoder, as runs use)",
                                   key="support_estimator")
 rule = controls[1].radio("Minority rule", ["quantile", "absolute"], horizontal=True, key="support_rule",
                          index=1 if groups.get("minority_threshold") is not None else 0)
 
 try:
     dataset = ui.load_data(config)
-    support = ui.support_rates(config, estimator)
+    support = ui.support_rates(config, estimator, encoder)
 except PafoInputError as exc:
     ui.show_error(str(exc), "Cannot estimate support rates: ")
     st.stop()
@@ -62,14 +66,10 @@ with controls[3]:
     st.caption(f"{100 * n_min / max(n_min + n_maj, 1):.0f}% of users · {n_maj:,} majority · cut s ≤ "
                f"{grouping.threshold:.3f}")
 
-table = dataset.users[["user_id"]].assign(group=grouping.groups, support_rate=support.user_support)
-if dataset.users["dominant"].notna().any():
-    table["dominant"] = dataset.users["dominant"]
-table = table.join(dataset.user_pair_counts())
-table["decile"] = support_deciles(support.user_support) + 1
+table = support_table(dataset, support, grouping)
 
 cols = st.columns(4)
-cols[0].metric("Estimator", support.estimator)
+cols[0].metric("Estimator", support.estimator + (f" · {encoder}" if support.estimator == "model" else ""))
 cols[1].metric("Median support", f"{values.median():.3f}")
 cols[2].metric("10th percentile", f"{values.quantile(0.1):.3f}")
 cols[3].metric("Minority mean support", f"{table.loc[table['group'] == 'minority', 'support_rate'].mean():.3f}")

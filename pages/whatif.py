@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
 import streamlit as st
 
 from pafo import appstate, report
 from pafo.errors import PafoInputError
 from pafo.method_configs import PAFOConfig
 from pafo.sources import DataConfig
+from pafo.support import GroupConfig
 from pages import _sweep
 from pages import _ui as ui
 
 ui.require_app()
+WHATIF_PAFO_FIELDS = ("lam", "temperature", "condition")  # the PAFO options a one-off what-if varies
+WHATIF_LABELS = {"lam": "λ (distillation weight)", "temperature": "τ (temperature)", "condition": "Condition"}
 
 
 st.title("What-if")
@@ -32,8 +34,8 @@ data = config.get("data") or {}
 # ----------------------------------------------------------------------------------------------- changes
 # No st.form: in a form, Enter in any field submits it, and each Enter launched a training run. Plain widgets
 # commit on Enter and only the button launches; the rule radio can also disable the input it makes irrelevant.
-WIDGETS = ("whatif_rule", "whatif_quantile", "whatif_threshold", "whatif_lam", "whatif_temperature",
-           "whatif_condition", "whatif_shares", "whatif_seeds", "whatif_label")
+WIDGETS = ("whatif_rule", "whatif_quantile", "whatif_threshold", *(f"whatif_{name}" for name in WHATIF_PAFO_FIELDS),
+           "whatif_shares", "whatif_seeds", "whatif_label")
 if st.session_state.get("whatif_for") != parent.id:  # another parent: its values, not the last parent's
     for key in (*WIDGETS, *_sweep.WIDGETS):
         st.session_state.pop(key, None)
@@ -46,27 +48,28 @@ if st.radio("Mode", MODES, horizontal=True, key="whatif_mode",
     _sweep.sweep_mode(parent, reg)
     st.stop()
 
-condition_choices = list(appstate.field_specs(PAFOConfig, include=("condition",))[0].choices)
+# Every input below takes its bounds, default and help from the config dataclasses (pafo.config.option).
+group_fields = {spec.name: spec for spec in appstate.field_specs(GroupConfig)}
+pafo_fields = {spec.name: spec for spec in appstate.field_specs(PAFOConfig, include=WHATIF_PAFO_FIELDS)}
 with st.container(border=True):
     cols = st.columns(4)
     rule = cols[0].radio("Minority rule", ["quantile", "absolute"], horizontal=True, key="whatif_rule",
                          index=1 if groups.get("minority_threshold") is not None else 0)
-    quantile = cols[0].number_input("quantile", 0.01, 0.99, float(groups.get("minority_quantile") or 0.2), 0.05,
-                                    key="whatif_quantile", disabled=rule != "quantile",
-                                    help="minority = users at or below this quantile of support (quantile rule)")
-    threshold = cols[0].number_input("absolute support threshold", 0.0, 1.0,
-                                     float(groups.get("minority_threshold") or
-                                           (parent_result.get("groups") or {}).get("threshold") or 0.5),
-                                     0.01, key="whatif_threshold", format="%.3f", disabled=rule != "absolute",
-                                     help="minority = users at or below this support rate (absolute rule)")
-    lam = cols[1].number_input("λ (distillation weight)", 0.0, 100.0, float(pafo.get("lam", 1.0)), 0.25,
-                               key="whatif_lam")
-    temperature = cols[1].number_input("τ (temperature)", 0.01, 100.0, float(pafo.get("temperature", 1.0)), 0.25,
-                                       key="whatif_temperature")
-    condition = cols[2].selectbox("Condition", condition_choices,
-                                  index=condition_choices.index(pafo.get("condition", "group")),
-                                  key="whatif_condition", help=appstate.field_specs(
-                                      PAFOConfig, include=("condition",))[0].help)
+    with cols[0]:
+        quantile = ui.spec_widget(group_fields["minority_quantile"], groups.get(
+            "minority_quantile", group_fields["minority_quantile"].default), "whatif_quantile", label="quantile",
+            disabled=rule != "quantile")
+    threshold_spec = group_fields["minority_threshold"]
+    threshold = cols[0].number_input("absolute support threshold", value=float(
+        groups.get("minority_threshold") or (parent_result.get("groups") or {}).get("threshold") or 0.5),
+        step=0.01, key="whatif_threshold", format="%.3f", disabled=rule != "absolute", help=threshold_spec.help,
+        **threshold_spec.limits())
+    pafo_values = {}
+    for column, name in zip((cols[1], cols[1], cols[2]), WHATIF_PAFO_FIELDS, strict=True):
+        spec = pafo_fields[name]
+        with column:
+            pafo_values[name] = ui.spec_widget(spec, pafo.get(name, spec.default), f"whatif_{name}",
+                                               label=WHATIF_LABELS.get(name))
     shares_default = data.get("shares") or ""
     if not shares_default and appstate.simulated(data):
         try:
@@ -84,7 +87,7 @@ with st.container(border=True):
     launch = st.button("Launch what-if run", type="primary", key="whatif_launch")
 
 if launch:
-    changes = {"pafo.lam": float(lam), "pafo.temperature": float(temperature), "pafo.condition": condition}
+    changes = {f"pafo.{name}": value for name, value in pafo_values.items()}
     if rule == "quantile":
         changes.update({"groups.minority_quantile": float(quantile), "groups.minority_threshold": None})
     else:
@@ -150,19 +153,7 @@ if child.reused_from:
 
 ui.plot(report.whatif_bars(parent_result, child_result, f"parent {parent.id[-6:]}", f"what-if {child.id[-6:]}"),
         key="whatif_bars")
-rows = []
-ROWS = (("accuracy", "majority", "majority accuracy (%)", "%"), ("accuracy", "minority", "minority accuracy (%)", "%"),
-        ("accuracy", "overall", "overall accuracy (%)", "%"), ("unfairness", "group_gap", "group gap (pts)", "pts"),
-        ("unfairness", "support_spearman", "Spearman(support, accuracy)", ""))
-for name in report.method_order(set(parent_result["methods"]) | set(child_result["methods"])):
-    before = parent_result["methods"].get(name) or {}
-    after = child_result["methods"].get(name) or {}
-    for section, key, label, unit in ROWS:
-        a, b = (before.get(section) or {}).get(key), (after.get(section) or {}).get(key)
-        rows.append({"method": name, "metric": label, "parent": report.format_value(a, unit),
-                     "what-if": report.format_value(b, unit),
-                     "Δ": report.format_value(None if a is None or b is None else b - a, unit, delta=True)})
-st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+st.dataframe(report.whatif_table(parent_result, child_result), width="stretch", hide_index=True)
 st.caption("Accuracies in %, the gap and Δ in percentage points, as on Compare. Groups: parent "
            f"{parent_result['groups']['n_minority']} minority users (cut "
            f"{parent_result['groups']['threshold']:.3f}), what-if {child_result['groups']['n_minority']} (cut "

@@ -163,7 +163,7 @@ def method_ctx():
     """A method context on a tiny synthetic dataset with readable features (its style attributes + noise), 30
     users, a 4-epoch trainer: shared by the method and cluster tests."""
     from pafo.experiment import build_context
-    from pafo.methods import MAJORITY, MINORITY
+    from pafo.metrics import group_codes
     from pafo.sources import load_dataset
     from pafo.sources.synthetic import ATTRIBUTES
     from pafo.support import assign_groups, exact_support
@@ -174,7 +174,7 @@ def method_ctx():
     attrs = ds.responses[list(ATTRIBUTES)].to_numpy(np.float32)
     features = np.hstack([attrs, 0.1 * rng.standard_normal((len(attrs), 4))]).astype(np.float32)
     groups = assign_groups(exact_support(ds).user_support)
-    user_group = np.where(groups.groups.to_numpy() == "minority", MINORITY, MAJORITY)
+    user_group = group_codes(groups.groups.to_numpy())
     train = TrainConfig(epochs=4, batch_size=64, hidden=16, k=4, patience=4)
     return build_context(ds, features, user_group, train, seed=0)
 

@@ -52,7 +52,10 @@ def test_support_on_dsp_uses_exact_and_finds_the_rare_domains(dsp_path, tmp_path
     share = groups["n_minority"] / (groups["n_minority"] + groups["n_majority"])
     assert abs(share - 0.2) <= 0.02, groups
     users = pd.read_csv(table)
-    assert list(users.columns) == ["user_id", "group", "support_rate", "n_train", "n_val", "n_test"]
+    # The Support page's table (pafo.support.support_table): the same columns, the bias curve's deciles.
+    assert list(users.columns) == ["user_id", "group", "support_rate", "dominant", "n_train", "n_val", "n_test",
+                                   "decile"]
+    assert sorted(users["decile"].unique()) == list(range(1, 11))
     assert len(users) == 300 and (users["n_test"] > 0).all()
     # The personas behind the same options (same seed): which domain dominates each user.
     ds = load_dataset(DataConfig(dataset="dsp", path=str(dsp_path)))

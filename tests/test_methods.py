@@ -12,10 +12,8 @@ import torch
 
 from pafo import methods as methods_mod
 from pafo.methods import (
-    MAJORITY,
     METHOD_CONFIGS,
     METHODS,
-    MINORITY,
     MethodContext,
     PAFOConfig,
     baseline_output,
@@ -26,6 +24,7 @@ from pafo.methods import (
     student_config,
     student_pairs,
 )
+from pafo.metrics import Group
 from pafo.models import RewardModel, bt_loss, distillation_loss
 from pafo.optim import AdamW
 from pafo.training import Objective, PairSet, TrainConfig, epoch_order, pair_margins, train_model
@@ -238,12 +237,12 @@ def test_teachers_see_only_their_groups_pairs(ctx, monkeypatch):
     calls = _record_fits(monkeypatch)
     fit_method("pafo", ctx, PAFOConfig(dense=4, teachers="groups"), (0.0, 1.0))
     assert [c["stage"] for c in calls] == ["baseline", "teacher:majority", "teacher:minority", "student"]
-    for call, group in ((calls[1], MAJORITY), (calls[2], MINORITY)):
+    for call, group in ((calls[1], Group.MAJORITY), (calls[2], Group.MINORITY)):
         assert set(ctx.user_group[call["train"].users]) == {group}
         assert set(ctx.user_group[call["val"].users]) == {group}
         assert len(call["train"]) == int((ctx.user_group[ctx.train.users] == group).sum())
         assert len(call["val"]) == int((ctx.user_group[ctx.val.users] == group).sum())
-    assert set(ctx.user_group[calls[3]["train"].users]) == {MAJORITY, MINORITY}  # the student sees everybody
+    assert set(ctx.user_group[calls[3]["train"].users]) == set(Group)  # the student sees everybody
 
 
 def test_teachers_and_student_stop_with_the_finetune_patience(ctx, monkeypatch):
@@ -260,7 +259,7 @@ def test_reweight_gives_each_group_equal_total_weight(ctx, monkeypatch):
     calls = _record_fits(monkeypatch)
     fit_method("reweight", ctx, METHOD_CONFIGS["reweight"](), (0.0, 1.0))
     train = calls[0]["train"]
-    totals = [train.weight[train.group == g].sum() for g in (MAJORITY, MINORITY)]
+    totals = [train.weight[train.group == g].sum() for g in tuple(Group)]
     assert totals[0] == pytest.approx(totals[1], rel=1e-5)
     assert train.weight.sum() == pytest.approx(len(train), rel=1e-5)
 
@@ -278,7 +277,7 @@ def test_student_training_ignores_the_pairs_group(ctx):
     """Regression: the PairSet's group never reaches the student: flipped or absent groups train the same model."""
     config = PAFOConfig(dense=4, teachers="groups")
     base = baseline_output(ctx, (0.0, 0.3))
-    teachers = {g: methods_mod._teacher(ctx, base.model, config, g, (0.3, 0.6)) for g in (MAJORITY, MINORITY)}
+    teachers = {g: methods_mod._teacher(ctx, base.model, config, g, (0.3, 0.6)) for g in tuple(Group)}
     pairs = student_pairs(ctx, teachers, config)
     select = pareto_score(base.result.best_val["majority"], config.epsilon)
     margins = []
@@ -352,7 +351,7 @@ def test_epoch_order_is_a_seeded_permutation_running_through_whole_blocks(with_b
 @pytest.mark.parametrize("batches", ["random", "by_prompt"])
 def test_student_pairs_are_blocked_by_prompt_only_when_asked(ctx, batches):
     """by_prompt marks each student pair with its prompt (both responses share it); random leaves no blocks."""
-    teachers = {g: baseline_output(ctx, (0.0, 1.0)) for g in (MAJORITY, MINORITY)}
+    teachers = {g: baseline_output(ctx, (0.0, 1.0)) for g in tuple(Group)}
     pairs = student_pairs(ctx, teachers, PAFOConfig(dense=3, batches=batches))
     if batches == "random":
         assert pairs.block is None
@@ -380,7 +379,7 @@ def test_student_pairs_carry_conditional_teacher_targets(ctx):
     """Labelled pairs get their group teacher's margin; dense pairs are oriented by it and unlabelled."""
     config = PAFOConfig(dense=3, condition="group+agree")
     base = baseline_output(ctx, (0.0, 0.5))
-    teachers = {g: methods_mod._teacher(ctx, base.model, config, g, (0.5, 1.0)) for g in (MAJORITY, MINORITY)}
+    teachers = {g: methods_mod._teacher(ctx, base.model, config, g, (0.5, 1.0)) for g in tuple(Group)}
     pairs = student_pairs(ctx, teachers, config)
     n = len(ctx.train)
     for group, teacher in teachers.items():
@@ -445,7 +444,8 @@ def test_the_method_registry_drives_config_flags_forms_and_colours():
     for spec in METHOD_SPECS:
         assert callable(spec.fit_function())
         options = method_config_of(config, spec.name)
-        assert isinstance(options, spec.config if spec.section in (None, spec.name) else method_sections()[spec.section])
+        owner = spec.config if spec.section in (None, spec.name) else method_sections()[spec.section]
+        assert isinstance(options, owner)
         if spec.section == spec.name:
             assert spec.name in sections
             assert {f.name for f in dataclasses.fields(spec.config)} <= flags

@@ -1,5 +1,5 @@
-"""The app's pure helpers: figures, tables and the self-contained HTML report (pafo.report) and the page logic
-(pafo.appstate). No Streamlit and no training here: results are built by hand."""
+"""The app's figures, tables and the self-contained HTML report (pafo.report); the page logic's tests are in
+test_appstate.py. No Streamlit and no training here: results are built by hand."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import pytest
 
 from pafo import appstate, report
 from pafo.compare import paired_comparison
-from pafo.errors import PafoInputError
 from pafo.method_configs import PAFOConfig
 from pafo.registry import RunRecord
 from pafo.sources import DataConfig
@@ -220,127 +219,9 @@ def test_display_table_uses_one_unit_per_row():
     assert table.loc["Group gap (majority − minority) (pts)", "Δ pafo"][0] in "+−"
 
 
-def test_metric_delta_judges_gap_size_and_zero_has_no_arrow():
-    """Regression: a gap of −18.8 vs −16.7 was coloured as an improvement; zero changes showed an arrow."""
-    worse = appstate.metric_delta(-0.188, -0.167, absolute=True, lower_is_better=True)
-    assert worse == {"delta": "|gap| +2.1 pts", "delta_color": "red", "delta_arrow": "up"}
-    better = appstate.metric_delta(0.05, -0.08, absolute=True, lower_is_better=True)
-    assert better["delta_color"] == "green" and better["delta_arrow"] == "down"
-    assert appstate.metric_delta(0.8004, 0.8) == {"delta": "0.0 pts", "delta_color": "gray", "delta_arrow": "off"}
-    assert appstate.metric_delta(0.75, 0.8) == {"delta": "−5.0 pts", "delta_color": "red", "delta_arrow": "down"}
-
-
-def test_pareto_records_keep_the_same_data_and_grouping():
-    """Regression: the Pareto view plotted runs of every dataset; by default only the same fingerprint and
-    grouping rule, each result once."""
-    groups = {"minority_quantile": 0.2, "minority_threshold": None, "estimator": "auto"}
-    config = {"groups": groups}
-    current = record("a", dataset_fingerprint="f1", config=config, result_path="/r/a")
-    records = [current, record("b2", dataset_fingerprint="f1", config=config, result_path="/r/b", reused_from="b"),
-               record("b", dataset_fingerprint="f1", config=config, result_path="/r/b"),
-               record("c", dataset_fingerprint="f2", config=config, result_path="/r/c"),
-               record("d", dataset_fingerprint="f1", config={"groups": {**groups, "minority_quantile": 0.3}},
-                      result_path="/r/d"),
-               record("e", dataset_fingerprint="f1", config=config, result_path="/r/a", reused_from="a")]
-    assert [r.id for r in appstate.pareto_records(records, current)] == ["a", "b"]
-    assert [r.id for r in appstate.pareto_records(records, current, every_dataset=True)] == ["a", "b", "c", "d"]
-
-
 def test_deploy_button_is_hidden():
     config = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())
     assert config["client"]["toolbarMode"] == "minimal"
-
-
-# ------------------------------------------------------------------------------------------- appstate
-
-
-def test_field_specs_follow_the_dataclasses():
-    specs = {s.name: s for s in appstate.field_specs(PAFOConfig)}
-    assert specs["lam"].label == "lambda" and specs["lam"].kind == "float"
-    assert specs["condition"].kind == "choice" and specs["condition"].choices == ("group", "group+agree")
-    assert specs["teacher_user_l2"].optional and specs["dense"].kind == "int"
-    data = [s.name for s in appstate.field_specs(DataConfig, include=("users", "seed"))]
-    assert data == ["users", "seed"]
-
-
-def test_form_to_dataclass_blank_optional_and_bad_value():
-    config = appstate.form_to_dataclass(PAFOConfig, {"lam": "2.5", "teacher_user_l2": "  "})
-    assert config.lam == 2.5 and config.teacher_user_l2 is None
-    with pytest.raises(PafoInputError, match="teacher_user_l2"):
-        appstate.form_to_dataclass(PAFOConfig, {"teacher_user_l2": "lots"})
-
-
-def test_save_upload(tmp_path):
-    path = appstate.save_upload("Mine.CSV", b"a,b\n1,2\n", home=tmp_path)
-    assert path.parent.parent == tmp_path / "uploads" and path.name == "Mine.csv"
-    assert path.read_bytes() == b"a,b\n1,2\n"
-    assert appstate.save_upload("Mine.CSV", b"a,b\n1,2\n", home=tmp_path) == path
-    other = appstate.save_upload("Mine.CSV", b"a,b\n3,4\n", home=tmp_path)
-    assert other != path and other.name == "Mine.csv"  # same name, other content: both kept
-    with pytest.raises(PafoInputError, match="unsupported file type"):
-        appstate.save_upload("notes.txt", b"x", home=tmp_path)
-    with pytest.raises(PafoInputError, match="empty"):
-        appstate.save_upload("empty.csv", b"", home=tmp_path)
-
-
-def test_uploads_are_named_by_their_file_name(pafo_home):
-    """Regression: uploads showed as `pairs: <hash>.csv` and by internal paths in messages."""
-    path = appstate.save_upload("mine.csv", b"a,b\n1,2\n")
-    assert appstate.dataset_label({"dataset": "pairs", "path": str(path)}) == "pairs: mine.csv"
-    assert appstate.friendly_paths(f"{path}: missing column 'user_id'") == "mine.csv: missing column 'user_id'"
-    assert appstate.dataset_label({"dataset": "pairs", "path": "someone/prefs"}) == "pairs: someone/prefs"
-    assert appstate.dataset_label({"dataset": "synthetic", "path": None}) == "synthetic"
-
-
-def test_form_labels_changes_and_seeds_text():
-    """Regression: "train pairs 8" on the Data page read as 8 training pairs where 7 train and 1 validate."""
-    labels = {s.name: s.label for s in appstate.field_specs(DataConfig)}
-    assert labels["train_pairs"] == "train + val pairs per user"
-    defaults = {"train": {"epochs": 40, "lr": 0.003}, "seeds": ""}
-    assert appstate.form_changes({"train": {"epochs": 3, "lr": 0.003}, "seeds": "0-2"}, defaults) == [
-        ("train.epochs", 3, 40), ("seeds", "0-2", "")]
-    assert appstate.seeds_text([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and appstate.seeds_text([4]) == "4"
-
-
-def test_whatif_config_and_diff():
-    parent = appstate.demo_config().to_dict()
-    child = appstate.whatif_config(parent, {"pafo.lam": 2.0, "groups.minority_threshold": 0.5})
-    assert parent["pafo"]["lam"] == 1.0  # the parent is not touched
-    assert appstate.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5), ("pafo.lam", 1.0, 2.0)]
-    with pytest.raises(PafoInputError, match="lambda"):
-        appstate.whatif_config(parent, {"pafo.lam": -1.0})
-    with pytest.raises(PafoInputError, match=r"section\.field"):
-        appstate.whatif_config(parent, {"lam": 2.0})
-    seeded = appstate.whatif_config(parent, {"seeds": "0-2"})
-    assert seeded["seeds"] == [0, 1, 2] and appstate.config_diff(parent, seeded) == [("seeds", None, [0, 1, 2])]
-    assert "seeds" not in appstate.whatif_config(seeded, {"seeds": "0"})  # one seed: data.seed alone
-
-
-def test_user_pairs_table_with_and_without_texts():
-    margins = pd.DataFrame({"pair": [0, 1, 2], "user": [0, 0, 1], "prompt_id": [0, 1, 0], "chosen": [0, 2, 1],
-                            "rejected": [1, 3, 0], "margin_baseline": [0.5, -0.2, 0.1],
-                            "margin_pafo": [0.3, 0.0, 0.2]})
-    responses = pd.DataFrame({"prompt_id": [0, 0, 1, 1], "prompt": ["p0", "p0", "p1", "p1"],
-                              "text": ["a", "b", "c", "d"]})
-    table = appstate.user_pairs_table(margins, 0, responses, ["baseline", "pafo"])
-    assert table[["prompt", "chosen", "rejected"]].values.tolist() == [["p0", "a", "b"], ["p1", "c", "d"]]
-    assert table["baseline right"].tolist() == ["✓", "✗"] and table["pafo right"].tolist() == ["✓", "½"]
-    bare = appstate.user_pairs_table(margins, 1, None, ["baseline"])
-    assert bare["chosen"].tolist() == ["1"] and "prompt_id" in bare
-
-
-def test_runs_table_flags_reuse_and_parents():
-    table = appstate.runs_table([record("r2", reused_from="r1", label="demo"),
-                                 record("r3", status="running", parent_id="r1", finished_at=None)])
-    assert table["reused"].tolist() == ["♻ r1", ""]
-    assert table["parent"].tolist() == ["", "r1"]
-    assert table.loc[0, "seconds"] == 30.0
-
-
-def test_source_kind():
-    assert appstate.source_kind({"dataset": "synthetic", "path": None}) == "synthetic"
-    assert appstate.source_kind({"dataset": "pairs", "path": "someone/prefs"}) == "hub"
-    assert appstate.source_kind({"dataset": "pairs", "path": "/tmp/x.csv"}) == "pairs"
 
 
 def test_library_modules_never_import_streamlit():
@@ -371,3 +252,16 @@ def test_cluster_and_ceiling_tables_from_a_real_run(tiny_config):
     assert "oracle: PAFO with the true preference clusters" in ceilings.index
     assert ceilings.loc["per-user fit on the baseline's g(φ)", "majority (%)"] != "–"
     assert report.cluster_table({"methods": {"baseline": {}}}).empty and report.ceiling_table({}).empty
+
+
+def test_whatif_table_reads_the_declared_metrics_with_their_units():
+    """Guards the What-if table written by hand on the page (issue 12): rows come from pafo.metrics' declarations,
+    each value in its metric's unit, Δ = what-if − parent."""
+    parent, child = make_result(seed=0), make_result(seed=1)
+    table = report.whatif_table(parent, child)
+    assert list(table["method"].unique()) == ["baseline", "pafo"] and len(table) == 2 * len(report.WHATIF_ROWS)
+    row = table[(table["method"] == "pafo") & (table["metric"] == "Accuracy: minority users (%)")].iloc[0]
+    a, b = parent["methods"]["pafo"]["accuracy"]["minority"], child["methods"]["pafo"]["accuracy"]["minority"]
+    assert row["parent"] == report.format_value(a, "%") and row["Δ"] == report.format_value(b - a, "%", delta=True)
+    spearman = table[table["metric"] == "Spearman(support, accuracy) — the bias"]
+    assert len(spearman) == 2 and not spearman["parent"].str.endswith("%").any()

@@ -11,6 +11,7 @@ from pafo import support as support_mod
 from pafo.dataset import PreferenceDataset
 from pafo.errors import PafoInputError
 from pafo.features import response_features
+from pafo.metrics import support_deciles
 from pafo.sources import DataConfig, load_dataset
 from pafo.support import (
     GroupConfig,
@@ -20,7 +21,7 @@ from pafo.support import (
     exact_support,
     model_support,
     resolve_estimator,
-    support_deciles,
+    support_table,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -223,10 +224,13 @@ def test_quantile_groups_put_a_fifth_in_the_minority():
     assert abs(len(groups.minority_users) / 300 - 0.2) < 0.02
     assert support[groups.minority_users].max() <= support[groups.majority_users].min()
     assert groups.summary()["n_minority"] + groups.summary()["n_majority"] == 300
-    deciles = support_deciles(support)
-    assert set(deciles) == set(range(10))
+    deciles = support_deciles(support)  # the bias curve's bins (pafo.metrics), 1-based
+    assert set(deciles) == set(range(1, 11))
     by_decile = support.groupby(deciles).mean()
     assert by_decile.is_monotonic_increasing
+    table = support_table(ds, exact_support(ds), groups)  # pafo support --csv and the Support page
+    assert table["decile"].tolist() == deciles.astype(int).tolist()
+    assert {"user_id", "group", "support_rate", "decile"} <= set(table.columns)
 
 
 def test_threshold_groups_and_empty_groups(check_message):
