@@ -1,27 +1,21 @@
-"""``python -m bench``: assemble bench/RESULTS.md from the sections each benchmark writes.
+"""``python -m bench``: list the sections of bench/RESULTS.md with the command and date behind each.
 
-Each benchmark (``python -m bench.encoders``, ``bench.support``, ``bench.quality``, ``bench.registry``,
-``bench.app_render``) writes its own ``RESULTS_<name>.md`` with machine, date and command; this joins them in a
-fixed order so one rerun never clobbers another's figures.
+Each benchmark (``python -m bench.quality``, ``bench.encoders``, ``bench.support``, ``bench.registry``,
+``bench.app_render``) rewrites its own section of RESULTS.md (:func:`bench.common.publish`), so one rerun never
+clobbers another's figures and every figure is in the tree once.
 """
 
-from pathlib import Path
+import re
 
-HERE = Path(__file__).resolve().parent
-ORDER = ("quality", "quality_tfidf", "quality_speed", "tuning", "tuning_baseline_synthetic", "tuning_baseline_dsp",
-         "encoders", "support", "registry", "app")
+from bench.common import RESULTS, SECTIONS, sections
 
 
 def main() -> None:
-    parts = ["# Benchmark results", "",
-             "Every figure below was printed by the command named in its section, on the machine and date given "
-             "there. Rerun a benchmark, then `python -m bench` to rebuild this file.", ""]
-    for name in ORDER:
-        section = HERE / f"RESULTS_{name}.md"
-        if section.exists():
-            parts += [section.read_text().rstrip(), ""]
-    (HERE / "RESULTS.md").write_text("\n".join(parts) + "\n")
-    print(f"wrote {HERE / 'RESULTS.md'}")
+    found = sections(RESULTS.read_text()) if RESULTS.exists() else {}
+    for name in [*SECTIONS, *(n for n in found if n not in SECTIONS)]:
+        text = found.get(name)
+        command = re.search(r"`(python -m bench[^`]*)`", text or "")
+        print(f"{name:28s} {'missing' if text is None else command.group(1) if command else '(no command line)'}")
 
 
 if __name__ == "__main__":

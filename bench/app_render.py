@@ -11,7 +11,7 @@ AppTest: one cold run fills the caches, then ``--repeats`` timed reruns (what a 
 on the server: the script, the cached data and the serialised figures). It also times the figure builders on their
 own and prints the size of each page's figures; ``--browser`` also times each page in headless Chromium (Debian's
 ``chromium``), from the sidebar click to the page idle with its figures drawn. Results go to
-``bench/RESULTS_app.md``.
+its section (``app``) of ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import machine
+from bench.common import machine, publish
 
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS_app.md"
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGES = ("data", "support", "train", "compare", "users", "whatif")
 BUDGET_SECONDS = 1.0
@@ -305,7 +304,7 @@ def write_results(args, setup: dict, pages: list[dict], figures: list[dict], loa
               "so 50,000 training pairs send 40 bars. The HTML report is built only when its download button is "
               "pressed.", ""]
     text = "\n".join(lines)
-    RESULTS_PATH.write_text(text)
+    publish("app", text)
     return text
 
 

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.encoders [--n-texts 500] [--repeats 3] [--batch-size 64] [--out bench/RESULTS_encoders.md]
+    python -m bench.encoders [--n-texts 500] [--repeats 3] [--batch-size 64] [--out FILE]   # default: RESULTS.md
 
 All three candidates embed the same texts with the same batch size, max length (256) and torch threads, in one
 process. The cache is not involved (``Encoder.encode`` is timed directly, duplicates included, as
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine
+from bench.common import machine, publish
 from pafo.encoders import (
     BF16_MAX_COS_ERROR,
     configure_torch_threads,
@@ -38,12 +38,11 @@ from pafo.encoders import (
     max_cosine_error,
     minilm_model_path,
 )
-from pafo.paths import PACKAGE_ROOT, atomic_write_text
+from pafo.paths import PACKAGE_ROOT
 
 __all__ = ["Candidate", "load_dsp_texts", "main", "run_benchmark"]
 
 DSP_PATH = PACKAGE_ROOT.parent / "shared" / "data" / "dsp_test_part_a.json"
-DEFAULT_OUT = PACKAGE_ROOT / "bench" / "RESULTS_encoders.md"
 ST_LABEL = "sentence-transformers"
 
 
@@ -185,7 +184,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-texts", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown section to (over)write")
+    parser.add_argument("--out", type=Path, help="a file of its own instead of the section of bench/RESULTS.md")
     return parser.parse_args(argv)
 
 
@@ -212,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = _report(args, candidates, len(texts), notes)
     print(report)
-    atomic_write_text(args.out, report)
-    print(f"written to {args.out}", file=sys.stderr)
+    print(f"written to {publish('encoders', report, args.out)}", file=sys.stderr)
     return 0
 
 

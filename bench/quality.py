@@ -1,8 +1,10 @@
 """Quality benchmark: every method per user group on the synthetic default and DSP part A, with paired CIs.
 
-    python -m bench.quality [--datasets synthetic,dsp] [--encoder minilm] [--seeds 0-9] [--out FILE]
-    python -m bench.quality --tuning [--dev-seeds 100-104] [--out FILE]     # options, on development seeds only
-    python -m bench.quality --speed [--out FILE]
+    python -m bench.quality [--datasets synthetic,dsp] [--encoder minilm] [--seeds 0-9]
+    python -m bench.quality --tuning [--dev-seeds 100-104]     # options, on development seeds only
+    python -m bench.quality --speed
+
+Each writes its section of bench/RESULTS.md (``--section``), or a file of its own with ``--out FILE``.
 
 Evidence protocol: options and defaults are chosen on development seeds (100–104, ``--tuning``), never on the
 reported seeds (0–9). Every difference to the baseline is paired (same users, same test pairs) and pooled over
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import machine
+from bench.common import machine, publish
 from pafo import diagnostics
 from pafo.compare import paired_comparison
 from pafo.experiment import ExperimentConfig, _load_inputs, _pair_set, build_context, run_experiment
@@ -302,7 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", default="synthetic,dsp")
     parser.add_argument("--tuning", action="store_true", help="PAFO options on the development seeds only")
     parser.add_argument("--speed", action="store_true", help="PAFO/baseline time and the CLI's cold/warm time")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--section", help="section of bench/RESULTS.md to rewrite (default: quality, "
+                        "quality_<encoder>, quality_speed or tuning, by mode)")
+    parser.add_argument("--out", help="write a file of its own instead of a section of bench/RESULTS.md")
     args = parser.parse_args(argv)
     started, sections = time.perf_counter(), []
     if args.speed:
@@ -319,7 +323,9 @@ def main(argv: list[str] | None = None) -> None:
     header = [title, "", f"- command: `python -m bench.quality {' '.join(argv if argv is not None else sys.argv[1:])}`",
               f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}",
               f"- wall time of this benchmark: {time.perf_counter() - started:.0f} s", ""]
-    Path(args.out).write_text("\n".join(header + sections) + "\n")
+    default = "quality_speed" if args.speed else "tuning" if args.tuning else \
+        "quality" if args.encoder == "minilm" else f"quality_{args.encoder}"
+    publish(args.section or default, "\n".join(header + sections), args.out)
     print("\n".join(header + sections))
 
 

@@ -4,7 +4,7 @@ Run from the repository root::
 
     .venv/bin/python -m bench.registry [--runs 10] [--updates 2000]
 
-It prints a table and writes it, with the machine, date and command, to ``bench/RESULTS_registry.md``.
+It prints a table and writes it, with the machine, date and command, to its section of ``bench/RESULTS.md``.
 The progress-update cost is compared with the obvious alternative, a JSON progress file rewritten atomically on
 every update (with fsync, as :func:`pafo.paths.atomic_write_text` does, and without).
 """
@@ -23,14 +23,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import machine
+from bench.common import machine, publish
 from pafo.paths import PACKAGE_ROOT, atomic_write_text
 from pafo.registry import STAGE_STARTING, SUCCEEDED, RunRegistry
 from pafo.worker import ProgressReporter
 
 __all__ = ["main", "measure_progress_overhead", "measure_submit_latency", "trivial_target"]
 
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS_registry.md"
 TARGET = "bench.registry:trivial_target"
 
 
@@ -124,7 +123,7 @@ def measure_progress_overhead(home: Path, updates: int) -> dict[str, tuple[float
 
 
 def _report(latency: dict, overhead: dict, runs: int, updates: int, command: str) -> str:
-    """The markdown written to RESULTS_registry.md (and printed)."""
+    """The markdown of its section of RESULTS.md (also printed)."""
     base = overhead["registry.update_progress"][0]
     lines = [
         "## Run registry (`bench/registry.py`)",
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.registry", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="runs for the latency measurement")
     parser.add_argument("--updates", type=int, default=2000, help="calls per progress-update method")
-    parser.add_argument("--out", type=Path, default=RESULTS_PATH, help="markdown file to write")
+    parser.add_argument("--out", type=Path, help="a file of its own instead of the section of bench/RESULTS.md")
     args = parser.parse_args(argv)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="pafo-bench-") as tmp:
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.registry" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     report = _report(latency, overhead, args.runs, args.updates, command)
     print(report)
-    atomic_write_text(args.out, report)
+    publish("registry", report, args.out)
     return 0
 
 

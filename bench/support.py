@@ -2,9 +2,10 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.support [--quick] [--out bench/RESULTS_support.md]
+    .venv/bin/python -m bench.support [--quick] [--out FILE]
 
-Three parts, printed as tables and written, with the machine, date, load and command, to ``bench/RESULTS_support.md``:
+Three parts, printed as tables and written, with the machine, date, load and command, to its section of
+``bench/RESULTS.md``:
 
 1. **Exact support at scale.** :func:`pafo.support.exact_support` on a real :class:`~pafo.dataset.PreferenceDataset`
    with 10^5 / 10^6 training pairs and 10^3 / 10^4 users (K = 4 judges, Dirichlet persona weights with the DSP
@@ -41,9 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import machine
+from bench.common import machine, publish
 
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS_support.md"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOAL_SECONDS = 30.0
 GOAL_MIB = 4096.0
@@ -538,8 +538,8 @@ def _report(notes: dict, exact: tuple[str, str, list[str]], probes: dict, model_
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.support", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="sizes ÷ 100 (pairs) and ÷ 10 (users): a smoke test")
-    parser.add_argument("--out", type=Path, default=None, help=f"results file (default {RESULTS_PATH.name}; "
-                        "--quick writes none unless given)")
+    parser.add_argument("--out", type=Path, default=None, help="a file of its own (default: the support section "
+                        "of bench/RESULTS.md; --quick writes none unless given)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -576,12 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     notes.update(software=_software(), load_end=_load(), seconds=time.perf_counter() - started)
     report = _report(notes, exact, probes, model_rows)
     print(report)
-    out = args.out or (None if args.quick else RESULTS_PATH)
-    if out is not None:
-        from pafo.paths import atomic_write_text
-
-        atomic_write_text(out, report)
-        print(f"written to {out}", file=sys.stderr)
+    if args.out or not args.quick:
+        print(f"written to {publish('support', report, args.out)}", file=sys.stderr)
     return 0
 
 

@@ -139,7 +139,7 @@ def fit_reweight(ctx: MethodContext, config: ReweightConfig, span) -> MethodOutp
 
 def fit_groupdro(ctx: MethodContext, config: GroupDROConfig, span) -> MethodOutput:
     model = ctx.new_model()
-    objective = Objective(dro=GroupDRO(2, config.dro_step))
+    objective = Objective(dro=GroupDRO(len(Group), config.dro_step))
     output = MethodOutput(model, ctx.fit(model, ctx.train, ctx.val, "groupdro", span, objective=objective))
     output.extra["group_weights"] = objective.dro.q.tolist()
     return output
@@ -393,7 +393,7 @@ def _distil(ctx: MethodContext, base: RewardModel, teacher: RewardModel, config:
         pairs.block = ctx.prompt_of_response[pairs.chosen]
     check = _orient(heldout, pair_margins(teacher, ctx.features, heldout))
     student = copy.deepcopy(base)
-    objective = Objective(lam=config.lam, temperature=config.temperature, distill=config.distill)
+    objective = Objective.distillation(config)
     result = ctx.fit(student, pairs, check, "student", span, objective=objective,
                      config=student_config(ctx, config, len(pairs)), keep_initial=config.keep_initial)
     return student, result, len(pairs)
@@ -406,7 +406,7 @@ def _fit_pafo_groups(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutp
     pairs = student_pairs(ctx, teachers, config)
     baseline_val = base.result.best_val
     select = pareto_score(baseline_val["majority"], config.epsilon)
-    objective = Objective(lam=config.lam, temperature=config.temperature, distill=config.distill)
+    objective = Objective.distillation(config)
     student = copy.deepcopy(base.model)
     result = ctx.fit(student, pairs, ctx.val, "student", spans[3], objective=objective, select=select,
                      config=student_config(ctx, config, len(pairs)), keep_initial=config.keep_initial)

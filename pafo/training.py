@@ -138,12 +138,18 @@ class GroupDRO:
 
 @dataclass
 class Objective:
-    """What a batch's loss is made of (see the module docstring)."""
+    """What a batch's loss is made of (see the module docstring). ``Objective()`` is plain BT, the baseline's
+    loss; PAFO's distillation settings come from its config through :meth:`distillation`, never from here."""
 
-    lam: float = 0.0
+    lam: float = 0.0  # 0: no distillation term
     temperature: float = 1.0
     distill: str = "bce"
     dro: GroupDRO | None = None
+
+    @classmethod
+    def distillation(cls, config) -> Objective:
+        """BT + λ·distillation with a PAFO config's λ, τ and loss."""
+        return cls(lam=config.lam, temperature=config.temperature, distill=config.distill)
 
     def __call__(self, model: RewardModel, features: torch.Tensor, batch: PairSet,
                  penalty: UserPenalty) -> torch.Tensor:

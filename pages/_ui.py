@@ -15,6 +15,7 @@ import runpy
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -28,13 +29,21 @@ from pafo.sources import DataConfig, dataset_fingerprint, load_dataset
 from pafo.support import GroupConfig, estimate_support
 
 DATA, GROUPS, RUN, FORMS = "data_config", "group_config", "run_id", "forms"
+class Page(NamedTuple):
+    script: str
+    title: str
+    icon: str
+
+
+#: The app's pages in navigation order: app.py builds the navigation from it and pages link to each other through
+#: it, so a new page is its script plus one entry here.
 PAGES = {
-    "data": "pages/data.py",
-    "support": "pages/support.py",
-    "train": "pages/train.py",
-    "compare": "pages/compare.py",
-    "users": "pages/users.py",
-    "whatif": "pages/whatif.py",
+    "data": Page("pages/data.py", "Data", ":material/dataset:"),
+    "support": Page("pages/support.py", "Support rates", ":material/bar_chart:"),
+    "train": Page("pages/train.py", "Train", ":material/model_training:"),
+    "compare": Page("pages/compare.py", "Compare", ":material/monitoring:"),
+    "users": Page("pages/users.py", "Users", ":material/person_search:"),
+    "whatif": Page("pages/whatif.py", "What-if", ":material/science:"),
 }
 APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
 POLL_SECONDS = 1.0
@@ -342,7 +351,7 @@ def pick_finished_run(key: str, title: str = "Run", *, live: bool = False,
         if current is None or current.status not in ACTIVE_STATUSES:
             st.info("No finished run yet — start one on **Train**, or press **Run the demo** on the Data page.",
                     icon=":material/info:")
-            st.page_link(PAGES["train"], label="Go to Train", icon=":material/model_training:")
+            st.page_link(PAGES["train"].script, label="Go to Train", icon=PAGES["train"].icon)
         return None
     ids = [r.id for r in runs]
     seen = f"{key}__current"
@@ -369,7 +378,7 @@ def _sidebar_run(record) -> None:
     if record.reused_from:
         st.caption(f"♻ reused from {record.reused_from}")
     if record.status == SUCCEEDED:
-        st.page_link(PAGES["compare"], label="Open Compare", icon=":material/monitoring:")
+        st.page_link(PAGES["compare"].script, label="Open Compare", icon=PAGES["compare"].icon)
     elif record.status in (FAILED, CANCELLED) and record.error:
         st.caption(record.error[:200])
 
@@ -427,7 +436,7 @@ def run_status_message(record) -> None:
                     icon=":material/recycling:")
         else:
             st.success(f"Run {record.id} finished in {seconds:.0f} s.", icon=":material/check_circle:")
-        st.page_link(PAGES["compare"], label="Compare baseline and PAFO", icon=":material/monitoring:")
+        st.page_link(PAGES["compare"].script, label="Compare baseline and PAFO", icon=PAGES["compare"].icon)
     elif record.status == FAILED:
         show_error(f"Run {record.id} failed: {record.error or 'no reason recorded'}")
     elif record.status == CANCELLED:

@@ -148,4 +148,4 @@ def _report_html() -> bytes:
 cols[1].download_button("HTML report", _report_html, file_name=f"pafo_report_{record.id}.html", mime="text/html",
                         icon=":material/description:", on_click="ignore", key="dl_report",
                         help="one self-contained HTML file with these verdicts, figures and tables (opens offline)")
-cols[2].page_link(ui.PAGES["users"], label="Drill down into single users", icon=":material/person_search:")
+cols[2].page_link(ui.PAGES["users"].script, label="Drill down into single users", icon=ui.PAGES["users"].icon)

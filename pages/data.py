@@ -49,7 +49,7 @@ with st.container(border=True):
             ui.show_error(str(exc), "Could not start the demo: ")
         else:
             ui.set_current_run(record.id)
-            st.switch_page(ui.PAGES["compare"])  # it shows the live progress, then the results
+            st.switch_page(ui.PAGES["compare"].script)  # it shows the live progress, then the results
 
 # ----------------------------------------------------------------------------------------------- the source
 st.subheader("Dataset")
@@ -163,7 +163,7 @@ with right:
 
 split = st.radio("Preview split", ["train", "val", "test"], horizontal=True, key="preview_split")
 st.dataframe(dataset.pair_table(split).head(200), width="stretch", height=300, hide_index=True)
-st.page_link(ui.PAGES["support"], label="Next: support rates", icon=":material/bar_chart:")
+st.page_link(ui.PAGES["support"].script, label="Next: support rates", icon=ui.PAGES["support"].icon)
 
 # ----------------------------------------------------------------------------------------------- audit
 st.subheader("Audit your own reward model")
@@ -223,4 +223,4 @@ with st.container(border=True):
             ui.show_error(message, "Cannot start the audit: ")
         else:
             ui.set_current_run(record.id)
-            st.switch_page(ui.PAGES["compare"])  # its live progress, then the audit's results
+            st.switch_page(ui.PAGES["compare"].script)  # its live progress, then the audit's results

@@ -93,5 +93,5 @@ st.dataframe(lowest, width="stretch", hide_index=True,
 st.download_button("Download per-user support rates (CSV)", table.to_csv(index=False).encode(),
                    file_name=f"support_{dataset.name}.csv", mime="text/csv", icon=":material/download:",
                    on_click="ignore")
-st.page_link(ui.PAGES["train"], label="Next: train the baseline and PAFO with this grouping",
-             icon=":material/model_training:")
+st.page_link(ui.PAGES["train"].script, label="Next: train the baseline and PAFO with this grouping",
+             icon=ui.PAGES["train"].icon)

@@ -532,7 +532,8 @@ def test_whatif_launches_a_child_and_compares_with_parent(studio, gated_runs):
     assert plotly_count(at) == 1
     table = at.dataframe[0].value
     assert {"parent", "what-if", "Δ"} <= set(table.columns)
-    assert table.loc[table["metric"] == "Accuracy: minority users (%)", "parent"].iloc[0].count(".") == 1  # "72.5", not 0.725
+    minority = table.loc[table["metric"] == "Accuracy: minority users (%)", "parent"].iloc[0]
+    assert minority.count(".") == 1  # "72.5", not 0.725
 
 
 def test_whatif_has_no_form_and_enter_cannot_launch(studio):
