@@ -67,8 +67,8 @@ __all__ = [
 DEMO_METHODS = "baseline,pafo"
 DEMO_ENCODER = DEFAULT_ENCODER
 #: The demo's seeds: one, because three did not reach Compare within a minute on 2 cores from a cold start (each
-#: synthetic seed draws its own response texts to embed; bench/RESULTS.md, section app, has the times). The demo says that
-#: a single seed is no evidence.
+#: synthetic seed draws its own response texts to embed; bench/RESULTS.md, section app, has the times). The demo
+#: says that a single seed is no evidence.
 DEMO_SEEDS = "0"
 #: Form labels where the flag name would mislead: a user's training pairs include the validation pair(s).
 FIELD_LABELS = {"train_pairs": "train + val pairs per user", "test_pairs": "test pairs per user"}

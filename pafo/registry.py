@@ -24,6 +24,7 @@ otherwise ``cancelled``/``failed``, and only a run whose artifacts still match t
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import errno
 import fcntl
@@ -71,6 +72,7 @@ __all__ = [
     "decide_outcome",
     "new_run_id",
     "process_alive",
+    "result_code",
     "source_version",
     "worker_env",
 ]
@@ -278,16 +280,43 @@ def code_version() -> str:
     return source_version(PACKAGE_ROOT / "pafo")
 
 
+#: Arguments that only describe: an option's help line, a method's label, colour and progress-bar cost.
+DESCRIPTIVE_ARGUMENTS = {"option": {1: "help"}, "MethodSpec": {3: "label", 4: "colour", 5: "cost"}}
+
+
+class _ResultCode(ast.NodeTransformer):
+    """A module's syntax tree without what cannot change a result: docstrings and descriptive arguments (comments
+    and layout are not in the tree at all)."""
+
+    def generic_visit(self, node):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        return super().generic_visit(node)
+
+    def visit_Call(self, node: ast.Call):
+        drop = DESCRIPTIVE_ARGUMENTS.get(getattr(node.func, "id", None) or getattr(node.func, "attr", None), {})
+        node.args = [arg for i, arg in enumerate(node.args) if i not in drop]
+        node.keywords = [k for k in node.keywords if k.arg not in drop.values()]
+        return self.generic_visit(node)
+
+
+def result_code(source: str) -> str:
+    """What of a module's source counts for reuse (:class:`_ResultCode`), as text."""
+    return ast.dump(_ResultCode().visit(ast.parse(source)), annotate_fields=False)
+
+
 def source_version(package: Path) -> str:
     """Short sha256 over the ``pafo/**/*.py`` sources that compute results (sorted by path; ``PRESENTATION_MODULES``
-    left out), so a change to how results are computed invalidates the cache and a change to how they are shown
-    does not."""
+    left out), each reduced to :func:`result_code`: a change to how results are computed invalidates the cache; a
+    change to how they are shown, described or commented does not (README: "When a finished run is reused")."""
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         if "__pycache__" in path.parts or path.relative_to(package).as_posix() in PRESENTATION_MODULES:
             continue
         digest.update(path.relative_to(package).as_posix().encode("utf-8") + b"\0")
-        digest.update(path.read_bytes() + b"\0")
+        digest.update(result_code(path.read_text(encoding="utf-8")).encode("utf-8") + b"\0")
     return digest.hexdigest()[:12]
 
 

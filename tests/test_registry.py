@@ -825,7 +825,8 @@ def test_read_only_home_and_unopenable_database_are_environment_faults(reg: RunR
 
 def test_code_version_ignores_presentation_modules(tmp_path):
     """Regression (issue 12): editing a label or colour in report.py stopped every finished run from being reused;
-    only code that computes results changes the version."""
+    only code that computes results changes the version (not a method's colour, a docstring, a help line or a
+    comment in a module that does)."""
     import shutil
 
     from pafo.registry import PACKAGE_ROOT, PRESENTATION_MODULES, code_version, source_version
@@ -836,5 +837,16 @@ def test_code_version_ignores_presentation_modules(tmp_path):
     assert before == code_version() and "report.py" in PRESENTATION_MODULES
     (package / "report.py").write_text((package / "report.py").read_text() + "\n# a new colour\n")
     assert source_version(package) == before
-    (package / "metrics.py").write_text((package / "metrics.py").read_text() + "\n# a changed metric\n")
+    configs = package / "method_configs.py"
+    text = configs.read_text()
+    relabelled = text.replace('"#BE4BDB"', '"#000000"').replace('"""Optimisation settings', '"""Settings')
+    assert relabelled != text
+    configs.write_text(relabelled.replace('"AdamW learning rate"', '"AdamW step size"') + "\n# a comment\n")
+    assert source_version(package) == before  # a colour, a docstring, a help line, a comment
+    configs.write_text(relabelled.replace('"pafo.methods:fit_groupdro"', '"pafo.methods:fit_reweight"'))
+    assert source_version(package) != before  # which function trains a method
+    configs.write_text(text)
+    metrics = package / "metrics.py"
+    metrics.write_text(metrics.read_text().replace("worst_fraction_mean(_accuracies(table), 0.1)",
+                                                   "worst_fraction_mean(_accuracies(table), 0.2)"))
     assert source_version(package) != before
