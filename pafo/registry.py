@@ -735,6 +735,11 @@ class RunRegistry:
 
     # ---------------------------------------------------------------- submit and read
 
+    def submit_config(self, config, **options) -> RunRecord:
+        """:meth:`submit` for a config object (``ExperimentConfig``, ``AuditConfig``): its ``to_dict()`` under
+        its dataset ``fingerprint()``."""
+        return self.submit(config.to_dict(), fingerprint=config.fingerprint(), **options)
+
     def submit(
         self,
         config: dict,

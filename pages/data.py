@@ -44,7 +44,7 @@ with st.container(border=True):
         config = appstate.demo_config()
         ui.adopt_run_config(config.to_dict())
         try:
-            record = ui.registry().submit(config.to_dict(), fingerprint=config.fingerprint(), label="demo")
+            record = ui.registry().submit_config(config, label="demo")
         except PafoInputError as exc:
             ui.show_error(str(exc), "Could not start the demo: ")
         else:
@@ -214,8 +214,7 @@ with st.container(border=True):
                 sources=sources).validate()
             with st.spinner("Checking the predictions against the dataset…"):
                 audit.check_sources(audit_config, dataset)
-            record = ui.registry().submit(audit_config.to_dict(), fingerprint=audit_config.fingerprint(),
-                                          label="audit")
+            record = ui.registry().submit_config(audit_config, label="audit")
         except PafoInputError as exc:
             message = str(exc)
             for stored, name in shown_as.items():

@@ -103,10 +103,10 @@ if launch:
             raise PafoInputError("nothing changed: set at least one value different from the parent run")
         from pafo.experiment import ExperimentConfig
 
-        fingerprint = ExperimentConfig.from_dict(child_config).fingerprint()
         auto_label = label or "what-if: " + ", ".join(f"{k.split('.')[-1]}={v}" for k, _, v in diff)
         submitted_at = time.time()
-        child = reg.submit(child_config, fingerprint=fingerprint, parent_id=parent.id, label=auto_label[:80])
+        child = reg.submit_config(ExperimentConfig.from_dict(child_config), parent_id=parent.id,
+                                  label=auto_label[:80])
     except PafoInputError as exc:
         ui.show_error(str(exc), "Cannot launch this what-if: ")
     else:

@@ -48,7 +48,7 @@ class Studio:
 
 
 def submit(registry: RunRegistry, config, **kwargs):
-    return registry.submit(config.to_dict(), fingerprint=config.fingerprint(), **kwargs)
+    return registry.submit_config(config, **kwargs)
 
 
 @pytest.fixture(scope="module")

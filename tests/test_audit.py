@@ -523,7 +523,7 @@ def test_audit_runs_in_the_background_like_a_training_run(small, tmp_path):
                                sources=[audit.parse_source("predictions", f"a={preds}"),
                                         audit.parse_source("predictions", f"b={preds}")]).validate()
     registry = RunRegistry()
-    record = registry.wait(registry.submit(config.to_dict(), fingerprint=config.fingerprint()).id, timeout=120)
+    record = registry.wait(registry.submit_config(config).id, timeout=120)
     assert record.status == "succeeded", record.error
     assert record.kind == "audit" and record.config["target"] == AUDIT_TARGET
     result = registry.load_result(record.id).result
@@ -532,7 +532,7 @@ def test_audit_runs_in_the_background_like_a_training_run(small, tmp_path):
     assert list(margins.columns) == ["pair", "user", "prompt_id", "chosen", "rejected", "margin_a", "margin_b"]
     assert len(margins) == len(good)
     assert audit.AuditConfig.from_dict(record.config).to_dict() == config.to_dict()
-    again = registry.submit(config.to_dict(), fingerprint=config.fingerprint())
+    again = registry.submit_config(config)
     assert again.reused_from == record.id  # same files, same audit: answered from the finished run
 
 

@@ -58,7 +58,7 @@ def earlier(tmp_path_factory: pytest.TempPathFactory) -> Earlier:
         assert cli.main(["experiment", *DATA, "--encoder", "minilm", *FAST, "--out-dir", str(out_dir)]) == 0
         registry = RunRegistry(home)
         config = cli.experiment_config_from_args(cli.build_parser().parse_args(["experiment", *TFIDF]))
-        run_id = registry.submit(config.to_dict(), fingerprint=config.fingerprint(), label="earlier").id
+        run_id = registry.submit_config(config, label="earlier").id
         assert registry.wait(run_id, timeout=600).status == "succeeded"
         registry.close()
         yield Earlier(home, out_dir, run_id)

@@ -200,8 +200,7 @@ def other_dataset_run(home: Path) -> str:
                                         run={"encoder": "tfidf", "methods": "baseline,pafo", "bootstrap": 50},
                                         train={"epochs": 3, "patience": 2})
     registry = RunRegistry(home)
-    record = registry.wait(registry.submit(config.to_dict(), fingerprint=config.fingerprint(),
-                                           label="other data").id, timeout=300)
+    record = registry.wait(registry.submit_config(config, label="other data").id, timeout=300)
     assert record.status == "succeeded", record.error
     return record.id
 

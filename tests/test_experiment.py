@@ -297,8 +297,8 @@ def test_runs_start_with_seeds_trains_them_in_the_worker_and_reuses_a_run_in_fli
     registry = RunRegistry()
     data = DataConfig(users=24, prompts=16, responses_per_prompt=4, train_pairs=6, test_pairs=4)
     config = dataclasses.replace(tiny_experiment(data), seeds=[0, 1]).validate()
-    queued = registry.submit(config.to_dict(), fingerprint=config.fingerprint(), start=False)
-    assert registry.submit(config.to_dict(), fingerprint=config.fingerprint(), force=True).id == queued.id
+    queued = registry.submit_config(config, start=False)
+    assert registry.submit_config(config, force=True).id == queued.id
     registry.request_cancel(queued.id)
     assert cli.main(["runs", "start", *TINY_FLAGS, "--seeds", "0-1"]) == 0
     run_id = capsys.readouterr().out.strip()

@@ -84,7 +84,8 @@ class DataConfig:
     """Which preference data to load and, for simulated sources, how to simulate the users."""
 
     dataset: str = option("synthetic", "data source", choices=SOURCES)
-    path: str | None = option(None, "file, URL or hub id (dsp, personalllm, pairs)")
+    path: str | None = option(None, "file, URL or hub id (" + ", ".join(
+        name for name, spec in SOURCE_SPECS.items() if spec.path_hint) + ")")
     seed: int = option(0, "random seed for the split and the simulation", ge=0, le=MAX_SEED)
     users: int = option(300, "number of simulated users", ge=2, le=MAX_USERS)
     shares: str | None = option(None, "population shares of the judges, KEY=V,... (e.g. academy=0.55,...)")
