@@ -19,9 +19,9 @@ Three parts, printed as tables and written, with the machine, date, load and com
    boolean reductions per chunk, ``np.unique(axis=0)``); their user rates are checked against pafo's.
 2. **Linear probe.** Are the six style attributes of the synthetic responses recoverable from the text features?
    5-fold stratified cross-validated logistic regression (standardised features) per attribute on the response
-   embeddings of ``make_synthetic()``, MiniLM and TF-IDF, beside the majority-class baseline on the same folds.
+   embeddings of the default synthetic dataset, MiniLM and TF-IDF, beside the majority-class baseline on the same folds.
 3. **Model vs exact.** Spearman correlation between the ``model`` estimator's user support rates (features from
-   :func:`pafo.features.response_features`) and the ``exact`` ones on ``make_synthetic()``.
+   :func:`pafo.features.response_features`) and the ``exact`` ones on the default synthetic dataset.
 
 The machine is shared with other jobs: the load average is recorded at the start of every case, and CPU seconds
 (all threads of the process) are reported beside wall seconds because they depend much less on that load.
@@ -507,7 +507,7 @@ def _report(notes: dict, exact: tuple[str, str, list[str]], probes: dict, model_
         "",
         "### 2. Linear probe: are the style attributes in the text features?",
         "",
-        "`make_synthetic()` (default options) responses; per attribute, 5-fold stratified cross-validation "
+        "the default synthetic dataset's responses; per attribute, 5-fold stratified cross-validation "
         "(shuffled, seed 0) of StandardScaler + LogisticRegression(C = 1) on the response embedding alone "
         "(`response_features(..., layout='response')`); the majority baseline is a most-frequent-class classifier "
         f"on the same folds. {probe_info}.",
@@ -519,7 +519,7 @@ def _report(notes: dict, exact: tuple[str, str, list[str]], probes: dict, model_
         "",
         "### 3. Model estimator vs exact",
         "",
-        "`make_synthetic()` (default options): `model_support` (Bradley–Terry logistic model cross-fitted over 5 user "
+        "On the default synthetic dataset: `model_support` (Bradley–Terry logistic model cross-fitted over 5 user "
         "folds) on `response_features(...)` (prompt + response embedding, the layout the experiments use) against "
         "`exact_support`. *bottom-20% overlap*: share of the exact estimator's minority (support rate at or below "
         "its 0.2 quantile) that the model estimator also puts there.",
@@ -565,9 +565,9 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr, flush=True)
         notes["load_mid"] = _load()
         exact = (_exact_table(cases), _goal_line(cases), _ratio_lines(cases))  # before the rate files go
-    from pafo.sources.synthetic import make_synthetic
+    from pafo.sources import DataConfig, load_dataset
 
-    dataset = make_synthetic()
+    dataset = load_dataset(DataConfig())
     probes = {}
     for encoder in ("minilm", "tfidf"):
         probes[encoder] = probe_attributes(dataset, encoder)

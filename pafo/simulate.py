@@ -15,7 +15,8 @@ import pandas as pd
 from .dataset import split_prompts
 from .errors import PafoInputError
 
-__all__ = ["normalise_shares", "parse_shares", "sample_personas", "simulate_pairs", "zscore_columns"]
+__all__ = ["normalise_shares", "parse_shares", "sample_personas", "simulate_pairs", "simulate_population",
+           "zscore_columns"]
 
 UNKNOWN_SHARE = "--shares: unknown key {key!r}; use one of {known}"
 BAD_SHARE_VALUE = "--shares: {item!r} is not KEY=VALUE with a number ≥ 0, e.g. {example}"
@@ -174,3 +175,20 @@ def simulate_pairs(
         sides.append(pairs)
     pairs = pd.concat(sides, ignore_index=True)
     return pairs.sort_values(["user", "split"], kind="stable").reset_index(drop=True)
+
+
+def simulate_population(prompt_of: np.ndarray, scores: np.ndarray, judges: list[str], default_shares: dict[str, float],
+                        rng: np.random.Generator, *, users: int, shares: dict[str, float] | None, alpha: float,
+                        train_pairs: int, test_pairs: int, test_fraction: float, val_fraction: float,
+                        protocol: Protocol, eligible: np.ndarray | None = None, name: str = "dataset"):
+    """Users over a source's base scores, as every simulated source draws them: the judges' population shares,
+    Dirichlet personas (users × judges), their labelled pairs (:func:`simulate_pairs`) and the user table with
+    each user's dominant judge. The options are DataConfig's simulation fields, whose defaults live there only."""
+    p = normalise_shares(shares, default_shares)
+    weights = sample_personas(users, p, alpha, rng)
+    pairs = simulate_pairs(prompt_of, scores, weights, train_pairs=train_pairs, test_pairs=test_pairs, rng=rng,
+                           eligible=eligible, test_fraction=test_fraction, val_fraction=val_fraction,
+                           protocol=protocol, name=name)
+    user_table = pd.DataFrame({"user_id": [f"u{i:04d}" for i in range(users)],
+                               "dominant": np.asarray(judges)[weights.argmax(axis=1)]})
+    return p, weights, pairs, user_table

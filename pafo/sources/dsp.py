@@ -15,7 +15,7 @@ import pandas as pd
 from ..dataset import PreferenceDataset
 from ..errors import PafoInputError
 from ..paths import pafo_home
-from ..simulate import normalise_shares, sample_personas, simulate_pairs
+from ..simulate import simulate_population
 from .files import INVALID_JSON, OFFLINE, TABLE_SUFFIXES, check_text_file, ensure_online, is_remote, read_json_records
 
 __all__ = ["DOMAINS", "DSP_SHARES", "dsp_records", "load_dsp"]
@@ -72,20 +72,9 @@ def dsp_records(source: str) -> list[dict]:
     return records
 
 
-def load_dsp(
-    path: str | None,
-    *,
-    users: int = 300,
-    shares: dict[str, float] | None = None,
-    alpha: float = 0.1,
-    train_pairs: int = 8,
-    test_pairs: int = 20,
-    test_fraction: float = 0.25,
-    val_fraction: float = 0.1,
-    protocol: str = "random",
-    include_normal: bool = False,
-    seed: int = 0,
-) -> PreferenceDataset:
+def load_dsp(path: str | None, *, include_normal: bool, seed: int, **simulation) -> PreferenceDataset:
+    """DSP responses with users simulated over its four domains (``simulation``: DataConfig's simulation fields,
+    see :func:`pafo.simulate.simulate_population`)."""
     if not path:
         raise PafoInputError(NEED_PATH)
     records = dsp_records(str(path))
@@ -98,19 +87,13 @@ def load_dsp(
     scores = np.zeros((len(responses), len(DOMAINS)))
     for k, domain in enumerate(DOMAINS):
         scores[responses["domain"].to_numpy() == domain, k] = 1.0
-    rng = np.random.default_rng(seed)
-    weights = sample_personas(users, normalise_shares(shares, DSP_SHARES), alpha, rng)
     eligible = np.ones(len(responses), dtype=bool) if include_normal else responses["domain"].to_numpy() != "normal"
-    pairs = simulate_pairs(
-        responses["prompt_id"].to_numpy(), scores, weights, train_pairs=train_pairs, test_pairs=test_pairs,
-        rng=rng, eligible=eligible, test_fraction=test_fraction, val_fraction=val_fraction, protocol=protocol,
-        name=str(path),
-    )
-    user_table = pd.DataFrame({"user_id": [f"u{i:04d}" for i in range(users)],
-                               "dominant": np.asarray(DOMAINS)[weights.argmax(axis=1)]})
-    p = normalise_shares(shares, DSP_SHARES)
+    p, weights, pairs, user_table = simulate_population(
+        responses["prompt_id"].to_numpy(), scores, list(DOMAINS), DSP_SHARES, np.random.default_rng(seed),
+        eligible=eligible, name=str(path), **simulation)
     return PreferenceDataset(
         name="dsp", responses=responses, pairs=pairs, users=user_table, base_scores=scores,
         persona_weights=weights, judges=list(DOMAINS),
-        meta={"shares": dict(zip(DOMAINS, p.round(6).tolist(), strict=True)), "alpha": alpha, "source": str(path)},
+        meta={"shares": dict(zip(DOMAINS, p.round(6).tolist(), strict=True)), "alpha": simulation["alpha"],
+              "source": str(path)},
     )

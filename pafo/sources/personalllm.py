@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..dataset import PreferenceDataset
 from ..errors import PafoInputError
-from ..simulate import normalise_shares, sample_personas, simulate_pairs, zscore_columns
+from ..simulate import simulate_population, zscore_columns
 from .files import read_table, require_columns
 
 __all__ = ["HUB_ID", "load_personalllm", "reward_model_columns"]
@@ -55,19 +55,9 @@ def _long_tables(frame: pd.DataFrame, n: int, models: list[str], source: str) ->
     return table, np.asarray(scores, dtype=np.float64)
 
 
-def load_personalllm(
-    path: str | None,
-    *,
-    users: int = 300,
-    shares: dict[str, float] | None = None,
-    alpha: float = 0.1,
-    train_pairs: int = 8,
-    test_pairs: int = 20,
-    test_fraction: float = 0.25,
-    val_fraction: float = 0.1,
-    protocol: str = "random",
-    seed: int = 0,
-) -> PreferenceDataset:
+def load_personalllm(path: str | None, *, seed: int, **simulation) -> PreferenceDataset:
+    """PersonalLLM responses with users simulated over its reward models (``simulation``: DataConfig's simulation
+    fields, see :func:`pafo.simulate.simulate_population`)."""
     source = str(path or HUB_ID)
     frame = read_table(source)
     require_columns(frame, ["prompt", "response_1", "response_2"], source)
@@ -76,17 +66,12 @@ def load_personalllm(
         raise PafoInputError(NO_SCORES.format(source=source))
     responses, raw = _long_tables(frame, n_responses, models, source)
     scores = zscore_columns(raw)
-    rng = np.random.default_rng(seed)
-    p = normalise_shares(shares, {m: 1.0 / len(models) for m in models})
-    weights = sample_personas(users, p, alpha, rng)
-    pairs = simulate_pairs(
-        responses["prompt_id"].to_numpy(), scores, weights, train_pairs=train_pairs, test_pairs=test_pairs,
-        rng=rng, test_fraction=test_fraction, val_fraction=val_fraction, protocol=protocol, name=source,
-    )
-    user_table = pd.DataFrame({"user_id": [f"u{i:04d}" for i in range(users)],
-                               "dominant": np.asarray(models)[weights.argmax(axis=1)]})
+    p, weights, pairs, user_table = simulate_population(
+        responses["prompt_id"].to_numpy(), scores, models, {m: 1.0 / len(models) for m in models},
+        np.random.default_rng(seed), name=source, **simulation)
     return PreferenceDataset(
         name="personalllm", responses=responses, pairs=pairs, users=user_table, base_scores=scores,
         persona_weights=weights, judges=models,
-        meta={"shares": dict(zip(models, p.round(6).tolist(), strict=True)), "alpha": alpha, "source": source},
+        meta={"shares": dict(zip(models, p.round(6).tolist(), strict=True)), "alpha": simulation["alpha"],
+              "source": source},
     )

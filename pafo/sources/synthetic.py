@@ -34,7 +34,7 @@ import pandas as pd
 
 from ..config import OUT_OF_RANGE, check_range
 from ..dataset import PreferenceDataset
-from ..simulate import normalise_shares, sample_personas, simulate_pairs, zscore_columns
+from ..simulate import simulate_population, zscore_columns
 
 __all__ = ["ATTRIBUTES", "JUDGE_TASTES", "default_shares", "make_synthetic", "synthetic_judges"]
 
@@ -153,49 +153,22 @@ def _responses(n_prompts: int, per_prompt: int, rng: np.random.Generator) -> tup
     return pd.DataFrame(rows, columns=["prompt_id", "prompt", "text"]), attrs
 
 
-def _check_sizes(**sizes: tuple[int, int]) -> None:
-    for name, (value, low) in sizes.items():
-        check_range("--" + name.replace("_", "-"), value, integer=True, ge=low)
-
-
-def make_synthetic(
-    *,
-    users: int = 300,
-    prompts: int = 160,
-    responses_per_prompt: int = 6,
-    judges: int = 4,
-    shares: dict[str, float] | None = None,
-    alpha: float = 0.1,
-    minority_homogeneity: float = 0.0,
-    quality_noise: float = 0.1,
-    train_pairs: int = 8,
-    test_pairs: int = 20,
-    test_fraction: float = 0.25,
-    val_fraction: float = 0.1,
-    protocol: str = "random",
-    seed: int = 0,
-) -> PreferenceDataset:
-    """Build the synthetic dataset (see the module docstring for why it is designed this way)."""
-    _check_sizes(users=(users, 2), prompts=(prompts, 2), responses_per_prompt=(responses_per_prompt, 2),
-                 train_pairs=(train_pairs, 1), test_pairs=(test_pairs, 1))
+def make_synthetic(*, prompts: int, responses_per_prompt: int, judges: int, minority_homogeneity: float,
+                   quality_noise: float, seed: int, **simulation) -> PreferenceDataset:
+    """Build the synthetic dataset (see the module docstring for why it is designed this way); the options are
+    DataConfig's (``load_dataset(DataConfig(...))`` validates them), ``simulation`` its simulation fields."""
     rng = np.random.default_rng(seed)
     names = synthetic_judges(judges)
-    p = normalise_shares(shares, default_shares(names))
     responses, attrs = _responses(prompts, responses_per_prompt, rng)
     raw = attrs @ judge_tastes(names, minority_homogeneity).T + quality_noise * rng.standard_normal((len(attrs), 1))
     scores = zscore_columns(raw)
-    weights = sample_personas(users, p, alpha, rng)
-    pairs = simulate_pairs(
-        responses["prompt_id"].to_numpy(), scores, weights, train_pairs=train_pairs, test_pairs=test_pairs,
-        rng=rng, test_fraction=test_fraction, val_fraction=val_fraction, protocol=protocol, name="synthetic",
-    )
+    p, weights, pairs, user_table = simulate_population(
+        responses["prompt_id"].to_numpy(), scores, names, default_shares(names), rng, name="synthetic", **simulation)
     for i, attribute in enumerate(ATTRIBUTES):
         responses[attribute] = attrs[:, i].astype(bool)
-    user_table = pd.DataFrame({"user_id": [f"u{i:04d}" for i in range(users)],
-                               "dominant": np.asarray(names)[weights.argmax(axis=1)]})
     return PreferenceDataset(
         name="synthetic", responses=responses, pairs=pairs, users=user_table, base_scores=scores,
         persona_weights=weights, judges=names,
-        meta={"shares": dict(zip(names, p.round(6).tolist(), strict=True)), "alpha": alpha,
+        meta={"shares": dict(zip(names, p.round(6).tolist(), strict=True)), "alpha": simulation["alpha"],
               "minority_judges": [j for j in names if j in MINORITY_JUDGES], "attributes": list(ATTRIBUTES)},
     )
