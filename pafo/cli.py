@@ -131,19 +131,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_support(sub) -> None:
-    parser = sub.add_parser("support", help="support rates and majority/minority groups of a dataset")
+def _data_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand over one dataset and the run's encoder (``support``, ``embed``)."""
+    parser = sub.add_parser(name, help=help_text)
     add_data_arguments(parser)
     add_dataclass_arguments(parser, RunSettings, include=("encoder",))
+    return parser
+
+
+def _add_support(sub) -> None:
+    parser = _data_command(sub, "support", "support rates and majority/minority groups of a dataset")
     parser.add_argument("--json", metavar="OUT", help="write the summary JSON here")
     parser.add_argument("--csv", metavar="OUT", help="write one row per user here")
     parser.set_defaults(handler=cmd_support, output_files=("json", "csv"))
 
 
 def _add_embed(sub) -> None:
-    parser = sub.add_parser("embed", help="embed a dataset's texts into the disk cache")
-    add_data_arguments(parser)
-    add_dataclass_arguments(parser, RunSettings, include=("encoder",))
+    parser = _data_command(sub, "embed", "embed a dataset's texts into the disk cache")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embeddings cache")
     parser.add_argument("--json", metavar="OUT", help="write timing JSON here")
     parser.set_defaults(handler=cmd_embed, output_files=("json",))

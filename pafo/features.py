@@ -59,15 +59,8 @@ def text_features(
     return FeatureResult(np.hstack([response_rows, prompt_rows]).astype(np.float32), result)
 
 
-def response_features(
-    dataset: PreferenceDataset,
-    encoder: str = DEFAULT_ENCODER,
-    *,
-    layout: Layout = "prompt+response",
-    cache: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-    progress_bar: bool = False,
-) -> FeatureResult:
-    """Embed the dataset once; row i holds the features of ``dataset.responses`` row i (see ``text_features``)."""
+def response_features(dataset: PreferenceDataset, encoder: str = DEFAULT_ENCODER, **options) -> FeatureResult:
+    """Embed the dataset once; row i holds the features of ``dataset.responses`` row i (``options`` and the layout
+    as in :func:`text_features`)."""
     return text_features(dataset.responses["text"].tolist(), dataset.responses["prompt"].tolist(), encoder,
-                         layout=layout, cache=cache, progress=progress, progress_bar=progress_bar)
+                         **options)
