@@ -37,7 +37,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .compare import describe_comparison, paired_comparison, pooled_group_ci
-from .config import dataclass_from_dict
+from .config import dataclass_from_dict, validate_options
 from .dataset import PreferenceDataset
 from .diagnostics import ceiling_summary, ceilings, cluster_report
 from .errors import PafoInputError, RunCancelled
@@ -95,7 +95,9 @@ class _Experiment:
             self.seeds = seeds if len(seeds) > 1 else None
         for section in dataclasses.fields(self):
             if section.name != "seeds":
-                getattr(self, section.name).validate()
+                options = getattr(self, section.name)
+                # A section's own validate() adds cross-field checks; a plain options dataclass gets the bounds.
+                options.validate() if hasattr(options, "validate") else validate_options(options)
         return self
 
     def to_dict(self) -> dict:

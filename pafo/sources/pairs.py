@@ -51,7 +51,7 @@ def _assign_splits(pairs: pd.DataFrame, test_fraction: float, val_fraction: floa
     return split
 
 
-def load_pairs(path: str | None, *, test_fraction: float = 0.25, val_fraction: float = 0.1, seed: int = 0,
+def load_pairs(path: str | None, *, test_fraction: float, val_fraction: float, seed: int,
                **_: object) -> PreferenceDataset:
     if not path:
         raise PafoInputError(NEED_PATH)
