@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import machine, publish
+from pafo.metrics import pair_correct, per_user_accuracy
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGES = ("data", "support", "train", "compare", "users", "whatif")
@@ -65,7 +66,7 @@ def build_result(dataset, support, groups, config: dict, methods=("baseline", "p
         skill = 0.3 + 1.6 * s + 0.15 * k * (group == "minority")  # baseline: accuracy grows with support
         margin = rng.normal(skill[users], 1.0).astype(np.float32)
         margins[f"margin_{name}"] = margin
-        acc = pd.Series(margin > 0).groupby(users).mean().reindex(range(len(s))).to_numpy()
+        acc = per_user_accuracy(margin, users).reindex(range(len(s))).to_numpy()
         per_user[f"acc_{name}"] = acc
         maj, mino = acc[group == "majority"], acc[group == "minority"]
         by_decile = [{"decile": int(d) + 1, "support_lo": float(s[deciles == d].min()),
@@ -73,7 +74,7 @@ def build_result(dataset, support, groups, config: dict, methods=("baseline", "p
                       "accuracy": float(acc[deciles == d].mean())} for d in np.unique(deciles)]
         order = np.sort(acc)
         out[name] = {
-            "accuracy": {"overall": float(acc.mean()), "micro": float((margin > 0).mean()),
+            "accuracy": {"overall": float(acc.mean()), "micro": float(pair_correct(margin).mean()),
                          "majority": float(maj.mean()), "minority": float(mino.mean())},
             "accuracy_ci": {"majority": _bootstrap_ci(maj, rng), "minority": _bootstrap_ci(mino, rng),
                             "gap": [0.0, 0.1]},

@@ -22,6 +22,7 @@ import pandas as pd
 from .config import dataclass_from_dict, field_bounds, field_choices
 from .errors import PafoInputError
 from .method_configs import DEFAULT_ENCODER
+from .metrics import pair_correct
 from .paths import pafo_home
 from .sources import SOURCE_SPECS
 
@@ -457,6 +458,6 @@ def user_pairs_table(margins: pd.DataFrame, user: int, responses: pd.DataFrame |
         if column in rows:
             margin = rows[column].to_numpy(float)
             table[f"{name} margin"] = np.round(margin, 3)
-            table[f"{name} right"] = np.where(np.isnan(margin), "–",  # an audit with --allow-missing
-                                              np.where(margin > 0, "✓", np.where(margin < 0, "✗", "½")))
+            marks = np.asarray(["✗", "½", "✓"])[(2 * pair_correct(np.nan_to_num(margin))).astype(int)]
+            table[f"{name} right"] = np.where(np.isnan(margin), "–", marks)  # "–": an audit with --allow-missing
     return table.reset_index(drop=True)
