@@ -144,6 +144,23 @@ def test_run_pickers_group_a_sweeps_cells_under_the_sweep():
     assert run_groups([]) == {}
 
 
+def test_sweep_pareto_axes_show_whole_whiskers():
+    """Guards against CI whiskers cut at the plot's edge (they showed as lines across the whole plot): the axis
+    ranges of the sweep's Pareto plot hold every point's CI, and a point without a CI still sets the range."""
+    from pafo.report import sweep_pareto
+
+    def point(index, majority, minority, ci):
+        return {"index": index, "params": {"pafo.lam": float(index)}, "methods": {"pafo": {
+            "accuracy": {"majority": majority, "minority": minority}, "accuracy_ci": ci}}}
+
+    sweep = {"pareto_method": "pafo", "seeds": [0, 1], "grid": {"pafo.lam": [0.0, 1.0]}, "pareto_front": [1],
+             "points": [point(0, 0.75, 0.56, {"majority": [0.70, 0.80], "minority": [0.46, 0.66]}),
+                        point(1, 0.78, 0.64, {})]}
+    layout = sweep_pareto(sweep).layout
+    (x_lo, x_hi), (y_lo, y_hi) = layout.xaxis.range, layout.yaxis.range
+    assert x_lo < 0.70 and x_hi > 0.80 and y_lo < 0.46 and y_hi > 0.66
+
+
 def test_cli_bad_grid_exits_2_with_one_line_and_queues_nothing(home: Path, capsys: pytest.CaptureFixture):
     assert main(["sweep", *DATA, "--grid", "pafo.lam=0,1", "--grid", "pafo.beta=-3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
