@@ -31,7 +31,9 @@ __all__ = [
     "DEMO_METHODS",
     "DEMO_SEEDS",
     "FIELD_LABELS",
+    "SINGLE_RUNS",
     "SOURCE_LABELS",
+    "SWEEP_PREFIX",
     "FieldSpec",
     "config_diff",
     "dataset_label",
@@ -43,6 +45,8 @@ __all__ = [
     "form_changes",
     "form_to_dataclass",
     "friendly_paths",
+    "group_label",
+    "group_of",
     "grouping_rule",
     "history_frame",
     "known_fields",
@@ -50,11 +54,13 @@ __all__ = [
     "pareto_points",
     "pareto_records",
     "path_hint",
+    "run_groups",
     "run_row",
     "runs_table",
     "save_upload",
     "seeds_text",
     "shares_text",
+    "short_label",
     "simulated",
     "source_fields",
     "source_kind",
@@ -349,6 +355,42 @@ def run_row(record) -> dict:
         "parent": record.parent_id or "",
         "error": record.error or "",
     }
+
+
+SWEEP_PREFIX = "sweep-"  # a sweep's id (pafo.sweep.new_sweep_id), the parent_id of each of its cells
+SINGLE_RUNS = "single runs"  # the run-picker group of the runs that are no sweep's cells
+
+
+def run_groups(records: list) -> dict[str, list]:
+    """The runs as the run pickers group them: :data:`SINGLE_RUNS` first (in the given order; left out when
+    empty), then one group per sweep, named by its id, in the order the sweeps first appear (the registry lists
+    newest first) and holding its cells in the order they were submitted (the sweep's grid order)."""
+    groups: dict[str, list] = {SINGLE_RUNS: []}
+    for record in records:
+        sweep = record.parent_id if (record.parent_id or "").startswith(SWEEP_PREFIX) else None
+        groups.setdefault(sweep or SINGLE_RUNS, []).append(record)
+    for name, cells in groups.items():
+        if name != SINGLE_RUNS:
+            cells.sort(key=lambda r: (r.created_at, r.id))
+    return {name: runs for name, runs in groups.items() if runs}
+
+
+def group_of(groups: dict[str, list], run_id: str | None) -> str:
+    """The group holding ``run_id`` (the first group when none does)."""
+    return next((name for name, runs in groups.items() if any(r.id == run_id for r in runs)), next(iter(groups)))
+
+
+def group_label(name: str, runs: list) -> str:
+    """How a run picker names a group: ``single runs (3)`` or ``sweep-… · 4 cells``."""
+    return f"{name} ({len(runs)})" if name == SINGLE_RUNS else f"{name} · {len(runs)} cell{'s' * (len(runs) != 1)}"
+
+
+def short_label(record) -> str:
+    """A run's label without its sweep's id in front (a cell's label is ``SWEEP_ID: params seed N``; the picker
+    already names the sweep)."""
+    label = record.label or ""
+    prefix = f"{record.parent_id}: "
+    return label[len(prefix):] if record.parent_id and label.startswith(prefix) else label
 
 
 def runs_table(records) -> pd.DataFrame:

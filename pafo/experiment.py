@@ -41,7 +41,7 @@ from .config import dataclass_from_dict, validate_options
 from .dataset import PreferenceDataset
 from .diagnostics import ceiling_summary, ceilings, cluster_report
 from .errors import PafoInputError, RunCancelled
-from .features import dataset_texts, response_features
+from .features import FeatureResult, dataset_texts, response_features
 from .method_configs import UNKNOWN_METHOD, RunSettings, method_sections, method_spec
 from .methods import MethodContext, fit_method
 from .metrics import (
@@ -65,6 +65,7 @@ __all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context",
 
 BAD_SEEDS = "--seeds: {detail}; write seeds and ranges such as 0-4 or 0,3,7"
 MAX_SEEDS = 50
+MSG_FEATURE_ROWS = "precomputed features of seed {seed} have {rows} rows; its dataset has {n} responses"
 REFERENCE = "baseline"  # the method every other one is compared with, user by user
 
 # The progress bar is divided by rough costs measured on the 2-core demo machine, only so that it moves with the
@@ -321,9 +322,10 @@ def _train_seconds(datasets: list[PreferenceDataset], methods: list[str]) -> lis
             for dataset in datasets]
 
 
-def _load_inputs(config: ExperimentConfig, progress: Progress) -> tuple[list[SeedInputs], float]:
-    """Every seed's data, features (each text embedded once for the run), support rates and groups; also the
-    progress fraction at which embedding ended."""
+def _load_inputs(config: ExperimentConfig, progress: Progress,
+                 features: dict[int, FeatureResult] | None = None) -> tuple[list[SeedInputs], float]:
+    """Every seed's data, features (each text embedded once for the run, unless ``features`` has the seed's
+    rows), support rates and groups; also the progress fraction at which embedding ended."""
     seeds = config.seed_list()
     progress(0.0, "loading data", None)
     datasets = [load_dataset(dataclasses.replace(config.data, seed=seed)) for seed in seeds]
@@ -332,10 +334,14 @@ def _load_inputs(config: ExperimentConfig, progress: Progress) -> tuple[list[See
     inputs = []
     progress(LOADED_AT, "embedding texts", None)  # loading the encoder comes first, before its first report
     for i, (seed, dataset) in enumerate(zip(seeds, datasets, strict=True)):
-        features = response_features(dataset, config.run.encoder, progress=embed.for_seed(i))
+        given = (features or {}).get(seed)
+        if given is not None and len(given.features) != len(dataset.responses):
+            raise ValueError(MSG_FEATURE_ROWS.format(seed=seed, rows=len(given.features), n=len(dataset.responses)))
+        seed_features = (given if given is not None
+                         else response_features(dataset, config.run.encoder, progress=embed.for_seed(i)))
         estimator = resolve_estimator(dataset, config.groups.estimator)
-        support = estimate_support(dataset, estimator, embeddings=features.features, seed=seed)
-        inputs.append(SeedInputs(seed, dataset, features, support, config.groups.apply(support.user_support)))
+        support = estimate_support(dataset, estimator, embeddings=seed_features.features, seed=seed)
+        inputs.append(SeedInputs(seed, dataset, seed_features, support, config.groups.apply(support.user_support)))
     return inputs, embed.embedded_at
 
 
@@ -351,12 +357,18 @@ def _method_result(name, output, per_user, config, margins, test) -> dict:
 
 def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | None = None,
                    progress: Progress = no_progress,
-                   should_stop: Callable[[], bool] = never_stop) -> dict:
+                   should_stop: Callable[[], bool] = never_stop,
+                   features: dict[int, FeatureResult] | None = None) -> dict:
     """Run every requested method on one dataset, once per seed, and return the result JSON (see the module
-    docstring; also written to ``out_dir``)."""
+    docstring; also written to ``out_dir``).
+
+    ``features``: precomputed :func:`pafo.features.response_features` of ``config.run.encoder`` per data seed,
+    used instead of embedding that seed's texts (a sweep's driver embeds each seed once and hands the rows to
+    its cells through Ray's object store, :func:`pafo.sweep.run_on_ray`); seeds it lacks are embedded as usual.
+    """
     config = ExperimentConfig.from_dict(config) if isinstance(config, dict) else config.validate()
     started = time.perf_counter()
-    inputs, embedded_at = _load_inputs(config, progress)
+    inputs, embedded_at = _load_inputs(config, progress, features)
     set_threads()
     methods = config.run.method_list()
     costs = np.asarray(_train_seconds([i.dataset for i in inputs], methods)).ravel()

@@ -566,9 +566,18 @@ def sweep_pareto(sweep: dict) -> go.Figure:
     return make_figure(traces, f"Sweep: {method} at each grid point (means over {len(sweep['seeds'])} seed(s))",
                        height=440,
                        xaxis=dict(title="majority accuracy →", tickformat=".1%",
-                                  range=_padded_range(rows["majority"] if len(rows) else [])),
+                                  range=_padded_range(_whisker_ends(rows, "majority"))),
                        yaxis=dict(title="minority accuracy →", tickformat=".1%",
-                                  range=_padded_range(rows["minority"] if len(rows) else [])))
+                                  range=_padded_range(_whisker_ends(rows, "minority"))))
+
+
+def _whisker_ends(rows: pd.DataFrame, group: str) -> list[float]:
+    """The points' values and their CI ends, so the axis range shows whole whiskers (not lines cut at the edge)."""
+    if not len(rows):
+        return []
+    value = rows[group].astype(float)
+    minus, plus = (rows[f"{group}_{side}"].astype(float) for side in ("minus", "plus"))
+    return [*value, *(value - minus), *(value + plus)]
 
 
 def sweep_lines(sweep: dict, key: str) -> go.Figure:

@@ -6,7 +6,9 @@ what-if (:func:`pafo.appstate.whatif_config`, hence :func:`pafo.config.validate_
 A *cell* is one grid point on one data seed: a one-seed run submitted to :class:`pafo.registry.RunRegistry` with
 the sweep's id as its ``parent_id``, so the registry's cache key reuses cells that already finished with the same
 config (``force`` retrains them) and its worker processes run the rest under its concurrency limit. Before the
-workers start, the sweep embeds each distinct dataset once, so every cell finds its features in the disk cache.
+workers start, the sweep embeds each distinct dataset (data options and seed) once: local workers find those
+features in the disk cache; on Ray the driver puts them into Ray's object store once and every task of that
+dataset receives them from there (:func:`run_on_ray`), so no task embeds or reads the cache again.
 
 ``sweep.json`` (:func:`assemble`):
 
@@ -23,20 +25,23 @@ workers start, the sweep embeds each distinct dataset once, so every cell finds 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import os
+import pickle
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
-from .appstate import whatif_config
+from .appstate import SWEEP_PREFIX, whatif_config
 from .compare import paired_comparison, pooled_group_ci
 from .errors import PafoEnvironmentError, PafoInputError
 from .experiment import REFERENCE, ExperimentConfig, _mean_tree
+from .features import FeatureResult
 from .registry import (
     ACTIVE_STATUSES,
     LOG_NAME,
@@ -47,10 +52,12 @@ from .registry import (
     new_run_id,
     worker_env,
 )
+from .worker import FEATURES_STDIN
 
 __all__ = [
     "BACKENDS",
     "MAX_CELLS",
+    "SWEEP_PREFIX",
     "Cell",
     "assemble",
     "attach_records",
@@ -72,7 +79,6 @@ __all__ = [
 
 MAX_CELLS = 1000  # grid points × seeds; a bigger sweep is more likely a typo than a plan on one machine
 NONE_WORDS = ("none", "null")  # how a grid value says "not set" (e.g. groups.minority_threshold back to quantiles)
-SWEEP_PREFIX = "sweep-"
 
 MSG_SYNTAX = "--grid {text!r}: write section.field=value,value,... e.g. pafo.lam=0,0.5,1"
 MSG_SECTION = "--grid {key}: unknown section {section!r}; use one of {known}"
@@ -91,6 +97,7 @@ MSG_NO_RAY = "--backend ray needs the ray package: pip install -r requirements.t
 MSG_RAY_INIT = ("cannot start or join Ray ({address}): {detail}; check --ray-address / $RAY_ADDRESS, or use "
                 "--backend local")
 REASON_RAY_TASK = "its Ray task failed before the worker started: {detail}"
+LOG_SHARED_FEATURES = "features of seed {seed} ({rows}×{dim}, {encoder}) from the Ray object store, not embedded here\n"
 MSG_PARETO_METHOD = "--pareto-method {name!r} is not one of the sweep's methods ({methods})"
 SEED_KEYS = ("data.seed", "seeds")
 
@@ -105,6 +112,7 @@ class Cell:
     config: dict
     fingerprint: str
     record: RunRecord | None = None
+    features: FeatureResult | None = dataclasses.field(default=None, repr=False)  # set by warm_embeddings
 
     @property
     def label(self) -> str:
@@ -212,22 +220,22 @@ def preflight_cells(cells: list[Cell]) -> None:
 
 
 def warm_embeddings(cells: list[Cell]) -> int:
-    """Embed each distinct dataset of the cells still to run once, into the disk cache the workers read; returns
-    how many datasets were embedded. Cells that run at the same time would otherwise each embed the same texts."""
+    """Embed each distinct dataset of the cells still to run once (into the disk cache local workers read) and
+    give each such cell its features (shared, one object per dataset, for :func:`run_on_ray`); returns how many
+    datasets were embedded. Cells that run at the same time would otherwise each embed the same texts."""
     from .features import response_features
     from .sources import load_dataset
 
-    seen, embedded = set(), 0
+    embedded: dict[tuple, FeatureResult] = {}
     for cell in cells:
         if cell.record is None or cell.record.status != QUEUED:
             continue
         config = ExperimentConfig.from_dict(cell.config)
         key = (repr(dataclasses.asdict(config.data)), config.run.encoder)
-        if key not in seen:
-            seen.add(key)
-            response_features(load_dataset(config.data), config.run.encoder)
-            embedded += 1
-    return embedded
+        if key not in embedded:
+            embedded[key] = response_features(load_dataset(config.data), config.run.encoder)
+        cell.features = embedded[key]
+    return len(embedded)
 
 
 def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int] | None = None, *,
@@ -315,10 +323,12 @@ def _import_ray():
     return ray
 
 
-def ray_cell(run_id: str, home: str, options: dict) -> int:
+def ray_cell(run_id: str, home: str, options: dict, features: dict[int, FeatureResult] | None = None) -> int:
     """The Ray task of one cell: start the cell's worker (``python -m pafo.worker``, the same process a local
     run gets, so progress, heartbeat, cancel and artifacts behave alike) and wait for it; returns its exit code.
 
+    ``features`` (``{seed: FeatureResult}``, which Ray resolves from the object store before the task starts) go
+    to the worker through its stdin (``--features-stdin``), so it neither embeds nor reads the embeddings cache.
     The worker runs in a session of its own with the run id on its command line, so the registry can check it
     is alive and kill it on cancel. A worker killed before recording its outcome is settled here with the signal
     that killed it. Needs ``home`` on a file system the Ray node shares with the caller.
@@ -326,11 +336,19 @@ def ray_cell(run_id: str, home: str, options: dict) -> int:
     registry = RunRegistry(home, **options)
     run_dir = registry.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
+    command = registry.worker_command(run_id) + ([FEATURES_STDIN] if features is not None else [])
     with open(run_dir / LOG_NAME, "ab") as log:
-        process = subprocess.Popen(registry.worker_command(run_id), stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True,
+        for seed, shared in (features or {}).items():
+            log.write(LOG_SHARED_FEATURES.format(seed=seed, rows=shared.features.shape[0], dim=shared.dim,
+                                                 encoder=shared.embedding.encoder).encode())
+        log.flush()
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL if features is None else subprocess.PIPE,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**worker_env(), "PAFO_HOME": str(registry.home)},
                                    close_fds=True)
+    if features is not None:
+        with contextlib.suppress(BrokenPipeError), process.stdin:  # a worker killed before reading is settled below
+            pickle.dump(features, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
     code = process.wait()
     if code != 0:
         registry.settle_exited(run_id, process.pid, code)
@@ -357,11 +375,20 @@ def _ray_init(ray, address: str | None) -> bool:
     return True
 
 
+def _shared_features(features: FeatureResult) -> FeatureResult:
+    """What a cell needs of its dataset's features: the feature rows and the encoder's figures, without the
+    per-text vectors they were built from (half the bytes in the object store)."""
+    vectors = features.embedding.vectors
+    return FeatureResult(features.features, dataclasses.replace(features.embedding, vectors=vectors[:0]))
+
+
 def run_on_ray(registry: RunRegistry, cells: list[Cell], *, address: str | None = None) -> None:
     """Run the sweep's queued cells as Ray tasks (one CPU each) and return when every task has ended.
 
     Each cell is first *claimed* in the registry (running, no pid yet), so the registry's own dispatch never
     starts a second, local worker for it; the claimed cells are heartbeaten here until their worker starts.
+    The features :func:`warm_embeddings` gave the cells are put into Ray's object store once per dataset and
+    each task gets its dataset's ObjectRef (cells without features embed in their worker, from the disk cache).
     A task that fails before its worker started fails its cell with Ray's reason; the others go on.
     """
     ray = _import_ray()
@@ -370,9 +397,20 @@ def run_on_ray(registry: RunRegistry, cells: list[Cell], *, address: str | None 
         options = {"max_concurrent": registry.max_concurrent, "stale_after": registry.stale_after,
                    "force_cancel_after": registry.force_cancel_after}
         task = ray.remote(num_cpus=1, max_retries=0)(ray_cell)
-        claimed = [cell.record.id for cell in cells
+        refs: dict[int, object] = {}  # id of a dataset's features → its ObjectRef: one ray.put per dataset
+
+        def features_ref(cell: Cell):
+            if cell.features is None:
+                return None
+            if id(cell.features) not in refs:
+                refs[id(cell.features)] = ray.put({cell.seed: _shared_features(cell.features)})
+            return refs[id(cell.features)]
+
+        claimed = [cell for cell in cells
                    if cell.record.status == QUEUED and registry.claim(cell.record.id, STAGE_RAY)]
-        pending = {task.remote(run_id, str(registry.home), options): run_id for run_id in claimed}
+        pending = {task.remote(cell.record.id, str(registry.home), options, features_ref(cell)): cell.record.id
+                   for cell in claimed}
+        claimed = [cell.record.id for cell in claimed]
         while pending:
             registry.beat_unstarted(claimed)
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=HEARTBEAT_SECONDS)

@@ -12,7 +12,10 @@ Target contract::
            should_stop: Callable[[], bool]) -> dict
 
 The target writes its artifacts (result.json, per-user table, safetensors weights) atomically into ``out_dir``
-and raises :class:`pafo.errors.RunCancelled` when ``should_stop()`` turns true. If it returns a dict and wrote
+and raises :class:`pafo.errors.RunCancelled` when ``should_stop()`` turns true. A worker started with
+``--features-stdin`` (a Ray cell of a sweep, :func:`pafo.sweep.ray_cell`) first reads the seeds' precomputed
+features from stdin (a pickled ``{seed: FeatureResult}``) and also passes them as ``features=`` (see
+:func:`pafo.experiment.run_experiment`). If it returns a dict and wrote
 no result.json, the worker writes the dict there. The worker then *publishes* the run (``manifest.json``: the
 checksums of its artifacts) and records it ``succeeded``; a cancel that arrives once the target has returned no
 longer stops it, so a run ends ``succeeded`` exactly when its result was published. Recording the final status
@@ -28,6 +31,7 @@ import importlib
 import json
 import logging
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -50,12 +54,13 @@ from pafo.registry import (
     RunRegistry,
 )
 
-__all__ = ["HEARTBEAT_INTERVAL", "StopFlag", "describe_error", "main", "resolve_target", "run_worker"]
+__all__ = ["FEATURES_STDIN", "HEARTBEAT_INTERVAL", "StopFlag", "describe_error", "main", "resolve_target", "run_worker"]
 
 HEARTBEAT_INTERVAL = 2.0  # seconds between heartbeats; the registry calls a run dead after DEFAULT_STALE_AFTER
 STOP_CACHE_SECONDS = 0.5  # should_stop reads the database at most this often
 PROGRESS_MIN_INTERVAL = 0.2  # progress rows are written at most this often unless the stage or metrics change
 RECORD_PATIENCE = 120.0  # seconds a final status is retried while the registry is locked or being rebuilt
+FEATURES_STDIN = "--features-stdin"  # the flag that makes the worker read precomputed features from stdin
 
 MSG_NOT_MINE = "run %s is not queued or running for this worker (status %s, pid %s): nothing to do"
 MSG_BAD_TARGET = "cannot load run target {target!r}: {detail}"
@@ -204,8 +209,10 @@ def _write_result(out_dir: Path, result: object) -> Path:
     return path
 
 
-def run_worker(registry: RunRegistry, run_id: str, *, heartbeat_interval: float = HEARTBEAT_INTERVAL) -> int:
-    """Run one run to a final status; returns the process exit code (0 succeeded, 1 otherwise)."""
+def run_worker(registry: RunRegistry, run_id: str, *, heartbeat_interval: float = HEARTBEAT_INTERVAL,
+               target_kwargs: dict | None = None) -> int:
+    """Run one run to a final status; returns the process exit code (0 succeeded, 1 otherwise).
+    ``target_kwargs`` are passed on to the target (``features`` read with ``--features-stdin``)."""
     record = registry.get(run_id, refresh=False)
     out_dir = registry.run_dir(run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +227,7 @@ def run_worker(registry: RunRegistry, run_id: str, *, heartbeat_interval: float 
     heartbeat = Heartbeat(registry, run_id, stop_flag, heartbeat_interval, finishing)
     heartbeat.start()
     try:
-        succeeded = _execute(registry, run_id, record.config, out_dir, stop_flag, finishing)
+        succeeded = _execute(registry, run_id, record.config, out_dir, stop_flag, finishing, target_kwargs)
     finally:
         heartbeat.stop()
     registry.dispatch()
@@ -256,13 +263,14 @@ def _publish(out_dir: Path, result: object) -> Path:
 
 
 def _execute(registry: RunRegistry, run_id: str, config: dict, out_dir: Path, stop_flag: StopFlag,
-             finishing: threading.Lock | None = None) -> bool:
+             finishing: threading.Lock | None = None, target_kwargs: dict | None = None) -> bool:
     """Call the target and translate how it ended into exactly one final status."""
     logger.info("run %s started (pid %s)", run_id, os.getpid())
     finishing = finishing or threading.Lock()
     try:
         target = resolve_target(str(config.get("target", DEFAULT_TARGET)))
-        result = target(config, out_dir=out_dir, progress=ProgressReporter(registry, run_id), should_stop=stop_flag)
+        result = target(config, out_dir=out_dir, progress=ProgressReporter(registry, run_id), should_stop=stop_flag,
+                        **(target_kwargs or {}))
         with finishing:  # the heartbeat's forced cancel waits: publishing and recording it belong together
             result_path = _publish(out_dir, result)
             _record(registry.mark_succeeded, run_id, result_path)
@@ -288,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrent", type=int, default=None, help="limit used to start the next run")
     parser.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER)
     parser.add_argument("--force-cancel-after", type=float, default=FORCE_CANCEL_AFTER)
+    parser.add_argument(FEATURES_STDIN, action="store_true",
+                        help="read precomputed features ({seed: FeatureResult}, pickled) from stdin for the target")
     args = parser.parse_args(argv)
     try:
         registry = RunRegistry(
@@ -300,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return run_worker(registry, args.run_id)
+        # Pickle from the process that started this worker (a sweep's own Ray task), never from a user's file.
+        target_kwargs = {"features": pickle.load(sys.stdin.buffer)} if args.features_stdin else None
+        return run_worker(registry, args.run_id, target_kwargs=target_kwargs)
     except BaseException as exc:  # the registry failed around the target: record why instead of vanishing
         logger.exception("worker for run %s failed", args.run_id)
         with contextlib.suppress(Exception):

@@ -319,7 +319,7 @@ def progress_text(record) -> str:
 
 
 def run_label(record) -> str:
-    label = f" · {record.label}" if record.label else ""
+    label = f" · {appstate.short_label(record)}" if record.label else ""
     methods = (record.config.get("run") or {}).get("methods", "")
     if record.kind == "audit":
         methods = "audit of " + ",".join(s.get("name", "?") for s in record.config.get("sources") or [])
@@ -358,6 +358,9 @@ def pick_finished_run(key: str, title: str = "Run", *, live: bool = False,
     if current is not None and current.id in ids and st.session_state.get(seen) != current.id:
         st.session_state[key] = current.id  # a run that just finished (or was attached) is shown first
         st.session_state[seen] = current.id
+        st.session_state.pop(f"{key}_group", None)  # ...in its own group
+    runs = pick_group(key, title, runs)
+    ids = [r.id for r in runs]
     if st.session_state.get(key) not in ids:
         st.session_state[key] = ids[0]
     chosen = st.selectbox(title, ids, key=key, format_func=lambda i: run_label(runs[ids.index(i)]))
@@ -367,6 +370,21 @@ def pick_finished_run(key: str, title: str = "Run", *, live: bool = False,
         show_error(error or "the result could not be read")
         return None
     return record, result
+
+
+def pick_group(key: str, title: str, runs: list, *, selected: str | None = None) -> list:
+    """With sweeps among ``runs``, a select box first: the single runs or one sweep (so a sweep's cells do not
+    flood the run picker); returns the chosen group's runs, at first the group of ``selected`` (default: the
+    picker's selection, ``st.session_state[key]``)."""
+    groups = appstate.run_groups(runs)
+    if len(groups) == 1:
+        return runs
+    group_key = f"{key}_group"
+    if st.session_state.get(group_key) not in groups:
+        st.session_state[group_key] = appstate.group_of(groups, selected or st.session_state.get(key))
+    name = st.selectbox(f"{title}: single runs or a sweep", list(groups), key=group_key,
+                        format_func=lambda g: appstate.group_label(g, groups[g]))
+    return groups[name]
 
 
 # ------------------------------------------------------------------------------------------- sidebar

@@ -123,11 +123,13 @@ else:
     runs_table()
 ui.rerun_when_runs_change(records)  # the picker's status icons below
 if records:
-    ids = [r.id for r in records]
     cols = st.columns([3, 1], vertical_alignment="bottom")
     current_id = st.session_state.get(ui.RUN)
+    with cols[0]:
+        shown = ui.pick_group("train_attach", "Follow another run", records, selected=current_id)
+    ids = [r.id for r in shown]
     pick = cols[0].selectbox("Follow another run", ids, index=ids.index(current_id) if current_id in ids else 0,
-                             format_func=lambda i: ui.run_label(records[ids.index(i)]),
+                             format_func=lambda i: ui.run_label(shown[ids.index(i)]),
                              key=ui.picker_key("train_attach", records))
     if cols[1].button("Follow this run", key="train_attach_button", width="stretch") and pick != current_id:
         ui.set_current_run(pick)

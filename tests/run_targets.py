@@ -113,13 +113,15 @@ def gated(config: dict, *, out_dir: Path, progress: Progress, should_stop: Calla
     return {"gated": True, "value": config.get("value")}
 
 
-def gated_experiment(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool]) -> dict:
-    """The real experiment (the rest of ``config``), begun only once the test creates the ``gate`` file."""
+def gated_experiment(config: dict, *, out_dir: Path, progress: Progress, should_stop: Callable[[], bool],
+                     features: dict | None = None) -> dict:
+    """The real experiment (the rest of ``config``; ``features`` as a Ray cell passes them), begun only once the
+    test creates the ``gate`` file."""
     from pafo.experiment import run_experiment
 
     wait_for_gate(Path(config["gate"]), should_stop, progress)
     experiment = {key: value for key, value in config.items() if key != "gate"}
-    return run_experiment(experiment, out_dir=out_dir, progress=progress, should_stop=should_stop)
+    return run_experiment(experiment, out_dir=out_dir, progress=progress, should_stop=should_stop, features=features)
 
 
 def submit_many(home: str, barrier, count: int, tag: str) -> list[str]:

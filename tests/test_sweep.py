@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -116,6 +117,50 @@ def test_pareto_front_keeps_the_undominated_points():
     assert pareto_front(points, "pafo") == [0, 1, 3]
 
 
+def test_run_pickers_group_a_sweeps_cells_under_the_sweep():
+    """Guards against a sweep's cells flooding the run pickers: single runs (no parent, or a what-if's run parent)
+    come first in their order, then one group per sweep (newest sweep first, as the registry lists runs) with
+    its cells in grid (submission) order, labelled without the sweep id the group already names."""
+    from types import SimpleNamespace
+
+    from pafo.appstate import SINGLE_RUNS, group_label, group_of, run_groups, short_label
+
+    def run(run_id, at, parent=None, label=None):
+        return SimpleNamespace(id=run_id, created_at=at, parent_id=parent, label=label)
+
+    old, new = "sweep-20240101-000000-aaaaaa", "sweep-20240102-000000-bbbbbb"
+    records = [run("r9", 9), run("c8", 8, new, f"{new}: pafo.lam=1.0 seed 0"), run("c7", 7, new),
+               run("w6", 6, "r1", "what-if: lam=2"), run("c3", 3, old), run("c2", 2, old), run("r1", 1)]
+    groups = run_groups(records)
+    assert list(groups) == [SINGLE_RUNS, new, old]
+    assert [[r.id for r in runs] for runs in groups.values()] == [["r9", "w6", "r1"], ["c7", "c8"], ["c2", "c3"]]
+    assert group_label(SINGLE_RUNS, groups[SINGLE_RUNS]) == "single runs (3)"
+    assert group_label(old, groups[old]) == f"{old} · 2 cells"
+    assert group_of(groups, "c3") == old and group_of(groups, "w6") == SINGLE_RUNS
+    assert group_of(groups, "gone") == SINGLE_RUNS and group_of(groups, None) == SINGLE_RUNS
+    assert short_label(records[1]) == "pafo.lam=1.0 seed 0" and short_label(records[3]) == "what-if: lam=2"
+    only_sweeps = run_groups(records[1:3])  # no empty "single runs" group
+    assert list(only_sweeps) == [new]
+    assert run_groups([]) == {}
+
+
+def test_sweep_pareto_axes_show_whole_whiskers():
+    """Guards against CI whiskers cut at the plot's edge (they showed as lines across the whole plot): the axis
+    ranges of the sweep's Pareto plot hold every point's CI, and a point without a CI still sets the range."""
+    from pafo.report import sweep_pareto
+
+    def point(index, majority, minority, ci):
+        return {"index": index, "params": {"pafo.lam": float(index)}, "methods": {"pafo": {
+            "accuracy": {"majority": majority, "minority": minority}, "accuracy_ci": ci}}}
+
+    sweep = {"pareto_method": "pafo", "seeds": [0, 1], "grid": {"pafo.lam": [0.0, 1.0]}, "pareto_front": [1],
+             "points": [point(0, 0.75, 0.56, {"majority": [0.70, 0.80], "minority": [0.46, 0.66]}),
+                        point(1, 0.78, 0.64, {})]}
+    layout = sweep_pareto(sweep).layout
+    (x_lo, x_hi), (y_lo, y_hi) = layout.xaxis.range, layout.yaxis.range
+    assert x_lo < 0.70 and x_hi > 0.80 and y_lo < 0.46 and y_hi > 0.66
+
+
 def test_cli_bad_grid_exits_2_with_one_line_and_queues_nothing(home: Path, capsys: pytest.CaptureFixture):
     assert main(["sweep", *DATA, "--grid", "pafo.lam=0,1", "--grid", "pafo.beta=-3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -211,6 +256,37 @@ def test_cancel_of_a_sweep_cancels_its_running_and_queued_cells(reg: RunRegistry
     assert reg.get(outsider.id).status not in (CANCELLED,)
 
 
+# ============================================================================ shared features
+
+
+def test_precomputed_features_replace_embedding_with_identical_results(single_thread,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """Guards the narrow door the Ray backend uses: run_experiment(features={seed: ...}) trains on the given rows
+    without embedding anything (the encoder is never called) and gives the same metrics as embedding itself;
+    rows that do not match the dataset are refused."""
+    import pafo.experiment
+    from pafo.experiment import run_experiment
+    from pafo.features import response_features
+    from pafo.sources import load_dataset
+
+    config = base_config()
+    plain = run_experiment(config)
+    given = {0: response_features(load_dataset(config.data), config.run.encoder)}
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded although the features were given")
+
+    monkeypatch.setattr(pafo.experiment, "response_features", no_embedding)
+    shared = run_experiment(config, features=given)
+    for name in ("baseline", "pafo"):
+        for key in ("accuracy", "unfairness", "calibration"):
+            assert shared["methods"][name][key] == plain["methods"][name][key]
+    assert shared["per_user"] == plain["per_user"]
+    short = {0: dataclasses.replace(given[0], features=given[0].features[:-1])}
+    with pytest.raises(ValueError, match="precomputed features of seed 0"):
+        run_experiment(config, features=short)
+
+
 # ============================================================================ Ray backend
 
 
@@ -247,11 +323,24 @@ def test_claimed_cells_are_not_dispatched_locally_and_cancel_at_once(reg: RunReg
 
 
 @pytest.mark.slow
-def test_ray_and_local_backends_give_identical_cells(local_ray, home: Path, tmp_path: Path):
+def test_ray_and_local_backends_give_identical_cells(local_ray, home: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
     """The same 4-cell sweep on Ray and on local workers: every cell succeeded, listed in the registry, and its
-    metrics are identical on both backends (each cell retrained: --force)."""
+    metrics are identical on both backends (each cell retrained: --force). On Ray the driver embeds each seed's
+    dataset once and puts it into the object store once (2 seeds: 2 puts for 4 tasks); every cell's worker got
+    its features from there (its log says so) instead of embedding."""
+    import ray
+
+    import pafo.features
+
+    puts, embeds = [], []
+    real_put, real_embed = ray.put, pafo.features.response_features
+    monkeypatch.setattr(ray, "put", lambda value, **kw: puts.append(sorted(value)) or real_put(value, **kw))
+    monkeypatch.setattr(pafo.features, "response_features",
+                        lambda dataset, *a, **kw: embeds.append(dataset) or real_embed(dataset, *a, **kw))
     argv = ["sweep", *DATA, "--grid", "pafo.lam=0,1", "--seeds", "0-1", "--max-concurrent", "2", "--force"]
     assert main([*argv, "--backend", "ray", "--json", str(tmp_path / "ray.json")]) == 0
+    assert sorted(puts) == [[0], [1]] and len(embeds) == 2  # once per seed, not per cell
     assert main([*argv, "--backend", "local", "--json", str(tmp_path / "local.json")]) == 0
     on_ray, local = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("ray", "local"))
     assert [c["status"] for c in on_ray["cells"]] == [SUCCEEDED] * 4
@@ -262,6 +351,9 @@ def test_ray_and_local_backends_give_identical_cells(local_ray, home: Path, tmp_
         for name in ("baseline", "pafo"):
             for key in ("accuracy", "unfairness", "calibration"):
                 assert ray_cell["methods"][name][key] == local_cell["methods"][name][key]
+        log = (RunRegistry(home).run_dir(ray_cell["run_id"]) / "log.txt").read_text()
+        assert f"features of seed {ray_cell['seed']} (" in log and "from the Ray object store" in log
+        assert "features of seed" not in (RunRegistry(home).run_dir(local_cell["run_id"]) / "log.txt").read_text()
     assert on_ray["points"] == local["points"]
 
 
