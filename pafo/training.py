@@ -100,8 +100,9 @@ def pair_margins(model: RewardModel, features: torch.Tensor, pairs: PairSet, bat
     out = []
     for start in range(0, len(pairs), batch_size):
         rows = slice(start, start + batch_size)
-        out.append(model.indexed_margin(features, torch.as_tensor(pairs.chosen[rows]),
-                                        torch.as_tensor(pairs.rejected[rows]), torch.as_tensor(pairs.users[rows])))
+        # torch.tensor copies: pair columns may be read-only views (pandas copy-on-write), which torch warns about.
+        out.append(model.indexed_margin(features, torch.tensor(pairs.chosen[rows]),
+                                        torch.tensor(pairs.rejected[rows]), torch.tensor(pairs.users[rows])))
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
