@@ -42,7 +42,7 @@ from .dataset import PreferenceDataset
 from .diagnostics import ceiling_summary, ceilings, cluster_report
 from .errors import PafoInputError, RunCancelled
 from .features import FeatureResult, dataset_texts, response_features
-from .method_configs import UNKNOWN_METHOD, RunSettings, method_sections, method_spec
+from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_sections, method_spec
 from .methods import MethodContext, fit_method
 from .metrics import (
     Group,
@@ -99,6 +99,7 @@ class _Experiment:
                 options = getattr(self, section.name)
                 # A section's own validate() adds cross-field checks; a plain options dataclass gets the bounds.
                 options.validate() if hasattr(options, "validate") else validate_options(options)
+        _check_draws(self.run.bootstrap, self.data.users)
         return self
 
     def to_dict(self) -> dict:
@@ -141,6 +142,13 @@ ExperimentConfig = dataclasses.make_dataclass(
      ("seeds", list[int] | None, field(default=None))],
     bases=(_Experiment,), namespace={"__module__": __name__, "__doc__": "A whole experiment: data, groups, run, "
                                      "train, each method's options and the seeds."})
+
+
+def _check_draws(bootstrap: int, users: int) -> None:
+    """The bootstrap's resamples × users bound (memory: see MAX_BOOTSTRAP_DRAWS)."""
+    if bootstrap * users > MAX_BOOTSTRAP_DRAWS:
+        raise PafoInputError(BAD_DRAWS.format(bootstrap=bootstrap, users=users, draws=bootstrap * users,
+                                              limit=MAX_BOOTSTRAP_DRAWS, fit=MAX_BOOTSTRAP_DRAWS // users))
 
 
 def parse_seeds(value) -> list[int]:

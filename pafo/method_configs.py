@@ -45,8 +45,12 @@ BAD_LAMBDA = BAD_TEMPERATURE = BAD_DENSE = BAD_CLUSTER_OPTION = BAD_FINETUNE_PAT
 # Limits of size: beyond them a model no longer fits the memory of the machines PAFO Studio targets.
 MAX_HIDDEN = 16384
 MAX_K = 1024
-# The bootstrap draws resamples × users floats at once: with up to 20,000 users (DataConfig) that stays ≤ 1.6 GB.
+# The bootstrap draws resamples × users floats at once; MAX_BOOTSTRAP_DRAWS bounds that product (checked by
+# ExperimentConfig.validate) at 10,000 × 20,000, so one float64 array of draws stays ≤ 1.6 GB whatever the users.
 MAX_BOOTSTRAP = 10_000
+MAX_BOOTSTRAP_DRAWS = 200_000_000
+BAD_DRAWS = ("--bootstrap {bootstrap} × --users {users} = {draws:,} resampled users, over the limit of {limit:,} "
+             "(memory); lower --bootstrap to {fit} or fewer")
 NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
 
 
