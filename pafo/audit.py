@@ -125,7 +125,8 @@ class AuditSettings:
                             le=MAX_BOOTSTRAP)
     encoder: str = option(_DEFAULTS.encoder, "text encoder of the model support estimator (pairs without co-labels "
                                              "or personas); use the training run's to get its groups")
-    device: Literal["cpu", "cuda"] = option("cpu", "--model: where the reward model runs")
+    device: Literal["auto", "cpu", "cuda"] = option("cpu", "where --model reward models and the model support "
+                                                           "estimator's encoder run (auto: CUDA when available)")
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "--model: bf16 only where the device computes it "
                                                                 "natively (auto), or always fp32/bf16")
     batch_size: int = option(16, "--model: (prompt, response) texts per forward pass", ge=1, le=4096)
@@ -552,9 +553,11 @@ def _support(dataset, config: AuditConfig):
     estimator = resolve_estimator(dataset, config.groups.estimator)
     embeddings = None
     if estimator == "model":  # only this estimator reads features; the others would embed for nothing
+        from .device import resolve_device
         from .features import response_features
 
-        embeddings = response_features(dataset, config.audit.encoder).features
+        device = resolve_device(config.audit.device)
+        embeddings = response_features(dataset, config.audit.encoder, device=device).features
     support = estimate_support(dataset, estimator, embeddings=embeddings, seed=config.data.seed)
     return support, config.groups.apply(support.user_support)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import add_dataclass_arguments, dataclass_from_namespace
+from .device import add_device_argument, resolve_device, with_device
 from .errors import (
     EXIT_ENVIRONMENT,
     EXIT_INPUT,
@@ -120,10 +121,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .encoders import embed_texts
     from .features import dataset_texts
 
+    device = resolve_device(args.device)
     dataset = load_dataset(data_config_from_args(args))
     encoder = dataclass_from_namespace(RunSettings, args).encoder
-    result = embed_texts(dataset_texts(dataset), encoder, cache=not args.no_cache, progress_bar=True)
-    payload = {"encoder": result.encoder, "dim": result.dim, "n_texts": result.n_texts,
+    result = embed_texts(dataset_texts(dataset), encoder, cache=not args.no_cache, progress_bar=True, device=device)
+    payload = {"encoder": result.encoder, "dim": result.dim, "n_texts": result.n_texts, "device": device,
                "seconds": round(result.seconds, 3),
                "texts_per_second": round(result.n_texts / result.seconds, 1) if result.seconds > 0 else None,
                "cache_hits": result.cache_hits}
@@ -149,6 +151,7 @@ def _add_support(sub) -> None:
 def _add_embed(sub) -> None:
     parser = _data_command(sub, "embed", "embed a dataset's texts into the disk cache")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embeddings cache")
+    add_device_argument(parser)
     parser.add_argument("--json", metavar="OUT", help="write timing JSON here")
     parser.set_defaults(handler=cmd_embed, output_files=("json",))
 
@@ -163,6 +166,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
                              "one seed of --seed); adds paired comparisons with a verdict per method")
     for cls in (RunSettings, TrainConfig, *method_sections().values()):
         add_dataclass_arguments(parser, cls)
+    add_device_argument(parser)
 
 
 def experiment_config_from_args(args: argparse.Namespace):
@@ -287,10 +291,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     config = experiment_config_from_args(args)
     check_encoder(config)
+    device = resolve_device(args.device)
     staging = _staged_out_dir(args.out_dir)
     bar = _progress_bar()
     try:
-        result = run_experiment(config, out_dir=staging, progress=bar)
+        result = run_experiment(config, out_dir=staging, progress=bar, device=device)
     except BaseException:
         if staging:
             shutil.rmtree(staging, ignore_errors=True)
@@ -346,7 +351,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     run_dir = args.run_dir or _registry_run_dir(args.run)
     scoring = load_scoring_model(run_dir, args.method)
-    scored = score_triples(scoring, read_triples(args.input), progress_bar=True)
+    scored = score_triples(scoring, read_triples(args.input), progress_bar=True, device=resolve_device(args.device))
     if args.csv:
         atomic_write_text(args.csv, scored.to_csv(index=False))
     if args.json:
@@ -380,6 +385,7 @@ def _add_score(sub) -> None:
                         help="CSV, JSONL, JSON or Parquet with columns user_id, prompt, response")
     parser.add_argument("--csv", metavar="OUT", help="write the rows with reward and known_user here")
     parser.add_argument("--json", metavar="OUT", help="write a summary with every scored row here")
+    add_device_argument(parser)
     parser.set_defaults(handler=cmd_score, output_files=("csv", "json"))
 
 
@@ -440,6 +446,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.ray_address and args.backend != "ray":
         raise PafoInputError(RAY_ADDRESS_WITHOUT_RAY)
     base = preflight(experiment_config_from_args(args))
+    resolve_device(args.device)  # refused here (exit 2), not by every cell's worker
     grid = parse_grid(args.grid, base)
     registry = RunRegistry(max_concurrent=args.max_concurrent)
 
@@ -447,7 +454,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"pafo: cell {done}/{total} {cell.record.status}: {cell.label} ({cell.record.id})", file=sys.stderr)
 
     result = run_sweep(base, grid, registry=registry, force=args.force, pareto_method=args.pareto_method,
-                       backend=args.backend, ray_address=args.ray_address, on_cell=report)
+                       backend=args.backend, ray_address=args.ray_address, on_cell=report, device=args.device)
     _write_outputs(args, result if args.json else _sweep_headline(result),
                    summary=f"{len(result['cells'])} cells, Pareto front: points {result['pareto_front']}")
     failed = sum(cell["status"] != SUCCEEDED for cell in result["cells"])
@@ -503,8 +510,11 @@ def _add_runs(sub) -> None:
 
         return ExperimentConfig.from_dict(config).fingerprint()
 
-    add_runs_commands(sub, add_experiment_arguments, lambda a: preflight(experiment_config_from_args(a)).to_dict(),
-                      fingerprint_of)
+    def config_of(args: argparse.Namespace) -> dict:
+        resolve_device(args.device)  # `--device cuda` without CUDA: exit 2 now, not a failed run later
+        return with_device(preflight(experiment_config_from_args(args)).to_dict(), args.device)
+
+    add_runs_commands(sub, add_experiment_arguments, config_of, fingerprint_of)
 
 
 COMMANDS: list[Callable] = [_add_support, _add_embed, _add_experiment, _add_score, _add_audit, _add_runs, _add_sweep]

@@ -73,7 +73,7 @@ def representation_ceiling(train: PairSet, test: PairSet, n_users: int, represen
 def model_features(model, features: torch.Tensor) -> np.ndarray:
     """g(φ) of a trained model, for ``representation_ceiling``."""
     with torch.no_grad():
-        return model.features(features).numpy()
+        return model.features(features).cpu().numpy()
 
 
 def predicted_scores(rows: np.ndarray, scores: np.ndarray, fit_rows: np.ndarray, alpha: float = 1.0) -> np.ndarray:
@@ -88,7 +88,7 @@ def true_cluster_model(ctx, base, fit: ClusterFit, dataset, config):
     the headroom that better cluster discovery could reach. Oracle: reads the simulated personas."""
     from .methods import wide_model
 
-    features = ctx.features.numpy()
+    features = ctx.features.cpu().numpy()
     x = oriented_differences(features, fit.basis, ctx.train.chosen, ctx.train.rejected)
     oracle = fit_clusters(x, ctx.train.users, ctx.n_users, n_clusters=0, restarts=1, ridge=config.cluster_ridge,
                           user_vectors=np.zeros((ctx.n_users, 1)), max_rounds=0,
@@ -102,7 +102,7 @@ def ceilings(ctx, test: PairSet, dataset, pafo_config) -> dict[str, pd.Series]:
     also the true personas of simulated data). Uses the context's trained baseline and, when PAFO ran, its
     clusters."""
     base = ctx.cache["baseline"].model
-    features, g = ctx.features.numpy(), model_features(base, ctx.features)
+    features, g = ctx.features.cpu().numpy(), model_features(base, ctx.features)
     reps = {"per-user fit on the baseline's g(φ)": g}
     if dataset.base_scores is not None:
         seen = np.unique(np.r_[ctx.train.chosen, ctx.train.rejected])

@@ -387,7 +387,7 @@ class TfidfEncoder(Encoder):
         return sp.hstack(blocks, format="csr")
 
 
-_MODELS: dict[str, tuple[Any, Any]] = {}
+_MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}  # (source, device) -> (tokenizer, model)
 _CALIBRATION: dict[str, float] = {}
 _LOCK = threading.RLock()
 _THREADS_SET = False
@@ -445,7 +445,7 @@ def _intra_op_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _load_model(source: str, name: str) -> tuple[Any, Any]:
+def _load_model(source: str, name: str, device: str = "cpu") -> tuple[Any, Any]:
     """Tokenizer and model from local files only: this machine cannot reach the hub, so never try it."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -460,7 +460,7 @@ def _load_model(source: str, name: str) -> tuple[Any, Any]:
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()
-    return tokenizer, model.eval()
+    return tokenizer, model.eval().to(device)
 
 
 def _unloadable_message(name: str, source: str, exc: BaseException) -> str:
@@ -472,13 +472,14 @@ def _unloadable_message(name: str, source: str, exc: BaseException) -> str:
     return MSG_MODEL_OFFLINE.format(name=name)
 
 
-def _cached_model(source: str, name: str) -> tuple[Any, Any]:
-    """The model is loaded once per process (it takes seconds and ~100 MB), whatever the number of encoders."""
+def _cached_model(source: str, name: str, device: str = "cpu") -> tuple[Any, Any]:
+    """The model is loaded once per process and device (it takes seconds and ~100 MB), whatever the number of
+    encoders."""
     with _LOCK:
-        if source not in _MODELS:
+        if (source, device) not in _MODELS:
             configure_torch_threads()
-            _MODELS[source] = _load_model(source, name)
-        return _MODELS[source]
+            _MODELS[source, device] = _load_model(source, name, device)
+        return _MODELS[source, device]
 
 
 def _read_config(source: str, name: str) -> dict[str, Any]:
@@ -499,7 +500,12 @@ def _read_config(source: str, name: str) -> dict[str, Any]:
 
 class TransformerEncoder(Encoder):
     """A transformers encoder, mean pooled over the attention mask and L2-normalised (the sentence-transformers
-    recipe for all-MiniLM-L6-v2), batched by token length so little time is spent on padding."""
+    recipe for all-MiniLM-L6-v2), batched by token length so little time is spent on padding.
+
+    ``device`` (cpu or cuda) is where the forward passes run. It is not part of the cache key: fp32 vectors agree
+    across devices to float rounding, so CPU and GPU runs share the embeddings cache (bf16 ones are keyed apart by
+    their precision, which ``auto`` picks per device).
+    """
 
     def __init__(
         self,
@@ -510,8 +516,10 @@ class TransformerEncoder(Encoder):
         precision: str = "auto",
         max_length: int = DEFAULT_MAX_LENGTH,
         home: Path | None = None,
+        device: str = "cpu",
     ) -> None:
         self.source = source
+        self.device = device
         self.label = label
         self.model_name = model_name or label
         self.requested_precision = _check_precision(precision)
@@ -537,7 +545,7 @@ class TransformerEncoder(Encoder):
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = int(_cached_model(self.source, self.model_name)[1].config.hidden_size)
+            self._dim = int(_cached_model(self.source, self.model_name, self.device)[1].config.hidden_size)
         return self._dim
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
@@ -545,7 +553,7 @@ class TransformerEncoder(Encoder):
 
     def _encode(self, texts: list[str], batch_size: int, bf16: bool, progress: Progress | None) -> np.ndarray:
         batch_size = _check_positive_int(batch_size, MSG_BATCH_SIZE)
-        tokenizer, model = _cached_model(self.source, self.model_name)
+        tokenizer, model = _cached_model(self.source, self.model_name, self.device)
         ids = tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"] if texts else []
         order = np.argsort([-len(row) for row in ids], kind="stable")  # longest first: batches of similar length
         out = np.empty((len(texts), self.dim), np.float32)
@@ -553,7 +561,7 @@ class TransformerEncoder(Encoder):
         with _intra_op_threads(encoder_threads()):
             for start in range(0, len(texts), batch_size):
                 rows = order[start : start + batch_size]
-                out[rows] = _forward(model, [ids[i] for i in rows], pad_id, bf16)
+                out[rows] = _forward(model, [ids[i] for i in rows], pad_id, bf16, self.device)
                 if progress is not None:
                     progress(min(start + batch_size, len(texts)), len(texts))
         return out
@@ -561,9 +569,9 @@ class TransformerEncoder(Encoder):
     def _resolve_precision(self) -> str:
         if self.requested_precision != "auto":
             return self.requested_precision
-        cpu_bf16 = cpu_supports_bf16()
-        self.cos_error_ = self._calibration_error() if cpu_bf16 else None
-        return select_precision("auto", cpu_bf16, self.cos_error_)
+        native_bf16 = _native_bf16(self.device)
+        self.cos_error_ = self._calibration_error() if native_bf16 else None
+        return select_precision("auto", native_bf16, self.cos_error_)
 
     def _calibration_error(self) -> float:
         """bf16-vs-fp32 max cosine error on CALIBRATION_TEXTS, measured once per process at most (none when the
@@ -571,7 +579,7 @@ class TransformerEncoder(Encoder):
         from the cache need not load the model just to learn which precision (and cache key) to use."""
         import torch
 
-        key = f"{self.label}|{self.source}|L{self.max_length}|torch {torch.__version__}|{_cpu_name()}"
+        key = f"{self.label}|{self.source}|L{self.max_length}|torch {torch.__version__}|{_processor(self.device)}"
         with _LOCK:
             stored = _read_calibration(self._home()).get(key)
             if key not in _CALIBRATION:
@@ -591,8 +599,8 @@ class TransformerEncoder(Encoder):
         return self.home if self.home is not None else pafo_home()
 
 
-def _forward(model: Any, batch_ids: list[list[int]], pad_id: int, bf16: bool) -> np.ndarray:
-    """One padded batch through the model, mean pooled in fp32 and L2-normalised."""
+def _forward(model: Any, batch_ids: list[list[int]], pad_id: int, bf16: bool, device: str = "cpu") -> np.ndarray:
+    """One padded batch through the model (on ``device``), mean pooled in fp32 and L2-normalised."""
     import torch
 
     width = max(len(row) for row in batch_ids)
@@ -601,12 +609,31 @@ def _forward(model: Any, batch_ids: list[list[int]], pad_id: int, bf16: bool) ->
     for i, row in enumerate(batch_ids):
         input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
     with torch.inference_mode():
         weights = mask.unsqueeze(-1).to(torch.float32)
         pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=1).numpy().astype(np.float32, copy=False)
+        return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy().astype(np.float32, copy=False)
+
+
+def _native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bf16 natively (elsewhere bf16 is emulated and slower than fp32)."""
+    if device == "cuda":
+        import torch
+
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_supports_bf16()
+
+
+def _processor(device: str) -> str:
+    """What the bf16 calibration is measured on: the CPU model, or the GPU's name."""
+    if device == "cuda":
+        from .device import device_name
+
+        return f"cuda {device_name(device)}"
+    return _cpu_name()
 
 
 def _calibration_path(home: Path) -> Path:
@@ -633,11 +660,12 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def get_encoder(name: str, *, home: Path | None = None, **options: Any) -> Encoder:
+def get_encoder(name: str, *, home: Path | None = None, device: str = "cpu", **options: Any) -> Encoder:
     """Build an encoder from its name: ``minilm``, ``tfidf``, a model folder or a locally cached model id.
 
     Options: ``precision`` ('auto'|'fp32'|'bf16') and ``max_length`` for transformer encoders; ``n_components`` and
-    ``random_state`` for ``tfidf``. ``home`` is where the bf16 calibration record lives (default ``pafo_home()``).
+    ``random_state`` for ``tfidf``. ``home`` is where the bf16 calibration record lives (default ``pafo_home()``);
+    ``device`` (cpu or cuda) is where a transformer encoder runs (TF-IDF is scikit-learn, always on the CPU).
     Weights are not loaded here, only validated through config.json, so building an encoder is cheap.
     """
     if not isinstance(name, str) or not name.strip():
@@ -647,8 +675,10 @@ def get_encoder(name: str, *, home: Path | None = None, **options: Any) -> Encod
         return TfidfEncoder(**_check_options(name, options, TFIDF_OPTIONS))
     options = _check_options(name, options, TRANSFORMER_OPTIONS)
     if name.lower() in MINILM_ALIASES:
-        return TransformerEncoder(str(minilm_model_path()), label="minilm", model_name=name, home=home, **options)
-    return TransformerEncoder(_model_source(name), label=_model_label(name), model_name=name, home=home, **options)
+        return TransformerEncoder(str(minilm_model_path()), label="minilm", model_name=name, home=home, device=device,
+                                  **options)
+    return TransformerEncoder(_model_source(name), label=_model_label(name), model_name=name, home=home,
+                              device=device, **options)
 
 
 def _model_source(name: str) -> str:
@@ -840,6 +870,7 @@ def embed_texts(
     progress: Progress | None = None,
     progress_bar: bool = False,
     batch_size: int = 64,
+    device: str = "cpu",
 ) -> EmbeddingResult:
     """Embed ``texts`` (row i of ``vectors`` is texts[i]), encoding each distinct text once.
 
@@ -852,7 +883,7 @@ def embed_texts(
     texts = _check_texts(texts)
     batch_size = _check_positive_int(batch_size, MSG_BATCH_SIZE)
     home = Path(home) if home is not None else None
-    enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, home=home)
+    enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, home=home, device=device)
     unique, inverse = _dedupe(texts)
     hashes = [text_hash(t) for t in unique]
     key = enc.cache_key(unique) if unique else enc.name

@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from .compare import describe_comparison, paired_comparison, pooled_group_ci
 from .config import dataclass_from_dict, validate_options
 from .dataset import PreferenceDataset
+from .device import EXECUTION_KEY, config_device, resolve_device
 from .diagnostics import ceiling_summary, ceilings, cluster_report
 from .errors import PafoInputError, RunCancelled
 from .features import FeatureResult, dataset_texts, response_features
@@ -112,7 +113,7 @@ class _Experiment:
     @classmethod
     def from_dict(cls, values: dict) -> ExperimentConfig:
         sections = {f.name: f.default_factory for f in dataclasses.fields(cls) if f.name != "seeds"}
-        unknown = [k for k in values if k not in sections and k not in ("target", "seeds")]
+        unknown = [k for k in values if k not in sections and k not in ("target", "seeds", EXECUTION_KEY)]
         if unknown:
             raise PafoInputError(f"experiment config: unknown section {unknown[0]!r}; known: {', '.join(sections)}")
         parts = {name: dataclass_from_dict(type(factory()), values.get(name) or {})
@@ -194,8 +195,9 @@ def _pair_set(pairs: pd.DataFrame, user_group: np.ndarray) -> PairSet:
 
 
 def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: np.ndarray, train: TrainConfig,
-                  *, seed: int = 0, progress: Progress = no_progress, should_stop=never_stop) -> MethodContext:
-    """The method context of a dataset: tensors, pair sets and each user's training prompts."""
+                  *, seed: int = 0, progress: Progress = no_progress, should_stop=never_stop,
+                  device: str = "cpu") -> MethodContext:
+    """The method context of a dataset: tensors (on ``device``), pair sets and each user's training prompts."""
     train_pairs = dataset.split("train")
     # Dense pairs may only use responses a source lets into pairs (DSP leaves out "normal" unless asked).
     eligible = np.unique(dataset.pairs[["chosen", "rejected"]].to_numpy())
@@ -203,7 +205,7 @@ def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: 
     prompt_responses = {int(p): rows.to_numpy() for p, rows in pd.Series(eligible).groupby(prompt_of)}
     prompts_of_user = train_pairs.groupby("user")["prompt_id"].unique()
     return MethodContext(
-        features=torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), n_users=dataset.n_users,
+        features=torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device), n_users=dataset.n_users,
         user_group=user_group, train=_pair_set(train_pairs, user_group),
         val=_pair_set(dataset.split("val"), user_group), prompt_responses=prompt_responses,
         train_prompts_of_user=[np.asarray(prompts_of_user.get(u, []), dtype=np.int64)
@@ -240,7 +242,7 @@ def _save_model(out_dir: Path, name: str, model) -> None:
     from safetensors.torch import save
 
     atomic_write_bytes(out_dir / "weights" / f"{name}.safetensors",
-                       save({k: v.contiguous() for k, v in model.state_dict().items()}))
+                       save({k: v.contiguous().cpu() for k, v in model.state_dict().items()}))
     atomic_write_text(out_dir / "weights" / f"{name}.json", json.dumps(model.config(), indent=2))
 
 
@@ -330,10 +332,10 @@ def _train_seconds(datasets: list[PreferenceDataset], methods: list[str]) -> lis
             for dataset in datasets]
 
 
-def _load_inputs(config: ExperimentConfig, progress: Progress,
-                 features: dict[int, FeatureResult] | None = None) -> tuple[list[SeedInputs], float]:
-    """Every seed's data, features (each text embedded once for the run, unless ``features`` has the seed's
-    rows), support rates and groups; also the progress fraction at which embedding ended."""
+def _load_inputs(config: ExperimentConfig, progress: Progress, features: dict[int, FeatureResult] | None = None,
+                 device: str = "cpu") -> tuple[list[SeedInputs], float]:
+    """Every seed's data, features (each text embedded once for the run, on ``device``, unless ``features`` has the
+    seed's rows), support rates and groups; also the progress fraction at which embedding ended."""
     seeds = config.seed_list()
     progress(0.0, "loading data", None)
     datasets = [load_dataset(dataclasses.replace(config.data, seed=seed)) for seed in seeds]
@@ -346,7 +348,8 @@ def _load_inputs(config: ExperimentConfig, progress: Progress,
         if given is not None and len(given.features) != len(dataset.responses):
             raise ValueError(MSG_FEATURE_ROWS.format(seed=seed, rows=len(given.features), n=len(dataset.responses)))
         seed_features = (given if given is not None
-                         else response_features(dataset, config.run.encoder, progress=embed.for_seed(i)))
+                         else response_features(dataset, config.run.encoder, progress=embed.for_seed(i),
+                                                device=device))
         estimator = resolve_estimator(dataset, config.groups.estimator)
         support = estimate_support(dataset, estimator, embeddings=seed_features.features, seed=seed)
         inputs.append(SeedInputs(seed, dataset, seed_features, support, config.groups.apply(support.user_support)))
@@ -366,17 +369,22 @@ def _method_result(name, output, per_user, config, margins, test) -> dict:
 def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | None = None,
                    progress: Progress = no_progress,
                    should_stop: Callable[[], bool] = never_stop,
-                   features: dict[int, FeatureResult] | None = None) -> dict:
+                   features: dict[int, FeatureResult] | None = None, device: str | None = None) -> dict:
     """Run every requested method on one dataset, once per seed, and return the result JSON (see the module
     docstring; also written to ``out_dir``).
 
     ``features``: precomputed :func:`pafo.features.response_features` of ``config.run.encoder`` per data seed,
     used instead of embedding that seed's texts (a sweep's driver embeds each seed once and hands the rows to
     its cells through Ray's object store, :func:`pafo.sweep.run_on_ray`); seeds it lacks are embedded as usual.
+    ``device`` (auto|cpu|cuda; default: a stored config's ``execution.device``, else ``$PAFO_DEVICE`` or auto,
+    :mod:`pafo.device`) runs encoders and training.
     """
+    if device is None and isinstance(config, dict):
+        device = config_device(config)
+    device = resolve_device(device)
     config = ExperimentConfig.from_dict(config) if isinstance(config, dict) else config.validate()
     started = time.perf_counter()
-    inputs, embedded_at = _load_inputs(config, progress, features)
+    inputs, embedded_at = _load_inputs(config, progress, features, device)
     set_threads()
     methods = config.run.method_list()
     costs = np.asarray(_train_seconds([i.dataset for i in inputs], methods)).ravel()
@@ -388,9 +396,10 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
             raise RunCancelled()
         spans = edges[i * len(methods): (i + 1) * len(methods) + 1]
         tagged = _tagged(progress, i, len(inputs), seed_inputs.seed)
-        runs.append(_run_seed(config, seed_inputs, methods, spans, tagged, should_stop))
+        runs.append(_run_seed(config, seed_inputs, methods, spans, tagged, should_stop, device))
     result = _assemble(config, runs)
     result["seconds"] = round(time.perf_counter() - started, 3)
+    result["device"] = device
     if out_dir is not None:
         write_artifacts(Path(out_dir), result, runs)
     progress(1.0, "done", None)
@@ -398,13 +407,13 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
 
 
 def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], spans: np.ndarray,
-              progress: Progress, should_stop: Callable[[], bool]) -> SeedRun:
+              progress: Progress, should_stop: Callable[[], bool], device: str = "cpu") -> SeedRun:
     """Every method on one seed's data: the single-seed experiment."""
     dataset, support, groups = inputs.dataset, inputs.support, inputs.groups
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=inputs.seed), seeds=None)
     user_group = group_codes(groups.groups.to_numpy())
     ctx = build_context(dataset, inputs.features.features, user_group, config.train, seed=inputs.seed,
-                        progress=progress, should_stop=should_stop)
+                        progress=progress, should_stop=should_stop, device=device)
     test = _pair_set(dataset.split("test"), user_group)
     block = {"seed": inputs.seed, "dataset": dataset.summary(), "support": support.summary(),
              "groups": groups.summary(), "methods": {}}

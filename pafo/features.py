@@ -44,13 +44,14 @@ def text_features(
     cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
     progress_bar: bool = False,
+    device: str = "cpu",
 ) -> FeatureResult:
     """Feature rows for (prompt, response) texts: [e(response), e(prompt)] (or e(response) alone), each distinct
-    text embedded once, responses before prompts."""
+    text embedded once (on ``device``: cpu or cuda), responses before prompts."""
     from .encoders import embed_texts
 
     texts = list(dict.fromkeys(responses + prompts))
-    result = embed_texts(texts, encoder, cache=cache, progress=progress, progress_bar=progress_bar)
+    result = embed_texts(texts, encoder, cache=cache, progress=progress, progress_bar=progress_bar, device=device)
     row_of = {text: i for i, text in enumerate(texts)}
     response_rows = result.vectors[[row_of[t] for t in responses]]
     if layout == "response":

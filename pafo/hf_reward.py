@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .device import DEVICES, MSG_NO_CUDA, resolve_device
 from .errors import PafoInputError, RunCancelled
 
-__all__ = ["DEVICES", "PRECISIONS", "RewardScores", "check_model_folder", "format_texts", "score_texts"]
+__all__ = ["DEVICES", "MSG_NO_CUDA", "PRECISIONS", "RewardScores", "check_model_folder", "format_texts", "score_texts"]
 
-DEVICES = ("cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 SEQ_CLS_SUFFIX = "ForSequenceClassification"
 # Fallback token limit when neither the tokenizer nor the config says (tokenizers report a huge sentinel then).
@@ -36,7 +36,6 @@ MSG_NOT_SEQ_CLS = ("--model {name}={path}: not a sequence-classification model (
 MSG_NUM_LABELS = ("--model {name}={path}: the model has {n} outputs (num_labels); a reward model gives one score "
                   "per text (num_labels=1)")
 MSG_UNLOADABLE = "--model {name}={path}: cannot be loaded ({reason}); check that the folder is complete"
-MSG_NO_CUDA = "--device cuda: no CUDA device is available on this machine; use --device cpu"
 MSG_BAD_BATCH = "--batch-size: must be ≥ 1 (got {value})"
 
 
@@ -96,14 +95,6 @@ def format_texts(tokenizer, prompts: list[str], responses: list[str], max_length
     return [{k: list(encoded[k][i]) for k in keys} for i in range(len(encoded["input_ids"]))]
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PafoInputError(MSG_NO_CUDA)
-    return device
-
-
 def _resolve_precision(precision: str, device: str) -> str:
     """bf16 when asked, or on ``auto`` where the device computes bf16 natively (elsewhere it is slower)."""
     if precision != "auto":
@@ -152,7 +143,7 @@ def score_texts(name: str, folder: str | Path, prompts: list[str], responses: li
         raise PafoInputError(MSG_BAD_BATCH.format(value=batch_size))
     folder = Path(folder)
     config = check_model_folder(name, folder)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     precision = _resolve_precision(precision, device)
     tokenizer, model = _load(name, folder, device)
     limit = _max_length(tokenizer, config, max_length)

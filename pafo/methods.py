@@ -93,9 +93,11 @@ class MethodContext:
         return prompts
 
     def new_model(self, personalized: bool = True) -> RewardModel:
+        """A fresh model on the features' device (initialised on the CPU, so its start is the same on any)."""
         torch.manual_seed(self.seed)
         return RewardModel(self.features.shape[1], self.n_users, hidden=self.train_config.hidden,
-                           k=self.train_config.k, personalized=personalized, normalise=self.train_config.normalise)
+                           k=self.train_config.k, personalized=personalized,
+                           normalise=self.train_config.normalise).to(self.features.device)
 
     def fit(self, model, train: PairSet, val: PairSet, stage: str, span, **kwargs) -> TrainResult:
         return train_model(model, self.features, train, val, kwargs.pop("config", self.train_config),
@@ -181,7 +183,7 @@ def recentre(model: RewardModel, users: np.ndarray) -> None:
 
     The L2 prior then shrinks the group's users towards their own group's taste instead of the population's.
     """
-    index = torch.from_numpy(users)
+    index = torch.from_numpy(users).to(model.b.device)
     vectors = model.b + model.w.weight
     model.b.copy_(vectors[index].mean(0))
     model.w.weight.copy_(vectors - model.b)
@@ -290,11 +292,11 @@ def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardMode
     if key not in ctx.cache:
         started = time.perf_counter()
         with torch.no_grad():
-            user_vectors = base.user_vectors(torch.arange(ctx.n_users)).numpy()
+            user_vectors = base.user_vectors(torch.arange(ctx.n_users, device=base.b.device)).cpu().numpy()
         # One BLAS/OpenMP thread, as in training: the matrices are small, and spinning worker threads on a busy
         # 2-core machine cost more than they give.
         with threadpool_limits(1):
-            ctx.cache[key] = discover(ctx.features.numpy(), ctx.train.chosen, ctx.train.rejected, ctx.train.users,
+            ctx.cache[key] = discover(ctx.features.cpu().numpy(), ctx.train.chosen, ctx.train.rejected, ctx.train.users,
                                       ctx.n_users, subspace=config.subspace, n_clusters=config.clusters,
                                       restarts=config.restarts, user_vectors=user_vectors,
                                       ridge=config.cluster_ridge, max_rounds=config.em_rounds, seed=ctx.seed)
@@ -304,7 +306,7 @@ def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardMode
 
 def _wide_shell(ctx: MethodContext, base: RewardModel, basis: np.ndarray) -> WideRewardModel:
     model = WideRewardModel(base.in_dim, base.n_users, rank=len(basis), hidden=base.hidden, k=base.k,
-                            personalized=True, dropout=base.dropout, normalise=base.normalise)
+                            personalized=True, dropout=base.dropout, normalise=base.normalise).to(base.b.device)
     model.load_state_dict(base.state_dict(), strict=False)
     with torch.no_grad():
         model.basis.copy_(torch.from_numpy(basis).float())

@@ -97,7 +97,7 @@ class RewardModel(nn.Module):
     def user_penalty(self, users: torch.Tensor) -> torch.Tensor:
         """Mean squared norm of the given users' deviations w_u (0 for the non-personalised model)."""
         if self.w is None:
-            return torch.zeros(())
+            return self.b.new_zeros(())
         return (self.w(users) ** 2).sum(-1).mean()
 
 

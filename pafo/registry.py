@@ -44,6 +44,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pafo.device import without_execution
 from pafo.errors import PafoEnvironmentError, PafoInputError
 from pafo.manifest import is_published, verify_manifest
 from pafo.paths import PACKAGE_ROOT, atomic_write_text, ensure_home, pafo_home
@@ -264,8 +265,11 @@ def canonical_json(obj: Any) -> str:
 
 
 def config_hash(config: dict) -> str:
-    """sha256 of the canonical JSON of a config: the cache key (with dataset fingerprint and code version)."""
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+    """sha256 of the canonical JSON of a config: the cache key (with dataset fingerprint and code version).
+
+    Execution settings (the ``execution`` key, e.g. the device) are left out: they change where a run computes,
+    not what, so a config without them hashes as it always did."""
+    return hashlib.sha256(canonical_json(without_execution(config)).encode("utf-8")).hexdigest()
 
 
 #: Modules that present, store or schedule results but never compute them: editing a label, a colour, a message or

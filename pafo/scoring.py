@@ -132,9 +132,10 @@ def read_triples(source: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _features(frame: pd.DataFrame, encoder: str, progress_bar: bool = False) -> torch.Tensor:
+def _features(frame: pd.DataFrame, encoder: str, progress_bar: bool = False, device: str = "cpu") -> torch.Tensor:
+    """[e(y), e(x)] per row, embedded on ``device``; the rewards are computed on the CPU (the model is tiny)."""
     return torch.from_numpy(text_features(frame["response"].astype(str).tolist(), frame["prompt"].astype(str).tolist(),
-                                          encoder, progress_bar=progress_bar).features)
+                                          encoder, progress_bar=progress_bar, device=device).features)
 
 
 @torch.inference_mode()
@@ -149,9 +150,11 @@ def _rewards(scoring: ScoringModel, features: torch.Tensor, user_ids: pd.Series)
     return (g * vectors).sum(-1).numpy(), known
 
 
-def score_triples(scoring: ScoringModel, frame: pd.DataFrame, *, progress_bar: bool = False) -> pd.DataFrame:
-    """``frame`` with ``reward`` (r(x, y, u)) and ``known_user`` columns added; features are [e(y), e(x)]."""
-    rewards, known = _rewards(scoring, _features(frame, scoring.encoder, progress_bar), frame["user_id"])
+def score_triples(scoring: ScoringModel, frame: pd.DataFrame, *, progress_bar: bool = False,
+                  device: str = "cpu") -> pd.DataFrame:
+    """``frame`` with ``reward`` (r(x, y, u)) and ``known_user`` columns added; features are [e(y), e(x)], embedded
+    on ``device`` (cpu or cuda, :func:`pafo.device.resolve_device`)."""
+    rewards, known = _rewards(scoring, _features(frame, scoring.encoder, progress_bar, device), frame["user_id"])
     return frame.assign(reward=rewards, known_user=known)
 
 

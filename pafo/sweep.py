@@ -39,6 +39,7 @@ import pandas as pd
 
 from .appstate import SWEEP_PREFIX, whatif_config
 from .compare import paired_comparison, pooled_group_ci
+from .device import resolve_device, with_device
 from .errors import PafoEnvironmentError, PafoInputError
 from .experiment import REFERENCE, ExperimentConfig, _mean_tree
 from .features import FeatureResult
@@ -199,10 +200,12 @@ def new_sweep_id() -> str:
     return SWEEP_PREFIX + new_run_id()
 
 
-def submit_cells(registry: RunRegistry, cells: list[Cell], *, sweep_id: str, force: bool = False) -> None:
-    """Register every cell (finished identical runs are reused unless ``force``) without starting workers yet."""
+def submit_cells(registry: RunRegistry, cells: list[Cell], *, sweep_id: str, force: bool = False,
+                 device: str | None = None) -> None:
+    """Register every cell (finished identical runs are reused unless ``force``) without starting workers yet;
+    ``device`` is stored with each as an execution setting (:mod:`pafo.device`: not part of the reuse key)."""
     for cell in cells:
-        cell.record = registry.submit(cell.config, fingerprint=cell.fingerprint, force=force,
+        cell.record = registry.submit(with_device(cell.config, device), fingerprint=cell.fingerprint, force=force,
                                       parent_id=sweep_id, label=f"{sweep_id}: {cell.label}", start=False)
 
 
@@ -219,10 +222,11 @@ def preflight_cells(cells: list[Cell]) -> None:
         get_encoder(encoder)
 
 
-def warm_embeddings(cells: list[Cell]) -> int:
-    """Embed each distinct dataset of the cells still to run once (into the disk cache local workers read) and
-    give each such cell its features (shared, one object per dataset, for :func:`run_on_ray`); returns how many
-    datasets were embedded. Cells that run at the same time would otherwise each embed the same texts."""
+def warm_embeddings(cells: list[Cell], device: str = "cpu") -> int:
+    """Embed each distinct dataset of the cells still to run once, on ``device`` (into the disk cache local
+    workers read) and give each such cell its features (shared, one object per dataset, for :func:`run_on_ray`);
+    returns how many datasets were embedded. Cells that run at the same time would otherwise each embed the same
+    texts."""
     from .features import response_features
     from .sources import load_dataset
 
@@ -233,7 +237,7 @@ def warm_embeddings(cells: list[Cell]) -> int:
         config = ExperimentConfig.from_dict(cell.config)
         key = (repr(dataclasses.asdict(config.data)), config.run.encoder)
         if key not in embedded:
-            embedded[key] = response_features(load_dataset(config.data), config.run.encoder)
+            embedded[key] = response_features(load_dataset(config.data), config.run.encoder, device=device)
         cell.features = embedded[key]
     return len(embedded)
 
@@ -241,7 +245,7 @@ def warm_embeddings(cells: list[Cell]) -> int:
 def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int] | None = None, *,
               registry: RunRegistry | None = None, force: bool = False, sweep_id: str | None = None,
               pareto_method: str | None = None, backend: str = "local", ray_address: str | None = None,
-              on_cell: Callable[[Cell, int, int], None] | None = None) -> dict:
+              on_cell: Callable[[Cell, int, int], None] | None = None, device: str | None = None) -> dict:
     """Run (or reuse) every cell, wait for all of them, return ``sweep.json``.
 
     ``backend``: ``local`` runs the cells in the registry's worker processes (under its concurrency limit),
@@ -255,7 +259,7 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
     pareto_method = _pareto_method(pareto_method, base.run.method_list())
     registry = registry or RunRegistry()
     sweep_id, cells = start_sweep(base, grid, seeds, registry=registry, force=force, sweep_id=sweep_id,
-                                  dispatch=backend == "local")
+                                  dispatch=backend == "local", device=device)
     try:
         if backend == "ray":
             run_on_ray(registry, cells, address=ray_address)
@@ -271,7 +275,7 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
 
 def start_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int] | None = None, *,
                 registry: RunRegistry, force: bool = False, sweep_id: str | None = None,
-                dispatch: bool = True) -> tuple[str, list[Cell]]:
+                dispatch: bool = True, device: str | None = None) -> tuple[str, list[Cell]]:
     """Check every cell, register it (reusing finished identical runs unless ``force``), embed each dataset
     once and, with ``dispatch``, start the registry's workers; returns at once with the sweep id and its cells
     (what the app does; :func:`run_sweep` then waits)."""
@@ -279,9 +283,9 @@ def start_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seq
     cells = expand_cells(base, grid, list(seeds) if seeds is not None else base.seed_list())
     preflight_cells(cells)
     sweep_id = sweep_id or new_sweep_id()
-    submit_cells(registry, cells, sweep_id=sweep_id, force=force)
+    submit_cells(registry, cells, sweep_id=sweep_id, force=force, device=device)
     try:
-        warm_embeddings(cells)
+        warm_embeddings(cells, resolve_device(device))
     except BaseException:
         cancel_sweep(registry, sweep_id)
         raise

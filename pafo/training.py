@@ -101,9 +101,15 @@ def pair_margins(model: RewardModel, features: torch.Tensor, pairs: PairSet, bat
     for start in range(0, len(pairs), batch_size):
         rows = slice(start, start + batch_size)
         # torch.tensor copies: pair columns may be read-only views (pandas copy-on-write), which torch warns about.
-        out.append(model.indexed_margin(features, torch.tensor(pairs.chosen[rows]),
-                                        torch.tensor(pairs.rejected[rows]), torch.tensor(pairs.users[rows])))
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        chosen, rejected, users = (torch.tensor(index[rows], device=features.device)
+                                   for index in (pairs.chosen, pairs.rejected, pairs.users))
+        out.append(model.indexed_margin(features, chosen, rejected, users))
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def _on(features: torch.Tensor, values: np.ndarray) -> torch.Tensor:
+    """``values`` as a tensor on the features' device (a no-op copy-free view on the CPU)."""
+    return torch.as_tensor(values, device=features.device)
 
 
 def group_accuracy(margins: np.ndarray, pairs: PairSet) -> dict:
@@ -128,6 +134,7 @@ class GroupDRO:
         self.step_size = step_size
 
     def __call__(self, losses: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        self.q = self.q.to(losses.device)
         group_losses = torch.stack([
             losses[group == g].mean() if (group == g).any() else losses.new_zeros(()) for g in range(len(self.q))
         ])
@@ -154,19 +161,19 @@ class Objective:
 
     def __call__(self, model: RewardModel, features: torch.Tensor, batch: PairSet,
                  penalty: UserPenalty) -> torch.Tensor:
-        users = torch.as_tensor(batch.users)
-        margin = model.indexed_margin(features, torch.from_numpy(batch.chosen), torch.from_numpy(batch.rejected),
-                                      users)
-        labelled = torch.ones(len(batch)) if batch.labelled is None else torch.from_numpy(batch.labelled).float()
-        weight = labelled if batch.weight is None else labelled * torch.from_numpy(batch.weight)
+        margin = model.indexed_margin(features, _on(features, batch.chosen), _on(features, batch.rejected),
+                                      _on(features, batch.users))
+        labelled = (torch.ones(len(batch), device=features.device) if batch.labelled is None
+                    else _on(features, batch.labelled).float())
+        weight = labelled if batch.weight is None else labelled * _on(features, batch.weight)
         if self.dro is not None:
             losses = -torch.nn.functional.logsigmoid(margin)
-            loss = self.dro(losses[labelled > 0], torch.from_numpy(batch.group)[labelled > 0])
+            loss = self.dro(losses[labelled > 0], _on(features, batch.group)[labelled > 0])
         else:
             loss = bt_loss(margin, torch.zeros_like(margin), weight) if weight.sum() > 0 else margin.new_zeros(())
         if self.lam > 0 and batch.target is not None:
-            mask = torch.from_numpy(batch.target_mask).float()
-            loss = loss + self.lam * distillation_loss(margin, torch.from_numpy(batch.target),
+            mask = _on(features, batch.target_mask).float()
+            loss = loss + self.lam * distillation_loss(margin, _on(features, batch.target),
                                                        temperature=self.temperature, kind=self.distill, mask=mask)
         return loss + penalty(model)
 
@@ -194,6 +201,8 @@ class UserPenalty:
         return cls(strength, users, float(labelled.sum()) / max(int(with_loss.sum()), 1))
 
     def __call__(self, model: RewardModel) -> torch.Tensor:
+        if self.users.device != model.b.device:
+            self.users = self.users.to(model.b.device)
         return self.strength * self.scale * model.user_penalty(self.users)
 
 

@@ -181,7 +181,8 @@ with st.container(border=True):
     cols = st.columns([3, 1])
     model_folder = cols[0].text_input("Local reward model folder (optional)", key="audit_model",
                                       placeholder="a folder saved by an AutoModelForSequenceClassification")
-    device = cols[1].selectbox("Model device", hf_reward.DEVICES, key="audit_device")
+    device = cols[1].selectbox("Model device", hf_reward.DEVICES, key="audit_device",
+                               index=hf_reward.DEVICES.index(audit.AuditSettings().device))
     sources, shown_as = [], {}  # shown_as: stored upload path → the file name the analyst knows
     for upload in uploads or []:
         try:
