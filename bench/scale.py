@@ -186,7 +186,9 @@ def _sweep_lines(sweep: dict) -> list[str]:
               "cell's worker pays again. *Overhead per cell* = wall / cell × cells at a time − one experiment's "
               "wall: what a cell costs beyond a standalone `pafo experiment` (registry, worker start, sweep "
               "assembly, Ray's start-up for `ray`), and it absorbs contention between the two cells that share "
-              "the two cores."]
+              "the two cores. It comes out negative when the sweep's cells find their features in the cache the "
+              "sweep filled once (the standalone run fits TF-IDF itself) and when the machine's load moved "
+              "between the measurements; peak memory of the Ray sweep includes Ray's own processes (raylet, GCS)."]
     return lines
 
 
@@ -219,9 +221,10 @@ def _estimate_lines(sweep: dict) -> list[str]:
             f"sweep (wall × cores / cells, overheads included; {one['seconds']:.1f} s standalone). A "
             f"{CLUSTER_CELLS:,}-cell sweep of the same cells therefore needs about {hours:.1f} core-hours: about "
             f"{wall_min:.0f} min on a {CLUSTER_CORES}-core Ray cluster (one CPU per cell, `num_cpus=1`), with "
-            f"≈{_gib(ray['peak_bytes'] // max(cores, 1))} GiB of memory per concurrent cell. Bigger cells scale "
-            "with the growth table above: a cell's cost is its experiment's time (roughly linear in users × "
-            "pairs), so 1,000 cells of 3,000 users × 8 pairs cost 1,000 × that row's wall time in core-seconds. "
+            f"≈{_gib(one['peak_bytes'])} GiB of memory per concurrent cell (one experiment's peak) plus Ray's own "
+            "processes per node. Bigger cells cost what their experiment costs in the growth table above, which "
+            "grows faster than users × pairs beyond a few thousand users: 1,000 cells of 3,000 users × 8 pairs "
+            "are 1,000 × that row's wall time in core-seconds. "
             "The features are embedded once per distinct dataset before the cells start (TF-IDF here: "
             "seconds; MiniLM on a GPU: see RESULTS_gpu.md), and `$PAFO_HOME` must sit on a file system every "
             "node shares. Not measured: a real multi-node cluster; the estimate assumes cells stay independent "
