@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check (bench/gpu_check.py): on a machine with an NVIDIA GPU, checks that results on CUDA match the CPU's
 # within the stated tolerance and records MiniLM throughput and training time at 30,000 users in
-# bench/RESULTS_gpu.md. Without a CUDA device it prints "skipped: no CUDA device" and exits 0.
+# the gpu section of bench/RESULTS.md. Without a CUDA device it prints "skipped: no CUDA device" and exits 0.
 #
 #   bench/gpu_check.sh [--skip-scale]        (PYTHON=/path/to/python to choose the interpreter)
 set -euo pipefail

@@ -9,7 +9,7 @@ Every measured command is a fresh ``pafo`` process with a private ``$PAFO_HOME``
 embeddings cache), so a figure is what a user would wait for. Peak memory is the largest sum of resident memory
 (VmRSS) over the measured process, all its descendants (Ray's raylet and task workers) and every process naming
 its ``$PAFO_HOME`` (registry workers, which outlive the worker that started them), sampled every 0.2 s from /proc.
-It writes ``bench/RESULTS_scale.md`` with machine, date, load and command.
+It rewrites the ``scale`` section of ``bench/RESULTS.md`` with machine, date, load and command.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine
+from bench.common import machine, publish
 
 __all__ = ["main", "measure", "tree_rss"]
 
 HERE = Path(__file__).resolve().parent
-RESULTS_PATH = HERE / "RESULTS_scale.md"
 SAMPLE_SECONDS = 0.2
 DATA = ["--dataset", "synthetic", "--encoder", "tfidf", "--methods", "baseline,pafo"]
 # 3 × 2 grid points × 4 seeds = 24 cells of 200 users each.
@@ -226,10 +225,10 @@ def _estimate_lines(sweep: dict) -> list[str]:
             "grows faster than users × pairs beyond a few thousand users: 1,000 cells of 3,000 users × 8 pairs "
             "are 1,000 × that row's wall time in core-seconds. "
             "The features are embedded once per distinct dataset before the cells start (TF-IDF here: "
-            "seconds; MiniLM on a GPU: see RESULTS_gpu.md), and `$PAFO_HOME` must sit on a file system every "
+            "seconds; MiniLM on a GPU: the gpu section), and `$PAFO_HOME` must sit on a file system every "
             "node shares. Not measured: a real multi-node cluster; the estimate assumes cells stay independent "
             "(they are) and the registry's SQLite file keeps up with 64 workers' progress writes (each worker "
-            "writes at most 5 per second, bench/RESULTS_registry.md)."]
+            "writes at most 5 per second, the registry section)."]
 
 
 def write_results(sweep: dict | None, growth: list[dict] | None, limit: float, load_before: str) -> None:
@@ -255,8 +254,7 @@ def write_results(sweep: dict | None, growth: list[dict] | None, limit: float, l
                   "`seconds`); wall adds interpreter start and imports.", "", *_growth_lines(growth, limit), ""]
     if sweep:
         lines += ["### Estimate: a 1,000-cell sweep on a cluster", "", *_estimate_lines(sweep), ""]
-    RESULTS_PATH.write_text("\n".join(lines))
-    print(f"wrote {RESULTS_PATH}")
+    print(f"wrote {publish('scale', chr(10).join(lines))} (section scale)")
 
 
 RESULTS_RAW = HERE / "scale_raw.json"

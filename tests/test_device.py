@@ -129,7 +129,7 @@ def test_a_worker_honours_the_stored_device(worker_home, tiny_config):
 def test_gpu_check_skips_cleanly_without_cuda(tmp_path):
     """Bug guarded: bench/gpu_check.sh must pass (exit 0) on CPU-only machines, saying it skipped, and write no
     GPU figures."""
-    results = PACKAGE_ROOT / "bench" / "RESULTS_gpu.md"
+    results = PACKAGE_ROOT / "bench" / "RESULTS.md"
     before = results.read_text() if results.exists() else None
     env = {"PATH": "/usr/bin:/bin", "PAFO_HOME": str(tmp_path), "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(PACKAGE_ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True,

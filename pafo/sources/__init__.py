@@ -23,9 +23,10 @@ __all__ = ["SOURCES", "SOURCE_SPECS", "DataConfig", "SourceSpec", "dataset_finge
 # The bounds live on the fields (pafo.config.validate_options); these names stay for callers matching messages.
 BAD_FRACTION, UNKNOWN_SOURCE = OUT_OF_RANGE, BAD_CHOICE
 # Limits of size (memory and time of one run on a laptop-class machine, see the README's limits).
-# 50,000 users: a 30,000-user TF-IDF experiment takes minutes and a few GB (bench/RESULTS_scale.md); the
-# bootstrap's resamples × users product has its own bound (pafo.method_configs.MAX_BOOTSTRAP_DRAWS).
-MAX_USERS = 50_000
+# 30,000 users: the largest point of the scale figures (bench/RESULTS.md, scale), which held ≥ 7.8 GB at 32 pairs
+# per user on the 24 GB machine and ran past 10 minutes on 2 shared cores; the bootstrap's resamples × users
+# product has its own bound (pafo.method_configs.MAX_BOOTSTRAP_DRAWS).
+MAX_USERS = 30_000
 MAX_PAIRS_PER_USER = 1_000
 MAX_PROMPTS = 100_000
 MAX_RESPONSES_PER_PROMPT = 100
