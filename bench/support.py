@@ -120,6 +120,8 @@ def numpy_support(dataset, chunk_elements: int = NUMPY_CHUNK_ELEMENTS):
     user support rates and how the matrix was built."""
     import numpy as np
 
+    from pafo.metrics import pair_correct
+
     train = dataset.split("train")
     users = train["user"].to_numpy()
     diff = dataset.base_scores[train["chosen"].to_numpy()] - dataset.base_scores[train["rejected"].to_numpy()]
@@ -127,14 +129,14 @@ def numpy_support(dataset, chunk_elements: int = NUMPY_CHUNK_ELEMENTS):
     n_users = len(w32)
     if len(d32) * n_users <= FULL_MATRIX_LIMIT:
         margins = d32 @ w32.T
-        counts = (margins > 0).sum(1) + 0.5 * (margins == 0).sum(1)
+        counts = pair_correct(margins).sum(1)
         how = "full matrix"
     else:
         chunk = max(1, chunk_elements // n_users)
         counts = np.empty(len(d32))
         for start in range(0, len(d32), chunk):
             margins = d32[start : start + chunk] @ w32.T
-            counts[start : start + chunk] = (margins > 0).sum(1) + 0.5 * (margins == 0).sum(1)
+            counts[start : start + chunk] = pair_correct(margins).sum(1)
         how = f"chunks of {chunk} pairs"
     agree = counts - _own_agreement(diff, dataset.persona_weights[users])
     return _user_rates(agree / (n_users - 1), users, n_users), how
