@@ -8,7 +8,7 @@ import streamlit as st
 
 from pafo import appstate
 from pafo.errors import PafoInputError
-from pafo.method_configs import ENCODERS, METHOD_SPECS, METHODS, RunSettings, TrainConfig, method_sections
+from pafo.method_configs import ENCODERS, METHOD_SPECS, METHODS, RunSettings, TrainConfig, method_sections, method_spec
 from pages import _ui as ui
 
 ui.require_app()
@@ -73,7 +73,7 @@ with st.expander("Start a new run", expanded=record is None):
         train_values = ui.dataclass_inputs(TrainConfig, forms["train"], prefix="train", columns=4)
         method_values = {}
         for name, cls in method_sections().items():
-            st.markdown(f"**{name}**: {cls.__doc__.splitlines()[0]}")
+            st.markdown(f"**{method_spec(name).label}**")
             method_values[name] = ui.dataclass_inputs(cls, forms[name], prefix=name, columns=4)
         cols = st.columns([2, 1, 1])
         label = cols[0].text_input("Label (optional)", key="train_label", placeholder="e.g. λ=2, dense 80")
