@@ -179,6 +179,18 @@ def method_ctx():
     return build_context(ds, features, user_group, train, seed=0)
 
 
+def run_cli(argv: list, capsys) -> tuple[int, str, str]:
+    """``pafo`` in this process: (exit code, stdout, stderr); argparse's usage errors give their exit code too."""
+    from pafo import cli
+
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05):
     """Poll until ``predicate()`` is truthy (a status, a file: an event the test waits on) and return its value;
     fail after ``timeout``, a generous bound that only a hang reaches."""

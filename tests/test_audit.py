@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from scipy import stats
 from streamlit.testing.v1 import AppTest
 
@@ -66,10 +67,6 @@ def constructed(tmp_path_factory):
     return folder, test
 
 
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_line_error(code: int, out: str, err: str) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from pafo import cli
 from pafo import registry as registry_module
@@ -376,13 +377,6 @@ CASES: dict[str, Case] = dict([
 ])
 
 
-def run_cli(argv: list, capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's usage errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _leftovers(tmp: Path) -> set[Path]:

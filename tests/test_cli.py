@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 from pafo import cli, simulate
 from pafo import dataset as dataset_mod
@@ -22,10 +23,6 @@ from pafo.sources.personalllm import HUB_ID
 SMALL = ["--users", "12", "--prompts", "8", "--train-pairs", "4", "--test-pairs", "2"]
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code: int, out: str, err: str) -> str:

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli
 
-from pafo import cli
 from pafo.device import DEVICE_ENV, MSG_NO_CUDA, resolve_device, with_device
 from pafo.errors import PafoInputError
 from pafo.experiment import ExperimentConfig, RunSettings, run_experiment
@@ -36,13 +36,6 @@ def tiny(data) -> ExperimentConfig:
                             pafo=PAFOConfig(dense=4))
 
 
-def run_cli(argv: list, capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's usage errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_line(code, out, err) -> str:
@@ -114,7 +107,7 @@ def test_a_worker_honours_the_stored_device(worker_home, tiny_config):
     """Bug guarded: a run submitted with --device must run on that device in its worker, whichever process
     starts it; here the stored ``cuda`` makes the worker fail with the no-CUDA message instead of training on
     the CPU."""
-    from tests.conftest import kill_workers
+    from conftest import kill_workers
 
     registry = RunRegistry(worker_home)
     try:
