@@ -99,7 +99,10 @@ class _Experiment:
             if section.name != "seeds":
                 options = getattr(self, section.name)
                 # A section's own validate() adds cross-field checks; a plain options dataclass gets the bounds.
-                options.validate() if hasattr(options, "validate") else validate_options(options)
+                if hasattr(options, "validate"):
+                    options.validate()
+                else:
+                    validate_options(options)
         _check_draws(self.run.bootstrap, self.data.users)
         return self
 
