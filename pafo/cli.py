@@ -162,7 +162,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_data_arguments(parser)
     parser.add_argument("--seeds", metavar="LIST", default=argparse.SUPPRESS,
-                        help="run every method once per data seed and pool them, e.g. 0-4 or 0,3,7 (default: the "
+                        help="run every method once per run seed and pool them, e.g. 0-4 or 0,3,7 (default: the "
                              "one seed of --seed); adds paired comparisons with a verdict per method")
     for cls in (RunSettings, TrainConfig, *method_sections().values()):
         add_dataclass_arguments(parser, cls)

@@ -3,10 +3,11 @@ or several.
 
 ``run_experiment`` is the single code path behind ``pafo experiment``, ``pafo runs`` workers and the app.
 
-A *seed* is the data seed (``DataConfig.seed``: the simulation, the split and the model initialisation), so a run
-over seeds 0–2 repeats the whole experiment on three draws of users and pairs, as ``bench.quality`` does. Each
-seed's texts are embedded once for the whole run (the embeddings cache serves every text a seed shares with an
-earlier one), then the seeds train one after another. The result JSON keeps the single-seed keys and adds:
+A *seed* is the run seed (``DataConfig.seed``: the simulated users, the pairs each labels, the split and the model
+initialisation), so a run over seeds 0–2 repeats the whole experiment on three draws of users and pairs, as
+``bench.quality`` does. The texts do not depend on it (the synthetic text pool comes from ``DataConfig.data_seed``,
+DSP's from its file), so every seed shares them and they are embedded once for the whole run; then the seeds train
+one after another. The result JSON keeps the single-seed keys and adds:
 
 - ``seeds``: the seeds, in order;
 - ``methods.NAME``: with several seeds the pooled figures: means over seeds, CIs from a bootstrap over users
@@ -136,7 +137,7 @@ def _section(name: str, cls: type) -> tuple:
 
 
 # A whole experiment: the sections data, groups, run, train, then one per method with options (pafo, groupdro, ...
-# from pafo.method_configs.method_sections), then ``seeds``: two or more data seeds, ``None`` meaning the one seed
+# from pafo.method_configs.method_sections), then ``seeds``: two or more run seeds, ``None`` meaning the one seed
 # ``data.seed`` (``validate`` keeps one spelling per run: a single seed becomes ``data.seed``, which is always the
 # first seed). ``to_dict`` / ``from_dict`` give the JSON the run registry stores and hashes.
 ExperimentConfig = dataclasses.make_dataclass(
@@ -376,7 +377,7 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
     """Run every requested method on one dataset, once per seed, and return the result JSON (see the module
     docstring; also written to ``out_dir``).
 
-    ``features``: precomputed :func:`pafo.features.response_features` of ``config.run.encoder`` per data seed,
+    ``features``: precomputed :func:`pafo.features.response_features` of ``config.run.encoder`` per run seed,
     used instead of embedding that seed's texts (a sweep's driver embeds each seed once and hands the rows to
     its cells through Ray's object store, :func:`pafo.sweep.run_on_ray`); seeds it lacks are embedded as usual.
     ``device`` (auto|cpu|cuda; default: a stored config's ``execution.device``, else ``$PAFO_DEVICE`` or auto,

@@ -3,7 +3,7 @@
 A grid is ``{"section.field": [values]}`` over the experiment's config dataclasses (``pafo.lam``,
 ``groups.minority_quantile``, ...). Every value is checked before anything runs, by the same code that checks a
 what-if (:func:`pafo.appstate.whatif_config`, hence :func:`pafo.config.validate_options` and the fields' bounds).
-A *cell* is one grid point on one data seed: a one-seed run submitted to :class:`pafo.registry.RunRegistry` with
+A *cell* is one grid point on one run seed: a one-seed run submitted to :class:`pafo.registry.RunRegistry` with
 the sweep's id as its ``parent_id``, so the registry's cache key reuses cells that already finished with the same
 config (``force`` retrains them) and its worker processes run the rest under its concurrency limit. Before the
 workers start, the sweep embeds each distinct dataset (data options and seed) once: local workers find those

@@ -66,9 +66,9 @@ with st.expander("Start a new run", expanded=record is None):
                                          key="train_bootstrap")
         seeds = cols[3].text_input("Seeds", value=forms.get("seeds", ""), key="train_seeds",
                                    placeholder=f"{data.get('seed', 0)} (the dataset's)",
-                                   help="several data seeds, e.g. 0-2 or 0,3,7: every method trains once per seed "
-                                        "and Compare pools them, with paired CIs and a verdict per method. Blank: "
-                                        "the dataset's one seed")
+                                   help="several run seeds (users and pairs; the texts stay), e.g. 0-2 or 0,3,7: "
+                                        "every method trains once per seed and Compare pools them, with paired CIs "
+                                        "and a verdict per method. Blank: the dataset's one seed")
         st.markdown("**Training** (every model)")
         train_values = ui.dataclass_inputs(TrainConfig, forms["train"], prefix="train", columns=4)
         method_values = {}

@@ -82,7 +82,8 @@ with st.container(border=True):
                                 help="simulated sources only: how many users each judge dominates")
     parent_seeds = appstate.seeds_text(config.get("seeds") or [data.get("seed", 0)])
     seeds = cols[3].text_input("Seeds", value=parent_seeds, key="whatif_seeds",
-                               help="data seeds, e.g. 0-2: several give paired CIs and a verdict on Compare")
+                               help="run seeds (users and pairs; the texts stay), e.g. 0-2: several give paired CIs "
+                                    "and a verdict on Compare")
     label = cols[2].text_input("Label", key="whatif_label", placeholder="e.g. λ=2")
     launch = st.button("Launch what-if run", type="primary", key="whatif_launch")
 

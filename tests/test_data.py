@@ -13,7 +13,17 @@ import pytest
 from pafo import dataset as dataset_mod
 from pafo import simulate
 from pafo.errors import PafoInputError
-from pafo.sources import BAD_FRACTION, UNKNOWN_SOURCE, DataConfig, files, load_dataset, pairs, personalllm
+from pafo.features import dataset_texts
+from pafo.sources import (
+    BAD_FRACTION,
+    UNKNOWN_SOURCE,
+    DataConfig,
+    dataset_fingerprint,
+    files,
+    load_dataset,
+    pairs,
+    personalllm,
+)
 from pafo.sources import dsp as dsp_mod
 from pafo.sources import synthetic as synthetic_mod
 
@@ -260,3 +270,19 @@ def test_every_source_is_declared_once_and_read_everywhere():
         assert isinstance(appstate.path_hint(name), str)
         assert appstate.simulated({"dataset": name}) is spec.simulated
     assert set(appstate.HUB_SCHEMAS) <= set(SOURCES) and appstate.path_hint("hub")
+
+
+def test_run_seeds_share_the_synthetic_text_pool(tiny_config):
+    """Regression (issue 19): each run seed built new response texts, so a 5-seed run embedded 5 text pools. The
+    pool now comes from ``data_seed`` alone; run seeds draw other users and pairs on the same texts."""
+    datasets = [load_dataset(dataclasses.replace(tiny_config, seed=seed)) for seed in range(5)]
+    pools = [set(dataset_texts(ds)) for ds in datasets]
+    assert all(pool == pools[0] for pool in pools)
+    np.testing.assert_array_equal(datasets[0].base_scores, datasets[4].base_scores)
+    assert not np.allclose(datasets[0].persona_weights, datasets[1].persona_weights)
+    assert not datasets[0].pairs[["user", "chosen", "rejected"]].equals(datasets[1].pairs[["user", "chosen",
+                                                                                             "rejected"]])
+    other_pool = load_dataset(dataclasses.replace(tiny_config, data_seed=1))
+    assert set(dataset_texts(other_pool)) != pools[0]
+    assert other_pool.fingerprint() != datasets[0].fingerprint()
+    assert dataset_fingerprint(dataclasses.replace(tiny_config, data_seed=1)) != dataset_fingerprint(tiny_config)

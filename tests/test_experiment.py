@@ -22,7 +22,7 @@ from pafo.config import UNKNOWN_FIELD
 from pafo.encoders import MSG_MODEL_OFFLINE
 from pafo.errors import PafoInputError
 from pafo.experiment import UNKNOWN_METHOD, ExperimentConfig, RunSettings, parse_seeds, run_experiment
-from pafo.features import response_features
+from pafo.features import dataset_texts, response_features
 from pafo.methods import PAFOConfig
 from pafo.models import build_model
 from pafo.paths import atomic_write_text
@@ -311,3 +311,13 @@ def test_runs_start_with_seeds_trains_them_in_the_worker_and_reuses_a_run_in_fli
     assert registry.load_result(run_id).result["seeds"] == [0, 1]
     stages = {row["stage"] for row in registry.epochs(run_id)}
     assert {s.split(":")[0] for s in stages} == {"seed 0", "seed 1"}
+
+
+def test_synthetic_run_over_seeds_embeds_the_texts_of_one_seed(tiny_config):
+    """Regression (issue 19): on the synthetic source every run seed made new texts, so --seeds 0-2 embedded three
+    text pools; now the later seeds' texts all come from the embeddings cache."""
+    config = dataclasses.replace(tiny_experiment(tiny_config, "baseline"), seeds="0-2",
+                                 run=RunSettings(encoder="minilm", methods="baseline", bootstrap=20)).validate()
+    result = run_experiment(config)
+    n_texts = len(set(dataset_texts(load_dataset(tiny_config))))
+    assert result["encoder"]["cache_hits"] == 2 * n_texts  # seeds 1 and 2 embed nothing new

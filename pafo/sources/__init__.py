@@ -57,7 +57,7 @@ class SourceSpec:
 def _load_synthetic(config, options: dict) -> PreferenceDataset:
     return make_synthetic(prompts=config.prompts, responses_per_prompt=config.responses_per_prompt,
                           judges=config.judges, minority_homogeneity=config.minority_homogeneity,
-                          quality_noise=config.quality_noise, **options)
+                          quality_noise=config.quality_noise, data_seed=config.data_seed, **options)
 
 
 def _load_dsp(config, options: dict) -> PreferenceDataset:
@@ -70,7 +70,8 @@ def _load_pairs(config, options: dict) -> PreferenceDataset:
 
 SOURCE_SPECS = {spec.name: spec for spec in (
     SourceSpec("synthetic", "Synthetic demo", _load_synthetic,
-               (*SIMULATION_FIELDS, "prompts", "responses_per_prompt", "judges", "minority_homogeneity"), True,
+               (*SIMULATION_FIELDS, "data_seed", "prompts", "responses_per_prompt", "judges",
+                "minority_homogeneity"), True,
                judges=lambda config: synthetic_judges(config.judges)),
     SourceSpec("dsp", "DSP (domain-specific preference)", _load_dsp, (*SIMULATION_FIELDS, "include_normal"), True,
                path_hint="path/to/dsp.json", hub_schema="DSP JSON", judges=lambda config: list(DOMAINS)),
@@ -89,7 +90,11 @@ class DataConfig:
     dataset: str = option("synthetic", "data source", choices=SOURCES)
     path: str | None = option(None, "file, URL or hub id (" + ", ".join(
         name for name, spec in SOURCE_SPECS.items() if spec.path_hint) + ")")
-    seed: int = option(0, "random seed for the split and the simulation", ge=0, le=MAX_SEED)
+    seed: int = option(0, "run seed: the simulated users, the pairs each labels, label noise, the split and "
+                          "training", ge=0, le=MAX_SEED)
+    data_seed: int = option(0, "synthetic: seed of the text pool (prompts, responses, their attributes and judge "
+                               "scores); the same for every run seed, so several seeds embed the texts once",
+                            ge=0, le=MAX_SEED)
     users: int = option(300, "number of simulated users", ge=2, le=MAX_USERS)
     shares: str | None = option(None, "population shares of the judges, KEY=V,... (e.g. academy=0.55,...)")
     alpha: float = option(0.1, "Dirichlet concentration of personas (small: one dominant judge per user)", gt=0)

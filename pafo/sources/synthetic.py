@@ -36,7 +36,7 @@ from ..config import OUT_OF_RANGE, check_range
 from ..dataset import PreferenceDataset
 from ..simulate import simulate_population, zscore_columns
 
-__all__ = ["ATTRIBUTES", "JUDGE_TASTES", "default_shares", "make_synthetic", "synthetic_judges"]
+__all__ = ["ATTRIBUTES", "JUDGE_TASTES", "default_shares", "make_synthetic", "synthetic_judges", "text_pool"]
 
 ATTRIBUTES = ("detailed", "formal", "cautious", "examples", "lists", "humorous")
 
@@ -153,22 +153,38 @@ def _responses(n_prompts: int, per_prompt: int, rng: np.random.Generator) -> tup
     return pd.DataFrame(rows, columns=["prompt_id", "prompt", "text"]), attrs
 
 
-def make_synthetic(*, prompts: int, responses_per_prompt: int, judges: int, minority_homogeneity: float,
-                   quality_noise: float, seed: int, **simulation) -> PreferenceDataset:
-    """Build the synthetic dataset (see the module docstring for why it is designed this way); the options are
-    DataConfig's (``load_dataset(DataConfig(...))`` validates them), ``simulation`` its simulation fields."""
-    rng = np.random.default_rng(seed)
-    names = synthetic_judges(judges)
+def text_pool(prompts: int, responses_per_prompt: int, judges: list[str], minority_homogeneity: float,
+              quality_noise: float, data_seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The prompts, responses, their attributes and the judges' z-scored scores, drawn from ``data_seed`` alone.
+
+    Why apart from the run's seed: a run over seeds 0–4 then varies the users (personas, which pairs each labels,
+    label noise, split, training) on one text pool, as DSP does with its fixed items, so the pool is embedded once
+    for every seed instead of once per seed.
+    """
+    rng = np.random.default_rng(data_seed)
     responses, attrs = _responses(prompts, responses_per_prompt, rng)
-    raw = attrs @ judge_tastes(names, minority_homogeneity).T + quality_noise * rng.standard_normal((len(attrs), 1))
-    scores = zscore_columns(raw)
+    raw = attrs @ judge_tastes(judges, minority_homogeneity).T + quality_noise * rng.standard_normal((len(attrs), 1))
+    return responses, attrs, zscore_columns(raw)
+
+
+def make_synthetic(*, prompts: int, responses_per_prompt: int, judges: int, minority_homogeneity: float,
+                   quality_noise: float, data_seed: int, seed: int, **simulation) -> PreferenceDataset:
+    """Build the synthetic dataset (see the module docstring for why it is designed this way); the options are
+    DataConfig's (``load_dataset(DataConfig(...))`` validates them), ``simulation`` its simulation fields.
+
+    ``data_seed`` draws the text pool (:func:`text_pool`); ``seed`` draws the population and its pairs."""
+    names = synthetic_judges(judges)
+    responses, attrs, scores = text_pool(prompts, responses_per_prompt, names, minority_homogeneity, quality_noise,
+                                         data_seed)
     p, weights, pairs, user_table = simulate_population(
-        responses["prompt_id"].to_numpy(), scores, names, default_shares(names), rng, name="synthetic", **simulation)
+        responses["prompt_id"].to_numpy(), scores, names, default_shares(names), np.random.default_rng(seed),
+        name="synthetic", **simulation)
     for i, attribute in enumerate(ATTRIBUTES):
         responses[attribute] = attrs[:, i].astype(bool)
     return PreferenceDataset(
         name="synthetic", responses=responses, pairs=pairs, users=user_table, base_scores=scores,
         persona_weights=weights, judges=names,
         meta={"shares": dict(zip(names, p.round(6).tolist(), strict=True)), "alpha": simulation["alpha"],
-              "minority_judges": [j for j in names if j in MINORITY_JUDGES], "attributes": list(ATTRIBUTES)},
+              "minority_judges": [j for j in names if j in MINORITY_JUDGES], "attributes": list(ATTRIBUTES),
+              "data_seed": data_seed},
     )
