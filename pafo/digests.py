@@ -28,7 +28,7 @@ __all__ = ["CACHE_NAME", "RACY_SECONDS", "file_digest", "folder_digest", "stat_k
 
 CACHE_NAME = "digests.json"
 RACY_SECONDS = 2.0  # a change younger than this may share a timestamp tick with the next one: not cached
-MAX_ENTRIES = 4096  # the cache keeps the newest entries; an evicted file is simply hashed again
+MAX_ENTRIES = 1024  # the cache keeps the newest entries (a full file is 0.2 MB); an evicted file is hashed again
 SKIPPED_SUFFIXES = (".md",)  # a model card changes no vector
 
 _MEMO: dict[str, str] = {}  # this process's hits, so a page render does not even read the cache file
