@@ -47,6 +47,8 @@ OUT_UNWRITABLE = "{flag} {path}: cannot write in {parent} ({reason}); choose a w
 OUT_DIR_IS_FILE = "--out-dir {path}: is a file, not a folder; give a new folder (a run's folder is replaced whole)"
 OUT_DIR_FOREIGN = ("--out-dir {path}: {reason}; give a new or empty folder, or an earlier run's --out-dir that holds "
                    "only that run's files (it is replaced whole)")
+OUT_DIR_CHANGED = ("--out-dir {path}: changed while the run trained and now {reason}; it was left as it is and the "
+                   "run was not saved: give a new folder and run again")
 OUT_IN_REGISTRY = ("{flag} {path}: is inside the run registry {runs}, whose folders only background runs write; "
                    "choose a path outside it")
 OUT_IS_INPUT = "{flag} {path}: is the input {input} of this command, which it would overwrite; choose another path"
@@ -250,6 +252,7 @@ def _publish(staging: Path, out_dir: str, result: dict) -> None:
     replaced = target.with_name(f".{target.name}.replaced-{secrets.token_hex(4)}")
     if target.exists() or target.is_symlink():
         os.rename(target, replaced)
+        _check_still_replaceable(replaced, target, out_dir)
     try:
         os.rename(staging, target)
     except BaseException:
@@ -260,6 +263,17 @@ def _publish(staging: Path, out_dir: str, result: dict) -> None:
         shutil.rmtree(replaced, ignore_errors=True)
     else:
         replaced.unlink(missing_ok=True)
+
+
+def _check_still_replaceable(replaced: Path, target: Path, out_dir: str) -> None:
+    """--out-dir was checked before training; a file put there since (the run may take hours) is the user's: put
+    the folder back untouched and refuse, rather than delete it with the earlier run."""
+    from .manifest import replaceable_problem
+
+    problem = replaceable_problem(replaced) if replaced.is_dir() and not replaced.is_symlink() else None
+    if problem is not None:
+        os.rename(replaced, target)
+        raise PafoInputError(OUT_DIR_CHANGED.format(path=out_dir, reason=problem))
 
 
 def check_output_file(path: str, flag: str) -> None:

@@ -141,6 +141,28 @@ def test_out_dir_is_replaced_only_when_it_holds_exactly_an_earlier_run(kind, pub
     assert tree(tmp_path) == before
 
 
+def test_a_file_put_in_the_out_dir_while_the_run_trains_is_kept(published, tmp_path, monkeypatch, capsys,
+                                                                 single_thread):
+    """Regression: --out-dir was checked before training only, so a file the user saved into the earlier run's
+    folder while the new run trained was deleted with it when the run was published. The folder is checked again
+    at the swap; it is put back as it is and the run refused."""
+    import pafo.experiment
+
+    out = Path(shutil.copytree(published.tfidf_dir, tmp_path / "out"))
+    real = pafo.experiment.run_experiment
+
+    def run_and_meanwhile_save_a_note(*args, **kwargs):
+        (out / "notes.txt").write_text("written while the run trained")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pafo.experiment, "run_experiment", run_and_meanwhile_save_a_note)
+    before = tree(published.tfidf_dir)
+    refused(run_cli(["experiment", *TFIDF, "--out-dir", out], capsys), EXIT_INPUT, "changed while the run trained",
+            "notes.txt")
+    assert tree(out) == {**before, "notes.txt": hashlib.sha256(b"written while the run trained").hexdigest()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or replaced folder left
+
+
 def test_outputs_inside_the_run_registry_are_refused(published, tmp_path, monkeypatch, capsys):
     """Regression: `--out-dir $PAFO_HOME/runs/<id>` replaced a background run's folder (its config, status and log
     deleted), after which the registry served the other experiment's result for the original config."""
