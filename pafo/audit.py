@@ -438,10 +438,12 @@ def _run_fingerprint(config: dict) -> str:
 def _check_run_binding(run_dir: Path, result: dict) -> None:
     """The manifest names the config the folder's result states and the data fingerprint that config gives
     today: a run of other data, or of a data file edited since (same path, same options), is refused."""
-    from .manifest import check_binding
-    from .scoring import own_binding
+    from .manifest import ManifestError, check_binding, own_binding
 
-    wanted = own_binding(run_dir, result)
+    try:
+        wanted = own_binding(run_dir, result)
+    except ManifestError as exc:
+        raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=exc)) from None
     config = result.get("config")
     try:
         now = _run_fingerprint(config) if isinstance(config, dict) else None

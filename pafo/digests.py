@@ -8,8 +8,7 @@ change), so any edit gives a new key.
 
 A timestamp has a coarse clock tick: a file written and edited again within one tick keeps its ctime. So a digest
 is cached only when the file was last changed at least :data:`RACY_SECONDS` before it was hashed (git's "racily
-clean" rule); a file younger than that is hashed again each time, which is cheap for the small files that are
-that fresh.
+clean" rule); a file younger than that is hashed again at each use until it has settled.
 """
 
 from __future__ import annotations
@@ -89,7 +88,7 @@ def file_digest(path: str | os.PathLike, *, home: Path | None = None) -> str:
         return stored["sha256"]
     started = _now_ns()
     digest = _sha256(path)
-    settled = started - max(before.st_mtime_ns, before.st_ctime_ns) >= RACY_SECONDS * 1e9
+    settled = started - before.st_ctime_ns >= RACY_SECONDS * 1e9  # the kernel sets ctime on every change
     if settled and stat_key(path, os.stat(path)) == key:  # unchanged while it was read, and old enough to trust
         _MEMO[key] = digest
         _store(cache, key, digest)

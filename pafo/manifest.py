@@ -24,8 +24,8 @@ from pathlib import Path
 from . import __version__
 from .paths import atomic_write_text, resolve_inside
 
-__all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "UNLISTED", "check_binding", "is_published", "read_manifest",
-           "replaceable_problem", "verify_manifest", "write_manifest"]
+__all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "UNLISTED", "ManifestError", "check_binding", "is_published",
+           "own_binding", "read_manifest", "replaceable_problem", "verify_manifest", "write_manifest"]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "pafo-run-manifest"
@@ -126,6 +126,28 @@ def check_binding(run_dir: str | Path, *, config_hash: str, fingerprint: str) ->
     if found_data != fingerprint:
         return MSG_OTHER_DATA.format(found=found_data, wanted=fingerprint)
     return None
+
+
+def own_binding(run_dir: str | Path, result: dict) -> tuple[str, str] | None:
+    """The (config hash, dataset fingerprint) a run folder says it is the result of: the config it was asked for
+    (a background run's config.json, else the result's own config) and the result's fingerprint; ``None`` for a
+    folder whose manifest records none (no manifest, or one from before the binding). A config.json that cannot
+    be read raises :class:`ManifestError`."""
+    from .registry import CONFIG_NAME, config_hash
+
+    try:
+        if not read_manifest(run_dir).get("config_hash"):
+            return None
+    except ManifestError:
+        return None
+    requested = resolve_inside(run_dir, CONFIG_NAME)
+    config = result.get("config")
+    if requested is not None and requested.is_file():
+        try:
+            config = json.loads(requested.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ManifestError(MSG_BAD_MANIFEST.format(name=CONFIG_NAME, detail=" ".join(str(exc).split()))) from None
+    return config_hash(config if isinstance(config, dict) else {}), str(result.get("fingerprint"))
 
 
 def _entries(folder: Path) -> list[str]:

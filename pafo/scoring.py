@@ -18,7 +18,7 @@ import torch
 
 from .errors import PafoInputError
 from .features import text_features
-from .manifest import MANIFEST_NAME, check_binding, read_manifest, verify_manifest
+from .manifest import MANIFEST_NAME, check_binding, own_binding, verify_manifest
 from .models import RewardModel, build_model
 from .paths import resolve_inside
 from .sources.files import read_table, require_columns
@@ -80,28 +80,13 @@ def _check_published(run_dir: Path) -> None:
         raise PafoInputError(MSG_DAMAGED.format(path=run_dir, detail=problem))
 
 
-def own_binding(run_dir: Path, result: dict) -> tuple[str, str] | None:
-    """The (config hash, dataset fingerprint) a run folder says it is the result of: the config it was asked for
-    (a background run's config.json, else the result's config) and the result's fingerprint; ``None`` for a
-    folder whose manifest records none (published by an older version, or no manifest at all)."""
-    from .paths import resolve_inside
-    from .registry import CONFIG_NAME, config_hash
-
-    try:
-        manifest = read_manifest(run_dir)
-    except ValueError:
-        return None
-    if not manifest.get("config_hash"):
-        return None
-    requested = resolve_inside(run_dir, CONFIG_NAME)
-    config = _read_json(requested) if requested is not None and requested.is_file() else result.get("config")
-    return config_hash(config if isinstance(config, dict) else {}), str(result.get("fingerprint"))
-
-
 def check_run_binding(run_dir: Path, result: dict, binding: tuple[str, str] | None) -> None:
     """The run folder's manifest names ``binding`` (a registry run's config hash and fingerprint) or, for a
     folder given by path, the config and data its own result states; a mismatch is exit 2, never a score."""
-    wanted = binding or own_binding(run_dir, result)
+    try:
+        wanted = binding or own_binding(run_dir, result)
+    except ValueError as exc:
+        raise PafoInputError(MSG_DAMAGED.format(path=run_dir, detail=exc)) from None
     if wanted is not None and (problem := check_binding(run_dir, config_hash=wanted[0],
                                                          fingerprint=wanted[1])) is not None:
         raise PafoInputError(MSG_NOT_THIS_RUN.format(path=run_dir, detail=problem))
