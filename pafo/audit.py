@@ -572,6 +572,27 @@ def _source_margins(source: Source, dataset, config: AuditConfig, split: str, ev
     return margins, info
 
 
+def _paired(name: str, config: AuditConfig, margins: dict[str, pd.Series], dataset, support, groups,
+            evaluated: pd.DataFrame, user_group: np.ndarray) -> dict:
+    """``name`` against the reference on the pairs BOTH have a margin for (with --allow-missing a model may lack
+    pairs, and a model that drops its wrong rows must not look better), with that coverage recorded."""
+    from .compare import paired_comparison
+    from .experiment import _pair_set, _per_user_table, per_user_frame
+
+    reference = config.reference
+    shared = margins[name].index[margins[name].index.isin(margins[reference].index)]
+    pairs = _pair_set(evaluated.loc[shared], user_group)
+    tables = {m: _per_user_table(dataset, support, groups, pairs, margins[m].loc[shared].to_numpy(dtype=float))
+              for m in (reference, name)}
+    frame = per_user_frame(dataset, tables).assign(n_test=tables[name]["n_pairs"].to_numpy())
+    comparison = paired_comparison([frame], name, reference, n_resamples=config.audit.bootstrap,
+                                   seed=config.data.seed)
+    comparison["coverage"] = {"pairs": len(shared), "of_pairs": len(evaluated),
+                              "users": int((tables[name]["n_pairs"] > 0).sum()),
+                              "of_users": int(evaluated["user"].nunique())}
+    return comparison
+
+
 def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
               progress: Callable[[float, str, dict | None], None] = lambda *a: None,
               should_stop: Callable[[], bool] = lambda: False) -> dict:
@@ -579,7 +600,6 @@ def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
 
     The worker's target contract (see :mod:`pafo.worker`), so the app runs audits in the background like training.
     """
-    from .compare import paired_comparison
     from .experiment import per_user_frame
 
     config = AuditConfig.from_dict(config) if isinstance(config, dict) else config.validate()
@@ -611,8 +631,8 @@ def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
         result["methods"][source.name] = {**metrics, "source": info}
         all_margins[source.name] = margins
     frame = per_user_frame(dataset, tables)
-    result["comparisons"] = {name: paired_comparison([frame], name, config.reference,
-                                                     n_resamples=config.audit.bootstrap, seed=config.data.seed)
+    result["comparisons"] = {name: _paired(name, config, all_margins, dataset, support, groups, evaluated,
+                                           user_group_codes)
                              for name in config.names if name != config.reference}
     result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")
     result["seconds"] = round(time.perf_counter() - started, 3)
