@@ -34,6 +34,7 @@ import pandas as pd
 
 from .config import dataclass_from_dict, option, validate_options
 from .errors import PafoInputError, RunCancelled
+from .jsonio import loads
 from .method_configs import MAX_BOOTSTRAP, RunSettings
 from .paths import atomic_write_text
 from .registry import AUDIT_TARGET
@@ -414,7 +415,7 @@ def match_predictions(frame: pd.DataFrame, path: str, dataset, evaluated: pd.Dat
 
 def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     try:
-        result = json.loads((run_dir / RUN_RESULT).read_text(encoding="utf-8"))
+        result = loads((run_dir / RUN_RESULT).read_text(encoding="utf-8"))
         margins = pd.read_csv(run_dir / RUN_MARGINS)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=exc)) from None

@@ -32,6 +32,7 @@ import logging
 import os
 import pickle
 import socket
+import string
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ import pandas as pd
 from .appstate import SWEEP_PREFIX, whatif_config
 from .compare import VerdictRule, paired_comparison, pooled_group_ci
 from .device import resolve_device, with_device
-from .errors import PafoEnvironmentError, PafoInputError
+from .errors import MSG_DIVERGED, PafoEnvironmentError, PafoInputError
 from .experiment import REFERENCE, ExperimentConfig, _mean_tree
 from .features import FeatureResult
 from .registry import (
@@ -67,6 +68,7 @@ __all__ = [
     "attach_records",
     "cancel_sweep",
     "check_ray_address",
+    "diverged",
     "expand_cells",
     "new_sweep_id",
     "pareto_front",
@@ -503,6 +505,16 @@ def run_on_ray(registry: RunRegistry, cells: list[Cell], *, address: str | None 
     finally:
         if started_here:
             ray.shutdown()
+
+
+def diverged(error: str | None) -> bool:
+    """Whether a cell failed because its training diverged (:data:`pafo.errors.MSG_DIVERGED`): input the user can
+    fix (a grid value such as ``train.lr=1e308``), the one such failure the sweep's checks before any cell runs
+    (data, encoder, every grid value) cannot rule out; anything else that fails a cell is a bug or a fault."""
+    return bool(error) and _DIVERGED_TEXT in error
+
+
+_DIVERGED_TEXT = max((literal for literal, *_ in string.Formatter().parse(MSG_DIVERGED)), key=len)
 
 
 def _pareto_method(name: str | None, methods: list[str]) -> str:

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-TINY = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6", "--test-pairs", "4",
-        "--encoder", "tfidf", "--bootstrap", "20", "--epochs", "2", "--patience", "1", "--hidden", "16", "--k", "4",
-        "--dense", "2"]
+DATA = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6", "--test-pairs", "4"]
+FAST = ["--bootstrap", "20", "--epochs", "2", "--patience", "1", "--hidden", "16", "--k", "4", "--dense", "2"]
+TINY = [*DATA, "--encoder", "tfidf", *FAST]
 
 
 def one_line(code: int, out: str, err: str, expected: int = 2) -> str:
@@ -189,3 +189,147 @@ def test_ray_that_answers_but_fails_to_join_keeps_one_stderr_line(monkeypatch, c
     log = RunRegistry().home / "ray-init.log"
     assert log.read_text().count("gcs_client.cc") == 3
     assert RunRegistry().list() == []
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _deep_cases(folder) -> dict[str, list]:
+    """Every reader of a user's JSON, each given JSON nested 100,000 levels deep."""
+    (folder / "deep.json").write_text(DEEP)
+    (folder / "deep.jsonl").write_text('{"user_id": ' + DEEP + "}\n")
+    model = folder / "model"
+    model.mkdir()
+    (model / "config.json").write_text(DEEP)
+    return {
+        "pairs json": ["support", "--dataset", "pairs", "--path", folder / "deep.json"],
+        "pairs jsonl": ["support", "--dataset", "pairs", "--path", folder / "deep.jsonl"],
+        "dsp": ["support", "--dataset", "dsp", "--path", folder / "deep.json"],
+        "personalllm": ["support", "--dataset", "personalllm", "--path", folder / "deep.json"],
+        "predictions": ["audit", "--users", "12", "--predictions", f"m={folder / 'deep.json'}"],
+        "reward model config": ["audit", "--users", "12", "--model", f"m={model}"],
+        "encoder config": ["experiment", "--users", "12", "--encoder", model],
+        "score input": ["score", "--run-dir", folder, "--input", folder / "deep.json"],
+    }
+
+
+def test_deeply_nested_json_in_any_reader_is_exit_2(tmp_path, capsys):
+    """Bug: JSON nested deeper than Python's recursion limit raised RecursionError in the readers, reported as
+    exit 1 "internal error". Every reader gives exit 2 with one line naming the file."""
+    (tmp_path / "result.json").write_text(DEEP)  # makes tmp_path look like a run folder to `score`
+    for name, argv in _deep_cases(tmp_path).items():
+        line = one_line(*run_cli(argv, capsys))
+        assert "internal error" not in line and str(tmp_path) in line, (name, line)
+
+
+def test_model_config_with_text_num_labels_is_exit_2(tmp_path, capsys):
+    """Bug: a reward model's config.json with `num_labels: "one"` made int() raise: exit 1 "internal error"."""
+    folder = tmp_path / "rm"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"],
+                                                    "model_type": "bert", "num_labels": "one"}))
+    line = one_line(*run_cli(["audit", "--users", "12", "--model", f"rm={folder}"], capsys))
+    assert "num_labels 'one'" in line and str(folder) in line
+
+
+def test_a_sweep_cell_that_diverges_fails_alone_and_the_sweep_exits_2(worker_home, tmp_path, capsys):
+    """Bug: a sweep whose cell diverged (`--grid train.lr=1e308`) ended with exit 1, the code of a bug. The cell
+    is reported failed with its reason, the other cells finish, and the exit code is 2 with one error line."""
+    from pafo.registry import FAILED, SUCCEEDED
+
+    out = tmp_path / "sweep.json"
+    code, stdout, err = run_cli(["sweep", *TINY, "--grid", "train.lr=0.01,1e308", "--json", out], capsys)
+    assert code == 2 and stdout == "", err
+    errors = [line for line in err.splitlines() if line.startswith("pafo: error:")]
+    assert len(errors) == 1 and errors[0] == err.splitlines()[-1], err
+    assert "train.lr=1e+308 seed 0" in errors[0] and "training diverged" in errors[0] and "lower --lr" in errors[0]
+    cells = json.loads(out.read_text())["cells"]
+    assert [(c["params"]["train.lr"], c["status"]) for c in cells] == [(0.01, SUCCEEDED), (1e308, FAILED)]
+    assert "training diverged" in cells[1]["error"]
+
+
+def _tiny_model(folder, *, head: bool):
+    from test_audit import tiny_reward_model
+
+    texts = [f"Answer {a} to question {p}." for a in "AB" for p in range(20)] + [f"Question {p}?" for p in range(20)]
+    return tiny_reward_model(folder, texts, head=head)
+
+
+def test_transformers_load_reports_add_no_stderr_lines(tmp_path, capfd):
+    """Bug: transformers printed its load report (25 lines for a size mismatch) on stderr before the one-line
+    error. Loading is quiet; a folder whose weights do not fit its config, or lack the reward head (transformers
+    would start it at random and score noise), is exit 2 with one line."""
+    from pafo import cli
+
+    mismatched = _tiny_model(tmp_path / "mismatched", head=True)
+    config = json.loads((mismatched / "config.json").read_text())
+    (mismatched / "config.json").write_text(json.dumps({**config, "hidden_size": 32}))
+    headless = _tiny_model(tmp_path / "headless", head=False)
+    config = json.loads((headless / "config.json").read_text())
+    (headless / "config.json").write_text(json.dumps({**config, "architectures": ["BertForSequenceClassification"],
+                                                      "num_labels": 1}))
+    capfd.readouterr()  # saving the models drew progress bars
+    for folder, expected in ((mismatched, "weights do not have the sizes config.json declares"),
+                             (headless, "would start at random")):
+        code = cli.main(["audit", "--users", "12", "--model", f"rm={folder}"])
+        out, err = capfd.readouterr()
+        assert expected in one_line(code, out, err)
+
+
+def test_score_with_csv_or_json_prints_the_wrote_line(tmp_path, capsys):
+    """Bug: `pafo score --csv/--json` printed nothing on stderr, though the README says every command that writes
+    files prints one line naming them."""
+    run_dir = tmp_path / "run"  # MiniLM: TF-IDF features cannot score new text
+    code, _, err = run_cli(["experiment", *DATA, "--encoder", "minilm", *FAST, "--out-dir", run_dir], capsys)
+    assert code == 0, err
+    known = pd.read_csv(run_dir / "per_user.csv")["user_id"].iloc[0]
+    pd.DataFrame({"user_id": [known, "nobody"], "prompt": ["Hi?", "Hi?"],
+                  "response": ["Hello there.", "Go away."]}).to_csv(tmp_path / "in.csv", index=False)
+    scored, summary = tmp_path / "scored.csv", tmp_path / "scored.json"
+    code, out, err = run_cli(["score", "--run-dir", run_dir, "--method", "baseline", "--input", tmp_path / "in.csv",
+                              "--csv", scored, "--json", summary], capsys)
+    assert code == 0 and out == "", err
+    assert err.splitlines() == [f"pafo: wrote {scored}, {summary}: 2 rows scored with baseline (1 of unknown "
+                                "users, scored with the shared reward)"]
+    assert len(pd.read_csv(scored)) == 2
+
+
+def test_an_encoder_with_128_positions_runs_at_its_own_limit(tmp_path, capsys):
+    """Bug: an encoder folder whose model has 128 positions failed "max_length: got 256; use … 8 to 128" and
+    `experiment` had no way to change it. Unset, the length is the default capped at the model's limit."""
+    encoder = _tiny_model(tmp_path / "enc128", head=False)
+    path = tmp_path / "r.json"
+    code, _, err = run_cli(["experiment", *DATA, "--encoder", encoder, *FAST, "--json", path], capsys)
+    assert code == 0, err
+    assert json.loads(path.read_text())["encoder"]["name"].endswith("-L128")
+
+
+def test_a_deleted_working_directory_is_one_line_exit_2(tmp_path):
+    """Bug: every command run from a deleted current folder died with "Intel oneMKL FATAL ERROR: Cannot load
+    libtorch_cpu.so" (torch's bundled oneMKL calls getcwd() as it loads). Now: exit 2, one line saying so."""
+    import os
+    import subprocess
+    import sys
+
+    from pafo.paths import PACKAGE_ROOT
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = f"cd {gone} && rmdir {gone} && exec {sys.executable} -m pafo.cli support --users 12"
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False)
+    line = one_line(proc.returncode, proc.stdout, proc.stderr)
+    assert "oneMKL" not in line and "current folder no longer exists" in line
+
+
+def test_an_infinite_personalllm_score_names_its_row(tmp_path, capsys):
+    """Bug: an `inf` PersonalLLM score printed RuntimeWarnings and then blamed "majority group empty". The score
+    is checked to be finite, and the error names the row and column."""
+    from conftest import personalllm_frame
+
+    frame = personalllm_frame(n_prompts=20)
+    frame.loc[3, "response_2_rm_b"] = float("inf")
+    frame.to_parquet(tmp_path / "pl.parquet")
+    line = one_line(*run_cli(["support", "--dataset", "personalllm", "--path", tmp_path / "pl.parquet",
+                              "--users", "20"], capsys))
+    assert "row 4, column response_2_rm_b: score inf is not a finite number" in line
