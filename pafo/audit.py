@@ -79,17 +79,18 @@ MSG_DUPLICATE_NAME = "audit: the model name {name!r} is given twice; give each -
 MSG_BAD_REFERENCE = "--reference: {name!r} is not one of the audited models ({names})"
 MSG_UNKNOWN_KIND = "audit config: source kind {kind!r} is not one of " + ", ".join(SOURCE_KINDS)
 MSG_UNKNOWN_SECTION = "audit config: unknown section {key!r}; known: {known}"
-MSG_NO_MARGIN = ("{path}: needs a 'margin' column, or both 'score_chosen' and 'score_rejected' (found: {found}); "
+MSG_NO_MARGIN = ("{path}: needs a 'margin' column, or both 'score_chosen' and 'score_rejected' (it has {count} "
+                 "column(s)); "
                  "margin is the model's r(chosen) − r(rejected) for the row's user")
 MSG_BOTH_MARGINS = ("{path}: has both 'margin' and 'score_chosen'/'score_rejected'; keep one of them so the margin "
                     "is unambiguous")
-MSG_NOT_FINITE = ("{path}: {count} row(s) have a {field} that is not a finite number; first: row {row} ({value!r}); "
+MSG_NOT_FINITE = ("{path}: {count} row(s) have a {field} that is not a finite number; first: row {row}; "
                   "every margin or score must be a number")
 MSG_EMPTY_CELL = "{path}: row {row}: {field} is empty; every row needs {required}"
 MSG_UNKNOWN_USER = ("{path}: {count} row(s) name users the dataset does not have; first: row {row}, user_id {user!r}; "
                     "check that the file belongs to the loaded dataset")
 MSG_BAD_PAIR_ID = ("{path}: {count} row(s) have a pair_id that is not a pair of the dataset (ids are 0 to {last}); "
-                   "first: row {row} ({value!r})")
+                   "first: row {row}")
 MSG_PAIR_USER = "{path}: row {row}: pair_id {pair} is a pair of user {owner!r}, not of {user!r}"
 MSG_PAIR_TEXT = "{path}: row {row}: pair_id {pair} has a different {field} in the dataset; check the pair ids"
 MSG_UNKNOWN_PAIR = ("{path}: {count} row(s) match no pair of the dataset (same user_id, prompt, chosen and "
@@ -293,15 +294,14 @@ def _margins_of(frame: pd.DataFrame, path: str) -> np.ndarray:
     if has_margin and any(c in frame for c in SCORES):
         raise PafoInputError(MSG_BOTH_MARGINS.format(path=path))
     if not has_margin and not has_scores:
-        raise PafoInputError(MSG_NO_MARGIN.format(path=path, found=", ".join(map(str, frame.columns[:12]))))
+        raise PafoInputError(MSG_NO_MARGIN.format(path=path, count=len(frame.columns)))
     values = {}
     for column in (MARGIN,) if has_margin else SCORES:
         numbers = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
         bad = ~np.isfinite(numbers)
         if bad.any():
             row = _first(bad)
-            raise PafoInputError(MSG_NOT_FINITE.format(path=path, count=int(bad.sum()), field=column, row=row + 1,
-                                                       value=frame[column].iloc[row]))
+            raise PafoInputError(MSG_NOT_FINITE.format(path=path, count=int(bad.sum()), field=column, row=row + 1))
         values[column] = numbers
     return values[MARGIN] if has_margin else values[SCORES[0]] - values[SCORES[1]]
 
@@ -327,7 +327,7 @@ def _pairs_by_id(frame: pd.DataFrame, keys: pd.DataFrame, table: pd.DataFrame, p
     if not valid.all():
         row = _first(~valid)
         raise PafoInputError(MSG_BAD_PAIR_ID.format(path=path, count=int((~valid).sum()), last=int(table.index.max()),
-                                                    row=row + 1, value=frame["pair_id"].iloc[row]))
+                                                    row=row + 1))
     pairs = ids.astype(np.int64)
     for column in ["user_id", *(c for c in TEXT_COLUMNS if c in keys)]:
         expected = table.loc[pairs, column].to_numpy()

@@ -262,7 +262,7 @@ BAD_CASES = {  # case → fragment of the one stderr line (with the count and fi
     "missing": "3 of 96 test pairs have no prediction; first: pair",
     "duplicated": "1 pair(s) have more than one prediction; first: pair",
     "extra": "1 row(s) are train pairs, not pairs of the evaluated test split; first: row 97",
-    "nan": "1 row(s) have a margin that is not a finite number; first: row 3 ('nan')",
+    "nan": "1 row(s) have a margin that is not a finite number; first: row 3;",
     "inf": "first: row 3",
     "unknown user": "1 row(s) name users the dataset does not have; first: row 2, user_id 'stranger'",
     "unknown pair": "1 row(s) match no pair of the dataset",

@@ -332,4 +332,81 @@ def test_an_infinite_personalllm_score_names_its_row(tmp_path, capsys):
     frame.to_parquet(tmp_path / "pl.parquet")
     line = one_line(*run_cli(["support", "--dataset", "personalllm", "--path", tmp_path / "pl.parquet",
                               "--users", "20"], capsys))
-    assert "row 4, column response_2_rm_b: score inf is not a finite number" in line
+    assert "row 4, column response_2_rm_b: the score is not a finite number" in line
+
+
+# ------------------------------------------------------------------------------------------- security
+
+DATA_ROOTS_ENV = "PAFO_DATA_ROOTS"  # the README's name for it (pafo.data_roots.DATA_ROOTS_ENV)
+
+
+def _data_page(monkeypatch, home):
+    from streamlit.testing.v1 import AppTest
+
+    from pafo.paths import PACKAGE_ROOT
+
+    monkeypatch.setenv("PAFO_HOME", str(home))
+    at = AppTest.from_file(str(PACKAGE_ROOT / "app.py"), default_timeout=120).run()
+    at.segmented_control(key="data_source").set_value("pairs").run()
+    return at
+
+
+def _load_path(at, path):
+    at.text_input(key="path_pairs").set_value(str(path))
+    at.form_submit_button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return [e.value for e in at.error]
+
+
+@pytest.mark.timeout(300)
+def test_the_app_reads_data_only_inside_its_data_roots(tmp_path, monkeypatch):
+    """Bug: the app's path box read any file the app's user could read (a 0600 pairs CSV was previewed, a 0600
+    hr.csv leaked its header in the error). A path outside the data roots is an st.error naming it and the fix
+    ($PAFO_DATA_ROOTS); a file that fails to parse is named without echoing its contents, in the app and the CLI."""
+    from conftest import pairs_frame
+
+    private = tmp_path / "private"
+    private.mkdir()
+    secret = private / "pairs.csv"
+    pairs_frame(n_users=4).to_csv(secret, index=False)
+    secret.chmod(0o600)
+    hr = private / "hr.csv"
+    hr.write_text("ssn,salary\n123-45-6789,99000\n")
+    hr.chmod(0o600)
+    monkeypatch.setenv(DATA_ROOTS_ENV, str(tmp_path / "elsewhere"))
+    at = _data_page(monkeypatch, tmp_path / "home")
+    for path in (secret, hr):
+        errors = _load_path(at, path)
+        assert any(str(path) in e and DATA_ROOTS_ENV in e for e in errors), errors
+        assert not any("ssn" in e or "salary" in e or "123-45" in e for e in errors), errors
+        assert at.session_state["data_config"]["dataset"] == "synthetic"  # nothing of the file was loaded
+    # The audit's model folder is confined too, before anything reads its config.json.
+    at.text_input(key="audit_model").set_value(str(private)).run()
+    at.button(key="audit_start").click().run()
+    assert any(str(private) in e.value and DATA_ROOTS_ENV in e.value for e in at.error), [e.value for e in at.error]
+    # Adding the folder as a root lets the pairs file load; the malformed one is named, its header never shown.
+    monkeypatch.setenv(DATA_ROOTS_ENV, str(private))
+    assert _load_path(at, secret) == []
+    assert at.session_state["data_config"]["path"] == str(secret)
+    errors = _load_path(at, hr)
+    assert any(str(hr) in e and "missing column(s)" in e for e in errors), errors
+    assert not any("ssn" in e or "salary" in e for e in errors), errors
+
+
+def test_parse_errors_never_echo_the_files_contents(tmp_path, capsys):
+    """Bug: a file that failed to parse had its header (or a cell) quoted in the error ("found: ssn, salary"). The
+    CLI keeps reading any path its user gives, but a parse error names only the file, row and expected columns."""
+    hr = tmp_path / "hr.csv"
+    hr.write_text("ssn,salary\n123-45-6789,99000\n")
+    scores = tmp_path / "pl.csv"
+    scores.write_text("prompt,response_1,response_2,response_1_rm,response_2_rm\nq,a,b,secret-42,1.0\n")
+    preds = tmp_path / "preds.csv"
+    preds.write_text("user_id,prompt,chosen,rejected,secret_column\nu,p,c,r,1\n")
+    cases = [["support", "--dataset", "pairs", "--path", hr],
+             ["support", "--dataset", "personalllm", "--path", scores],
+             ["audit", "--users", "12", "--predictions", f"m={preds}"]]
+    for argv in cases:
+        line = one_line(*run_cli(argv, capsys))
+        assert str(argv[4]).split("=")[-1] in line, line
+        for content in ("ssn", "salary", "123-45", "secret"):
+            assert content not in line, line

@@ -34,7 +34,9 @@ INVALID_JSONL = "{path}: line {line} is not valid JSON ({reason}); each line of 
 UNKNOWN_FORMAT = "{path}: unknown format {suffix!r}; use .csv, .jsonl, .json or .parquet"
 BAD_PARQUET = "{path}: not a readable Parquet file ({reason}); export it again or use CSV/JSONL"
 BAD_CSV = "{path}: cannot be parsed as CSV ({reason}); check the delimiter and quoting"
-MISSING_COLUMNS = "{path}: missing column(s) {missing}; the file needs {required} (found: {found})"
+# Parse errors name the file, row and the columns the loader expected, never what the file holds (its header, a
+# cell): the app may run as another user than the analyst, and a 0600 file's header once leaked through "found:".
+MISSING_COLUMNS = "{path}: missing column(s) {missing}; the file needs {required} (it has {count} column(s))"
 OFFLINE = (
     "{source}: cannot be downloaded from this machine ({reason}); download the file elsewhere and pass its local "
     "path with --path (CSV, JSONL, JSON or Parquet)"
@@ -201,5 +203,5 @@ def require_columns(frame: pd.DataFrame, required: list[str], source: str) -> No
     if missing:
         raise PafoInputError(
             MISSING_COLUMNS.format(path=source, missing=", ".join(missing), required=", ".join(required),
-                                   found=", ".join(map(str, frame.columns[:12])) or "none")
+                                   count=len(frame.columns))
         )

@@ -24,7 +24,7 @@ NO_SCORES = (
     "{source}: no reward-model score columns named response_1_<model>; PersonalLLM rows need prompt, "
     "response_1..N and response_<k>_<model> scores"
 )
-BAD_SCORE = "{source}: row {row}, column {column}: score {value!r} is not a finite number; fix or drop the row"
+BAD_SCORE = "{source}: row {row}, column {column}: the score is not a finite number; fix or drop the row"
 
 
 def reward_model_columns(columns: list[str]) -> tuple[int, list[str]]:
@@ -43,7 +43,7 @@ def _score(value, source: str, row: int, column: str) -> float:
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number):
-        raise PafoInputError(BAD_SCORE.format(source=source, row=row + 1, column=column, value=value))
+        raise PafoInputError(BAD_SCORE.format(source=source, row=row + 1, column=column))
     return number
 
 
