@@ -201,7 +201,7 @@ def test_data_good_upload_becomes_the_current_dataset(studio, tmp_path):
 def test_data_missing_path_and_offline_hub_show_errors(studio):
     at = app().run()
     at.segmented_control(key="data_source").set_value("pairs").run()
-    at.text_input(key="path_pairs").set_value("/no/such/pairs.csv")
+    at.text_input(key="path_pairs").set_value("no/such/pairs.csv")  # in the working folder, a data root
     at.form_submit_button[0].click().run()
     assert_clean(at)
     assert any("no such file" in e for e in errors(at)), errors(at)

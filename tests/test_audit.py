@@ -413,8 +413,11 @@ def tiny_reward_model(folder, texts: list[str], kind: str = "bert", *, head: boo
     with torch.no_grad():  # the default init is so small that every text gets nearly the same reward
         for parameter in model.parameters():
             parameter.normal_(0, 0.5)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    from pafo.encoders import quiet_transformers
+
+    with quiet_transformers():  # no "Writing model shards" bar in the stderr a test then reads
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     return folder
 
 
