@@ -162,8 +162,8 @@ def paired_comparison(per_seed: Sequence[pd.DataFrame], method: str, reference: 
     ``per_seed``: one per-user table per seed with columns ``group``, ``support_rate``, ``acc_<method>``,
     ``acc_<reference>`` and ``pairs_column`` (each user's test pairs behind those accuracies; the experiment's
     per-user table). Users without an accuracy under either are left out. Returns ``{stat: {"delta", "ci"}}`` for
-    each of ``COMPARED``, ``n_seeds``, ``n_users``, ``n_pairs``, ``sample`` (the smallest seed's users and pairs
-    per group), ``rule`` (the :class:`VerdictRule` used), ``verdict`` and ``verdict_reason``.
+    each of ``COMPARED``, ``n_seeds``, ``n_users``, ``n_pairs``, ``sample`` (per group the fewest users and the
+    fewest pairs over the seeds), ``rule`` (the :class:`VerdictRule` used), ``verdict`` and ``verdict_reason``.
     """
     rule = rule or VerdictRule()
     rng = np.random.default_rng(seed)

@@ -384,6 +384,11 @@ def test_compare_single_seed_run_says_so_and_warns_about_small_groups(studio):
     assert any("one seed (0)" in w and "not evidence" in w for w in warnings), warnings
     assert any("Small sample: the minority group has 8 users" in w for w in warnings), warnings
     assert not any("Pareto improvement over the baseline" in m.value for m in [*at.markdown, *at.caption])
+    # Issue 18: below the minimum group size the verdict itself is "within noise", and the card says why.
+    assert any(m.value.startswith("Verdict vs baseline: **") and m.value.endswith("within noise**")
+               for m in at.markdown), [m.value for m in at.markdown]
+    assert any(c.value.endswith("— too few users: minority has 8 (< 20)") for c in at.caption), [
+        c.value for c in at.caption]
 
 
 def test_compare_shows_the_verdict_with_paired_cis_over_seeds(studio):
