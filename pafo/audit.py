@@ -60,6 +60,7 @@ __all__ = [
     "predictions_from_run",
     "run_audit",
     "source_name",
+    "verdict_line",
     "write_table",
 ]
 
@@ -661,4 +662,18 @@ def headline(result: dict) -> dict:
     out = {name: {k: m[k] for k in ("accuracy", "unfairness", "log_loss")} for name, m in result["methods"].items()}
     for name, comparison in result.get("comparisons", {}).items():
         out[name]["verdict_vs_" + result["reference"]] = comparison["verdict"]
+        out[name]["verdict_reason"] = comparison.get("verdict_reason")
     return out
+
+
+def verdict_line(result: dict) -> str:
+    """The stderr line after ``pafo audit --json FILE``: each model's verdict against the reference in words (a
+    ``noise`` verdict with its reason, a comparison on part of the pairs with its coverage) and the rule used."""
+    from .compare import describe_comparison, describe_rule
+
+    comparisons = result.get("comparisons") or {}
+    if not comparisons:  # one model: nothing to compare
+        return ""
+    parts = [f"{name} vs {result['reference']}: {describe_comparison(c, verdict=True)}"
+             for name, c in comparisons.items()]
+    return "; ".join([*parts, describe_rule(next(iter(comparisons.values()))["rule"])])

@@ -400,7 +400,7 @@ def _add_score(sub) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit_config_from_args, headline, pairs_template, run_audit, write_table
+    from .audit import audit_config_from_args, headline, pairs_template, run_audit, verdict_line, write_table
     from .experiment import per_user_csv_text
 
     if args.export_pairs:  # the file a model must score, then stop
@@ -415,7 +415,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         bar.close()
     if args.per_user_csv:
         atomic_write_text(args.per_user_csv, per_user_csv_text(result))
-    _write_outputs(args, result if args.json else headline(result))
+    _write_outputs(args, result if args.json else headline(result), summary=verdict_line(result) or None)
     return 0
 
 

@@ -102,12 +102,13 @@ def test_audit_with_missing_rows_compares_models_on_the_pairs_both_cover(tmp_pat
                             "--predictions", f"ref={tmp_path / 'ref.csv'}", "--predictions",
                             f"copy={tmp_path / 'copy.csv'}", "--allow-missing", "--json", out], capsys)
     assert code == 0, err
+    covered = int((margins["margin"] >= 0).sum())
+    assert len(err.splitlines()) == 1 and f"on the {covered:,} of {len(test):,} pairs both models cover" in err
     result = json.loads(out.read_text())
     comparison = result["comparisons"]["copy"]
     # On the pairs both cover the two models are the same model: no difference at all.
     assert comparison["minority"]["delta"] == 0.0 and comparison["majority"]["delta"] == 0.0
     assert comparison["verdict"] == "noise"
-    covered = int((margins["margin"] >= 0).sum())
     assert comparison["coverage"]["pairs"] == covered < comparison["coverage"]["of_pairs"] == len(test)
     assert comparison["n_pairs"] == covered
     # Each model's own accuracy still reports its own coverage (the copy looks perfect on what it kept).
