@@ -61,6 +61,11 @@ ENV_DISK_FULL = "disk full while writing {file}: free space and retry"
 ENV_OS_ERROR = "cannot access {file} ({reason}): check the disk and its permissions, then retry"
 SEED_AND_SEEDS = "--seed and --seeds: give one of them (--seed N runs the one seed N, like --seeds N)"
 WROTE = "pafo: wrote {files}"
+CWD_GONE = ("the current folder no longer exists (deleted or moved away); cd to an existing folder and run the "
+            "command again")
+SCORED = "{n} rows scored with {method} ({unknown} of unknown users, scored with the shared reward)"
+INPUT_TOO_DEEP = ("a file given (or one in a run folder it names) nests JSON too deeply to read; check the JSON "
+                  "files of this command")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -449,14 +454,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     run_dir, binding = (args.run_dir, None) if args.run_dir else _registry_run(args.run)
     scoring = load_scoring_model(run_dir, args.method, binding=binding)
     scored = score_triples(scoring, read_triples(args.input), progress_bar=True, device=resolve_device(args.device))
+    unknown = int((~scored["known_user"]).sum())
     if args.csv:
         atomic_write_text(args.csv, scored.to_csv(index=False))
     if args.json:
         summary = {"run_dir": str(run_dir), "method": args.method, "encoder": scoring.encoder, "n_rows": len(scored),
-                   "n_unknown_users": int((~scored["known_user"]).sum()),
+                   "n_unknown_users": unknown,
                    "rows": scored.astype(object).where(scored.notna(), None).to_dict(orient="records")}
         atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
-    if not args.csv and not args.json:
+    written = [path for path in (args.csv, args.json) if path]
+    if written:
+        print(WROTE.format(files=", ".join(map(str, written))) + ": " + SCORED.format(n=len(scored), method=args.method,
+                                                                                      unknown=unknown), file=sys.stderr)
+    else:
         sys.stdout.write(scored.to_csv(index=False))
     return 0
 
@@ -490,7 +500,7 @@ def _add_score(sub) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit_config_from_args, headline, pairs_template, run_audit, write_table
+    from .audit import audit_config_from_args, headline, pairs_template, run_audit, verdict_line, write_table
     from .experiment import per_user_csv_text
 
     if args.export_pairs:  # the file a model must score, then stop
@@ -505,7 +515,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         bar.close()
     if args.per_user_csv:
         atomic_write_text(args.per_user_csv, per_user_csv_text(result))
-    _write_outputs(args, result if args.json else headline(result))
+    _write_outputs(args, result if args.json else headline(result), summary=verdict_line(result) or None)
     return 0
 
 
@@ -535,11 +545,13 @@ def _add_audit(sub) -> None:
 RAY_ADDRESS_WITHOUT_RAY = "--ray-address: only used with --backend ray (add --backend ray, or leave it out)"
 SWEEP_FAILED = ("pafo: {n} of {total} sweep cells did not succeed (see `cells` in the sweep JSON and "
                 "`pafo runs show ID`)")
+SWEEP_DIVERGED = ("pafo: error: {n} of {total} sweep cells failed, the others finished: {label} ({run_id}): {error} "
+                  "(every failed cell: `cells` in the sweep JSON)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .config import check_range
-    from .registry import SUCCEEDED, RunRegistry
+    from .registry import RunRegistry
     from .sweep import parse_grid, run_sweep
 
     if args.max_concurrent is not None:
@@ -558,11 +570,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        backend=args.backend, ray_address=args.ray_address, on_cell=report, device=args.device)
     _write_outputs(args, result if args.json else _sweep_headline(result),
                    summary=f"{len(result['cells'])} cells, Pareto front: points {result['pareto_front']}")
-    failed = sum(cell["status"] != SUCCEEDED for cell in result["cells"])
-    if failed:
-        print(SWEEP_FAILED.format(n=failed, total=len(result["cells"])), file=sys.stderr)
-        return EXIT_INTERNAL
-    return 0
+    return _sweep_outcome(result["cells"])
+
+
+def _sweep_outcome(cells: list[dict]) -> int:
+    """0 when every cell succeeded; 2 with the first failure's reason when every failed cell diverged (its grid
+    values are input to fix), else 1."""
+    from .registry import SUCCEEDED
+    from .sweep import diverged
+
+    failed = [cell for cell in cells if cell["status"] != SUCCEEDED]
+    if not failed:
+        return 0
+    if all(diverged(cell.get("error")) for cell in failed):
+        first = failed[0]
+        label = " ".join(f"{k}={v}" for k, v in first["params"].items()) + f" seed {first['seed']}"
+        print(_one_line(SWEEP_DIVERGED.format(n=len(failed), total=len(cells), label=label, run_id=first["run_id"],
+                                              error=first["error"])), file=sys.stderr)
+        return EXIT_INPUT
+    print(SWEEP_FAILED.format(n=len(failed), total=len(cells)), file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def _sweep_headline(result: dict) -> dict:
@@ -651,8 +678,21 @@ def _silence_stdout() -> None:
         pass
 
 
+def _working_directory_exists() -> bool:
+    """Whether the current folder exists: torch's bundled oneMKL calls getcwd() when it loads and ends the process
+    with "Intel oneMKL FATAL ERROR" if the folder was deleted (and relative paths would mean nothing anyway)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code says how it ended (0 ok, 1 bug, 2 bad input, 3 environment fault)."""
+    if not _working_directory_exists():  # before the parser, whose sweep flags import torch
+        print(f"pafo: error: {CWD_GONE}", file=sys.stderr)
+        return EXIT_INPUT
     args = build_parser().parse_args(argv)
     try:
         check_outputs(args)
@@ -668,6 +708,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
+    except RecursionError:  # JSON nested too deeply in a file a reader did not route through pafo.jsonio
+        print(f"pafo: error: {INPUT_TOO_DEEP}", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         print("pafo: interrupted", file=sys.stderr)
         return 130

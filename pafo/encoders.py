@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pafo.errors import PafoInputError
+from pafo.jsonio import loads
 from pafo.method_configs import DEFAULT_ENCODER, ENCODERS
 from pafo.paths import atomic_write_text, pafo_home
 
@@ -55,8 +56,10 @@ __all__ = [
     "embed_texts",
     "encoder_threads",
     "get_encoder",
+    "load_failure",
     "max_cosine_error",
     "minilm_model_path",
+    "quiet_transformers",
     "select_precision",
     "text_hash",
 ]
@@ -97,6 +100,7 @@ MSG_OPTIONS = "encoder {name!r}: unknown option(s) {bad}; it accepts {allowed}."
 MSG_PRECISION = (
     "precision: got {value!r}; use 'auto' (bf16 only where the CPU supports it and it matches fp32), 'fp32' or 'bf16'."
 )
+REASON_MISMATCH = "its weights do not have the sizes config.json declares"
 MSG_MAX_LENGTH = "max_length: got {value!r}; use an integer number of tokens from 8 to {limit}."
 MSG_N_COMPONENTS = "n_components: got {value!r}; use a positive integer such as 256."
 MSG_RANDOM_STATE = "random_state: got {value!r}; use an integer such as 0."
@@ -450,23 +454,43 @@ def _intra_op_threads(n: int) -> Iterator[None]:
 def _load_model(source: str, name: str, device: str = "cpu") -> tuple[Any, Any]:
     """Tokenizer and model from local files only: this machine cannot reach the hub, so never try it."""
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    bar_was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the CLI output or app logs
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        model = AutoModel.from_pretrained(source, local_files_only=True)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            model = AutoModel.from_pretrained(source, local_files_only=True)
     except Exception as exc:  # any failure here is "cannot load this model": report it as user input
         raise PafoInputError(_unloadable_message(name, source, exc)) from exc
-    finally:
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
     return tokenizer, model.eval().to(device)
 
 
-def _unloadable_message(name: str, source: str, exc: BaseException) -> str:
+def load_failure(exc: BaseException) -> str:
+    """Why transformers could not load a folder, in one short line (not the pointer to a report it printed)."""
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return REASON_MISMATCH if "ignore_mismatched_sizes" in reason else reason
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No progress bar, load report or library warning from transformers/torch while a model loads: they would
+    add lines to the CLI's one-line errors (a size mismatch printed a 25-line report before the message)."""
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
+def _unloadable_message(name: str, source: str, exc: BaseException) -> str:
+    reason = load_failure(exc)
     if name.lower() in MINILM_ALIASES:
         return MSG_MINILM_MISSING.format(path=source)
     if Path(source).expanduser().is_dir():
@@ -490,7 +514,7 @@ def _read_config(source: str, name: str) -> dict[str, Any]:
     folder = Path(source)
     if folder.is_dir():
         try:
-            return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            return loads((folder / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise PafoInputError(_unloadable_message(name, source, exc)) from exc
     try:
@@ -517,7 +541,7 @@ class TransformerEncoder(Encoder):
         label: str,
         model_name: str | None = None,
         precision: str = "auto",
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         home: Path | None = None,
         device: str = "cpu",
     ) -> None:
@@ -529,7 +553,10 @@ class TransformerEncoder(Encoder):
         self.home = Path(home) if home is not None else None
         config = _read_config(source, self.model_name)
         limit = int(config.get("max_position_embeddings") or 8192)
-        self.max_length = _check_max_length(max_length, limit)
+        # Unset: the default, or the model's own limit when that is smaller (a 128-position encoder is usable
+        # as it is; the length used shows in the encoder's name, e.g. "-L128"). Set: checked against the limit.
+        self.max_length = min(DEFAULT_MAX_LENGTH, limit) if max_length is None else _check_max_length(max_length,
+                                                                                                       limit)
         self._dim = next((int(config[k]) for k in ("hidden_size", "d_model", "dim") if config.get(k)), None)
         self._precision: str | None = None
         self.cos_error_: float | None = None  # bf16-vs-fp32 calibration error, when measured
@@ -645,7 +672,7 @@ def _calibration_path(home: Path) -> Path:
 
 def _read_calibration(home: Path) -> dict[str, Any]:
     try:
-        data = json.loads(_calibration_path(home).read_text(encoding="utf-8"))
+        data = loads(_calibration_path(home).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

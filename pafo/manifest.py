@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from . import __version__
+from .jsonio import loads
 from .paths import atomic_write_text, resolve_inside
 
 __all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "UNLISTED", "ManifestError", "check_binding", "is_published",
@@ -74,7 +75,7 @@ def write_manifest(run_dir: str | Path, *, config_hash: str | None = None, finge
 def read_manifest(run_dir: str | Path) -> dict:
     """The manifest as a dict with a ``sha256`` object; :class:`ManifestError` says why there is none."""
     try:
-        manifest = json.loads((Path(run_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+        manifest = loads((Path(run_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
         if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), dict):
             raise TypeError("no sha256 object")
     except FileNotFoundError:
@@ -144,7 +145,7 @@ def own_binding(run_dir: str | Path, result: dict) -> tuple[str, str] | None:
     config = result.get("config")
     if requested is not None and requested.is_file():
         try:
-            config = json.loads(requested.read_text(encoding="utf-8"))
+            config = loads(requested.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ManifestError(MSG_BAD_MANIFEST.format(name=CONFIG_NAME, detail=" ".join(str(exc).split()))) from None
     return config_hash(config if isinstance(config, dict) else {}), str(result.get("fingerprint"))

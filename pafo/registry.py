@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 
 from pafo.device import without_execution
 from pafo.errors import PafoEnvironmentError, PafoInputError
+from pafo.jsonio import loads
 from pafo.manifest import check_binding, is_published, verify_manifest
 from pafo.paths import PACKAGE_ROOT, atomic_write_text, ensure_home, pafo_home, resolve_inside
 
@@ -695,12 +696,12 @@ class RunRegistry:
         result, else as failed with the reason, and never reused (its code version is unknown).
         """
         try:
-            config = json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+            config = loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
             config_text = canonical_json(config)
         except (OSError, UnicodeDecodeError, ValueError):
             return None
         try:
-            record = json.loads((run_dir / STATUS_NAME).read_text(encoding="utf-8"))
+            record = loads((run_dir / STATUS_NAME).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError):
             record = None
         if not isinstance(record, dict) or record.get("id") != run_dir.name or record.get("status") not in STATUSES:
@@ -918,11 +919,11 @@ class RunRegistry:
             record.result_error = MSG_RESULT_OUTSIDE.format(path=record.result_path, run_id=run_id)
             return record
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             record.result_error = MSG_RESULT_MISSING.format(path=path, run_id=run_id)
             return record
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             record.result_error = MSG_RESULT_CORRUPT.format(path=path, run_id=run_id, detail=exc)
             return record
         if not isinstance(data, dict):

@@ -8,7 +8,6 @@ the user's id only; no group label exists at inference. A user the run never saw
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from .errors import PafoInputError
 from .features import text_features
+from .jsonio import loads
 from .manifest import MANIFEST_NAME, check_binding, own_binding, verify_manifest
 from .models import RewardModel, build_model
 from .paths import resolve_inside
@@ -66,8 +66,8 @@ def _one_line(exc: BaseException, limit: int = 240) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise PafoInputError(MSG_DAMAGED.format(path=path, detail=_one_line(exc))) from exc
     if not isinstance(data, dict):
         raise PafoInputError(MSG_DAMAGED.format(path=path, detail="not a JSON object"))

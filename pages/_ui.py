@@ -21,6 +21,7 @@ import pandas as pd
 import streamlit as st
 
 from pafo import appstate, report
+from pafo.data_roots import check_app_config
 from pafo.errors import PafoInputError
 from pafo.method_configs import RunSettings, TrainConfig, method_sections
 from pafo.paths import pafo_home
@@ -105,6 +106,13 @@ def _registry(home: str) -> RunRegistry:
 def registry() -> RunRegistry:
     """The run registry of ``$PAFO_HOME`` (one object per home, shared by all sessions)."""
     return _registry(str(pafo_home()))
+
+
+def submit_config(config, **kwargs):
+    """Queue a run (or reuse an identical one) once every path it reads is inside a data root: a run cloned from
+    one started on the command line may name any file."""
+    check_app_config(config.to_dict())
+    return registry().submit_config(config, **kwargs)
 
 
 def default_forms() -> dict:
@@ -194,6 +202,8 @@ def current_record():
 
 
 def fingerprint(config: dict) -> str:
+    """The dataset's fingerprint, once its path is inside a data root (every load of the app passes here)."""
+    check_app_config(config)
     return dataset_fingerprint(DataConfig(**config))
 
 
