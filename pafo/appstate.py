@@ -303,10 +303,12 @@ def config_diff(parent: dict, child: dict) -> list[tuple[str, Any, Any]]:
     return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
 
 
-def whatif_config(parent: dict, changes: dict[str, Any]) -> dict:
+def whatif_config(parent: dict, changes: dict[str, Any], *, check_effect: bool = True) -> dict:
     """A copy of ``parent`` with ``{"section.field": value}`` changes applied, validated as an experiment.
 
-    Setting ``groups.minority_threshold`` to ``None`` returns to the quantile rule.
+    Setting ``groups.minority_threshold`` to ``None`` returns to the quantile rule. A change to an option that has
+    no effect in the child config is refused (:class:`pafo.effects.NoEffectError`), unless ``check_effect`` is
+    off (a sweep checks its whole grid instead: :func:`pafo.effects.check_grid`).
     """
     from .experiment import ExperimentConfig
 
@@ -321,7 +323,14 @@ def whatif_config(parent: dict, changes: dict[str, Any]) -> dict:
         if not name:
             raise PafoInputError(f"what-if change {key!r} must name section.field, e.g. pafo.lam")
         child.setdefault(section, {})[name] = value
-    return ExperimentConfig.from_dict(child).to_dict()  # validated (PafoInputError) and in its one spelling
+    config = ExperimentConfig.from_dict(child)  # validated (PafoInputError)
+    if check_effect:
+        from .effects import check_effective, flat_values
+
+        before = flat_values(parent)
+        check_effective(config, [key for key, value in flat_values(config).items()
+                                 if key in changes and before.get(key) != value])
+    return config.to_dict()  # in its one spelling
 
 
 # ------------------------------------------------------------------------------------------- runs
