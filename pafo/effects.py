@@ -183,8 +183,15 @@ class AppWords:
 CLI_WORDS, APP_WORDS = CliWords(), AppWords()
 
 
+def _one_verb(fix: str) -> str:
+    """``add --teachers clusters and --student distilled``, not ``… and add --student distilled``."""
+    verb = fix.split(" ", 1)[0]
+    return fix.replace(f" and {verb} ", " and ")
+
+
 def _join_fixes(fixes: list[str]) -> str:
     """``add --student distilled or --teachers groups``: one verb for fixes that share it."""
+    fixes = [_one_verb(fix) for fix in fixes]
     verbs = {fix.split(" ", 1)[0] for fix in fixes}
     if len(fixes) > 1 and len(verbs) == 1 and all(" and " not in fix for fix in fixes):
         verb = verbs.pop()

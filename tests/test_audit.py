@@ -159,7 +159,7 @@ def experiment_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PAFO_HOME", str(folder / "home"))
         code = cli.main(["experiment", *EXPERIMENT_FLAGS, "--encoder", "tfidf", "--epochs", "3", "--hidden", "16",
-                         "--k", "4", "--dense", "4", "--out-dir", str(folder / "run"),
+                         "--k", "4", "--out-dir", str(folder / "run"),
                          "--json", str(folder / "result.json")])
     torch.set_num_threads(threads)
     assert code == 0

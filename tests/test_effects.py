@@ -202,3 +202,57 @@ def test_every_option_has_a_plain_label():
     for section, cls in SECTIONS.items():
         for field in dataclasses.fields(cls):
             assert field.metadata.get("label"), f"{section}.{field.name} declares no label"
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+CLI_CASES = {
+    "lambda with the wide student": (["experiment", "--lambda", "2"],
+                                     "--lambda has no effect with --student wide and --teachers clusters; add "
+                                     "--student distilled or --teachers groups"),
+    "lambda at its default value is still refused": (["experiment", "--lambda", "1"], "--lambda has no effect"),
+    "heldout with group teachers": (["experiment", "--teachers", "groups", "--heldout", "5"],
+                                    "--heldout has no effect with --teachers groups and --student wide; add "
+                                    "--teachers clusters and --student distilled"),
+    "beta without pafo": (["experiment", "--methods", "baseline,reweight", "--beta", "2"],
+                          "--beta has no effect with --methods baseline,reweight; add pafo to --methods"),
+    "runs start refuses it too": (["runs", "start", "--temperature", "2"], "--temperature has no effect"),
+    "prompts on dsp": (["support", "--dataset", "dsp", "--path", "DSP", "--prompts", "10"],
+                       "--prompts has no effect with --dataset dsp; only --dataset synthetic reads it"),
+    "data seed on dsp": (["experiment", "--dataset", "dsp", "--path", "DSP", "--data-seed", "3"],
+                         "--data-seed has no effect with --dataset dsp"),
+    "users of a pairs file": (["support", "--dataset", "pairs", "--path", "DSP", "--users", "50"],
+                              "--users has no effect with --dataset pairs"),
+    "sweep of lambda": (["sweep", "--grid", "pafo.lam=0,1"],
+                        "--grid pafo.lam: --lambda has no effect with --student wide and --teachers clusters"),
+    "sweep flag that matters in no cell": (["sweep", "--condition", "group+agree", "--grid", "pafo.beta=1,2"],
+                                           "--condition has no effect with --teachers clusters"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_the_cli_refuses_an_option_that_cannot_change_the_result(case, capsys, dsp_path, pafo_home):
+    """Issue 19: setting an option that cannot change the result exits 2 with one line that says so and what would
+    make it matter, before any data is embedded or any run is queued or started."""
+    from conftest import run_cli
+
+    from pafo.registry import RunRegistry
+
+    argv, expected = CLI_CASES[case]
+    argv = [str(dsp_path) if a == "DSP" else a for a in argv]
+    code, out, err = run_cli([*argv, "--encoder", "tfidf"] if argv[0] != "support" else argv, capsys)
+    lines = err.splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith("pafo: error: ") and expected in lines[0], lines[0]
+    assert not RunRegistry(pafo_home).list()
+
+
+def test_the_cli_accepts_options_that_matter(capsys, tmp_path):
+    """The same options where they do matter: λ with the distilled student, the synthetic-only options on the
+    synthetic data, β with the default PAFO."""
+    from pafo import cli
+
+    for flags in (["--student", "distilled", "--lambda", "2", "--heldout", "5"], ["--prompts", "10"],
+                  ["--beta", "2"], ["--teachers", "groups", "--condition", "group+agree", "--dense", "0"]):
+        args = cli.build_parser().parse_args(["experiment", *flags])
+        cli.experiment_config_from_args(args)  # no error

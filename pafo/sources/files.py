@@ -34,8 +34,8 @@ BAD_PARQUET = "{path}: not a readable Parquet file ({reason}); export it again o
 BAD_CSV = "{path}: cannot be parsed as CSV ({reason}); check the delimiter and quoting"
 MISSING_COLUMNS = "{path}: missing column(s) {missing}; the file needs {required} (found: {found})"
 OFFLINE = (
-    "{source}: cannot be downloaded from this machine ({reason}); download the file elsewhere and pass its local "
-    "path with --path (CSV, JSONL, JSON or Parquet)"
+    "{source}: cannot be downloaded from this machine ({reason}); download the file elsewhere and load it from "
+    "its local path instead (CSV, JSONL, JSON or Parquet)"
 )
 EMPTY_FILE = "{path}: the file has no rows; add data rows below the header"
 
