@@ -131,7 +131,7 @@ def make_figure(traces=(), title: str | None = None, *, height: int = 380, xaxis
     Plotly's ``update_layout`` afterwards is ~5× slower, and its default template costs ~0.1 s per figure, so there
     is none (``template=None``; the app's Streamlit theme adds its own).
     """
-    top = (72 if title else 30) + (18 if subtitle else 0)
+    top = (72 if title else 30) + (18 * (1 + subtitle.count("<br>")) if subtitle else 0)
     full = dict(
         template=None, height=height, font=dict(family=FONT, size=12, color="#343A40"), plot_bgcolor="white",
         paper_bgcolor="white", margin=dict(l=10, r=10, t=top, b=10),
@@ -449,7 +449,7 @@ def decile_curve(result: dict) -> go.Figure:
             text=labels, hovertemplate="%{text}<br>accuracy %{y:.3f} (%{customdata[0]} users)<extra>" + name +
             "</extra>",
         ))
-    xaxis = dict(title="support-rate decile: ← rarer preferences (minority) · more common →")
+    xaxis = dict(title="support-rate decile (← minority preferences)")
     if len(table):
         ticks = table.drop_duplicates("decile").sort_values("decile")
         xaxis.update(tickvals=ticks["decile"].tolist(),
@@ -498,14 +498,15 @@ def user_scatter(per_user: pd.DataFrame, x_method: str = "baseline", y_method: s
     if len(frame):
         better = int((frame[y_col] > frame[x_col]).sum())
         worse = int((frame[y_col] < frame[x_col]).sum())
-        of = f"of {len(frame)} {unit}" + (f": {frame['user_id'].nunique()} users × {n_seeds} seeds"
+        of = f"of {len(frame)} {unit}" + (f" ({frame['user_id'].nunique()} users × {n_seeds} seeds)"
                                            if n_seeds > 1 else "")
-        # In the title's second line, not on the plot, where it covered the 100% tick and the top-left points.
-        subtitle = f"{better} better with {y_method}, {worse} worse, {len(frame) - better - worse} the same ({of})"
+        # Under the title, not on the plot, where it covered the 100% tick and the top-left points.
+        subtitle = f"{better} better with {y_method}, {worse} worse, {len(frame) - better - worse} the same<br>{of}"
     # constrain="domain": keeping the square aspect shrinks the plot area instead of widening the axes (the report
     # once showed −100%..200%).
     axis = dict(range=[-0.03, 1.03], tickformat=".0%", constrain="domain")
-    return make_figure(traces, f"Per-user accuracy: {y_method} vs {x_method}", height=480, subtitle=subtitle,
+    return make_figure(traces, f"Per-user accuracy: {y_method} vs {x_method}", height=520, subtitle=subtitle,
+                       legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0),
                        xaxis=dict(title=f"{x_method} accuracy", **axis),
                        yaxis=dict(title=f"{y_method} accuracy", scaleanchor="x", **axis))
 

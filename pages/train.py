@@ -113,15 +113,26 @@ with st.expander("Start a new run", expanded=record is None):
 st.subheader("Runs")
 
 
+RUNS_COLUMNS = ("run", "status", "progress", "stage", "created", "seconds", "label", "methods", "encoder", "seeds",
+                "dataset", "reused", "parent", "error")
+RUNS_COLUMN_CONFIG = {
+    "run": st.column_config.TextColumn("run", width="medium"),
+    "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+    "stage": st.column_config.TextColumn("stage", width="large"),
+    "created": st.column_config.TextColumn("created", width="medium"),
+}
+
+
 def runs_table() -> None:
     records = reg.list()
     if not records:
         st.caption("No runs in this registry yet.")
         return
     table = appstate.runs_table(records)
+    # Stage and creation time first and wide enough for their longest values ("seed 2 of 5: embedding texts"),
+    # not clipped at the table's right edge behind eight other columns.
     st.dataframe(table, width="stretch", hide_index=True, height=min(400, 38 + 35 * len(table)),
-                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0,
-                                                                            max_value=1.0, format="percent")})
+                 column_order=RUNS_COLUMNS, column_config=RUNS_COLUMN_CONFIG)
     if any(r.reused_from for r in records):
         st.caption("♻ marks runs answered from an identical finished run (same config, data and code).")
 

@@ -230,7 +230,7 @@ def test_scatter_counts_user_seed_rows_not_users():
     user-seed rows; the count, the legend and the title line say so, and nothing is drawn over the plot."""
     fig = report.user_scatter(two_seed_frame(30), "baseline", "pafo")
     subtitle = fig.layout.title.subtitle.text
-    assert "of 60 user-seed rows: 30 users × 2 seeds" in subtitle and "users better" not in subtitle
+    assert "of 60 user-seed rows (30 users × 2 seeds)" in subtitle and "users better" not in subtitle
     assert all("user-seed rows" in trace.name for trace in fig.data if trace.name != "same accuracy")
     assert not fig.layout.annotations  # the count once covered the 100% tick
 
@@ -284,6 +284,17 @@ def test_compare_figures_fit_their_columns(home):
     assert figure(at, "Pareto view")["layout"]["title"]["subtitle"]["text"] == report.PARETO_SCOPE
     axis = figure(at, "Bias curve")["layout"]["xaxis"]["title"]["text"]
     assert axis.index("←") < axis.index("minority")  # the arrow points to the low-support end (regression)
+
+
+def test_runs_table_gives_stage_and_created_room(home):
+    """Regression (issue 19): the runs table clipped "stage" and "created" (the latter behind eight columns at the
+    right edge); both come early and have widths for their longest values."""
+    at = page(app(home.run_id), "train")
+    table = next(d for d in at.dataframe if "stage" in d.value.columns)
+    config = json.loads(table.proto.columns)
+    widths = {name: (config.get(name) or {}).get("width") for name in ("stage", "created")}
+    assert widths == {"stage": "large", "created": "medium"}, config
+    assert list(table.proto.column_order).index("created") < 5
 
 
 def test_sweep_pareto_names_points_in_the_legend_not_on_the_plot():
