@@ -47,7 +47,8 @@ LAYOUT_FAULTS = """() => {
     const pairs = [[notes, ticks], [notes, axes], [titles, legend], [titles, notes], [axes, ticks], [titles, titles]];
     for (const [group, others] of pairs)
       for (const a of group) for (const b of others)
-        if (a !== b && meet(rect(a), rect(b))) faults.push(name + ': "' + a.textContent + '" covers "' + b.textContent + '"');
+        if (a !== b && meet(rect(a), rect(b)))
+          faults.push(name + ': "' + a.textContent + '" covers "' + b.textContent + '"');
   }
   return faults;
 }"""
