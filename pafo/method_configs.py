@@ -110,8 +110,8 @@ class ReweightConfig:
 class GroupDROConfig:
     """The personalized model trained with online GroupDRO over {majority, minority}."""
 
-    dro_step: float = option(0.01, "GroupDRO step size of the group weights", gt=0, label="step size of the "
-                             "group weights", grid=(0.003, 0.01, 0.03), active_when=Uses("groupdro"))
+    dro_step: float = option(0.01, "GroupDRO step size of the group weights", gt=0, label="GroupDRO step size",
+                             grid=(0.003, 0.01, 0.03), active_when=Uses("groupdro"))
 
     def validate(self) -> GroupDROConfig:
         return validate_options(self)
@@ -147,7 +147,7 @@ class PAFOConfig:
                             active_when=CLUSTER_OPTIONS)
     calibrate: bool = option(True, "clusters: divide the student's margins by one temperature fitted on "
                                    "validation pairs (BT log-loss; accuracy unchanged)",
-                             label="calibrate margins on validation pairs", active_when=PAFO_CLUSTERS)
+                             label="calibrate margins", active_when=PAFO_CLUSTERS)
     heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "
                               "by agreement with the teacher", ge=1, label="held-out teacher pairs per user",
                           active_when=DISTILLED_STUDENT)
@@ -183,14 +183,14 @@ class PAFOConfig:
                             active_when=Compared() | GROUP_TEACHERS)
     keep_initial: bool = option(False, "distillation: teachers and student keep their starting point (the "
                                        "baseline) when no epoch beats it on validation",
-                                label="keep the baseline when no epoch beats it", active_when=DISTILLATION)
+                                label="keep baseline if unbeaten", active_when=DISTILLATION)
     batches: Literal["random", "by_prompt"] = option(
         "by_prompt", "distillation: student batches of random pairs, or of the pairs of a few prompts at a time "
                      "(g then runs on fewer responses per step)", label="student batches",
         active_when=DISTILLED_STUDENT | (GROUP_TEACHERS & Above("pafo.dense", 0)))
     scale_batch: bool = option(True, "distillation: the student batch grows with its pair count, so an epoch takes "
                                      "as many steps as the baseline's (dense pairs cost little time)",
-                               label="grow the student batch with its pairs", active_when=DENSE_PAIRS)
+                               label="grow student batch", active_when=DENSE_PAIRS)
 
     def validate(self) -> PAFOConfig:
         return validate_options(self)
