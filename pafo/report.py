@@ -793,9 +793,10 @@ IDENTICAL = "The same accuracy as the {reference} for every user on the {which} 
 IDENTICAL_WHY = {
     "beta": "β is 0, so the teachers' channel is switched off",
     "one_cluster": "EM found a single preference cluster, so the teachers have no user-specific taste to add",
-    "kept": "no distillation epoch beat its starting point (the {reference}) on validation, so that was kept",
+    "kept": "no training epoch beat its starting point (the {reference}) on validation, so that was kept",
     "weak": ("with {users} users and about {pairs} training pairs each, its cluster teachers are too weak to "
              "overturn the {reference}'s rankings (more labelled pairs per user, or a larger β, give them more say)"),
+    "small": "with {users} users and about {pairs} training pairs each, what it changed moved no user's accuracy",
 }
 
 
@@ -811,20 +812,22 @@ def identical_note(result: dict, name: str, reference: str = "baseline") -> str 
     if not np.array_equal(np.isnan(x), np.isnan(y)) or not np.array_equal(x[~np.isnan(x)], y[~np.isnan(y)]):
         return None
     options = ((result.get("config") or {}).get("pafo") or {}) if name in ("pafo", "mixture") else {}
+    cluster_teachers = name == "mixture" or (name == "pafo" and options.get("teachers", "clusters") == "clusters")
+    wide = name == "pafo" and cluster_teachers and options.get("student", "wide") == "wide"
     blocks = result.get("per_seed") or [result]
     clusters = [((b.get("methods") or {}).get(name) or {}).get("clusters") or {} for b in blocks]
-    method = (result.get("methods") or {}).get(name) or {}
-    if name == "pafo" and options.get("teachers", "clusters") == "clusters" and options.get("beta", 1.0) == 0:
+    best_epochs = [((b.get("methods") or {}).get(name) or {}).get("best_epoch") for b in blocks]
+    n_train = pd.to_numeric(per_user.get("n_train", pd.Series(dtype=float)), errors="coerce")
+    size = {"reference": reference, "users": int(per_user["user_id"].nunique()) if "user_id" in per_user
+            else len(per_user), "pairs": f"{n_train.mean():.0f}" if n_train.notna().any() else "a few"}
+    if wide and options.get("beta", 1.0) == 0:
         why = IDENTICAL_WHY["beta"]
-    elif clusters and all(c.get("clusters") is not None and len(c["clusters"]) <= 1 for c in clusters):
+    elif cluster_teachers and all(c.get("clusters") is not None and len(c["clusters"]) <= 1 for c in clusters):
         why = IDENTICAL_WHY["one_cluster"]
-    elif method.get("best_epoch") == 0 and options.get("keep_initial"):
-        why = IDENTICAL_WHY["kept"].format(reference=reference)
+    elif name == "pafo" and not wide and all(e == 0 for e in best_epochs):  # a student that starts from it
+        why = IDENTICAL_WHY["kept"].format(**size)
     else:
-        n_train = pd.to_numeric(per_user.get("n_train", pd.Series(dtype=float)), errors="coerce")
-        users = int(per_user["user_id"].nunique()) if "user_id" in per_user else len(per_user)
-        pairs = f"{n_train.mean():.0f}" if n_train.notna().any() else "a few"
-        why = IDENTICAL_WHY["weak"].format(reference=reference, users=users, pairs=pairs)
+        why = IDENTICAL_WHY["weak" if wide else "small"].format(**size)
     which = "judged" if judged_split(result) == "all" else "test"
     return IDENTICAL.format(reference=reference, which=which, why=why)
 

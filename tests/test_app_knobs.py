@@ -327,6 +327,11 @@ def test_identical_method_says_why_on_its_card(home):
     notes = [i.value for i in at.info if "same accuracy as the baseline" in i.value]
     assert notes and "single preference cluster" in notes[0], [i.value for i in at.info]
     assert report.identical_note(fixture_result(home), "pafo") is None  # the real run differs from the baseline
+    same = fixture_result(home)
+    same["per_user"]["acc_pafo"] = list(same["per_user"]["acc_baseline"])
+    assert "too weak" in report.identical_note(same, "pafo")  # several clusters, too few pairs per user
+    same["config"]["pafo"]["beta"] = 0.0
+    assert "β is 0" in report.identical_note(same, "pafo")
 
 
 # ------------------------------------------------------------------------------------------- item 4: words
