@@ -118,8 +118,9 @@ def method_order(names) -> list[str]:
 
 
 GRID = dict(gridcolor="#E9ECEF", zerolinecolor="#DEE2E6", linecolor="#CED4DA", automargin=True)
-#: The longest figure title: what fits a half-width column of the app at 15 px (a longer one was cut to "★ this ru").
-MAX_TITLE_CHARS = 48
+#: The longest figure title: what fits a half-width column of the app at 15 px in a 1,100 px window (a longer one was
+#: cut to "★ this ru"); what qualifies a title goes to its subtitle lines.
+MAX_TITLE_CHARS = 32
 
 
 def make_figure(traces=(), title: str | None = None, *, height: int = 380, xaxis: dict | None = None,
@@ -139,8 +140,10 @@ def make_figure(traces=(), title: str | None = None, *, height: int = 380, xaxis
         xaxis={**GRID, **(xaxis or {})}, yaxis={**GRID, **(yaxis or {})},
     )
     if title:
-        full["title"] = dict(text=title, x=0, xanchor="left", xref="paper", y=0.985, yref="container",
-                             yanchor="top", font=dict(size=15))
+        # From the figure's left edge, not the plot area's (which starts after the y-axis labels): a half-width
+        # column has no 60 px to spare.
+        full["title"] = dict(text=title, x=0, xanchor="left", xref="container", pad=dict(l=10), y=0.985,
+                             yref="container", yanchor="top", font=dict(size=15))
         if subtitle:
             full["title"]["subtitle"] = dict(text=subtitle, font=dict(size=12, color="#495057"))
     full.update(layout)
@@ -449,12 +452,12 @@ def decile_curve(result: dict) -> go.Figure:
             text=labels, hovertemplate="%{text}<br>accuracy %{y:.3f} (%{customdata[0]} users)<extra>" + name +
             "</extra>",
         ))
-    xaxis = dict(title="support-rate decile (← minority preferences)")
+    xaxis = dict(title="decile of support (← minority)")
     if len(table):
         ticks = table.drop_duplicates("decile").sort_values("decile")
         xaxis.update(tickvals=ticks["decile"].tolist(),
                      ticktext=[f"D{d}<br>≤{hi:.2f}" for d, hi in zip(ticks["decile"], ticks["support_hi"])])
-    return make_figure(traces, "Bias curve: accuracy by support-rate decile", xaxis=xaxis,
+    return make_figure(traces, "Bias curve", xaxis=xaxis, subtitle="accuracy by support-rate decile; flat is fair",
                        yaxis=dict(title="mean user accuracy (95% CI)", tickformat=".0%"))
 
 
@@ -498,14 +501,14 @@ def user_scatter(per_user: pd.DataFrame, x_method: str = "baseline", y_method: s
     if len(frame):
         better = int((frame[y_col] > frame[x_col]).sum())
         worse = int((frame[y_col] < frame[x_col]).sum())
-        of = f"of {len(frame)} {unit}" + (f" ({frame['user_id'].nunique()} users × {n_seeds} seeds)"
-                                           if n_seeds > 1 else "")
+        of = f"{len(frame)} {unit}" + (f" ({frame['user_id'].nunique()} users × {n_seeds} seeds)"
+                                        if n_seeds > 1 else "")
         # Under the title, not on the plot, where it covered the 100% tick and the top-left points.
-        subtitle = f"{better} better with {y_method}, {worse} worse, {len(frame) - better - worse} the same<br>{of}"
+        subtitle = f"{better} better with {y_method}, {worse} worse, {len(frame) - better - worse} same<br>of {of}"
     # constrain="domain": keeping the square aspect shrinks the plot area instead of widening the axes (the report
     # once showed −100%..200%).
     axis = dict(range=[-0.03, 1.03], tickformat=".0%", constrain="domain")
-    return make_figure(traces, f"Per-user accuracy: {y_method} vs {x_method}", height=520, subtitle=subtitle,
+    return make_figure(traces, "Per-user accuracy", height=520, subtitle=subtitle,
                        legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0),
                        xaxis=dict(title=f"{x_method} accuracy", **axis),
                        yaxis=dict(title=f"{y_method} accuracy", scaleanchor="x", **axis))
@@ -538,7 +541,8 @@ def pareto_plot(points: pd.DataFrame, highlight_run: str | None = None, scope: s
         front = _pareto_front(points[["majority", "minority"]].to_numpy(float))
         traces.append(go.Scatter(x=front[:, 0], y=front[:, 1], mode="lines", name="Pareto front",
                                  line=dict(color="#212529", dash="dot", shape="hv"), hoverinfo="skip"))
-    return make_figure(traces, "Pareto view (★ this run)", height=440, subtitle=scope,
+    return make_figure(traces, "Pareto view (★ this run)", height=460, subtitle=scope,
+                       legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
                        xaxis=dict(title="majority accuracy →", tickformat=".1%",
                                   range=_padded_range(points["majority"] if len(points) else [])),
                        yaxis=dict(title="minority accuracy →", tickformat=".1%",

@@ -12,6 +12,7 @@ import dataclasses
 
 import pytest
 from test_browser import (  # noqa: F401
+    SHOTS,
     VIEWPORT,
     app_server,
     browser,
@@ -44,7 +45,8 @@ LAYOUT_FAULTS = """() => {
       if (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1)
         faults.push(name + ': "' + e.textContent + '" leaves the figure');
     }
-    const pairs = [[notes, ticks], [notes, axes], [titles, legend], [titles, notes], [axes, ticks], [titles, titles]];
+    const pairs = [[notes, ticks], [notes, axes], [titles, legend], [titles, notes], [axes, ticks], [titles, titles],
+                   [legend, axes], [legend, ticks]];
     for (const [group, others] of pairs)
       for (const a of group) for (const b of others)
         if (a !== b && meet(rect(a), rect(b)))
@@ -94,5 +96,8 @@ def test_figure_words_fit_their_figures(app_server, browser):  # noqa: F811
     wait_idle(page)
     assert wait_plots(page, 5) >= 5
     wait_idle(page)
-    assert page.evaluate(LAYOUT_FAULTS) == [], "compare at 1100 px"
+    faults = page.evaluate(LAYOUT_FAULTS)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "20_compare_1100px.png"), full_page=True)
+    assert faults == [], ("compare at 1100 px", faults)
     page.close()
