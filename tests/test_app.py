@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
@@ -224,7 +225,13 @@ def test_support_page_threshold_controls_and_error(studio):
     assert minority.value == "8"  # 20% of 40 users
     assert len(at.get("download_button")) == 1
     at.slider(key="support_quantile").set_value(0.4).run()
-    assert next(m for m in at.metric if m.label == "Minority users").value == "16"
+    at.slider(key="support_n_low").set_value(40).run()  # the table then lists all 40 users' support rates
+    rates = at.dataframe[0].value["support_rate"].to_numpy(dtype=float)
+    assert len(rates) == 40
+    # At or below the 0.4 quantile: 16 users, or more when users tie at the cut (the rule keeps ties together).
+    expected = int((rates <= np.quantile(rates, 0.4)).sum())
+    assert expected >= 16
+    assert next(m for m in at.metric if m.label == "Minority users").value == str(expected)
     assert at.session_state["group_config"]["minority_quantile"] == 0.4
     at.radio(key="support_rule").set_value("absolute").run()
     at.slider(key="support_threshold").set_value(0.0).run()
