@@ -301,11 +301,11 @@ class _EmbedProgress:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.progress, self.encoder, self.train_seconds, self.clock = progress, encoder, train_seconds, clock
         self.end: float | None = None
-        self.first_done = self.total = 0
+        self.first_done = self.total = self.reports = 0
         self.paced_from: tuple[float, int] | None = None  # (time, done) when the first batch was done
 
     def __call__(self, done: int, total: int) -> None:
-        now = self.clock()
+        now, self.reports = self.clock(), self.reports + 1
         if self.end is None:  # the first report: the cache's hits, before any text is encoded
             self.first_done, self.total = done, total
             per_text = EMBED_SECONDS_PER_TEXT.get(self.encoder, EMBED_SECONDS_PER_TEXT_MODEL)
@@ -322,7 +322,9 @@ class _EmbedProgress:
         if not missing:
             return f"embedding texts: all {self.total:,} in the cache"
         text = f"embedding texts: {done - self.first_done:,} of {missing:,}"
-        if self.paced_from is not None and done > self.paced_from[1] and done < self.total:
+        if self.reports == 1:  # a transformer encoder reports again once its model is loaded
+            text += " · loading the model"
+        elif self.paced_from is not None and done > self.paced_from[1] and done < self.total:
             at, then = self.paced_from
             left = (self.total - done) * (now - at) / (done - then)
             text += f" · ~{left:.0f} s left"
@@ -343,13 +345,11 @@ def _embed_once(datasets: list[PreferenceDataset], encoder: str, progress: Calla
                 device: str):
     """Embed the distinct texts of every dataset in one pass into the disk cache, reporting per batch, and return
     its :class:`pafo.encoders.EmbeddingResult`; each seed's features then read the vectors from the cache. A
-    corpus-fitted encoder (TF-IDF) is left to fit on each seed's own texts, as it always did (None; it reports
-    once)."""
+    corpus-fitted encoder (TF-IDF) is left to fit on each seed's own texts, as it always did (None)."""
     from .encoders import embed_texts, get_encoder
 
     enc = get_encoder(encoder, device=device)
     if enc.fits_corpus or not datasets:
-        progress(0, 0)
         return None
     texts = list(dict.fromkeys(text for dataset in datasets for text in dataset_texts(dataset)))
     return embed_texts(texts, enc, progress=progress, device=device)

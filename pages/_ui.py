@@ -49,9 +49,9 @@ PAGES = {
 }
 APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
 #: How often a followed run's progress line is read and redrawn (the page's and the sidebar's alike, so they say
-#: the same). Each redraw is a few small elements: bench/RESULTS.md (section demo) has the app's CPU while two
-#: tabs follow a run.
-POLL_SECONDS = 1.0
+#: the same). Each redraw is a few small elements; every 2 s rather than every second halves what two tabs that
+#: follow a run cost the browser (and the app: ~2% of a core; bench/RESULTS.md, section demo).
+POLL_SECONDS = 2.0
 #: How often the status watchers of pickers and the runs table's progress column look again: a table costs more to
 #: redraw than a progress bar, and nobody reads a table's percent by the second.
 WATCH_SECONDS = 5.0

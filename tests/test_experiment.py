@@ -380,7 +380,7 @@ def test_embedding_stage_counts_texts_and_says_the_time_left():
         now[0] = at
         embed(done, 1100)
     stages = [stage for _, stage in events]
-    assert stages[:2] == ["embedding texts: 0 of 1,000", "embedding texts: 64 of 1,000"]
+    assert stages[:2] == ["embedding texts: 0 of 1,000 · loading the model", "embedding texts: 64 of 1,000"]
     assert stages[2] == "embedding texts: 128 of 1,000 · ~27 s left"  # 872 texts at 64 per 2 s
     assert stages[3] == "embedding texts: 192 of 1,000 · ~25 s left"
     assert stages[4] == "embedding texts: 1,000 of 1,000"
