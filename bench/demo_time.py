@@ -431,6 +431,9 @@ def summary(rows: list[Row], seed_lists: list[str], follow: dict | None) -> list
         lines.append(f"- cold demo in the browser (seeds {demo}, empty cache, first click → verdict on Compare): "
                      f"**{cold.seconds:.1f} s = {cold.seconds / cli.seconds:.2f}× the cold `pafo experiment` of "
                      f"seed {one}** ({cli.seconds:.1f} s, measured just before it); targets ≤ 2× and < 45 s")
+        if cold.cpu and cli.cpu:  # CPU-seconds: what load inflates least
+            lines.append(f"- the same two in CPU-seconds (the demo's worker vs the whole CLI process): "
+                         f"{cold.cpu:.1f} vs {cli.cpu:.1f} = {cold.cpu / cli.cpu:.2f}×")
     warm = find(rows, BROWSER, demo, "warm")
     again = next((r for r in rows if r.how == BROWSER_AGAIN and r.seeds == demo), None)
     if warm:
