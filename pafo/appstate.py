@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .config import dataclass_from_dict, field_bounds, field_choices
+from .data_roots import UPLOADS, check_app_config
 from .errors import PafoInputError
 from .method_configs import DEFAULT_ENCODER
 from .metrics import pair_correct
@@ -94,7 +95,6 @@ HUB_PATH_HINT = "namkoong-lab/PersonalLLM"
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
 BAD_UPLOAD_SUFFIX = "{name}: unsupported file type {suffix!r}; upload a .csv, .jsonl, .json or .parquet file"
 EMPTY_UPLOAD = "{name}: the uploaded file is empty; choose the file again or export it anew"
-UPLOADS = "uploads"
 UPLOAD_KEY = "upload"  # the ?data= key that names a stored upload by its content id
 BAD_DATA_PARAM = "the link's dataset (?data=…) cannot be read: {detail}; the synthetic data is shown instead"
 BAD_UPLOAD_REF = ("the link names upload {ref!r}, which is not an upload id (<content hash>/<file name>); upload the "
@@ -272,7 +272,8 @@ def data_param(data: dict, home: Path | None = None) -> str | None:
 
 def data_from_param(text: str, home: Path | None = None) -> dict:
     """The DataConfig dict of a ``?data=`` value (:func:`data_param`), validated; an upload must still be stored
-    with the same content. Raises :class:`PafoInputError` saying what is wrong."""
+    with the same content, and a local path must lie inside the app's data roots (:mod:`pafo.data_roots`). Raises
+    :class:`PafoInputError` saying what is wrong."""
     try:
         values = json.loads(text)
     except ValueError:
@@ -282,8 +283,9 @@ def data_from_param(text: str, home: Path | None = None) -> dict:
     if UPLOAD_KEY in values:
         values = {**{k: v for k, v in values.items() if k != UPLOAD_KEY},
                   "path": str(upload_from_ref(values[UPLOAD_KEY], home))}
-    config = dataclass_from_dict(DataConfig, {**default_data_dict(), **values}).validate()
-    return dataclasses.asdict(config)
+    config = dataclasses.asdict(dataclass_from_dict(DataConfig, {**default_data_dict(), **values}).validate())
+    check_app_config(config)  # a link may name any path: the app reads only inside its data roots
+    return config
 
 
 def display_path(path: str | None) -> str:

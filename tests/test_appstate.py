@@ -157,8 +157,10 @@ def test_data_param_names_an_upload_by_its_content_and_round_trips(pafo_home):
     assert json.loads(param) == {"dataset": "pairs", "upload": f"{path.parent.name}/mine.csv"}
     assert str(pafo_home) not in param
     assert appstate.data_from_param(param) == uploaded
-    local = {**uploaded, "path": "/data/prefs.csv"}  # a file of this machine keeps its path
+    local = {**uploaded, "path": "/data/prefs.csv"}  # a file of this machine keeps its path...
     assert json.loads(appstate.data_param(local))["path"] == "/data/prefs.csv"
+    with pytest.raises(PafoInputError, match="outside the folders the app reads"):  # ...read only in a data root
+        appstate.data_from_param(appstate.data_param(local))
 
 
 def test_data_param_refuses_a_broken_link(pafo_home):

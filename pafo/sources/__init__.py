@@ -12,6 +12,7 @@ from typing import Literal
 
 from ..config import BAD_CHOICE, OUT_OF_RANGE, option, validate_options
 from ..dataset import PreferenceDataset, validate_dataset
+from ..errors import PafoInputError
 from ..simulate import parse_shares
 from .dsp import DOMAINS, load_dsp
 from .pairs import load_pairs
@@ -154,9 +155,16 @@ def _load_personalllm(config: DataConfig, options: dict) -> PreferenceDataset:
 
 
 def dataset_fingerprint(config: DataConfig) -> str:
-    """A hash of what determines the dataset: the options, plus the file's size and mtime for local files."""
+    """A hash of what determines the dataset: the options, plus the content of a local file (sha256, cached by
+    the file's stat: :func:`pafo.digests.file_digest`), so a file edited in place is new data whatever its size
+    and modification time say. The one place a dataset's identity is decided (reuse, audits of run folders)."""
+    from ..digests import file_digest
+    from .files import UNREADABLE
+
     payload = dataclasses.asdict(config)
     if config.path and Path(config.path).is_file():
-        stat = Path(config.path).stat()
-        payload["file"] = [str(Path(config.path).resolve()), stat.st_size, stat.st_mtime_ns]
+        try:
+            payload["file"] = {"sha256": file_digest(config.path)}
+        except OSError as exc:
+            raise PafoInputError(UNREADABLE.format(path=config.path, reason=exc.strerror or exc)) from None
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
