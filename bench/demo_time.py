@@ -573,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="demo_time_") as scratch:
         rows, follow = measure(args.seeds, args.only, args.caches, Path(scratch), args.follow_seconds)
     load_after = os.getloadavg()
-    command = " ".join(["python -m bench.demo_time", *(argv or [])])
+    shown = [a for i, a in enumerate(argv) if a != "--out" and (i == 0 or argv[i - 1] != "--out")]
+    command = " ".join(["python -m bench.demo_time", *shown])  # without --out: the command that publishes
     header = "\n".join([
         "## The demo: from the click to the verdict, cold and warm, one seed and five",
         "",
