@@ -541,7 +541,7 @@ def run_progress(record, *, key: str) -> None:
     Nothing more, because it is redrawn every :data:`POLL_SECONDS` while the run's worker needs the cores: no chart
     or table is drawn until the run has ended (its training curves and results come then).
     """
-    cols = st.columns([6, 1], vertical_alignment="center")
+    cols = st.columns([4, 1], vertical_alignment="center")
     cols[0].progress(min(1.0, max(0.0, float(record.progress))), text=progress_text(record))
     cols[0].caption(appstate.live_caption(record))
     if cols[1].button("Cancel run", key=f"cancel_{key}_{record.id}", type="secondary", icon=":material/stop_circle:",
