@@ -38,10 +38,12 @@ with st.container(border=True):
     several = any(c in demo_seeds for c in ",-")
     left.markdown(
         "**New here? Run the demo.** It simulates 300 users on the built-in synthetic data, trains the baseline "
-        "and PAFO in the background and shows their progress on **Compare**, then the results (about a minute)."
-        + (f" It repeats that on seeds {demo_seeds} and pools them, so Compare can tell a real difference from "
-           "noise." if several else " It runs **one seed**: a difference between methods on one seed is not "
-           "evidence; train seeds 0-2 on Train for a verdict you can trust.")
+        "and PAFO in the background and shows their progress on **Compare**, then the results"
+        + (f": it repeats the experiment on seeds {demo_seeds} (new users and labels, the same texts) and pools "
+           "them, so Compare can tell a real difference from noise, with paired confidence intervals. The first "
+           "run embeds the texts (under a minute on two cores); later runs read them from the cache."
+           if several else " on **one seed**: a difference between methods on one seed is not evidence; train "
+           "seeds 0-4 on Train for a verdict you can trust.")
     )
     if right.button("▶ Run the demo", type="primary", width="stretch", key="run_demo"):
         config = appstate.demo_config()
