@@ -360,7 +360,7 @@ def test_a_running_run_shows_its_progress_line_only_then_its_curves(studio, gate
     registry, run_id = studio
     at = page(app(run_id), "train")
     at.checkbox(key="train_force").check()
-    at.form_submit_button[0].click().run()
+    at.button(key="train_start").click().run()
     new_id = at.session_state["run_id"]
     assert new_id != run_id and not registry.get(new_id).done
     registry.update_progress(new_id, 0.3, "baseline", {"stage": "baseline", "epoch": 1, "loss": 0.7,

@@ -93,7 +93,7 @@ def test_form_labels_changes_and_seeds_text():
 
 
 def test_whatif_config_and_diff():
-    parent = appstate.demo_config().to_dict()
+    parent = appstate.demo_config(seeds="0").to_dict()
     child = appstate.whatif_config(parent, {"pafo.beta": 2.0, "groups.minority_threshold": 0.5})
     assert parent["pafo"]["beta"] == 1.0  # the parent is not touched
     assert appstate.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5), ("pafo.beta", 1.0, 2.0)]
