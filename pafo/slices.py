@@ -8,9 +8,9 @@ EU``) or a combination of values (``region = EU, tier = gold``). Per slice and m
   group (the bootstrap of :mod:`pafo.compare`), pooled across seeds; ``log_loss``: the Bradley–Terry log-loss
   −log σ(margin) over the slice's test pairs (mean over seeds);
 - ``comparisons.NAME`` (every method but the reference): ``delta`` (method − reference, paired user by user on the
-  same test pairs, pooled like the accuracy), its ``ci``, ``p`` (two-sided, from the same paired bootstrap: z = Δ / SE
-  with SE the bootstrap standard error and a normal tail, so p can fall below 1/B as a correction for many slices
-  needs), ``p_holm`` (Holm's step-down adjustment over every comparison of every slice and method of the run: the
+  same test pairs, pooled like the accuracy), its ``ci``, ``p`` (two-sided, from the same paired bootstrap: t = Δ / SE
+  with SE the bootstrap standard error, against Student's t with n − 1 degrees of freedom for n users (less one more
+  per extra seed), so p can fall below 1/B as a correction for many slices needs), ``p_holm`` (Holm's step-down adjustment over every comparison of every slice and method of the run: the
   family-wise error rate stays below α = 0.05 however many slices are compared) and ``verdict``:
 
   - ``better``: p_holm < α and Δ > 0;
@@ -134,9 +134,11 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def bootstrap_p(delta: float, samples: np.ndarray) -> float | None:
-    """Two-sided p of ``delta`` ≠ 0 from its bootstrap ``samples``: z = delta / SE*, normal tail. None without a
-    spread to judge (fewer than two finite samples); an exactly constant bootstrap gives 0 or 1."""
+def bootstrap_p(delta: float, samples: np.ndarray, df: float | None = None) -> float | None:
+    """Two-sided p of ``delta`` ≠ 0 from its bootstrap ``samples``: t = delta / SE* (SE* their standard deviation)
+    against Student's t with ``df`` degrees of freedom (the normal tail when None). A plug-in SE from few users is
+    often too small, and the t tail makes up for it. None without a spread to judge (fewer than two finite samples);
+    an exactly constant bootstrap gives 0 or 1."""
     from scipy import stats
 
     finite = samples[np.isfinite(samples)]
@@ -145,7 +147,8 @@ def bootstrap_p(delta: float, samples: np.ndarray) -> float | None:
     se = float(finite.std(ddof=1))
     if se == 0.0:
         return 1.0 if delta == 0 else 0.0
-    return float(2 * stats.norm.sf(abs(delta) / se))
+    tail = stats.norm if df is None else stats.t(max(df, 1))
+    return float(2 * tail.sf(abs(delta) / se))
 
 
 def _resampled_means(values: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -231,8 +234,9 @@ def _slice_block(parts: dict, methods: list[str], reference: str | None, n_resam
         delta = float(np.mean(deltas[m])) if deltas[m] else math.nan
         samples = np.mean(np.stack(delta_samples[m]), axis=0) if delta_samples[m] else np.array([])
         pooled[m] = samples
+        df = sum(users.values()) - len(users)  # n users, less one mean per seed
         block = {"delta": _plain(delta), "ci": _ci(delta_samples[m], confidence) if spread else [None, None],
-                 "p": bootstrap_p(delta, samples) if spread else None, "p_holm": None, "verdict": "noise"}
+                 "p": bootstrap_p(delta, samples, df) if spread else None, "p_holm": None, "verdict": "noise"}
         if reason:
             block["reason"] = reason
         comparisons[m] = block
@@ -316,7 +320,8 @@ def compute_slices(users: pd.DataFrame, pairs: pd.DataFrame | None, slicings: Se
             block, pooled = _slice_block(parts, methods, reference, n_resamples, rng, confidence, min_users,
                                          min_pairs)
             slices.append({"by": dict(zip(slicing.columns, (_json_value(v) for v in key), strict=True)),
-                           "n_users": len(rows), "n_pairs": sum(p.n_pairs for p in parts.values()), **block})
+                           "slicing": slicing.spec, "n_users": len(rows),
+                           "n_pairs": sum(p.n_pairs for p in parts.values()), **block})
             samples.append(pooled)
     _adjust(slices, alpha, epsilon)
     return slices
@@ -349,7 +354,7 @@ def slicing_block(settings: SliceSettings, reference: str | None, slices: list[d
     return {"by": [s.spec for s in settings.slicings()], "reference": reference, "alpha": ALPHA,
             "epsilon": epsilon, "min_users": MIN_SLICE_USERS, "min_pairs": MIN_SLICE_PAIRS,
             "n_slices": len(slices), "n_tests": tests,
-            "p_value": "two-sided, paired bootstrap over users (z = delta / bootstrap SE)",
+            "p_value": "two-sided, paired bootstrap over users: t = delta / bootstrap SE, Student's t with n - 1 df",
             "adjustment": f"Holm over all {tests} comparisons of the run"}
 
 

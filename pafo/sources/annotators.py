@@ -147,6 +147,7 @@ def annotator_dataset(rows: pd.DataFrame, attributes: pd.DataFrame | None, *, na
                 RESERVED_PREFIXES) else f"{column}_attr"  # never shadow a column of the per-user table
             dataset.users[name] = table[column].map(cell_text).fillna(UNKNOWN).to_numpy()
             columns.append(name)
+    dataset.meta.pop("split_column", None)  # the split is this loader's own: an audit evaluates its test pairs
     dataset.meta.update({"user_attributes": columns, "dropped_users": dropped, "source": source,
                          "pairs_from_file": len(rows), **(notes or {})})
     return dataset
