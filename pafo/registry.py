@@ -275,7 +275,8 @@ def config_hash(config: dict) -> str:
 #: Modules that present, store or schedule results but never compute them: editing a label, a colour, a message or
 #: the registry itself keeps finished runs reusable. Every other ``pafo/`` source counts (README: reuse).
 PRESENTATION_MODULES = frozenset({"__init__.py", "appstate.py", "cli.py", "errors.py", "manifest.py", "paths.py",
-                                  "registry.py", "report.py", "runs_cli.py", "sweep.py", "worker.py"})
+                                  "registry.py", "report.py", "runs_cli.py", "slice_report.py", "sweep.py",
+                                  "worker.py"})
 
 
 @lru_cache(maxsize=1)

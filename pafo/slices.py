@@ -10,8 +10,9 @@ EU``) or a combination of values (``region = EU, tier = gold``). Per slice and m
 - ``comparisons.NAME`` (every method but the reference): ``delta`` (method − reference, paired user by user on the
   same test pairs, pooled like the accuracy), its ``ci``, ``p`` (two-sided, from the same paired bootstrap: t = Δ / SE
   with SE the bootstrap standard error, against Student's t with n − 1 degrees of freedom for n users (less one more
-  per extra seed), so p can fall below 1/B as a correction for many slices needs), ``p_holm`` (Holm's step-down adjustment over every comparison of every slice and method of the run: the
-  family-wise error rate stays below α = 0.05 however many slices are compared) and ``verdict``:
+  per extra seed), so p can fall below 1/B as a correction for many slices needs), ``p_holm`` (Holm's step-down
+  adjustment over every comparison of every slice and method of the run: the family-wise error rate stays below
+  α = 0.05 however many slices are compared) and ``verdict``:
 
   - ``better``: p_holm < α and Δ > 0;
   - ``worse``: p_holm < α and Δ < −ε (ε the run's Pareto tolerance, 0.5 points by default);

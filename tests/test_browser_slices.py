@@ -1,0 +1,162 @@
+"""Slices in a real browser: attach a user-attributes file beside the default synthetic data on the Data page, audit
+two prediction files, and see on Compare the accuracy per slice with CI whiskers, the slice × method heat map and
+the table (worst first, a gain that holds after Holm marked); slice by an intersection; find the slices with their
+picker in the downloaded HTML report (offline); filter the Users page by an attribute.
+
+The files score the app's default synthetic dataset: ``shared`` is right on a fixed random 70% of the test pairs,
+``eu`` is the same except that it is right on every pair of the users whose region is EU, so EU is the one slice
+where ``eu`` must beat ``shared`` after Holm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import wait_for
+from test_browser import (  # noqa: F401
+    VIEWPORT,
+    app_server,
+    browser,
+    no_exceptions,
+    plots_rendered,
+    shoot,
+    wait_idle,
+    wait_plots,
+)
+
+from pafo.sources import DataConfig, load_dataset
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+
+AUDIT_TIMEOUT = 240.0
+REGIONS = np.array(["EU", "US", "ASIA"])
+
+
+def input_files(folder) -> tuple:
+    """attributes.csv (region, tier for every user of the default dataset) and the two prediction files."""
+    dataset = load_dataset(DataConfig())
+    users = dataset.users["user_id"].to_numpy()
+    region = REGIONS[np.arange(len(users)) % 3]
+    pd.DataFrame({"user_id": users, "region": region, "tier": np.where(np.arange(len(users)) % 2, "pro", "free")}
+                 ).to_csv(folder / "attributes.csv", index=False)
+    test = dataset.pair_table("test").drop(columns="split")
+    right = np.random.default_rng(0).random(len(test)) < 0.7
+    shared = np.where(right, 1.0, -1.0)
+    in_eu = region[dataset.split("test")["user"].to_numpy()] == "EU"
+    test.assign(margin=shared).to_csv(folder / "shared.csv", index=False)
+    test.assign(margin=np.where(in_eu, 1.0, shared)).to_csv(folder / "eu.csv", index=False)
+    return folder / "attributes.csv", folder / "shared.csv", folder / "eu.csv"
+
+
+def main_text(page) -> str:
+    return page.locator("[data-testid='stMain']").inner_text()
+
+
+def test_slices_on_compare_in_the_report_and_users_filter(app_server, browser, tmp_path):  # noqa: F811
+    url = app_server[0]
+    attributes, shared, eu = input_files(tmp_path)
+    page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+    page.set_default_timeout(90_000)
+    page.goto(url)
+    page.get_by_text("User attributes (optional)").wait_for()
+    wait_idle(page)
+
+    # 1. The attributes file beside the (default synthetic) data, then Load dataset.
+    page.get_by_text("User attributes (optional)").click()
+    uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Upload a user attributes file")
+    uploader.locator("input[type='file']").set_input_files(str(attributes))
+    wait_idle(page)
+    page.get_by_role("button", name="Load dataset").click()
+    page.get_by_text("region (3 values)").wait_for()
+    wait_idle(page)
+    no_exceptions(page)
+    shoot(page, "20_slices_data_attributes")
+
+    # 2. Audit the two files; Compare opens with the slices panel sliced by the users' own attribute.
+    audit_uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Prediction files")
+    audit_uploader.locator("input[type='file']").set_input_files([str(shared), str(eu)])
+    page.get_by_text("eu (eu.csv)").wait_for()
+    wait_idle(page)
+    page.get_by_role("button", name="Start audit").click()
+    page.wait_for_url("**/compare?run=*")
+
+    def slices_shown() -> bool:
+        failed = page.locator("[data-testid='stAlertContentError']")
+        assert failed.count() == 0, failed.first.inner_text()
+        return page.get_by_text("Accuracy per slice: region").count() > 0 or "Slicing region" in main_text(page)
+
+    wait_for(slices_shown, AUDIT_TIMEOUT, interval=0.5)
+    wait_idle(page)
+    no_exceptions(page)
+    assert wait_plots(page, 6) >= 6  # forest, group bars, bias curve, scatter, slice accuracy, slice heat map
+    text = main_text(page)
+    assert "Slicing region" in text and "Holm" in text
+    table = page.locator("[data-testid='stDataFrame']").filter(has_text="region = EU")
+    assert table.count() == 1
+    figures = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(p => p.data ? "
+                            "p.data.map(t => [t.type, t.name || '', (t.y || []).length, t.text || null]) : [])")
+    scatter = [f for f in figures if any(t[1] == "eu" and t[2] == 3 for t in f)]
+    heat = [f for f in figures if any(t[0] == "heatmap" for t in f)]
+    assert scatter and heat, figures
+    cells = next(t[3] for t in heat[0] if t[0] == "heatmap")
+    assert sum("*" in str(cell) for row in cells for cell in row) == 1, cells  # only EU holds after Holm
+    errors = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(p => (p.data || [])"
+                           ".filter(t => t.error_x && t.name === 'eu').map(t => t.error_x.array.length))")
+    assert errors and errors[0] == 3  # a CI whisker per slice
+    shoot(page, "21_slices_compare_region")
+
+    # 3. An intersection, computed on demand.
+    picker = page.locator("[data-testid='stMultiSelect']").filter(has_text="Slice by")
+    picker.click()
+    page.get_by_role("option", name="tier").click()
+    page.keyboard.press("Escape")
+    wait_for(lambda: "Slicing region,tier" in main_text(page), 120, interval=0.5)
+    wait_idle(page)
+    no_exceptions(page)
+    assert page.locator("[data-testid='stDataFrame']").filter(has_text="region = EU · tier = free").count() == 1
+    wait_plots(page, 6)
+    shoot(page, "22_slices_compare_intersection")
+
+    # 4. The report carries the slices with their picker and renders offline.
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="HTML report").click()
+    report = tmp_path / "report.html"
+    download_info.value.save_as(report)
+    offline = browser.new_page(viewport=VIEWPORT)
+    offline.route("http*://**", lambda route: route.abort())
+    offline.goto(report.as_uri())
+    offline.get_by_text("Slices", exact=True).wait_for()
+    assert offline.locator("#slice-pick option").count() == 1
+    offline.locator("#slicing-0").scroll_into_view_if_needed()
+    wait_for(lambda: offline.evaluate("() => document.querySelectorAll('#slicing-0 .js-plotly-plot .main-svg')"
+                                      ".length") >= 2, 60, interval=0.3)
+    assert "region = EU · tier = free" in offline.locator("#slicing-0 table").inner_text()
+    shoot(offline, "23_slices_report")
+    offline.close()
+
+    # 5. Users: filter the list by an attribute.
+    page.get_by_role("link", name="Users").first.click()
+    page.wait_for_url("**/users*")
+    wait_idle(page)
+    page.locator("[data-testid='stSelectbox']").filter(has_text="Filter by attribute").click()
+    page.get_by_role("option", name="region").click()
+    wait_idle(page)
+    values = page.locator("[data-testid='stMultiSelect']").filter(has_text="region is one of")
+    values.click()
+    page.get_by_role("option", name="EU").click()
+    page.keyboard.press("Escape")
+    wait_idle(page)
+    no_exceptions(page)
+    group_all = page.get_by_text("all", exact=True)
+    if group_all.count():
+        group_all.first.click()
+        wait_idle(page)
+    user_box = page.locator("[data-testid='stSelectbox']").filter(has_text="User")
+    user_box.last.click()
+    options = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    assert options and all(int(o.split(" ")[0][1:]) % 3 == 0 for o in options), options[:5]  # EU = every third user
+    assert plots_rendered(page) >= 1
+    shoot(page, "24_slices_users_filter")
+    page.close()
