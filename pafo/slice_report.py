@@ -92,8 +92,8 @@ def slice_table(slices: list[dict], spec: str, methods, reference: str | None) -
             lo, hi = block.get("ci") or [None, None]
             row[f"Δ {name} pts"] = _scaled(block.get("delta"))
             row[f"Δ {name} CI"] = _interval(lo, hi, "{:+.1f}")
-            row[f"{name} p"] = block.get("p")
-            row[f"{name} p (Holm)"] = block.get("p_holm")
+            row[f"{name} p"] = _p(block.get("p"))
+            row[f"{name} p (Holm)"] = _p(block.get("p_holm"))
             row[f"{name} verdict"] = SLICE_VERDICT_WORDS.get(block.get("verdict"), block.get("verdict"))
         row["_order"] = (entry["methods"].get(focus) or {}).get("accuracy")
         rows.append(row)
@@ -139,7 +139,7 @@ def slice_accuracy_figure(slices: list[dict], spec: str, methods, reference: str
             customdata=np.c_[lo, hi, [e["n_users"] for e in entries]],
             hovertemplate=f"{name} · %{{y}}: %{{x:.1f}}% [%{{customdata[0]:.1f}}, %{{customdata[1]:.1f}}], "
                           "%{customdata[2]} users<extra></extra>"))
-    title = f"Accuracy per slice: {parse_slicing(spec).title} (worst first, 95% CI)"
+    title = "Accuracy per slice, worst first (95% CI)"
     return make_figure(traces, title, height=max(240, 110 + 34 * len(labels)),
                        xaxis=dict(title="user accuracy, %"),
                        yaxis=dict(autorange="reversed", categoryorder="array", categoryarray=labels))
@@ -177,7 +177,7 @@ def slice_heatmap(slices: list[dict], spec: str, methods, reference: str | None)
                        colorscale=HEAT_COLORSCALE, zmin=-bound, zmax=bound, zmid=0,
                        colorbar=dict(title=dict(text="Δ pts")),
                        hovertemplate="%{y} · %{x}: %{text} points (%{customdata})<extra></extra>")
-    title = f"Paired difference to the {reference or 'reference'} per slice (points; * holds after Holm)"
+    title = f"Δ vs {reference or 'the reference'}, points (* holds after Holm)"
     return make_figure([trace], title, height=max(240, 110 + 34 * len(labels)),
                        xaxis=dict(title=f"method − {reference}", side="bottom"),
                        yaxis=dict(autorange="reversed", categoryorder="array", categoryarray=labels))
@@ -253,6 +253,16 @@ def _table_html(frame: pd.DataFrame) -> str:
     return table_html(frame)
 
 
+def _one_decimal(frame: pd.DataFrame) -> pd.DataFrame:
+    """Accuracies and differences as the app shows them (one decimal; differences signed), as text."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype.kind == "f":
+            fmt = "{:+.1f}" if str(column).startswith("Δ") else "{:.1f}"
+            out[column] = out[column].map(lambda v, fmt=fmt: "–" if pd.isna(v) else fmt.format(v).replace("-", "−"))
+    return out
+
+
 def report_section(result: dict) -> str:
     """The report's "Slices" section: a picker (a plain <select>, the file stays self-contained) showing one
     slicing's table, accuracy figure and heat map at a time. Empty when the run has no slices."""
@@ -275,8 +285,8 @@ def report_section(result: dict) -> str:
         body = "".join(pio.to_html(fig, include_plotlyjs=False, full_html=False, default_height="auto",
                                    config={"displaylogo": False, "responsive": True}) for fig in figures)
         style = "" if i == 0 else " style='display:none'"
-        parts.append(f"<div class='slicing' id='slicing-{i}'{style}>"
-                     f"{_table_html(slice_table(slices, spec, methods, reference))}{body}</div>")
+        table = _one_decimal(slice_table(slices, spec, methods, reference))
+        parts.append(f"<div class='slicing' id='slicing-{i}'{style}>{_table_html(table)}{body}</div>")
     parts.append("<script>function pickSlicing(i){document.querySelectorAll('.slicing').forEach(function(d){"
                  "d.style.display = d.id === 'slicing-' + i ? '' : 'none';});"
                  "window.dispatchEvent(new Event('resize'));}</script>")

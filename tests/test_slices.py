@@ -86,7 +86,8 @@ def test_slice_accuracy_is_the_user_weighted_mean_and_a_real_gain_survives_holm(
     assert null["comparisons"]["new"]["delta"] == pytest.approx(0.0, abs=1e-12)
     assert null["comparisons"]["new"]["p"] == pytest.approx(1.0) and null["comparisons"]["new"]["verdict"] == "noise"
     assert tiny["small"] and tiny["comparisons"]["new"]["p"] < ALPHA
-    assert tiny["comparisons"]["new"]["verdict"] == "noise" and "too few users: 5" in tiny["comparisons"]["new"]["reason"]
+    assert tiny["comparisons"]["new"]["verdict"] == "noise"
+    assert "too few users: 5" in tiny["comparisons"]["new"]["reason"]
     raw = [s["comparisons"]["new"]["p"] for s in slices]
     assert [s["comparisons"]["new"]["p_holm"] for s in slices] == holm(raw)
 
@@ -170,7 +171,8 @@ def _audit_files(tmp_path, write_table):
         for prompt in range(24):
             a, b = (0, 1) if rng.random() < 0.7 else (1, 0)
             rows.append({"user_id": f"user{user}", "prompt": f"Question {prompt}: which style helps?",
-                         "chosen": f"Answer {a} to question {prompt}.", "rejected": f"Answer {b} to question {prompt}."})
+                         "chosen": f"Answer {a} to question {prompt}.",
+                         "rejected": f"Answer {b} to question {prompt}."})
     pairs = pd.DataFrame(rows)
     region = np.array(["A", "B", "C"])[np.arange(90) % 3]
     attributes = pd.DataFrame({"user_id": [f"user{u}" for u in range(90)], "region": region,
@@ -187,8 +189,8 @@ def _audit_files(tmp_path, write_table):
 def test_audit_reports_slices_with_holm_and_exact_accuracies(tmp_path, capsys, write_table):
     """The done-when of issue 23: ``pafo audit ... --user-attributes F --slice-by region --slice-by region,tier``
     gives slices whose accuracies equal the user-weighted means of the per-user accuracies (exactly), with p_holm on
-    every comparison; region A's constructed gain is better after Holm, regions B and C (identical margins) noise, and the
-15-user intersections are small: noise even where their p is small."""
+    every comparison; region A's constructed gain is better after Holm, regions B and C (identical margins) noise,
+    and the 15-user intersections are small: noise even where their p is small."""
     paths = _audit_files(tmp_path, write_table)
     out = tmp_path / "r.json"
     code, _, err = run_cli(["audit", "--dataset", "pairs", "--path", paths["pairs"], "--predictions",

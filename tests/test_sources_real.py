@@ -54,8 +54,9 @@ def prism_records(n_users: int = 10, n_conversations: int = 4, seed: int = 0):
                     scores[1] = scores[0]  # a tie: no preference between those two
                 for k, score in enumerate(scores):
                     reply = f"Reply {k} of model m{k} to {prompt}"
-                    utterances.append({"utterance_id": f"ut{len(utterances)}", "interaction_id": f"{conversation}-{turn}",
-                                       "conversation_id": conversation, "user_id": user, "turn": turn,
+                    utterances.append({"utterance_id": f"ut{len(utterances)}",
+                                       "interaction_id": f"{conversation}-{turn}", "conversation_id": conversation,
+                                       "user_id": user, "turn": turn,
                                        "within_turn_id": k, "user_prompt": prompt, "model_response": reply,
                                        "model_name": f"m{k}", "score": score, "if_chosen": k == int(np.argmax(scores))})
                     history.append({"turn": turn, "role": "model", "content": reply, "score": score,
@@ -101,7 +102,7 @@ def test_prism_pairs_follow_each_users_ratings_and_the_survey_becomes_attributes
 
 def test_prism_faults_name_the_row(tmp_path):
     """A score that is not a number names its row; a folder without ratings says which files it needs."""
-    utterances, _, survey = prism_records(n_users=3)
+    utterances, _, _ = prism_records(n_users=3)
     utterances[4]["score"] = "great"
     folder = tmp_path / "prism"
     folder.mkdir()
