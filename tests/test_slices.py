@@ -250,3 +250,17 @@ def test_experiment_reports_the_same_slices_block(tmp_path, capsys):
         comparison = entry["comparisons"]["pafo"]
         assert comparison["p_holm"] is not None and not math.isnan(comparison["p_holm"])
         assert entry["small"] and comparison["verdict"] == "noise"  # 8 users per region: too few to judge
+
+
+def test_runs_start_refuses_an_unknown_slice_attribute_and_configs_keep_the_slicing(tmp_path, capsys):
+    """``pafo runs start`` checks --slice-by against the data before queueing (exit 2, nothing queued); a config
+    without slicing has no ``slices`` key (it hashes as before), one with slicing round-trips."""
+    from pafo.experiment import ExperimentConfig
+    from pafo.registry import RunRegistry
+
+    code, out, err = run_cli(["runs", "start", "--users", "12", "--encoder", "tfidf", "--slice-by", "region"], capsys)
+    assert code == 2 and out == "" and "no attribute 'region'" in err and "group, decile, dominant" in err
+    assert RunRegistry().list() == []
+    assert "slices" not in ExperimentConfig().to_dict()
+    config = ExperimentConfig.from_dict({"slices": {"slice_by": ["dominant", "group,decile"]}})
+    assert ExperimentConfig.from_dict(config.to_dict()).slices.slice_by == ["dominant", "group,decile"]
