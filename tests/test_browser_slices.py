@@ -109,7 +109,7 @@ def test_slices_on_compare_in_the_report_and_users_filter(app_server, browser, t
     wait_for(slices_shown, AUDIT_TIMEOUT, interval=0.5)
     wait_idle(page)
     no_exceptions(page)
-    assert wait_plots(page, 6) >= 6  # forest, group bars, bias curve, scatter, slice accuracy, slice heat map
+    assert wait_plots(page, 7) >= 7  # forest, group bars, bias curve, scatter, Pareto, slice accuracy, heat map
     text = main_text(page)
     assert "Slicing region" in text and "Holm" in text
     assert page.locator("[data-testid='stDataFrame']").count() >= 3  # paired comparisons, slices, unfairness
