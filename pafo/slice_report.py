@@ -39,6 +39,8 @@ __all__ = [
 
 HEAT_COLORSCALE = [[0.0, "#C92A2A"], [0.5, "#F8F9FA"], [1.0, "#2B8A3E"]]
 SMALL_MARK = " (small)"
+#: The heat map's colour scale spans at least ± this many points, so differences within noise look pale.
+MIN_COLOR_POINTS = 5.0
 #: Binned into quartiles when picked on demand: a numeric attribute with more distinct values than this.
 BIN_NUMBERS_ABOVE = 10
 SLICES_NOTE = (f"Accuracies weigh each user equally; whiskers are 95% bootstrap CIs over users. A difference holds "
@@ -124,25 +126,30 @@ def _ordered(slices: list[dict], spec: str, methods, reference) -> list[dict]:
 
 
 def slice_accuracy_figure(slices: list[dict], spec: str, methods, reference: str | None) -> go.Figure:
-    """Accuracy per slice (one marker per method) with 95% CI whiskers, worst slice on top."""
+    """Accuracy per slice (one marker per method, side by side within the slice's row) with 95% CI whiskers, worst
+    slice on top."""
     entries = _ordered(slices, spec, methods, reference)
     labels = [_label(e) for e in entries]
+    ordered = method_order(methods)
+    dodge = np.linspace(-0.2, 0.2, len(ordered)) if len(ordered) > 1 else np.zeros(1)
     traces = []
-    for name in method_order(methods):
+    for offset, name in zip(dodge, ordered, strict=True):
         acc = np.array([_nan((e["methods"].get(name) or {}).get("accuracy")) for e in entries]) * 100
         lo = np.array([_nan(((e["methods"].get(name) or {}).get("ci") or [None, None])[0]) for e in entries]) * 100
         hi = np.array([_nan(((e["methods"].get(name) or {}).get("ci") or [None, None])[1]) for e in entries]) * 100
         traces.append(go.Scatter(
-            x=acc, y=labels, mode="markers", name=name, marker=dict(color=method_color(name), size=10),
+            x=acc, y=np.arange(len(entries)) + offset, mode="markers", name=name,
+            marker=dict(color=method_color(name), size=10),
             error_x=dict(type="data", symmetric=False, array=np.nan_to_num(hi - acc),
                          arrayminus=np.nan_to_num(acc - lo), color=method_color(name), thickness=1.6),
-            customdata=np.c_[lo, hi, [e["n_users"] for e in entries]],
-            hovertemplate=f"{name} · %{{y}}: %{{x:.1f}}% [%{{customdata[0]:.1f}}, %{{customdata[1]:.1f}}], "
+            customdata=np.c_[lo, hi, [e["n_users"] for e in entries]], text=labels,
+            hovertemplate=f"{name} · %{{text}}: %{{x:.1f}}% [%{{customdata[0]:.1f}}, %{{customdata[1]:.1f}}], "
                           "%{customdata[2]} users<extra></extra>"))
     title = "Accuracy per slice, worst first (95% CI)"
     return make_figure(traces, title, height=max(240, 110 + 34 * len(labels)),
                        xaxis=dict(title="user accuracy, %"),
-                       yaxis=dict(autorange="reversed", categoryorder="array", categoryarray=labels))
+                       yaxis=dict(tickmode="array", tickvals=list(range(len(labels))), ticktext=labels,
+                                  range=[len(labels) - 0.5, -0.5], zeroline=False))
 
 
 def _nan(value) -> float:
@@ -164,7 +171,7 @@ def slice_heatmap(slices: list[dict], spec: str, methods, reference: str | None)
             delta = block.get("delta")
             row_z.append(_nan(delta) * 100)
             mark = "*" if block.get("verdict") in ("better", "worse") else ""
-            row_text.append("–" if delta is None else f"{100 * delta:+.1f}{mark}".replace("-", "−"))
+            row_text.append("–" if delta is None else f"{_signed(100 * delta)}{mark}")
             row_hover.append(f"{SLICE_VERDICT_WORDS.get(block.get('verdict'), '')}; p = {_p(block.get('p'))}, "
                              f"Holm p = {_p(block.get('p_holm'))}" + (f"; {block['reason']}" if block.get("reason")
                                                                       else ""))
@@ -172,7 +179,7 @@ def slice_heatmap(slices: list[dict], spec: str, methods, reference: str | None)
         text.append(row_text)
         hover.append(row_hover)
     finite = [abs(v) for row in z for v in row if not math.isnan(v)]
-    bound = max([*finite, 0.5])
+    bound = max([*finite, MIN_COLOR_POINTS])  # a half-point wobble stays pale, not the scale's deepest red
     trace = go.Heatmap(z=z, x=compared, y=labels, text=text, texttemplate="%{text}", customdata=hover,
                        colorscale=HEAT_COLORSCALE, zmin=-bound, zmax=bound, zmid=0,
                        colorbar=dict(title=dict(text="Δ pts")),
@@ -181,6 +188,12 @@ def slice_heatmap(slices: list[dict], spec: str, methods, reference: str | None)
     return make_figure([trace], title, height=max(240, 110 + 34 * len(labels)),
                        xaxis=dict(title=f"method − {reference}", side="bottom"),
                        yaxis=dict(autorange="reversed", categoryorder="array", categoryarray=labels))
+
+
+def _signed(points: float) -> str:
+    """Signed points with one decimal and a true minus; a rounded zero is "0.0", never "−0.0"."""
+    text = f"{points:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text.replace("-", "−")
 
 
 def _p(value) -> str:

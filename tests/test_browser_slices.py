@@ -115,7 +115,7 @@ def test_slices_on_compare_in_the_report_and_users_filter(app_server, browser, t
     assert page.locator("[data-testid='stDataFrame']").count() >= 3  # paired comparisons, slices, unfairness
     figures = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(p => p.data ? "
                             "p.data.map(t => [t.type, t.name || '', (t.y || []).length, t.text || null]) : [])")
-    scatter = [f for f in figures if any(t[1] == "eu" and t[2] == 3 for t in f)]
+    scatter = [f for f in figures if any(t[1] == "eu" and t[0] == "scatter" for t in f)]
     heat = [f for f in figures if any(t[0] == "heatmap" for t in f)]
     assert scatter and heat, figures
     cells = next(t[3] for t in heat[0] if t[0] == "heatmap")
@@ -124,7 +124,7 @@ def test_slices_on_compare_in_the_report_and_users_filter(app_server, browser, t
     assert set(labels) == {"region = EU", "region = US", "region = ASIA"}
     assert "*" in str(cells[labels.index("region = EU")])
     whiskers = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => (p.data || [])"
-                             ".some(t => t.name === 'eu' && Array.isArray(t.y) && t.y.includes('region = EU')))"
+                             ".some(t => t.name === 'eu' && t.error_x))"
                              ".map(p => p.querySelectorAll('.errorbar').length)")
     assert whiskers == [6], whiskers  # a CI whisker per slice and model, drawn
     shoot(page, "21_slices_compare_region")
