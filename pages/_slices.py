@@ -65,7 +65,7 @@ def panel(record, result: dict) -> dict:
         if reference and len(methods) > 1:
             ui.plot(slice_report.slice_heatmap(slices, spec, methods, reference), key="slice_heatmap")
     st.dataframe(slice_report.slice_table(slices, spec, methods, reference), width="stretch", hide_index=True,
-                 column_config={"slice": st.column_config.TextColumn("slice", width="large")})
+                 column_config={"slice": st.column_config.TextColumn("slice", width="medium")})
     st.caption(slice_report.SLICES_NOTE)
     if result.get("slices"):
         return result

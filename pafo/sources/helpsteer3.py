@@ -10,7 +10,8 @@ Mapping: every entry with a non-zero score is one annotator's pair; the prompt i
 its text, several as ``role: content`` lines). Annotator attributes: any other scalar field of the entries (their
 most frequent value per annotator, e.g. an ``annotator_locale``) and ``language``, the annotator's most frequent
 sample language. The public HelpSteer3 release does not identify annotators across samples (its entries carry a
-score and reasoning only), so it cannot be read as per-user data: the loader says so and names the first entry.
+score and reasoning only, as its dataset card describes it), so it cannot be read as per-user data: the loader says so
+and names the first entry.
 """
 
 from __future__ import annotations
