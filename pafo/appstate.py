@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import dataclass_from_dict, field_bounds, field_choices
+from .data_roots import UPLOADS
 from .errors import PafoInputError
 from .method_configs import DEFAULT_ENCODER
 from .metrics import pair_correct
@@ -88,7 +89,6 @@ HUB_PATH_HINT = "namkoong-lab/PersonalLLM"
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
 BAD_UPLOAD_SUFFIX = "{name}: unsupported file type {suffix!r}; upload a .csv, .jsonl, .json or .parquet file"
 EMPTY_UPLOAD = "{name}: the uploaded file is empty; choose the file again or export it anew"
-UPLOADS = "uploads"
 NO_PARENT_RESULT = "run {run_id} has no result to compare with (status {status})"
 
 

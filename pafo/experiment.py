@@ -38,7 +38,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .attributes import attribute_columns
-from .compare import describe_comparison, paired_comparison, pooled_group_ci
+from .compare import VerdictRule, describe_comparison, describe_rule, paired_comparison, pooled_group_ci
 from .config import dataclass_from_dict, validate_options
 from .dataset import PreferenceDataset
 from .device import EXECUTION_KEY, config_device, resolve_device
@@ -502,8 +502,8 @@ def _comparisons(frames: list[pd.DataFrame], methods: list[str], config: Experim
     """Every method against the baseline on the same users and pairs (nothing when no baseline was trained)."""
     if REFERENCE not in methods:
         return {}
-    return {name: paired_comparison(frames, name, REFERENCE, n_resamples=config.run.bootstrap, seed=seed,
-                                    epsilon=config.pafo.epsilon)
+    rule = VerdictRule(epsilon=config.pafo.epsilon)
+    return {name: paired_comparison(frames, name, REFERENCE, n_resamples=config.run.bootstrap, seed=seed, rule=rule)
             for name in methods if name != REFERENCE}
 
 
@@ -559,9 +559,10 @@ def summary_line(result: dict) -> str:
     dataset = result.get("dataset") or {}
     head = (f"{', '.join(result.get('methods') or {})} on {dataset.get('name')} ({dataset.get('n_users')} users), "
             f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
-    verdicts = [f"{name} vs {REFERENCE}: {describe_comparison(c, verdict=True)}"
-                for name, c in (result.get("comparisons") or {}).items()]
-    return "; ".join([head, *verdicts])
+    comparisons = result.get("comparisons") or {}
+    verdicts = [f"{name} vs {REFERENCE}: {describe_comparison(c, verdict=True)}" for name, c in comparisons.items()]
+    rule = [describe_rule(next(iter(comparisons.values())).get("rule"))] if comparisons else []
+    return "; ".join([head, *verdicts, *rule])
 
 
 def per_user_frame(dataset: PreferenceDataset, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .compare import VERDICT_WORDS, describe_comparison
+from .compare import CI_TOLERANCE, MIN_GROUP_PAIRS, MIN_GROUP_USERS, REASON_NOISE, VERDICT_WORDS, describe_comparison
 from .method_configs import METHOD_SPECS, METHODS
 from .metrics import ACCURACY_METRICS, GROUPS, LOG_LOSS_METRICS, UNFAIRNESS_METRICS
 
@@ -63,6 +63,7 @@ __all__ = [
     "unfairness_table",
     "user_margins_figure",
     "user_scatter",
+    "verdict_note",
     "whatif_bars",
     "whatif_table",
 ]
@@ -75,24 +76,30 @@ EXTRA_COLORS = ("#E64980", "#15AABF", "#82C91E", "#7950F2")
 WEBGL_MIN_POINTS = 1000
 FONT = "Inter, -apple-system, Segoe UI, Roboto, sans-serif"
 
-#: Below these a group's accuracy is too rough to read (a 6-user minority once showed 100.0% with no warning).
-SMALL_GROUP_USERS, SMALL_GROUP_PAIRS = 20, 200
+#: Below these a group's accuracy is too rough to read (a 6-user minority once showed 100.0% with no warning), and
+#: the verdict is "within noise": the minimums of the verdict rule (:mod:`pafo.compare`).
+SMALL_GROUP_USERS, SMALL_GROUP_PAIRS = MIN_GROUP_USERS, MIN_GROUP_PAIRS
 VERDICT_ICONS = {"pareto": "✓", "noise": "≈", "worse": "✗", "tradeoff": "⇄"}
 #: The verdict rule of :mod:`pafo.compare` in words (Compare page, HTML report; the README says the same).
-VERDICT_RULE = """A method is compared with the reference **user by user** on the same test pairs (paired); the
+VERDICT_RULE = f"""A method is compared with the reference **user by user** on the same test pairs (paired); the
 uncertainty comes from a bootstrap over users pooled across seeds. With ε the Pareto tolerance (`--epsilon`, 0.5
 points by default):
 
 - **Pareto improvement**: the minority's CI lies above 0 and the majority's difference is ≥ −ε;
 - **worse**: one group's CI lies below −ε and the other group's CI does not lie above 0;
 - **trade-off**: one group's CI lies above 0 and the other's below 0;
-- **within noise**: anything else: these data cannot tell the method from the reference."""
+- **within noise**: anything else: these data cannot tell the method from the reference.
+
+"Above 0" means above by more than {100 * CI_TOLERANCE:.2g} points (the tolerance of every CI test; "below" likewise),
+and the verdict is **within noise** whenever a group has fewer than {MIN_GROUP_USERS} users or {MIN_GROUP_PAIRS} test
+pairs on a seed: so few users give intervals too narrow to trust. An audit compares two models only on the pairs
+both have predictions for."""
 SEED_NOTE = ("This run has one seed ({seed}), so differences between its methods are not evidence: another seed can "
              "move them by several points either way. Train several seeds (Seeds on Train or What-if, "
              "`--seeds 0-4` on the command line) for paired confidence intervals pooled over seeds.")
 SMALL_SAMPLE = ("Small sample: the {group} group has {users} users and {pairs} test pairs{where} (fewer than "
-                f"{SMALL_GROUP_USERS} users or {SMALL_GROUP_PAIRS} pairs), so its accuracy and intervals are rough "
-                "and a 100% can be luck.")
+                f"{SMALL_GROUP_USERS} users or {SMALL_GROUP_PAIRS} pairs), so its accuracy and intervals are rough, "
+                "a 100% can be luck, and every verdict is within noise.")
 
 
 def method_color(name: str) -> str:
@@ -204,18 +211,27 @@ def comparison_text(name: str, comparison: dict, reference: str) -> str:
     deltas and their CIs ("pafo vs baseline: within noise — minority +0.3 points [−1.2, +1.8], majority …")."""
     verdict = comparison.get("verdict")
     words = VERDICT_WORDS.get(verdict, str(verdict))
-    return f"{VERDICT_ICONS.get(verdict, '')} {name} vs {reference}: {words} — {describe_comparison(comparison)}"
+    why = verdict_note(comparison)
+    return (f"{VERDICT_ICONS.get(verdict, '')} {name} vs {reference}: {words}{f' ({why})' if why else ''} — "
+            f"{describe_comparison(comparison)}")
+
+
+def verdict_note(comparison: dict) -> str | None:
+    """Why a comparison is "within noise" when the numbers alone do not say it ("too few users: minority has 8
+    (< 20)"), else None."""
+    reason = comparison.get("verdict_reason")
+    return reason if comparison.get("verdict") == "noise" and reason and reason != REASON_NOISE else None
 
 
 def comparison_table(result: dict) -> pd.DataFrame:
     """Paired comparisons of every method with the reference: verdict and deltas with their 95% CIs (points)."""
     reference = result.get("reference", "baseline")
-    rows = [{"method": name, "vs": reference, "verdict": c.get("verdict"),
+    rows = [{"method": name, "vs": reference, "verdict": c.get("verdict"), "why": c.get("verdict_reason"),
              "Δ minority": _points(c.get("minority")), "Δ majority": _points(c.get("majority")),
              "Δ user std": _points(c.get("user_std")),
              "Δ |Spearman|": format_value((c.get("support_spearman_abs") or {}).get("delta"), "", delta=True)}
             for name, c in (result.get("comparisons") or {}).items()]
-    return pd.DataFrame(rows, columns=["method", "vs", "verdict", "Δ minority", "Δ majority", "Δ user std",
+    return pd.DataFrame(rows, columns=["method", "vs", "verdict", "why", "Δ minority", "Δ majority", "Δ user std",
                                        "Δ |Spearman|"])
 
 

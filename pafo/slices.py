@@ -60,14 +60,14 @@ __all__ = [
 
 #: Family-wise error rate of the Holm-adjusted verdicts.
 ALPHA = 0.05
-#: A slice below either size on some seed is *small*: its verdict is ``noise`` whatever its p. The same minimums as
-#: the support groups' small-sample warning (pafo.report.SMALL_GROUP_USERS / SMALL_GROUP_PAIRS).
+#: A slice below either size on some seed is *small*: its verdict is ``noise`` whatever its p. The support groups'
+#: minimums (pafo.compare.MIN_GROUP_USERS / MIN_GROUP_PAIRS, a test holds them equal), written out here so the CLI's
+#: start does not import scipy through pafo.compare.
 MIN_SLICE_USERS, MIN_SLICE_PAIRS = 20, 200
 MAX_SLICINGS = 20
 MAX_SLICES = 500  # slices of one run: more is no longer a comparison anyone can read (and costs bootstrap time)
 SLICE_VERDICTS = ("better", "noise", "worse")
 SLICE_VERDICT_WORDS = {"better": "better", "noise": "within noise", "worse": "worse"}
-REASON_SMALL = "too few {what}: {count} (< {minimum}){where}"
 
 MSG_TOO_MANY_SLICINGS = "--slice-by: at most {limit} slicings per run (got {count})"
 MSG_DUPLICATE_SLICING = "--slice-by {text!r} is given twice"
@@ -177,13 +177,15 @@ def _plain(value: float) -> float | None:
 
 
 def _small_reason(users: dict, pairs: dict, min_users: int, min_pairs: int) -> str | None:
-    """Why a slice is too small to judge (its smallest seed), or None."""
+    """Why a slice is too small to judge (its smallest seed), in the words of the groups' rule, or None."""
+    from .compare import REASON_TOO_FEW
+
     several = len(users) > 1
     for what, counts, minimum in (("users", users, min_users), ("test pairs", pairs, min_pairs)):
         seed, count = min(counts.items(), key=lambda item: item[1])
         if count < minimum:
-            return REASON_SMALL.format(what=what, count=count, minimum=minimum,
-                                       where=f" on seed {seed}" if several else "")
+            return REASON_TOO_FEW.format(what=what, group="the slice", count=count, minimum=minimum,
+                                         where=f" on seed {seed}" if several else "")
     return None
 
 

@@ -31,16 +31,20 @@ import itertools
 import logging
 import os
 import pickle
+import socket
+import string
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from .appstate import SWEEP_PREFIX, whatif_config
-from .compare import paired_comparison, pooled_group_ci
+from .compare import VerdictRule, paired_comparison, pooled_group_ci
 from .device import resolve_device, with_device
-from .errors import PafoEnvironmentError, PafoInputError
+from .errors import MSG_DIVERGED, PafoEnvironmentError, PafoInputError
 from .experiment import REFERENCE, ExperimentConfig, _mean_tree
 from .features import FeatureResult
 from .registry import (
@@ -63,6 +67,8 @@ __all__ = [
     "assemble",
     "attach_records",
     "cancel_sweep",
+    "check_ray_address",
+    "diverged",
     "expand_cells",
     "new_sweep_id",
     "pareto_front",
@@ -97,6 +103,14 @@ MSG_BACKEND = "--backend {backend!r}: use one of {known}"
 MSG_NO_RAY = "--backend ray needs the ray package: pip install -r requirements.txt (or use --backend local)"
 MSG_RAY_INIT = ("cannot start or join Ray ({address}): {detail}; check --ray-address / $RAY_ADDRESS, or use "
                 "--backend local")
+MSG_RAY_ADDRESS = "--ray-address {address!r}: expected HOST:PORT (or ray://HOST:PORT, auto)"
+MSG_RAY_UNREACHABLE = ("cannot reach Ray at {address}: nothing answered within {timeout:g} s ({detail}); start the "
+                       "cluster or fix --ray-address / $RAY_ADDRESS, or use --backend local")
+#: How long joining a cluster may wait for its address to answer; Ray's own connect retries for minutes, logging
+#: every attempt on stderr, so the address is probed first.
+RAY_CONNECT_TIMEOUT = 10.0
+RAY_LOG = "ray-init.log"  # in $PAFO_HOME: what Ray printed while the sweep joined or started it
+RAY_CLIENT_PORT = 10001  # Ray Client's default port, when a ray:// address names none
 REASON_RAY_TASK = "its Ray task failed before the worker started: {detail}"
 LOG_SHARED_FEATURES = "features of seed {seed} ({rows}×{dim}, {encoder}) from the Ray object store, not embedded here\n"
 MSG_PARETO_METHOD = "--pareto-method {name!r} is not one of the sweep's methods ({methods})"
@@ -258,8 +272,22 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
     base = ExperimentConfig.from_dict(base) if isinstance(base, dict) else base.validate()
     pareto_method = _pareto_method(pareto_method, base.run.method_list())
     registry = registry or RunRegistry()
-    sweep_id, cells = start_sweep(base, grid, seeds, registry=registry, force=force, sweep_id=sweep_id,
-                                  dispatch=backend == "local", device=device)
+    # Ray is joined before any cell is queued: an unreachable cluster leaves nothing behind.
+    ray_started = backend == "ray" and _ray_init(_import_ray(), ray_address, registry.home / RAY_LOG)
+    try:
+        sweep_id, cells = start_sweep(base, grid, seeds, registry=registry, force=force, sweep_id=sweep_id,
+                                      dispatch=backend == "local", device=device)
+        _wait_cells(registry, cells, sweep_id, backend, ray_address, on_cell)
+    finally:
+        if ray_started:
+            _import_ray().shutdown()
+    return sweep_result(registry, base, grid, cells, sweep_id=sweep_id, pareto_method=pareto_method)
+
+
+def _wait_cells(registry: RunRegistry, cells: list[Cell], sweep_id: str, backend: str, ray_address: str | None,
+                on_cell: Callable[[Cell, int, int], None] | None) -> None:
+    """Run the queued cells on Ray (local workers already run them) and wait for every one; an interrupted wait
+    cancels the sweep's unfinished cells."""
     try:
         if backend == "ray":
             run_on_ray(registry, cells, address=ray_address)
@@ -270,7 +298,6 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
     except BaseException:
         cancel_sweep(registry, sweep_id)
         raise
-    return sweep_result(registry, base, grid, cells, sweep_id=sweep_id, pareto_method=pareto_method)
 
 
 def start_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int] | None = None, *,
@@ -359,24 +386,74 @@ def ray_cell(run_id: str, home: str, options: dict, features: dict[int, FeatureR
     return code
 
 
-def _ray_init(ray, address: str | None) -> bool:
+def _ray_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a cluster address; None for ``auto``/``local`` (Ray finds those itself)."""
+    if address in ("auto", "local"):
+        return None
+    scheme, _, rest = address.rpartition("://")
+    host, sep, port = rest.rpartition(":")
+    if not sep and scheme == "ray":
+        host, port = rest, str(RAY_CLIENT_PORT)
+    if not host or not port.isdigit():
+        raise PafoInputError(MSG_RAY_ADDRESS.format(address=address))
+    return host.strip("[]"), int(port)
+
+
+def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
+    """A cluster address must answer a TCP connect within ``timeout``, else exit 3 with one line (``ray.init``
+    would retry for minutes and flood stderr with its retry logs)."""
+    endpoint = _ray_endpoint(address) if address else None
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except OSError as exc:
+        raise PafoEnvironmentError(MSG_RAY_UNREACHABLE.format(address=address, timeout=timeout,
+                                                              detail=exc.strerror or exc or "timed out")) from None
+
+
+def _ray_init(ray, address: str | None, log_path: Path | None = None) -> bool:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray with this machine's cores;
-    returns whether this call started Ray (and so must shut it down)."""
+    returns whether this call started Ray (and so must shut it down). The address must answer first
+    (:func:`check_ray_address`); with ``log_path`` what Ray's C++ core prints while it connects (a retry per
+    second for a cluster that does not answer as Ray) goes there, not to stderr, which keeps one line."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    check_ray_address(address)
     runtime_env = {"env_vars": {key: value for key, value in worker_env().items()
                                 if key in ("PYTHONPATH", "PAFO_HOME")}}
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # stderr keeps the sweep's own lines
     try:
-        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # stderr keeps the sweep's own lines
-        if address:
-            ray.init(address=address, runtime_env=runtime_env, **quiet)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, **quiet)
+        with _stderr_to(log_path):
+            if address:
+                ray.init(address=address, runtime_env=runtime_env, **quiet)
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        detail = " ".join(str(exc).split()) + (f" (Ray's log: {log_path})" if log_path else "")
         raise PafoEnvironmentError(MSG_RAY_INIT.format(address=address or "a local instance",
-                                                       detail=" ".join(str(exc).split()))) from None
+                                                       detail=detail)) from None
     return True
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path | None):
+    """Point file descriptor 2 (where native code logs) at ``path`` for the block; nothing when None."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as log:  # each start replaces it: the log of the last attempt
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _shared_features(features: FeatureResult) -> FeatureResult:
@@ -428,6 +505,16 @@ def run_on_ray(registry: RunRegistry, cells: list[Cell], *, address: str | None 
     finally:
         if started_here:
             ray.shutdown()
+
+
+def diverged(error: str | None) -> bool:
+    """Whether a cell failed because its training diverged (:data:`pafo.errors.MSG_DIVERGED`): input the user can
+    fix (a grid value such as ``train.lr=1e308``), the one such failure the sweep's checks before any cell runs
+    (data, encoder, every grid value) cannot rule out; anything else that fails a cell is a bug or a fault."""
+    return bool(error) and _DIVERGED_TEXT in error
+
+
+_DIVERGED_TEXT = max((literal for literal, *_ in string.Formatter().parse(MSG_DIVERGED)), key=len)
 
 
 def _pareto_method(name: str | None, methods: list[str]) -> str:
@@ -486,9 +573,9 @@ def _point(index: int, cell: Cell, results: list[dict], methods: list[str], boot
                "unfairness": _mean_tree([r["methods"][name]["unfairness"] for r in results])}
         for name in methods}
     if REFERENCE in methods:
-        epsilon = cell.config["pafo"]["epsilon"]
+        rule = VerdictRule(epsilon=cell.config["pafo"]["epsilon"])
         point["comparisons"] = {name: paired_comparison(frames, name, REFERENCE, n_resamples=bootstrap, seed=seed,
-                                                        epsilon=epsilon)
+                                                        rule=rule)
                                 for name in methods if name != REFERENCE}
     return point
 

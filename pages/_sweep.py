@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from pafo import appstate, report
+from pafo.data_roots import check_app_config
 from pafo.errors import PafoInputError
 from pafo.experiment import parse_seeds
 from pafo.sweep import attach_records, cancel_sweep, parse_grid, start_sweep, sweep_result
@@ -43,6 +44,7 @@ def sweep_mode(parent, registry) -> None:
         try:
             grid = parse_grid(specs, config)
             seeds = parse_seeds(seeds_text)
+            check_app_config(config)  # the parent may have run on the command line, on any file
             sweep_id, cells = start_sweep(config, grid, seeds, registry=registry)
         except PafoInputError as exc:
             ui.show_error(str(exc), "Cannot launch this sweep: ")

@@ -21,6 +21,7 @@ import pandas as pd
 import streamlit as st
 
 from pafo import appstate, report
+from pafo.data_roots import check_app_config
 from pafo.errors import PafoInputError
 from pafo.method_configs import RunSettings, TrainConfig, method_sections
 from pafo.paths import pafo_home
@@ -105,6 +106,13 @@ def _registry(home: str) -> RunRegistry:
 def registry() -> RunRegistry:
     """The run registry of ``$PAFO_HOME`` (one object per home, shared by all sessions)."""
     return _registry(str(pafo_home()))
+
+
+def submit_config(config, **kwargs):
+    """Queue a run (or reuse an identical one) once every path it reads is inside a data root: a run cloned from
+    one started on the command line may name any file."""
+    check_app_config(config.to_dict())
+    return registry().submit_config(config, **kwargs)
 
 
 def default_forms() -> dict:
@@ -194,6 +202,8 @@ def current_record():
 
 
 def fingerprint(config: dict) -> str:
+    """The dataset's fingerprint, once its path is inside a data root (every load of the app passes here)."""
+    check_app_config(config)
     return dataset_fingerprint(DataConfig(**config))
 
 
@@ -250,25 +260,36 @@ def _margins(path: str, mtime: float) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _run_folder(record) -> Path | None:
+    """The folder of the run's result.json, only where it lies inside the run's own (or reused run's) folder."""
+    result = registry().result_file(record) if record.result_path else None
+    return None if result is None else result.parent
+
+
 def test_margins(record) -> pd.DataFrame | None:
     """The run's test_margins.csv (cached), or None when the run has none."""
-    if not record.result_path:
-        return None
-    path = Path(record.result_path).parent / "test_margins.csv"
-    return _margins(str(path), path.stat().st_mtime) if path.is_file() else None
+    folder = _run_folder(record)
+    path = folder / "test_margins.csv" if folder is not None else None
+    return _margins(str(path), path.stat().st_mtime) if path is not None and path.is_file() else None
 
 
 @st.cache_resource(show_spinner="Loading the run's models…", max_entries=8)
-def _scoring_models(run_dir: str, mtime: float, methods: tuple[str, ...]) -> dict:
+def _scoring_models(run_dir: str, mtime: float, methods: tuple[str, ...], binding: tuple[str, str]) -> dict:
     from pafo.scoring import load_scoring_model
 
-    return {name: load_scoring_model(run_dir, name) for name in methods}
+    return {name: load_scoring_model(run_dir, name, binding=binding) for name in methods}
 
 
 def scoring_models(record, methods: list[str]) -> dict:
-    """The run's models rebuilt from their saved weights, for scoring new text (raises PafoInputError)."""
-    run_dir = Path(record.result_path).parent
-    return _scoring_models(str(run_dir), (run_dir / "result.json").stat().st_mtime, tuple(methods))
+    """The run's models rebuilt from their saved weights, for scoring new text (raises PafoInputError), after
+    checking that the folder holds this run's config and data (its manifest)."""
+    from pafo.scoring import MSG_NOT_A_RUN
+
+    run_dir = _run_folder(record)
+    if run_dir is None or not (run_dir / "result.json").is_file():
+        raise PafoInputError(MSG_NOT_A_RUN.format(path=f"run {record.id} ({record.status})"))
+    return _scoring_models(str(run_dir), (run_dir / "result.json").stat().st_mtime, tuple(methods),
+                           (record.config_hash, record.dataset_fingerprint))
 
 
 def finished_runs() -> list:

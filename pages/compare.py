@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pafo import appstate, report
-from pafo.compare import VERDICT_WORDS
+from pafo.compare import VERDICT_WORDS, describe_rule
 from pages import _slices
 from pages import _ui as ui
 
@@ -63,8 +63,10 @@ for col, name in zip(cols, methods, strict=True):
             comparison = comparisons[name]
             verdict = comparison["verdict"]
             st.markdown(f"Verdict vs {reference}: **{report.VERDICT_ICONS.get(verdict, '')} "
-                        f"{VERDICT_WORDS.get(verdict, verdict)}**", help=report.VERDICT_RULE)
-            st.caption(report.describe_comparison(comparison))
+                        f"{VERDICT_WORDS.get(verdict, verdict)}**",
+                        help=f"{report.VERDICT_RULE}\n\nThis run's {describe_rule(comparison.get('rule'))}.")
+            why = report.verdict_note(comparison)
+            st.caption(report.describe_comparison(comparison) + (f" — {why}" if why else ""))
         if metrics.get("pareto_selected") is False:
             st.caption("no epoch met the Pareto selection rule; the best overall epoch was kept")
 

@@ -11,6 +11,7 @@ import streamlit as st
 
 from pafo import appstate, audit, hf_reward, report
 from pafo.attributes import attribute_columns
+from pafo.data_roots import check_app_config
 from pafo.errors import PafoInputError
 from pafo.paths import PACKAGE_ROOT
 from pafo.sources import DataConfig
@@ -235,9 +236,10 @@ with st.container(border=True):
                 audit=audit.AuditSettings(reference=reference, allow_missing=allow_missing, device=device,
                                           encoder=ui.forms()["run"]["encoder"]),
                 sources=sources).validate()
+            check_app_config(audit_config.to_dict())  # a typed model folder, before anything reads it
             with st.spinner("Checking the predictions against the dataset…"):
                 audit.check_sources(audit_config, dataset)
-            record = ui.registry().submit_config(audit_config, label="audit")
+            record = ui.submit_config(audit_config, label="audit")
         except PafoInputError as exc:
             message = str(exc)
             for stored, name in shown_as.items():

@@ -91,7 +91,7 @@ with st.expander("Start a new run", expanded=record is None):
                    for name, cls in method_sections().items()},
             }
             config = appstate.experiment_config(data, groups, **sections, seeds=seeds)
-            new = reg.submit_config(config, force=force, label=label or None)
+            new = ui.submit_config(config, force=force, label=label or None)
         except PafoInputError as exc:
             ui.show_error(str(exc), "Cannot start the run: ")
         else:

@@ -106,7 +106,7 @@ if launch:
 
         auto_label = label or "what-if: " + ", ".join(f"{k.split('.')[-1]}={v}" for k, _, v in diff)
         submitted_at = time.time()
-        child = reg.submit_config(ExperimentConfig.from_dict(child_config), parent_id=parent.id,
+        child = ui.submit_config(ExperimentConfig.from_dict(child_config), parent_id=parent.id,
                                   label=auto_label[:80])
     except PafoInputError as exc:
         ui.show_error(str(exc), "Cannot launch this what-if: ")

@@ -201,7 +201,7 @@ def test_data_good_upload_becomes_the_current_dataset(studio, tmp_path):
 def test_data_missing_path_and_offline_hub_show_errors(studio):
     at = app().run()
     at.segmented_control(key="data_source").set_value("pairs").run()
-    at.text_input(key="path_pairs").set_value("/no/such/pairs.csv")
+    at.text_input(key="path_pairs").set_value("no/such/pairs.csv")  # in the working folder, a data root
     at.form_submit_button[0].click().run()
     assert_clean(at)
     assert any("no such file" in e for e in errors(at)), errors(at)
@@ -385,6 +385,11 @@ def test_compare_single_seed_run_says_so_and_warns_about_small_groups(studio):
     assert any("one seed (0)" in w and "not evidence" in w for w in warnings), warnings
     assert any("Small sample: the minority group has 8 users" in w for w in warnings), warnings
     assert not any("Pareto improvement over the baseline" in m.value for m in [*at.markdown, *at.caption])
+    # Issue 18: below the minimum group size the verdict itself is "within noise", and the card says why.
+    assert any(m.value.startswith("Verdict vs baseline: **") and m.value.endswith("within noise**")
+               for m in at.markdown), [m.value for m in at.markdown]
+    assert any(c.value.endswith("— too few users: minority has 8 (< 20)") for c in at.caption), [
+        c.value for c in at.caption]
 
 
 def test_compare_shows_the_verdict_with_paired_cis_over_seeds(studio):

@@ -262,7 +262,7 @@ BAD_CASES = {  # case → fragment of the one stderr line (with the count and fi
     "missing": "3 of 96 test pairs have no prediction; first: pair",
     "duplicated": "1 pair(s) have more than one prediction; first: pair",
     "extra": "1 row(s) are train pairs, not pairs of the evaluated test split; first: row 97",
-    "nan": "1 row(s) have a margin that is not a finite number; first: row 3 ('nan')",
+    "nan": "1 row(s) have a margin that is not a finite number; first: row 3;",
     "inf": "first: row 3",
     "unknown user": "1 row(s) name users the dataset does not have; first: row 2, user_id 'stranger'",
     "unknown pair": "1 row(s) match no pair of the dataset",
@@ -413,8 +413,11 @@ def tiny_reward_model(folder, texts: list[str], kind: str = "bert", *, head: boo
     with torch.no_grad():  # the default init is so small that every text gets nearly the same reward
         for parameter in model.parameters():
             parameter.normal_(0, 0.5)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    from pafo.encoders import quiet_transformers
+
+    with quiet_transformers():  # no "Writing model shards" bar in the stderr a test then reads
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     return folder
 
 

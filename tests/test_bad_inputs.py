@@ -489,6 +489,8 @@ def test_app_path_input_refuses_files_that_never_end(kind, earlier, tmp_path, mo
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("PAFO_HOME", str(tmp_path / "home"))
+    # /dev a data root too, so the link to /dev/zero meets the regular-file check and not the data-roots one
+    monkeypatch.setenv("PAFO_DATA_ROOTS", os.pathsep.join([str(tmp_path), "/dev"]))
     path = tmp_path / "x.csv"
     if kind == "fifo":
         os.mkfifo(path)

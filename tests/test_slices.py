@@ -87,7 +87,7 @@ def test_slice_accuracy_is_the_user_weighted_mean_and_a_real_gain_survives_holm(
     assert null["comparisons"]["new"]["p"] == pytest.approx(1.0) and null["comparisons"]["new"]["verdict"] == "noise"
     assert tiny["small"] and tiny["comparisons"]["new"]["p"] < ALPHA
     assert tiny["comparisons"]["new"]["verdict"] == "noise"
-    assert "too few users: 5" in tiny["comparisons"]["new"]["reason"]
+    assert "too few users: the slice has 5 (< 20)" in tiny["comparisons"]["new"]["reason"]
     raw = [s["comparisons"]["new"]["p"] for s in slices]
     assert [s["comparisons"]["new"]["p_holm"] for s in slices] == holm(raw)
 
@@ -250,6 +250,14 @@ def test_experiment_reports_the_same_slices_block(tmp_path, capsys):
         comparison = entry["comparisons"]["pafo"]
         assert comparison["p_holm"] is not None and not math.isnan(comparison["p_holm"])
         assert entry["small"] and comparison["verdict"] == "noise"  # 8 users per region: too few to judge
+
+
+def test_small_slices_use_the_groups_minimums():
+    """A slice is small below the same sizes as a support group's verdict (pafo.compare), one notion of too few."""
+    from pafo.compare import MIN_GROUP_PAIRS, MIN_GROUP_USERS
+    from pafo.slices import MIN_SLICE_PAIRS, MIN_SLICE_USERS
+
+    assert (MIN_SLICE_USERS, MIN_SLICE_PAIRS) == (MIN_GROUP_USERS, MIN_GROUP_PAIRS)
 
 
 def test_runs_start_refuses_an_unknown_slice_attribute_and_configs_keep_the_slicing(tmp_path, capsys):

@@ -207,14 +207,23 @@ def _load_personalllm(config: DataConfig, options: dict) -> PreferenceDataset:
 
 
 def dataset_fingerprint(config: DataConfig) -> str:
-    """A hash of what determines the dataset: the options, plus the file's size and mtime for local files."""
+    """A hash of what determines the dataset: the options, plus the content of a local file (sha256, cached by
+    the file's stat: :func:`pafo.digests.file_digest`), so a file edited in place is new data whatever its size
+    and modification time say. The one place a dataset's identity is decided (reuse, audits of run folders)."""
+    from ..digests import file_digest
+    from .files import UNREADABLE
+
     payload = dataclasses.asdict(config)
     if payload.get("user_attributes") is None:  # a config without attributes hashes as it did before them
         del payload["user_attributes"]
     if config.path and Path(config.path).is_file():
-        stat = Path(config.path).stat()
-        payload["file"] = [str(Path(config.path).resolve()), stat.st_size, stat.st_mtime_ns]
-    if config.user_attributes and Path(config.user_attributes).is_file():
-        stat = Path(config.user_attributes).stat()
-        payload["attributes_file"] = [str(Path(config.user_attributes).resolve()), stat.st_size, stat.st_mtime_ns]
+        try:
+            payload["file"] = {"sha256": file_digest(config.path)}
+        except OSError as exc:
+            raise PafoInputError(UNREADABLE.format(path=config.path, reason=exc.strerror or exc)) from None
+    if config.user_attributes and Path(config.user_attributes).is_file():  # its content too: slices read it
+        try:
+            payload["attributes_file"] = {"sha256": file_digest(config.user_attributes)}
+        except OSError as exc:
+            raise PafoInputError(UNREADABLE.format(path=config.user_attributes, reason=exc.strerror or exc)) from None
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
