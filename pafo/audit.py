@@ -689,6 +689,8 @@ def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
         result["methods"][source.name] = {**metrics, "source": info}
         all_margins[source.name] = margins
     frame = per_user_frame(dataset, tables)
+    # The pairs each user was judged on: all of them when the file has no split (n_test alone undercounted them).
+    frame["n_judged"] = evaluated.groupby("user").size().reindex(range(len(frame)), fill_value=0).to_numpy()
     result["comparisons"] = {name: _paired(name, config, all_margins, dataset, support, groups, evaluated,
                                            user_group_codes)
                              for name in config.names if name != config.reference}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -89,8 +90,22 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         default=argparse.SUPPRESS, help="support-rate estimator (default: auto)")
 
 
+def given_options(args: argparse.Namespace, sections: dict[str, type]) -> list[str]:
+    """The ``section.field`` keys of the options given on the command line (the others were left at their
+    defaults: argparse keeps them out of the namespace)."""
+    given = vars(args)
+    return [f"{name}.{field.name}" for name, cls in sections.items() for field in dataclasses.fields(cls)
+            if field.name in given and field.metadata.get("cli") is not False]
+
+
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    return dataclass_from_namespace(DataConfig, args).validate()
+    """The data flags as a DataConfig; a flag the chosen source does not read is refused (exit 2), e.g.
+    ``--prompts`` with ``--dataset dsp``."""
+    from .effects import check_effective
+
+    config = dataclass_from_namespace(DataConfig, args).validate()
+    check_effective({"data": dataclasses.asdict(config)}, given_options(args, {"data": DataConfig}))
+    return config
 
 
 def group_config_from_args(args: argparse.Namespace) -> GroupConfig:
@@ -198,22 +213,30 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
 
 
-def experiment_config_from_args(args: argparse.Namespace):
-    """An ``ExperimentConfig`` from the flags; local data paths are made absolute for background workers."""
+def experiment_config_from_args(args: argparse.Namespace, *, check_effect: bool = True):
+    """An ``ExperimentConfig`` from the flags; local data paths are made absolute for background workers.
+
+    A flag that cannot change this experiment's result is refused (exit 2, one line saying what would make it
+    matter: ``--lambda has no effect with --student wide …``); ``check_effect=False`` leaves that to the caller
+    (``pafo sweep`` checks the flags against every cell of its grid)."""
+    from .effects import SECTIONS, check_effective
     from .experiment import ExperimentConfig
     from .method_configs import RunSettings, TrainConfig, method_sections
 
-    data = data_config_from_args(args)
+    data = dataclass_from_namespace(DataConfig, args).validate()
     if data.path and Path(data.path).exists():
         data.path = str(Path(data.path).resolve())
     seeds = getattr(args, "seeds", None)
     if seeds is not None and hasattr(args, "seed"):
         raise PafoInputError(SEED_AND_SEEDS)
-    return ExperimentConfig(data=data, groups=group_config_from_args(args),
-                            run=dataclass_from_namespace(RunSettings, args),
-                            train=dataclass_from_namespace(TrainConfig, args),
-                            **{name: dataclass_from_namespace(cls, args) for name, cls in method_sections().items()},
-                            slices=dataclass_from_namespace(SliceSettings, args), seeds=seeds).validate()
+    config = ExperimentConfig(data=data, groups=group_config_from_args(args),
+                              run=dataclass_from_namespace(RunSettings, args),
+                              train=dataclass_from_namespace(TrainConfig, args),
+                              **{name: dataclass_from_namespace(cls, args) for name, cls in method_sections().items()},
+                              slices=dataclass_from_namespace(SliceSettings, args), seeds=seeds).validate()
+    if check_effect:
+        check_effective(config, given_options(args, SECTIONS))
+    return config
 
 
 def check_encoder(config) -> None:
@@ -573,9 +596,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         check_range("--max-concurrent", args.max_concurrent, integer=True, ge=1)
     if args.ray_address and args.backend != "ray":
         raise PafoInputError(RAY_ADDRESS_WITHOUT_RAY)
-    base = preflight(experiment_config_from_args(args))
+    from .effects import SECTIONS
+
+    base = preflight(experiment_config_from_args(args, check_effect=False))
     resolve_device(args.device)  # refused here (exit 2), not by every cell's worker
-    grid = parse_grid(args.grid, base)
+    grid = parse_grid(args.grid, base, explicit=given_options(args, SECTIONS))
     registry = RunRegistry(max_concurrent=args.max_concurrent)
 
     def report(cell, done: int, total: int) -> None:

@@ -43,9 +43,10 @@ from .config import dataclass_from_dict, validate_options
 from .dataset import PreferenceDataset
 from .device import EXECUTION_KEY, config_device, resolve_device
 from .diagnostics import ceiling_summary, ceilings, cluster_report
+from .effects import SECTIONS
 from .errors import PafoInputError, RunCancelled
 from .features import FeatureResult, dataset_texts, response_features
-from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_sections, method_spec
+from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_spec
 from .methods import MethodContext, fit_method
 from .metrics import (
     Group,
@@ -60,8 +61,8 @@ from .metrics import (
 )
 from .paths import atomic_write_bytes, atomic_write_text
 from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
-from .sources import DataConfig, dataset_fingerprint, load_dataset
-from .support import GroupConfig, estimate_support, resolve_estimator
+from .sources import dataset_fingerprint, load_dataset
+from .support import estimate_support, resolve_estimator
 from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, pair_margins, set_threads
 
 __all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "parse_seeds", "run_experiment",
@@ -141,15 +142,14 @@ def _section(name: str, cls: type) -> tuple:
     return name, cls, field(default_factory=cls)
 
 
-# A whole experiment: the sections data, groups, run, train, then one per method with options (pafo, groupdro, ...
-# from pafo.method_configs.method_sections), then ``seeds``: two or more run seeds, ``None`` meaning the one seed
+# A whole experiment: the sections data, groups, run, train, then one per method with options (pafo, groupdro, ...;
+# pafo.effects.SECTIONS), then ``seeds``: two or more run seeds, ``None`` meaning the one seed
 # ``data.seed`` (``validate`` keeps one spelling per run: a single seed becomes ``data.seed``, which is always the
 # first seed). ``to_dict`` / ``from_dict`` give the JSON the run registry stores and hashes.
 ExperimentConfig = dataclasses.make_dataclass(
     "ExperimentConfig",
-    [_section("data", DataConfig), _section("groups", GroupConfig), _section("run", RunSettings),
-     _section("train", TrainConfig), *(_section(name, cls) for name, cls in method_sections().items()),
-     _section("slices", SliceSettings), ("seeds", list[int] | None, field(default=None))],
+    [*(_section(name, cls) for name, cls in SECTIONS.items()), _section("slices", SliceSettings),
+     ("seeds", list[int] | None, field(default=None))],
     bases=(_Experiment,), namespace={"__module__": __name__, "__doc__": "A whole experiment: data, groups, run, "
                                      "train, each method's options and the seeds."})
 

@@ -282,9 +282,9 @@ def config_hash(config: dict) -> str:
 
 #: Modules that present, store or schedule results but never compute them: editing a label, a colour, a message or
 #: the registry itself keeps finished runs reusable. Every other ``pafo/`` source counts (README: reuse).
-PRESENTATION_MODULES = frozenset({"__init__.py", "appstate.py", "cli.py", "digests.py", "errors.py", "manifest.py",
-                                  "paths.py", "registry.py", "report.py", "runs_cli.py", "slice_report.py", "sweep.py",
-                                  "worker.py"})
+PRESENTATION_MODULES = frozenset({"__init__.py", "appstate.py", "cli.py", "conditions.py", "digests.py", "effects.py",
+                                  "errors.py", "manifest.py", "paths.py", "registry.py", "report.py", "runs_cli.py",
+                                  "slice_report.py", "sweep.py", "worker.py"})
 
 
 @lru_cache(maxsize=1)
@@ -293,8 +293,10 @@ def code_version() -> str:
     return source_version(PACKAGE_ROOT / "pafo")
 
 
-#: Arguments that only describe: an option's help line, a method's label, colour and progress-bar cost.
-DESCRIPTIVE_ARGUMENTS = {"option": {1: "help"}, "MethodSpec": {3: "label", 4: "colour", 5: "cost"}}
+#: Arguments that only describe: an option's help line, form label, the configurations in which it has an effect
+#: and its sweep grid; a method's label, colour and progress-bar cost.
+DESCRIPTIVE_ARGUMENTS = {"option": {1: "help", -1: "label", -2: "active_when", -3: "grid"},
+                         "MethodSpec": {3: "label", 4: "colour", 5: "cost"}}
 
 
 class _ResultCode(ast.NodeTransformer):

@@ -82,7 +82,8 @@ class SliceSettings:
     slice_by: list[str] | None = option(  # noqa: RUF009 - option() returns a dataclasses.field (default None)
         None, "report accuracy and paired comparisons per slice of users: an attribute (region), an intersection "
               "(region,tier) or a number binned into quantiles (age:quantiles=4); attributes come from "
-              "--user-attributes, the dataset, or are built in (group, decile, dominant)", flag="--slice-by")
+              "--user-attributes, the dataset, or are built in (group, decile, dominant)", flag="--slice-by",
+        label="slice by")
 
     def validate(self) -> SliceSettings:
         validate_options(self)

@@ -43,7 +43,9 @@ import pandas as pd
 
 from .appstate import SWEEP_PREFIX, whatif_config
 from .compare import VerdictRule, paired_comparison, pooled_group_ci
+from .config import OptionValueError
 from .device import resolve_device, with_device
+from .effects import APP_WORDS, NoEffectError, check_grid, option_label
 from .errors import MSG_DIVERGED, PafoEnvironmentError, PafoInputError
 from .experiment import REFERENCE, ExperimentConfig, _mean_tree
 from .features import FeatureResult
@@ -64,6 +66,7 @@ __all__ = [
     "MAX_CELLS",
     "SWEEP_PREFIX",
     "Cell",
+    "GridError",
     "assemble",
     "attach_records",
     "cancel_sweep",
@@ -95,6 +98,12 @@ MSG_DUPLICATE = "--grid {key}: given twice; give each key once with all its valu
 MSG_REPEATED_VALUE = "--grid {key}: value {value!r} is given twice"
 MSG_VALUE = "--grid {key}={value}: {detail}"
 MSG_NO_GRID = "--grid: give at least one section.field=value,... (e.g. --grid pafo.lam=0,0.5,1)"
+# The same problems in the app's words, shown under the sweep form's values field.
+APP_NO_GRID = "pick a parameter and give its values"
+APP_SYNTAX = "write the values separated by commas, e.g. 0.5,1,2"
+APP_DUPLICATE = "this parameter is swept twice; sweep each parameter once"
+APP_REPEATED_VALUE = "{value} is given twice; give each value once"
+APP_VALUE = "“{value}” is not allowed: {problem}"
 MSG_TOO_MANY = "sweep of {points} grid point(s) × {seeds} seed(s) = {cells} cells is over the limit of {limit}"
 BACKENDS = ("local", "ray")
 STAGE_RAY = "waiting for a Ray worker"
@@ -155,37 +164,57 @@ def _check_key(key: str) -> None:
         raise PafoInputError(MSG_FIELD.format(key=key, section=section, name=name, known=", ".join(names)))
 
 
+class GridError(PafoInputError):
+    """A grid that cannot run. ``str()`` is the CLI's line (it names ``--grid KEY``); ``key`` is the swept option
+    at fault (``None``: the grid as a whole) and ``field_message`` says the problem in the app's words, for the
+    form field of that option's values."""
+
+    def __init__(self, message: str, *, key: str | None, field_message: str):
+        super().__init__(message)
+        self.key, self.field_message = key, field_message
+
+
 def _value(base: dict, key: str, text: str):
     """``text`` as the field's type, checked as a what-if of ``base`` would be (bounds, choices, the whole config)."""
     value = None if text.lower() in NONE_WORDS else text
     try:
-        config = whatif_config(base, {key: value})
+        config = whatif_config(base, {key: value}, check_effect=False)  # the whole grid's effect: check_grid
     except PafoInputError as exc:
-        raise PafoInputError(MSG_VALUE.format(key=key, value=text, detail=exc)) from None
+        problem = f"{option_label(key)} {exc.problem}" if isinstance(exc, OptionValueError) else str(exc)
+        raise GridError(MSG_VALUE.format(key=key, value=text, detail=exc), key=key,
+                        field_message=APP_VALUE.format(value=text, problem=problem)) from None
     section, _, name = key.partition(".")
     return config[section][name]
 
 
-def parse_grid(specs: Sequence[str], base: ExperimentConfig | dict) -> dict[str, list]:
+def parse_grid(specs: Sequence[str], base: ExperimentConfig | dict, *, explicit: Sequence[str] = ()) -> dict:
     """``["pafo.lam=0,0.5", ...]`` → ``{"pafo.lam": [0.0, 0.5], ...}`` with every value typed and validated
-    against ``base`` (the sweep's other options); any problem is one :class:`PafoInputError` naming the key."""
+    against ``base`` (the sweep's other options), and the grid checked for effect (:func:`pafo.effects.check_grid`:
+    each swept key must change the result in every grid point; ``explicit``, the options set on purpose besides
+    the grid, in at least one). Any problem is one :class:`GridError` naming the key, before anything runs."""
     base = base.to_dict() if isinstance(base, ExperimentConfig) else base
     if not specs:
-        raise PafoInputError(MSG_NO_GRID)
+        raise GridError(MSG_NO_GRID, key=None, field_message=APP_NO_GRID)
     grid: dict[str, list] = {}
     for text in specs:
         key, sep, values = (part.strip() for part in str(text).partition("="))
         items = [item.strip() for item in values.split(",")]
         if not sep or not key or not all(items):
-            raise PafoInputError(MSG_SYNTAX.format(text=text))
+            raise GridError(MSG_SYNTAX.format(text=text), key=key or None, field_message=APP_SYNTAX)
         _check_key(key)
         if key in grid:
-            raise PafoInputError(MSG_DUPLICATE.format(key=key))
+            raise GridError(MSG_DUPLICATE.format(key=key), key=key, field_message=APP_DUPLICATE)
         typed = [_value(base, key, item) for item in items]
         for i, (value, item) in enumerate(zip(typed, items, strict=True)):
             if value in typed[:i]:  # 0 and 0.0 are one value: the cell would run twice
-                raise PafoInputError(MSG_REPEATED_VALUE.format(key=key, value=item))
+                raise GridError(MSG_REPEATED_VALUE.format(key=key, value=item), key=key,
+                                field_message=APP_REPEATED_VALUE.format(value=item))
         grid[key] = typed
+    try:
+        check_grid(base, grid, explicit)
+    except NoEffectError as exc:
+        raise GridError(str(exc), key=exc.key if exc.key in grid else None,
+                        field_message=exc.in_words(APP_WORDS)) from None
     return grid
 
 
@@ -201,7 +230,7 @@ def expand_cells(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Se
     for index, values in enumerate(points):
         params = dict(zip(grid, values, strict=True))
         for seed in seeds:
-            config = whatif_config(base, {**params, "seeds": None, "data.seed": seed})
+            config = whatif_config(base, {**params, "seeds": None, "data.seed": seed}, check_effect=False)
             cells.append(Cell(index, params, seed, config, ExperimentConfig.from_dict(config).fingerprint()))
     return cells
 

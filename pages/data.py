@@ -25,7 +25,9 @@ DSP_LOCAL = PACKAGE_ROOT.parent / "shared" / "data" / "dsp_test_part_a.json"
 st.title("⚖️ PAFO Studio")
 st.markdown(
     "Find and fix **personalized reward bias**: users whose preferences few others share (low *support rate*) get "
-    "worse reward models. PAFO trains a teacher per user group and distils both into one fair student."
+    "worse reward models. PAFO finds groups of users who label alike (*preference clusters*) in the training "
+    "labels, fits a small teacher reward model per cluster, and adds each user's teacher to the personalized "
+    "baseline: one model, no group label needed when it scores."
 )
 
 ui.show_flash()

@@ -344,14 +344,14 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
     # 7. What-if: Enter in a field commits it and starts nothing (regression: each Enter launched a run); only the
     # button launches, and the page then shows that new run.
     before = {r.id for r in registry.list()}
-    for label, value in (("λ (distillation weight)", "2"), ("Label", "enter test")):
+    for label, value in (("β (weight of the teachers)", "2"), ("Label", "enter test")):
         field = page.get_by_label(label, exact=True)
         field.fill(value)
         field.press("Enter")
         wait_idle(page)
     no_exceptions(page)
     # Script runs happen in order, so once the button's run shows its new run, any run an Enter started exists too
-    # (and an Enter-launched λ=2 run would have been reused by the click, with its own label).
+    # (and an Enter-launched β=2 run would have been reused by the click, with its own label).
     page.get_by_role("button", name="Launch what-if run").click()
     picker = page.get_by_role("combobox", name="What-if run")  # the page shows the run just launched
     expect(picker).to_have_value(re.compile(r"\d{8}-\d{6}-[0-9a-f]{6} · enter test"), timeout=90_000)

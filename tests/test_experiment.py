@@ -35,7 +35,7 @@ TIMING_KEYS = {"seconds", "train_seconds", "setup_seconds", "cache_hits"}
 TINY_TRAIN = TrainConfig(epochs=3, batch_size=64, hidden=16, k=4, patience=3)
 TINY_FLAGS = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6",
               "--test-pairs", "4", "--encoder", "tfidf", "--bootstrap", "20", "--epochs", "3", "--hidden", "16",
-              "--k", "4", "--dense", "4"]
+              "--k", "4"]
 
 
 def tiny_experiment(data: DataConfig, methods_: str = "baseline,pafo") -> ExperimentConfig:

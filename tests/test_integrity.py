@@ -27,7 +27,7 @@ from pafo.registry import SUCCEEDED, RunRegistry
 from pafo.sources import DataConfig, dataset_fingerprint, load_dataset
 
 DATA = ["--users", "12", "--prompts", "8", "--responses-per-prompt", "4", "--train-pairs", "4", "--test-pairs", "2"]
-FAST = ["--epochs", "2", "--patience", "1", "--bootstrap", "10", "--dense", "2"]
+FAST = ["--epochs", "2", "--patience", "1", "--bootstrap", "10"]
 TFIDF = [*DATA, "--encoder", "tfidf", *FAST]
 
 

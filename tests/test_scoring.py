@@ -18,7 +18,7 @@ from pafo.sources.files import MISSING_COLUMNS
 
 TINY = dict(users=24, prompts=16, responses_per_prompt=4, train_pairs=6, test_pairs=4)
 TINY_FLAGS = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6",
-              "--test-pairs", "4", "--bootstrap", "20", "--epochs", "3", "--hidden", "16", "--k", "4", "--dense", "4"]
+              "--test-pairs", "4", "--bootstrap", "20", "--epochs", "3", "--hidden", "16", "--k", "4"]
 
 
 @pytest.fixture(scope="module")

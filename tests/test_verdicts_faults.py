@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 
 DATA = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6", "--test-pairs", "4"]
-FAST = ["--bootstrap", "20", "--epochs", "2", "--patience", "1", "--hidden", "16", "--k", "4", "--dense", "2"]
+FAST = ["--bootstrap", "20", "--epochs", "2", "--patience", "1", "--hidden", "16", "--k", "4"]
 TINY = [*DATA, "--encoder", "tfidf", *FAST]
 
 

@@ -38,8 +38,8 @@ BAD_CSV = "{path}: cannot be parsed as CSV ({reason}); check the delimiter and q
 # cell): the app may run as another user than the analyst, and a 0600 file's header once leaked through "found:".
 MISSING_COLUMNS = "{path}: missing column(s) {missing}; the file needs {required} (it has {count} column(s))"
 OFFLINE = (
-    "{source}: cannot be downloaded from this machine ({reason}); download the file elsewhere and pass its local "
-    "path with --path (CSV, JSONL, JSON or Parquet)"
+    "{source}: cannot be downloaded from this machine ({reason}); download the file elsewhere and load it from "
+    "its local path instead (CSV, JSONL, JSON or Parquet)"
 )
 EMPTY_FILE = "{path}: the file has no rows; add data rows below the header"
 
