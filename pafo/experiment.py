@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
+from .attributes import attribute_columns
 from .compare import VerdictRule, describe_comparison, describe_rule, paired_comparison, pooled_group_ci
 from .config import dataclass_from_dict, validate_options
 from .dataset import PreferenceDataset
@@ -59,6 +60,7 @@ from .metrics import (
     per_user_accuracy,
 )
 from .paths import atomic_write_bytes, atomic_write_text
+from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
 from .sources import dataset_fingerprint, load_dataset
 from .support import estimate_support, resolve_estimator
 from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, pair_margins, set_threads
@@ -109,10 +111,13 @@ class _Experiment:
         return self
 
     def to_dict(self) -> dict:
-        """The config as JSON; a one-seed run has no ``seeds`` key, so its dict is what it was before seeds."""
+        """The config as JSON; a one-seed run has no ``seeds`` key and a run without slicing no ``slices`` key, so
+        their dicts are what they were before those options."""
         values = dataclasses.asdict(self)
         if values["seeds"] is None:
             del values["seeds"]
+        if not values["slices"]["slice_by"]:
+            del values["slices"]
         return values
 
     @classmethod
@@ -143,7 +148,8 @@ def _section(name: str, cls: type) -> tuple:
 # first seed). ``to_dict`` / ``from_dict`` give the JSON the run registry stores and hashes.
 ExperimentConfig = dataclasses.make_dataclass(
     "ExperimentConfig",
-    [*(_section(name, cls) for name, cls in SECTIONS.items()), ("seeds", list[int] | None, field(default=None))],
+    [*(_section(name, cls) for name, cls in SECTIONS.items()), _section("slices", SliceSettings),
+     ("seeds", list[int] | None, field(default=None))],
     bases=(_Experiment,), namespace={"__module__": __name__, "__doc__": "A whole experiment: data, groups, run, "
                                      "train, each method's options and the seeds."})
 
@@ -363,6 +369,7 @@ def _load_inputs(config: ExperimentConfig, progress: Progress, features: dict[in
     seeds = config.seed_list()
     progress(0.0, "loading data", None)
     datasets = [load_dataset(dataclasses.replace(config.data, seed=seed)) for seed in seeds]
+    check_slicings(config.slices, attribute_columns(datasets[0]))  # a wrong --slice-by fails before any training
     train = _train_seconds(datasets, config.run.method_list())
     embed = _EmbedProgress(progress, config.run.encoder, sum(map(sum, train)))
     progress(LOADED_AT, "embedding texts", None)  # loading the encoder comes first, before its first report
@@ -512,8 +519,23 @@ def _assemble(config: ExperimentConfig, runs: list[SeedRun], embedding=None) -> 
                              else _comparisons(frames, methods, config, seeds[0]))
     result["per_seed"] = [run.block for run in runs]
     frame = pd.concat(frames, ignore_index=True)
+    if config.slices.slice_by:
+        _add_slices(result, config, runs, frame, methods)
     result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")
     return result
+
+
+def _add_slices(result: dict, config: ExperimentConfig, runs: list[SeedRun], frame: pd.DataFrame,
+                methods: list[str]) -> None:
+    """The ``slices`` of every slicing asked for (pafo.slices), pooled over the seeds, and how they were made."""
+    pairs = pd.concat([run.inputs.dataset.split("test")[["user"]].assign(
+        seed=run.inputs.seed, **{f"margin_{name}": margins for name, margins in run.margins.items()})
+        for run in runs], ignore_index=True)
+    reference = REFERENCE if REFERENCE in methods else None
+    result["slices"] = compute_slices(frame, pairs, config.slices.slicings(), methods, reference,
+                                      n_resamples=config.run.bootstrap, seed=runs[0].inputs.seed,
+                                      epsilon=config.pafo.epsilon)
+    result["slicing"] = slicing_block(config.slices, reference, result["slices"], epsilon=config.pafo.epsilon)
 
 
 def _comparisons(frames: list[pd.DataFrame], methods: list[str], config: ExperimentConfig, seed: int) -> dict:
@@ -591,6 +613,8 @@ def per_user_frame(dataset: PreferenceDataset, tables: dict[str, pd.DataFrame]) 
     frame = frame.join(dataset.user_pair_counts().reset_index(drop=True))
     for name, table in tables.items():
         frame[f"acc_{name}"] = table["accuracy"].to_numpy()
+    for column in attribute_columns(dataset):  # who each user is (pafo.attributes), for slices and filters
+        frame[column] = dataset.users[column].to_numpy()
     return frame
 
 

@@ -441,7 +441,7 @@ def test_failed_run_shows_error_on_train_and_compare(studio):
     at.switch_page("pages/compare.py").run()
     assert_clean(at)
     assert any("failed" in e for e in errors(at)), errors(at)
-    assert plotly_count(at) == 5  # the finished run is still there to look at
+    assert plotly_count(at) == 7  # the finished run is still there to look at (its slices included)
 
 
 # ------------------------------------------------------------------------------------------- Compare
@@ -452,10 +452,11 @@ def test_compare_page_figures_tables_and_downloads(studio):
     at = page(app(run_id), "compare")
     assert_clean(at)
     assert not errors(at), errors(at)
-    assert plotly_count(at) == 5  # forest plot, group bars, decile curve, per-user scatter, Pareto
+    assert plotly_count(at) == 7  # forest, group bars, decile curve, per-user scatter, Pareto, slices (2)
     labels = [m.label for m in at.metric]
     assert labels.count("Minority accuracy") == 2
-    paired, table, *expanders = (d.value for d in at.dataframe)
+    paired, slices, table, *expanders = (d.value for d in at.dataframe)
+    assert slices["slice"].str.startswith("group = ").all()  # no attributes of its own: the support groups
     assert [{"mean support", "group"} <= set(f.columns) for f in expanders] == [True, False]  # PAFO's clusters
     assert "oracle: PAFO with the true preference clusters" in set(expanders[1]["diagnostic"])  # the ceilings
     assert list(paired["verdict"]) == [registry.load_result(run_id).result["comparisons"]["pafo"]["verdict"]]
@@ -708,7 +709,7 @@ def test_demo_button_follows_the_run_to_compare(studio, monkeypatch):
     assert new_id != run_id
     # The run was answered at once from the fixture's run, so Train hands over to Compare straight away.
     assert any(t.value == "Compare methods" for t in at.title), [t.value for t in at.title]
-    assert plotly_count(at) == 5
+    assert plotly_count(at) == 7
     assert isinstance(at.dataframe[0].value, pd.DataFrame)
 
 

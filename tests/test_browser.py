@@ -158,7 +158,7 @@ def plots_rendered(page) -> int:
     """Plotly figures that actually drew something (an SVG with at least one trace)."""
     return page.evaluate(
         "() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.querySelector('.main-svg') && "
-        "(p.querySelector('.trace, .barlayer .point, .scatterlayer .point, canvas') !== null)).length")
+        "(p.querySelector('.trace, .barlayer .point, .scatterlayer .point, .hm image, canvas') !== null)).length")
 
 
 def progress_texts(page) -> tuple[str | None, str | None]:
@@ -278,7 +278,8 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
     assert page.get_by_text("Accuracy and unfairness").count(), f"no results within {DEMO_TIMEOUT:.0f} s"
     wait_idle(page)
     no_exceptions(page)
-    assert wait_plots(page, 5) == 5  # paired differences, group bars, bias curve, per-user scatter, Pareto view
+    # paired differences, group bars, bias curve, per-user scatter, Pareto view; slices: accuracy, heat map
+    assert wait_plots(page, 7) == 7
     assert page.get_by_text("Accuracy and unfairness").count() == 1
     # The per-user points: SVG markers, or WebGL from 1,000 points (five seeds × 300 users are 1,500).
     markers = page.evaluate(
