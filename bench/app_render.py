@@ -17,6 +17,7 @@ its section (``app``) of ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -31,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from bench.common import machine, publish
-from pafo.metrics import pair_correct, per_user_accuracy
+from pafo.metrics import calibration, evaluate, pair_correct, per_user_accuracy
+from pafo.results import MethodResult, RunResult, mark_pareto, write_result
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGES = ("data", "support", "train", "compare", "users", "whatif")
@@ -40,17 +42,10 @@ BUDGET_SECONDS = 1.0
 __all__ = ["build_result", "main", "register_runs", "time_figures", "time_pages"]
 
 
-def _bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n: int = 200) -> list[float]:
-    means = rng.choice(values, size=(n, len(values))).mean(axis=1)
-    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
-
-
-def build_result(dataset, support, groups, config: dict, methods=("baseline", "pafo"), seed: int = 0):
-    """A result JSON and test margins shaped like run_experiment's for a real dataset (made-up margins)."""
-    from scipy.stats import spearmanr
-
-    from pafo.support import support_deciles
-
+def build_result(dataset, support, groups, config: dict, methods=("baseline", "pafo"), seed: int = 0,
+                 n_resamples: int = 200) -> tuple[RunResult, pd.DataFrame]:
+    """A result and test margins shaped like run_experiment's for a real dataset: made-up margins, every figure
+    computed from them by the metric registry (:func:`pafo.metrics.evaluate`) as a run computes it."""
     rng = np.random.default_rng(seed)
     test = dataset.split("test")
     users = test["user"].to_numpy()
@@ -60,43 +55,28 @@ def build_result(dataset, support, groups, config: dict, methods=("baseline", "p
                             "chosen": test["chosen"].to_numpy(), "rejected": test["rejected"].to_numpy()})
     per_user = dataset.users[["user_id"]].assign(group=group, support_rate=s).reset_index(drop=True)
     per_user = per_user.join(dataset.user_pair_counts().reset_index(drop=True))
-    deciles = support_deciles(support.user_support).to_numpy()
+    history = [{"epoch": e, "loss": 0.7 - 0.05 * e, "val": {"overall": 0.7, "majority": 0.72, "minority": 0.6}}
+               for e in range(1, 6)]
     out = {}
     for k, name in enumerate(methods):
         skill = 0.3 + 1.6 * s + 0.15 * k * (group == "minority")  # baseline: accuracy grows with support
         margin = rng.normal(skill[users], 1.0).astype(np.float32)
         margins[f"margin_{name}"] = margin
-        acc = per_user_accuracy(margin, users).reindex(range(len(s))).to_numpy()
-        per_user[f"acc_{name}"] = acc
-        maj, mino = acc[group == "majority"], acc[group == "minority"]
-        by_decile = [{"decile": int(d) + 1, "support_lo": float(s[deciles == d].min()),
-                      "support_hi": float(s[deciles == d].max()), "n_users": int((deciles == d).sum()),
-                      "accuracy": float(acc[deciles == d].mean())} for d in np.unique(deciles)]
-        order = np.sort(acc)
-        out[name] = {
-            "accuracy": {"overall": float(acc.mean()), "micro": float(pair_correct(margin).mean()),
-                         "majority": float(maj.mean()), "minority": float(mino.mean())},
-            "accuracy_ci": {"majority": _bootstrap_ci(maj, rng), "minority": _bootstrap_ci(mino, rng),
-                            "gap": [0.0, 0.1]},
-            "unfairness": {"group_gap": float(maj.mean() - mino.mean()), "user_std": float(acc.std()),
-                           "gini": float(np.abs(acc[:, None] - acc[None, :]).mean() / (2 * acc.mean())),
-                           "worst10": float(order[: max(1, len(order) // 10)].mean()),
-                           "support_spearman": float(spearmanr(s, acc).statistic)},
-            "by_decile": by_decile, "train_seconds": 1.0, "best_epoch": 3,
-            "history": [{"epoch": e, "loss": 0.7 - 0.05 * e, "val": {"overall": 0.7, "majority": 0.72,
-                                                                     "minority": 0.6}} for e in range(1, 6)],
-        }
-    out["pafo"]["pareto_improvement"] = True
-    out["pafo"]["pareto_selected"] = True
-    result = {"dataset": dataset.summary(), "support": support.summary(), "groups": groups.summary(),
-              "encoder": {"name": "bench", "dim": 384, "seconds": 0.0, "cache_hits": 0}, "config": config,
-              "fingerprint": "bench", "methods": out,
-              "per_user": per_user.astype(object).where(per_user.notna(), None).to_dict(orient="list"),
-              "seconds": 1.0}
+        accuracy = per_user_accuracy(margin, users).reindex(range(len(s)))
+        per_user[f"acc_{name}"] = accuracy.to_numpy()
+        table = pd.DataFrame({"user": range(len(s)), "group": group, "support_rate": s,
+                              "n_pairs": np.bincount(users, minlength=len(s)), "accuracy": accuracy.to_numpy()})
+        metrics = evaluate(table, n_resamples=n_resamples, seed=seed, micro_accuracy=float(pair_correct(margin).mean()))
+        out[name] = MethodResult(**metrics, calibration=calibration(margin, group[users]), train_seconds=1.0,
+                                 best_epoch=3, history=history)
+    mark_pareto(out, epsilon=0.005)
+    result = RunResult(dataset.summary(), support.summary(), groups.summary(), out, config, fingerprint="bench",
+                       encoder={"name": "bench", "dim": 384, "seconds": 0.0, "cache_hits": 0}, per_user=per_user,
+                       seconds=1.0)
     return result, margins
 
 
-def register_runs(registry, config: dict, fingerprint: str, result: dict, margins: pd.DataFrame,
+def register_runs(registry, config: dict, fingerprint: str, result: RunResult, margins: pd.DataFrame,
                   n_runs: int) -> list[str]:
     """``n_runs`` finished runs with full artifacts (the Pareto view reads every one); the first is the big one."""
     from pafo.paths import atomic_write_text
@@ -108,11 +88,11 @@ def register_runs(registry, config: dict, fingerprint: str, result: dict, margin
         record = registry.submit(run_config, fingerprint=fingerprint, label=f"bench {i}", start=False)
         run_dir = registry.run_dir(record.id)
         run_dir.mkdir(parents=True, exist_ok=True)
-        shifted = json.loads(json.dumps(result))
-        for metrics in shifted["methods"].values():
-            metrics["accuracy"]["minority"] -= 0.004 * i
-        atomic_write_text(run_dir / "result.json", json.dumps(shifted))
-        atomic_write_text(run_dir / "per_user.csv", pd.DataFrame(shifted["per_user"]).to_csv(index=False))
+        shifted = copy.deepcopy(result)
+        for method in shifted.methods.values():
+            method.accuracy["minority"] -= 0.004 * i
+        write_result(run_dir / "result.json", shifted)
+        atomic_write_text(run_dir / "per_user.csv", shifted.per_user.to_csv(index=False))
         margins.to_csv(run_dir / "test_margins.csv", index=False)
         assert registry.mark_running(record.id, os.getpid())
         for step in range(60 if i == 0 else 0):  # the Train page draws these curves for the big run
@@ -346,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dataset: {setup['users']:,} users, {setup['pairs']:,} pairs; home {home}", flush=True)
 
     pages = time_pages(ids[0], args.repeats)
-    points = appstate.pareto_points([(registry.get(i, refresh=False), registry.load_result(i).result) for i in ids])
+    results = [RunResult.from_json(registry.load_result(i).result) for i in ids]
+    points = appstate.pareto_points([(registry.get(i, refresh=False), r) for i, r in zip(ids, results, strict=True)])
     figures = time_figures(result, points, args.repeats)
     browser = time_browser(home, ids[0], args.repeats) if args.browser else None
     text = write_results(args, setup, pages, figures, (load_start, os.getloadavg()[0]), browser)

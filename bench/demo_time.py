@@ -43,6 +43,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bench.common import machine, publish
+from pafo.results import RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -184,18 +185,18 @@ def check_config(config: dict, seeds: str) -> None:
         raise RuntimeError(f"the benchmarked run is not the demo's experiment on seeds {seeds}")
 
 
-def embedded(result: dict) -> int:
+def embedded(result: RunResult) -> int:
     """Texts a run embedded anew: distinct texts of its seeds minus those the cache held."""
-    return int(result["encoder"].get("embedded", -1))
+    return int((result.encoder or {}).get("embedded", -1))
 
 
 def cli_row(seeds: str, home: Path, cache: str, scratch: Path) -> Row:
     out = scratch / f"cli_{cache}_{seeds}.json"
     wall, cpu, _ = run_timed([*CLI, "experiment", *demo_flags(seeds), "--json", str(out)], home)
-    result = json.loads(out.read_text())
-    check_config(result["config"], seeds)
+    result = RunResult.from_json(json.loads(out.read_text()))
+    check_config(result.config, seeds)
     return Row("pafo experiment", seeds, cache, wall, cpu=cpu, texts=embedded(result),
-               verdict=result["comparisons"]["pafo"]["verdict"])
+               verdict=result.comparisons["pafo"].verdict)
 
 
 class WorkerWatch(threading.Thread):
@@ -241,8 +242,9 @@ def runs_row(seeds: str, home: Path, cache: str) -> Row:
     watch.join()
     record = RunRegistry(home).load_result(watch.run_id)
     check_config(record.config, seeds)
+    result = RunResult.from_json(record.result)
     return Row(RUNS, seeds, cache, wall, worker=record.finished_at - record.started_at,
-               cpu=watch.cpu, texts=embedded(record.result), verdict=record.result["comparisons"]["pafo"]["verdict"],
+               cpu=watch.cpu, texts=embedded(result), verdict=result.comparisons["pafo"].verdict,
                extra={"still": watch.longest_still()})
 
 
@@ -348,10 +350,10 @@ def browser_rows(seeds: str, home: Path, cache: str, browser) -> list[Row]:
             sampler.stop()
         record = RunRegistry(home).load_result(watch.run_id)
         check_config(record.config, seeds)
+        result = RunResult.from_json(record.result)
         app_cpu, chromium_cpu = sampler.between(record.started_at, record.finished_at)
         rows.append(Row(BROWSER, seeds, cache, seconds, worker=record.finished_at - record.started_at,
-                        cpu=watch.cpu, texts=embedded(record.result),
-                        verdict=record.result["comparisons"]["pafo"]["verdict"],
+                        cpu=watch.cpu, texts=embedded(result), verdict=result.comparisons["pafo"].verdict,
                         extra={"app_cpu": app_cpu, "chromium_cpu": chromium_cpu, "still": watch.longest_still()}))
         if cache == "warm":  # the same demo again: the registry answers it with the run that just finished
             seconds, again = click_demo(browser, url, home, seeds, follow=False)

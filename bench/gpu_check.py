@@ -63,16 +63,15 @@ def _run(config, device: str) -> dict:
             os.environ["PAFO_HOME"] = previous or ""
 
 
-def _accuracies(result: dict) -> dict:
-    return {(method, group): block["accuracy"][group] for method, block in result["methods"].items()
-            for group in GROUPS}
+def _accuracies(result) -> dict:
+    return {(method, group): block.accuracy[group] for method, block in result.methods.items() for group in GROUPS}
 
 
-def _half_widths(result: dict) -> dict:
+def _half_widths(result) -> dict:
     out = {}
-    for method, block in result["methods"].items():
+    for method, block in result.methods.items():
         for group in ("majority", "minority"):
-            low, high = block["accuracy_ci"].get(group) or (None, None)
+            low, high = block.accuracy_ci.get(group) or (None, None)
             out[method, group] = (high - low) / 2 if low is not None and high is not None else None
     return out
 
@@ -91,8 +90,8 @@ def check_metrics() -> tuple[bool, list[str]]:
         lines.append(f"| {key[0]} | {key[1]} | {a[key]:.4f} | {b[key]:.4f} | {diff:.4f} | "
                      f"{'' if half is None else f'{half:.4f}'} | {'yes' if diff <= TOLERANCE else '**NO**'} |")
     repeat = "identical" if b == c else "not identical (non-deterministic CUDA kernels; within tolerance above)"
-    lines += ["", f"Experiment seconds: CPU {cpu['seconds']:.1f}, CUDA {cuda['seconds']:.1f}. A second CUDA run "
-              f"gave {repeat} accuracies. Result `device` fields: {cpu['device']}, {cuda['device']}."]
+    lines += ["", f"Experiment seconds: CPU {cpu.seconds:.1f}, CUDA {cuda.seconds:.1f}. A second CUDA run "
+              f"gave {repeat} accuracies. Result `device` fields: {cpu.device}, {cuda.device}."]
     return ok, lines
 
 
@@ -140,10 +139,10 @@ def check_embeddings() -> tuple[bool, list[str]]:
 
 def measure_scale() -> list[str]:
     result = _run(_config(SCALE_USERS), "cuda")
-    train = {m: b["train_seconds"] for m, b in result["methods"].items()}
+    train = {m: b.train_seconds for m, b in result.methods.items()}
     return [f"One experiment at {SCALE_USERS:,} users (synthetic, TF-IDF features, 8 training pairs per user, "
-            f"baseline,pafo) on CUDA: {result['seconds']:.1f} s in all, of which embedding "
-            f"{result['encoder']['seconds']:.1f} s (TF-IDF, CPU) and training "
+            f"baseline,pafo) on CUDA: {result.seconds:.1f} s in all, of which embedding "
+            f"{result.encoder['seconds']:.1f} s (TF-IDF, CPU) and training "
             + ", ".join(f"{m} {s:.1f} s" for m, s in train.items())
             + ". The same point on the 2-core CPU machine: the scale section."]
 

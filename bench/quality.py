@@ -28,11 +28,13 @@ import pandas as pd
 
 from bench.common import machine, publish
 from pafo import diagnostics
-from pafo.compare import paired_comparison
+from pafo.compare import Delta, paired_comparison
 from pafo.experiment import ExperimentConfig, _add_support, _load_inputs, _pair_set, build_context, run_experiment
+from pafo.extras import ClusterReport
 from pafo.method_configs import METHODS as METHOD_NAMES
 from pafo.methods import baseline_output, fit_method
-from pafo.metrics import group_codes, group_labels, per_user_accuracy
+from pafo.metrics import MINORITY, group_codes, group_labels, per_user_accuracy
+from pafo.results import RunResult
 from pafo.training import pair_margins, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,68 +87,68 @@ def signed(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:+.{digits}f}"
 
 
-def ci_text(block: dict) -> str:
-    lo, hi = block["ci"]
-    return f"{signed(block['delta'], 2)} [{signed(lo)}, {signed(hi)}]"
+def ci_text(block: Delta) -> str:
+    lo, hi = block.ci
+    return f"{signed(block.delta, 2)} [{signed(lo)}, {signed(hi)}]"
 
 
 # ------------------------------------------------------------------------------------------- reported seeds
 
 
-def per_user_tables(results: list[dict]) -> list[pd.DataFrame]:
-    return [pd.DataFrame(r["per_user"]) for r in results]
+def per_user_tables(results: list[RunResult]) -> list[pd.DataFrame]:
+    return [r.per_user for r in results]
 
 
-def method_table(results: list[dict]) -> str:
+def method_table(results: list[RunResult]) -> str:
     """Pooled over seeds: group accuracies, unfairness and calibration of each method."""
     lines = ["| method | majority | minority | gap | user std | abs ρ | log-loss (minority) | ECE | train s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in results[0]["methods"]:
-        rows = [r["methods"][name] for r in results]
-        mean = {k: float(np.mean([m["accuracy"][k] for m in rows])) for k in ("majority", "minority")}
-        unfair = {k: float(np.mean([abs(m["unfairness"][k]) if k == "support_spearman" else m["unfairness"][k]
+    for name in results[0].methods:
+        rows = [r.methods[name] for r in results]
+        mean = {k: float(np.mean([m.accuracy[k] for m in rows])) for k in ("majority", "minority")}
+        unfair = {k: float(np.mean([abs(m.unfairness[k]) if k == "support_spearman" else m.unfairness[k]
                                     for m in rows])) for k in ("group_gap", "user_std", "support_spearman")}
-        loss = np.mean([m["calibration"]["overall"]["log_loss"] for m in rows])
-        loss_min = np.mean([m["calibration"]["minority"]["log_loss"] for m in rows])
-        ece = np.mean([m["calibration"]["overall"]["ece"] for m in rows])
-        seconds = np.mean([m["train_seconds"] for m in rows])
+        loss = np.mean([m.calibration["overall"]["log_loss"] for m in rows])
+        loss_min = np.mean([m.calibration[MINORITY]["log_loss"] for m in rows])
+        ece = np.mean([m.calibration["overall"]["ece"] for m in rows])
+        seconds = np.mean([m.train_seconds for m in rows])
         lines.append(f"| {name} | {pct(mean['majority'])} | {pct(mean['minority'])} | {pct(unfair['group_gap'])} "
                      f"| {pct(unfair['user_std'])} | {unfair['support_spearman']:.3f} | {loss:.3f} ({loss_min:.3f}) "
                      f"| {ece:.3f} | {seconds:.2f} |")
     return "\n".join(lines)
 
 
-def comparison_table(results: list[dict]) -> tuple[str, dict]:
+def comparison_table(results: list[RunResult]) -> tuple[str, dict]:
     """Paired differences to the baseline, users pooled over seeds, with the verdict of pafo.compare."""
     tables = per_user_tables(results)
     lines = ["| method − baseline | Δ majority [95% CI] | Δ minority [95% CI] | Δ user std | Δ abs ρ | verdict "
              "| minority Δ ≥ +3 on seeds |", "|---|---:|---:|---:|---:|---|---:|"]
     out = {}
-    for name in results[0]["methods"]:
+    for name in results[0].methods:
         if name == "baseline":
             continue
         c = paired_comparison(tables, name, "baseline", seed=0)
-        per_seed = [r["methods"][name]["accuracy"]["minority"] - r["methods"]["baseline"]["accuracy"]["minority"]
-                    for r in results]
+        per_seed = [r.methods[name].accuracy[MINORITY] - r.methods["baseline"].accuracy[MINORITY] for r in results]
         out[name] = c
-        lines.append(f"| {name} | {ci_text(c['majority'])} | {ci_text(c['minority'])} "
-                     f"| {ci_text(c['user_std'])} | {c['support_spearman_abs']['delta']:+.3f} "
-                     f"[{c['support_spearman_abs']['ci'][0]:+.3f}, {c['support_spearman_abs']['ci'][1]:+.3f}] "
-                     f"| **{c['verdict']}** | {sum(d >= 0.03 for d in per_seed)}/{len(per_seed)} |")
+        rho = c.delta("support_spearman_abs")
+        lines.append(f"| {name} | {ci_text(c.delta('majority'))} | {ci_text(c.delta('minority'))} "
+                     f"| {ci_text(c.delta('user_std'))} | {rho.delta:+.3f} [{rho.ci[0]:+.3f}, {rho.ci[1]:+.3f}] "
+                     f"| **{c.verdict}** | {sum(d >= 0.03 for d in per_seed)}/{len(per_seed)} |")
     return "\n".join(lines), out
 
 
-def bias_line(results: list[dict]) -> str:
-    rho = [r["methods"]["baseline"]["unfairness"]["support_spearman"] for r in results]
-    gap = [r["methods"]["baseline"]["unfairness"]["group_gap"] for r in results]
+def bias_line(results: list[RunResult]) -> str:
+    rho = [r.methods["baseline"].unfairness["support_spearman"] for r in results]
+    gap = [r.methods["baseline"].unfairness["group_gap"] for r in results]
     return (f"Bias of the baseline: Spearman(support, accuracy) {np.mean(rho):+.3f} (per seed {min(rho):+.3f} to "
             f"{max(rho):+.3f}); minority {100 * np.mean(gap):.1f} points below the majority "
             f"({100 * min(gap):.1f} to {100 * max(gap):.1f}).")
 
 
-def cluster_lines(results: list[dict]) -> list[str]:
+def cluster_lines(results: list[RunResult]) -> list[str]:
     """What EM found, pooled over seeds: clusters mapped to the minority and how their users fare."""
-    rows = [c for r in results for c in r["methods"]["pafo"].get("clusters", {}).get("clusters", [])]
+    reports = [r.methods["pafo"].extra(ClusterReport) for r in results]
+    rows = [dataclasses.asdict(c) for report in reports if report for c in report.clusters]
     if not rows:
         return []
     frame = pd.DataFrame(rows)
@@ -244,8 +246,8 @@ def tuning_table(dataset: str, seeds: list[int], encoder: str) -> str:
     for label in ABLATIONS:
         val = paired_comparison(tables[label]["val"], "pafo", n_resamples=400)
         test = paired_comparison(tables[label]["test"], "pafo", n_resamples=400)
-        lines.append(f"| {label} | {signed(val['majority']['delta'])} / {signed(val['minority']['delta'])} "
-                     f"| {ci_text(test['majority'])} | {ci_text(test['minority'])} | {test['verdict']} "
+        lines.append(f"| {label} | {signed(val.delta('majority').delta)} / {signed(val.delta('minority').delta)} "
+                     f"| {ci_text(test.delta('majority'))} | {ci_text(test.delta('minority'))} | {test.verdict} "
                      f"| {np.mean(log_loss[label]):+.3f} | {np.mean(seconds[label]) / np.mean(base_seconds):.2f}× |")
     return "\n".join(lines)
 
@@ -268,8 +270,8 @@ def speed_lines(encoder: str, seeds: list[int]) -> list[str]:
         ratios, pafo_s, base_s = [], [], []
         for seed in seeds:
             r = run_experiment(experiment_config(dataset, seed, encoder, "baseline,pafo"))
-            pafo_s.append(r["methods"]["pafo"]["train_seconds"])
-            base_s.append(r["methods"]["baseline"]["train_seconds"])
+            pafo_s.append(r.methods["pafo"].train_seconds)
+            base_s.append(r.methods["baseline"].train_seconds)
             ratios.append(pafo_s[-1] / base_s[-1])
         lines.append(f"- {dataset}: PAFO wall time / baseline wall time = {np.mean(ratios):.2f}× (PAFO "
                      f"{np.mean(pafo_s):.2f} s including its baseline, baseline {np.mean(base_s):.2f} s; per seed "
@@ -289,7 +291,7 @@ def quality_sections(dataset: str, seeds: list[int], encoder: str, seed_text: st
         results.append(run_experiment(experiment_config(dataset, seed, encoder, METHODS)))
         print(f"  {dataset} {encoder} seed {seed} done", flush=True)
     table, _ = comparison_table(results)
-    n_users = results[0]["dataset"]["n_users"]
+    n_users = results[0].dataset["n_users"]
     return [f"### {dataset}, {encoder}, reported seeds {seed_text} ({n_users} users per seed)", "",
             bias_line(results), "", method_table(results), "",
             "Paired differences to the baseline (same users and test pairs; bootstrap over users, seeds pooled):", "",

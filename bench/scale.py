@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from bench.common import machine, publish
+from pafo.results import RunResult, SweepResult
 
 __all__ = ["main", "measure", "tree_rss"]
 
@@ -126,7 +127,7 @@ def measure_sweep(limit: float) -> dict:
                                    "--minority-quantile", "0.1", "--beta", "0.5", "--json", str(single)),
                              Path(tmp) / "home-one", limit)
         if single.exists():
-            out["one"]["inner_seconds"] = json.loads(single.read_text())["seconds"]
+            out["one"]["inner_seconds"] = RunResult.from_json(json.loads(single.read_text())).seconds
         for backend in ("local", "ray"):
             result = Path(tmp) / f"sweep-{backend}.json"
             extra = ["--max-concurrent", str(os.cpu_count())] if backend == "local" else []
@@ -134,9 +135,9 @@ def measure_sweep(limit: float) -> dict:
                                          SWEEP_SEEDS, "--backend", backend, *extra, "--json", str(result)),
                                    Path(tmp) / f"home-{backend}", limit)
             if result.exists():
-                cells = json.loads(result.read_text())["cells"]
-                out[backend]["succeeded"] = sum(c["status"] == "succeeded" for c in cells)
-                out[backend]["metrics"] = [c["methods"]["pafo"]["accuracy"] for c in cells if c["methods"]]
+                cells = SweepResult.from_json(json.loads(result.read_text())).cells
+                out[backend]["succeeded"] = sum(c.status == "succeeded" for c in cells)
+                out[backend]["metrics"] = [c.methods["pafo"].accuracy for c in cells if c.methods]
         out["identical"] = out.get("local", {}).get("metrics") == out.get("ray", {}).get("metrics")
     return out
 
@@ -151,11 +152,11 @@ def measure_growth(limit: float) -> list[dict]:
                 row = measure(_pafo("experiment", *DATA, "--users", str(users), "--train-pairs", str(pairs),
                                     "--seed", "0", "--json", str(result)), Path(tmp) / "home", limit)
                 if result.exists():
-                    data = json.loads(result.read_text())
-                    row["inner_seconds"] = data["seconds"]
-                    row["encoder_seconds"] = data["encoder"]["seconds"]
-                    row["train_seconds"] = {m: data["methods"][m]["train_seconds"] for m in data["methods"]}
-                    row["n_pairs"] = data["dataset"]["n_pairs"]
+                    data = RunResult.from_json(json.loads(result.read_text()))
+                    row["inner_seconds"] = data.seconds
+                    row["encoder_seconds"] = data.encoder["seconds"]
+                    row["train_seconds"] = {m: block.train_seconds for m, block in data.methods.items()}
+                    row["n_pairs"] = data.dataset["n_pairs"]
             row.update(users=users, pairs=pairs)
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)

@@ -600,12 +600,13 @@ def metric_delta(value: float | None, reference: float | None, *, absolute: bool
             "delta_arrow": "up" if points > 0 else "down"}
 
 
-def pareto_points(results: list[tuple[Any, dict]]) -> pd.DataFrame:
-    """Majority / minority accuracy of each (record, result) × method, for :func:`pafo.report.pareto_plot`."""
+def pareto_points(results: list[tuple[Any, Any]]) -> pd.DataFrame:
+    """Majority / minority accuracy of each (record, :class:`pafo.results.RunResult`) × method, for
+    :func:`pafo.report.pareto_plot`."""
     rows = []
     for record, result in results:
-        for name, metrics in (result.get("methods") or {}).items():
-            acc = metrics.get("accuracy") or {}
+        for name, metrics in result.methods.items():
+            acc = metrics.accuracy
             if acc.get("majority") is None or acc.get("minority") is None:
                 continue
             rows.append({"run_id": record.id, "label": record.label or "", "method": name,

@@ -33,12 +33,14 @@ import numpy as np
 import pandas as pd
 
 from .attributes import attribute_columns
+from .compare import Comparison, Coverage
 from .config import dataclass_from_dict, option, validate_options
 from .errors import PafoInputError, RunCancelled
 from .jsonio import loads
 from .method_configs import MAX_BOOTSTRAP, RunSettings
 from .paths import atomic_write_text
 from .registry import AUDIT_TARGET
+from .results import MethodResult, RunResult, write_result
 from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
 from .sources import DataConfig, dataset_fingerprint, load_dataset
 from .sources.files import read_table, require_columns
@@ -586,7 +588,7 @@ def _coverage(evaluated: pd.DataFrame, covered: pd.Index, user_group: pd.Series)
 
 
 def _model_result(margins: pd.Series, dataset, support, groups, evaluated: pd.DataFrame, user_group: np.ndarray,
-                  settings: AuditSettings, seed: int) -> tuple[dict, pd.DataFrame]:
+                  settings: AuditSettings, seed: int) -> tuple[MethodResult, pd.DataFrame]:
     """The experiment's metric blocks for one model's margins, plus log-loss and coverage."""
     from .experiment import _pair_set, _per_user_table
     from .metrics import calibration, evaluate, pair_correct
@@ -596,10 +598,9 @@ def _model_result(margins: pd.Series, dataset, support, groups, evaluated: pd.Da
     table = _per_user_table(dataset, support, groups, _pair_set(covered, user_group), values)
     metrics = evaluate(table, n_resamples=settings.bootstrap, seed=seed,
                        micro_accuracy=float(pair_correct(values).mean()))
-    metrics["calibration"] = calibration(values, groups.groups.to_numpy()[covered["user"].to_numpy()])
-    metrics["log_loss"] = log_loss(metrics["calibration"])
-    metrics["coverage"] = _coverage(evaluated, margins.index, groups.groups)
-    return metrics, table
+    blocks = calibration(values, groups.groups.to_numpy()[covered["user"].to_numpy()])
+    return MethodResult(**metrics, calibration=blocks, log_loss=log_loss(blocks),
+                        coverage=_coverage(evaluated, margins.index, groups.groups)), table
 
 
 # ------------------------------------------------------------------------------------------- the audit
@@ -630,7 +631,7 @@ def _source_margins(source: Source, dataset, config: AuditConfig, split: str, ev
 
 
 def _paired(name: str, config: AuditConfig, margins: dict[str, pd.Series], dataset, support, groups,
-            evaluated: pd.DataFrame, user_group: np.ndarray) -> dict:
+            evaluated: pd.DataFrame, user_group: np.ndarray) -> Comparison:
     """``name`` against the reference on the pairs BOTH have a margin for (with --allow-missing a model may lack
     pairs, and a model that drops its wrong rows must not look better), with that coverage recorded."""
     from .compare import paired_comparison
@@ -644,16 +645,16 @@ def _paired(name: str, config: AuditConfig, margins: dict[str, pd.Series], datas
     frame = per_user_frame(dataset, tables).assign(n_test=tables[name]["n_pairs"].to_numpy())
     comparison = paired_comparison([frame], name, reference, n_resamples=config.audit.bootstrap,
                                    seed=config.data.seed)
-    comparison["coverage"] = {"pairs": len(shared), "of_pairs": len(evaluated),
-                              "users": int((tables[name]["n_pairs"] > 0).sum()),
-                              "of_users": int(evaluated["user"].nunique())}
+    comparison.coverage = Coverage(pairs=len(shared), of_pairs=len(evaluated),
+                                   users=int((tables[name]["n_pairs"] > 0).sum()),
+                                   of_users=int(evaluated["user"].nunique()))
     return comparison
 
 
 def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
               progress: Callable[[float, str, dict | None], None] = lambda *a: None,
-              should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Audit every source on one dataset and return the result JSON (also written to ``out_dir``).
+              should_stop: Callable[[], bool] = lambda: False) -> RunResult:
+    """Audit every source on one dataset and return the result (also written to ``out_dir``).
 
     The worker's target contract (see :mod:`pafo.worker`), so the app runs audits in the background like training.
     """
@@ -669,9 +670,9 @@ def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
     user_group_codes = np.where(groups.groups.to_numpy() == "minority", 1, 0)
     split, evaluated = evaluated_pairs(dataset, config.audit.split)
     table = dataset.pair_table()
-    result = {"kind": "audit", "dataset": dataset.summary(), "support": support.summary(),
-              "groups": groups.summary(), "split": split, "n_pairs": len(evaluated), "reference": config.reference,
-              "config": config.to_dict(), "fingerprint": config.fingerprint(), "methods": {}}
+    result = RunResult(dataset.summary(), support.summary(), groups.summary(), {}, config.to_dict(),
+                       fingerprint=config.fingerprint(), kind="audit", split=split, n_pairs=len(evaluated),
+                       reference=config.reference)
     spans = np.linspace(0.1, 0.95, len(config.sources) + 1)
     tables, all_margins = {}, {}
     for i, source in enumerate(config.sources):
@@ -684,66 +685,68 @@ def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
             progress(lo + (hi - lo) * done / max(total, 1), f"{name}: scoring {done}/{total} texts", None)
 
         margins, info = _source_margins(source, dataset, config, split, evaluated, table, batches, should_stop)
-        metrics, tables[source.name] = _model_result(margins, dataset, support, groups, evaluated, user_group_codes,
-                                                     config.audit, config.data.seed)
-        result["methods"][source.name] = {**metrics, "source": info}
+        method, tables[source.name] = _model_result(margins, dataset, support, groups, evaluated, user_group_codes,
+                                                    config.audit, config.data.seed)
+        method.source = info
+        result.methods[source.name] = method
         all_margins[source.name] = margins
     frame = per_user_frame(dataset, tables)
     # The pairs each user was judged on: all of them when the file has no split (n_test alone undercounted them).
     frame["n_judged"] = evaluated.groupby("user").size().reindex(range(len(frame)), fill_value=0).to_numpy()
-    result["comparisons"] = {name: _paired(name, config, all_margins, dataset, support, groups, evaluated,
-                                           user_group_codes)
-                             for name in config.names if name != config.reference}
+    result.comparisons = {name: _paired(name, config, all_margins, dataset, support, groups, evaluated,
+                                        user_group_codes)
+                          for name in config.names if name != config.reference}
+    result.per_user = frame
     if config.slices.slice_by:
-        _add_slices(result, config, frame, evaluated, all_margins)
-    result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")
-    result["seconds"] = round(time.perf_counter() - started, 3)
+        _add_slices(result, config, evaluated, all_margins)
+    result.seconds = round(time.perf_counter() - started, 3)
     if out_dir is not None:
         _write_artifacts(Path(out_dir), result, evaluated, all_margins)
     progress(1.0, "done", None)
     return result
 
 
-def _add_slices(result: dict, config: AuditConfig, frame: pd.DataFrame, evaluated: pd.DataFrame,
+def _add_slices(result: RunResult, config: AuditConfig, evaluated: pd.DataFrame,
                 margins: dict[str, pd.Series]) -> None:
     """The ``slices`` of every slicing asked for (pafo.slices), each model against the reference."""
     pairs = evaluated[["user"]].assign(**{f"margin_{name}": values.reindex(evaluated.index).to_numpy()
                                          for name, values in margins.items()})
-    result["slices"] = compute_slices(frame, pairs, config.slices.slicings(), config.names, config.reference,
-                                      n_resamples=config.audit.bootstrap, seed=config.data.seed)
-    result["slicing"] = slicing_block(config.slices, config.reference, result["slices"])
+    result.slices = compute_slices(result.per_user, pairs, config.slices.slicings(), config.names,
+                                   config.reference, n_resamples=config.audit.bootstrap, seed=config.data.seed)
+    result.slicing = slicing_block(config.slices, config.reference, result.slices)
 
 
-def _write_artifacts(out_dir: Path, result: dict, evaluated: pd.DataFrame, margins: dict[str, pd.Series]) -> None:
+def _write_artifacts(out_dir: Path, result: RunResult, evaluated: pd.DataFrame,
+                     margins: dict[str, pd.Series]) -> None:
     """test_margins.csv (the experiment's layout: one margin column per model, blank where missing),
     per_user.csv and, last, result.json."""
-    from .experiment import _json_default, per_user_csv_text
+    from .experiment import per_user_csv_text
 
     frame = evaluated[["user", "prompt_id", "chosen", "rejected"]].reset_index(names="pair")
     for name, values in margins.items():
         frame[f"margin_{name}"] = values.reindex(evaluated.index).to_numpy()
     atomic_write_text(out_dir / RUN_MARGINS, frame.to_csv(index=False))
     atomic_write_text(out_dir / "per_user.csv", per_user_csv_text(result))
-    atomic_write_text(out_dir / RUN_RESULT, json.dumps(result, indent=2, allow_nan=False, default=_json_default))
+    write_result(out_dir / RUN_RESULT, result)
 
 
-def headline(result: dict) -> dict:
+def headline(result: RunResult) -> dict:
     """What ``pafo audit`` prints without --json: accuracy, unfairness and log-loss per model, and verdicts."""
-    out = {name: {k: m[k] for k in ("accuracy", "unfairness", "log_loss")} for name, m in result["methods"].items()}
-    for name, comparison in result.get("comparisons", {}).items():
-        out[name]["verdict_vs_" + result["reference"]] = comparison["verdict"]
-        out[name]["verdict_reason"] = comparison.get("verdict_reason")
+    out = {name: {"accuracy": m.accuracy, "unfairness": m.unfairness, "log_loss": m.log_loss}
+           for name, m in result.methods.items()}
+    for name, comparison in result.comparisons.items():
+        out[name]["verdict_vs_" + result.reference] = comparison.verdict
+        out[name]["verdict_reason"] = comparison.verdict_reason
     return out
 
 
-def verdict_line(result: dict) -> str:
+def verdict_line(result: RunResult) -> str:
     """The stderr line after ``pafo audit --json FILE``: each model's verdict against the reference in words (a
     ``noise`` verdict with its reason, a comparison on part of the pairs with its coverage) and the rule used."""
     from .compare import describe_comparison, describe_rule
 
-    comparisons = result.get("comparisons") or {}
+    comparisons = result.comparisons
     if not comparisons:  # one model: nothing to compare
         return ""
-    parts = [f"{name} vs {result['reference']}: {describe_comparison(c, verdict=True)}"
-             for name, c in comparisons.items()]
-    return "; ".join([*parts, describe_rule(next(iter(comparisons.values()))["rule"])])
+    parts = [f"{name} vs {result.reference}: {describe_comparison(c, verdict=True)}" for name, c in comparisons.items()]
+    return "; ".join([*parts, describe_rule(next(iter(comparisons.values())).rule)])

@@ -279,14 +279,14 @@ def staged_out_dir(out_dir: str | None):
         shutil.rmtree(staging, ignore_errors=True)  # gone already when it was published
 
 
-def _publish(staging: Path, out_dir: str, result: dict) -> None:
+def _publish(staging: Path, out_dir: str, result) -> None:
     """Record the artifacts' checksums and the config and data they are the result of, then swap the staged
     folder in for --out-dir: files an earlier run left there (another method's weights) can never mix with this
     run's."""
     from .manifest import write_manifest
     from .registry import config_hash
 
-    write_manifest(staging, config_hash=config_hash(result["config"]), fingerprint=result["fingerprint"])
+    write_manifest(staging, config_hash=config_hash(result.config), fingerprint=result.fingerprint)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; the published folder gets the usual mode
@@ -445,17 +445,17 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             _publish(staging, args.out_dir, result)
     if args.per_user_csv:
         atomic_write_text(args.per_user_csv, per_user_csv_text(result))
-    _write_outputs(args, result if args.json else _headline(result), summary=summary_line(result))
+    _write_outputs(args, result.to_json() if args.json else _headline(result), summary=summary_line(result))
     return 0
 
 
-def _headline(result: dict) -> dict:
+def _headline(result) -> dict:
     """What stdout shows without --json: accuracy and unfairness per method (means over the seeds) and, for
     every method but the baseline, its paired comparison with the baseline (``vs_baseline``)."""
-    comparisons = result.get("comparisons") or {}
-    return {name: {"accuracy": m["accuracy"], "unfairness": m["unfairness"],
-                   **({"vs_baseline": comparisons[name]} if name in comparisons else {})}
-            for name, m in result["methods"].items()}
+    comparisons = result.comparisons
+    return {name: {"accuracy": m.accuracy, "unfairness": m.unfairness,
+                   **({"vs_baseline": comparisons[name].to_json()} if name in comparisons else {})}
+            for name, m in result.methods.items()}
 
 
 class _progress_bar:  # noqa: N801 - used like a function
@@ -552,7 +552,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         bar.close()
     if args.per_user_csv:
         atomic_write_text(args.per_user_csv, per_user_csv_text(result))
-    _write_outputs(args, result if args.json else headline(result), summary=verdict_line(result) or None)
+    _write_outputs(args, result.to_json() if args.json else headline(result), summary=verdict_line(result) or None)
     return 0
 
 
@@ -608,41 +608,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     result = run_sweep(base, grid, registry=registry, force=args.force, pareto_method=args.pareto_method,
                        backend=args.backend, ray_address=args.ray_address, on_cell=report, device=args.device)
-    _write_outputs(args, result if args.json else _sweep_headline(result),
-                   summary=f"{len(result['cells'])} cells, Pareto front: points {result['pareto_front']}")
-    return _sweep_outcome(result["cells"])
+    _write_outputs(args, result.to_json() if args.json else _sweep_headline(result),
+                   summary=f"{len(result.cells)} cells, Pareto front: points {result.pareto_front}")
+    return _sweep_outcome(result.cells)
 
 
-def _sweep_outcome(cells: list[dict]) -> int:
+def _sweep_outcome(cells: list) -> int:
     """0 when every cell succeeded; 2 with the first failure's reason when every failed cell diverged (its grid
     values are input to fix), else 1."""
     from .registry import SUCCEEDED
     from .sweep import diverged
 
-    failed = [cell for cell in cells if cell["status"] != SUCCEEDED]
+    failed = [cell for cell in cells if cell.status != SUCCEEDED]
     if not failed:
         return 0
-    if all(diverged(cell.get("error")) for cell in failed):
+    if all(diverged(cell.error) for cell in failed):
         first = failed[0]
-        label = " ".join(f"{k}={v}" for k, v in first["params"].items()) + f" seed {first['seed']}"
-        print(_one_line(SWEEP_DIVERGED.format(n=len(failed), total=len(cells), label=label, run_id=first["run_id"],
-                                              error=first["error"])), file=sys.stderr)
+        label = " ".join(f"{k}={v}" for k, v in first.params.items()) + f" seed {first.seed}"
+        print(_one_line(SWEEP_DIVERGED.format(n=len(failed), total=len(cells), label=label, run_id=first.run_id,
+                                              error=first.error)), file=sys.stderr)
         return EXIT_INPUT
     print(SWEEP_FAILED.format(n=len(failed), total=len(cells)), file=sys.stderr)
     return EXIT_INTERNAL
 
 
-def _sweep_headline(result: dict) -> dict:
+def _sweep_headline(result) -> dict:
     """stdout without --json: each point's params, the Pareto method's accuracies and its verdict."""
-    method = result["pareto_method"]
+    method = result.pareto_method
     rows = []
-    for point in result["points"]:
-        block = (point["methods"] or {}).get(method) or {}
-        comparison = (point["comparisons"] or {}).get(method) or {}
-        rows.append({"params": point["params"], "n_seeds": point["n_seeds"], "accuracy": block.get("accuracy"),
-                     "verdict": comparison.get("verdict")})
-    return {"sweep_id": result["sweep_id"], "pareto_method": method, "points": rows,
-            "pareto_front": result["pareto_front"]}
+    for point in result.points:
+        block = (point.methods or {}).get(method)
+        comparison = (point.comparisons or {}).get(method)
+        rows.append({"params": point.params, "n_seeds": point.n_seeds, "accuracy": block and block.accuracy,
+                     "verdict": comparison and comparison.verdict})
+    return {"sweep_id": result.sweep_id, "pareto_method": method, "points": rows, "pareto_front": result.pareto_front}
 
 
 def _add_sweep(sub) -> None:

@@ -28,10 +28,11 @@ import pandas as pd
 from scipy import stats
 
 from .errors import PafoInputError
+from .jsonio import from_fields
 
 __all__ = ["CI_TOLERANCE", "COMPARED", "MIN_GROUP_PAIRS", "MIN_GROUP_USERS", "MSG_NO_COMMON_USERS", "VERDICTS",
-           "VERDICT_WORDS", "VerdictRule", "describe_comparison", "describe_rule", "paired_comparison",
-           "pooled_group_ci", "verdict"]
+           "VERDICT_WORDS", "Comparison", "Coverage", "Delta", "Sample", "VerdictRule", "describe_comparison",
+           "describe_rule", "paired_comparison", "pooled_group_ci", "verdict"]
 
 VERDICTS = ("pareto", "noise", "worse", "tradeoff")
 #: How the app, the HTML report and the CLI say each verdict.
@@ -58,6 +59,56 @@ REASON_NOISE = "no CI clears 0 (or −ε) by the tolerance"
 
 
 @dataclass(frozen=True)
+class Delta:
+    """A paired difference (method − reference) and its percentile CI, as fractions; ``None`` where undefined."""
+
+    delta: float | None
+    ci: tuple[float | None, float | None] = (None, None)
+
+    def to_json(self) -> dict:
+        return {"delta": self.delta, "ci": list(self.ci)}
+
+    @classmethod
+    def from_json(cls, block: dict | None) -> Delta:
+        return from_fields(cls, block, ci=lambda ci: tuple([*(ci or []), None, None][:2]))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One group's fewest users and fewest test pairs over the seeds, each with the seed it was on."""
+
+    users: int
+    pairs: int
+    users_seed: int | None = None
+    pairs_seed: int | None = None
+
+    def to_json(self) -> dict:
+        return {"users": self.users, "users_seed": self.users_seed, "pairs": self.pairs,
+                "pairs_seed": self.pairs_seed}
+
+    @classmethod
+    def from_json(cls, block: dict | None) -> Sample:
+        return from_fields(cls, block, users=lambda n: int(n or 0), pairs=lambda n: int(n or 0))
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The pairs and users a comparison used, of those evaluated (an audit with missing predictions)."""
+
+    pairs: int
+    of_pairs: int
+    users: int
+    of_users: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, block: dict | None) -> Coverage | None:
+        return from_fields(cls, block) if block else None
+
+
+@dataclass(frozen=True)
 class VerdictRule:
     """The parameters of the verdict rule (module docstring); every comparison records the rule it used."""
 
@@ -69,37 +120,86 @@ class VerdictRule:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def shortfall(self, sample: dict, n_seeds: int = 1) -> str | None:
-        """Why the groups are too small to judge, or None. ``sample``: ``{group: {"users", "pairs"}}``, the fewest
-        over the seeds (optionally with ``users_seed`` and ``pairs_seed``, the seeds they were on)."""
+    @classmethod
+    def from_json(cls, block: dict | None) -> VerdictRule:
+        """The rule a stored comparison names; a comparison stored before rules were recorded used the defaults."""
+        return from_fields(cls, block)
+
+    def shortfall(self, sample: dict[str, Sample], n_seeds: int = 1) -> str | None:
+        """Why the groups are too small to judge, or None. ``sample``: per group the fewest users and pairs over
+        the seeds."""
         for what, key, minimum in (("users", "users", self.min_users), ("test pairs", "pairs", self.min_pairs)):
             for group in ("minority", "majority"):
-                block = sample.get(group) or {}
-                count, seed = int(block.get(key) or 0), block.get(f"{key}_seed")
+                block = sample.get(group) or Sample(0, 0)
+                count, seed = getattr(block, key), getattr(block, f"{key}_seed")
                 if count < minimum:
                     where = f" on seed {seed}" if n_seeds > 1 and seed is not None else ""
                     return REASON_TOO_FEW.format(what=what, group=group, count=count, minimum=minimum, where=where)
         return None
 
-    def judge(self, majority: dict, minority: dict, sample: dict | None = None, n_seeds: int = 1) -> tuple[str, str]:
-        """(verdict, reason) from the two paired blocks and, when given, the group sizes behind them."""
+    def judge(self, majority: Delta, minority: Delta, sample: dict[str, Sample] | None = None,
+              n_seeds: int = 1) -> tuple[str, str]:
+        """(verdict, reason) from the two paired deltas and, when given, the group sizes behind them."""
         reason = self.shortfall(sample, n_seeds) if sample is not None else None
         if reason:
             return "noise", reason
         return _ci_verdict(majority, minority, self.epsilon, self.tolerance)
 
 
-def verdict(majority: dict, minority: dict, epsilon: float = DEFAULT_EPSILON, tolerance: float = CI_TOLERANCE) -> str:
-    """The CI part of the rule (module docstring) from two ``{"delta": d, "ci": [lo, hi]}`` blocks."""
+@dataclass
+class Comparison:
+    """One method against the reference on the same users and test pairs (:func:`paired_comparison`).
+
+    ``deltas`` holds every compared statistic (:data:`COMPARED`: the group accuracies and the metrics of
+    :mod:`pafo.metrics` that enter the verdict table), the sample sizes behind it, the rule and the verdict."""
+
+    deltas: dict[str, Delta] = dataclasses.field(default_factory=dict)
+    n_seeds: int = 0
+    n_users: int = 0
+    n_pairs: int | None = None
+    sample: dict[str, Sample] | None = None
+    rule: VerdictRule = VerdictRule()
+    verdict: str = "noise"
+    verdict_reason: str | None = None
+    coverage: Coverage | None = None  # an audit: the pairs both models cover
+
+    def delta(self, key: str) -> Delta:
+        """One compared statistic (``Delta(None)`` when this comparison did not compute it)."""
+        return self.deltas.get(key) or Delta(None)
+
+    def to_json(self) -> dict:
+        out = {key: delta.to_json() for key, delta in self.deltas.items()}
+        out.update(n_seeds=self.n_seeds, n_users=self.n_users, n_pairs=self.n_pairs,
+                   sample={g: s.to_json() for g, s in (self.sample or {}).items()}, rule=self.rule.to_dict(),
+                   verdict=self.verdict, verdict_reason=self.verdict_reason)
+        if self.coverage is not None:
+            out["coverage"] = self.coverage.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, block: dict) -> Comparison:
+        """A stored comparison; one written before sample sizes or rules were recorded reads with the defaults."""
+        comparison = from_fields(
+            cls, block, n_seeds=lambda n: int(n or 0), n_users=lambda n: int(n or 0),
+            sample=lambda sample: None if sample is None else {g: Sample.from_json(s) for g, s in sample.items()},
+            rule=VerdictRule.from_json, coverage=Coverage.from_json)
+        comparison.deltas = {key: Delta.from_json(block[key]) for key in COMPARED if key in block}
+        return comparison
+
+
+def verdict(majority: Delta | dict, minority: Delta | dict, epsilon: float = DEFAULT_EPSILON,
+            tolerance: float = CI_TOLERANCE) -> str:
+    """The CI part of the rule (module docstring) from two paired deltas (or their ``{"delta", "ci"}`` JSON)."""
+    majority, minority = (d if isinstance(d, Delta) else Delta.from_json(d) for d in (majority, minority))
     return _ci_verdict(majority, minority, epsilon, tolerance)[0]
 
 
-def _ci_verdict(majority: dict, minority: dict, epsilon: float, tolerance: float) -> tuple[str, str]:
+def _ci_verdict(majority: Delta, minority: Delta, epsilon: float, tolerance: float) -> tuple[str, str]:
     try:
-        maj_lo, maj_hi = (float(v) for v in majority["ci"])
-        min_lo, min_hi = (float(v) for v in minority["ci"])
-        maj_delta = float(majority["delta"])
-    except (TypeError, KeyError, ValueError):
+        maj_lo, maj_hi = (float(v) for v in majority.ci)
+        min_lo, min_hi = (float(v) for v in minority.ci)
+        maj_delta = float(majority.delta)
+    except (TypeError, ValueError):
         return "noise", REASON_NO_ESTIMATE
     if any(math.isnan(v) for v in (maj_lo, maj_hi, min_lo, min_hi, maj_delta)):
         return "noise", REASON_NO_ESTIMATE
@@ -156,14 +256,14 @@ def _stratified_indices(group: np.ndarray, n_resamples: int, rng: np.random.Gene
 
 def paired_comparison(per_seed: Sequence[pd.DataFrame], method: str, reference: str = "baseline", *,
                       n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-                      rule: VerdictRule | None = None, pairs_column: str = "n_test") -> dict:
+                      rule: VerdictRule | None = None, pairs_column: str = "n_test") -> Comparison:
     """``method`` − ``reference`` per group, on user-accuracy spread and on |Spearman(support, accuracy)|.
 
     ``per_seed``: one per-user table per seed with columns ``group``, ``support_rate``, ``acc_<method>``,
     ``acc_<reference>`` and ``pairs_column`` (each user's test pairs behind those accuracies; the experiment's
-    per-user table). Users without an accuracy under either are left out. Returns ``{stat: {"delta", "ci"}}`` for
-    each of ``COMPARED``, ``n_seeds``, ``n_users``, ``n_pairs``, ``sample`` (per group the fewest users and the
-    fewest pairs over the seeds), ``rule`` (the :class:`VerdictRule` used), ``verdict`` and ``verdict_reason``.
+    per-user table). Users without an accuracy under either are left out. Returns a :class:`Comparison`: a
+    :class:`Delta` for each of ``COMPARED``, the seeds, users and pairs it rests on, ``sample`` (per group the
+    fewest users and the fewest pairs over the seeds), the :class:`VerdictRule` used, the verdict and its reason.
     """
     rule = rule or VerdictRule()
     rng = np.random.default_rng(seed)
@@ -185,15 +285,12 @@ def paired_comparison(per_seed: Sequence[pd.DataFrame], method: str, reference: 
     n_users = sum(s[g]["users"] for s in sizes for g in s)
     if not n_users:
         raise PafoInputError(MSG_NO_COMMON_USERS.format(method=method, reference=reference))
-    result = {name: _pooled(estimates[name], samples[name], confidence) for name in COMPARED}
-    result["n_seeds"] = len(estimates["majority"])
-    result["n_users"] = n_users
-    result["n_pairs"] = sum(s[g]["pairs"] for s in sizes for g in s)
-    result["sample"] = {g: _smallest([s[g] for s in sizes]) for g in GROUPS}
-    result["rule"] = rule.to_dict()
-    result["verdict"], result["verdict_reason"] = rule.judge(result["majority"], result["minority"],
-                                                             result["sample"], result["n_seeds"])
-    return result
+    deltas = {name: _pooled(estimates[name], samples[name], confidence) for name in COMPARED}
+    n_seeds = len(estimates["majority"])
+    sample = {g: _smallest([s[g] for s in sizes]) for g in GROUPS}
+    verdict_, reason = rule.judge(deltas["majority"], deltas["minority"], sample, n_seeds)
+    return Comparison(deltas, n_seeds=n_seeds, n_users=n_users, n_pairs=sum(s[g]["pairs"] for s in sizes for g in s),
+                      sample=sample, rule=rule, verdict=verdict_, verdict_reason=reason)
 
 
 def _paired_rows(table: pd.DataFrame, method: str, reference: str, pairs_column: str, index: int) -> pd.DataFrame:
@@ -213,13 +310,13 @@ def _group_sizes(table: pd.DataFrame, pairs_column: str, seed) -> dict:
                 "seed": seed} for g in GROUPS}
 
 
-def _smallest(sizes: list[dict]) -> dict:
+def _smallest(sizes: list[dict]) -> Sample:
     """The fewest users and the fewest pairs of one group over the seeds, each with the seed it was on."""
     users, pairs = min(sizes, key=lambda b: b["users"]), min(sizes, key=lambda b: b["pairs"])
-    return {"users": users["users"], "users_seed": users["seed"], "pairs": pairs["pairs"], "pairs_seed": pairs["seed"]}
+    return Sample(users["users"], pairs["pairs"], users["seed"], pairs["seed"])
 
 
-def _pooled(estimates: list, samples: list, confidence: float) -> dict:
+def _pooled(estimates: list, samples: list, confidence: float) -> Delta:
     """A statistic's mean over seeds and the percentile CI of its pooled bootstrap (None where undefined)."""
     tail = (1 - confidence) / 2 * 100
     with np.errstate(invalid="ignore"):
@@ -228,7 +325,7 @@ def _pooled(estimates: list, samples: list, confidence: float) -> dict:
     finite = pooled[np.isfinite(pooled)]
     ci = [float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))] if (
         finite.size and math.isfinite(delta)) else [math.nan, math.nan]
-    return {"delta": delta if math.isfinite(delta) else None, "ci": [c if math.isfinite(c) else None for c in ci]}
+    return Delta(delta if math.isfinite(delta) else None, tuple(c if math.isfinite(c) else None for c in ci))
 
 
 def pooled_group_ci(per_seed: Sequence[pd.DataFrame], column: str, *, n_resamples: int = 1000,
@@ -274,26 +371,24 @@ def _signed_points(value: float | None) -> str:
     return (text[1:] if text[1:] == "0.0" else text).replace("-", "−")
 
 
-def describe_comparison(comparison: dict, *, verdict: bool = False) -> str:
+def describe_comparison(comparison: Comparison, *, verdict: bool = False) -> str:
     """The paired result in words: "minority +2.1 points [+0.8, +3.4], majority −0.1 [−0.6, +0.4] over 5 seeds ×
     300 users" (users per seed), led by the verdict's words when ``verdict``; a ``noise`` verdict says why ("too
     few users: minority has 2 (< 20)"), and a comparison on part of the pairs says how many it used."""
     parts = []
     for i, group in enumerate(("minority", "majority")):
-        block = comparison.get(group) or {}
-        lo, hi = (block.get("ci") or [None, None])
+        block = comparison.delta(group)
+        lo, hi = block.ci
         unit = " points" if i == 0 else ""
-        parts.append(f"{group} {_signed_points(block.get('delta'))}{unit} "
-                     f"[{_signed_points(lo)}, {_signed_points(hi)}]")
-    n_seeds = int(comparison.get("n_seeds") or 0)
-    per_seed = round((comparison.get("n_users") or 0) / max(n_seeds, 1))
+        parts.append(f"{group} {_signed_points(block.delta)}{unit} [{_signed_points(lo)}, {_signed_points(hi)}]")
+    n_seeds = comparison.n_seeds
+    per_seed = round(comparison.n_users / max(n_seeds, 1))
     text = f"{', '.join(parts)} over {n_seeds} seed{'s' if n_seeds != 1 else ''} × {per_seed} users"
-    coverage = comparison.get("coverage") or {}
-    if coverage.get("of_pairs") and coverage.get("pairs") != coverage.get("of_pairs"):
-        text += COVERAGE_WORDS.format(**coverage)
+    coverage = comparison.coverage
+    if coverage is not None and coverage.of_pairs and coverage.pairs != coverage.of_pairs:
+        text += COVERAGE_WORDS.format(**coverage.to_json())
     if verdict:
-        name = comparison.get("verdict")
-        reason = comparison.get("verdict_reason")
+        name, reason = comparison.verdict, comparison.verdict_reason
         why = f" ({reason})" if name == "noise" and reason and reason != REASON_NOISE else ""
         text = f"{VERDICT_WORDS.get(name, name)}{why}: {text}"
     return text
@@ -304,8 +399,8 @@ RULE_WORDS = ("rule: ε {epsilon:.2g} points, CI bounds must clear 0 (or −ε) 
               "needs ≥ {min_users} users and ≥ {min_pairs} test pairs on each seed")
 
 
-def describe_rule(rule: dict | None = None) -> str:
+def describe_rule(rule: VerdictRule | None = None) -> str:
     """The parameters of a comparison's rule in words (the CLI's verdict line, Compare's verdict help)."""
-    rule = {**VerdictRule().to_dict(), **(rule or {})}
-    return RULE_WORDS.format(epsilon=100 * rule["epsilon"], tolerance=100 * rule["tolerance"],
-                             min_users=rule["min_users"], min_pairs=rule["min_pairs"])
+    rule = rule or VerdictRule()
+    return RULE_WORDS.format(epsilon=100 * rule.epsilon, tolerance=100 * rule.tolerance, min_users=rule.min_users,
+                             min_pairs=rule.min_pairs)

@@ -11,23 +11,68 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import Ridge
+from threadpoolctl import threadpool_limits
 
 from .clusters import ClusterFit, fit_clusters, oriented_differences, per_user_fit
-from .metrics import per_user_accuracy
+from .extras import CeilingRow, Ceilings, ClusterReport, ClusterRow, TeacherReport, TeacherStats
+from .metrics import Group, per_user_accuracy
 from .training import PairSet, pair_margins
 
 __all__ = [
     "ceiling_summary",
     "ceilings",
     "cluster_report",
+    "method_report",
     "model_features",
     "predicted_scores",
     "representation_ceiling",
+    "seed_diagnostics",
+    "teacher_report",
     "true_cluster_model",
 ]
 
 
-def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, groups) -> dict:
+def method_report(output, seen, per_user: pd.DataFrame) -> list:
+    """The ``MethodSpec.report`` hook of PAFO and the mixture: the typed extras their fit output carries (the
+    teachers of PAFO's support groups, the preference clusters)."""
+    extras = []
+    if "teachers" in output.extra:
+        extras.append(teacher_report(output, seen))
+    if "clusters" in output.extra:
+        extras.append(cluster_report(output, seen.ctx, seen.test, per_user, seen.support, seen.groups))
+    return extras
+
+
+def teacher_report(output, seen) -> TeacherReport:
+    """Each group teacher's test accuracy on its own group next to the baseline's: the advantage PAFO can transfer,
+    with whether an epoch met the Pareto selection rule and the teacher-labelled pairs it added."""
+    ctx, test = seen.ctx, seen.test
+    baseline_margins = pair_margins(ctx.cache["baseline"].model, ctx.features, test)
+    teachers = {}
+    for group, teacher in output.extra["teachers"].items():
+        rows = np.flatnonzero(ctx.user_group[test.users] == group)
+        subset = test.subset(rows)
+        accuracy = {}
+        for name, margins in (("teacher", pair_margins(teacher.model, ctx.features, subset)),
+                              ("baseline", baseline_margins[rows])):
+            accuracy[name] = float(per_user_accuracy(margins, subset.users).mean())
+        teachers[Group(group).label] = TeacherStats(
+            accuracy["teacher"], accuracy["baseline"], accuracy["teacher"] - accuracy["baseline"],
+            teacher.extra["n_train_pairs"], teacher.result.best_epoch, round(teacher.result.seconds, 3))
+    return TeacherReport(bool(output.result.selected), teachers, output.extra["n_dense_pairs"])
+
+
+def seed_diagnostics(seen) -> list:
+    """The diagnostics of a trained seed: the ceilings, whenever a baseline was trained on it (by itself or inside
+    PAFO or the mixture); PAFO's options shape its true-cluster row."""
+    if "baseline" not in seen.ctx.cache:
+        return []
+    with threadpool_limits(1):  # small matrices: see pafo.methods.preference_clusters
+        rows = ceilings(seen.ctx, seen.test, seen.dataset, seen.options("pafo"))
+    return [Ceilings({name: CeilingRow(**row) for name, row in ceiling_summary(rows, seen.ctx.user_group).items()})]
+
+
+def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, groups) -> ClusterReport:
     """The clusters of the lowest-objective EM restart (ā_u averages every restart): per cluster its size, mean
     support rate, group (minority when the mean support is at or below the grouping threshold), and on its users'
     test pairs the accuracy of its own linear teacher, of the baseline and of the method (a description only)."""
@@ -45,15 +90,14 @@ def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, 
         on_test = np.isin(test.users, users)
         teacher = per_user_accuracy(x[on_test] @ fit.teachers[best, cluster], test.users[on_test])
         mean_support = float(support.user_support.to_numpy()[users].mean())
-        rows.append({
-            "cluster": cluster, "n_users": len(users), "mean_support": mean_support,
-            "minority_share": float(np.mean(ctx.user_group[users] == 1)),
-            "group": "minority" if mean_support <= groups.threshold else "majority",
-            "teacher_accuracy": float(teacher.mean()), "baseline_accuracy": float(baseline[users].mean()),
-            "method_accuracy": float(method[users].mean()),
-        })
-    return {"restarts": int(fit.teachers.shape[0]), "reported_restart": best,
-            "mean_em_rounds": float(fit.rounds.mean()), "clusters": rows}
+        rows.append(ClusterRow(
+            cluster=cluster, n_users=len(users), mean_support=mean_support,
+            minority_share=float(np.mean(ctx.user_group[users] == 1)),
+            group="minority" if mean_support <= groups.threshold else "majority",
+            teacher_accuracy=float(teacher.mean()), baseline_accuracy=float(baseline[users].mean()),
+            method_accuracy=float(method[users].mean())))
+    return ClusterReport(restarts=int(fit.teachers.shape[0]), reported_restart=best,
+                         mean_em_rounds=float(fit.rounds.mean()), clusters=rows)
 
 
 def representation_ceiling(train: PairSet, test: PairSet, n_users: int, representations: dict[str, np.ndarray],

@@ -35,31 +35,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from threadpoolctl import threadpool_limits
 
 from .attributes import attribute_columns
-from .compare import VerdictRule, describe_comparison, describe_rule, paired_comparison, pooled_group_ci
+from .compare import VerdictRule, describe_comparison, describe_rule
 from .config import dataclass_from_dict, validate_options
 from .dataset import PreferenceDataset
 from .device import EXECUTION_KEY, config_device, resolve_device
-from .diagnostics import ceiling_summary, ceilings, cluster_report
+from .diagnostics import seed_diagnostics
 from .effects import SECTIONS
 from .errors import PafoInputError, RunCancelled
 from .features import FeatureResult, dataset_texts, response_features
 from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_spec
-from .methods import MethodContext, fit_method
-from .metrics import (
-    Group,
-    accuracy_by_decile,
-    calibration,
-    evaluate,
-    group_codes,
-    group_labels,
-    pair_correct,
-    pareto_improvement,
-    per_user_accuracy,
-)
+from .methods import MethodContext, SeedEvaluation, fit_method
+from .metrics import calibration, evaluate, group_codes, group_labels, pair_correct
 from .paths import atomic_write_bytes, atomic_write_text
+from .results import REFERENCE, MethodResult, RunResult, SeedResult, compare_seeds, mark_pareto, pool, write_result
 from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
 from .sources import dataset_fingerprint, load_dataset
 from .support import estimate_support, resolve_estimator
@@ -71,7 +61,6 @@ __all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context",
 BAD_SEEDS = "--seeds: {detail}; write seeds and ranges such as 0-4 or 0,3,7"
 MAX_SEEDS = 50
 MSG_FEATURE_ROWS = "precomputed features of seed {seed} have {rows} rows; its dataset has {n} responses"
-REFERENCE = "baseline"  # the method every other one is compared with, user by user
 
 # The progress bar is divided by rough costs measured on the 2-core demo machine, only so that it moves with the
 # work: MiniLM bf16 embeds ~70 short texts/s on an idle machine; the demo's baseline trains its 2,100 pairs in
@@ -230,23 +219,6 @@ def _per_user_table(dataset, support, groups, test: PairSet, margins: np.ndarray
                          "accuracy": accuracy["mean"].reindex(dataset.users.index).to_numpy()})
 
 
-def _teacher_report(output, ctx, test: PairSet, baseline_margins: np.ndarray, features) -> dict:
-    """Each teacher's test accuracy on its own group next to the baseline's: the advantage PAFO can transfer."""
-    report = {}
-    for group, teacher in output.extra["teachers"].items():
-        rows = np.flatnonzero(ctx.user_group[test.users] == group)
-        subset = test.subset(rows)
-        accuracy = {}
-        for name, margins in (("teacher", pair_margins(teacher.model, features, subset)),
-                              ("baseline", baseline_margins[rows])):
-            accuracy[name] = float(per_user_accuracy(margins, subset.users).mean())
-        report[Group(group).label] = {
-            "teacher_accuracy": accuracy["teacher"], "baseline_accuracy": accuracy["baseline"],
-            "advantage": accuracy["teacher"] - accuracy["baseline"], "n_train_pairs": teacher.extra["n_train_pairs"],
-            "best_epoch": teacher.result.best_epoch, "train_seconds": round(teacher.result.seconds, 3)}
-    return report
-
-
 def _save_model(out_dir: Path, name: str, model) -> None:
     from safetensors.torch import save
 
@@ -268,11 +240,10 @@ class SeedInputs:
 
 @dataclass
 class SeedRun:
-    """What one seed produced: its result block, per-user table, test margins and models."""
+    """What one seed produced: its result (with its per-user table), test margins and models."""
 
     inputs: SeedInputs
-    block: dict
-    frame: pd.DataFrame
+    result: SeedResult
     margins: dict[str, np.ndarray]
     models: dict
 
@@ -394,14 +365,14 @@ def _add_support(inputs: SeedInputs, config: ExperimentConfig) -> SeedInputs:
     return inputs
 
 
-def _method_result(name, output, per_user, config, margins, test) -> dict:
+def _method_result(output, per_user: pd.DataFrame, config: ExperimentConfig, margins: np.ndarray,
+                   test: PairSet) -> MethodResult:
+    """A method's figures on one seed (its typed extras are added by its ``MethodSpec.report`` hook)."""
     metrics = evaluate(per_user, n_resamples=config.run.bootstrap, seed=config.data.seed,
                        micro_accuracy=float(pair_correct(margins).mean()))
-    metrics["calibration"] = calibration(margins, group_labels(test.group))
-    metrics["train_seconds"] = round(output.result.seconds + output.extra.get("setup_seconds", 0.0), 3)
-    metrics["best_epoch"] = output.result.best_epoch
-    metrics["history"] = output.result.history
-    return metrics
+    return MethodResult(**metrics, calibration=calibration(margins, group_labels(test.group)),
+                        train_seconds=round(output.result.seconds + output.extra.get("setup_seconds", 0.0), 3),
+                        best_epoch=output.result.best_epoch, history=output.result.history)
 
 
 def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | None = None,
@@ -437,8 +408,8 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
         runs.append(_run_seed(config, seed_inputs, methods, spans, tagged, should_stop, device))
     progress(TRAINED_AT, "pooling the seeds" if len(runs) > 1 else "writing the results", None)
     result = _assemble(config, runs, embedding)
-    result["seconds"] = round(time.perf_counter() - started, 3)
-    result["device"] = device
+    result.seconds = round(time.perf_counter() - started, 3)
+    result.device = device
     if out_dir is not None:
         write_artifacts(Path(out_dir), result, runs)
     progress(1.0, "done", None)
@@ -456,34 +427,23 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
     ctx = build_context(dataset, inputs.features.features, user_group, config.train, seed=inputs.seed,
                         progress=progress, should_stop=should_stop, device=device)
     test = _pair_set(dataset.split("test"), user_group)
-    block = {"seed": inputs.seed, "dataset": dataset.summary(), "support": support.summary(),
-             "groups": groups.summary(), "methods": {}}
-    tables, margins_by_method, models = {}, {}, {}
+    seen = SeedEvaluation(ctx, test, dataset, support, groups, options=lambda name: method_config_of(config, name))
+    results, tables, margins_by_method, models = {}, {}, {}, {}
     for i, name in enumerate(methods):
-        method_config = method_config_of(config, name)
-        output = fit_method(name, ctx, method_config, (spans[i], spans[i + 1]))
-        margins = pair_margins(output.model, ctx.features, test)
-        margins_by_method[name] = margins
-        tables[name] = _per_user_table(dataset, support, groups, test, margins)
-        block["methods"][name] = _method_result(name, output, tables[name], config, margins, test)
-        if name == "pafo" and "teachers" in output.extra:
-            baseline_margins = pair_margins(ctx.cache["baseline"].model, ctx.features, test)
-            block["methods"][name]["pareto_selected"] = bool(output.result.selected)
-            block["methods"][name]["teachers"] = _teacher_report(output, ctx, test, baseline_margins, ctx.features)
-            block["methods"][name]["n_dense_pairs"] = output.extra["n_dense_pairs"]
-        if "clusters" in output.extra:
-            block["methods"][name]["clusters"] = cluster_report(output, ctx, test, tables[name], support, groups)
+        output = fit_method(name, ctx, method_config_of(config, name), (spans[i], spans[i + 1]))
+        margins_by_method[name] = pair_margins(output.model, ctx.features, test)
+        tables[name] = _per_user_table(dataset, support, groups, test, margins_by_method[name])
+        results[name] = _method_result(output, tables[name], config, margins_by_method[name], test)
+        results[name].extras = method_spec(name).report_extras(output, seen, tables[name])
         models[name] = output.model
         progress(spans[i + 1], f"{name} done", None)
-    if "baseline" in ctx.cache:
-        with threadpool_limits(1):  # small matrices: see pafo.methods.preference_clusters
-            rows = ceilings(ctx, test, dataset, config.pafo)
-        block["diagnostics"] = {"ceilings": ceiling_summary(rows, user_group)}
-    _add_pareto(block["methods"], config.pafo.epsilon)
+    mark_pareto(results, config.pafo.epsilon)
     frame = per_user_frame(dataset, tables)
     frame.insert(0, "seed", inputs.seed)
-    block["comparisons"] = _comparisons([frame], methods, config, inputs.seed)
-    return SeedRun(inputs, block, frame, margins_by_method, models)
+    result = SeedResult(inputs.seed, dataset.summary(), support.summary(), groups.summary(), results,
+                        diagnostics=seed_diagnostics(seen), per_user=frame)
+    result.comparisons = compare_seeds([result], methods, n_resamples=config.run.bootstrap, rule=_rule(config))
+    return SeedRun(inputs, result, margins_by_method, models)
 
 
 def _encoder_summary(runs: list[SeedRun], embedding) -> dict:
@@ -498,110 +458,50 @@ def _encoder_summary(runs: list[SeedRun], embedding) -> dict:
             "embedded": sum(e.n_texts - e.cache_hits for e in counted)}
 
 
-def _assemble(config: ExperimentConfig, runs: list[SeedRun], embedding=None) -> dict:
-    """The result JSON: one seed's block as it always was, or the pooled figures of several; both with
-    ``seeds``, ``comparisons``, ``per_seed`` and the per-user table of every seed."""
-    first = runs[0]
-    seeds = [run.inputs.seed for run in runs]
-    methods = config.run.method_list()
-    result = {"dataset": first.block["dataset"], "support": first.block["support"], "groups": first.block["groups"],
-              "encoder": _encoder_summary(runs, embedding),
-              "config": config.to_dict(), "fingerprint": config.fingerprint(), "seeds": seeds}
-    frames = [run.frame for run in runs]
-    if len(runs) == 1:
-        result["methods"] = first.block["methods"]
-    else:
-        result["methods"] = {name: _pooled_method(name, runs, config) for name in methods}
-        _add_pareto(result["methods"], config.pafo.epsilon)
-    if all("diagnostics" in run.block for run in runs):
-        result["diagnostics"] = _mean_tree([run.block["diagnostics"] for run in runs])
-    result["comparisons"] = (first.block["comparisons"] if len(runs) == 1
-                             else _comparisons(frames, methods, config, seeds[0]))
-    result["per_seed"] = [run.block for run in runs]
-    frame = pd.concat(frames, ignore_index=True)
+def _rule(config: ExperimentConfig) -> VerdictRule:
+    return VerdictRule(epsilon=config.pafo.epsilon)
+
+
+def _assemble(config: ExperimentConfig, runs: list[SeedRun], embedding=None) -> RunResult:
+    """The result: one seed's figures as they always were, or the figures of several pooled (:func:`pool`); both
+    with ``seeds``, ``comparisons``, ``per_seed`` and the per-user table of every seed."""
+    seeds = [run.result for run in runs]
+    first = seeds[0]
+    result = RunResult(first.dataset, first.support, first.groups, first.methods, config.to_dict(),
+                       fingerprint=config.fingerprint(), encoder=_encoder_summary(runs, embedding),
+                       seeds=[s.seed for s in seeds], diagnostics=first.diagnostics, comparisons=first.comparisons,
+                       per_seed=seeds, per_user=pd.concat([s.per_user for s in seeds], ignore_index=True))
+    if len(seeds) > 1:
+        methods = config.run.method_list()
+        result.methods, result.comparisons, result.diagnostics = pool(
+            seeds, methods, n_resamples=config.run.bootstrap, rule=_rule(config))
+        mark_pareto(result.methods, config.pafo.epsilon)
     if config.slices.slice_by:
-        _add_slices(result, config, runs, frame, methods)
-    result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")
+        _add_slices(result, config, runs)
     return result
 
 
-def _add_slices(result: dict, config: ExperimentConfig, runs: list[SeedRun], frame: pd.DataFrame,
-                methods: list[str]) -> None:
+def _add_slices(result: RunResult, config: ExperimentConfig, runs: list[SeedRun]) -> None:
     """The ``slices`` of every slicing asked for (pafo.slices), pooled over the seeds, and how they were made."""
     pairs = pd.concat([run.inputs.dataset.split("test")[["user"]].assign(
         seed=run.inputs.seed, **{f"margin_{name}": margins for name, margins in run.margins.items()})
         for run in runs], ignore_index=True)
+    methods = config.run.method_list()
     reference = REFERENCE if REFERENCE in methods else None
-    result["slices"] = compute_slices(frame, pairs, config.slices.slicings(), methods, reference,
-                                      n_resamples=config.run.bootstrap, seed=runs[0].inputs.seed,
-                                      epsilon=config.pafo.epsilon)
-    result["slicing"] = slicing_block(config.slices, reference, result["slices"], epsilon=config.pafo.epsilon)
+    result.slices = compute_slices(result.per_user, pairs, config.slices.slicings(), methods, reference,
+                                   n_resamples=config.run.bootstrap, seed=runs[0].inputs.seed,
+                                   epsilon=config.pafo.epsilon)
+    result.slicing = slicing_block(config.slices, reference, result.slices, epsilon=config.pafo.epsilon)
 
 
-def _comparisons(frames: list[pd.DataFrame], methods: list[str], config: ExperimentConfig, seed: int) -> dict:
-    """Every method against the baseline on the same users and pairs (nothing when no baseline was trained)."""
-    if REFERENCE not in methods:
-        return {}
-    rule = VerdictRule(epsilon=config.pafo.epsilon)
-    return {name: paired_comparison(frames, name, REFERENCE, n_resamples=config.run.bootstrap, seed=seed, rule=rule)
-            for name in methods if name != REFERENCE}
-
-
-def _mean_tree(values: list):
-    """The mean over seeds of matching numbers in nested dicts (missing values skipped; other leaves: the first)."""
-    first = values[0]
-    if isinstance(first, dict):
-        return {key: _mean_tree([v.get(key) for v in values if isinstance(v, dict)]) for key in first}
-    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)]
-    if isinstance(first, bool) or not (numbers or first is None):
-        return first
-    return float(np.mean(numbers)) if numbers else None
-
-
-def _pooled_method(name: str, runs: list[SeedRun], config: ExperimentConfig) -> dict:
-    """One method over every seed: mean figures, CIs from the bootstrap over users pooled across seeds."""
-    blocks = [run.block["methods"][name] for run in runs]
-    frames = [run.frame for run in runs]
-    column, seed = f"acc_{name}", runs[0].inputs.seed
-    pooled = pd.concat(frames, ignore_index=True).rename(columns={column: "accuracy"})
-    deciles = accuracy_by_decile(pooled[["support_rate", "accuracy"]], n_resamples=config.run.bootstrap, seed=seed)
-    metrics = {"accuracy": _mean_tree([b["accuracy"] for b in blocks]),
-               "accuracy_ci": pooled_group_ci(frames, column, n_resamples=config.run.bootstrap, seed=seed),
-               "unfairness": _mean_tree([b["unfairness"] for b in blocks]),
-               "calibration": _mean_tree([b["calibration"] for b in blocks]),
-               "by_decile": deciles,
-               "train_seconds": round(sum(b["train_seconds"] for b in blocks), 3),
-               "n_seeds": len(blocks)}
-    # Cluster reports stay in per_seed: each seed clusters its own users, so there is nothing to average.
-    if all("teachers" in b for b in blocks):
-        metrics["pareto_selected"] = all(b["pareto_selected"] for b in blocks)
-        metrics["teachers"] = _mean_tree([b["teachers"] for b in blocks])
-        metrics["n_dense_pairs"] = _mean_tree([b["n_dense_pairs"] for b in blocks])
-    return metrics
-
-
-def _add_pareto(methods: dict, epsilon: float) -> None:
-    """Pareto improvement of every method's mean accuracies over the baseline's (when the baseline was run).
-
-    Kept for old readers: the paired ``comparisons`` verdict is the one to trust.
-    """
-    base = methods.get(REFERENCE)
-    if base is None:
-        return
-    for name, metrics in methods.items():
-        if name != REFERENCE:
-            metrics["pareto_improvement"] = pareto_improvement(metrics, base, epsilon=epsilon)
-
-
-def summary_line(result: dict) -> str:
+def summary_line(result: RunResult) -> str:
     """One line for stderr after ``pafo experiment --json FILE``: the data, seeds and each method's verdict."""
-    seeds = result.get("seeds") or []
-    dataset = result.get("dataset") or {}
-    head = (f"{', '.join(result.get('methods') or {})} on {dataset.get('name')} ({dataset.get('n_users')} users), "
+    seeds = result.seeds or []
+    head = (f"{', '.join(result.methods)} on {result.dataset.get('name')} ({result.dataset.get('n_users')} users), "
             f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
-    comparisons = result.get("comparisons") or {}
+    comparisons = result.comparisons
     verdicts = [f"{name} vs {REFERENCE}: {describe_comparison(c, verdict=True)}" for name, c in comparisons.items()]
-    rule = [describe_rule(next(iter(comparisons.values())).get("rule"))] if comparisons else []
+    rule = [describe_rule(next(iter(comparisons.values())).rule)] if comparisons else []
     return "; ".join([head, *verdicts, *rule])
 
 
@@ -618,12 +518,12 @@ def per_user_frame(dataset: PreferenceDataset, tables: dict[str, pd.DataFrame]) 
     return frame
 
 
-def per_user_csv_text(result: dict) -> str:
+def per_user_csv_text(result: RunResult) -> str:
     """The per-user table as CSV (from the result's embedded table)."""
-    return pd.DataFrame(result["per_user"]).to_csv(index=False)
+    return result.per_user.to_csv(index=False)
 
 
-def write_artifacts(out_dir: Path, result: dict, runs: list[SeedRun]) -> None:
+def write_artifacts(out_dir: Path, result: RunResult, runs: list[SeedRun]) -> None:
     """Weights, test_margins.csv, per_user.csv and last result.json, each atomically, all only once a run is done.
 
     The weights are the first seed's models (what scoring uses); the tables hold every seed, with a ``seed``
@@ -640,12 +540,5 @@ def write_artifacts(out_dir: Path, result: dict, runs: list[SeedRun]) -> None:
         frames.append(frame)
     atomic_write_text(out_dir / "test_margins.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
     atomic_write_text(out_dir / "per_user.csv", per_user_csv_text(result))
-    atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2, allow_nan=False, default=_json_default))
+    write_result(out_dir / "result.json", result)
 
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

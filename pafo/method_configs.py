@@ -210,6 +210,10 @@ class MethodSpec:
     #: The experiment config section holding its options: its own name when its config has fields, or another
     #: method's section it shares (mixture reads PAFO's cluster options so both use the same clusters).
     shares_options_of: str | None = None
+    #: "module:function" of its report hook ``(output, seen, per_user) -> [extra, ...]``: the typed extras
+    #: (:mod:`pafo.extras`) its result block carries besides the metrics every method has (PAFO's teachers, the
+    #: preference clusters), from its fit output and the seed it trained on (``pafo.methods.SeedEvaluation``).
+    report: str | None = None
 
     @property
     def section(self) -> str | None:
@@ -220,8 +224,17 @@ class MethodSpec:
 
     def fit_function(self):
         """The fit function ``(ctx, config, span) -> MethodOutput``."""
-        module, function = self.fit.split(":")
-        return getattr(importlib.import_module(module), function)
+        return _named_function(self.fit)
+
+    def report_extras(self, output, seen, per_user) -> list:
+        """The typed extras of its result block on one seed (none without a ``report`` hook)."""
+        return _named_function(self.report)(output, seen, per_user) if self.report else []
+
+
+def _named_function(name: str):
+    """The function a "module:function" string names, imported when first called."""
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 #: Every method, in the order tables, legends and the Train form show them.
@@ -236,9 +249,10 @@ METHOD_SPECS = (
                "GroupDRO: online worst-group weighting of the loss", "#BE4BDB", cost=1.2, needs_groups=True),
     MethodSpec("mixture", MixtureConfig, "pafo.methods:fit_mixture",
                "Mixture: each user scored by their preference cluster's teacher alone", "#82C91E",
-               shares_options_of="pafo"),
+               shares_options_of="pafo", report="pafo.diagnostics:method_report"),
     MethodSpec("pafo", PAFOConfig, "pafo.methods:fit_pafo",
-               "PAFO: preference-cluster teachers combined into one student", "#12B886", cost=1.5),
+               "PAFO: preference-cluster teachers combined into one student", "#12B886", cost=1.5,
+               report="pafo.diagnostics:method_report"),
 )
 METHODS = tuple(spec.name for spec in METHOD_SPECS)
 METHOD_CONFIGS = {spec.name: spec.config for spec in METHOD_SPECS}

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +57,7 @@ __all__ = [
     "MixtureConfig",
     "PAFOConfig",
     "ReweightConfig",
+    "SeedEvaluation",
     "dense_pairs",
     "fit_method",
     "pareto_score",
@@ -103,6 +105,20 @@ class MethodContext:
         return train_model(model, self.features, train, val, kwargs.pop("config", self.train_config),
                            seed=self.seed, stage=stage, progress=self.progress, should_stop=self.should_stop,
                            span=span, **kwargs)
+
+
+@dataclass
+class SeedEvaluation:
+    """One trained seed as a method's report hook (``MethodSpec.report``) and the diagnostics read it: the context
+    (its trained models in ``ctx.cache``), the test pairs, the data and its groups, and each method's options by
+    name (``options("pafo")``)."""
+
+    ctx: MethodContext
+    test: PairSet
+    dataset: object  # PreferenceDataset
+    support: object  # SupportResult
+    groups: object  # Grouping
+    options: Callable[[str], object]
 
 
 @dataclass

@@ -4,8 +4,9 @@ The app's pages and the exported report draw the same Plotly figures from the sa
 stakeholder sees in the downloaded report is exactly what the analyst saw in the browser. Colours are fixed per
 group (majority / minority) and per method everywhere.
 
-Inputs are the run result JSON of :func:`pafo.experiment.run_experiment` (``result["methods"]``,
-``result["per_user"]``, ...) and small pandas tables derived from it.
+Inputs are the typed results of :mod:`pafo.results` (a :class:`~pafo.results.RunResult`: its ``methods``,
+``comparisons``, ``per_user`` table, ...; a sweep's :class:`~pafo.results.SweepResult`) and small pandas tables
+derived from them.
 """
 
 from __future__ import annotations
@@ -19,9 +20,20 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .compare import CI_TOLERANCE, MIN_GROUP_PAIRS, MIN_GROUP_USERS, REASON_NOISE, VERDICT_WORDS, describe_comparison
+from .compare import (
+    CI_TOLERANCE,
+    MIN_GROUP_PAIRS,
+    MIN_GROUP_USERS,
+    REASON_NOISE,
+    VERDICT_WORDS,
+    Comparison,
+    Delta,
+    describe_comparison,
+)
+from .extras import Ceilings, ClusterReport, TeacherReport
 from .method_configs import METHOD_SPECS, METHODS
 from .metrics import ACCURACY_METRICS, GROUPS, LOG_LOSS_METRICS, UNFAIRNESS_METRICS
+from .results import RunResult, SweepResult
 
 __all__ = [
     "GROUP_COLORS",
@@ -58,6 +70,7 @@ __all__ = [
     "per_user_frame",
     "percent",
     "points",
+    "reference_of",
     "report_figures",
     "sample_warnings",
     "seed_note",
@@ -66,6 +79,7 @@ __all__ = [
     "teacher_table",
     "training_curves",
     "unfairness_table",
+    "unselected",
     "user_margins_figure",
     "user_scatter",
     "verdict_note",
@@ -115,6 +129,18 @@ def method_color(name: str) -> str:
     if name in METHOD_COLORS:
         return METHOD_COLORS[name]
     return EXTRA_COLORS[sum(map(ord, name)) % len(EXTRA_COLORS)]
+
+
+def reference_of(result: RunResult) -> str:
+    """The method a result's others are shown against: its reference, or its first method when that was not run."""
+    return result.reference if result.reference in result.methods else method_order(result.methods)[0]
+
+
+def unselected(method) -> bool:
+    """Whether no epoch of a method met the Pareto selection rule (PAFO's group teachers), so the best overall
+    epoch was kept."""
+    report = method.extra(TeacherReport)
+    return report is not None and not report.pareto_selected
 
 
 def method_order(names) -> list[str]:
@@ -180,29 +206,29 @@ def points(value) -> str:
 # ------------------------------------------------------------------------------------------- tables
 
 
-def per_user_frame(result: dict) -> pd.DataFrame:
-    """The result's per-user table (user_id, group, support_rate, n_*, acc_<method>...) as a DataFrame."""
-    return pd.DataFrame(result.get("per_user") or {})
+def per_user_frame(result: RunResult) -> pd.DataFrame:
+    """The result's per-user table (user_id, group, support_rate, n_*, acc_<method>...), a copy to change."""
+    return result.per_user.copy()
 
 
-def unfairness_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
+def unfairness_table(result: RunResult, reference: str = "baseline") -> pd.DataFrame:
     """Metrics (rows) × methods (columns), plus ``Δ <method>`` columns against ``reference``.
 
     The ``better`` column says which direction is an improvement for each metric (↑ larger, ↓ smaller). Signed
     measures of bias (the group gap, Spearman) are judged by size, so their Δ is |method| − |reference|.
     """
-    methods = result.get("methods") or {}
+    methods = result.methods
     names = method_order(methods)
     rows = []
     sections = [("accuracy", ACCURACY_METRICS), ("unfairness", UNFAIRNESS_METRICS)]
-    if any("log_loss" in methods[name] for name in names):
+    if any(methods[name].log_loss is not None for name in names):
         sections.append(("log_loss", LOG_LOSS_METRICS))
     for section, spec in sections:
         for metric in spec:
             better = "↑" if metric.higher_is_better else "|↓|" if metric.by_size else "↓"
             row = {"metric": metric.label, "better": better}
             for name in names:
-                row[name] = (methods[name].get(section) or {}).get(metric.key)
+                row[name] = (getattr(methods[name], section) or {}).get(metric.key)
             rows.append(row)
     frame = pd.DataFrame(rows)
     if reference in names:
@@ -214,46 +240,44 @@ def unfairness_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
     return frame
 
 
-def _points(block: dict | None) -> str:
-    """``+2.1 pts [+0.8, +3.4]`` of a paired ``{"delta", "ci"}`` block (fractions shown as percentage points)."""
-    block = block or {}
-    delta, ci = block.get("delta"), block.get("ci") or [None, None]
-    if delta is None:
+def _points(block: Delta) -> str:
+    """``+2.1 pts [+0.8, +3.4]`` of a paired difference (fractions shown as percentage points)."""
+    if block.delta is None:
         return "–"
-    bounds = ", ".join(format_value(c, "pts", delta=True) for c in ci)
-    return f"{format_value(delta, 'pts', delta=True)} pts [{bounds}]"
+    bounds = ", ".join(format_value(c, "pts", delta=True) for c in block.ci)
+    return f"{format_value(block.delta, 'pts', delta=True)} pts [{bounds}]"
 
 
-def comparison_text(name: str, comparison: dict, reference: str) -> str:
+def comparison_text(name: str, comparison: Comparison, reference: str) -> str:
     """One sentence per compared method: its verdict against the reference in words, with the paired group
     deltas and their CIs ("pafo vs baseline: within noise — minority +0.3 points [−1.2, +1.8], majority …")."""
-    verdict = comparison.get("verdict")
+    verdict = comparison.verdict
     words = VERDICT_WORDS.get(verdict, str(verdict))
     why = verdict_note(comparison)
     return (f"{VERDICT_ICONS.get(verdict, '')} {name} vs {reference}: {words}{f' ({why})' if why else ''} — "
             f"{describe_comparison(comparison)}")
 
 
-def verdict_note(comparison: dict) -> str | None:
+def verdict_note(comparison: Comparison) -> str | None:
     """Why a comparison is "within noise" when the numbers alone do not say it ("too few users: minority has 8
     (< 20)"), else None."""
-    reason = comparison.get("verdict_reason")
-    return reason if comparison.get("verdict") == "noise" and reason and reason != REASON_NOISE else None
+    reason = comparison.verdict_reason
+    return reason if comparison.verdict == "noise" and reason and reason != REASON_NOISE else None
 
 
-def comparison_table(result: dict) -> pd.DataFrame:
+def comparison_table(result: RunResult) -> pd.DataFrame:
     """Paired comparisons of every method with the reference: verdict and deltas with their 95% CIs (points)."""
-    reference = result.get("reference", "baseline")
-    rows = [{"method": name, "vs": reference, "verdict": c.get("verdict"), "why": c.get("verdict_reason"),
-             "Δ minority": _points(c.get("minority")), "Δ majority": _points(c.get("majority")),
-             "Δ user std": _points(c.get("user_std")),
-             "Δ |Spearman|": format_value((c.get("support_spearman_abs") or {}).get("delta"), "", delta=True)}
-            for name, c in (result.get("comparisons") or {}).items()]
+    reference = result.reference
+    rows = [{"method": name, "vs": reference, "verdict": c.verdict, "why": c.verdict_reason,
+             "Δ minority": _points(c.delta("minority")), "Δ majority": _points(c.delta("majority")),
+             "Δ user std": _points(c.delta("user_std")),
+             "Δ |Spearman|": format_value(c.delta("support_spearman_abs").delta, "", delta=True)}
+            for name, c in result.comparisons.items()]
     return pd.DataFrame(rows, columns=["method", "vs", "verdict", "why", "Δ minority", "Δ majority", "Δ user std",
                                        "Δ |Spearman|"])
 
 
-def display_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
+def display_table(result: RunResult, reference: str = "baseline") -> pd.DataFrame:
     """:func:`unfairness_table` as text in the units of the cards: accuracies in %, gaps and spreads in points
     (Δ columns in points too), Gini, Spearman and log-loss as plain numbers; one unit per row, in its label."""
     table = unfairness_table(result, reference)
@@ -301,62 +325,63 @@ def format_value(value, unit: str, delta: bool = False) -> str:
     return text.replace("-", "−")
 
 
-def decile_table(result: dict) -> pd.DataFrame:
+def decile_table(result: RunResult) -> pd.DataFrame:
     """Long table of accuracy by support-rate decile: method, decile, support_lo/hi, n_users, accuracy."""
     rows = []
-    for name in method_order(result.get("methods") or {}):
-        for row in result["methods"][name].get("by_decile") or []:
+    for name in method_order(result.methods):
+        for row in result.methods[name].by_decile or []:
             lo, hi = row.get("ci") or [None, None]
             rows.append({"method": name, **{k: v for k, v in row.items() if k != "ci"}, "ci_lo": lo, "ci_hi": hi})
     return pd.DataFrame(rows, columns=["method", "decile", "support_lo", "support_hi", "n_users", "accuracy", "ci_lo",
                                        "ci_hi"])
 
 
-def teacher_table(result: dict) -> pd.DataFrame:
-    """PAFO's teachers on their own group vs the baseline: the advantage distillation can transfer (accuracies in
-    %, the advantage in points, as on the cards; means over seeds where there are several)."""
-    teachers = ((result.get("methods") or {}).get("pafo") or {}).get("teachers") or {}
-    rows = [{"teacher": group, "teacher accuracy (%)": format_value(t.get("teacher_accuracy"), "%"),
-             "baseline accuracy (%)": format_value(t.get("baseline_accuracy"), "%"),
-             "advantage (pts)": format_value(shown_delta(t.get("teacher_accuracy"), t.get("baseline_accuracy"), "pts"),
-                                             "pts", delta=True),
-             "train pairs": None if t.get("n_train_pairs") is None else f"{t['n_train_pairs']:,.0f}"}
-            for group, t in teachers.items()]
+def teacher_table(result: RunResult) -> pd.DataFrame:
+    """The group teachers of the method that has them (PAFO with ``teachers=groups``) on their own group vs the
+    baseline: the advantage distillation can transfer (accuracies in %, the advantage in points, as on the cards;
+    means over seeds where there are several)."""
+    report = next((m.extra(TeacherReport) for m in result.methods.values() if m.extra(TeacherReport)), None)
+    rows = [{"teacher": group, "teacher accuracy (%)": format_value(t.teacher_accuracy, "%"),
+             "baseline accuracy (%)": format_value(t.baseline_accuracy, "%"),
+             "advantage (pts)": format_value(shown_delta(t.teacher_accuracy, t.baseline_accuracy, "pts"), "pts",
+                                             delta=True),
+             "train pairs": None if t.n_train_pairs is None else f"{t.n_train_pairs:,.0f}"}
+            for group, t in (report.teachers.items() if report else ())]
     return pd.DataFrame(rows)
 
 
-def cluster_table(result: dict, method: str = "pafo") -> pd.DataFrame:
+def cluster_table(result: RunResult, method: str = "pafo") -> pd.DataFrame:
     """The preference clusters EM found for ``method`` (PAFO or the mixture), per seed: size, mean support, the
     group it maps to, and on its users' test pairs its own teacher, the baseline and the method (%)."""
-    blocks = result.get("per_seed") or [result]
-    seeds = result.get("seeds") or [None]
+    seeds = result.seed_results()
     rows = []
-    for seed, block in zip(seeds, blocks, strict=False):
-        clusters = (((block.get("methods") or {}).get(method) or {}).get("clusters") or {}).get("clusters") or []
-        for c in clusters:
-            rows.append({**({"seed": seed} if len(blocks) > 1 else {}), "cluster": c["cluster"],
-                         "users": c["n_users"], "mean support": f"{c['mean_support']:.3f}", "group": c["group"],
-                         "teacher (%)": format_value(c["teacher_accuracy"], "%"),
-                         "baseline (%)": format_value(c["baseline_accuracy"], "%"),
-                         f"{method} (%)": format_value(c["method_accuracy"], "%"),
+    for seed in seeds:
+        report = seed.methods[method].extra(ClusterReport) if method in seed.methods else None
+        for c in report.clusters if report else ():
+            rows.append({**({"seed": seed.seed} if len(seeds) > 1 else {}), "cluster": c.cluster,
+                         "users": c.n_users, "mean support": f"{c.mean_support:.3f}", "group": c.group,
+                         "teacher (%)": format_value(c.teacher_accuracy, "%"),
+                         "baseline (%)": format_value(c.baseline_accuracy, "%"),
+                         f"{method} (%)": format_value(c.method_accuracy, "%"),
                          f"{method} − baseline (pts)": format_value(
-                             shown_delta(c["method_accuracy"], c["baseline_accuracy"], "pts"), "pts", delta=True)})
+                             shown_delta(c.method_accuracy, c.baseline_accuracy, "pts"), "pts", delta=True)})
     return pd.DataFrame(rows)
 
 
-def ceiling_table(result: dict) -> pd.DataFrame:
+def ceiling_table(result: RunResult) -> pd.DataFrame:
     """Diagnostic ceilings beside the baseline (group accuracies in %, Δ in points); oracle rows read the true
     personas of simulated data, and every row reads test labels: none of them is a method."""
-    ceilings = ((result.get("diagnostics") or {}).get("ceilings")) or {}
-    base = ((result.get("methods") or {}).get("baseline") or {}).get("accuracy") or {}
+    ceilings = next((d for d in result.diagnostics if isinstance(d, Ceilings)), None)
+    base = result.methods["baseline"].accuracy if "baseline" in result.methods else {}
     rows = []
-    for name, row in ceilings.items():
-        entry = {"diagnostic": name, "majority (%)": format_value(row.get("majority"), "%"),
-                 "minority (%)": format_value(row.get("minority"), "%")}
+    for name, row in (ceilings.rows.items() if ceilings else ()):
+        entry = {"diagnostic": name, "majority (%)": format_value(row.majority, "%"),
+                 "minority (%)": format_value(row.minority, "%")}
         for group in ("majority", "minority"):
-            if row.get(group) is not None and base.get(group) is not None:
-                entry[f"Δ {group} vs baseline (pts)"] = format_value(shown_delta(row[group], base[group], "pts"),
-                                                                     "pts", delta=True)
+            value = getattr(row, group)
+            if value is not None and base.get(group) is not None:
+                entry[f"Δ {group} vs baseline (pts)"] = format_value(shown_delta(value, base[group], "pts"), "pts",
+                                                                     delta=True)
         rows.append(entry)
     return pd.DataFrame(rows)
 
@@ -424,16 +449,16 @@ def pair_support_histogram(pair_support: pd.Series, pair_group: pd.Series | None
 # ------------------------------------------------------------------------------------------- result figures
 
 
-def group_accuracy_bars(result: dict) -> go.Figure:
+def group_accuracy_bars(result: RunResult) -> go.Figure:
     """Majority and minority accuracy per method, with 95% bootstrap confidence intervals as error bars."""
-    methods = result.get("methods") or {}
+    methods = result.methods
     names = method_order(methods)
     traces = []
     for group in GROUP_ORDER:
         values, lower, upper = [], [], []
         for name in names:
-            value = (methods[name].get("accuracy") or {}).get(group)
-            ci = (methods[name].get("accuracy_ci") or {}).get(group) or [value, value]
+            value = methods[name].accuracy.get(group)
+            ci = methods[name].accuracy_ci.get(group) or [value, value]
             values.append(value)
             lower.append(None if value is None or ci[0] is None else value - ci[0])
             upper.append(None if value is None or ci[1] is None else ci[1] - value)
@@ -448,7 +473,7 @@ def group_accuracy_bars(result: dict) -> go.Figure:
                        yaxis=dict(title="user test accuracy (95% bootstrap CI)", range=[0, 1.04], tickformat=".0%"))
 
 
-def decile_curve(result: dict) -> go.Figure:
+def decile_curve(result: RunResult) -> go.Figure:
     """Accuracy by support-rate decile per method: the personalized-reward-bias curve (flat is fair), with each
     bin's 95% bootstrap CI over its users as error bars (methods side by side so the bars do not overlap)."""
     table = decile_table(result)
@@ -588,32 +613,32 @@ def _pareto_front(values: np.ndarray) -> np.ndarray:
     return np.array(front[::-1] if front else np.zeros((0, 2)))
 
 
-def _sweep_rows(sweep: dict) -> pd.DataFrame:
+def _sweep_rows(sweep: SweepResult) -> pd.DataFrame:
     """One row per grid point with a result: its label and the Pareto method's accuracies with their CIs."""
-    method, front, rows = sweep["pareto_method"], set(sweep.get("pareto_front") or []), []
-    for point in sweep.get("points") or []:
-        block = (point.get("methods") or {}).get(method)
+    method, front, rows = sweep.pareto_method, set(sweep.pareto_front), []
+    for point in sweep.points:
+        block = (point.methods or {}).get(method)
         if not block:
             continue
-        params = point["params"]
-        row = {"index": point["index"], "label": ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items()),
-               "front": point["index"] in front, **{f"param:{k}": v for k, v in params.items()}}
+        params = point.params
+        row = {"index": point.index, "label": ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items()),
+               "front": point.index in front, **{f"param:{k}": v for k, v in params.items()}}
         for group in ("majority", "minority"):
-            lo, hi = (block.get("accuracy_ci") or {}).get(group) or [None, None]
-            value = block["accuracy"][group]
+            lo, hi = block.accuracy_ci.get(group) or [None, None]
+            value = block.accuracy[group]
             row.update({group: value, f"{group}_minus": None if lo is None else value - lo,
                         f"{group}_plus": None if hi is None else hi - value})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def sweep_pareto(sweep: dict) -> go.Figure:
+def sweep_pareto(sweep: SweepResult) -> go.Figure:
     """A sweep's grid points: majority vs minority accuracy of its Pareto method (means over seeds), whiskers for
     the CIs over seeds and users, the undominated points as stars joined by the front.
 
     One trace per point, named by its parameters in the legend (and on hover): labels written beside the markers
     covered the markers and each other."""
-    rows, method = _sweep_rows(sweep), sweep["pareto_method"]
+    rows, method = _sweep_rows(sweep), sweep.pareto_method
     traces = []
     for i, row in enumerate(rows.itertuples(index=False)):
         colour = SWEEP_COLORS[i % len(SWEEP_COLORS)]
@@ -630,7 +655,7 @@ def sweep_pareto(sweep: dict) -> go.Figure:
         front = rows[rows["front"]].sort_values("majority")
         traces.append(go.Scatter(x=front["majority"], y=front["minority"], mode="lines", name="Pareto front",
                                  line=dict(color="#212529", dash="dot"), hoverinfo="skip"))
-    n = len(sweep["seeds"])
+    n = len(sweep.seeds)
     return make_figure(traces, f"Sweep: {method} at each grid point", height=460,
                        subtitle=f"means over {n} seed{'s' * (n != 1)}; ★ on the Pareto front; whiskers: 95% CI",
                        legend=dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.02),
@@ -649,11 +674,11 @@ def _whisker_ends(rows: pd.DataFrame, group: str) -> list[float]:
     return [*value, *(value - minus), *(value + plus)]
 
 
-def sweep_lines(sweep: dict, key: str) -> go.Figure:
+def sweep_lines(sweep: SweepResult, key: str) -> go.Figure:
     """Majority and minority accuracy of the sweep's Pareto method against one swept parameter (a pair of lines
     per value of the second parameter, if there is one), with CI whiskers."""
-    rows, method = _sweep_rows(sweep), sweep["pareto_method"]
-    other = next((k for k in sweep["grid"] if k != key), None)  # pages sweep one or two parameters
+    rows, method = _sweep_rows(sweep), sweep.pareto_method
+    other = next((k for k in sweep.grid if k != key), None)  # pages sweep one or two parameters
     traces = []
     parts = [(None, rows)] if other is None or not len(rows) else list(rows.groupby(f"param:{other}", dropna=False))
     for value, part in parts:
@@ -715,13 +740,18 @@ WHATIF_ROWS = tuple(("accuracy", m) for m in ACCURACY_METRICS if m.key in ("majo
     tuple(("unfairness", m) for m in UNFAIRNESS_METRICS if m.key in ("group_gap", "support_spearman"))
 
 
-def whatif_table(parent: dict, child: dict) -> pd.DataFrame:
+def _metric(result: RunResult, name: str, section: str, key: str):
+    """One figure of a method's block (``accuracy`` / ``unfairness`` section), None where the method did not run."""
+    method = result.methods.get(name)
+    return None if method is None else (getattr(method, section) or {}).get(key)
+
+
+def whatif_table(parent: RunResult, child: RunResult) -> pd.DataFrame:
     """One row per method and headline metric: the parent's value, the what-if's and Δ, in the metric's unit."""
     rows = []
-    for name in method_order(set(parent.get("methods") or {}) | set(child.get("methods") or {})):
-        before, after = (parent.get("methods") or {}).get(name) or {}, (child.get("methods") or {}).get(name) or {}
+    for name in method_order(set(parent.methods) | set(child.methods)):
         for section, metric in WHATIF_ROWS:
-            a, b = (before.get(section) or {}).get(metric.key), (after.get(section) or {}).get(metric.key)
+            a, b = _metric(parent, name, section, metric.key), _metric(child, name, section, metric.key)
             label = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
             rows.append({"method": name, "metric": label, "parent": format_value(a, metric.unit),
                          "what-if": format_value(b, metric.unit),
@@ -729,13 +759,14 @@ def whatif_table(parent: dict, child: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "metric", "parent", "what-if", "Δ"])
 
 
-def whatif_bars(parent: dict, child: dict, parent_name: str = "parent", child_name: str = "what-if") -> go.Figure:
+def whatif_bars(parent: RunResult, child: RunResult, parent_name: str = "parent",
+                child_name: str = "what-if") -> go.Figure:
     """Majority and minority accuracy of each method in the parent run and its what-if child, side by side."""
-    names = method_order(set(parent.get("methods") or {}) | set(child.get("methods") or {}))
+    names = method_order(set(parent.methods) | set(child.methods))
     traces = []
     for run_name, result, pattern in ((parent_name, parent, ""), (child_name, child, "/")):
         for group in GROUP_ORDER:
-            values = [((result.get("methods") or {}).get(m, {}).get("accuracy") or {}).get(group) for m in names]
+            values = [_metric(result, m, "accuracy", group) for m in names]
             traces.append(go.Bar(x=[f"{m}<br>{group}" for m in names], y=values, name=f"{run_name} · {group}",
                                  marker=dict(color=GROUP_COLORS[group], pattern_shape=pattern,
                                              opacity=0.55 if run_name == parent_name else 1.0),
@@ -747,22 +778,22 @@ def whatif_bars(parent: dict, child: dict, parent_name: str = "parent", child_na
 # ------------------------------------------------------------------------------------------- paired comparisons
 
 
-def seed_note(result: dict) -> str | None:
+def seed_note(result: RunResult) -> str | None:
     """The warning a single-seed run carries; None with several seeds."""
-    if result.get("kind") == "audit":  # given predictions: no training seed to vary
+    if result.is_audit:  # given predictions: no training seed to vary
         return None
-    seeds = result.get("seeds") or [((result.get("config") or {}).get("data") or {}).get("seed", 0)]
+    seeds = result.seed_list
     return SEED_NOTE.format(seed=seeds[0]) if len(seeds) == 1 else None
 
 
-def judged_split(result: dict) -> str:
+def judged_split(result: RunResult) -> str:
     """The pairs a result's accuracies are measured on: "test", or "all" for an audit of a file without a split."""
-    return (result.get("split") or "test") if result.get("kind") == "audit" else "test"
+    return (result.split or "test") if result.is_audit else "test"
 
 
-def judged_pairs_text(result: dict) -> str:
+def judged_pairs_text(result: RunResult) -> str:
     """Which pairs are judged, with their count, in words: "all 600 pairs (the file has no train/test split)"."""
-    n = result.get("n_pairs")
+    n = result.n_pairs
     if n is None:
         counts = judged_counts(result)
         n = int(counts.sum()) if counts is not None else 0
@@ -771,7 +802,7 @@ def judged_pairs_text(result: dict) -> str:
     return f"{n:,} test pairs"
 
 
-def judged_counts(result: dict, per_user: pd.DataFrame | None = None) -> pd.Series | None:
+def judged_counts(result: RunResult, per_user: pd.DataFrame | None = None) -> pd.Series | None:
     """Each per-user row's number of judged pairs (``None`` when the table has no counts): an audit's
     ``n_judged``, else the pairs of the judged split (every split's for an audit of all pairs)."""
     per_user = per_user_frame(result) if per_user is None else per_user
@@ -786,7 +817,7 @@ def judged_counts(result: dict, per_user: pd.DataFrame | None = None) -> pd.Seri
     return pd.to_numeric(column, errors="coerce").fillna(0).astype(int)
 
 
-def sample_warnings(result: dict) -> list[str]:
+def sample_warnings(result: RunResult) -> list[str]:
     """One warning per group with fewer than :data:`SMALL_GROUP_USERS` users or :data:`SMALL_GROUP_PAIRS` judged
     pairs (users with a judged pair; the smallest seed counts)."""
     per_user = per_user_frame(result)
@@ -820,7 +851,7 @@ IDENTICAL_WHY = {
 }
 
 
-def identical_note(result: dict, name: str, reference: str = "baseline") -> str | None:
+def identical_note(result: RunResult, name: str, reference: str = "baseline") -> str | None:
     """Why a method's accuracy equals the reference's for every user, when it does (``None`` otherwise): a
     method that repeats the baseline exactly (clusters collapsing on a small file) says why on its card, instead
     of a bare +0.0."""
@@ -831,18 +862,18 @@ def identical_note(result: dict, name: str, reference: str = "baseline") -> str 
     x, y = per_user[a].astype(float).to_numpy(), per_user[b].astype(float).to_numpy()
     if not np.array_equal(np.isnan(x), np.isnan(y)) or not np.array_equal(x[~np.isnan(x)], y[~np.isnan(y)]):
         return None
-    options = ((result.get("config") or {}).get("pafo") or {}) if name in ("pafo", "mixture") else {}
+    options = (result.config.get("pafo") or {}) if name in ("pafo", "mixture") else {}
     cluster_teachers = name == "mixture" or (name == "pafo" and options.get("teachers", "clusters") == "clusters")
     wide = name == "pafo" and cluster_teachers and options.get("student", "wide") == "wide"
-    blocks = result.get("per_seed") or [result]
-    clusters = [((b.get("methods") or {}).get(name) or {}).get("clusters") or {} for b in blocks]
-    best_epochs = [((b.get("methods") or {}).get(name) or {}).get("best_epoch") for b in blocks]
+    blocks = [seed.methods.get(name) for seed in result.seed_results()]
+    clusters = [b.extra(ClusterReport) if b else None for b in blocks]
+    best_epochs = [b.best_epoch if b else None for b in blocks]
     n_train = pd.to_numeric(per_user.get("n_train", pd.Series(dtype=float)), errors="coerce")
     size = {"reference": reference, "users": int(per_user["user_id"].nunique()) if "user_id" in per_user
             else len(per_user), "pairs": f"{n_train.mean():.0f}" if n_train.notna().any() else "a few"}
     if wide and options.get("beta", 1.0) == 0:
         why = IDENTICAL_WHY["beta"]
-    elif cluster_teachers and all(c.get("clusters") is not None and len(c["clusters"]) <= 1 for c in clusters):
+    elif cluster_teachers and all(c is not None and len(c.clusters) <= 1 for c in clusters):
         why = IDENTICAL_WHY["one_cluster"]
     elif name == "pafo" and not wide and all(e == 0 for e in best_epochs):  # a student that starts from it
         why = IDENTICAL_WHY["kept"].format(**size)
@@ -852,24 +883,24 @@ def identical_note(result: dict, name: str, reference: str = "baseline") -> str 
     return IDENTICAL.format(reference=reference, which=which, why=why)
 
 
-def forest_plot(result: dict, reference: str = "baseline") -> go.Figure:
+def forest_plot(result: RunResult, reference: str = "baseline") -> go.Figure:
     """Paired differences to the reference per method and group: each seed's delta with its CI, and the pooled one
     (a diamond), in percentage points; the grey band is ±ε of the verdict rule."""
-    comparisons = result.get("comparisons") or {}
-    per_seed = result.get("per_seed") or []
+    comparisons = result.comparisons
+    per_seed = result.per_seed or []
     rows, traces = [], []
     for name in method_order(comparisons):
         for group in ("minority", "majority"):
-            entries = [(f"seed {b.get('seed')}", ((b.get("comparisons") or {}).get(name) or {}).get(group))
+            entries = [(f"seed {b.seed}", b.comparisons[name].deltas.get(group) if name in b.comparisons else None)
                        for b in per_seed] if len(per_seed) > 1 else []
-            single = ("all users" if result.get("kind") == "audit" or not result.get("seeds")
-                      else f"seed {result['seeds'][0]}")  # an audit has no training seed
-            entries.append(("pooled" if len(per_seed) > 1 else single, comparisons[name].get(group)))
+            single = ("all users" if result.is_audit or not result.seeds
+                      else f"seed {result.seeds[0]}")  # an audit has no training seed
+            entries.append(("pooled" if len(per_seed) > 1 else single, comparisons[name].deltas.get(group)))
             for label, block in entries:
                 if block is not None:
-                    lo, hi = block.get("ci") or [None, None]
+                    lo, hi = block.ci
                     rows.append({"y": f"{name} · {group} · {label}", "group": group, "pooled": label == "pooled",
-                                 "delta": block.get("delta"), "lo": lo, "hi": hi})
+                                 "delta": block.delta, "lo": lo, "hi": hi})
     frame = pd.DataFrame(rows, columns=["y", "group", "pooled", "delta", "lo", "hi"])
     for col in ("delta", "lo", "hi"):
         frame[col] = 100 * pd.to_numeric(frame[col], errors="coerce")
@@ -887,7 +918,7 @@ def forest_plot(result: dict, reference: str = "baseline") -> go.Figure:
                             symbol="diamond" if pooled else "circle", line=dict(width=1, color="#212529")),
                 customdata=np.c_[part["lo"], part["hi"]],
                 hovertemplate="%{y}: %{x:+.1f} points [%{customdata[0]:+.1f}, %{customdata[1]:+.1f}]<extra></extra>"))
-    epsilon = 100 * float(((result.get("config") or {}).get("pafo") or {}).get("epsilon", 0.005))
+    epsilon = 100 * result.epsilon
     shapes = [dict(type="rect", xref="x", yref="paper", x0=-epsilon, x1=epsilon, y0=0, y1=1, line=dict(width=0),
                    fillcolor="#E9ECEF", layer="below"), _vline(0, color="#212529", width=1)]
     pooled = " ◆ pooled over seeds;" if len(per_seed) > 1 else ""
@@ -900,14 +931,14 @@ def forest_plot(result: dict, reference: str = "baseline") -> go.Figure:
 # ------------------------------------------------------------------------------------------- report
 
 
-def report_figures(result: dict, pareto_points: pd.DataFrame | None = None, run_id: str | None = None,
+def report_figures(result: RunResult, pareto_points: pd.DataFrame | None = None, run_id: str | None = None,
                    pareto_scope: str = PARETO_SCOPE) -> dict:
     """The report's figures by title, built exactly as the app's Compare page builds them."""
-    methods = method_order(result.get("methods") or {})
+    methods = method_order(result.methods)
     per_user = per_user_frame(result)
     figures = {}
-    if result.get("comparisons"):
-        reference = result.get("reference", "baseline")
+    if result.comparisons:
+        reference = result.reference
         figures[f"Paired differences to the {reference}"] = forest_plot(result, reference)
     figures.update({"Accuracy by group": group_accuracy_bars(result), "Bias curve": decile_curve(result)})
     if len(methods) >= 2:
@@ -915,13 +946,13 @@ def report_figures(result: dict, pareto_points: pd.DataFrame | None = None, run_
         y = "pafo" if "pafo" in methods and x != "pafo" else next(m for m in methods if m != x)
         figures["Per-user accuracy"] = user_scatter(per_user, x, y)
     if "support_rate" in per_user:
-        # Each seed has its own users and its own cut: draw the first seed's, which result["groups"] describes.
-        seeds = result.get("seeds") or []
+        # Each seed has its own users and its own cut: draw the first seed's, which result.groups describes.
+        seeds = result.seeds or []
         users, subtitle = per_user, None
         if "seed" in per_user and per_user["seed"].nunique() > 1:
             users = per_user[per_user["seed"] == seeds[0]] if seeds else per_user.iloc[:0]
             subtitle = f"seed {seeds[0]} of the run's {len(seeds)}: each seed has its own users and cut"
-        threshold = (result.get("groups") or {}).get("threshold")
+        threshold = result.threshold
         figures["Support rates"] = support_histogram(users, threshold, subtitle=subtitle)
     if pareto_points is not None and len(pareto_points):
         figures["Pareto view"] = pareto_plot(pareto_points, run_id, pareto_scope)
@@ -956,7 +987,7 @@ border-radius:8px;padding:.6rem 1rem}.kpi b{display:block;font-size:1.3rem}.note
 """
 
 
-def build_report_html(result: dict, *, run_id: str | None = None, label: str | None = None,
+def build_report_html(result: RunResult, *, run_id: str | None = None, label: str | None = None,
                       pareto_points: pd.DataFrame | None = None, generated_at: _dt.datetime | None = None,
                       pareto_scope: str = PARETO_SCOPE) -> str:
     """A single HTML file with the run's headline numbers, verdicts, tables and interactive figures.
@@ -965,23 +996,22 @@ def build_report_html(result: dict, *, run_id: str | None = None, label: str | N
     It says what the Compare page says, in its units: accuracies in %, gaps and differences in points.
     """
     generated_at = generated_at or _dt.datetime.now()
-    dataset, groups = result.get("dataset") or {}, result.get("groups") or {}
-    support, encoder = result.get("support") or {}, result.get("encoder") or {}
-    methods = result.get("methods") or {}
-    audit = result.get("kind") == "audit"
-    seeds = result.get("seeds") or [((result.get("config") or {}).get("data") or {}).get("seed", 0)]
+    dataset, groups, support, encoder = result.dataset, result.groups, result.support, result.encoder or {}
+    methods = result.methods
+    audit = result.is_audit
+    seeds = result.seed_list
     title = f"PAFO Studio report — run {run_id}" if run_id else "PAFO Studio report"
     kpis = []
     for name in method_order(methods):
-        acc = methods[name].get("accuracy") or {}
-        gap = (methods[name].get("unfairness") or {}).get("group_gap")
+        acc = methods[name].accuracy
+        gap = methods[name].unfairness.get("group_gap")
         gap_text = points(gap)
         kpis.append(f"<div>{html.escape(name)}<b>{_pct(acc.get('minority'))}</b>minority · majority "
                     f"{_pct(acc.get('majority'))} · gap {gap_text}</div>")
-    reference = result.get("reference", "baseline")
-    notes = [html.escape(comparison_text(name, c, reference)) for name, c in (result.get("comparisons") or {}).items()]
+    reference = result.reference
+    notes = [html.escape(comparison_text(name, c, reference)) for name, c in result.comparisons.items()]
     warnings = [n for n in (seed_note(result), *sample_warnings(result)) if n]
-    if (methods.get("pafo") or {}).get("pareto_selected") is False:
+    if any(unselected(m) for m in methods.values()):
         notes.append("No PAFO epoch met the Pareto selection rule; the best overall epoch was kept.")
     figures = report_figures(result, pareto_points, run_id, pareto_scope)
     meta = [html.escape(label)] if label else []
@@ -1004,7 +1034,7 @@ def build_report_html(result: dict, *, run_id: str | None = None, label: str | N
              "<h2>Accuracy and unfairness</h2>", _table_html(display_table(result, reference)),
              "<p class='note'>Accuracies in %, gaps, spreads and Δ in percentage points; means over seeds where "
              f"there are several. Δ: the method minus the {html.escape(reference)}.</p>"]
-    if result.get("comparisons"):
+    if result.comparisons:
         parts += ["<h2>Paired comparisons</h2>", _table_html(comparison_table(result))]
     teachers = teacher_table(result)
     if len(teachers):

@@ -21,6 +21,7 @@ from .jsonio import loads
 from .manifest import MANIFEST_NAME, check_binding, own_binding, verify_manifest
 from .models import RewardModel, build_model
 from .paths import resolve_inside
+from .results import RunResult
 from .sources.files import read_table, require_columns
 
 __all__ = [
@@ -116,17 +117,21 @@ def load_scoring_model(run_dir: str | Path, method: str = "pafo", *,
     if binding is not None and not (run_dir / MANIFEST_NAME).exists():
         raise PafoInputError(MSG_DAMAGED.format(path=run_dir, detail=verify_manifest(run_dir)))
     _check_published(run_dir)
-    result = _read_json(result_path)
-    check_run_binding(run_dir, result, binding)
+    stored = _read_json(result_path)
+    check_run_binding(run_dir, stored, binding)
     try:
-        encoder = str(result["config"]["run"]["encoder"])
+        result = RunResult.from_json(stored, "result.json")
+    except PafoInputError as exc:
+        raise PafoInputError(MSG_DAMAGED.format(path=run_dir, detail=exc)) from None
+    try:
+        encoder = str(result.config["run"]["encoder"])
     except (KeyError, TypeError) as exc:
         raise PafoInputError(MSG_DAMAGED.format(path=run_dir / "result.json", detail="no config.run.encoder")) from exc
     if encoder == "tfidf":
         raise PafoInputError(MSG_TFIDF_RUN.format(path=run_dir))
     # Only a method the run trained names a file: no path ("../other/weights/pafo") reaches outside the run, and
     # weights another run left in the folder are never used.
-    methods = list(result["methods"]) if isinstance(result.get("methods"), dict) else []
+    methods = list(result.methods)
     weights = resolve_inside(run_dir, Path("weights") / f"{method}.safetensors")
     if method not in methods or weights is None or not weights.is_file():
         raise PafoInputError(MSG_NO_WEIGHTS.format(path=run_dir, method=method, found=", ".join(methods) or "none"))
@@ -136,11 +141,9 @@ def load_scoring_model(run_dir: str | Path, method: str = "pafo", *,
                                                 detail="it points outside the run folder"))
     model = _load_model(weights, spec)
     model.eval()
-    per_user = result.get("per_user", {})
-    user_ids = [str(u) for u in per_user.get("user_id", [])]
-    if "seed" in per_user:  # a multi-seed run saves the first seed's models: its users are their rows
-        first = per_user["seed"][0] if per_user["seed"] else None
-        user_ids = [u for u, seed in zip(user_ids, per_user["seed"], strict=True) if seed == first]
+    # A multi-seed run saves the first seed's models: its users are the first seed's rows.
+    users = result.seed_results()[0].per_user
+    user_ids = [str(u) for u in users.get("user_id", [])]
     return ScoringModel(model, {u: i for i, u in enumerate(user_ids)}, encoder, method, run_dir)
 
 

@@ -19,7 +19,18 @@ import plotly.io as pio
 
 from .attributes import BUILTIN_ATTRIBUTES, PER_USER_COLUMNS, RESERVED_PREFIXES, parse_slicing
 from .report import make_figure, method_color, method_order, per_user_frame
-from .slices import ALPHA, MIN_SLICE_PAIRS, MIN_SLICE_USERS, SLICE_VERDICT_WORDS, SliceSettings, compute_slices
+from .results import RunResult
+from .slices import (
+    ALPHA,
+    MIN_SLICE_PAIRS,
+    MIN_SLICE_USERS,
+    SLICE_VERDICT_WORDS,
+    Slice,
+    SliceDelta,
+    SliceMethod,
+    SliceSettings,
+    compute_slices,
+)
 
 __all__ = [
     "HEAT_COLORSCALE",
@@ -49,10 +60,8 @@ SLICES_NOTE = (f"Accuracies weigh each user equally; whiskers are 95% bootstrap 
                "small and never get a verdict beyond within noise.")
 
 
-def _reference(result: dict) -> str | None:
-    methods = result.get("methods") or {}
-    reference = result.get("reference") or ("baseline" if "baseline" in methods else None)
-    return reference if reference in methods else None
+def _reference(result: RunResult) -> str | None:
+    return result.reference if result.reference in result.methods else None
 
 
 def focus_method(methods, reference: str | None) -> str:
@@ -61,43 +70,47 @@ def focus_method(methods, reference: str | None) -> str:
     return next((m for m in ordered if m != reference), reference or ordered[0])
 
 
-def slicing_options(result: dict) -> list[str]:
+def slicing_options(result: RunResult) -> list[str]:
     """The slicings a run computed (``--slice-by`` specs), in the order given."""
-    specs = (result.get("slicing") or {}).get("by")
+    specs = (result.slicing or {}).get("by")
     if specs:
         return list(specs)
-    return list(dict.fromkeys(entry.get("slicing") or ",".join(entry["by"]) for entry in result.get("slices") or []))
+    return list(dict.fromkeys(entry.slicing for entry in result.slices or []))
 
 
-def _of(slices: list[dict], spec: str) -> list[dict]:
-    return [e for e in slices if (e.get("slicing") or ",".join(e["by"])) == spec]
+def _of(slices: list[Slice], spec: str) -> list[Slice]:
+    return [e for e in slices if e.slicing == spec]
 
 
-def _label(entry: dict) -> str:
-    return " · ".join(f"{k} = {v}" for k, v in entry["by"].items()) + (SMALL_MARK if entry.get("small") else "")
+def _label(entry: Slice) -> str:
+    return " · ".join(f"{k} = {v}" for k, v in entry.by.items()) + (SMALL_MARK if entry.small else "")
 
 
-def slice_table(slices: list[dict], spec: str, methods, reference: str | None) -> pd.DataFrame:
+def _method(entry: Slice, name: str) -> SliceMethod:
+    return entry.methods.get(name) or SliceMethod(None, [None, None], None)
+
+
+def slice_table(slices: list[Slice], spec: str, methods, reference: str | None) -> pd.DataFrame:
     """One row per slice of ``spec``, worst first: its users and pairs, each method's accuracy (%) with CI, and each
     comparison's Δ (points) with CI, p, Holm-adjusted p and verdict."""
     methods = method_order(methods)
     focus = focus_method(methods, reference)
     rows = []
     for entry in _of(slices, spec):
-        row = {"slice": _label(entry), "users": entry["n_users"], "test pairs": entry["n_pairs"]}
+        row = {"slice": _label(entry), "users": entry.n_users, "test pairs": entry.n_pairs}
         for name in methods:
-            block = entry["methods"].get(name) or {}
-            lo, hi = block.get("ci") or [None, None]
-            row[f"{name} %"] = _scaled(block.get("accuracy"))
+            block = _method(entry, name)
+            lo, hi = block.ci or [None, None]
+            row[f"{name} %"] = _scaled(block.accuracy)
             row[f"{name} CI"] = _interval(lo, hi, "{:.1f}")
-        for name, block in entry.get("comparisons", {}).items():
-            lo, hi = block.get("ci") or [None, None]
-            row[f"Δ {name} pts"] = _scaled(block.get("delta"))
+        for name, delta in entry.comparisons.items():
+            lo, hi = delta.ci or [None, None]
+            row[f"Δ {name} pts"] = _scaled(delta.delta)
             row[f"Δ {name} CI"] = _interval(lo, hi, "{:+.1f}")
-            row[f"{name} p"] = _p(block.get("p"))
-            row[f"{name} p (Holm)"] = _p(block.get("p_holm"))
-            row[f"{name} verdict"] = SLICE_VERDICT_WORDS.get(block.get("verdict"), block.get("verdict"))
-        row["_order"] = (entry["methods"].get(focus) or {}).get("accuracy")
+            row[f"{name} p"] = _p(delta.p)
+            row[f"{name} p (Holm)"] = _p(delta.p_holm)
+            row[f"{name} verdict"] = SLICE_VERDICT_WORDS.get(delta.verdict, delta.verdict)
+        row["_order"] = _method(entry, focus).accuracy
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -116,16 +129,16 @@ def _interval(lo, hi, fmt: str) -> str:
     return f"[{fmt.format(100 * lo)}, {fmt.format(100 * hi)}]".replace("-", "−")
 
 
-def _ordered(slices: list[dict], spec: str, methods, reference) -> list[dict]:
+def _ordered(slices: list[Slice], spec: str, methods, reference) -> list[Slice]:
     """The slices of one slicing, worst first by the focus method's accuracy."""
     focus = focus_method(methods, reference)
     entries = _of(slices, spec)
-    value = [(e["methods"].get(focus) or {}).get("accuracy") for e in entries]
+    value = [_method(e, focus).accuracy for e in entries]
     order = sorted(range(len(entries)), key=lambda i: (value[i] is None, value[i] if value[i] is not None else 0))
     return [entries[i] for i in order]
 
 
-def slice_accuracy_figure(slices: list[dict], spec: str, methods, reference: str | None) -> go.Figure:
+def slice_accuracy_figure(slices: list[Slice], spec: str, methods, reference: str | None) -> go.Figure:
     """Accuracy per slice (one marker per method, side by side within the slice's row) with 95% CI whiskers, worst
     slice on top."""
     entries = _ordered(slices, spec, methods, reference)
@@ -134,15 +147,16 @@ def slice_accuracy_figure(slices: list[dict], spec: str, methods, reference: str
     dodge = np.linspace(-0.2, 0.2, len(ordered)) if len(ordered) > 1 else np.zeros(1)
     traces = []
     for offset, name in zip(dodge, ordered, strict=True):
-        acc = np.array([_nan((e["methods"].get(name) or {}).get("accuracy")) for e in entries]) * 100
-        lo = np.array([_nan(((e["methods"].get(name) or {}).get("ci") or [None, None])[0]) for e in entries]) * 100
-        hi = np.array([_nan(((e["methods"].get(name) or {}).get("ci") or [None, None])[1]) for e in entries]) * 100
+        blocks = [_method(e, name) for e in entries]
+        acc = np.array([_nan(b.accuracy) for b in blocks]) * 100
+        lo = np.array([_nan((b.ci or [None, None])[0]) for b in blocks]) * 100
+        hi = np.array([_nan((b.ci or [None, None])[1]) for b in blocks]) * 100
         traces.append(go.Scatter(
             x=acc, y=np.arange(len(entries)) + offset, mode="markers", name=name,
             marker=dict(color=method_color(name), size=10),
             error_x=dict(type="data", symmetric=False, array=np.nan_to_num(hi - acc),
                          arrayminus=np.nan_to_num(acc - lo), color=method_color(name), thickness=1.6),
-            customdata=np.c_[lo, hi, [e["n_users"] for e in entries]], text=labels,
+            customdata=np.c_[lo, hi, [e.n_users for e in entries]], text=labels,
             hovertemplate=f"{name} · %{{text}}: %{{x:.1f}}% [%{{customdata[0]:.1f}}, %{{customdata[1]:.1f}}], "
                           "%{customdata[2]} users<extra></extra>"))
     title = "Accuracy per slice, worst first (95% CI)"
@@ -156,25 +170,23 @@ def _nan(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def slice_heatmap(slices: list[dict], spec: str, methods, reference: str | None) -> go.Figure:
+def slice_heatmap(slices: list[Slice], spec: str, methods, reference: str | None) -> go.Figure:
     """Slice × method heat map of the paired differences to the reference (points); ``*`` where the difference
     holds after Holm (better or worse), the cell's verdict and p values on hover; worst slice on top."""
     entries = _ordered(slices, spec, methods, reference)
-    compared = [m for m in method_order(methods) if m != reference and any(m in e.get("comparisons", {})
-                                                                          for e in entries)]
+    compared = [m for m in method_order(methods) if m != reference and any(m in e.comparisons for e in entries)]
     labels = [_label(e) for e in entries]
     z, text, hover = [], [], []
     for entry in entries:
         row_z, row_text, row_hover = [], [], []
         for name in compared:
-            block = entry.get("comparisons", {}).get(name) or {}
-            delta = block.get("delta")
+            block = entry.comparisons.get(name) or SliceDelta(None, [None, None], None, verdict="")
+            delta = block.delta
             row_z.append(_nan(delta) * 100)
-            mark = "*" if block.get("verdict") in ("better", "worse") else ""
+            mark = "*" if block.verdict in ("better", "worse") else ""
             row_text.append("–" if delta is None else f"{_signed(100 * delta)}{mark}")
-            row_hover.append(f"{SLICE_VERDICT_WORDS.get(block.get('verdict'), '')}; p = {_p(block.get('p'))}, "
-                             f"Holm p = {_p(block.get('p_holm'))}" + (f"; {block['reason']}" if block.get("reason")
-                                                                      else ""))
+            row_hover.append(f"{SLICE_VERDICT_WORDS.get(block.verdict, '')}; p = {_p(block.p)}, "
+                             f"Holm p = {_p(block.p_holm)}" + (f"; {block.reason}" if block.reason else ""))
         z.append(row_z)
         text.append(row_text)
         hover.append(row_hover)
@@ -223,17 +235,16 @@ def spec_for(per_user: pd.DataFrame, columns: list[str]) -> str:
     return ",".join(parts)
 
 
-def on_demand_slices(result: dict, spec: str, margins: pd.DataFrame | None = None, *,
-                     n_resamples: int = 1000) -> list[dict]:
+def on_demand_slices(result: RunResult, spec: str, margins: pd.DataFrame | None = None, *,
+                     n_resamples: int = 1000) -> list[Slice]:
     """The slices of one slicing computed from a finished run's per-user table (and its test margins, for the
     log-loss), with the run's reference; Holm over this slicing's comparisons only."""
     SliceSettings(slice_by=[spec]).validate()
-    methods = method_order(result.get("methods") or {})
+    methods = method_order(result.methods)
     reference = _reference(result)
-    seed = int(((result.get("config") or {}).get("data") or {}).get("seed", 0))
-    epsilon = float(((result.get("config") or {}).get("pafo") or {}).get("epsilon", 0.005))
+    seed = int(result.seed_list[0])
     return compute_slices(per_user_frame(result), margins, [parse_slicing(spec)], methods, reference,
-                          n_resamples=n_resamples, seed=seed, epsilon=epsilon)
+                          n_resamples=n_resamples, seed=seed, epsilon=result.epsilon)
 
 
 def attribute_values(per_user: pd.DataFrame, column: str) -> list:
@@ -276,15 +287,15 @@ def _one_decimal(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def report_section(result: dict) -> str:
+def report_section(result: RunResult) -> str:
     """The report's "Slices" section: a picker (a plain <select>, the file stays self-contained) showing one
     slicing's table, accuracy figure and heat map at a time. Empty when the run has no slices."""
-    slices = result.get("slices") or []
+    slices = result.slices or []
     if not slices:
         return ""
-    methods, reference = method_order(result.get("methods") or {}), _reference(result)
+    methods, reference = method_order(result.methods), _reference(result)
     specs = slicing_options(result)
-    block = result.get("slicing") or {}
+    block = result.slicing or {}
     options = "".join(f"<option value='{i}'>{html.escape(parse_slicing(s).title)}</option>"
                       for i, s in enumerate(specs))
     parts = ["<h2>Slices</h2>",

@@ -24,9 +24,10 @@ Everything is a fraction (0.005 is half a percentage point), as in :mod:`pafo.co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,7 @@ from .attributes import (
 )
 from .config import option, validate_options
 from .errors import PafoInputError
+from .jsonio import from_fields
 from .metrics import support_deciles
 
 __all__ = [
@@ -49,6 +51,9 @@ __all__ = [
     "MIN_SLICE_USERS",
     "SLICE_VERDICTS",
     "SLICE_VERDICT_WORDS",
+    "Slice",
+    "SliceDelta",
+    "SliceMethod",
     "SliceSettings",
     "bootstrap_p",
     "check_slicings",
@@ -200,10 +205,70 @@ class _SeedPart:
     n_pairs: int
 
 
+@dataclass
+class SliceMethod:
+    """One method on one slice: user-weighted accuracy, its bootstrap CI and the log-loss of its test pairs."""
+
+    accuracy: float | None
+    ci: list
+    log_loss: float | None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SliceDelta:
+    """One method against the reference on one slice: the paired difference, its CI, p and Holm's p, the verdict
+    and, for a small slice, why it gets none."""
+
+    delta: float | None
+    ci: list
+    p: float | None
+    p_holm: float | None = None
+    verdict: str = "noise"
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if self.reason is None:
+            del out["reason"]
+        return out
+
+
+@dataclass
+class Slice:
+    """One slice of users (``by``: its attribute values) of one slicing, with every method and comparison."""
+
+    by: dict
+    slicing: str
+    n_users: int
+    n_pairs: int
+    methods: dict[str, SliceMethod]
+    comparisons: dict[str, SliceDelta] = field(default_factory=dict)
+    small: bool = False
+
+    def to_json(self) -> dict:
+        return {"by": self.by, "slicing": self.slicing, "n_users": self.n_users, "n_pairs": self.n_pairs,
+                "methods": {name: m.to_json() for name, m in self.methods.items()},
+                "comparisons": {name: c.to_json() for name, c in self.comparisons.items()}, "small": self.small}
+
+    @classmethod
+    def from_json(cls, entry: dict) -> Slice:
+        read = from_fields(cls, entry, methods=lambda block: _each(SliceMethod, block),
+                           comparisons=lambda block: _each(SliceDelta, block))
+        read.slicing = read.slicing or ",".join(read.by)  # a slice stored before slicings were named
+        return read
+
+
+def _each(cls, block: dict | None) -> dict:
+    return {name: from_fields(cls, value) for name, value in (block or {}).items()}
+
+
 def _slice_block(parts: dict, methods: list[str], reference: str | None, n_resamples: int, rng, confidence: float,
-                 min_users: int, min_pairs: int) -> tuple[dict, dict]:
-    """One slice's ``methods`` and ``comparisons`` blocks (p_holm and verdict are filled in later), plus the
-    bootstrap samples of each comparison's delta."""
+                 min_users: int, min_pairs: int) -> tuple[dict, dict, bool, dict]:
+    """One slice's methods and comparisons (p_holm and verdict are filled in later), whether it is small, plus
+    the bootstrap samples of each comparison's delta."""
     from .compare import _stratified_indices  # scipy.stats comes with it: not at the CLI's start
 
     accuracy_samples = {m: [] for m in methods}
@@ -229,9 +294,9 @@ def _slice_block(parts: dict, methods: list[str], reference: str | None, n_resam
                 deltas[m].append(float(difference[np.isfinite(difference)].mean()))
                 delta_samples[m].append(_resampled_means(difference, index))
     spread = sum(users.values()) >= 2  # one user says nothing about the spread: no interval
-    methods_block = {m: {"accuracy": _plain(np.mean(points[m])) if points[m] else None,
-                         "ci": _ci(accuracy_samples[m], confidence) if spread else [None, None],
-                         "log_loss": _plain(np.mean(losses[m])) if losses[m] else None} for m in methods}
+    methods_block = {m: SliceMethod(_plain(np.mean(points[m])) if points[m] else None,
+                                    _ci(accuracy_samples[m], confidence) if spread else [None, None],
+                                    _plain(np.mean(losses[m])) if losses[m] else None) for m in methods}
     reason = _small_reason(users, {seed: part.n_pairs for seed, part in parts.items()}, min_users, min_pairs)
     comparisons, pooled = {}, {}
     for m in delta_samples:
@@ -239,12 +304,9 @@ def _slice_block(parts: dict, methods: list[str], reference: str | None, n_resam
         samples = np.mean(np.stack(delta_samples[m]), axis=0) if delta_samples[m] else np.array([])
         pooled[m] = samples
         df = sum(users.values()) - len(users)  # n users, less one mean per seed
-        block = {"delta": _plain(delta), "ci": _ci(delta_samples[m], confidence) if spread else [None, None],
-                 "p": bootstrap_p(delta, samples, df) if spread else None, "p_holm": None, "verdict": "noise"}
-        if reason:
-            block["reason"] = reason
-        comparisons[m] = block
-    return {"methods": methods_block, "comparisons": comparisons, "small": reason is not None}, pooled
+        comparisons[m] = SliceDelta(_plain(delta), _ci(delta_samples[m], confidence) if spread else [None, None],
+                                    bootstrap_p(delta, samples, df) if spread else None, reason=reason or None)
+    return methods_block, comparisons, reason is not None, pooled
 
 
 def _with_seed(table: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -299,7 +361,7 @@ def _parts(table: pd.DataFrame, rows: pd.Index, pairs: pd.DataFrame | None, meth
 def compute_slices(users: pd.DataFrame, pairs: pd.DataFrame | None, slicings: Sequence[Slicing],
                    methods: Sequence[str], reference: str | None, *, n_resamples: int = 1000, seed: int = 0,
                    confidence: float = 0.95, epsilon: float = 0.005, alpha: float = ALPHA,
-                   min_users: int = MIN_SLICE_USERS, min_pairs: int = MIN_SLICE_PAIRS) -> list[dict]:
+                   min_users: int = MIN_SLICE_USERS, min_pairs: int = MIN_SLICE_PAIRS) -> list[Slice]:
     """The ``slices`` list of a run (see the module docstring), one entry per slice of every slicing.
 
     ``users``: the per-user table (one row per user and seed, in each seed's user order) with ``group``,
@@ -321,11 +383,11 @@ def compute_slices(users: pd.DataFrame, pairs: pd.DataFrame | None, slicings: Se
         for key in present:
             rows = keys.index[keys.map(lambda k, key=key: k == key).to_numpy(dtype=bool)]
             parts = _parts(table, rows, pairs, methods)
-            block, pooled = _slice_block(parts, methods, reference, n_resamples, rng, confidence, min_users,
-                                         min_pairs)
-            slices.append({"by": dict(zip(slicing.columns, (_json_value(v) for v in key), strict=True)),
-                           "slicing": slicing.spec, "n_users": len(rows),
-                           "n_pairs": sum(p.n_pairs for p in parts.values()), **block})
+            by_method, comparisons, small, pooled = _slice_block(parts, methods, reference, n_resamples, rng,
+                                                                 confidence, min_users, min_pairs)
+            slices.append(Slice(dict(zip(slicing.columns, (_json_value(v) for v in key), strict=True)),
+                                slicing.spec, len(rows), sum(p.n_pairs for p in parts.values()), by_method,
+                                comparisons, small))
             samples.append(pooled)
     _adjust(slices, alpha, epsilon)
     return slices
@@ -335,26 +397,26 @@ def _json_value(value):
     return int(value) if isinstance(value, int | np.integer) else str(value)
 
 
-def _adjust(slices: list[dict], alpha: float, epsilon: float) -> None:
+def _adjust(slices: list[Slice], alpha: float, epsilon: float) -> None:
     """Holm over every comparison of every slice, then each comparison's verdict."""
-    blocks = [block for entry in slices for block in entry["comparisons"].values()]
-    for block, adjusted in zip(blocks, holm([b["p"] for b in blocks]), strict=True):
-        block["p_holm"] = adjusted
-        block["verdict"] = _verdict(block, alpha, epsilon)
+    blocks = [block for entry in slices for block in entry.comparisons.values()]
+    for block, adjusted in zip(blocks, holm([b.p for b in blocks]), strict=True):
+        block.p_holm = adjusted
+        block.verdict = _verdict(block, alpha, epsilon)
 
 
-def _verdict(block: dict, alpha: float, epsilon: float) -> str:
-    if block.get("reason") or block["p_holm"] is None or block["delta"] is None or block["p_holm"] >= alpha:
+def _verdict(block: SliceDelta, alpha: float, epsilon: float) -> str:
+    if block.reason or block.p_holm is None or block.delta is None or block.p_holm >= alpha:
         return "noise"
-    if block["delta"] > 0:
+    if block.delta > 0:
         return "better"
-    return "worse" if block["delta"] < -epsilon - 1e-12 else "noise"
+    return "worse" if block.delta < -epsilon - 1e-12 else "noise"
 
 
-def slicing_block(settings: SliceSettings, reference: str | None, slices: list[dict], *,
+def slicing_block(settings: SliceSettings, reference: str | None, slices: list[Slice], *,
                   epsilon: float = 0.005) -> dict:
     """The ``slicing`` block that says how a run's ``slices`` were made and judged."""
-    tests = sum(len(entry["comparisons"]) for entry in slices)
+    tests = sum(len(entry.comparisons) for entry in slices)
     return {"by": [s.spec for s in settings.slicings()], "reference": reference, "alpha": ALPHA,
             "epsilon": epsilon, "min_users": MIN_SLICE_USERS, "min_pairs": MIN_SLICE_PAIRS,
             "n_slices": len(slices), "n_tests": tests,

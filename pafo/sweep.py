@@ -39,15 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from .appstate import SWEEP_PREFIX, whatif_config
-from .compare import VerdictRule, paired_comparison, pooled_group_ci
+from .compare import VerdictRule
 from .config import OptionValueError
 from .device import resolve_device, with_device
 from .effects import APP_WORDS, NoEffectError, check_grid, option_label
 from .errors import MSG_DIVERGED, PafoEnvironmentError, PafoInputError
-from .experiment import REFERENCE, ExperimentConfig, _mean_tree
+from .experiment import ExperimentConfig
 from .features import FeatureResult
 from .registry import (
     ACTIVE_STATUSES,
@@ -59,6 +57,7 @@ from .registry import (
     new_run_id,
     worker_env,
 )
+from .results import REFERENCE, MethodResult, RunResult, SweepCell, SweepPoint, SweepResult, pool
 from .worker import FEATURES_STDIN
 
 __all__ = [
@@ -288,8 +287,9 @@ def warm_embeddings(cells: list[Cell], device: str = "cpu") -> int:
 def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int] | None = None, *,
               registry: RunRegistry | None = None, force: bool = False, sweep_id: str | None = None,
               pareto_method: str | None = None, backend: str = "local", ray_address: str | None = None,
-              on_cell: Callable[[Cell, int, int], None] | None = None, device: str | None = None) -> dict:
-    """Run (or reuse) every cell, wait for all of them, return ``sweep.json``.
+              on_cell: Callable[[Cell, int, int], None] | None = None,
+              device: str | None = None) -> SweepResult:
+    """Run (or reuse) every cell, wait for all of them, return the sweep (``sweep.json``).
 
     ``backend``: ``local`` runs the cells in the registry's worker processes (under its concurrency limit),
     ``ray`` as Ray tasks (:func:`run_on_ray`). ``seeds`` default to the base config's seeds.
@@ -361,14 +361,15 @@ def attach_records(registry: RunRegistry, base: ExperimentConfig | dict, grid: d
 
 
 def sweep_result(registry: RunRegistry, base: ExperimentConfig | dict, grid: dict[str, list], cells: list[Cell], *,
-                 sweep_id: str, pareto_method: str | None = None) -> dict:
-    """``sweep.json`` of cells that have all ended (their results are read from the registry)."""
+                 sweep_id: str, pareto_method: str | None = None) -> SweepResult:
+    """The sweep (``sweep.json``) of cells that have all ended (their results are read from the registry)."""
     base = ExperimentConfig.from_dict(base) if isinstance(base, dict) else base
     pareto_method = _pareto_method(pareto_method, base.run.method_list())
     seeds = list(dict.fromkeys(cell.seed for cell in cells))
     results = {cell.record.id: registry.load_result(cell.record.id).result for cell in cells
                if cell.record.status == SUCCEEDED}
-    results = {run_id: result for run_id, result in results.items() if result is not None}
+    results = {run_id: RunResult.from_json(result, f"the result of cell {run_id}")
+               for run_id, result in results.items() if result is not None}
     return assemble(base, grid, seeds, cells, results, sweep_id=sweep_id, pareto_method=pareto_method)
 
 
@@ -571,49 +572,41 @@ def cancel_sweep(registry: RunRegistry, sweep_id: str) -> list[RunRecord]:
 
 
 def assemble(base: ExperimentConfig, grid: dict[str, list], seeds: list[int], cells: list[Cell],
-             results: dict[str, dict], *, sweep_id: str, pareto_method: str) -> dict:
-    """``sweep.json`` from the cells and the results of those that succeeded (see the module docstring)."""
+             results: dict[str, RunResult], *, sweep_id: str, pareto_method: str) -> SweepResult:
+    """The sweep from its cells and the results of those that succeeded (see the module docstring)."""
     methods = base.run.method_list()
     entries = []
     for cell in cells:
         result = results.get(cell.record.id)
-        entries.append({"params": cell.params, "seed": cell.seed, "run_id": cell.record.id,
-                        "status": cell.record.status, "reused_from": cell.record.reused_from,
-                        "error": cell.record.error, "methods": result["methods"] if result else None})
+        entries.append(SweepCell(cell.params, cell.seed, cell.record.id, cell.record.status, cell.record.reused_from,
+                                 cell.record.error, result.methods if result else None))
     points = []
     for index in sorted({cell.point for cell in cells}):
         mine = [cell for cell in cells if cell.point == index]
         done = [results[cell.record.id] for cell in mine if cell.record.id in results]
         points.append(_point(index, mine[0], done, methods, base.run.bootstrap))
-    return {"sweep_id": sweep_id, "grid": grid, "seeds": seeds, "methods": methods, "pareto_method": pareto_method,
-            "cells": entries, "points": points, "pareto_front": pareto_front(points, pareto_method)}
+    return SweepResult(sweep_id, grid, seeds, methods, pareto_method, entries, points,
+                       pareto_front(points, pareto_method))
 
 
-def _point(index: int, cell: Cell, results: list[dict], methods: list[str], bootstrap: int) -> dict:
+def _point(index: int, cell: Cell, results: list[RunResult], methods: list[str], bootstrap: int) -> SweepPoint:
     """One grid point over the seeds that succeeded: pooled figures per method and paired comparisons."""
-    point = {"index": index, "params": cell.params, "n_seeds": len(results), "methods": None, "comparisons": None}
+    point = SweepPoint(index, cell.params, len(results))
     if not results:
         return point
-    frames = [pd.DataFrame(result["per_user"]) for result in results]
-    seed = results[0]["seeds"][0]
-    point["methods"] = {
-        name: {"accuracy": _mean_tree([r["methods"][name]["accuracy"] for r in results]),
-               "accuracy_ci": pooled_group_ci(frames, f"acc_{name}", n_resamples=bootstrap, seed=seed),
-               "unfairness": _mean_tree([r["methods"][name]["unfairness"] for r in results])}
-        for name in methods}
-    if REFERENCE in methods:
-        rule = VerdictRule(epsilon=cell.config["pafo"]["epsilon"])
-        point["comparisons"] = {name: paired_comparison(frames, name, REFERENCE, n_resamples=bootstrap, seed=seed,
-                                                        rule=rule)
-                                for name in methods if name != REFERENCE}
+    rule = VerdictRule(epsilon=cell.config["pafo"]["epsilon"])
+    pooled = pool([seed for result in results for seed in result.seed_results()], methods, n_resamples=bootstrap,
+                  rule=rule)
+    point.methods = {name: MethodResult(m.accuracy, m.accuracy_ci, m.unfairness) for name, m in pooled.methods.items()}
+    point.comparisons = pooled.comparisons if REFERENCE in methods else None
     return point
 
 
-def pareto_front(points: list[dict], method: str) -> list[int]:
+def pareto_front(points: list[SweepPoint], method: str) -> list[int]:
     """Indices of the points whose ``method`` is not dominated: no other point is at least as accurate on both
     groups and more accurate on one. Points without a result are left out."""
-    scored = [(p["index"], p["methods"][method]["accuracy"]["majority"], p["methods"][method]["accuracy"]["minority"])
-              for p in points if p.get("methods") and method in p["methods"]]
+    scored = [(p.index, p.methods[method].accuracy["majority"], p.methods[method].accuracy["minority"])
+              for p in points if p.methods and method in p.methods]
     scored = [(i, maj, mino) for i, maj, mino in scored if maj is not None and mino is not None]
     return [i for i, maj, mino in scored
             if not any(a >= maj and b >= mino and (a > maj or b > mino) for _, a, b in scored)]

@@ -261,6 +261,7 @@ def _publish(out_dir: Path, result: object, config: dict, fingerprint: str) -> P
     """Keep or write result.json, then the manifest of every artifact and of what they are the result of (the
     run's config hash and dataset fingerprint; the fingerprint the target itself reports, if it does, since the
     data may have changed between queueing and loading): from here on the run is published."""
+    result = result.to_json() if hasattr(result, "to_json") else result  # a RunResult (pafo.results)
     result_path = _write_result(out_dir, result)
     if isinstance(result, dict) and isinstance(result.get("fingerprint"), str):
         fingerprint = result["fingerprint"]

@@ -4,6 +4,7 @@ they hold after Holm, and the table, worst slices first. Drawing decisions live 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
@@ -12,20 +13,22 @@ from pafo import slice_report
 from pafo.attributes import BUILTIN_ATTRIBUTES
 from pafo.errors import PafoInputError
 from pafo.report import method_order, per_user_frame
+from pafo.results import RunResult
+from pafo.slices import Slice
 from pages import _ui as ui
 
 
 @st.cache_data(show_spinner="Computing slices…", max_entries=32)
-def _on_demand(run_id: str, mtime: float, spec: str, _result: dict, _margins) -> list[dict]:
+def _on_demand(run_id: str, mtime: float, spec: str, _result: RunResult, _margins) -> list[Slice]:
     return slice_report.on_demand_slices(_result, spec, _margins, n_resamples=_bootstrap(_result))
 
 
-def _bootstrap(result: dict) -> int:
-    config = result.get("config") or {}
+def _bootstrap(result: RunResult) -> int:
+    config = result.config
     return int((config.get("run") or config.get("audit") or {}).get("bootstrap", 1000))
 
 
-def panel(record, result: dict) -> dict:
+def panel(record, result: RunResult) -> RunResult:
     """The slices section of Compare for one finished run; returns the result the HTML report should show: the run's
     own, or with the slices computed here on demand."""
     per_user = per_user_frame(result)
@@ -43,11 +46,11 @@ def panel(record, result: dict) -> dict:
         st.info("Pick an attribute to slice the users by.")
         return result
     spec = next((s for s in stored if [c.partition(":")[0] for c in s.split(",")] == picked), None)
-    methods, reference = method_order(result["methods"]), result.get("reference") or (
-        "baseline" if "baseline" in result["methods"] else None)
+    methods = method_order(result.methods)
+    reference = result.reference if result.reference in result.methods else None
     if spec is not None:
-        slices = result["slices"]
-        family = (result.get("slicing") or {}).get("adjustment", "Holm over the run's slices")
+        slices = result.slices
+        family = (result.slicing or {}).get("adjustment", "Holm over the run's slices")
     else:
         spec = slice_report.spec_for(per_user, picked)
         try:
@@ -56,7 +59,7 @@ def panel(record, result: dict) -> dict:
         except PafoInputError as exc:
             ui.show_error(str(exc), "Cannot slice by that: ")
             return result
-        family = f"computed now; Holm over this slicing's {sum(len(e['comparisons']) for e in slices)} comparisons"
+        family = f"computed now; Holm over this slicing's {sum(len(e.comparisons) for e in slices)} comparisons"
     st.caption(f"Slicing {spec} · {family} · reference {reference}")
     left, right = st.columns(2)
     with left:
@@ -67,6 +70,6 @@ def panel(record, result: dict) -> dict:
     st.dataframe(slice_report.slice_table(slices, spec, methods, reference), width="stretch", hide_index=True,
                  column_config={"slice": st.column_config.TextColumn("slice", width="medium")})
     st.caption(slice_report.SLICES_NOTE)
-    if result.get("slices"):
+    if result.slices:
         return result
-    return {**result, "slices": slices, "slicing": {"by": [spec], "adjustment": family}}
+    return dataclasses.replace(result, slices=slices, slicing={"by": [spec], "adjustment": family})

@@ -116,12 +116,12 @@ def show_sweep(state: dict, config: dict, registry) -> None:
         ui.rerun_when_runs_change(records)
         return
     sweep = sweep_result(registry, config, state["grid"], cells, sweep_id=state["sweep_id"])
-    failed = [c for c in sweep["cells"] if c["status"] != "succeeded"]
+    failed = [c for c in sweep.cells if c.status != "succeeded"]
     if failed:
         st.warning(f"{len(failed)} cell(s) did not succeed; the points pool the seeds that did.")
     ui.plot(report.sweep_pareto(sweep), key="sweep_pareto")
     ui.plot(report.sweep_lines(sweep, next(iter(state["grid"]))), key="sweep_lines")
-    st.download_button("sweep.json", json.dumps(sweep, indent=2), file_name=f"{state['sweep_id']}.json",
+    st.download_button("sweep.json", json.dumps(sweep.to_json(), indent=2), file_name=f"{state['sweep_id']}.json",
                        mime="application/json", key="sweep_download")
 
 

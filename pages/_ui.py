@@ -28,6 +28,7 @@ from pafo.errors import PafoInputError
 from pafo.method_configs import RunSettings, TrainConfig, method_sections
 from pafo.paths import pafo_home
 from pafo.registry import ACTIVE_STATUSES, CANCELLED, FAILED, SUCCEEDED, RunRegistry
+from pafo.results import RunResult
 from pafo.sources import DataConfig, dataset_fingerprint, load_dataset
 from pafo.support import GroupConfig, estimate_support
 
@@ -275,13 +276,18 @@ def support_rates(config: dict, estimator: str, encoder: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _result(run_id: str, path: str, mtime: float) -> tuple[dict | None, str | None]:
+def _result(run_id: str, path: str, mtime: float) -> tuple[RunResult | None, str | None]:
     record = registry().load_result(run_id)
-    return record.result, record.result_error
+    if record.result is None:
+        return None, record.result_error
+    try:
+        return RunResult.from_json(record.result, f"the result of run {run_id}"), None
+    except PafoInputError as exc:
+        return None, str(exc)
 
 
-def load_result(record) -> tuple[dict | None, str | None]:
-    """A finished run's result JSON (cached by file and mtime) or the reason it cannot be read."""
+def load_result(record) -> tuple[RunResult | None, str | None]:
+    """A finished run's result (cached by file and mtime) or the reason it cannot be read."""
     if record.status != SUCCEEDED or not record.result_path:
         return None, f"run {record.id} has no result (status {record.status})"
     path = Path(record.result_path)

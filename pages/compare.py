@@ -22,18 +22,15 @@ picked = ui.pick_finished_run("compare_run", "Finished run", live=True)
 if picked is None:
     st.stop()
 record, result = picked
-methods = report.method_order(result["methods"])
+methods = report.method_order(result.methods)
 per_user = report.per_user_frame(result)
-groups = result.get("groups") or {}
-dataset = result.get("dataset") or {}
-seeds = result.get("seeds") or [(result["config"].get("data") or {}).get("seed", 0)]
-comparisons = result.get("comparisons") or {}
+groups, dataset, seeds, comparisons = result.groups, result.dataset, result.seed_list, result.comparisons
 
 minority = (f"{groups.get('n_minority')} minority users per seed" if len(seeds) > 1 else
             f"minority = {groups.get('n_minority')} users with support ≤ {groups.get('threshold', float('nan')):.3f}")
-audit = result.get("kind") == "audit"
+audit = result.is_audit
 source = (f"audit of given predictions on {report.judged_pairs_text(result)}" if audit
-          else f"encoder {result['encoder']['name']}")
+          else f"encoder {(result.encoder or {}).get('name')}")
 # One duration everywhere: the run's own, from its worker's start to its end, as Train and the runs table show it
 # (a reused run: the one that trained).
 trained = ui.original_record(record)
@@ -41,7 +38,7 @@ seconds = appstate.run_seconds(trained)
 st.caption(
     f"{dataset.get('name')} · {dataset.get('n_users', 0):,} users · "
     + ("" if audit else f"seed{'s' if len(seeds) > 1 else ''} {appstate.seeds_text(seeds)} · ")
-    + f"{source} · support estimator {result['support']['estimator']} · {minority} · "
+    + f"{source} · support estimator {result.support.get('estimator')} · {minority} · "
     + ("" if seconds is None else f"{'audit' if audit else 'run'} took {seconds:.0f} s")
     + (f" · ♻ reused from {record.reused_from}" if record.reused_from else "")
 )
@@ -52,35 +49,35 @@ for warning in report.sample_warnings(result):
     st.warning(warning, icon=":material/group_off:")
 
 # ----------------------------------------------------------------------------------------------- headline
-reference = result.get("reference") or ("baseline" if "baseline" in methods else methods[0])  # an audit names its own
-ref = result["methods"][reference]
+reference = report.reference_of(result)  # an audit names its own
+ref = result.methods[reference]
 cols = st.columns(len(methods))
 for col, name in zip(cols, methods, strict=True):
-    metrics = result["methods"][name]
-    acc, unf = metrics["accuracy"], metrics["unfairness"]
+    metrics = result.methods[name]
+    acc, unf = metrics.accuracy, metrics.unfairness
     same = name == reference
     with col.container(border=True):
         st.markdown(f"**{name}**" + (" (the reference)" if same and comparisons else ""))
         for label, key in (("Minority accuracy", "minority"), ("Majority accuracy", "majority")):
-            paired = ((comparisons.get(name) or {}).get(key) or {}).get("delta")  # the verdict's own number
-            delta = {} if same else appstate.metric_delta(acc[key], ref["accuracy"][key], change=paired)
+            paired = comparisons[name].delta(key).delta if name in comparisons else None  # the verdict's number
+            delta = {} if same else appstate.metric_delta(acc[key], ref.accuracy[key], change=paired)
             st.metric(label, report.percent(acc[key]), **delta, help=None if same else PAIRED_HELP)
-        delta = {} if same else appstate.metric_delta(unf["group_gap"], ref["unfairness"]["group_gap"],
+        delta = {} if same else appstate.metric_delta(unf["group_gap"], ref.unfairness["group_gap"],
                                                       absolute=True, lower_is_better=True)
         st.metric("Group gap", report.points(unf["group_gap"]), **delta,
                   help="majority − minority accuracy; the change compares sizes, |gap|: closer to 0 is fairer")
         if name in comparisons:
             comparison = comparisons[name]
-            verdict = comparison["verdict"]
+            verdict = comparison.verdict
             st.markdown(f"Verdict vs {reference}: **{report.VERDICT_ICONS.get(verdict, '')} "
                         f"{VERDICT_WORDS.get(verdict, verdict)}**",
-                        help=f"{report.VERDICT_RULE}\n\nThis run's {describe_rule(comparison.get('rule'))}.")
+                        help=f"{report.VERDICT_RULE}\n\nThis run's {describe_rule(comparison.rule)}.")
             why = report.verdict_note(comparison)
             st.caption(report.describe_comparison(comparison) + (f" — {why}" if why else ""))
         same_as_reference = None if same else report.identical_note(result, name, reference)
         if same_as_reference:
             st.info(same_as_reference, icon=":material/equal:")
-        if metrics.get("pareto_selected") is False:
+        if report.unselected(metrics):
             st.caption("no epoch met the Pareto selection rule; the best overall epoch was kept")
 
 if comparisons:

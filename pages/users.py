@@ -19,7 +19,7 @@ picked = ui.pick_finished_run("users_run", "Finished run")
 if picked is None:
     st.stop()
 record, result = picked
-methods = report.method_order(result["methods"])
+methods = report.method_order(result.methods)
 per_user = report.per_user_frame(result)
 seeds = list(dict.fromkeys(per_user["seed"])) if "seed" in per_user else [None]
 seed = seeds[0]
@@ -74,10 +74,10 @@ cols[1].metric("Group", row["group"])
 below = (per_user["support_rate"] < row["support_rate"]).mean()
 cols[2].metric("Support rate", f"{row['support_rate']:.3f}",
                help=f"{100 * below:.0f}% of users have lower support; the minority cut is "
-                    f"{(result.get('groups') or {}).get('threshold', float('nan')):.3f}")
+                    f"{result.threshold if result.threshold is not None else float('nan'):.3f}")
 cols[3].metric("Train + val pairs", f"{int(row.get('n_train', 0) or 0)} + {int(row.get('n_val', 0) or 0)}",
                help="labelled pairs the models trained on, and those kept for validation (early stopping)")
-reference = result.get("reference", "baseline")  # an audit compares with its own reference model
+reference = result.reference  # an audit compares with its own reference model
 for start in range(0, len(methods) + 1, 4):
     cols = st.columns(4)
     for col, name in zip(cols, ["test pairs", *methods][start:start + 4], strict=False):
@@ -97,7 +97,7 @@ if margins is None:
 if seed is not None and "seed" in margins:
     margins = margins[margins["seed"] == seed]
 responses = None
-data_config = appstate.known_fields(DataConfig, result["config"]["data"])
+data_config = appstate.known_fields(DataConfig, result.config.get("data"))
 if seed is not None:
     data_config["seed"] = int(seed)
 try:

@@ -62,7 +62,7 @@ with st.container(border=True):
             disabled=rule != "quantile")
     threshold_spec = group_fields["minority_threshold"]
     threshold = cols[0].number_input("absolute support threshold", value=float(
-        groups.get("minority_threshold") or (parent_result.get("groups") or {}).get("threshold") or 0.5),
+        groups.get("minority_threshold") or parent_result.threshold or 0.5),
         step=0.01, key="whatif_threshold", format="%.3f", disabled=rule != "absolute", help=threshold_spec.help,
         **threshold_spec.limits())
     shares_default = data.get("shares") or ""
@@ -155,7 +155,6 @@ ui.plot(report.whatif_bars(parent_result, child_result, f"parent {parent.id[-6:]
         key="whatif_bars")
 st.dataframe(report.whatif_table(parent_result, child_result), width="stretch", hide_index=True)
 st.caption("Accuracies in %, the gap and Δ in percentage points, as on Compare. Groups: parent "
-           f"{parent_result['groups']['n_minority']} minority users (cut "
-           f"{parent_result['groups']['threshold']:.3f}), what-if {child_result['groups']['n_minority']} (cut "
-           f"{child_result['groups']['threshold']:.3f}). A different grouping changes who counts as minority, so "
-           "compare group accuracies with that in mind.")
+           f"{parent_result.groups['n_minority']} minority users (cut {parent_result.threshold:.3f}), what-if "
+           f"{child_result.groups['n_minority']} (cut {child_result.threshold:.3f}). A different grouping changes "
+           "who counts as minority, so compare group accuracies with that in mind.")

@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from pafo import appstate, report
 from pafo.registry import RunRegistry
+from pafo.results import RunResult, SweepResult
 from pafo.sources import DataConfig
 from pafo.support import GroupConfig
 
@@ -242,7 +243,7 @@ def test_report_support_histogram_draws_one_seed_and_its_cut(home):
     one = pd.DataFrame(result["per_user"])
     both = pd.concat([one.assign(seed=0), one.assign(seed=1, support_rate=one["support_rate"] + 0.05)])
     result = {**result, "seeds": [0, 1], "per_user": both.to_dict(orient="list")}
-    fig = report.report_figures(result)["Support rates"]
+    fig = report.report_figures(RunResult.from_json(result))["Support rates"]
     assert sum(len(trace.x) for trace in fig.data) == len(one)
     assert "seed 0" in fig.layout.title.subtitle.text
 
@@ -253,10 +254,11 @@ def test_table_differences_are_the_differences_of_the_shown_values(home):
     result = fixture_result(home)
     result["methods"]["baseline"]["accuracy"]["minority"] = 0.81849
     result["methods"]["pafo"]["accuracy"]["minority"] = 0.82551
-    table = report.display_table(result)
+    table = report.display_table(RunResult.from_json(result))
     row = table[table["metric"].str.startswith("Accuracy: minority")].iloc[0]
     assert (row["baseline"], row["pafo"], row["Δ pafo"]) == ("81.8", "82.6", "+0.8")
-    whatif = report.whatif_table({"methods": {"pafo": result["methods"]["baseline"]}}, result)
+    whatif = report.whatif_table(RunResult.from_json({"methods": {"pafo": result["methods"]["baseline"]}}),
+                                 RunResult.from_json(result))
     assert "+0.8" in set(whatif["Δ"])
 
 
@@ -307,7 +309,7 @@ def test_sweep_pareto_names_points_in_the_legend_not_on_the_plot():
 
     sweep = {"pareto_method": "pafo", "seeds": [0], "grid": {"pafo.beta": [0.0, 1.0]}, "pareto_front": [1],
              "points": [point(0, 0.75, 0.56), point(1, 0.78, 0.64)]}
-    fig = report.sweep_pareto(sweep)
+    fig = report.sweep_pareto(SweepResult.from_json(sweep))
     markers = [t for t in fig.data if t.mode == "markers"]
     assert [t.name for t in markers] == ["beta=0.0", "beta=1.0 ★"]
     assert not any("text" in (t.mode or "") for t in fig.data)
@@ -326,12 +328,12 @@ def test_identical_method_says_why_on_its_card(home):
     assert_clean(at)
     notes = [i.value for i in at.info if "same accuracy as the baseline" in i.value]
     assert notes and "single preference cluster" in notes[0], [i.value for i in at.info]
-    assert report.identical_note(fixture_result(home), "pafo") is None  # the real run differs from the baseline
+    assert report.identical_note(RunResult.from_json(fixture_result(home)), "pafo") is None  # the real run differs
     same = fixture_result(home)
     same["per_user"]["acc_pafo"] = list(same["per_user"]["acc_baseline"])
-    assert "too weak" in report.identical_note(same, "pafo")  # several clusters, too few pairs per user
+    assert "too weak" in report.identical_note(RunResult.from_json(same), "pafo")  # several clusters, few pairs
     same["config"]["pafo"]["beta"] = 0.0
-    assert "β is 0" in report.identical_note(same, "pafo")
+    assert "β is 0" in report.identical_note(RunResult.from_json(same), "pafo")
 
 
 # ------------------------------------------------------------------------------------------- item 4: words
@@ -388,16 +390,16 @@ def test_audit_counts_the_pairs_it_judges_everywhere(home, audit_run):
     and Users showed "Test pairs 5" beside "15 test pairs". A file without a split is judged on all its pairs, and
     every count says so and agrees."""
     run_id, result = audit_run
-    assert result["split"] == "all"
+    assert result.split == "all"
     at = page(app(run_id), "compare")
     assert_clean(at)
     caption = next(c.value for c in at.caption if "audit of given predictions" in c.value)
-    assert f"all {result['n_pairs']:,} pairs (the file has no train/test split)" in caption
+    assert f"all {result.n_pairs:,} pairs (the file has no train/test split)" in caption
     assert "seed" not in caption.split("·")[1]  # an audit trains nothing: no seed
     for warning in (w.value for w in at.warning if "Small sample" in w.value):
         assert "judged pairs" in warning and "test pairs" not in warning
     counts = report.judged_counts(result)
-    assert int(counts.sum()) == result["n_pairs"]
+    assert int(counts.sum()) == result.n_pairs
     at.switch_page("pages/users.py").run()
     assert_clean(at)
     shown = next(m for m in at.metric if m.label == "Judged pairs")
@@ -409,5 +411,5 @@ def test_audit_report_and_forest_plot_name_no_seed(audit_run):
     """Regression (issue 19): an audit's report and forest plot said "seed ?"."""
     _, result = audit_run
     assert "seed ?" not in report.build_report_html(result)
-    rows = [y for trace in report.forest_plot(result, result["reference"]).data for y in trace.y]
+    rows = [y for trace in report.forest_plot(result, result.reference).data for y in trace.y]
     assert rows and not any("seed" in row for row in rows)

@@ -24,6 +24,7 @@ from streamlit.testing.v1 import AppTest
 from pafo import audit, cli, hf_reward
 from pafo.errors import PafoInputError
 from pafo.registry import AUDIT_TARGET, RunRegistry
+from pafo.results import RunResult
 from pafo.sources import DataConfig, load_dataset
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -630,7 +631,7 @@ def test_data_page_attaches_two_files_and_compare_users_and_report_show_the_audi
     assert len(pairs) == N_TEST
     from pafo import report
 
-    result = RunRegistry().load_result(run_id).result
+    result = RunResult.from_json(RunRegistry().load_result(run_id).result)
     page = report.build_report_html(result, run_id=run_id)
     assert "Paired comparisons" in page and "pareto" in page and "audit of given predictions" in page
     assert "BT log-loss" in page

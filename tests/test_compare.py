@@ -34,10 +34,11 @@ def _tables(delta_majority: float, delta_minority: float, *, noise: float = 0.0,
 def test_verdict_follows_the_documented_rule(maj, mino, noise, expected):
     """The verdict must come from the paired CIs, not from point estimates."""
     result = paired_comparison(_tables(maj, mino, noise=noise), "pafo", "baseline", n_resamples=400)
-    assert result["verdict"] == expected
-    assert result["majority"]["ci"][0] <= result["majority"]["delta"] <= result["majority"]["ci"][1]
-    assert result["minority"]["delta"] == pytest.approx(mino, abs=0.02)
-    assert result["n_seeds"] == 3 and result["n_users"] == 600
+    assert result.verdict == expected
+    majority = result.delta("majority")
+    assert majority.ci[0] <= majority.delta <= majority.ci[1]
+    assert result.delta("minority").delta == pytest.approx(mino, abs=0.02)
+    assert result.n_seeds == 3 and result.n_users == 600
 
 
 def test_pareto_allows_a_majority_dip_within_epsilon():
@@ -56,9 +57,9 @@ def test_identical_methods_give_zero_deltas():
     tables = [t.assign(acc_pafo=t["acc_baseline"]) for t in _tables(0, 0)]
     result = paired_comparison(tables, "pafo", "baseline", n_resamples=200)
     for name in ("majority", "minority", "user_std", "support_spearman_abs"):
-        assert result[name]["delta"] == 0.0
-        assert result[name]["ci"] == [0.0, 0.0]
-    assert result["verdict"] == "noise"
+        assert result.delta(name).delta == 0.0
+        assert result.delta(name).ci == (0.0, 0.0)
+    assert result.verdict == "noise"
 
 
 def test_same_seed_same_result():

@@ -19,7 +19,7 @@ import pafo.encoders
 from pafo import cli
 from pafo import method_configs as methods
 from pafo import support as support_mod
-from pafo.compare import VerdictRule, pooled_group_ci
+from pafo.compare import Comparison, VerdictRule, pooled_group_ci
 from pafo.config import UNKNOWN_FIELD
 from pafo.encoders import MSG_MODEL_OFFLINE
 from pafo.errors import PafoInputError
@@ -57,8 +57,8 @@ def without_timings(value):
 def test_same_seed_gives_an_identical_experiment_json(tiny_config):
     """Regression: a run is a pure function of its config and seed, apart from timings (the registry reuses runs)."""
     config = tiny_experiment(tiny_config)
-    first = run_experiment(config)
-    second = run_experiment(dataclasses.replace(config))
+    first = run_experiment(config).to_json()
+    second = run_experiment(dataclasses.replace(config)).to_json()
     assert second["encoder"]["cache_hits"] > 0  # the second run read the embeddings cache: same vectors
     assert json.dumps(without_timings(first), sort_keys=True) == json.dumps(without_timings(second), sort_keys=True)
     assert set(first["methods"]) == {"baseline", "pafo"}
@@ -140,7 +140,7 @@ def test_dsp_experiment_runs_on_the_shared_file(dsp_path, monkeypatch):
     """
     monkeypatch.setattr(pafo.encoders, "TFIDF_MAX_FEATURES", 2**10)
     config = tiny_experiment(DataConfig(dataset="dsp", path=str(dsp_path), users=60, train_pairs=10, test_pairs=6))
-    result = run_experiment(config)
+    result = run_experiment(config).to_json()
     assert result["dataset"]["name"] == "dsp" and result["dataset"]["n_prompts"] == 461
     assert result["support"]["estimator"] == "exact"
     assert result["groups"]["n_minority"] + result["groups"]["n_majority"] == 60
@@ -152,7 +152,7 @@ def test_dsp_experiment_runs_on_the_shared_file(dsp_path, monkeypatch):
     assert result["methods"]["baseline"]["history"]
     clusters = result["methods"]["pafo"]["clusters"]["clusters"]
     assert sum(c["n_users"] for c in clusters) == 60 and {c["group"] for c in clusters} <= {"majority", "minority"}
-    groups_path = run_experiment(dataclasses.replace(config, pafo=PAFOConfig(dense=4, teachers="groups")))
+    groups_path = run_experiment(dataclasses.replace(config, pafo=PAFOConfig(dense=4, teachers="groups"))).to_json()
     teachers = groups_path["methods"]["pafo"]["teachers"]
     assert set(teachers) == {"majority", "minority"}
     assert teachers["minority"]["n_train_pairs"] < teachers["majority"]["n_train_pairs"]
@@ -194,8 +194,9 @@ def test_experiment_over_seeds_pools_them_with_paired_comparisons(tmp_path, caps
     assert set(comparison) >= {"majority", "minority", "user_std", "support_spearman_abs", "verdict"}
     rule = VerdictRule(**comparison["rule"])
     assert rule.epsilon == result["config"]["pafo"]["epsilon"]
+    typed = Comparison.from_json(comparison)
     assert (comparison["verdict"], comparison["verdict_reason"]) == rule.judge(
-        comparison["majority"], comparison["minority"], comparison["sample"], comparison["n_seeds"])
+        typed.delta("majority"), typed.delta("minority"), typed.sample, typed.n_seeds)
     assert comparison["verdict"] == "noise" and comparison["verdict_reason"].startswith("too few users: minority")
     assert comparison["n_seeds"] == 3 and comparison["n_users"] == 72
     assert "baseline" not in result["comparisons"]
@@ -220,7 +221,7 @@ def test_experiment_over_seeds_pools_them_with_paired_comparisons(tmp_path, caps
 def test_one_seed_keeps_its_json_and_seed_flags_agree(tiny_config):
     """`--seed N` and `--seeds N` are the same one-seed run: the old keys, `seeds: [N]`, no `seeds` in the config;
     per_seed[0] holds the same numbers as the top level."""
-    result = run_experiment(tiny_experiment(dataclasses.replace(tiny_config, seed=1)))
+    result = run_experiment(tiny_experiment(dataclasses.replace(tiny_config, seed=1))).to_json()
     assert result["seeds"] == [1] and "seeds" not in result["config"]
     assert {"dataset", "support", "groups", "encoder", "config", "fingerprint", "methods", "per_user",
             "seconds"} <= set(result)
@@ -323,7 +324,7 @@ def test_synthetic_run_over_seeds_embeds_the_texts_of_one_seed(tiny_config):
     text pools; now the later seeds' texts all come from the embeddings cache."""
     config = dataclasses.replace(tiny_experiment(tiny_config, "baseline"), seeds="0-2",
                                  run=RunSettings(encoder="minilm", methods="baseline", bootstrap=20)).validate()
-    result = run_experiment(config)
+    result = run_experiment(config).to_json()
     n_texts = len(set(dataset_texts(load_dataset(tiny_config))))
     assert result["encoder"]["texts"] == result["encoder"]["embedded"] == n_texts  # seeds 1 and 2 add none
     assert result["encoder"]["cache_hits"] == 0

@@ -18,12 +18,14 @@ from pafo import appstate, report
 from pafo.compare import paired_comparison
 from pafo.method_configs import PAFOConfig
 from pafo.registry import RunRecord
+from pafo.results import RunResult
 from pafo.sources import DataConfig
 from pafo.support import GroupConfig
 
 
-def make_result(n_users: int = 60, methods=("baseline", "pafo"), seed: int = 0) -> dict:
-    """A result JSON shaped like run_experiment's, with made-up numbers."""
+def make_result(n_users: int = 60, methods=("baseline", "pafo"), seed: int = 0) -> RunResult:
+    """A result shaped like run_experiment's (read from its JSON, as the app reads a stored one), with made-up
+    numbers."""
     rng = np.random.default_rng(seed)
     support = rng.uniform(0.3, 0.95, n_users)
     cut = float(np.quantile(support, 0.2))
@@ -55,18 +57,18 @@ def make_result(n_users: int = 60, methods=("baseline", "pafo"), seed: int = 0) 
               "pafo": dataclasses.asdict(PAFOConfig())}
     per_user["seed"] = [seed] * n_users
     frame = pd.DataFrame(per_user)
-    comparisons = {name: paired_comparison([frame], name, "baseline", n_resamples=100, seed=seed)
+    comparisons = {name: paired_comparison([frame], name, "baseline", n_resamples=100, seed=seed).to_json()
                    for name in methods if name != "baseline" and "baseline" in methods}
     groups = {"rule": "quantile", "threshold": cut, "n_majority": int((group == "majority").sum()),
               "n_minority": int((group == "minority").sum())}
     dataset = {"name": "synthetic", "n_users": n_users, "n_prompts": 30, "n_responses": 180,
                "n_pairs": {"train": 720, "val": 60, "test": 600}}
-    return {"dataset": dataset, "support": {"estimator": "exact"}, "groups": groups,
-            "encoder": {"name": "tfidf-test", "dim": 64}, "config": config, "fingerprint": "f", "seeds": [seed],
-            "methods": out, "comparisons": comparisons,
-            "per_seed": [{"seed": seed, "dataset": dataset, "groups": groups, "methods": out,
-                          "comparisons": comparisons}],
-            "per_user": per_user, "seconds": 3.0}
+    return RunResult.from_json({
+        "dataset": dataset, "support": {"estimator": "exact"}, "groups": groups,
+        "encoder": {"name": "tfidf-test", "dim": 64}, "config": config, "fingerprint": "f", "seeds": [seed],
+        "methods": out, "comparisons": comparisons,
+        "per_seed": [{"seed": seed, "dataset": dataset, "groups": groups, "methods": out, "comparisons": comparisons}],
+        "per_user": per_user, "seconds": 3.0})
 
 
 def record(run_id: str, **fields) -> RunRecord:
@@ -139,7 +141,7 @@ def test_unfairness_table_deltas_against_baseline():
     result = make_result()
     table = report.unfairness_table(result).set_index("metric")
     row = table.loc["Accuracy: minority users"]
-    expected = result["methods"]["pafo"]["accuracy"]["minority"] - result["methods"]["baseline"]["accuracy"]["minority"]
+    expected = result.methods["pafo"].accuracy["minority"] - result.methods["baseline"].accuracy["minority"]
     assert row["Δ pafo"] == pytest.approx(expected)
     assert table.loc["Spearman(support, accuracy) — the bias", "better"] == "|↓|"  # judged by its size
     assert report.teacher_table(result)["advantage (pts)"].tolist() == ["+1.0", "+10.0"]
@@ -154,7 +156,7 @@ def test_html_report_is_self_contained():
     assert len(re.findall(r"<script[^>]+src=", html)) == 0  # nothing fetched from the network
     assert html.count("window.PlotlyConfig") == 1 and len(html) > 3_000_000  # plotly.js embedded, once
     assert html.count('class="plotly-graph-div"') == 6
-    verdict = result["comparisons"]["pafo"]["verdict"]
+    verdict = result.comparisons["pafo"].verdict
     for text in ("run r1", "Accuracy: minority users (%)", f"pafo vs baseline: {report.VERDICT_WORDS[verdict]}",
                  "over 1 seed × 60 users", "PAFO teachers", "Paired differences to the baseline", "one seed (0)"):
         assert text in html, text
@@ -167,7 +169,7 @@ def test_html_report_header_units_and_scatter_axes():
     html = report.build_report_html(result, run_id="r1", label="demo",
                                     generated_at=datetime.datetime(2026, 11, 30, 12, 0))
     assert "demo · generated 2026-11-30 12:00 · dataset synthetic" in html
-    gap = result["methods"]["pafo"]["unfairness"]["group_gap"]
+    gap = result.methods["pafo"].unfairness["group_gap"]
     assert f"gap {100 * gap:.1f} pts".replace("-", "−") in html
     scatter = report.user_scatter(report.per_user_frame(result))
     for axis in (scatter.layout.xaxis, scatter.layout.yaxis):
@@ -178,7 +180,7 @@ def test_group_bars_start_at_zero_and_bias_curve_has_cis():
     """Regression: the bar chart's y-axis started at 60% without saying so, and the bias curve had no CIs."""
     result = make_result()
     assert report.group_accuracy_bars(result).layout.yaxis.range[0] == 0
-    for row in result["methods"]["pafo"]["by_decile"]:
+    for row in result.methods["pafo"].by_decile:
         row["ci"] = [row["accuracy"] - 0.05, row["accuracy"] + 0.03]
     curve = report.decile_curve(result)
     pafo = next(t for t in curve.data if t.name == "pafo")
@@ -189,14 +191,14 @@ def test_group_bars_start_at_zero_and_bias_curve_has_cis():
 def test_forest_plot_has_a_row_per_seed_and_a_pooled_row():
     result = make_result()
     seeds = [make_result(seed=s) for s in (0, 1)]
-    result["seeds"] = [0, 1]
-    result["per_seed"] = [{**r["per_seed"][0], "seed": s} for s, r in zip((0, 1), seeds, strict=True)]
+    result.seeds = [0, 1]
+    result.per_seed = [dataclasses.replace(r.per_seed[0], seed=s) for s, r in zip((0, 1), seeds, strict=True)]
     fig = report.forest_plot(result)
     expected = [f"pafo · {g} · {s}" for g in ("minority", "majority") for s in ("seed 0", "seed 1", "pooled")]
     assert list(fig.layout.yaxis.categoryarray) == expected  # top to bottom
     assert sorted(y for trace in fig.data for y in trace.y) == sorted(expected)
     pooled = next(t for t in fig.data if t.name == "minority, pooled")
-    assert pooled.x[0] == pytest.approx(100 * result["comparisons"]["pafo"]["minority"]["delta"])
+    assert pooled.x[0] == pytest.approx(100 * result.comparisons["pafo"].delta("minority").delta)
     assert fig.layout.shapes[0].x1 == pytest.approx(0.5)  # ±ε band in points
 
 
@@ -208,7 +210,7 @@ def test_sample_warnings_and_seed_note():
     assert report.seed_note(result).startswith("This run has one seed (0)")
     big = make_result(n_users=200)
     assert report.sample_warnings(big) == []
-    big["seeds"] = [0, 1]
+    big.seeds = [0, 1]
     assert report.seed_note(big) is None
 
 
@@ -251,7 +253,8 @@ def test_cluster_and_ceiling_tables_from_a_real_run(tiny_config):
     ceilings = report.ceiling_table(result).set_index("diagnostic")
     assert "oracle: PAFO with the true preference clusters" in ceilings.index
     assert ceilings.loc["per-user fit on the baseline's g(φ)", "majority (%)"] != "–"
-    assert report.cluster_table({"methods": {"baseline": {}}}).empty and report.ceiling_table({}).empty
+    bare = RunResult.from_json({"methods": {"baseline": {"accuracy": {}}}})
+    assert report.cluster_table(bare).empty and report.ceiling_table(bare).empty
 
 
 def test_whatif_table_reads_the_declared_metrics_with_their_units():
@@ -261,7 +264,7 @@ def test_whatif_table_reads_the_declared_metrics_with_their_units():
     table = report.whatif_table(parent, child)
     assert list(table["method"].unique()) == ["baseline", "pafo"] and len(table) == 2 * len(report.WHATIF_ROWS)
     row = table[(table["method"] == "pafo") & (table["metric"] == "Accuracy: minority users (%)")].iloc[0]
-    a, b = parent["methods"]["pafo"]["accuracy"]["minority"], child["methods"]["pafo"]["accuracy"]["minority"]
+    a, b = parent.methods["pafo"].accuracy["minority"], child.methods["pafo"].accuracy["minority"]
     assert row["parent"] == report.format_value(a, "%") and row["what-if"] == report.format_value(b, "%")
     # Δ is the difference of the two values as shown (issue 19: a table's row must add up on a slide)
     shown = float(row["what-if"]) - float(row["parent"])

@@ -18,6 +18,11 @@ from pafo.errors import PafoInputError
 from pafo.slices import ALPHA, SliceSettings, bootstrap_p, check_slicings, compute_slices, holm
 
 
+def slices_json(*args, **kwargs) -> list[dict]:
+    """The slices as the result JSON holds them."""
+    return [entry.to_json() for entry in compute_slices(*args, **kwargs)]
+
+
 def test_holm_matches_known_answers():
     """Holm's step-down adjustment: R's p.adjust(c(.01,.02,.03,.04,.05), "holm") is .05 .08 .09 .09 .09 (the
     running maximum keeps the adjusted values monotone); order is kept, None stays None, nothing exceeds 1."""
@@ -68,7 +73,7 @@ def test_slice_accuracy_is_the_user_weighted_mean_and_a_real_gain_survives_holm(
                       ignore_index=True)
     users["seed"] = 0
     slicings = [parse_slicing("region"), parse_slicing("region,tier")]
-    slices = compute_slices(users, None, slicings, ["ref", "new"], "ref", n_resamples=400, seed=0)
+    slices = slices_json(users, None, slicings, ["ref", "new"], "ref", n_resamples=400, seed=0)
     by = {tuple(s["by"].items()): s for s in slices}
     assert len(slices) == 3 + 6
     for entry in slices:
@@ -96,7 +101,7 @@ def test_chance_findings_among_many_null_slices_do_not_survive_holm():
     """30 null slices (noise only): some reach p < 0.05 by chance, none survives Holm; the one real gain does."""
     rng = np.random.default_rng(7)
     parts = [_users(rng, f"N{i:02d}", 24, 0.0, 0.08) for i in range(30)] + [_users(rng, "GAIN", 24, 0.12, 0.08)]
-    slices = compute_slices(pd.concat(parts, ignore_index=True), None, [parse_slicing("region")], ["ref", "new"],
+    slices = slices_json(pd.concat(parts, ignore_index=True), None, [parse_slicing("region")], ["ref", "new"],
                             "ref", n_resamples=500, seed=0)
     nulls = [s["comparisons"]["new"] for s in slices if s["by"]["region"] != "GAIN"]
     gain = next(s["comparisons"]["new"] for s in slices if s["by"]["region"] == "GAIN")
@@ -119,7 +124,7 @@ def test_several_seeds_pool_as_the_groups_do():
             pairs.append(pd.DataFrame({"seed": seed, "user": position, "margin_ref": margins,
                                        "margin_new": margins + 0.2}))
     pairs = pd.concat(pairs, ignore_index=True)
-    [entry] = compute_slices(users, pairs, [parse_slicing("region")], ["ref", "new"], "ref", n_resamples=200)
+    [entry] = slices_json(users, pairs, [parse_slicing("region")], ["ref", "new"], "ref", n_resamples=200)
     per_seed = [float(np.mean(t["acc_new"].to_numpy())) for t in (first, second)]
     assert entry["methods"]["new"]["accuracy"] == pytest.approx(np.mean(per_seed), abs=1e-15)
     deltas = [float(np.mean((t["acc_new"] - t["acc_ref"]).to_numpy())) for t in (first, second)]
@@ -135,7 +140,7 @@ def test_builtin_decile_and_group_and_quantile_bins():
     rng = np.random.default_rng(1)
     users = _users(rng, "A", 60, 0.0, 0.05)
     users["age"] = np.arange(18, 78).astype(str)  # as read from a CSV: text
-    slices = compute_slices(users, None, [parse_slicing("decile"), parse_slicing("group"),
+    slices = slices_json(users, None, [parse_slicing("decile"), parse_slicing("group"),
                                           parse_slicing("age:quantiles=3")], ["ref", "new"], "ref", n_resamples=50)
     deciles = [s for s in slices if "decile" in s["by"]]
     assert [s["by"]["decile"] for s in deciles] == list(range(1, 11)) and sum(s["n_users"] for s in deciles) == 60

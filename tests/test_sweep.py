@@ -17,6 +17,7 @@ from pafo.errors import PafoInputError
 from pafo.experiment import ExperimentConfig
 from pafo.paths import PACKAGE_ROOT
 from pafo.registry import CANCELLED, RUNNING, SUCCEEDED, RunRegistry, process_alive
+from pafo.results import SweepPoint, SweepResult
 from pafo.sweep import (
     MAX_CELLS,
     cancel_sweep,
@@ -113,8 +114,9 @@ def test_pareto_front_keeps_the_undominated_points():
     def point(index, majority, minority):
         return {"index": index, "methods": {"pafo": {"accuracy": {"majority": majority, "minority": minority}}}}
 
-    points = [point(0, 0.8, 0.5), point(1, 0.7, 0.6), point(2, 0.7, 0.5), point(3, 0.8, 0.5), point(4, 0.6, 0.6),
-              {"index": 5, "methods": None}, point(6, None, 0.9)]
+    points = [SweepPoint.from_json(p) for p in (
+        point(0, 0.8, 0.5), point(1, 0.7, 0.6), point(2, 0.7, 0.5), point(3, 0.8, 0.5), point(4, 0.6, 0.6),
+        {"index": 5, "methods": None}, point(6, None, 0.9))]
     # 2 is dominated by 0 and 1; 4 by 1; 0 and 3 tie (neither dominates); 5 and 6 have no figures.
     assert pareto_front(points, "pafo") == [0, 1, 3]
 
@@ -158,7 +160,7 @@ def test_sweep_pareto_axes_show_whole_whiskers():
     sweep = {"pareto_method": "pafo", "seeds": [0, 1], "grid": {"pafo.lam": [0.0, 1.0]}, "pareto_front": [1],
              "points": [point(0, 0.75, 0.56, {"majority": [0.70, 0.80], "minority": [0.46, 0.66]}),
                         point(1, 0.78, 0.64, {})]}
-    layout = sweep_pareto(sweep).layout
+    layout = sweep_pareto(SweepResult.from_json(sweep)).layout
     (x_lo, x_hi), (y_lo, y_hi) = layout.xaxis.range, layout.yaxis.range
     assert x_lo < 0.70 and x_hi > 0.80 and y_lo < 0.46 and y_hi > 0.66
 
@@ -272,14 +274,14 @@ def test_precomputed_features_replace_embedding_with_identical_results(single_th
     from pafo.sources import load_dataset
 
     config = base_config()
-    plain = run_experiment(config)
+    plain = run_experiment(config).to_json()
     given = {0: response_features(load_dataset(config.data), config.run.encoder)}
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("embedded although the features were given")
 
     monkeypatch.setattr(pafo.experiment, "response_features", no_embedding)
-    shared = run_experiment(config, features=given)
+    shared = run_experiment(config, features=given).to_json()
     for name in ("baseline", "pafo"):
         for key in ("accuracy", "unfairness", "calibration"):
             assert shared["methods"][name][key] == plain["methods"][name][key]

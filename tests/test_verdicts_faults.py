@@ -66,12 +66,12 @@ def test_groups_below_the_minimum_are_noise_with_the_reason(tmp_path, capsys):
     from pafo.compare import paired_comparison
 
     small = paired_comparison(_tables(2), "pafo", n_resamples=200)
-    assert small["verdict"] == "noise"
-    assert small["verdict_reason"] == "too few users: minority has 2 (< 20)"
-    assert paired_comparison(_tables(40), "pafo", n_resamples=200)["verdict"] == "pareto"
+    assert small.verdict == "noise"
+    assert small.verdict_reason == "too few users: minority has 2 (< 20)"
+    assert paired_comparison(_tables(40), "pafo", n_resamples=200).verdict == "pareto"
     few_pairs = paired_comparison(_tables(40, pairs=4), "pafo", n_resamples=200)  # 40 users × 4 = 160 pairs
-    assert few_pairs["verdict"] == "noise"
-    assert few_pairs["verdict_reason"] == "too few test pairs: minority has 160 (< 200)"
+    assert few_pairs.verdict == "noise"
+    assert few_pairs.verdict_reason == "too few test pairs: minority has 160 (< 200)"
     # Through the CLI: 24 users (4–5 minority users) on one seed.
     path = tmp_path / "r.json"
     code, out, err = run_cli(["experiment", *TINY, "--json", path], capsys)
