@@ -21,11 +21,13 @@ import numpy as np
 import pandas as pd
 
 from .config import dataclass_from_dict, field_bounds, field_choices
+from .config_edit import flatten, known_fields, run_settings
 from .data_roots import UPLOADS, check_app_config
 from .errors import PafoInputError
 from .method_configs import DEFAULT_ENCODER
 from .metrics import pair_correct
 from .paths import pafo_home
+from .registry import SWEEP_PREFIX
 from .sources import SOURCE_SPECS, DataConfig
 
 __all__ = [
@@ -37,7 +39,6 @@ __all__ = [
     "SWEEP_PREFIX",
     "FieldSpec",
     "app_message",
-    "config_diff",
     "data_from_param",
     "data_param",
     "dataset_label",
@@ -54,7 +55,6 @@ __all__ = [
     "group_of",
     "grouping_rule",
     "history_frame",
-    "known_fields",
     "live_caption",
     "metric_delta",
     "pareto_points",
@@ -75,7 +75,6 @@ __all__ = [
     "upload_from_ref",
     "upload_ref",
     "user_pairs_table",
-    "whatif_config",
 ]
 
 #: The one-click demo: the built-in synthetic data, the baseline and PAFO, with the default MiniLM encoder. With
@@ -241,12 +240,6 @@ def source_kind(config: dict) -> str:
     return "hub" if config.get("dataset") != "synthetic" and path and is_remote(str(path)) else config["dataset"]
 
 
-def known_fields(cls: type, values: dict | None) -> dict:
-    """``values`` restricted to the fields ``cls`` has now (a run stored by an older version may have others)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in (values or {}).items() if k in names}
-
-
 def default_data_dict() -> dict:
     """The default DataConfig (the synthetic demo data) as a dict."""
     from .sources import DataConfig
@@ -393,7 +386,7 @@ def seeds_text(seeds) -> str:
 def form_changes(values: dict, defaults: dict) -> list[tuple[str, Any, Any]]:
     """The ``(section.field, value, default)`` triples where experiment forms differ from their defaults."""
     return [(key, value, default) for key, value, default in
-            ((k, v, _flatten(defaults).get(k)) for k, v in _flatten(values).items()) if value != default]
+            ((k, v, flatten(defaults).get(k)) for k, v in flatten(values).items()) if value != default]
 
 
 def demo_config(encoder: str = DEMO_ENCODER, seeds: str | None = None):
@@ -404,52 +397,6 @@ def demo_config(encoder: str = DEMO_ENCODER, seeds: str | None = None):
 
     return experiment_config(dataclasses.asdict(DataConfig()), dataclasses.asdict(GroupConfig()),
                              run={"encoder": encoder, "methods": DEMO_METHODS}, seeds=seeds or DEMO_SEEDS)
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_diff(parent: dict, child: dict) -> list[tuple[str, Any, Any]]:
-    """The ``(section.field, parent value, child value)`` triples where two experiment configs differ."""
-    a, b = _flatten(parent), _flatten(child)
-    return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
-
-
-def whatif_config(parent: dict, changes: dict[str, Any], *, check_effect: bool = True) -> dict:
-    """A copy of ``parent`` with ``{"section.field": value}`` changes applied, validated as an experiment.
-
-    Setting ``groups.minority_threshold`` to ``None`` returns to the quantile rule. A change to an option that has
-    no effect in the child config is refused (:class:`pafo.effects.NoEffectError`), unless ``check_effect`` is
-    off (a sweep checks its whole grid instead: :func:`pafo.effects.check_grid`).
-    """
-    from .experiment import ExperimentConfig
-
-    child = {k: (dict(v) if isinstance(v, dict) else v) for k, v in parent.items()}
-    for key, value in changes.items():
-        if key == "seeds":  # the one top-level field: blank keeps data.seed alone
-            child.pop("seeds", None)
-            if value not in (None, "") and str(value).strip():
-                child["seeds"] = value
-            continue
-        section, _, name = key.partition(".")
-        if not name:
-            raise PafoInputError(f"what-if change {key!r} must name section.field, e.g. pafo.lam")
-        child.setdefault(section, {})[name] = value
-    config = ExperimentConfig.from_dict(child)  # validated (PafoInputError)
-    if check_effect:
-        from .effects import check_effective, flat_values
-
-        before = flat_values(parent)
-        check_effective(config, [key for key, value in flat_values(config).items()
-                                 if key in changes and before.get(key) != value])
-    return config.to_dict()  # in its one spelling
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -476,7 +423,7 @@ def live_caption(record, now: float | None = None) -> str:
 def run_row(record) -> dict:
     """One row of the runs table for a :class:`pafo.registry.RunRecord`."""
     config = record.config or {}
-    data, run = config.get("data") or {}, config.get("run") or {}
+    data, run = config.get("data") or {}, run_settings(config)
     source = dataset_label(data)
     return {
         "run": record.id,
@@ -484,8 +431,8 @@ def run_row(record) -> dict:
         "progress": round(float(record.progress), 3),
         "stage": record.stage,
         "label": record.label or "",
-        "methods": run.get("methods", ""),
-        "encoder": run.get("encoder", ""),
+        "methods": run.methods if run else "",
+        "encoder": run.encoder if run else "",
         "seeds": seeds_text(config.get("seeds") or [data.get("seed", 0)]),
         "dataset": f"{source} ({data.get('users', '?')} users)" if data.get("dataset") != "pairs" else source,
         "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at)),
@@ -496,7 +443,6 @@ def run_row(record) -> dict:
     }
 
 
-SWEEP_PREFIX = "sweep-"  # a sweep's id (pafo.sweep.new_sweep_id), the parent_id of each of its cells
 SINGLE_RUNS = "single runs"  # the run-picker group of the runs that are no sweep's cells
 
 

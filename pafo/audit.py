@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 
 from .attributes import attribute_columns
-from .compare import Comparison, Coverage
-from .config import dataclass_from_dict, option, validate_options
+from .compare import Comparison, Coverage, VerdictRule
+from .config import dataclass_from_dict, option, same_option, validate_options
 from .errors import PafoInputError, RunCancelled
 from .jsonio import loads
-from .method_configs import MAX_BOOTSTRAP, RunSettings
+from .method_configs import RunSettings
 from .paths import atomic_write_text
 from .registry import AUDIT_TARGET
 from .results import MethodResult, RunResult, write_result
@@ -74,7 +74,6 @@ TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 RUN_MARGINS = "test_margins.csv"
 RUN_RESULT = "result.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
-_DEFAULTS = RunSettings()
 
 MSG_BAD_SOURCE = "--{kind}: expected NAME=PATH (e.g. mine=preds.csv), got {text!r}"
 MSG_BAD_NAME = ("--{kind} {name}=…: a model name is 1-40 letters, digits, '_', '.' or '-' (starting with a letter "
@@ -129,10 +128,12 @@ class AuditSettings:
         "auto", "pairs to evaluate: auto = test pairs, or every pair when a pairs file has no split column")
     allow_missing: bool = option(False, "audit only the pairs a model has predictions for and report coverage per "
                                         "group, instead of failing on missing pairs")
-    bootstrap: int = option(_DEFAULTS.bootstrap, "bootstrap resamples (over users) for confidence intervals", ge=10,
-                            le=MAX_BOOTSTRAP)
-    encoder: str = option(_DEFAULTS.encoder, "text encoder of the model support estimator (pairs without co-labels "
-                                             "or personas); use the training run's to get its groups")
+    bootstrap: int = same_option(RunSettings, "bootstrap")
+    epsilon: float = same_option(RunSettings, "epsilon", help="Pareto tolerance ε: the verdict's allowed drop of the "
+                                                              "majority (paired, vs the reference)", active_when=None)
+    encoder: str = same_option(RunSettings, "encoder", help="text encoder of the model support estimator (pairs "
+                                                            "without co-labels or personas); use the training run's "
+                                                            "to get its groups")
     device: Literal["auto", "cpu", "cuda"] = option("cpu", "where --model reward models and the model support "
                                                            "estimator's encoder run (auto: CUDA when available)")
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "--model: bf16 only where the device computes it "
@@ -215,8 +216,10 @@ class AuditConfig:
 
     def to_dict(self) -> dict:
         values = {"target": AUDIT_TARGET, **dataclasses.asdict(self)}
-        if not values["slices"]["slice_by"]:  # an audit without slicing keeps the dict it had before slices
+        if not self.slices.slice_by:  # an audit without slicing keeps the dict it had before slices
             del values["slices"]
+        if self.audit.epsilon == RunSettings().epsilon:  # nor one at the default ε the one it had before ε
+            del values["audit"]["epsilon"]
         return values
 
     @classmethod
@@ -483,7 +486,7 @@ def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
 
 def _same_data(result: dict, data: DataConfig | None, dataset) -> bool:
     """Whether a run's dataset is the loaded one: same options, or (paths moved) the same content."""
-    from .appstate import known_fields
+    from .config_edit import known_fields
 
     run_data = known_fields(DataConfig, (result.get("config") or {}).get("data"))
     if data is not None and run_data == dataclasses.asdict(data):
@@ -644,7 +647,7 @@ def _paired(name: str, config: AuditConfig, margins: dict[str, pd.Series], datas
               for m in (reference, name)}
     frame = per_user_frame(dataset, tables).assign(n_test=tables[name]["n_pairs"].to_numpy())
     comparison = paired_comparison([frame], name, reference, n_resamples=config.audit.bootstrap,
-                                   seed=config.data.seed)
+                                   seed=config.data.seed, rule=VerdictRule(epsilon=config.audit.epsilon))
     comparison.coverage = Coverage(pairs=len(shared), of_pairs=len(evaluated),
                                    users=int((tables[name]["n_pairs"] > 0).sum()),
                                    of_users=int(evaluated["user"].nunique()))
@@ -712,8 +715,9 @@ def _add_slices(result: RunResult, config: AuditConfig, evaluated: pd.DataFrame,
     pairs = evaluated[["user"]].assign(**{f"margin_{name}": values.reindex(evaluated.index).to_numpy()
                                          for name, values in margins.items()})
     result.slices = compute_slices(result.per_user, pairs, config.slices.slicings(), config.names,
-                                   config.reference, n_resamples=config.audit.bootstrap, seed=config.data.seed)
-    result.slicing = slicing_block(config.slices, config.reference, result.slices)
+                                   config.reference, n_resamples=config.audit.bootstrap, seed=config.data.seed,
+                                   epsilon=config.audit.epsilon)
+    result.slicing = slicing_block(config.slices, config.reference, result.slices, epsilon=config.audit.epsilon)
 
 
 def _write_artifacts(out_dir: Path, result: RunResult, evaluated: pd.DataFrame,

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .errors import PafoInputError
 from .jsonio import from_fields
@@ -218,6 +217,8 @@ def _ci_verdict(majority: Delta, minority: Delta, epsilon: float, tolerance: flo
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
+    from scipy import stats  # here, not at import: the CLI reads this module's defaults as it starts
+
     return stats.rankdata(values, axis=-1)
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "field_flag",
     "option",
     "parse_int",
+    "same_option",
     "validate_options",
 ]
 
@@ -63,6 +64,14 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
     if unknown:
         raise TypeError(f"option(): unknown metadata {sorted(unknown)}")
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def same_option(cls: type, name: str, **metadata: Any) -> Any:
+    """Another config's option ``name`` declared again, for a config that shares it (an audit's bootstrap and ε are
+    the run's): the same default, bounds, help and label, ``metadata`` replacing some (``None`` drops a key)."""
+    original = next(f for f in dataclasses.fields(cls) if f.name == name)
+    merged = {**original.metadata, **metadata}
+    return dataclasses.field(default=original.default, metadata={k: v for k, v in merged.items() if v is not None})
 
 
 def _base_type(cls: type, field: dataclasses.Field) -> Any:

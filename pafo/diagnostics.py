@@ -15,7 +15,8 @@ from threadpoolctl import threadpool_limits
 
 from .clusters import ClusterFit, fit_clusters, oriented_differences, per_user_fit
 from .extras import CeilingRow, Ceilings, ClusterReport, ClusterRow, TeacherReport, TeacherStats
-from .metrics import Group, per_user_accuracy
+from .methods import CLUSTERS, DENSE_PAIRS, TEACHERS
+from .metrics import USER_ACCURACY, Group, per_user_accuracy
 from .training import PairSet, pair_margins
 
 __all__ = [
@@ -36,9 +37,9 @@ def method_report(output, seen, per_user: pd.DataFrame) -> list:
     """The ``MethodSpec.report`` hook of PAFO and the mixture: the typed extras their fit output carries (the
     teachers of PAFO's support groups, the preference clusters)."""
     extras = []
-    if "teachers" in output.extra:
+    if TEACHERS in output.extra:
         extras.append(teacher_report(output, seen))
-    if "clusters" in output.extra:
+    if CLUSTERS in output.extra:
         extras.append(cluster_report(output, seen.ctx, seen.test, per_user, seen.support, seen.groups))
     return extras
 
@@ -49,7 +50,7 @@ def teacher_report(output, seen) -> TeacherReport:
     ctx, test = seen.ctx, seen.test
     baseline_margins = pair_margins(ctx.cache["baseline"].model, ctx.features, test)
     teachers = {}
-    for group, teacher in output.extra["teachers"].items():
+    for group, teacher in output.extra[TEACHERS].items():
         rows = np.flatnonzero(ctx.user_group[test.users] == group)
         subset = test.subset(rows)
         accuracy = {}
@@ -59,7 +60,7 @@ def teacher_report(output, seen) -> TeacherReport:
         teachers[Group(group).label] = TeacherStats(
             accuracy["teacher"], accuracy["baseline"], accuracy["teacher"] - accuracy["baseline"],
             teacher.extra["n_train_pairs"], teacher.result.best_epoch, round(teacher.result.seconds, 3))
-    return TeacherReport(bool(output.result.selected), teachers, output.extra["n_dense_pairs"])
+    return TeacherReport(bool(output.result.selected), teachers, output.extra[DENSE_PAIRS])
 
 
 def seed_diagnostics(seen) -> list:
@@ -76,12 +77,12 @@ def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, 
     """The clusters of the lowest-objective EM restart (ā_u averages every restart): per cluster its size, mean
     support rate, group (minority when the mean support is at or below the grouping threshold), and on its users'
     test pairs the accuracy of its own linear teacher, of the baseline and of the method (a description only)."""
-    fit = output.extra["clusters"]
+    fit = output.extra[CLUSTERS]
     best = fit.best
     assigned = fit.assignments[best]
     x = oriented_differences(ctx.features.numpy(), fit.basis, test.chosen, test.rejected)
     baseline = per_user_accuracy(pair_margins(ctx.cache["baseline"].model, ctx.features, test), test.users)
-    method = per_user.set_index("user")["accuracy"]
+    method = per_user.set_index("user")[USER_ACCURACY]
     rows = []
     for cluster in range(fit.teachers.shape[1]):
         users = np.flatnonzero(assigned == cluster)

@@ -37,8 +37,9 @@ import pandas as pd
 import torch
 
 from .attributes import attribute_columns
-from .compare import VerdictRule, describe_comparison, describe_rule
+from .compare import DEFAULT_EPSILON, VerdictRule, describe_comparison, describe_rule
 from .config import dataclass_from_dict, validate_options
+from .config_edit import current_config
 from .dataset import PreferenceDataset
 from .device import EXECUTION_KEY, config_device, resolve_device
 from .diagnostics import seed_diagnostics
@@ -47,7 +48,7 @@ from .errors import PafoInputError, RunCancelled
 from .features import FeatureResult, dataset_texts, response_features
 from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_spec
 from .methods import MethodContext, SeedEvaluation, fit_method
-from .metrics import calibration, evaluate, group_codes, group_labels, pair_correct
+from .metrics import USER_ACCURACY, calibration, evaluate, group_codes, group_labels, pair_correct
 from .paths import atomic_write_bytes, atomic_write_text
 from .results import REFERENCE, MethodResult, RunResult, SeedResult, compare_seeds, mark_pareto, pool, write_result
 from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
@@ -111,6 +112,9 @@ class _Experiment:
 
     @classmethod
     def from_dict(cls, values: dict) -> ExperimentConfig:
+        """A config from its JSON; one stored by an older version is read in today's spelling
+        (:func:`pafo.config_edit.current_config`: the verdict's ε was ``pafo.epsilon``)."""
+        values = current_config(values)
         sections = {f.name: f.default_factory for f in dataclasses.fields(cls) if f.name != "seeds"}
         unknown = [k for k in values if k not in sections and k not in ("target", "seeds", EXECUTION_KEY)]
         if unknown:
@@ -193,8 +197,8 @@ def _pair_set(pairs: pd.DataFrame, user_group: np.ndarray) -> PairSet:
 
 
 def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: np.ndarray, train: TrainConfig,
-                  *, seed: int = 0, progress: Progress = no_progress, should_stop=never_stop,
-                  device: str = "cpu") -> MethodContext:
+                  *, seed: int = 0, epsilon: float = DEFAULT_EPSILON, progress: Progress = no_progress,
+                  should_stop=never_stop, device: str = "cpu") -> MethodContext:
     """The method context of a dataset: tensors (on ``device``), pair sets and each user's training prompts."""
     train_pairs = dataset.split("train")
     # Dense pairs may only use responses a source lets into pairs (DSP leaves out "normal" unless asked).
@@ -208,7 +212,7 @@ def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: 
         val=_pair_set(dataset.split("val"), user_group), prompt_responses=prompt_responses,
         train_prompts_of_user=[np.asarray(prompts_of_user.get(u, []), dtype=np.int64)
                                for u in range(dataset.n_users)],
-        train_config=train, seed=seed, progress=progress, should_stop=should_stop)
+        train_config=train, seed=seed, epsilon=epsilon, progress=progress, should_stop=should_stop)
 
 
 def _per_user_table(dataset, support, groups, test: PairSet, margins: np.ndarray) -> pd.DataFrame:
@@ -216,7 +220,7 @@ def _per_user_table(dataset, support, groups, test: PairSet, margins: np.ndarray
     return pd.DataFrame({"user": dataset.users.index, "group": groups.groups.to_numpy(),
                          "support_rate": support.user_support.to_numpy(),
                          "n_pairs": accuracy["size"].reindex(dataset.users.index).fillna(0).to_numpy(int),
-                         "accuracy": accuracy["mean"].reindex(dataset.users.index).to_numpy()})
+                         USER_ACCURACY: accuracy["mean"].reindex(dataset.users.index).to_numpy()})
 
 
 def _save_model(out_dir: Path, name: str, model) -> None:
@@ -425,7 +429,7 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=inputs.seed), seeds=None)
     user_group = group_codes(groups.groups.to_numpy())
     ctx = build_context(dataset, inputs.features.features, user_group, config.train, seed=inputs.seed,
-                        progress=progress, should_stop=should_stop, device=device)
+                        epsilon=config.run.epsilon, progress=progress, should_stop=should_stop, device=device)
     test = _pair_set(dataset.split("test"), user_group)
     seen = SeedEvaluation(ctx, test, dataset, support, groups, options=lambda name: method_config_of(config, name))
     results, tables, margins_by_method, models = {}, {}, {}, {}
@@ -437,7 +441,7 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
         results[name].extras = method_spec(name).report_extras(output, seen, tables[name])
         models[name] = output.model
         progress(spans[i + 1], f"{name} done", None)
-    mark_pareto(results, config.pafo.epsilon)
+    mark_pareto(results, config.run.epsilon)
     frame = per_user_frame(dataset, tables)
     frame.insert(0, "seed", inputs.seed)
     result = SeedResult(inputs.seed, dataset.summary(), support.summary(), groups.summary(), results,
@@ -459,7 +463,7 @@ def _encoder_summary(runs: list[SeedRun], embedding) -> dict:
 
 
 def _rule(config: ExperimentConfig) -> VerdictRule:
-    return VerdictRule(epsilon=config.pafo.epsilon)
+    return VerdictRule(epsilon=config.run.epsilon)
 
 
 def _assemble(config: ExperimentConfig, runs: list[SeedRun], embedding=None) -> RunResult:
@@ -475,7 +479,7 @@ def _assemble(config: ExperimentConfig, runs: list[SeedRun], embedding=None) -> 
         methods = config.run.method_list()
         result.methods, result.comparisons, result.diagnostics = pool(
             seeds, methods, n_resamples=config.run.bootstrap, rule=_rule(config))
-        mark_pareto(result.methods, config.pafo.epsilon)
+        mark_pareto(result.methods, config.run.epsilon)
     if config.slices.slice_by:
         _add_slices(result, config, runs)
     return result
@@ -490,8 +494,8 @@ def _add_slices(result: RunResult, config: ExperimentConfig, runs: list[SeedRun]
     reference = REFERENCE if REFERENCE in methods else None
     result.slices = compute_slices(result.per_user, pairs, config.slices.slicings(), methods, reference,
                                    n_resamples=config.run.bootstrap, seed=runs[0].inputs.seed,
-                                   epsilon=config.pafo.epsilon)
-    result.slicing = slicing_block(config.slices, reference, result.slices, epsilon=config.pafo.epsilon)
+                                   epsilon=config.run.epsilon)
+    result.slicing = slicing_block(config.slices, reference, result.slices, epsilon=config.run.epsilon)
 
 
 def summary_line(result: RunResult) -> str:
@@ -512,7 +516,7 @@ def per_user_frame(dataset: PreferenceDataset, tables: dict[str, pd.DataFrame]) 
                           "support_rate": first["support_rate"].to_numpy()})
     frame = frame.join(dataset.user_pair_counts().reset_index(drop=True))
     for name, table in tables.items():
-        frame[f"acc_{name}"] = table["accuracy"].to_numpy()
+        frame[f"acc_{name}"] = table[USER_ACCURACY].to_numpy()
     for column in attribute_columns(dataset):  # who each user is (pafo.attributes), for slices and filters
         frame[column] = dataset.users[column].to_numpy()
     return frame

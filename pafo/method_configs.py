@@ -14,6 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Literal
 
+from .compare import DEFAULT_EPSILON
 from .conditions import (
     CLUSTER_OPTIONS,
     DENSE_PAIRS,
@@ -177,10 +178,6 @@ class PAFOConfig:
     finetune_patience: int = option(4, "distillation: teachers and student stop after this many epochs without a "
                                        "better validation score (both start from the trained baseline)", ge=1,
                                     label="fine-tune patience (epochs)", active_when=DISTILLATION)
-    epsilon: float = option(0.005, "Pareto tolerance ε: the verdict's allowed drop of the majority (paired, vs the "
-                                   "baseline), and with teachers=groups the epoch selection's allowed drop of "
-                                   "majority validation accuracy", ge=0, le=1, label="ε (Pareto tolerance)",
-                            active_when=Compared() | GROUP_TEACHERS)
     keep_initial: bool = option(False, "distillation: teachers and student keep their starting point (the "
                                        "baseline) when no epoch beats it on validation",
                                 label="keep baseline if unbeaten", active_when=DISTILLATION)
@@ -281,6 +278,10 @@ class RunSettings:
     methods: str = option("baseline,pafo", "comma-separated methods: " + ",".join(METHODS), label="methods")
     bootstrap: int = option(1000, "bootstrap resamples (over users) for confidence intervals", ge=10,
                             le=MAX_BOOTSTRAP, label="bootstrap resamples")
+    epsilon: float = option(DEFAULT_EPSILON, "Pareto tolerance ε: the verdict's allowed drop of the majority "
+                                             "(paired, vs the baseline), and with PAFO's teachers=groups the epoch "
+                                             "selection's allowed drop of majority validation accuracy", ge=0, le=1,
+                            label="ε (Pareto tolerance)", active_when=Compared() | GROUP_TEACHERS)
 
     def validate(self) -> RunSettings:
         validate_options(self)

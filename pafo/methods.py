@@ -21,6 +21,7 @@ from scipy.optimize import minimize_scalar
 from threadpoolctl import threadpool_limits
 
 from .clusters import ClusterFit, discover
+from .compare import DEFAULT_EPSILON
 from .method_configs import (
     METHOD_CONFIGS,
     METHODS,
@@ -48,8 +49,11 @@ from .training import (
 )
 
 __all__ = [
+    "CLUSTERS",
+    "DENSE_PAIRS",
     "METHODS",
     "METHOD_CONFIGS",
+    "TEACHERS",
     "BTConfig",
     "BaselineConfig",
     "GroupDROConfig",
@@ -81,6 +85,7 @@ class MethodContext:
     train_prompts_of_user: list[np.ndarray]
     train_config: TrainConfig
     seed: int = 0
+    epsilon: float = DEFAULT_EPSILON  # the run's Pareto tolerance (RunSettings.epsilon), for PAFO's epoch selection
     progress: Progress = no_progress
     should_stop: object = never_stop
     span: tuple[float, float] = (0.0, 1.0)
@@ -121,8 +126,15 @@ class SeedEvaluation:
     options: Callable[[str], object]
 
 
+#: Keys of ``MethodOutput.extra`` that the methods' report hook reads (pafo.diagnostics.method_report).
+CLUSTERS, TEACHERS, DENSE_PAIRS = "clusters", "teachers", "n_dense_pairs"
+
+
 @dataclass
 class MethodOutput:
+    """A trained method: its model, the training result and what else the fit made (``extra``: the preference
+    clusters, group teachers and pair counts under the keys above, and setup seconds)."""
+
     model: RewardModel
     result: TrainResult
     extra: dict = field(default_factory=dict)
@@ -294,12 +306,12 @@ def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     teacher = wide_model(ctx, base.model, clusters, config.beta)
     if config.calibrate:
         calibrate_temperature(teacher, ctx.features, ctx.val)
-    extra = {"clusters": clusters, "teacher": teacher,
+    extra = {CLUSTERS: clusters, "teacher": teacher,
              "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]}
     if config.student == "wide":
         return MethodOutput(teacher, TrainResult(teacher), extra)
     student, result, n_pairs = _distil(ctx, base.model, teacher, config, spans[2])
-    extra.update(n_student_pairs=n_pairs, n_dense_pairs=n_pairs - len(ctx.train))
+    extra.update({"n_student_pairs": n_pairs, DENSE_PAIRS: n_pairs - len(ctx.train)})
     return MethodOutput(student, result, extra)
 
 
@@ -382,7 +394,7 @@ def fit_mixture(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
         model.a.weight.copy_(torch.from_numpy(directions).float())
         model.scales.copy_(torch.tensor([0.0, 1.0]))
     return MethodOutput(model, TrainResult(model), {
-        "clusters": clusters, "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]})
+        CLUSTERS: clusters, "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]})
 
 
 def _any_prompt_pairs(ctx: MethodContext, per_user: int, rng: np.random.Generator) -> PairSet:
@@ -424,13 +436,13 @@ def _fit_pafo_groups(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutp
     teachers = {g: _teacher(ctx, base.model, config, g, spans[1 + g]) for g in Group}
     pairs = student_pairs(ctx, teachers, config)
     baseline_val = base.result.best_val
-    select = pareto_score(baseline_val["majority"], config.epsilon)
+    select = pareto_score(baseline_val["majority"], ctx.epsilon)
     objective = Objective.distillation(config)
     student = copy.deepcopy(base.model)
     result = ctx.fit(student, pairs, ctx.val, "student", spans[3], objective=objective, select=select,
                      config=student_config(ctx, config, len(pairs)), keep_initial=config.keep_initial)
     result.selected = select(result.best_val)[0] == 1
-    extra = {"teachers": teachers, "n_student_pairs": len(pairs), "n_dense_pairs": len(pairs) - len(ctx.train),
+    extra = {TEACHERS: teachers, "n_student_pairs": len(pairs), DENSE_PAIRS: len(pairs) - len(ctx.train),
              "n_targets_dropped": int((pairs.target_mask == 0).sum()),
              "setup_seconds": base.result.seconds + sum(t.result.seconds for t in teachers.values())}
     return MethodOutput(student, result, extra)

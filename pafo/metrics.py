@@ -48,6 +48,7 @@ __all__ = [
     "MSG_NOT_FINITE",
     "MSG_NO_USERS",
     "UNFAIRNESS_METRICS",
+    "USER_ACCURACY",
     "Group",
     "Metric",
     "accuracy_by_decile",
@@ -109,12 +110,14 @@ MSG_BAD_FRACTION = "fraction must be in (0, 1]; got {fraction!r}."
 MSG_BAD_CONFIDENCE = "confidence must be in (0, 1); got {confidence!r}."
 MSG_BAD_N_RESAMPLES = "n_resamples must be a positive integer; got {n_resamples!r}."
 MSG_BAD_EPSILON = "epsilon must be >= 0 (a fraction: 0.005 is half a point); got {epsilon!r}."
-MSG_MISSING_KEY = "{name} result has no '{key}' accuracy; pass evaluate()'s output or a dict with majority/minority."
+MSG_MISSING_KEY = "{name} result has no '{key}' accuracy; pass its group accuracies (majority and minority)."
 
+#: The per-user table's column of each user's test accuracy (also the mean of a support decile's users).
+USER_ACCURACY = "accuracy"
 _PAIRS_COLUMNS = ("user", "correct")
-_DECILE_COLUMNS = ("support_rate", "accuracy")
-_CI_COLUMNS = ("group", "accuracy")
-_PER_USER_COLUMNS = ("user", "group", "support_rate", "n_pairs", "accuracy")
+_DECILE_COLUMNS = ("support_rate", USER_ACCURACY)
+_CI_COLUMNS = ("group", USER_ACCURACY)
+_PER_USER_COLUMNS = ("user", "group", "support_rate", "n_pairs", USER_ACCURACY)
 # Slack for comparing accuracies that went through float arithmetic (e.g. 0.80 - 0.005 vs 0.795).
 _FLOAT_TOL = 1e-12
 
@@ -163,7 +166,7 @@ def _plain(value: Any) -> Any:
 
 def _group_values(per_user: pd.DataFrame, group: str) -> np.ndarray:
     """Accuracies of one group's users, leaving out users without an accuracy."""
-    values = per_user.loc[per_user["group"] == group, "accuracy"].to_numpy(dtype=float)
+    values = per_user.loc[per_user["group"] == group, USER_ACCURACY].to_numpy(dtype=float)
     return values[np.isfinite(values)]
 
 
@@ -199,8 +202,8 @@ def user_accuracy(pairs: pd.DataFrame) -> pd.DataFrame:
         raise PafoInputError(MSG_BAD_CORRECT.format(value=pairs["correct"][bad].iloc[0]))
     frame = pd.DataFrame({"user": pairs["user"].to_numpy(), "correct": correct.to_numpy()})
     grouped = frame.groupby("user", sort=True)["correct"]
-    out = pd.DataFrame({"n_pairs": grouped.size().astype(int), "accuracy": grouped.mean().astype(float)})
-    return out.reset_index()[["user", "n_pairs", "accuracy"]]
+    out = pd.DataFrame({"n_pairs": grouped.size().astype(int), USER_ACCURACY: grouped.mean().astype(float)})
+    return out.reset_index()[["user", "n_pairs", USER_ACCURACY]]
 
 
 # --------------------------------------------------------------------------------------------------- unfairness
@@ -290,7 +293,7 @@ def accuracy_by_decile(per_user: pd.DataFrame, *, n_resamples: int = 0, seed: in
     """
     _require_columns(per_user, _DECILE_COLUMNS, "per_user")
     support = per_user["support_rate"].to_numpy(dtype=float)
-    accuracy = per_user["accuracy"].to_numpy(dtype=float)
+    accuracy = per_user[USER_ACCURACY].to_numpy(dtype=float)
     keep = np.isfinite(support) & np.isfinite(accuracy)
     support, accuracy = support[keep], accuracy[keep]
     if support.size == 0:
@@ -306,7 +309,7 @@ def accuracy_by_decile(per_user: pd.DataFrame, *, n_resamples: int = 0, seed: in
             "support_lo": float(support[in_bin].min()),
             "support_hi": float(support[in_bin].max()),
             "n_users": int(in_bin.sum()),
-            "accuracy": float(accuracy[in_bin].mean()),
+            USER_ACCURACY: float(accuracy[in_bin].mean()),
         }
         if n_resamples:
             values = accuracy[in_bin]
@@ -387,25 +390,25 @@ def _validate_per_user(per_user: pd.DataFrame) -> pd.DataFrame:
     """Check columns and values; drop users without an accuracy (they had no test pair to score)."""
     _require_columns(per_user, _PER_USER_COLUMNS, "per_user")
     table = per_user.copy()
-    table["accuracy"] = pd.to_numeric(table["accuracy"], errors="coerce").astype(float)
-    table = table[table["accuracy"].notna()]
+    table[USER_ACCURACY] = pd.to_numeric(table[USER_ACCURACY], errors="coerce").astype(float)
+    table = table[table[USER_ACCURACY].notna()]
     if table.empty:
         raise PafoInputError(MSG_NO_USERS)
     bad_group = ~table["group"].isin(GROUPS)
     if bad_group.any():
         row = table[bad_group].iloc[0]
         raise PafoInputError(MSG_BAD_GROUP.format(value=row["group"], user=row["user"]))
-    bad_acc = ~table["accuracy"].between(0.0, 1.0)
+    bad_acc = ~table[USER_ACCURACY].between(0.0, 1.0)
     if bad_acc.any():
         row = table[bad_acc].iloc[0]
-        raise PafoInputError(MSG_BAD_ACCURACY.format(value=row["accuracy"], user=row["user"]))
+        raise PafoInputError(MSG_BAD_ACCURACY.format(value=row[USER_ACCURACY], user=row["user"]))
     return table
 
 
 def _micro(table: pd.DataFrame) -> float:
     """Pair-level accuracy recovered from per-user accuracies weighted by their number of pairs."""
     n_pairs = pd.to_numeric(table["n_pairs"], errors="coerce").to_numpy(dtype=float)
-    accuracy = table["accuracy"].to_numpy(dtype=float)
+    accuracy = table[USER_ACCURACY].to_numpy(dtype=float)
     keep = np.isfinite(n_pairs) & (n_pairs > 0)
     if not keep.any():
         return math.nan
@@ -424,7 +427,7 @@ class Metric(NamedTuple):
 
 
 def _accuracies(table: pd.DataFrame) -> np.ndarray:
-    return table["accuracy"].to_numpy(dtype=float)
+    return table[USER_ACCURACY].to_numpy(dtype=float)
 
 
 def _table_group_gap(table: pd.DataFrame) -> float:
@@ -466,7 +469,7 @@ def evaluate(per_user: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0,
     being described. Undefined values (an empty group, constant inputs to Spearman) are ``None``.
     """
     table = _validate_per_user(per_user)
-    accuracy = table["accuracy"].to_numpy(dtype=float)
+    accuracy = table[USER_ACCURACY].to_numpy(dtype=float)
     majority = _mean_or_nan(_group_values(table, MAJORITY))
     minority = _mean_or_nan(_group_values(table, MINORITY))
     micro = _micro(table) if micro_accuracy is None else float(micro_accuracy)
@@ -479,10 +482,8 @@ def evaluate(per_user: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0,
     return _plain(result)
 
 
-def _group_accuracies(result: Mapping, name: str) -> tuple[float | None, float | None]:
-    """(majority, minority) from evaluate()'s output or from a flat {"majority", "minority"} dict."""
-    nested = result.get("accuracy")
-    accuracies = nested if isinstance(nested, Mapping) else result
+def _group_accuracies(accuracies: Mapping, name: str) -> tuple[float | None, float | None]:
+    """(majority, minority) of a method's group accuracies (``MethodResult.accuracy``, or a flat dict)."""
     for key in GROUPS:
         if key not in accuracies:
             raise PafoInputError(MSG_MISSING_KEY.format(name=name, key=key))
@@ -492,10 +493,10 @@ def _group_accuracies(result: Mapping, name: str) -> tuple[float | None, float |
 def pareto_improvement(method: Mapping, baseline: Mapping, *, epsilon: float = 0.005) -> bool:
     """True when ``method`` serves the minority strictly better and the majority not worse by more than epsilon.
 
-    Accepts evaluate()'s output or flat ``{"majority": .., "minority": ..}`` dicts. This is the acceptance rule
-    for PAFO: a fairness gain bought with a real majority loss is not an improvement. A missing accuracy (None or
-    nan) on either side gives False, since the improvement cannot be shown. The majority bound allows 1e-12 of
-    float slack so a drop of exactly epsilon counts as "not beyond epsilon".
+    Takes each side's group accuracies (``{"majority": .., "minority": ..}``, as ``MethodResult.accuracy``). This is
+    the acceptance rule for PAFO: a fairness gain bought with a real majority loss is not an improvement. A missing
+    accuracy (None or nan) on either side gives False, since the improvement cannot be shown. The majority bound
+    allows 1e-12 of float slack so a drop of exactly epsilon counts as "not beyond epsilon".
     """
     if _is_missing(epsilon) or epsilon < 0:
         raise PafoInputError(MSG_BAD_EPSILON.format(epsilon=epsilon))

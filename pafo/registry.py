@@ -66,6 +66,7 @@ __all__ = [
     "RUNNING",
     "STATUSES",
     "SUCCEEDED",
+    "SWEEP_PREFIX",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
     "Outcome",
@@ -333,6 +334,11 @@ def source_version(package: Path) -> str:
         digest.update(path.relative_to(package).as_posix().encode("utf-8") + b"\0")
         digest.update(result_code(path.read_text(encoding="utf-8")).encode("utf-8") + b"\0")
     return digest.hexdigest()[:12]
+
+
+#: A sweep's id starts so (``pafo.sweep.new_sweep_id``: the prefix and a run id); it is the ``parent_id`` of each of
+#: its cells, which is how run pickers group them.
+SWEEP_PREFIX = "sweep-"
 
 
 def new_run_id() -> str:

@@ -30,9 +30,10 @@ from .compare import (
     Delta,
     describe_comparison,
 )
+from .config_edit import known_fields
 from .extras import Ceilings, ClusterReport, TeacherReport
-from .method_configs import METHOD_SPECS, METHODS
-from .metrics import ACCURACY_METRICS, GROUPS, LOG_LOSS_METRICS, UNFAIRNESS_METRICS
+from .method_configs import METHOD_SPECS, METHODS, PAFOConfig
+from .metrics import ACCURACY_METRICS, GROUPS, LOG_LOSS_METRICS, UNFAIRNESS_METRICS, USER_ACCURACY
 from .results import RunResult, SweepResult
 
 __all__ = [
@@ -332,8 +333,8 @@ def decile_table(result: RunResult) -> pd.DataFrame:
         for row in result.methods[name].by_decile or []:
             lo, hi = row.get("ci") or [None, None]
             rows.append({"method": name, **{k: v for k, v in row.items() if k != "ci"}, "ci_lo": lo, "ci_hi": hi})
-    return pd.DataFrame(rows, columns=["method", "decile", "support_lo", "support_hi", "n_users", "accuracy", "ci_lo",
-                                       "ci_hi"])
+    return pd.DataFrame(rows, columns=["method", "decile", "support_lo", "support_hi", "n_users", USER_ACCURACY,
+                                       "ci_lo", "ci_hi"])
 
 
 def teacher_table(result: RunResult) -> pd.DataFrame:
@@ -482,7 +483,7 @@ def decile_curve(result: RunResult) -> go.Figure:
     for k, (name, part) in enumerate(table.groupby("method", sort=False)):
         labels = [f"D{d}<br>{lo:.2f}–{hi:.2f}" for d, lo, hi in
                   zip(part["decile"], part["support_lo"], part["support_hi"])]
-        accuracy = part["accuracy"].to_numpy(dtype=float)
+        accuracy = part[USER_ACCURACY].to_numpy(dtype=float)
         lo, hi = (pd.to_numeric(part[c], errors="coerce").to_numpy(dtype=float) for c in ("ci_lo", "ci_hi"))
         offset = 0.12 * (k - (len(methods) - 1) / 2)
         traces.append(go.Scatter(
@@ -862,16 +863,16 @@ def identical_note(result: RunResult, name: str, reference: str = "baseline") ->
     x, y = per_user[a].astype(float).to_numpy(), per_user[b].astype(float).to_numpy()
     if not np.array_equal(np.isnan(x), np.isnan(y)) or not np.array_equal(x[~np.isnan(x)], y[~np.isnan(y)]):
         return None
-    options = (result.config.get("pafo") or {}) if name in ("pafo", "mixture") else {}
-    cluster_teachers = name == "mixture" or (name == "pafo" and options.get("teachers", "clusters") == "clusters")
-    wide = name == "pafo" and cluster_teachers and options.get("student", "wide") == "wide"
+    options = PAFOConfig(**known_fields(PAFOConfig, result.config.get("pafo")))
+    cluster_teachers = name == "mixture" or (name == "pafo" and options.teachers == "clusters")
+    wide = name == "pafo" and cluster_teachers and options.student == "wide"
     blocks = [seed.methods.get(name) for seed in result.seed_results()]
     clusters = [b.extra(ClusterReport) if b else None for b in blocks]
     best_epochs = [b.best_epoch if b else None for b in blocks]
     n_train = pd.to_numeric(per_user.get("n_train", pd.Series(dtype=float)), errors="coerce")
     size = {"reference": reference, "users": int(per_user["user_id"].nunique()) if "user_id" in per_user
             else len(per_user), "pairs": f"{n_train.mean():.0f}" if n_train.notna().any() else "a few"}
-    if wide and options.get("beta", 1.0) == 0:
+    if wide and options.beta == 0:
         why = IDENTICAL_WHY["beta"]
     elif cluster_teachers and all(c is not None and len(c.clusters) <= 1 for c in clusters):
         why = IDENTICAL_WHY["one_cluster"]

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .compare import DEFAULT_EPSILON, Comparison, VerdictRule, paired_comparison, pooled_group_ci
+from .config_edit import current_config
 from .errors import PafoInputError
 from .extras import DIAGNOSTIC_EXTRAS, METHOD_EXTRAS, mean_tree, read_extras
 from .jsonio import from_fields
@@ -266,11 +267,12 @@ def _or_empty(block: dict | None) -> dict:
 
 
 def verdict_epsilon(config: dict | None) -> float | None:
-    """The verdict's ε a stored experiment config names: ``run.epsilon``, or ``pafo.epsilon`` in a config written
-    before ε moved to the run settings."""
-    config = config or {}
-    for section in ("run", "pafo"):
-        value = (config.get(section) or {}).get("epsilon")
+    """The verdict's ε a stored config names: an experiment's ``run.epsilon`` (``pafo.epsilon`` in one written before
+    ε moved to the run settings: :func:`pafo.config_edit.current_config`) or an audit's; ``None`` when it names
+    none."""
+    current = current_config(config or {})
+    for section in ("run", "audit"):
+        value = (current.get(section) or {}).get("epsilon")
         if value is not None:
             return float(value)
     return None

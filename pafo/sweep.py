@@ -2,7 +2,7 @@
 
 A grid is ``{"section.field": [values]}`` over the experiment's config dataclasses (``pafo.lam``,
 ``groups.minority_quantile``, ...). Every value is checked before anything runs, by the same code that checks a
-what-if (:func:`pafo.appstate.whatif_config`, hence :func:`pafo.config.validate_options` and the fields' bounds).
+what-if (:func:`pafo.config_edit.whatif_config`, hence :func:`pafo.config.validate_options` and the fields' bounds).
 A *cell* is one grid point on one run seed: a one-seed run submitted to :class:`pafo.registry.RunRegistry` with
 the sweep's id as its ``parent_id``, so the registry's cache key reuses cells that already finished with the same
 config (``force`` retrains them) and its worker processes run the rest under its concurrency limit. Before the
@@ -39,9 +39,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .appstate import SWEEP_PREFIX, whatif_config
 from .compare import VerdictRule
 from .config import OptionValueError
+from .config_edit import whatif_config
 from .device import resolve_device, with_device
 from .effects import APP_WORDS, NoEffectError, check_grid, option_label
 from .errors import MSG_DIVERGED, PafoEnvironmentError, PafoInputError
@@ -52,6 +52,7 @@ from .registry import (
     LOG_NAME,
     QUEUED,
     SUCCEEDED,
+    SWEEP_PREFIX,
     RunRecord,
     RunRegistry,
     new_run_id,
@@ -594,7 +595,7 @@ def _point(index: int, cell: Cell, results: list[RunResult], methods: list[str],
     point = SweepPoint(index, cell.params, len(results))
     if not results:
         return point
-    rule = VerdictRule(epsilon=cell.config["pafo"]["epsilon"])
+    rule = VerdictRule(epsilon=ExperimentConfig.from_dict(cell.config).run.epsilon)
     pooled = pool([seed for result in results for seed in result.seed_results()], methods, n_resamples=bootstrap,
                   rule=rule)
     point.methods = {name: MethodResult(m.accuracy, m.accuracy_ci, m.unfairness) for name, m in pooled.methods.items()}

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import pandas as pd
 import streamlit as st
 
-from pafo import appstate, report
+from pafo import appstate, config_edit, report
 from pafo.data_roots import check_app_config
 from pafo.effects import SECTIONS
 from pafo.errors import PafoInputError
@@ -145,8 +145,9 @@ def default_forms() -> dict:
 def adopt_run_config(config: dict) -> None:
     """Make a run's dataset, grouping and forms the session's current choices (re-attach, what-if)."""
     ss = st.session_state
-    ss[DATA] = {**dataclasses.asdict(DataConfig()), **appstate.known_fields(DataConfig, config.get("data"))}
-    ss[GROUPS] = {**dataclasses.asdict(GroupConfig()), **appstate.known_fields(GroupConfig, config.get("groups"))}
+    config = config_edit.current_config(config)
+    ss[DATA] = {**dataclasses.asdict(DataConfig()), **config_edit.known_fields(DataConfig, config.get("data"))}
+    ss[GROUPS] = {**dataclasses.asdict(GroupConfig()), **config_edit.known_fields(GroupConfig, config.get("groups"))}
     forms = default_forms()
     for section in forms:
         if isinstance(forms[section], dict):
@@ -392,7 +393,8 @@ def progress_text(record) -> str:
 
 def run_label(record) -> str:
     label = f" · {appstate.short_label(record)}" if record.label else ""
-    methods = (record.config.get("run") or {}).get("methods", "")
+    run = config_edit.run_settings(record.config)
+    methods = run.methods if run else ""
     if record.kind == "audit":
         methods = "audit of " + ",".join(s.get("name", "?") for s in record.config.get("sources") or [])
     when = time.strftime("%H:%M:%S", time.localtime(record.created_at))

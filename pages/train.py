@@ -6,7 +6,7 @@ import dataclasses
 
 import streamlit as st
 
-from pafo import appstate
+from pafo import appstate, config_edit
 from pafo.effects import flat_values, reset_inert
 from pafo.errors import PafoInputError
 from pafo.method_configs import ENCODERS, METHOD_SPECS, METHODS, RunSettings, TrainConfig, method_sections, method_spec
@@ -24,8 +24,8 @@ record = ui.current_record()
 # ----------------------------------------------------------------------------------------------- current run
 if record is not None:
     st.subheader(f"Run {record.id}" + (f" · {record.label}" if record.label else ""))
-    methods = (record.config.get("run") or {}).get("methods", "")
-    encoder = (record.config.get("run") or {}).get("encoder", "")
+    run = config_edit.run_settings(record.config)
+    methods, encoder = (run.methods, run.encoder) if run else ("", "")
     seeds = appstate.seeds_text(record.config.get("seeds") or [record.config["data"].get("seed", 0)])
     st.caption(f"methods {methods} · encoder {encoder} · dataset {appstate.dataset_label(record.config['data'])} · "
                f"seeds {seeds}" + (f" · what-if of {record.parent_id}" if record.parent_id else ""))
@@ -55,16 +55,17 @@ with st.expander("Start a new run", expanded=record is None):
     # matters), which a form would only apply on submit. Enter in a field commits it; only the button starts a run.
     with st.container(border=True):
         run_values = forms["run"]
+        run = RunSettings(**config_edit.known_fields(RunSettings, run_values))
         cols = st.columns([2, 1, 1, 1])
         chosen = cols[0].multiselect("Methods", list(METHODS),
-                                     default=[m for m in run_values["methods"].split(",") if m in METHODS],
+                                     default=[m for m in run.methods.split(",") if m in METHODS],
                                      help=METHODS_HELP, key="train_methods")
-        encoder_value = run_values["encoder"]
+        encoder_value = run.encoder
         encoders = ENCODERS if encoder_value in ENCODERS else [*ENCODERS, encoder_value]
         encoder = cols[1].selectbox("Encoder", encoders, index=encoders.index(encoder_value), key="train_encoder",
                                     help="minilm: all-MiniLM-L6-v2 (the first run embeds the texts, later runs hit "
                                          "the disk cache); tfidf: fast TF-IDF + SVD")
-        bootstrap = cols[2].number_input("Bootstrap resamples", 10, 10000, int(run_values["bootstrap"]), 100,
+        bootstrap = cols[2].number_input("Bootstrap resamples", 10, 10000, int(run.bootstrap), 100,
                                          key="train_bootstrap")
         seeds = cols[3].text_input("Seeds", value=forms.get("seeds", ""), key="train_seeds",
                                    placeholder=f"{data.get('seed', 0)} (the dataset's)",
@@ -74,6 +75,7 @@ with st.expander("Start a new run", expanded=record is None):
         # What the page has chosen so far: each section's options below are drawn for it (pafo.effects).
         chosen_config = flat_values({"data": data, "groups": groups,
                                      "run": {**run_values, "methods": ",".join(chosen), "encoder": encoder}})
+        verdict_values = ui.option_inputs("run", run_values, chosen_config, prefix="train_run", include=("epsilon",))
         st.markdown("**Training** (every model)")
         train_values = ui.option_inputs("train", forms["train"], chosen_config, prefix="train")
         method_values = {}
@@ -91,8 +93,8 @@ with st.expander("Start a new run", expanded=record is None):
 
         try:
             sections = {
-                "run": dataclasses.asdict(RunSettings(encoder=encoder, methods=",".join(chosen),
-                                                      bootstrap=int(bootstrap))),
+                "run": dataclasses.asdict(appstate.form_to_dataclass(RunSettings, {
+                    **verdict_values, "encoder": encoder, "methods": ",".join(chosen), "bootstrap": int(bootstrap)})),
                 "train": dataclasses.asdict(appstate.form_to_dataclass(TrainConfig, train_values)),
                 **{name: dataclasses.asdict(appstate.form_to_dataclass(cls, method_values[name]))
                    for name, cls in method_sections().items()},

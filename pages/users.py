@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pafo import appstate, report, scoring, slice_report
+from pafo import appstate, config_edit, report, scoring, slice_report
 from pafo.errors import PafoInputError
 from pafo.sources import DataConfig
 from pages import _ui as ui
@@ -97,7 +97,7 @@ if margins is None:
 if seed is not None and "seed" in margins:
     margins = margins[margins["seed"] == seed]
 responses = None
-data_config = appstate.known_fields(DataConfig, result.config.get("data"))
+data_config = config_edit.known_fields(DataConfig, result.config.get("data"))
 if seed is not None:
     data_config["seed"] = int(seed)
 try:

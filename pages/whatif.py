@@ -8,7 +8,7 @@ import time
 
 import streamlit as st
 
-from pafo import appstate, report
+from pafo import appstate, config_edit, report
 from pafo.effects import flat_values, is_active
 from pafo.errors import PafoInputError
 from pafo.sources import DataConfig
@@ -29,7 +29,7 @@ if picked is None:
     st.stop()
 parent, parent_result = picked
 reg = ui.registry()
-config = parent.config
+config = config_edit.current_config(parent.config)  # a run stored by an older version: in today's spelling
 groups, pafo = config.get("groups") or {}, config.get("pafo") or {}
 data = config.get("data") or {}
 
@@ -69,7 +69,7 @@ with st.container(border=True):
     if not shares_default and appstate.simulated(data):
         try:
             shares_default = appstate.shares_text(ui.dataset_summary(
-                {**appstate.default_data_dict(), **appstate.known_fields(DataConfig, data)})["meta"].get("shares"))
+                {**appstate.default_data_dict(), **config_edit.known_fields(DataConfig, data)})["meta"].get("shares"))
         except PafoInputError:
             shares_default = ""
     shares = cols[1].text_input("Population shares (KEY=V,...)", value=shares_default or "", key="whatif_shares",
@@ -97,8 +97,8 @@ if launch:
     if seeds.strip() != parent_seeds:
         changes["seeds"] = seeds.strip() or str(data.get("seed", 0))
     try:
-        child_config = appstate.whatif_config(config, changes)
-        diff = appstate.config_diff(config, child_config)
+        child_config = config_edit.whatif_config(config, changes)
+        diff = config_edit.config_diff(config, child_config)
         if not diff:
             raise PafoInputError("nothing changed: set at least one value different from the parent run")
         from pafo.experiment import ExperimentConfig
@@ -136,7 +136,7 @@ child_id = st.selectbox("What-if run", ids, index=ids.index(wanted) if wanted in
 st.session_state["whatif_child"] = child_id  # the selection outlives the picker's key (a new one per status)
 ui.rerun_when_runs_change(children)  # the picker's status icons
 child = children[ids.index(child_id)]
-diff = appstate.config_diff(config, child.config)
+diff = config_edit.config_diff(config, child.config)
 st.markdown("**Changed:** " + (", ".join(f"`{k}` {a} → **{b}**" for k, a, b in diff) or "nothing"))
 
 if not child.done:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from test_report import record
 
-from pafo import appstate
+from pafo import appstate, config_edit
 from pafo.errors import PafoInputError
 from pafo.method_configs import PAFOConfig
 from pafo.sources import DataConfig
@@ -92,21 +92,41 @@ def test_form_labels_changes_and_seeds_text():
     assert appstate.seeds_text([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and appstate.seeds_text([4]) == "4"
 
 
+def test_a_config_stored_before_epsilon_moved_reads_as_today():
+    """Issue 21: the verdict's ε moved from the PAFO options to the run settings. A stored config that carries
+    ``pafo.epsilon`` reads with that value as ``run.epsilon`` (the experiment, What-if and its diff, the run
+    settings), and ``--epsilon`` still sets it, for experiments and audits alike."""
+    from pafo.cli import build_parser, experiment_config_from_args
+    from pafo.experiment import ExperimentConfig
+
+    today = appstate.demo_config(seeds="0").to_dict()
+    old = {**today, "run": {k: v for k, v in today["run"].items() if k != "epsilon"},
+           "pafo": {**today["pafo"], "epsilon": 0.02}}
+    assert ExperimentConfig.from_dict(old).run.epsilon == 0.02 and config_edit.run_settings(old).epsilon == 0.02
+    child = config_edit.whatif_config(old, {"pafo.beta": 2.0})
+    assert child["run"]["epsilon"] == 0.02 and "epsilon" not in child["pafo"]
+    assert config_edit.config_diff(old, child) == [("pafo.beta", 1.0, 2.0)]  # moving is no change
+    args = build_parser().parse_args(["experiment", "--methods", "baseline,pafo", "--epsilon", "0.01"])
+    assert experiment_config_from_args(args).run.epsilon == 0.01
+    audit_args = build_parser().parse_args(["audit", "--predictions", "a=x.csv", "--epsilon", "0.01"])
+    assert audit_args.epsilon == 0.01
+
+
 def test_whatif_config_and_diff():
     parent = appstate.demo_config(seeds="0").to_dict()
-    child = appstate.whatif_config(parent, {"pafo.beta": 2.0, "groups.minority_threshold": 0.5})
+    child = config_edit.whatif_config(parent, {"pafo.beta": 2.0, "groups.minority_threshold": 0.5})
     assert parent["pafo"]["beta"] == 1.0  # the parent is not touched
-    assert appstate.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5), ("pafo.beta", 1.0, 2.0)]
+    assert config_edit.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5), ("pafo.beta", 1.0, 2.0)]
     with pytest.raises(PafoInputError, match="beta"):
-        appstate.whatif_config(parent, {"pafo.beta": -1.0})
+        config_edit.whatif_config(parent, {"pafo.beta": -1.0})
     with pytest.raises(PafoInputError, match="--lambda has no effect with --student wide"):  # issue 19
-        appstate.whatif_config(parent, {"pafo.lam": 2.0})
-    assert appstate.whatif_config(parent, {"pafo.lam": 1.0})  # an unchanged value is no change
+        config_edit.whatif_config(parent, {"pafo.lam": 2.0})
+    assert config_edit.whatif_config(parent, {"pafo.lam": 1.0})  # an unchanged value is no change
     with pytest.raises(PafoInputError, match=r"section\.field"):
-        appstate.whatif_config(parent, {"lam": 2.0})
-    seeded = appstate.whatif_config(parent, {"seeds": "0-2"})
-    assert seeded["seeds"] == [0, 1, 2] and appstate.config_diff(parent, seeded) == [("seeds", None, [0, 1, 2])]
-    assert "seeds" not in appstate.whatif_config(seeded, {"seeds": "0"})  # one seed: data.seed alone
+        config_edit.whatif_config(parent, {"lam": 2.0})
+    seeded = config_edit.whatif_config(parent, {"seeds": "0-2"})
+    assert seeded["seeds"] == [0, 1, 2] and config_edit.config_diff(parent, seeded) == [("seeds", None, [0, 1, 2])]
+    assert "seeds" not in config_edit.whatif_config(seeded, {"seeds": "0"})  # one seed: data.seed alone
 
 
 def test_user_pairs_table_with_and_without_texts():

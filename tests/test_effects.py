@@ -60,7 +60,7 @@ def _with_inert_changed(config: dict) -> tuple[dict, list[str]]:
     return changed, inert
 
 
-def _outcome(result: dict) -> dict:
+def _outcome(result) -> dict:
     """What a run says about its methods, without timings (they differ run to run)."""
 
     def strip(node):
@@ -70,7 +70,8 @@ def _outcome(result: dict) -> dict:
             return [strip(v) for v in node]
         return node
 
-    return strip({"methods": result["methods"], "comparisons": result["comparisons"], "per_user": result["per_user"]})
+    return strip({key: value for key, value in result.to_json().items() if key in ("methods", "comparisons",
+                                                                                  "per_user")})
 
 
 CASES = {
@@ -132,7 +133,7 @@ def test_the_default_pafo_reads_no_distillation_option():
     values = flat_values({})
     for key in ("pafo.lam", "pafo.temperature", "pafo.condition", "pafo.dense", "pafo.heldout", "pafo.batches"):
         assert not is_active(values, key), key
-    for key in ("pafo.beta", "pafo.clusters", "pafo.calibrate", "pafo.epsilon", "train.epochs", "data.users"):
+    for key in ("pafo.beta", "pafo.clusters", "pafo.calibrate", "run.epsilon", "train.epochs", "data.users"):
         assert is_active(values, key), key
     distilled = flat_values({"pafo": {"student": "distilled"}})
     assert is_active(distilled, "pafo.lam") and is_active(distilled, "pafo.heldout")
@@ -163,10 +164,12 @@ def test_the_sentence_says_what_would_make_an_option_matter():
 
 
 def test_epsilon_matters_for_any_verdict():
-    """ε is PAFO's group-selection tolerance and also every verdict's: with reweight compared to the baseline it
-    matters without PAFO; with the baseline alone nothing is compared."""
-    assert is_active(flat_values({"run": {"methods": "baseline,reweight"}}), "pafo.epsilon")
-    assert not is_active(flat_values({"run": {"methods": "baseline"}}), "pafo.epsilon")
+    """ε is every verdict's tolerance (a run setting) and also PAFO's group-selection tolerance: with reweight
+    compared to the baseline it matters without PAFO; with the baseline alone nothing is compared; with PAFO's group
+    teachers alone it selects their epoch."""
+    assert is_active(flat_values({"run": {"methods": "baseline,reweight"}}), "run.epsilon")
+    assert not is_active(flat_values({"run": {"methods": "baseline"}}), "run.epsilon")
+    assert is_active(flat_values({"run": {"methods": "pafo"}, "pafo": {"teachers": "groups"}}), "run.epsilon")
 
 
 def test_check_effective_refuses_only_the_options_set_on_purpose():

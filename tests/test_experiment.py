@@ -193,7 +193,7 @@ def test_experiment_over_seeds_pools_them_with_paired_comparisons(tmp_path, caps
     comparison = result["comparisons"]["pafo"]
     assert set(comparison) >= {"majority", "minority", "user_std", "support_spearman_abs", "verdict"}
     rule = VerdictRule(**comparison["rule"])
-    assert rule.epsilon == result["config"]["pafo"]["epsilon"]
+    assert rule.epsilon == ExperimentConfig.from_dict(result["config"]).run.epsilon
     typed = Comparison.from_json(comparison)
     assert (comparison["verdict"], comparison["verdict_reason"]) == rule.judge(
         typed.delta("majority"), typed.delta("minority"), typed.sample, typed.n_seeds)

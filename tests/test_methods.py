@@ -279,7 +279,7 @@ def test_student_training_ignores_the_pairs_group(ctx):
     base = baseline_output(ctx, (0.0, 0.3))
     teachers = {g: methods_mod._teacher(ctx, base.model, config, g, (0.3, 0.6)) for g in tuple(Group)}
     pairs = student_pairs(ctx, teachers, config)
-    select = pareto_score(base.result.best_val["majority"], config.epsilon)
+    select = pareto_score(base.result.best_val["majority"], ctx.epsilon)
     margins = []
     for group in (pairs.group, 1 - pairs.group, None):
         student = copy.deepcopy(base.model)
@@ -304,7 +304,7 @@ def test_lambda_zero_student_equals_a_baseline_fine_tune(ctx):
     config = PAFOConfig(lam=0.0, dense=0, teachers="groups")
     student = fit_method("pafo", ctx, config, (0.0, 1.0))
     base = ctx.cache["baseline"]
-    select = pareto_score(base.result.best_val["majority"], config.epsilon)
+    select = pareto_score(base.result.best_val["majority"], ctx.epsilon)
     tuned = copy.deepcopy(base.model)
     result = ctx.fit(tuned, ctx.train, ctx.val, "fine-tune", (0.0, 1.0), select=select)
     assert result.best_epoch == student.result.best_epoch

@@ -22,6 +22,7 @@ from pafo.metrics import (
     user_accuracy,
     worst_fraction_mean,
 )
+from pafo.results import MethodResult
 
 # The same numbers should give the same metric whatever container they arrive in.
 INPUT_KINDS = {
@@ -458,9 +459,9 @@ def test_pareto_improvement_truth_table(majority, minority, expected):
     assert pareto_improvement({"majority": majority, "minority": minority}, BASE) is expected
 
 
-def test_pareto_improvement_accepts_evaluate_output():
-    baseline = evaluate(HAND, n_resamples=50)
-    better = evaluate(HAND.assign(accuracy=[0.8, 0.9, 1.0, 0.6, 0.7]), n_resamples=50)
+def test_pareto_improvement_reads_a_methods_group_accuracies():
+    baseline = MethodResult(**evaluate(HAND, n_resamples=50)).accuracy
+    better = MethodResult(**evaluate(HAND.assign(accuracy=[0.8, 0.9, 1.0, 0.6, 0.7]), n_resamples=50)).accuracy
     assert pareto_improvement(better, baseline)
     assert not pareto_improvement(baseline, better)
 

@@ -235,6 +235,23 @@ def test_library_modules_never_import_streamlit():
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
+def test_the_library_never_imports_the_app_helpers():
+    """Issue 21: sweep.py and audit.py imported pafo.appstate (the pages' helpers) for what-if configs and stored
+    configs' fields; those live in the library (pafo.config_edit), and no library module imports the app's."""
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "pafo"
+    importers = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.ImportFrom) and not node.module else []
+            if any(name.split(".")[-1] == "appstate" for name in names):
+                importers.append(path.relative_to(package).as_posix())
+    assert importers == [], importers
+
+
 def test_cluster_and_ceiling_tables_from_a_real_run(tiny_config):
     """Compare's cluster and ceiling tables read the experiment JSON: one row per cluster of each seed, users
     adding up to the population, and the diagnostic rows with their deltas to the baseline."""
