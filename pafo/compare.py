@@ -28,6 +28,7 @@ import pandas as pd
 
 from .errors import PafoInputError
 from .jsonio import from_fields
+from .metrics import COMPARED_METRICS, GROUPS, Users
 
 __all__ = ["CI_TOLERANCE", "COMPARED", "MIN_GROUP_PAIRS", "MIN_GROUP_USERS", "MSG_NO_COMMON_USERS", "VERDICTS",
            "VERDICT_WORDS", "Comparison", "Coverage", "Delta", "Sample", "VerdictRule", "describe_comparison",
@@ -36,8 +37,9 @@ __all__ = ["CI_TOLERANCE", "COMPARED", "MIN_GROUP_PAIRS", "MIN_GROUP_USERS", "MS
 VERDICTS = ("pareto", "noise", "worse", "tradeoff")
 #: How the app, the HTML report and the CLI say each verdict.
 VERDICT_WORDS = {"pareto": "Pareto improvement", "noise": "within noise", "worse": "worse", "tradeoff": "trade-off"}
-COMPARED = ("majority", "minority", "user_std", "support_spearman_abs")
-GROUPS = ("majority", "minority")
+#: What a paired comparison estimates: the mean difference per group (the verdict's) and each metric of the
+#: registry that enters the verdict table (:data:`pafo.metrics.COMPARED_METRICS`).
+COMPARED = (*GROUPS, *(metric.compared_key for metric in COMPARED_METRICS))
 MSG_NO_COMMON_USERS = "paired comparison of {method!r} with {reference!r}: no user has a test accuracy under both"
 MSG_MISSING_ACCURACY = "paired comparison: per-user table of seed {seed} has no column {column!r}"
 
@@ -216,33 +218,19 @@ def _ci_verdict(majority: Delta, minority: Delta, epsilon: float, tolerance: flo
     return "noise", REASON_NOISE
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    from scipy import stats  # here, not at import: the CLI reads this module's defaults as it starts
-
-    return stats.rankdata(values, axis=-1)
-
-
-def _rowwise_spearman(support: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
-    """Spearman ρ of every row of two (resamples × users) arrays; nan where a row is constant."""
-    a, b = _ranks(support), _ranks(accuracy)
-    a = a - a.mean(-1, keepdims=True)
-    b = b - b.mean(-1, keepdims=True)
-    denominator = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, (a * b).sum(-1) / denominator, np.nan)
-
-
 def _statistics(group: np.ndarray, support: np.ndarray, method: np.ndarray, reference: np.ndarray) -> dict:
-    """Each compared statistic (method − reference) of rows of users; arrays are (resamples × users)."""
+    """Each compared statistic (method − reference) of rows of users; arrays are (resamples × users): per group the
+    mean over its users of the paired difference, and each compared metric of the registry (its difference of
+    sizes for a signed measure of bias)."""
     out = {}
-    for name in ("majority", "minority"):
+    for name in GROUPS:
         mask = group == name
         count = mask.sum(-1)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[name] = np.where(count > 0, ((method - reference) * mask).sum(-1) / count, np.nan)
-    out["user_std"] = method.std(-1) - reference.std(-1)
-    out["support_spearman_abs"] = (np.abs(_rowwise_spearman(support, method))
-                                   - np.abs(_rowwise_spearman(support, reference)))
+    for metric in COMPARED_METRICS:
+        values = [metric.sized(metric.compute(Users(accuracy, support, group))) for accuracy in (method, reference)]
+        out[metric.compared_key] = values[0] - values[1]
     return out
 
 

@@ -29,6 +29,7 @@ from pafo.errors import PafoInputError
 
 __all__ = [
     "ACCURACY_METRICS",
+    "COMPARED_METRICS",
     "GROUPS",
     "LOG_LOSS_METRICS",
     "MAJORITY",
@@ -51,21 +52,26 @@ __all__ = [
     "USER_ACCURACY",
     "Group",
     "Metric",
+    "Users",
     "accuracy_by_decile",
     "bootstrap_group_ci",
     "calibration",
     "evaluate",
     "gini",
+    "gini_rows",
     "group_codes",
     "group_gap",
     "group_labels",
+    "group_means",
     "pair_correct",
     "pareto_improvement",
     "per_user_accuracy",
+    "spearman_rows",
     "support_deciles",
     "support_spearman",
     "user_accuracy",
     "worst_fraction_mean",
+    "worst_fraction_rows",
 ]
 
 
@@ -209,22 +215,32 @@ def user_accuracy(pairs: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------- unfairness
 
 
-def gini(values: Any) -> float:
-    """Gini coefficient Σ_i Σ_j |a_i − a_j| / (2 n² ā) of user accuracies: 0 when everyone is served alike.
+# Each computation below works on rows of users, ``(resamples × users)`` arrays: one row for a method's figure
+# (evaluate), one row per bootstrap resample for its uncertainty (pafo.compare's paired comparison). The scalar
+# functions are the one-row case of the same code.
+
+
+def gini_rows(accuracy: np.ndarray) -> np.ndarray:
+    """Gini coefficient Σ_i Σ_j |a_i − a_j| / (2 n² ā) of each row of user accuracies: 0 when everyone is served
+    alike.
 
     Computed from the sorted values in O(n log n) (Σ_i Σ_j |a_i − a_j| = 2 Σ_i (2i − n − 1) a_(i), i from 1) so it
-    stays cheap for many users. All-zero input is defined as 0 (everyone equal), not 0/0.
+    stays cheap for many users. An all-zero row is defined as 0 (everyone equal), not 0/0.
     """
+    n = accuracy.shape[-1]
+    mean = accuracy.mean(-1)
+    ranks = np.arange(1, n + 1, dtype=float)
+    abs_diff_sum = 2.0 * np.sum((2.0 * ranks - n - 1.0) * np.sort(accuracy, axis=-1), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mean == 0.0, 0.0, np.maximum(abs_diff_sum, 0.0) / (2.0 * n * n * mean))
+
+
+def gini(values: Any) -> float:
+    """:func:`gini_rows` of one list of user accuracies (non-negative, finite)."""
     array = _as_array(values, "gini")
     if (array < 0).any():
         raise PafoInputError(MSG_NEGATIVE.format(value=float(array[array < 0][0])))
-    n = array.size
-    mean = array.mean()
-    if mean == 0.0:
-        return 0.0
-    ranks = np.arange(1, n + 1, dtype=float)
-    abs_diff_sum = 2.0 * np.sum((2.0 * ranks - n - 1.0) * np.sort(array))
-    return float(max(abs_diff_sum, 0.0) / (2.0 * n * n * mean))
+    return float(gini_rows(array[None])[0])
 
 
 def _n_lowest(n: int, fraction: float) -> int:
@@ -232,12 +248,16 @@ def _n_lowest(n: int, fraction: float) -> int:
     return max(1, math.ceil(round(fraction * n, 9)))
 
 
-def worst_fraction_mean(values: Any, fraction: float = 0.1) -> float:
-    """Mean of the lowest ceil(fraction * n) values (at least one): how the worst-served users fare."""
+def worst_fraction_rows(accuracy: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Each row's mean of its lowest ceil(fraction * n) values (at least one): how the worst-served users fare."""
     if not (0.0 < fraction <= 1.0):
         raise PafoInputError(MSG_BAD_FRACTION.format(fraction=fraction))
-    array = np.sort(_as_array(values, "worst_fraction_mean"))
-    return float(array[: _n_lowest(array.size, fraction)].mean())
+    return np.sort(accuracy, axis=-1)[..., : _n_lowest(accuracy.shape[-1], fraction)].mean(-1)
+
+
+def worst_fraction_mean(values: Any, fraction: float = 0.1) -> float:
+    """:func:`worst_fraction_rows` of one list of values."""
+    return float(worst_fraction_rows(_as_array(values, "worst_fraction_mean")[None], fraction)[0])
 
 
 def group_gap(acc_majority: float | None, acc_minority: float | None) -> float:
@@ -247,23 +267,44 @@ def group_gap(acc_majority: float | None, acc_minority: float | None) -> float:
     return float(acc_majority) - float(acc_minority)
 
 
+def group_means(accuracy: np.ndarray, group: np.ndarray, name: str) -> np.ndarray:
+    """Each row's mean accuracy over the users of group ``name`` (nan where the row has none). Rows with the same
+    number of the group's users (one row; the bootstraps, which resample each group among itself) take the mean of
+    those users' values, exactly as a plain mean of the group's users."""
+    mask = group == name
+    counts = mask.sum(-1)
+    if counts.size and (counts == counts.flat[0]).all() and counts.flat[0] > 0:
+        return accuracy[mask].reshape(*counts.shape, int(counts.flat[0])).mean(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, (accuracy * mask).sum(-1) / counts, np.nan)
+
+
+def spearman_rows(support: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Spearman ρ of every row of two (rows × users) arrays; nan where a row is constant or has fewer than two
+    users (the rank correlation is undefined there)."""
+    if support.shape[-1] == 0:
+        return np.full(support.shape[:-1], np.nan)
+    from scipy import stats  # here, not at import: the CLI imports this module as it starts
+
+    a, b = stats.rankdata(support, axis=-1), stats.rankdata(accuracy, axis=-1)
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (a * b).sum(-1) / denominator, np.nan)
+
+
 def support_spearman(support: Any, accuracy: Any) -> float:
     """Spearman ρ between users' support rates and accuracies: the personalization bias itself (0 is fair).
 
-    Users with a non-finite support or accuracy are left out. Returns nan (without scipy's warning) when fewer
-    than two users remain or either side is constant, since the rank correlation is undefined there.
-    """
+    Users with a non-finite support or accuracy are left out; nan when fewer than two users remain or either side
+    is constant (:func:`spearman_rows`)."""
     support = np.asarray(support, dtype=float).ravel()
     accuracy = np.asarray(accuracy, dtype=float).ravel()
     if support.size != accuracy.size:
         raise PafoInputError(MSG_LENGTH_MISMATCH.format(n_support=support.size, n_accuracy=accuracy.size))
     keep = np.isfinite(support) & np.isfinite(accuracy)
-    support, accuracy = support[keep], accuracy[keep]
-    if support.size < 2 or np.ptp(support) == 0 or np.ptp(accuracy) == 0:
-        return math.nan
-    from scipy import stats
-
-    return float(stats.spearmanr(support, accuracy).statistic)
+    return float(spearman_rows(support[keep][None], accuracy[keep][None])[0])
 
 
 def support_deciles(support: Any) -> np.ndarray:
@@ -415,23 +456,54 @@ def _micro(table: pd.DataFrame) -> float:
     return float(np.sum(n_pairs[keep] * accuracy[keep]) / np.sum(n_pairs[keep]))
 
 
+class Users(NamedTuple):
+    """Rows of users, ``(resamples × users)`` arrays: each user's accuracy, support rate and group label. One row
+    is a method's users as they are (:func:`evaluate`); a bootstrap draws many (:mod:`pafo.compare`)."""
+
+    accuracy: np.ndarray
+    support: np.ndarray
+    group: np.ndarray
+
+
 class Metric(NamedTuple):
-    """One reported metric: its key in a result block, how tables show it and, for unfairness, how it is computed."""
+    """One reported metric: its key in a result block, how tables show it and how it is computed.
+
+    ``compute`` takes :class:`Users` (rows × users) and gives one value per row, so the same code gives a method's
+    figure and the bootstrap of its paired difference. A metric with ``compared`` also enters the paired comparison
+    with the reference (the verdict table): its difference method − reference (|method| − |reference| when
+    ``by_size``) with a CI, under ``compared_key`` in each comparison, in a column named ``short``.
+    """
 
     key: str
     label: str
     higher_is_better: bool
     unit: str  # "%": a fraction shown in percent; "pts": a difference of fractions, in points; "": a plain number
     by_size: bool = False  # a signed measure of bias, judged by its absolute value (its Δ is |m| − |reference|)
-    compute: Callable[[pd.DataFrame], float] | None = None  # from evaluate()'s validated per-user table
+    compute: Callable[[Users], np.ndarray] | None = None
+    compared: bool = False  # enters the paired comparison and the verdict table
+    short: str | None = None  # its name in the verdict table's Δ column
+
+    @property
+    def compared_key(self) -> str:
+        """Its key in a paired comparison: ``support_spearman_abs`` for a measure judged by its size."""
+        return f"{self.key}_abs" if self.by_size else self.key
+
+    def sized(self, values: np.ndarray) -> np.ndarray:
+        """Values as the metric is judged: their size for a signed measure of bias."""
+        return np.abs(values) if self.by_size else values
 
 
-def _accuracies(table: pd.DataFrame) -> np.ndarray:
-    return table[USER_ACCURACY].to_numpy(dtype=float)
+def _group_gap_rows(users: Users) -> np.ndarray:
+    return group_means(users.accuracy, users.group, MAJORITY) - group_means(users.accuracy, users.group, MINORITY)
 
 
-def _table_group_gap(table: pd.DataFrame) -> float:
-    return group_gap(_mean_or_nan(_group_values(table, MAJORITY)), _mean_or_nan(_group_values(table, MINORITY)))
+def _spearman_users(users: Users) -> np.ndarray:
+    """:func:`spearman_rows` of support and accuracy, each row without its users whose support is not finite."""
+    finite = np.isfinite(users.support) & np.isfinite(users.accuracy)
+    if finite.all():
+        return spearman_rows(users.support, users.accuracy)
+    return np.array([spearman_rows(s[keep][None], a[keep][None])[0]
+                     for s, a, keep in zip(users.support, users.accuracy, finite, strict=True)])
 
 
 #: Rows of ``accuracy`` (computed in :func:`evaluate`), ``unfairness`` and ``calibration`` blocks, in table order.
@@ -442,15 +514,17 @@ ACCURACY_METRICS = (
     Metric(MINORITY, "Accuracy: minority users", True, "%"),
 )
 UNFAIRNESS_METRICS = (
-    Metric("group_gap", "Group gap (majority − minority)", False, "pts", by_size=True, compute=_table_group_gap),
-    Metric("user_std", "Std of user accuracy", False, "pts",
-           compute=lambda table: float(np.std(_accuracies(table), ddof=0))),
-    Metric("gini", "Gini of user accuracy", False, "", compute=lambda table: gini(_accuracies(table))),
+    Metric("group_gap", "Group gap (majority − minority)", False, "pts", by_size=True, compute=_group_gap_rows),
+    Metric("user_std", "Std of user accuracy", False, "pts", compute=lambda users: users.accuracy.std(-1),
+           compared=True, short="user std"),
+    Metric("gini", "Gini of user accuracy", False, "", compute=lambda users: gini_rows(users.accuracy)),
     Metric("worst10", "Worst-10% users' accuracy", True, "%",
-           compute=lambda table: worst_fraction_mean(_accuracies(table), 0.1)),
+           compute=lambda users: worst_fraction_rows(users.accuracy, 0.1)),
     Metric("support_spearman", "Spearman(support, accuracy) — the bias", False, "", by_size=True,
-           compute=lambda table: support_spearman(table["support_rate"], _accuracies(table))),
+           compute=_spearman_users, compared=True, short="Spearman"),
 )
+#: The registry's metrics that enter the paired comparison with the reference, beside the group accuracies.
+COMPARED_METRICS = tuple(metric for metric in UNFAIRNESS_METRICS if metric.compared)
 LOG_LOSS_METRICS = (  # audits of given margins: −log σ(margin), mean over pairs (calibration below)
     Metric("overall", "BT log-loss: all pairs", False, ""),
     Metric(MAJORITY, "BT log-loss: majority users' pairs", False, ""),
@@ -470,13 +544,14 @@ def evaluate(per_user: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0,
     """
     table = _validate_per_user(per_user)
     accuracy = table[USER_ACCURACY].to_numpy(dtype=float)
-    majority = _mean_or_nan(_group_values(table, MAJORITY))
-    minority = _mean_or_nan(_group_values(table, MINORITY))
+    users = Users(accuracy[None], table["support_rate"].to_numpy(dtype=float)[None],
+                  table["group"].to_numpy(dtype=str)[None])
+    majority, minority = (float(group_means(users.accuracy, users.group, name)[0]) for name in GROUPS)
     micro = _micro(table) if micro_accuracy is None else float(micro_accuracy)
     result = {
         "accuracy": {"overall": float(accuracy.mean()), "micro": micro, "majority": majority, "minority": minority},
         "accuracy_ci": bootstrap_group_ci(table, n_resamples=n_resamples, seed=seed),
-        "unfairness": {metric.key: metric.compute(table) for metric in UNFAIRNESS_METRICS},
+        "unfairness": {metric.key: metric.compute(users)[0] for metric in UNFAIRNESS_METRICS},
         "by_decile": accuracy_by_decile(table, n_resamples=n_resamples, seed=seed),
     }
     return _plain(result)

@@ -33,7 +33,16 @@ from .compare import (
 from .config_edit import known_fields
 from .extras import Ceilings, ClusterReport, TeacherReport
 from .method_configs import METHOD_SPECS, METHODS, PAFOConfig
-from .metrics import ACCURACY_METRICS, GROUPS, LOG_LOSS_METRICS, UNFAIRNESS_METRICS, USER_ACCURACY
+from .metrics import (
+    ACCURACY_METRICS,
+    COMPARED_METRICS,
+    GROUPS,
+    LOG_LOSS_METRICS,
+    MAJORITY,
+    MINORITY,
+    UNFAIRNESS_METRICS,
+    USER_ACCURACY,
+)
 from .results import RunResult, SweepResult
 
 __all__ = [
@@ -266,16 +275,22 @@ def verdict_note(comparison: Comparison) -> str | None:
     return reason if comparison.verdict == "noise" and reason and reason != REASON_NOISE else None
 
 
+#: The verdict table's compared statistics after the verdict's two groups (minority first): the registry's metrics
+#: that enter the paired comparison, each as (column, key in the comparison, unit).
+COMPARED_COLUMNS = (("Δ minority", MINORITY, "%"), ("Δ majority", MAJORITY, "%"),
+                    *((f"Δ |{m.short}|" if m.by_size else f"Δ {m.short}", m.compared_key, m.unit)
+                      for m in COMPARED_METRICS))
+
+
 def comparison_table(result: RunResult) -> pd.DataFrame:
-    """Paired comparisons of every method with the reference: verdict and deltas with their 95% CIs (points)."""
+    """Paired comparisons of every method with the reference: verdict and deltas (in points with their 95% CIs;
+    a plain number for a metric without a unit)."""
     reference = result.reference
     rows = [{"method": name, "vs": reference, "verdict": c.verdict, "why": c.verdict_reason,
-             "Δ minority": _points(c.delta("minority")), "Δ majority": _points(c.delta("majority")),
-             "Δ user std": _points(c.delta("user_std")),
-             "Δ |Spearman|": format_value(c.delta("support_spearman_abs").delta, "", delta=True)}
+             **{column: _points(c.delta(key)) if unit else format_value(c.delta(key).delta, "", delta=True)
+                for column, key, unit in COMPARED_COLUMNS}}
             for name, c in result.comparisons.items()]
-    return pd.DataFrame(rows, columns=["method", "vs", "verdict", "why", "Δ minority", "Δ majority", "Δ user std",
-                                       "Δ |Spearman|"])
+    return pd.DataFrame(rows, columns=["method", "vs", "verdict", "why", *(column for column, *_ in COMPARED_COLUMNS)])
 
 
 def display_table(result: RunResult, reference: str = "baseline") -> pd.DataFrame:

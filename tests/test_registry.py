@@ -847,6 +847,6 @@ def test_code_version_ignores_presentation_modules(tmp_path):
     assert source_version(package) != before  # which function trains a method
     configs.write_text(text)
     metrics = package / "metrics.py"
-    metrics.write_text(metrics.read_text().replace("worst_fraction_mean(_accuracies(table), 0.1)",
-                                                   "worst_fraction_mean(_accuracies(table), 0.2)"))
+    metrics.write_text(metrics.read_text().replace("worst_fraction_rows(users.accuracy, 0.1)",
+                                                   "worst_fraction_rows(users.accuracy, 0.2)"))
     assert source_version(package) != before
