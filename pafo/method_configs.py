@@ -45,6 +45,11 @@ BAD_LAMBDA = BAD_TEMPERATURE = BAD_DENSE = BAD_CLUSTER_OPTION = BAD_FINETUNE_PAT
 # Limits of size: beyond them a model no longer fits the memory of the machines PAFO Studio targets.
 MAX_HIDDEN = 16384
 MAX_K = 1024
+# EM's cost grows with restarts × subspace size²: beyond these one cluster step takes minutes on a laptop.
+MAX_RESTARTS = 1000
+MAX_SUBSPACE = 512
+BAD_SUBSPACES = ("--subspaces: {value!r} is not a list of subspace sizes; give whole numbers from 1 to {limit} "
+                 "separated by commas, e.g. 16,24,32")
 # The bootstrap draws resamples × users floats at once; MAX_BOOTSTRAP_DRAWS bounds that product (checked by
 # ExperimentConfig.validate) at 10,000 × 20,000, so one float64 array of draws stays ≤ 1.6 GB whatever the users.
 MAX_BOOTSTRAP = 10_000
@@ -116,11 +121,19 @@ class PAFOConfig:
         "wide", "clusters: the student adds per-user weights over the teachers' channels to the baseline (wide), or "
                 "is the baseline architecture distilled from that on dense pairs (distilled)")
     clusters: int = option(8, "clusters: number of preference clusters C", ge=1)
-    restarts: int = option(40, "clusters: EM restarts; each user's teacher is averaged over them", ge=1)
-    subspace: int = option(32, "clusters: dimension of the teachers' subspace of φ (top principal directions of "
-                               "training-pair differences)", ge=1)
+    cluster_em: Literal["soft", "hard"] = option(
+        "soft", "clusters: EM on the mixture likelihood, each user weighing the teachers by their posterior (soft), "
+                "or on the classification likelihood, each user in one cluster (hard: PAFO v2)")
+    restarts: int = option(16, "clusters: EM restarts (soft EM: per subspace size); each user's teacher direction "
+                               "is averaged over them", ge=1, le=MAX_RESTARTS)
+    subspaces: str = option("16,24,32", "clusters, soft EM: sizes of the nested subspaces of φ EM runs in "
+                                        "(comma-separated; each user's direction is averaged over them)")
+    subspace: int = option(32, "clusters, hard EM: dimension of the teachers' subspace of φ (top principal "
+                               "directions of training-pair differences)", ge=1, le=MAX_SUBSPACE)
     cluster_ridge: float = option(1.0, "clusters: ridge penalty of each cluster's linear BT teacher", ge=0)
     em_rounds: int = option(20, "clusters: maximum EM rounds", ge=0)
+    em_tol: float = option(1e-4, "clusters, soft EM: a restart stops once no user's posterior moves by more than "
+                                 "this in a round", ge=0, lt=1)
     calibrate: bool = option(True, "clusters: divide the student's margins by one temperature fitted on "
                                    "validation pairs (BT log-loss; accuracy unchanged)")
     heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "
@@ -155,7 +168,23 @@ class PAFOConfig:
                                      "as many steps as the baseline's (dense pairs cost little time)")
 
     def validate(self) -> PAFOConfig:
-        return validate_options(self)
+        validate_options(self)
+        self.subspace_sizes()
+        return self
+
+    def subspace_sizes(self) -> tuple[int, ...]:
+        """The soft EM's subspace sizes, ascending (``PafoInputError`` naming --subspaces when malformed)."""
+        try:
+            sizes = sorted({int(part) for part in str(self.subspaces).split(",") if part.strip()})
+        except ValueError:
+            sizes = []
+        if not sizes or not all(1 <= size <= MAX_SUBSPACE for size in sizes):
+            raise PafoInputError(BAD_SUBSPACES.format(value=self.subspaces, limit=MAX_SUBSPACE))
+        return tuple(sizes)
+
+    def cluster_sizes(self) -> tuple[int, ...]:
+        """The subspace sizes the configured cluster step runs in (hard EM: the one ``subspace``)."""
+        return self.subspace_sizes() if self.cluster_em == "soft" else (self.subspace,)
 
 
 @dataclass(frozen=True)
