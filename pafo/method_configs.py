@@ -48,6 +48,7 @@ MAX_K = 1024
 # EM's cost grows with restarts × subspace size²: beyond these one cluster step takes minutes on a laptop.
 MAX_RESTARTS = 1000
 MAX_SUBSPACE = 512
+MAX_COLABEL_WEIGHT = 1000.0  # beyond it the teachers no longer matter where anyone else labelled the pair
 BAD_SUBSPACES = ("--subspaces: {value!r} is not a list of subspace sizes; give whole numbers from 1 to {limit} "
                  "separated by commas, e.g. 16,24,32")
 # The bootstrap draws resamples × users floats at once; MAX_BOOTSTRAP_DRAWS bounds that product (checked by
@@ -134,6 +135,9 @@ class PAFOConfig:
     em_rounds: int = option(20, "clusters: maximum EM rounds", ge=0)
     em_tol: float = option(1e-4, "clusters, soft EM: a restart stops once no user's posterior moves by more than "
                                  "this in a round", ge=0, lt=1)
+    colabel_weight: float = option(0.0, "clusters, soft EM: weight, per other labeller, of other users' labels on "
+                                        "the same pair in a user's cluster posterior (0: off)", ge=0,
+                                   le=MAX_COLABEL_WEIGHT)
     calibrate: bool = option(True, "clusters: divide the student's margins by one temperature fitted on "
                                    "validation pairs (BT log-loss; accuracy unchanged)")
     heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "

@@ -288,8 +288,10 @@ def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
 
 def cluster_key(config: PAFOConfig) -> tuple:
     """The options the cluster step reads: two configs with the same key share one fit in ``ctx.cache``."""
+    soft = config.cluster_em == "soft"
     return ("clusters", config.cluster_em, config.clusters, config.restarts, config.cluster_sizes(),
-            config.cluster_ridge, config.em_rounds, config.em_tol if config.cluster_em == "soft" else None)
+            config.cluster_ridge, config.em_rounds, config.em_tol if soft else None,
+            config.colabel_weight if soft else None)
 
 
 def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardModel) -> ClusterFit:
@@ -308,7 +310,8 @@ def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardMode
                                       sizes=config.cluster_sizes(), n_clusters=config.clusters,
                                       restarts=config.restarts, user_vectors=user_vectors,
                                       ridge=config.cluster_ridge, max_rounds=config.em_rounds, tol=config.em_tol,
-                                      seed=ctx.seed, device=str(ctx.features.device))
+                                      colabel_weight=config.colabel_weight, seed=ctx.seed,
+                                      device=str(ctx.features.device))
         ctx.cache["clusters_seconds"] = time.perf_counter() - started
     return ctx.cache[key]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from pafo.clusters import discover, fit_soft_clusters, nested_scales
+from pafo.clusters import CoLabels, discover, fit_soft_clusters, nested_scales
 from pafo.errors import PafoInputError
 from pafo.methods import PAFOConfig, baseline_output, fit_method, preference_clusters
 
@@ -39,9 +39,21 @@ def _ref_m_step(xr, pair_users, a, q, ridge, steps):
     return a
 
 
-def _ref_loglik(xr, pair_users, n_users, a):
-    """(n_users, C): Σ_{p∈u} log σ(a_c·x_p)."""
-    return np.stack([np.bincount(pair_users, -_softplus(-(xr @ a_c)), minlength=n_users) for a_c in a], 1)
+def _ref_loglik(xr, pair_users, n_users, a, colabels=None, q=None):
+    """(n_users, C): Σ_{p∈u} log P(label p | c): σ(a_c·x_p), or with ``colabels`` (key, sign, w) blended with the
+    other labels of the same pair, each weighing as its labeller's posterior q_vc of being in c."""
+    prob = _sigmoid(np.stack([xr @ a_c for a_c in a], 1))  # (pairs, C)
+    if colabels is not None:
+        key, sign, w = colabels
+        blended = prob.copy()
+        for p in range(len(xr)):
+            others = [o for o in np.flatnonzero(key == key[p]) if o != p]
+            mass = sum(q[pair_users[o]] for o in others) if others else 0.0
+            agree = sum(q[pair_users[o]] for o in others if sign[o] == sign[p]) if others else 0.0
+            blended[p] = (prob[p] + w * agree) / (1 + w * mass)
+        prob = blended
+    return np.stack([np.bincount(pair_users, np.log(np.maximum(prob[:, c], 1e-6)), minlength=n_users)
+                     for c in range(len(a))], 1)
 
 
 def _ref_posterior(loglik, log_pi):
@@ -50,7 +62,7 @@ def _ref_posterior(loglik, log_pi):
     return z / z.sum(1, keepdims=True)
 
 
-def reference_soft_em(x, pair_users, n_users, initial, sizes, n_clusters, ridge, max_rounds, tol):
+def reference_soft_em(x, pair_users, n_users, initial, sizes, n_clusters, ridge, max_rounds, tol, colabels=None):
     """One run at a time, one cluster at a time, in float64: the algorithm as written in pafo.clusters.
 
     A run in size r works in its own coordinates f·x[:, :r] (f: unit mean square) with the plain ridge; its
@@ -69,7 +81,7 @@ def reference_soft_em(x, pair_users, n_users, initial, sizes, n_clusters, ridge,
         a = _ref_m_step(xr, pair_users, np.zeros((n_clusters, r)), q, ridge, 6)
         log_pi = np.full(n_clusters, -np.log(n_clusters))
         for _ in range(max_rounds):
-            new_q = _ref_posterior(_ref_loglik(xr, pair_users, n_users, a), log_pi)
+            new_q = _ref_posterior(_ref_loglik(xr, pair_users, n_users, a, colabels, q), log_pi)
             if np.abs(new_q - q)[has].max() <= tol:
                 break
             out["rounds"][run] += 1
@@ -79,7 +91,7 @@ def reference_soft_em(x, pair_users, n_users, initial, sizes, n_clusters, ridge,
         loglik = _ref_loglik(xr, pair_users, n_users, a)
         out["objective"][run] = (-np.logaddexp.reduce((loglik + log_pi)[has], axis=1).sum()
                                  + 0.5 * ridge * (a**2).sum())
-        out["q"][:, run] = _ref_posterior(loglik, log_pi)
+        out["q"][:, run] = _ref_posterior(_ref_loglik(xr, pair_users, n_users, a, colabels, q), log_pi)
         out["teachers"][run, :, :r] = f * a
         out["log_weights"][run] = log_pi
     out["directions"] = np.einsum("nrc,rcd->nd", out["q"], out["teachers"]) / runs
@@ -137,6 +149,34 @@ def test_batched_soft_em_agrees_with_the_reference_loop():
     np.testing.assert_allclose(fit.directions, ref["directions"], atol=2e-4, rtol=1e-3)
     np.testing.assert_allclose(fit.objective, ref["objective"], rtol=1e-4)
     np.testing.assert_array_equal(fit.assignments, ref["q"].argmax(-1).T)
+
+
+def test_batched_colabel_view_agrees_with_the_reference_loop():
+    """With co-labels (several users labelling the same pairs), the batched per-pair sums equal the reference's
+    explicit loop over each pair's other labellers; and co-labels change the fit (they are used)."""
+    rng = np.random.default_rng(5)
+    n_users, per_user, dim, n_clusters = 30, 6, 4, 2
+    truth = np.arange(n_users) % n_clusters
+    pool = rng.standard_normal((20, dim))  # 20 distinct "pairs": users draw from them, so many are co-labelled
+    picked = np.stack([rng.choice(len(pool), per_user, replace=False) for _ in range(n_users)]).ravel()
+    users = np.repeat(np.arange(n_users), per_user)
+    taste = np.where(truth == 0, 1.0, -1.0)[:, None] * np.eye(dim)[0]
+    sign = np.sign((pool[picked] * taste[users]).sum(1))
+    x = pool[picked] * sign[:, None]
+    chosen, rejected = np.where(sign > 0, 2 * picked, 2 * picked + 1), np.where(sign > 0, 2 * picked + 1, 2 * picked)
+    colabels = CoLabels.of(chosen, rejected)
+    initial = rng.integers(0, n_clusters, size=(2, n_users))
+    kwargs = {"n_clusters": n_clusters, "ridge": 1.0, "max_rounds": 6, "tol": 1e-3}
+    fit = fit_soft_clusters(x, users, n_users, restarts=2, user_vectors=_vectors(n_users), sizes=(dim,),
+                            initial=initial, colabels=colabels, colabel_weight=2.0, **kwargs)
+    ref = reference_soft_em(x, users, n_users, initial, (dim,), colabels=(colabels.key, colabels.sign, 2.0),
+                            **kwargs)
+    np.testing.assert_array_equal(fit.rounds, ref["rounds"])
+    np.testing.assert_allclose(fit.teachers, ref["teachers"], atol=2e-4, rtol=1e-3)
+    np.testing.assert_allclose(fit.directions, ref["directions"], atol=2e-4, rtol=1e-3)
+    plain = fit_soft_clusters(x, users, n_users, restarts=2, user_vectors=_vectors(n_users), sizes=(dim,),
+                              initial=initial, **kwargs)
+    assert not np.allclose(plain.directions, fit.directions, atol=1e-3)
 
 
 def test_posterior_of_the_training_pairs_reproduces_the_fitted_directions():

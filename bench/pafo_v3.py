@@ -1,0 +1,401 @@
+"""PAFO v3 research (issue 20): cluster-step variants against today's PAFO, on development seeds only.
+
+    python -m bench.pafo_v3 --research [--dev-seeds 100-109] [--datasets synthetic,dsp] [--variants a,b]
+
+Per seed the baseline is trained once and every variant is built on it (they share ``ctx.cache``). Each variant's
+per-user test accuracies are kept in a raw file (``--raw``, default ``$PAFO_HOME/pafo_v3_raw.json``) so that
+tables can be rebuilt and variants added without retraining the others; ``--section`` rewrites the research-log
+section of bench/RESULTS.md from it. Every difference is paired (same users, same test pairs) against today's
+PAFO (hard EM, β = 1, 40 restarts: PAFO v2) and against the baseline, users pooled over seeds, bootstrap CIs.
+
+Evidence protocol: these are development seeds (100–109, 200–209). Nothing here may run on the reported seeds 0–9;
+the script refuses them. Oracle rows (true clusters) read the simulated personas: diagnostics, never a method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
+
+from bench.common import machine, publish
+from bench.quality import experiment_config, parse_seeds, seed_context
+from pafo.clusters import ClusterFit, CoLabels, fit_soft_clusters, oriented_differences, pair_subspace
+from pafo.methods import baseline_output, calibrate_temperature, fit_method, wide_model
+from pafo.metrics import group_codes, group_labels, per_user_accuracy
+from pafo.paths import atomic_write_text
+from pafo.support import GroupConfig
+from pafo.training import pair_margins
+
+REPORTED = set(range(10))
+V2 = {"cluster_em": "hard", "restarts": 40, "beta": 1.0}  # today's PAFO before issue 20 (PAFO v2)
+
+
+@dataclasses.dataclass
+class Seed:
+    """One development seed's data, context, trained baseline and test pairs."""
+
+    dataset: str
+    seed: int
+    data: object
+    support: object
+    user_group: np.ndarray
+    ctx: object
+    test: object
+    base: object
+    base_seconds: float
+
+    @property
+    def truth(self) -> np.ndarray | None:
+        weights = self.data.persona_weights
+        return None if weights is None else weights.argmax(1)
+
+    def user_vectors(self) -> np.ndarray:
+        with torch.no_grad():
+            return self.base.model.user_vectors(torch.arange(self.ctx.n_users)).cpu().numpy()
+
+    def accuracy(self, model) -> pd.Series:
+        return per_user_accuracy(pair_margins(model, self.ctx.features, self.test), self.test.users)
+
+
+def load_seed(dataset: str, seed: int, fold: int | None = None, folds: int = 3) -> Seed:
+    """A development seed; with ``fold``, its training-data cross-fit: each user's training pairs split into
+    ``folds``, the baseline and every variant trained without fold ``fold``, scored on it, and the groups formed
+    from the other folds' pairs only (the held-out pairs never decide who is in the minority: groups defined on the
+    scored pairs would bias the comparison against the minority, spec §9)."""
+    if seed in REPORTED:
+        raise SystemExit(f"seed {seed} is a reported seed; research runs on development seeds only")
+    config = experiment_config(dataset, seed, "minilm", "baseline")
+    data, support, user_group, ctx, test = seed_context(config)
+    if fold is not None:
+        fold_of_pair = _pair_folds(ctx.train.users, folds, seed)
+        kept, held = np.flatnonzero(fold_of_pair != fold), np.flatnonzero(fold_of_pair == fold)
+        pair_support = support.pair_support.to_numpy()[kept]
+        user_support = pd.Series(pair_support).groupby(ctx.train.users[kept]).mean().reindex(range(ctx.n_users))
+        groups = GroupConfig().apply(user_support)
+        user_group = group_codes(groups.groups.to_numpy())
+        support = dataclasses.replace(support, user_support=user_support)
+        test = ctx.train.subset(held)
+        test.group = user_group[test.users]
+        ctx = dataclasses.replace(ctx, train=ctx.train.subset(kept), user_group=user_group, cache={})
+        ctx.train.group = user_group[ctx.train.users]
+    started = time.perf_counter()
+    base = baseline_output(ctx, (0, 1))
+    return Seed(dataset, seed, data, support, user_group, ctx, test, base, time.perf_counter() - started)
+
+
+def _pair_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each user's pairs dealt into ``folds`` folds at random (sizes differ by at most one per user)."""
+    rng = np.random.default_rng(seed + 7)
+    fold = np.empty(len(users), dtype=np.int64)
+    for user in np.unique(users):
+        rows = np.flatnonzero(users == user)
+        fold[rows] = (rng.permutation(len(rows)) + rng.integers(folds)) % folds
+    return fold
+
+
+def wide(s: Seed, fit: ClusterFit, beta: float):
+    """PAFO's wide student from a cluster fit (directions + basis), calibrated as fit_pafo does."""
+    model = wide_model(s.ctx, s.base.model, fit, beta)
+    calibrate_temperature(model, s.ctx.features, s.ctx.val)
+    return model
+
+
+def pafo(**options) -> Callable[[Seed], object]:
+    """A variant that is PAFO itself with some options."""
+
+    def run(s: Seed):
+        config = dataclasses.replace(experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo, **options)
+        return fit_method("pafo", s.ctx, config, (0, 1)).model
+
+    return run
+
+
+def train_x(s: Seed, size: int = 32):
+    features = s.ctx.features.numpy()
+    basis = pair_subspace(features, s.ctx.train.chosen, s.ctx.train.rejected, size)
+    return basis, oriented_differences(features, basis, s.ctx.train.chosen, s.ctx.train.rejected)
+
+
+def soft_from_truth(beta: float = 3.0, sizes=(16, 24, 32)) -> Callable[[Seed], object]:
+    """Oracle diagnostic: the soft step started from the true clusters (does EM stay there?)."""
+
+    def run(s: Seed):
+        basis, x = train_x(s, max(sizes))
+        truth = s.truth
+        initial = np.tile(truth, (len(sizes), 1))
+        fit = fit_soft_clusters(x, s.ctx.train.users, s.ctx.n_users, n_clusters=int(truth.max()) + 1, restarts=1,
+                                user_vectors=s.user_vectors(), sizes=sizes, initial=initial)
+        fit.basis = basis
+        return wide(s, fit, beta)
+
+    return run
+
+
+def true_clusters(beta: float) -> Callable[[Seed], object]:
+    """Oracle: PAFO's wide model on the true clusters' teachers (the diagnostics ceiling) at this β."""
+    from pafo.diagnostics import true_cluster_model
+
+    def run(s: Seed):
+        basis, _ = train_x(s)
+        fit = ClusterFit(np.zeros((1, 1, 32)), np.zeros((1, s.ctx.n_users), int), np.zeros((s.ctx.n_users, 32)),
+                         np.zeros(1), np.zeros(1), basis=basis)
+        config = dataclasses.replace(experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo, beta=beta)
+        return true_cluster_model(s.ctx, s.base.model, fit, s.data, config)
+
+    return run
+
+
+def soft(beta: float = 3.0, sizes=(16, 24, 32), clusters: int = 8, restarts: int = 16, ridge: float = 1.0,
+         rounds: int = 20, starts: Callable | None = None, by_group: bool = False, colabel_weight: float = 0.0,
+         **kwargs) -> Callable[[Seed], object]:
+    """The soft step with options the library may not have yet (``starts(s, x, sizes, clusters, restarts)``: the
+    k-means starts' replacement; ``by_group``: cluster weights π per support group)."""
+
+    def run(s: Seed):
+        basis, x = train_x(s, max(sizes))
+        initial = None if starts is None else starts(s, x, sizes, clusters, restarts)
+        fit = fit_soft_clusters(x, s.ctx.train.users, s.ctx.n_users, n_clusters=clusters, restarts=restarts,
+                                user_vectors=s.user_vectors(), sizes=sizes, ridge=ridge, max_rounds=rounds,
+                                seed=s.seed, initial=initial, strata=s.user_group if by_group else None,
+                                colabels=CoLabels.of(s.ctx.train.chosen, s.ctx.train.rejected),
+                                colabel_weight=colabel_weight, **kwargs)
+        fit.basis = basis
+        return wide(s, fit, beta)
+
+    return run
+
+
+def per_group(beta: float = 3.0, sizes=(16, 24, 32), clusters=(6, 3), restarts: int = 16) -> Callable[[Seed], object]:
+    """Separate mixtures per support group (majority with clusters[0], minority with clusters[1]), each user's
+    direction from its own group's mixture."""
+
+    def run(s: Seed):
+        basis, x = train_x(s, max(sizes))
+        directions = np.zeros((s.ctx.n_users, x.shape[1]))
+        users = s.ctx.train.users
+        for group, n_clusters in enumerate(clusters):
+            rows = np.flatnonzero(s.user_group[users] == group)
+            fit = fit_soft_clusters(x[rows], users[rows], s.ctx.n_users, n_clusters=n_clusters, restarts=restarts,
+                                    user_vectors=s.user_vectors(), sizes=sizes, seed=s.seed)
+            mine = s.user_group == group
+            directions[mine] = fit.directions[mine]
+        fit.directions, fit.basis = directions, basis
+        return wide(s, fit, beta)
+
+    return run
+
+
+def true_teachers_posterior(beta: float = 3.0) -> Callable[[Seed], object]:
+    """Oracle: the true clusters' teachers (and shares) frozen, each user placed by the posterior of its own
+    training pairs: what assignment alone costs once the teachers are right."""
+    from pafo.clusters import fit_clusters
+
+    def run(s: Seed):
+        basis, x = train_x(s)
+        fit = fit_clusters(x, s.ctx.train.users, s.ctx.n_users, n_clusters=0, restarts=1, ridge=1.0,
+                           user_vectors=np.zeros((s.ctx.n_users, 1)), max_rounds=0, initial=s.truth)
+        fit.directions = fit.posterior_directions(x, s.ctx.train.users, s.ctx.n_users)
+        fit.basis = basis
+        return wide(s, fit, beta)
+
+    return run
+
+
+VARIANTS: dict[str, Callable[[Seed], object]] = {
+    "v2: hard EM, 40 restarts, β 1 (today's PAFO)": pafo(**V2),
+    "soft EM 16/24/32, β 3": pafo(beta=3.0),
+    "soft EM 16/24/32, β 2": pafo(beta=2.0),
+    "oracle: soft EM started from the true clusters, β 3": soft_from_truth(3.0),
+    "oracle: true-cluster teachers, β 1": true_clusters(1.0),
+    "oracle: true-cluster teachers, β 3": true_clusters(3.0),
+    "oracle: true-cluster teachers, posterior assignment, β 3": true_teachers_posterior(3.0),
+    "soft, C 4": soft(clusters=4),
+    "soft, C 6": soft(clusters=6),
+    "soft, C 12": soft(clusters=12),
+    "soft, C 16": soft(clusters=16),
+    "soft, ridge 0.3": soft(ridge=0.3),
+    "soft, ridge 3": soft(ridge=3.0),
+    "soft, 5 rounds": soft(rounds=5),
+    "soft, 10 rounds": soft(rounds=10),
+    "soft, 40 rounds": soft(rounds=40),
+    "soft, 32 restarts per size": soft(restarts=32),
+    "soft, sizes 32": soft(sizes=(32,)),
+    "soft, sizes 8/16/24/32": soft(sizes=(8, 16, 24, 32)),
+    "soft, sizes 16/24/32/48": soft(sizes=(16, 24, 32, 48)),
+    "soft, Dirichlet prior α₀ 0.1 (VB)": soft(weight_prior=0.1),
+    "soft, Dirichlet prior α₀ 1 (VB)": soft(weight_prior=1.0),
+    **{f"PAFO soft EM, β {beta:g}": pafo(beta=beta) for beta in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)},
+    "soft, π per support group": soft(by_group=True),
+    "soft, π per support group, C 6": soft(by_group=True, clusters=6),
+    "soft, π per support group, sizes 16/24/32/48": soft(by_group=True, sizes=(16, 24, 32, 48)),
+    "soft, separate mixtures per support group (C 6 / 3)": per_group(),
+    "soft, co-labels w 0.5": soft(colabel_weight=0.5),
+    "soft, co-labels w 1": soft(colabel_weight=1.0),
+    "soft, co-labels w 2": soft(colabel_weight=2.0),
+    "soft, co-labels w 1, π per support group": soft(colabel_weight=1.0, by_group=True),
+    "soft, co-labels w 4": soft(colabel_weight=4.0),
+    "soft, co-labels w 8": soft(colabel_weight=8.0),
+    "soft, co-labels w 16": soft(colabel_weight=16.0),
+}
+REFERENCE = "v2: hard EM, 40 restarts, β 1 (today's PAFO)"
+
+
+# ------------------------------------------------------------------------------------------- raw results
+
+
+def load_raw(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_raw(path: Path, raw: dict, dataset: str, key: str) -> None:
+    """Write one unit's results into the raw file, merged with what other runs wrote there meanwhile."""
+    current = load_raw(path)
+    unit = current.setdefault(dataset, {}).setdefault(key, {"variants": {}})
+    mine = raw[dataset][key]
+    unit.update({k: v for k, v in mine.items() if k != "variants"})
+    unit["variants"].update(mine["variants"])
+    atomic_write_text(path, json.dumps(current))
+    raw.update(current)
+
+
+def unit_key(seed: int, fold: int | None) -> str:
+    return str(seed) if fold is None else f"{seed}/{fold}"
+
+
+def record(raw: dict, s: Seed, key: str, name: str, accuracy: pd.Series, seconds: float) -> None:
+    block = raw.setdefault(s.dataset, {}).setdefault(key, {"variants": {}})
+    users = np.arange(s.ctx.n_users)
+    block["group"] = group_labels(s.user_group).tolist()
+    block["support_rate"] = s.support.user_support.to_numpy().tolist()
+    block["baseline_seconds"] = s.base_seconds
+    block["variants"]["baseline"] = {"accuracy": s.accuracy(s.base.model).reindex(users).tolist(),
+                                     "seconds": s.base_seconds}
+    block["variants"][name] = {"accuracy": accuracy.reindex(users).tolist(), "seconds": seconds}
+
+
+def run_variants(raw: dict, path: Path, datasets: list[str], units: list[tuple[int, int | None]], names: list[str],
+                 force: bool) -> None:
+    for dataset in datasets:
+        for seed, fold in units:
+            key = unit_key(seed, fold)
+            done = raw.get(dataset, {}).get(key, {}).get("variants", {})
+            todo = [n for n in names if force or n not in done]
+            if not todo:
+                continue
+            s = load_seed(dataset, seed, fold)
+            for name in todo:  # PAFO variants differing only in β share one cluster fit (ctx.cache is keyed by it)
+                started = time.perf_counter()
+                with threadpool_limits(1):
+                    model = VARIANTS[name](s)
+                record(raw, s, key, name, s.accuracy(model), time.perf_counter() - started)
+                print(f"  {dataset} {key}: {name} done", flush=True)
+            save_raw(path, raw, dataset, key)
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+def tables_of(raw: dict, dataset: str, keys: list[str], names: list[str]) -> list[pd.DataFrame]:
+    out = []
+    for key in keys:
+        block = raw[dataset][key]
+        frame = pd.DataFrame({"group": block["group"], "support_rate": block["support_rate"]})
+        for name in names:
+            frame[f"acc_{name}"] = block["variants"][name]["accuracy"]
+        out.append(frame)
+    return out
+
+
+def group_deltas(frames: list[pd.DataFrame], method: str, reference: str, n_resamples: int = 1000,
+                 seed: int = 0) -> dict:
+    """Paired method − reference per group, pooled over seeds, percentile bootstrap over users stratified by seed
+    and group: ``pafo.compare.paired_comparison``'s group rows without its Spearman statistics (far cheaper)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for group in ("majority", "minority"):
+        point, boot = [], []
+        for frame in frames:
+            rows = frame[frame["group"] == group][[f"acc_{method}", f"acc_{reference}"]].dropna()
+            diff = (rows.iloc[:, 0] - rows.iloc[:, 1]).to_numpy()
+            point.append(diff.mean())
+            boot.append(diff[rng.integers(0, len(diff), size=(n_resamples, len(diff)))].mean(1))
+        pooled = np.mean(boot, axis=0)
+        out[group] = {"delta": float(np.mean(point)), "ci": np.percentile(pooled, [2.5, 97.5]).tolist()}
+    return out
+
+
+def points(block: dict) -> str:
+    lo, hi = block["ci"]
+    return f"{100 * block['delta']:+.2f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def research_table(raw: dict, dataset: str, keys: list[str], names: list[str], reference: str = REFERENCE) -> str:
+    present = [n for n in names if all(n in raw[dataset][k]["variants"] for k in keys)]
+    frames = tables_of(raw, dataset, keys, ["baseline", *present])
+    short = reference.split(":")[0]
+    lines = [f"| variant | Δ majority vs baseline | Δ minority vs baseline [CI] | Δ minority vs {short} [CI] "
+             "| Δ majority vs it | time / baseline |", "|---|---:|---:|---:|---:|---:|"]
+    base_seconds = np.mean([raw[dataset][k]["baseline_seconds"] for k in keys])
+    for name in present:
+        vs_base = group_deltas(frames, name, "baseline")
+        seconds = np.mean([raw[dataset][k]["variants"][name]["seconds"] for k in keys])
+        if name != reference and reference in present:
+            ref = group_deltas(frames, name, reference)
+            versus = f"{points(ref['minority'])} | {100 * ref['majority']['delta']:+.2f}"
+        else:
+            versus = "— | —"
+        lines.append(f"| {name} | {100 * vs_base['majority']['delta']:+.2f} | {points(vs_base['minority'])} "
+                     f"| {versus} | {(seconds + base_seconds) / base_seconds:.2f}× |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dev-seeds", default="100-109")
+    parser.add_argument("--datasets", default="synthetic,dsp")
+    parser.add_argument("--variants", help="variant names separated by | (default: all)")
+    parser.add_argument("--crossfit", type=int, default=0, metavar="FOLDS",
+                        help="score on held-out folds of the training pairs (choices) instead of test pairs")
+    parser.add_argument("--reference", default=REFERENCE, help="the variant every other is paired against")
+    parser.add_argument("--raw", default=os.path.join(os.environ.get("PAFO_HOME", "."), "pafo_v3_raw.json"))
+    parser.add_argument("--force", action="store_true", help="recompute variants already in the raw file")
+    parser.add_argument("--section", help="rewrite this section of RESULTS.md")
+    parser.add_argument("--out", help="write the tables to this file instead")
+    args = parser.parse_args(argv)
+    seeds, datasets = parse_seeds(args.dev_seeds), args.datasets.split(",")
+    if REPORTED & set(seeds):
+        raise SystemExit("--dev-seeds: research never runs on the reported seeds 0–9")
+    names = args.variants.split("|") if args.variants else list(VARIANTS)
+    units = [(seed, fold) for seed in seeds for fold in range(args.crossfit)] if args.crossfit else \
+        [(seed, None) for seed in seeds]
+    path = Path(args.raw)
+    raw = load_raw(path)
+    started = time.perf_counter()
+    run_variants(raw, path, datasets, units, names, args.force)
+    where = f"held-out folds of training pairs ({args.crossfit}-fold cross-fit)" if args.crossfit else "test pairs"
+    lines = [f"- command: `python -m bench.pafo_v3 {' '.join(argv if argv is not None else sys.argv[1:])}`",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}",
+             f"- wall time: {time.perf_counter() - started:.0f} s; scored on {where}", ""]
+    for dataset in datasets:
+        keys = [unit_key(seed, fold) for seed, fold in units]
+        lines += [f"#### {dataset}, development seeds {args.dev_seeds}", "",
+                  research_table(raw, dataset, keys, names, args.reference), ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.section or args.out:
+        publish(args.section, text, args.out)
+
+
+if __name__ == "__main__":
+    main()
