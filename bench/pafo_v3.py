@@ -157,19 +157,18 @@ def true_clusters(beta: float) -> Callable[[Seed], object]:
 
 
 def soft(beta: float = 3.0, sizes=(16, 24, 32), clusters: int = 8, restarts: int = 16, ridge: float = 1.0,
-         rounds: int = 20, starts: Callable | None = None, by_group: bool = False, colabel_weight: float = 0.0,
+         rounds: int = 20, starts: Callable | None = None, colabel_weight: float = 0.0,
          **kwargs) -> Callable[[Seed], object]:
     """The soft step with options the library may not have yet (``starts(s, x, sizes, clusters, restarts)``: the
-    k-means starts' replacement; ``by_group``: cluster weights π per support group)."""
+    k-means starts' replacement)."""
 
     def run(s: Seed):
         basis, x = train_x(s, max(sizes))
         initial = None if starts is None else starts(s, x, sizes, clusters, restarts)
         fit = fit_soft_clusters(x, s.ctx.train.users, s.ctx.n_users, n_clusters=clusters, restarts=restarts,
                                 user_vectors=s.user_vectors(), sizes=sizes, ridge=ridge, max_rounds=rounds,
-                                seed=s.seed, initial=initial, strata=s.user_group if by_group else None,
-                                colabels=CoLabels.of(s.ctx.train.chosen, s.ctx.train.rejected),
-                                colabel_weight=colabel_weight, **kwargs)
+                                seed=s.seed, initial=initial, colabel_weight=colabel_weight,
+                                colabels=CoLabels.of(s.ctx.train.chosen, s.ctx.train.rejected), **kwargs)
         fit.basis = basis
         return wide(s, fit, beta)
 
@@ -214,8 +213,8 @@ def true_teachers_posterior(beta: float = 3.0) -> Callable[[Seed], object]:
 
 VARIANTS: dict[str, Callable[[Seed], object]] = {
     "v2: hard EM, 40 restarts, β 1 (today's PAFO)": pafo(**V2),
-    "soft EM 16/24/32, β 3": pafo(beta=3.0),
-    "soft EM 16/24/32, β 2": pafo(beta=2.0),
+    "soft EM 16/24/32, β 3": pafo(beta=3.0, colabel_weight=0.0),
+    "soft EM 16/24/32, β 2": pafo(beta=2.0, colabel_weight=0.0),
     "oracle: soft EM started from the true clusters, β 3": soft_from_truth(3.0),
     "oracle: true-cluster teachers, β 1": true_clusters(1.0),
     "oracle: true-cluster teachers, β 3": true_clusters(3.0),
@@ -233,21 +232,20 @@ VARIANTS: dict[str, Callable[[Seed], object]] = {
     "soft, sizes 32": soft(sizes=(32,)),
     "soft, sizes 8/16/24/32": soft(sizes=(8, 16, 24, 32)),
     "soft, sizes 16/24/32/48": soft(sizes=(16, 24, 32, 48)),
-    "soft, Dirichlet prior α₀ 0.1 (VB)": soft(weight_prior=0.1),
-    "soft, Dirichlet prior α₀ 1 (VB)": soft(weight_prior=1.0),
-    **{f"PAFO soft EM, β {beta:g}": pafo(beta=beta) for beta in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)},
-    "soft, π per support group": soft(by_group=True),
-    "soft, π per support group, C 6": soft(by_group=True, clusters=6),
-    "soft, π per support group, sizes 16/24/32/48": soft(by_group=True, sizes=(16, 24, 32, 48)),
     "soft, separate mixtures per support group (C 6 / 3)": per_group(),
     "soft, co-labels w 0.5": soft(colabel_weight=0.5),
     "soft, co-labels w 1": soft(colabel_weight=1.0),
     "soft, co-labels w 2": soft(colabel_weight=2.0),
-    "soft, co-labels w 1, π per support group": soft(colabel_weight=1.0, by_group=True),
     "soft, co-labels w 4": soft(colabel_weight=4.0),
     "soft, co-labels w 8": soft(colabel_weight=8.0),
     "soft, co-labels w 16": soft(colabel_weight=16.0),
+    **{f"PAFO soft, co-labels w {w:g}, β {beta:g}": pafo(colabel_weight=w, beta=beta)
+       for w in (0.0, 1.0, 2.0, 4.0, 8.0) for beta in (1.0, 2.0, 3.0, 4.0)},
 }
+CROSSFIT = [name for name in VARIANTS if name.startswith("PAFO soft, co-labels")]
+#: The choice rule of spec §10: candidates whose majority changes by ≥ −0.5 points on every dataset; among them the
+#: largest smaller-of-the-datasets minority gain.
+MAJORITY_FLOOR = -0.005
 REFERENCE = "v2: hard EM, 40 restarts, β 1 (today's PAFO)"
 
 
@@ -360,6 +358,24 @@ def research_table(raw: dict, dataset: str, keys: list[str], names: list[str], r
     return "\n".join(lines)
 
 
+def crossfit_choice(raw: dict, datasets: list[str], keys: list[str], names: list[str]) -> tuple[str, str]:
+    """The candidate the choice rule picks from the cross-fit results, and the table behind it."""
+    rows, best = [], None
+    for name in names:
+        deltas = {d: group_deltas(tables_of(raw, d, keys, ["baseline", name]), name, "baseline") for d in datasets}
+        majority = min(deltas[d]["majority"]["delta"] for d in datasets)
+        minority = min(deltas[d]["minority"]["delta"] for d in datasets)
+        eligible = majority >= MAJORITY_FLOOR
+        if eligible and (best is None or minority > best[1]):
+            best = (name, minority)
+        rows.append(f"| {name} | " + " | ".join(f"{100 * deltas[d]['majority']['delta']:+.2f} / "
+                                                 f"{points(deltas[d]['minority'])}" for d in datasets)
+                    + f" | {100 * minority:+.2f} | {'yes' if eligible else 'no'} |")
+    header = ["| candidate | " + " | ".join(f"{d}: Δ maj / Δ min [CI]" for d in datasets)
+              + " | smaller Δ min | majority ≥ −0.5 on both |", "|---|" + "---:|" * len(datasets) + "---:|---|"]
+    return (best[0] if best else "none"), "\n".join(header + rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dev-seeds", default="100-109")
@@ -376,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds, datasets = parse_seeds(args.dev_seeds), args.datasets.split(",")
     if REPORTED & set(seeds):
         raise SystemExit("--dev-seeds: research never runs on the reported seeds 0–9")
-    names = args.variants.split("|") if args.variants else list(VARIANTS)
+    names = args.variants.split("|") if args.variants else CROSSFIT if args.crossfit else \
+        [n for n in VARIANTS if n not in CROSSFIT]
     units = [(seed, fold) for seed in seeds for fold in range(args.crossfit)] if args.crossfit else \
         [(seed, None) for seed in seeds]
     path = Path(args.raw)
@@ -387,10 +404,15 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"- command: `python -m bench.pafo_v3 {' '.join(argv if argv is not None else sys.argv[1:])}`",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}",
              f"- wall time: {time.perf_counter() - started:.0f} s; scored on {where}", ""]
-    for dataset in datasets:
-        keys = [unit_key(seed, fold) for seed, fold in units]
-        lines += [f"#### {dataset}, development seeds {args.dev_seeds}", "",
-                  research_table(raw, dataset, keys, names, args.reference), ""]
+    keys = [unit_key(seed, fold) for seed, fold in units]
+    if args.crossfit:
+        choice, table = crossfit_choice(raw, datasets, keys, names)
+        lines += [table, "", f"Chosen by the rule (majority ≥ −0.5 on both, largest smaller minority gain): "
+                             f"**{choice}**", ""]
+    else:
+        for dataset in datasets:
+            lines += [f"#### {dataset}, development seeds {args.dev_seeds}", "",
+                      research_table(raw, dataset, keys, names, args.reference), ""]
     text = "\n".join(lines)
     print(text)
     if args.section or args.out:

@@ -59,7 +59,6 @@ class ClusterFit:
     log_weights: np.ndarray | None = None  # (runs, C): log π_c, each run's cluster weights
     sizes: np.ndarray | None = None  # (runs,): the subspace size each run used (hard EM: all r)
     em: str = "hard"
-    stratum_log_weights: np.ndarray | None = None  # (strata, runs, C): each stratum's log π_s, when EM had strata
 
     @property
     def best(self) -> int:
@@ -72,23 +71,19 @@ class ClusterFit:
         sizes = self.sizes if self.sizes is not None else np.zeros(len(self.teachers))
         return len(self.teachers) // len(np.unique(sizes))
 
-    def posterior(self, x: np.ndarray, pair_users: np.ndarray, n_users: int,
-                  strata: np.ndarray | None = None) -> np.ndarray:
+    def posterior(self, x: np.ndarray, pair_users: np.ndarray, n_users: int) -> np.ndarray:
         """(runs, n_users, C): each run's q_uc ∝ π_c Π_p σ(a_c·x_p) over oriented differences ``x`` (pairs × r, in
-        the basis's coordinates) with the teachers frozen; a user without pairs gets π. With ``strata`` (a code
-        per user) and a fit that had strata, each user's π is its stratum's; otherwise the population's."""
+        the basis's coordinates) with the teachers frozen; a user without pairs gets π. (The co-label view is
+        not in it: a new user's pairs have no co-labellers' posteriors to weigh.)"""
         log_weights = self.log_weights if self.log_weights is not None else \
             np.full(self.teachers.shape[:2], -np.log(self.teachers.shape[1]))
-        prior = log_weights[None] if strata is None or self.stratum_log_weights is None else \
-            self.stratum_log_weights[np.asarray(strata)]
         loglik = _user_log_likelihood(x, pair_users, n_users, self.teachers)  # (n_users, runs, C)
-        return np.moveaxis(softmax(loglik + prior, axis=-1), 0, 1)
+        return np.moveaxis(softmax(loglik + log_weights[None], axis=-1), 0, 1)
 
-    def posterior_directions(self, x: np.ndarray, pair_users: np.ndarray, n_users: int,
-                             strata: np.ndarray | None = None) -> np.ndarray:
+    def posterior_directions(self, x: np.ndarray, pair_users: np.ndarray, n_users: int) -> np.ndarray:
         """(n_users, r): the posterior-mean direction Σ_c q_uc a_c averaged over runs (0 for users without
         pairs): the soft cluster step's ā_u for any users' pairs, the fitted teachers frozen."""
-        q = self.posterior(x, pair_users, n_users, strata)
+        q = self.posterior(x, pair_users, n_users)
         directions = np.einsum("rnc,rcd->nd", q, self.teachers) / len(self.teachers)
         directions[np.bincount(pair_users, minlength=n_users) == 0] = 0.0
         return directions
@@ -250,10 +245,8 @@ def nested_scales(x: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
 class _UserPairs:
     """Oriented pair differences on one torch device, with the sums per user that EM needs."""
 
-    def __init__(self, x: torch.Tensor, pair_users: torch.Tensor, n_users: int, chunk: int = 65_536,
-                 offset: torch.Tensor | None = None):
+    def __init__(self, x: torch.Tensor, pair_users: torch.Tensor, n_users: int, chunk: int = 65_536):
         self.x, self.pair_users, self.n_users = x, pair_users, n_users
-        self.offset = offset  # a fixed margin every model adds on each pair (e.g. the baseline's), or None
         dim = x.shape[1]
         # Σ x xᵀ over each user's pairs, flattened: a model's Hessian bound is a q-weighted sum of these rows.
         # Summed in chunks of pairs, so memory stays at (users + chunk) × r², never pairs × r².
@@ -262,11 +255,6 @@ class _UserPairs:
             part = x[start:start + chunk]
             self.user_outer.index_add_(0, pair_users[start:start + chunk],
                                        (part[:, :, None] * part[:, None, :]).reshape(len(part), -1))
-
-    def margins(self, teachers: torch.Tensor) -> torch.Tensor:
-        """(pairs, M): every model's margin on every pair, the fixed offset included."""
-        margins = self.x @ teachers.T
-        return margins if self.offset is None else margins + self.offset[:, None]
 
     def per_user(self, values: torch.Tensor) -> torch.Tensor:
         """(n_users, M): a per-pair quantity (pairs × M) summed into its user's row."""
@@ -300,19 +288,12 @@ class _SoftEM:
     """
 
     def __init__(self, pairs: _UserPairs, has_pairs: torch.Tensor, mask: torch.Tensor, ridge: torch.Tensor,
-                 n_clusters: int, weight_prior: float = 0.0, strata: torch.Tensor | None = None,
-                 colabels: tuple[torch.Tensor, torch.Tensor] | None = None, colabel_weight: float = 0.0,
-                 sharpen: float = 1.0):
+                 n_clusters: int, colabels: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 colabel_weight: float = 0.0):
         self.pairs, self.has_pairs, self.mask, self.ridge, self.n_clusters = pairs, has_pairs, mask, ridge, n_clusters
-        self.weight_prior = weight_prior
         self.runs = len(mask) // n_clusters
-        # Each user's stratum (e.g. support group): every stratum has its own cluster weights π_s.
-        self.strata = strata if strata is not None else torch.zeros(pairs.n_users, dtype=torch.long,
-                                                                      device=mask.device)
-        self.n_strata = int(self.strata.max()) + 1
         self.colabels = colabels if colabel_weight > 0 else None
         self.colabel_weight = colabel_weight
-        self.sharpen = sharpen
 
     def m_step(self, teachers: torch.Tensor, q: torch.Tensor, steps: int,
                margins: torch.Tensor | None = None) -> torch.Tensor:
@@ -330,7 +311,7 @@ class _SoftEM:
         x = self.pairs.x
         for i in range(steps):
             if margins is None or i > 0:
-                margins = self.pairs.margins(teachers)
+                margins = self.pairs.x @ teachers.T
             grad = (-(weight * torch.sigmoid(-margins)).T @ x + self.ridge[:, None] * teachers) * self.mask
             teachers = teachers - torch.cholesky_solve(grad.double()[:, :, None], factor)[:, :, 0].to(teachers.dtype)
         return teachers
@@ -360,30 +341,15 @@ class _SoftEM:
         return (torch.sigmoid(margins) + self.colabel_weight * agree) / (1.0 + self.colabel_weight * mass)
 
     def e_step(self, loglik: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posteriors q (n_users, runs, C) and the new log π (runs, C) from users with pairs: the maximum-likelihood
-        weights, or with a Dirichlet(α₀) prior on π (``weight_prior`` α₀ > 0) the variational E[log π_c] =
-        ψ(α₀ + N_c) − ψ(Cα₀ + N), which empties clusters the users do not need when α₀ < 1."""
-        q = torch.softmax(loglik + log_weights[self.strata], dim=-1)
-        counts = torch.zeros_like(log_weights).index_add_(0, self.strata[self.has_pairs], q[self.has_pairs])
-        if self.weight_prior > 0:
-            alpha = counts + self.weight_prior
-            return q, torch.digamma(alpha) - torch.digamma(alpha.sum(-1, keepdim=True))
-        return q, torch.log((counts / counts.sum(-1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12))
+        """Posteriors q (n_users, runs, C) and the new log π (runs, C) from users with pairs."""
+        q = torch.softmax(loglik + log_weights[None], dim=-1)
+        return q, torch.log(q[self.has_pairs].mean(0).clamp_min(1e-12))
 
     def objective(self, loglik: torch.Tensor, log_weights: torch.Tensor, teachers: torch.Tensor) -> torch.Tensor:
         """(runs,): the mixture NLL of users with pairs plus each run's ridge term."""
-        nll = -torch.logsumexp(loglik + log_weights[self.strata], dim=-1)[self.has_pairs].sum(0)
+        nll = -torch.logsumexp(loglik + log_weights[None], dim=-1)[self.has_pairs].sum(0)
         penalty = 0.5 * (self.ridge * (teachers**2).sum(1)).reshape(self.runs, self.n_clusters).sum(1)
         return nll + penalty
-
-    def m_weights(self, q: torch.Tensor) -> torch.Tensor:
-        """(n_users, M): how much each user's pairs weigh in each teacher's fit: the posterior, or with
-        ``sharpen`` γ > 1 the posterior raised to γ and renormalised (a big cluster then leaks less of its users'
-        pairs into the small clusters' teachers)."""
-        if self.sharpen != 1.0:
-            q = q**self.sharpen
-            q = q / q.sum(-1, keepdim=True)
-        return q.reshape(len(q), -1)
 
     def fit(self, q: torch.Tensor, max_rounds: int, tol: float, steps: int = 2, first_steps: int = 6,
             last_steps: int = 4):
@@ -392,12 +358,12 @@ class _SoftEM:
         n_users = q.shape[0]
         flat = q.reshape(n_users, -1)
         teachers = self.m_step(torch.zeros(self.mask.shape, dtype=q.dtype, device=q.device), flat, first_steps)
-        log_weights = torch.full((self.n_strata, self.runs, self.n_clusters), -float(np.log(self.n_clusters)),
-                                 dtype=q.dtype, device=q.device)
+        log_weights = torch.full((self.runs, self.n_clusters), -float(np.log(self.n_clusters)), dtype=q.dtype,
+                                 device=q.device)
         active = torch.ones(self.runs, dtype=torch.bool, device=q.device)
         rounds = torch.zeros(self.runs, dtype=torch.long, device=q.device)
         for _ in range(max_rounds):
-            margins = self.pairs.margins(teachers)
+            margins = self.pairs.x @ teachers.T
             new_q, new_log_weights = self.e_step(self.log_likelihood(margins, q), log_weights)
             moved = (new_q - q)[self.has_pairs].abs().amax(dim=(0, 2)) > tol
             active &= moved
@@ -405,31 +371,28 @@ class _SoftEM:
                 break
             rounds += active
             q = torch.where(active[None, :, None], new_q, q)
-            log_weights = torch.where(active[None, :, None], new_log_weights, log_weights)
-            updated = self.m_step(teachers, self.m_weights(q), steps, margins)
+            log_weights = torch.where(active[:, None], new_log_weights, log_weights)
+            updated = self.m_step(teachers, q.reshape(n_users, -1), steps, margins)
             teachers = torch.where(active.repeat_interleave(self.n_clusters)[:, None], updated, teachers)
-        teachers = self.m_step(teachers, self.m_weights(q), last_steps)
-        margins = self.pairs.margins(teachers)
+        teachers = self.m_step(teachers, q.reshape(n_users, -1), last_steps)
+        margins = self.pairs.x @ teachers.T
         loglik = self.log_likelihood(margins)
-        q = torch.softmax(self.log_likelihood(margins, q) + log_weights[self.strata], dim=-1)
+        q = torch.softmax(self.log_likelihood(margins, q) + log_weights[None], dim=-1)
         return teachers, log_weights, q, rounds, self.objective(loglik, log_weights, teachers)
 
 
 def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_clusters: int, restarts: int,
                       user_vectors: np.ndarray, sizes: tuple[int, ...] | None = None, ridge: float = 1.0,
                       max_rounds: int = 20, tol: float = 1e-4, seed: int = 0, device: str = "cpu",
-                      weight_prior: float = 0.0, strata: np.ndarray | None = None,
-                      colabels: CoLabels | None = None, colabel_weight: float = 0.0, sharpen: float = 1.0,
-                      offset: np.ndarray | None = None, initial: np.ndarray | None = None) -> ClusterFit:
+                      colabels: CoLabels | None = None, colabel_weight: float = 0.0,
+                      initial: np.ndarray | None = None) -> ClusterFit:
     """Soft EM of module docstring step 2 over oriented training-pair differences ``x`` (pairs × r).
 
     ``sizes``: the nested subspace sizes (the first r columns of ``x``; default: all r); ``restarts`` runs in each,
     half from k-means on the normalised ``user_vectors`` (e.g. the baseline's b + w_u), half on each user's summed
     differences. ``initial`` (runs × n_users, clusters), when given, replaces the k-means starts (the reference test
-    feeds both implementations the same ones). ``weight_prior``: see ``_SoftEM.e_step``. ``strata`` (a code per
-    user, e.g. the support group), when given, gives each stratum its own cluster weights π_s: a minority user's
-    prior then follows where minority users are, not the population's (a majority-sized π otherwise pulls every
-    ambiguous user into majority clusters). Users without pairs get cluster −1 and a zero direction.
+    feeds both implementations the same ones). ``colabels`` with ``colabel_weight`` > 0 add the co-label view
+    (``_SoftEM.colabel_probability``). Users without pairs get cluster −1 and a zero direction.
     """
     dim = x.shape[1]
     sizes = tuple(sorted({min(int(r), dim) for r in (sizes or (dim,))}))
@@ -443,13 +406,12 @@ def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_
     scale_of_run = np.repeat(scales, runs // len(sizes))
     # float32 for the pairs × models products (the bulk of the work), float64 for the Cholesky solves.
     tensor = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
-    pairs = _UserPairs(tensor(x), tensor(pair_users, torch.long), n_users,
-                       offset=None if offset is None else tensor(offset))
+    pairs = _UserPairs(tensor(x), tensor(pair_users, torch.long), n_users)
     mask = torch.arange(dim, device=device)[None, :] < tensor(np.repeat(size_of_run, n_clusters), torch.long)[:, None]
     ridge_of_model = tensor(np.repeat(ridge / scale_of_run**2, n_clusters))
     colabel_tensors = None if colabels is None else (tensor(colabels.key, torch.long), tensor(colabels.sign))
-    em = _SoftEM(pairs, tensor(has_pairs, torch.bool), mask, ridge_of_model, n_clusters, weight_prior,
-                 None if strata is None else tensor(strata, torch.long), colabel_tensors, colabel_weight, sharpen)
+    em = _SoftEM(pairs, tensor(has_pairs, torch.bool), mask, ridge_of_model, n_clusters, colabel_tensors,
+                 colabel_weight)
     start = np.zeros((n_users, runs, n_clusters), dtype=np.float32)
     start[np.arange(n_users)[:, None], np.arange(runs)[None, :], np.maximum(initial.T, 0)] = 1.0
     teachers, log_weights, q, rounds, objective = em.fit(tensor(start), max_rounds, tol)
@@ -459,14 +421,9 @@ def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_
     directions[~has_pairs] = 0.0
     assignments = q.argmax(-1).T
     assignments[:, ~has_pairs] = -1
-    by_stratum = log_weights.double().cpu().numpy()
-    stratum_of_user = np.zeros(n_users, dtype=np.int64) if strata is None else np.asarray(strata)
-    shares = np.bincount(stratum_of_user[has_pairs], minlength=len(by_stratum)) / max(int(has_pairs.sum()), 1)
-    pooled = np.log(np.maximum(np.einsum("s,src->rc", shares, softmax(by_stratum, axis=-1)), 1e-300))
     return ClusterFit(teachers=teachers, assignments=assignments, directions=directions,
                       objective=objective.double().cpu().numpy(), rounds=rounds.cpu().numpy(),
-                      log_weights=pooled if strata is not None or weight_prior > 0 else by_stratum[0],
-                      sizes=size_of_run, em="soft", stratum_log_weights=None if strata is None else by_stratum)
+                      log_weights=log_weights.double().cpu().numpy(), sizes=size_of_run, em="soft")
 
 
 def _soft_starts(x: np.ndarray, pair_users: np.ndarray, n_users: int, has_pairs: np.ndarray,

@@ -135,7 +135,7 @@ class PAFOConfig:
     em_rounds: int = option(20, "clusters: maximum EM rounds", ge=0)
     em_tol: float = option(1e-4, "clusters, soft EM: a restart stops once no user's posterior moves by more than "
                                  "this in a round", ge=0, lt=1)
-    colabel_weight: float = option(0.0, "clusters, soft EM: weight, per other labeller, of other users' labels on "
+    colabel_weight: float = option(4.0, "clusters, soft EM: weight, per other labeller, of other users' labels on "
                                         "the same pair in a user's cluster posterior (0: off)", ge=0,
                                    le=MAX_COLABEL_WEIGHT)
     calibrate: bool = option(True, "clusters: divide the student's margins by one temperature fitted on "
