@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from sklearn.metrics import adjusted_rand_score
 
 from pafo.clusters import CoLabels, discover, fit_soft_clusters, nested_scales
@@ -242,3 +243,14 @@ def test_discover_soft_sizes_are_nested_in_one_basis(method_ctx):
                    max_rounds=10, seed=0)
     assert fit.basis.shape[0] == 6
     assert np.all(fit.teachers[fit.sizes == 3][:, :, 3:] == 0) and fit.teachers[fit.sizes == 6][:, :, 3:].any()
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    (["--subspaces", "16,x"], "--subspaces"), (["--colabel-weight", "-1"], "--colabel-weight"),
+    (["--cluster-em", "kmeans"], "--cluster-em"), (["--em-tol", "2"], "--em-tol")])
+def test_cluster_flags_are_checked_by_the_cli(flags, fragment, tmp_path, capsys):
+    """A bad cluster option stops `pafo experiment` before any work: exit 2, one stderr line naming the flag."""
+    code, out, err = run_cli(["experiment", "--encoder", "tfidf", "--users", "20", *flags,
+                              "--json", tmp_path / "r.json"], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and fragment in err, err
+    assert not (tmp_path / "r.json").exists()
