@@ -69,7 +69,7 @@ class Seed:
         return per_user_accuracy(pair_margins(model, self.ctx.features, self.test), self.test.users)
 
 
-def load_seed(dataset: str, seed: int, fold: int | None = None, folds: int = 3) -> Seed:
+def load_seed(dataset: str, seed: int, fold: int | None = None, folds: int = 0) -> Seed:
     """A development seed; with ``fold``, its training-data cross-fit: each user's training pairs split into
     ``folds``, the baseline and every variant trained without fold ``fold``, scored on it, and the groups formed
     from the other folds' pairs only (the held-out pairs never decide who is in the minority: groups defined on the
@@ -78,6 +78,8 @@ def load_seed(dataset: str, seed: int, fold: int | None = None, folds: int = 3) 
         raise SystemExit(f"seed {seed} is a reported seed; research runs on development seeds only")
     data, support, user_group, ctx, test = _context(dataset, seed)
     if fold is not None:
+        if not 0 <= fold < folds:
+            raise ValueError(f"fold {fold} of {folds}")
         fold_of_pair = _pair_folds(ctx.train.users, folds, seed)
         kept, held = np.flatnonzero(fold_of_pair != fold), np.flatnonzero(fold_of_pair == fold)
         pair_support = support.pair_support.to_numpy()[kept]
@@ -339,7 +341,7 @@ def record(raw: dict, s: Seed, key: str, name: str, accuracy: pd.Series, seconds
 
 
 def run_variants(raw: dict, path: Path, datasets: list[str], units: list[tuple[int, int | None]], names: list[str],
-                 force: bool) -> None:
+                 force: bool, folds: int = 0) -> None:
     for dataset in datasets:
         for seed, fold in units:
             key = unit_key(seed, fold)
@@ -347,7 +349,7 @@ def run_variants(raw: dict, path: Path, datasets: list[str], units: list[tuple[i
             todo = [n for n in names if force or n not in done]
             if not todo:
                 continue
-            s = load_seed(dataset, seed, fold)
+            s = load_seed(dataset, seed, fold, folds)
             for name in todo:  # PAFO variants differing only in β share one cluster fit (ctx.cache is keyed by it)
                 started = time.perf_counter()
                 with threadpool_limits(1):
@@ -442,7 +444,7 @@ def study(datasets: list[str], seeds: list[int], names: list[str], folds: int = 
     units = [(seed, fold) for seed in seeds for fold in range(folds)] if folds else [(seed, None) for seed in seeds]
     path = raw_path(folds)
     raw = load_raw(path)
-    run_variants(raw, path, datasets, units, names, False)
+    run_variants(raw, path, datasets, units, names, False, folds)
     return raw, [unit_key(seed, fold) for seed, fold in units]
 
 
@@ -516,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     path = Path(args.raw)
     raw = load_raw(path)
     started = time.perf_counter()
-    run_variants(raw, path, datasets, units, names, args.force)
+    run_variants(raw, path, datasets, units, names, args.force, args.crossfit)
     where = f"held-out folds of training pairs ({args.crossfit}-fold cross-fit)" if args.crossfit else "test pairs"
     lines = [f"- command: `python -m bench.pafo_v3 {' '.join(argv if argv is not None else sys.argv[1:])}`",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}",

@@ -167,8 +167,9 @@ def cluster_lines(results: list[dict]) -> list[str]:
         lines.append(f"| {group} | {len(part) / len(results):.1f} | {weight.mean():.0f} "
                      f"| {wmean('mean_support'):.3f} | {wmean('minority_share'):.2f} | {signed(teacher)} "
                      f"| {signed(method)} |")
-    return ["Preference clusters (lowest-objective restart of each seed; the student averages all restarts). "
-            "Teacher: the cluster's own linear BT teacher alone on its users' test pairs (user-weighted):", "",
+    return ["Preference clusters (the lowest-objective EM run of each seed, each user in its most probable cluster "
+            "there; the student averages every run's posterior-mean direction). Teacher: the cluster's own linear "
+            "BT teacher alone on its users' test pairs (user-weighted):", "",
             *lines, ""]
 
 
