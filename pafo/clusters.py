@@ -12,7 +12,10 @@ cluster, not per support group:
    clusters and its direction is the posterior mean Σ_c q_uc a_c. EM runs in several nested subspaces (the first
    r directions of E for each r in ``sizes``) and from several k-means starts in each; every run is kept and ā_u is
    the mean of the user's posterior-mean direction over all runs. All runs are one batched computation (torch):
-   one (pairs × runs·C) margin matrix per step, so the cost is linear in users and pairs.
+   one (pairs × runs·C) margin matrix per step, so the cost is linear in users and pairs. With the co-label view
+   (``CoLabels``, ``colabel_weight``) the probability of a label under cluster c also counts the labels other users
+   gave the same pair, each weighed by that user's posterior of being in c: same-taste users agree on most shared
+   pairs, which places users where the text features cannot (weak on DSP).
 3. ``fit_clusters`` (hard EM, PAFO v2): the *classification* likelihood, each user moved to the teacher that best
    explains the user's own training pairs. It is a known-inconsistent estimator for mixtures: on development seeds
    it scored the true partition worse than the wrong ones it found, and EM started from the truth drifted away

@@ -142,7 +142,7 @@ class PAFOConfig:
                                    "validation pairs (BT log-loss; accuracy unchanged)")
     heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "
                               "by agreement with the teacher", ge=1)
-    beta: float = option(1.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
+    beta: float = option(3.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
                               "their margins' spreads on training pairs", ge=0)
     # The options below shape distillation: the paper's two-group PAFO (teachers=groups) and the distilled student;
     # the default wide student is closed form and does not read them.
