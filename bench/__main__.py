@@ -1,8 +1,8 @@
 """``python -m bench``: list the sections of bench/RESULTS.md with the command and date behind each.
 
 Each benchmark (``python -m bench.quality``, ``bench.encoders``, ``bench.support``, ``bench.registry``,
-``bench.app_render``) rewrites its own section of RESULTS.md (:func:`bench.common.publish`), so one rerun never
-clobbers another's figures and every figure is in the tree once.
+``bench.fingerprint``, ``bench.app_render``) rewrites its own section of RESULTS.md (:func:`bench.common.publish`),
+so one rerun never clobbers another's figures and every figure is in the tree once.
 """
 
 import re

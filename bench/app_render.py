@@ -104,7 +104,7 @@ def register_runs(registry, config: dict, fingerprint: str, result: dict, margin
     ids = []
     for i in range(n_runs):
         run_config = json.loads(json.dumps(config))
-        run_config["pafo"]["lam"] = 1.0 + i  # distinct configs, as a sweep would make
+        run_config["pafo"]["beta"] = 1.0 + i  # distinct configs, as a sweep would make
         record = registry.submit(run_config, fingerprint=fingerprint, label=f"bench {i}", start=False)
         run_dir = registry.run_dir(record.id)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -295,7 +295,7 @@ def tuning_table(dataset: str, seeds: list[int], encoder: str) -> str:
                 tables[label][split].append(pd.DataFrame({
                     "group": group_labels(user_group[b.index]),
                     "support_rate": support.user_support.to_numpy()[b.index], "acc_pafo": m.to_numpy(),
-                    "acc_baseline": b.to_numpy()}))
+                    "acc_baseline": b.to_numpy(), "n_test": np.bincount(pairs.users)[b.index]}))
         print(f"  tuning {dataset} seed {seed} done", flush=True)
     lines = ["| PAFO variant | validation Δ maj / Δ min | test Δ majority [CI] | test Δ minority [CI] | verdict "
              "| test Δ log-loss | time / baseline |", "|---|---:|---:|---:|---|---:|---:|"]

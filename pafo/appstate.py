@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import dataclass_from_dict, field_bounds, field_choices
+from .data_roots import UPLOADS
 from .errors import PafoInputError
 from .method_configs import DEFAULT_ENCODER
 from .metrics import pair_correct
@@ -30,11 +31,11 @@ __all__ = [
     "DEMO_ENCODER",
     "DEMO_METHODS",
     "DEMO_SEEDS",
-    "FIELD_LABELS",
     "SINGLE_RUNS",
     "SOURCE_LABELS",
     "SWEEP_PREFIX",
     "FieldSpec",
+    "app_message",
     "config_diff",
     "dataset_label",
     "default_data_dict",
@@ -45,6 +46,7 @@ __all__ = [
     "form_changes",
     "form_to_dataclass",
     "friendly_paths",
+    "grid_text",
     "group_label",
     "group_of",
     "grouping_rule",
@@ -56,6 +58,7 @@ __all__ = [
     "path_hint",
     "run_groups",
     "run_row",
+    "run_seconds",
     "runs_table",
     "save_upload",
     "seeds_text",
@@ -64,6 +67,7 @@ __all__ = [
     "simulated",
     "source_fields",
     "source_kind",
+    "sweep_choices",
     "user_pairs_table",
     "whatif_config",
 ]
@@ -77,8 +81,6 @@ DEMO_ENCODER = DEFAULT_ENCODER
 #: synthetic seed draws its own response texts to embed; bench/RESULTS.md, section app, has the times). The demo
 #: says that a single seed is no evidence.
 DEMO_SEEDS = "0"
-#: Form labels where the flag name would mislead: a user's training pairs include the validation pair(s).
-FIELD_LABELS = {"train_pairs": "train + val pairs per user", "test_pairs": "test pairs per user"}
 
 #: The Data page's source choices: every source (pafo.sources.SOURCE_SPECS), then loading by hub id or URL.
 SOURCE_LABELS = {**{name: spec.label for name, spec in SOURCE_SPECS.items()}, "hub": "Hub id / URL"}
@@ -88,7 +90,6 @@ HUB_PATH_HINT = "namkoong-lab/PersonalLLM"
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
 BAD_UPLOAD_SUFFIX = "{name}: unsupported file type {suffix!r}; upload a .csv, .jsonl, .json or .parquet file"
 EMPTY_UPLOAD = "{name}: the uploaded file is empty; choose the file again or export it anew"
-UPLOADS = "uploads"
 NO_PARENT_RESULT = "run {run_id} has no result to compare with (status {status})"
 
 
@@ -129,7 +130,8 @@ def field_specs(cls: type, include: tuple[str, ...] | None = None, exclude: tupl
         base = args[0] if optional and args else hint
         choices = field_choices(cls, field)
         kind = "choice" if choices else {bool: "bool", int: "int", float: "float"}.get(base, "str")
-        label = FIELD_LABELS.get(field.name) or field.metadata.get(
+        # Declared once on the field (pafo.config.option(label=...)); the flag in words where there is none.
+        label = field.metadata.get("label") or field.metadata.get(
             "flag", "--" + field.name.replace("_", "-")).removeprefix("--").replace("-", " ")
         specs.append(FieldSpec(field.name, label, field.metadata.get("help", ""), kind, field.default, optional,
                                tuple(choices) if choices else None, field_bounds(field)))
@@ -151,6 +153,52 @@ def form_to_dataclass(cls: type, values: dict) -> Any:
                 value = None
         cleaned[key] = value
     return dataclass_from_dict(cls, cleaned)
+
+
+#: The swept parameters a new sweep offers first (when they have an effect): β changes the default PAFO's
+#: result; the others follow in the order the config declares them.
+SWEEP_FIRST = ("pafo.beta", "pafo.lam", "groups.minority_quantile")
+
+
+def grid_text(key: str) -> str:
+    """The values a sweep of ``section.field`` starts from (its field's ``grid``), as the form shows them."""
+    from .effects import option_field
+
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in option_field(key).metadata.get("grid", ()))
+
+
+def sweep_choices(config: dict) -> tuple[list[str], list[str]]:
+    """The parameters a sweep of ``config`` can vary: those with a declared grid that have an effect there
+    (:data:`SWEEP_FIRST` first), and those with a grid that have none (not offered: the page names them)."""
+    from .effects import SECTIONS, flat_values, is_active
+
+    values = flat_values(config)
+    keys = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+            if f.metadata.get("grid")]
+    keys.sort(key=lambda k: SWEEP_FIRST.index(k) if k in SWEEP_FIRST else len(SWEEP_FIRST))
+    return [k for k in keys if is_active(values, k)], [k for k in keys if not is_active(values, k)]
+
+
+_FLAG = re.compile(r"--(?:no-)?[a-z][a-z0-9-]*")
+#: Flags of the command line that are not config fields, in the app's words.
+APP_FLAG_WORDS = {"--seeds": "Seeds", "--seed": "seed", "--grid": "sweep"}
+
+
+def app_message(message: str) -> str:
+    """A library message in the app's words: every command-line flag it names (``--lambda``) becomes that option's
+    label in the forms (``λ (distillation weight)``); upload paths become file names."""
+    from .config import field_flag
+    from .effects import SECTIONS
+
+    labels = {field_flag(f): f.metadata.get("label") for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+              if f.metadata.get("label")}
+    labels.update(APP_FLAG_WORDS)
+
+    def word(match: re.Match) -> str:
+        flag = match.group(0)
+        return labels.get(flag) or labels.get("--" + flag.removeprefix("--no-")) or flag
+
+    return _FLAG.sub(word, friendly_paths(str(message)))
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -303,10 +351,12 @@ def config_diff(parent: dict, child: dict) -> list[tuple[str, Any, Any]]:
     return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
 
 
-def whatif_config(parent: dict, changes: dict[str, Any]) -> dict:
+def whatif_config(parent: dict, changes: dict[str, Any], *, check_effect: bool = True) -> dict:
     """A copy of ``parent`` with ``{"section.field": value}`` changes applied, validated as an experiment.
 
-    Setting ``groups.minority_threshold`` to ``None`` returns to the quantile rule.
+    Setting ``groups.minority_threshold`` to ``None`` returns to the quantile rule. A change to an option that has
+    no effect in the child config is refused (:class:`pafo.effects.NoEffectError`), unless ``check_effect`` is
+    off (a sweep checks its whole grid instead: :func:`pafo.effects.check_grid`).
     """
     from .experiment import ExperimentConfig
 
@@ -321,17 +371,29 @@ def whatif_config(parent: dict, changes: dict[str, Any]) -> dict:
         if not name:
             raise PafoInputError(f"what-if change {key!r} must name section.field, e.g. pafo.lam")
         child.setdefault(section, {})[name] = value
-    return ExperimentConfig.from_dict(child).to_dict()  # validated (PafoInputError) and in its one spelling
+    config = ExperimentConfig.from_dict(child)  # validated (PafoInputError)
+    if check_effect:
+        from .effects import check_effective, flat_values
+
+        before = flat_values(parent)
+        check_effective(config, [key for key, value in flat_values(config).items()
+                                 if key in changes and before.get(key) != value])
+    return config.to_dict()  # in its one spelling
 
 
 # ------------------------------------------------------------------------------------------- runs
 
 
-def _duration(record) -> float | None:
+def run_seconds(record) -> float | None:
+    """How long a run took (so far): from its worker's start to its end, the one duration every page and table
+    shows (``None`` before it started)."""
     if record.started_at is None:
         return None
     end = record.finished_at or time.time()
     return max(0.0, end - record.started_at)
+
+
+_duration = run_seconds
 
 
 def run_row(record) -> dict:

@@ -34,6 +34,7 @@ import pandas as pd
 
 from .config import dataclass_from_dict, option, validate_options
 from .errors import PafoInputError, RunCancelled
+from .jsonio import loads
 from .method_configs import MAX_BOOTSTRAP, RunSettings
 from .paths import atomic_write_text
 from .registry import AUDIT_TARGET
@@ -59,6 +60,7 @@ __all__ = [
     "predictions_from_run",
     "run_audit",
     "source_name",
+    "verdict_line",
     "write_table",
 ]
 
@@ -78,17 +80,18 @@ MSG_DUPLICATE_NAME = "audit: the model name {name!r} is given twice; give each -
 MSG_BAD_REFERENCE = "--reference: {name!r} is not one of the audited models ({names})"
 MSG_UNKNOWN_KIND = "audit config: source kind {kind!r} is not one of " + ", ".join(SOURCE_KINDS)
 MSG_UNKNOWN_SECTION = "audit config: unknown section {key!r}; known: {known}"
-MSG_NO_MARGIN = ("{path}: needs a 'margin' column, or both 'score_chosen' and 'score_rejected' (found: {found}); "
+MSG_NO_MARGIN = ("{path}: needs a 'margin' column, or both 'score_chosen' and 'score_rejected' (it has {count} "
+                 "column(s)); "
                  "margin is the model's r(chosen) − r(rejected) for the row's user")
 MSG_BOTH_MARGINS = ("{path}: has both 'margin' and 'score_chosen'/'score_rejected'; keep one of them so the margin "
                     "is unambiguous")
-MSG_NOT_FINITE = ("{path}: {count} row(s) have a {field} that is not a finite number; first: row {row} ({value!r}); "
+MSG_NOT_FINITE = ("{path}: {count} row(s) have a {field} that is not a finite number; first: row {row}; "
                   "every margin or score must be a number")
 MSG_EMPTY_CELL = "{path}: row {row}: {field} is empty; every row needs {required}"
 MSG_UNKNOWN_USER = ("{path}: {count} row(s) name users the dataset does not have; first: row {row}, user_id {user!r}; "
                     "check that the file belongs to the loaded dataset")
 MSG_BAD_PAIR_ID = ("{path}: {count} row(s) have a pair_id that is not a pair of the dataset (ids are 0 to {last}); "
-                   "first: row {row} ({value!r})")
+                   "first: row {row}")
 MSG_PAIR_USER = "{path}: row {row}: pair_id {pair} is a pair of user {owner!r}, not of {user!r}"
 MSG_PAIR_TEXT = "{path}: row {row}: pair_id {pair} has a different {field} in the dataset; check the pair ids"
 MSG_UNKNOWN_PAIR = ("{path}: {count} row(s) match no pair of the dataset (same user_id, prompt, chosen and "
@@ -109,6 +112,7 @@ MSG_RUN_METHOD = ("{path}: the run has no margins of method {method!r} (it has: 
 MSG_RUN_OTHER_DATA = ("{path}: the run was trained on other data than the loaded dataset; pass the run's data flags "
                       "(its result.json config.data)")
 MSG_RUN_DAMAGED = "{path}: the run's files are damaged ({detail}); rerun the experiment"
+MSG_RUN_UNTRUSTED = "{path}: the run folder cannot be audited: {detail}; rerun the experiment on this data"
 MSG_NO_SPLIT = "--split test: the dataset has no test pairs"
 
 
@@ -218,14 +222,18 @@ class AuditConfig:
                    sources=[dataclass_from_dict(Source, s) for s in values.get("sources") or []]).validate()
 
     def fingerprint(self) -> str:
-        """The dataset's fingerprint plus size and mtime of every source file: a changed file is a new audit."""
+        """The dataset's fingerprint plus the content of every source (a predictions file, a run folder's or a
+        model folder's files; :mod:`pafo.digests`, cached by stat): a file changed in any way is a new audit."""
+        from .digests import file_digest, folder_digest
+
         digest = hashlib.sha256(dataset_fingerprint(self.data).encode())
         for source in self.sources:
             path = Path(source.path)
-            files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-            for item in files:
-                stat = item.stat() if item.exists() else None
-                digest.update(json.dumps([str(item), stat and stat.st_size, stat and stat.st_mtime_ns]).encode())
+            try:
+                content = folder_digest(path) if path.is_dir() else file_digest(path) if path.is_file() else None
+            except OSError as exc:
+                content = f"unreadable: {exc.strerror or exc}"  # loading it names the problem
+            digest.update(json.dumps([source.name, source.kind, str(path), content]).encode())
         return digest.hexdigest()[:16]
 
 
@@ -292,15 +300,14 @@ def _margins_of(frame: pd.DataFrame, path: str) -> np.ndarray:
     if has_margin and any(c in frame for c in SCORES):
         raise PafoInputError(MSG_BOTH_MARGINS.format(path=path))
     if not has_margin and not has_scores:
-        raise PafoInputError(MSG_NO_MARGIN.format(path=path, found=", ".join(map(str, frame.columns[:12]))))
+        raise PafoInputError(MSG_NO_MARGIN.format(path=path, count=len(frame.columns)))
     values = {}
     for column in (MARGIN,) if has_margin else SCORES:
         numbers = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
         bad = ~np.isfinite(numbers)
         if bad.any():
             row = _first(bad)
-            raise PafoInputError(MSG_NOT_FINITE.format(path=path, count=int(bad.sum()), field=column, row=row + 1,
-                                                       value=frame[column].iloc[row]))
+            raise PafoInputError(MSG_NOT_FINITE.format(path=path, count=int(bad.sum()), field=column, row=row + 1))
         values[column] = numbers
     return values[MARGIN] if has_margin else values[SCORES[0]] - values[SCORES[1]]
 
@@ -326,7 +333,7 @@ def _pairs_by_id(frame: pd.DataFrame, keys: pd.DataFrame, table: pd.DataFrame, p
     if not valid.all():
         row = _first(~valid)
         raise PafoInputError(MSG_BAD_PAIR_ID.format(path=path, count=int((~valid).sum()), last=int(table.index.max()),
-                                                    row=row + 1, value=frame["pair_id"].iloc[row]))
+                                                    row=row + 1))
     pairs = ids.astype(np.int64)
     for column in ["user_id", *(c for c in TEXT_COLUMNS if c in keys)]:
         expected = table.loc[pairs, column].to_numpy()
@@ -412,12 +419,53 @@ def match_predictions(frame: pd.DataFrame, path: str, dataset, evaluated: pd.Dat
 # ------------------------------------------------------------------------------------------- run directories
 
 
-def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
+def _verify_run(run_dir: Path) -> None:
+    """The run folder is published whole and unchanged (its manifest's checksums of result.json and
+    test_margins.csv, every path inside the folder): an edited margins file is never audited."""
+    from .manifest import verify_manifest
+
+    problem = verify_manifest(run_dir, required=(RUN_RESULT, RUN_MARGINS))
+    if problem is not None:
+        raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=problem))
+
+
+def _run_fingerprint(config: dict) -> str:
+    """The dataset fingerprint of a run's config computed now (content of its data file as it is today)."""
+    from .experiment import ExperimentConfig
+
+    owner = AuditConfig if config.get("target") == AUDIT_TARGET else ExperimentConfig
+    return owner.from_dict(config).fingerprint()
+
+
+def _check_run_binding(run_dir: Path, result: dict) -> None:
+    """The manifest names the config the folder's result states and the data fingerprint that config gives
+    today: a run of other data, or of a data file edited since (same path, same options), is refused."""
+    from .manifest import ManifestError, check_binding, own_binding
+
     try:
-        result = json.loads((run_dir / RUN_RESULT).read_text(encoding="utf-8"))
-        margins = pd.read_csv(run_dir / RUN_MARGINS)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        wanted = own_binding(run_dir, result)
+    except ManifestError as exc:
         raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=exc)) from None
+    config = result.get("config")
+    try:
+        now = _run_fingerprint(config) if isinstance(config, dict) else None
+    except PafoInputError as exc:
+        now = f"unavailable ({exc})"
+    problem = check_binding(run_dir, config_hash=wanted[0] if wanted else "", fingerprint=str(now))
+    if problem is not None:
+        raise PafoInputError(MSG_RUN_UNTRUSTED.format(path=run_dir, detail=problem))
+
+
+def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
+    _verify_run(run_dir)
+    try:
+        result = loads((run_dir / RUN_RESULT).read_text(encoding="utf-8"))
+        margins = pd.read_csv(run_dir / RUN_MARGINS)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=exc)) from None
+    if not isinstance(result, dict):
+        raise PafoInputError(MSG_RUN_DAMAGED.format(path=run_dir, detail=f"{RUN_RESULT} is not a JSON object"))
+    _check_run_binding(run_dir, result)
     if "seed" in margins:  # a multi-seed run: its data options (config.data) are its first seed's
         margins = margins[margins["seed"] == ((result.get("config") or {}).get("data") or {}).get("seed", 0)]
     return result, margins
@@ -572,6 +620,27 @@ def _source_margins(source: Source, dataset, config: AuditConfig, split: str, ev
     return margins, info
 
 
+def _paired(name: str, config: AuditConfig, margins: dict[str, pd.Series], dataset, support, groups,
+            evaluated: pd.DataFrame, user_group: np.ndarray) -> dict:
+    """``name`` against the reference on the pairs BOTH have a margin for (with --allow-missing a model may lack
+    pairs, and a model that drops its wrong rows must not look better), with that coverage recorded."""
+    from .compare import paired_comparison
+    from .experiment import _pair_set, _per_user_table, per_user_frame
+
+    reference = config.reference
+    shared = margins[name].index[margins[name].index.isin(margins[reference].index)]
+    pairs = _pair_set(evaluated.loc[shared], user_group)
+    tables = {m: _per_user_table(dataset, support, groups, pairs, margins[m].loc[shared].to_numpy(dtype=float))
+              for m in (reference, name)}
+    frame = per_user_frame(dataset, tables).assign(n_test=tables[name]["n_pairs"].to_numpy())
+    comparison = paired_comparison([frame], name, reference, n_resamples=config.audit.bootstrap,
+                                   seed=config.data.seed)
+    comparison["coverage"] = {"pairs": len(shared), "of_pairs": len(evaluated),
+                              "users": int((tables[name]["n_pairs"] > 0).sum()),
+                              "of_users": int(evaluated["user"].nunique())}
+    return comparison
+
+
 def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
               progress: Callable[[float, str, dict | None], None] = lambda *a: None,
               should_stop: Callable[[], bool] = lambda: False) -> dict:
@@ -579,7 +648,6 @@ def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
 
     The worker's target contract (see :mod:`pafo.worker`), so the app runs audits in the background like training.
     """
-    from .compare import paired_comparison
     from .experiment import per_user_frame
 
     config = AuditConfig.from_dict(config) if isinstance(config, dict) else config.validate()
@@ -611,8 +679,10 @@ def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
         result["methods"][source.name] = {**metrics, "source": info}
         all_margins[source.name] = margins
     frame = per_user_frame(dataset, tables)
-    result["comparisons"] = {name: paired_comparison([frame], name, config.reference,
-                                                     n_resamples=config.audit.bootstrap, seed=config.data.seed)
+    # The pairs each user was judged on: all of them when the file has no split (n_test alone undercounted them).
+    frame["n_judged"] = evaluated.groupby("user").size().reindex(range(len(frame)), fill_value=0).to_numpy()
+    result["comparisons"] = {name: _paired(name, config, all_margins, dataset, support, groups, evaluated,
+                                           user_group_codes)
                              for name in config.names if name != config.reference}
     result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")
     result["seconds"] = round(time.perf_counter() - started, 3)
@@ -640,4 +710,18 @@ def headline(result: dict) -> dict:
     out = {name: {k: m[k] for k in ("accuracy", "unfairness", "log_loss")} for name, m in result["methods"].items()}
     for name, comparison in result.get("comparisons", {}).items():
         out[name]["verdict_vs_" + result["reference"]] = comparison["verdict"]
+        out[name]["verdict_reason"] = comparison.get("verdict_reason")
     return out
+
+
+def verdict_line(result: dict) -> str:
+    """The stderr line after ``pafo audit --json FILE``: each model's verdict against the reference in words (a
+    ``noise`` verdict with its reason, a comparison on part of the pairs with its coverage) and the rule used."""
+    from .compare import describe_comparison, describe_rule
+
+    comparisons = result.get("comparisons") or {}
+    if not comparisons:  # one model: nothing to compare
+        return ""
+    parts = [f"{name} vs {result['reference']}: {describe_comparison(c, verdict=True)}"
+             for name, c in comparisons.items()]
+    return "; ".join([*parts, describe_rule(next(iter(comparisons.values()))["rule"])])

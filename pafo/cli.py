@@ -2,13 +2,17 @@
 
 Bad input exits with code 2 and one line on stderr (``pafo: error: ...``), a fault of the machine (registry
 locked or corrupt, disk full, unwritable home) with code 3 (see :mod:`pafo.errors`). Output paths are checked
-before any work; nothing is written half-way because every output file is written atomically, and an
-``--out-dir`` is published whole: it replaces the folder, never merges into it.
+before any work (:func:`check_outputs`, one check for every command: writable, never an input, never inside the
+run registry, never twice); nothing is written half-way because every output file is written atomically, and an
+``--out-dir`` is published whole: it replaces the folder, never merges into it, and only a folder that is empty or
+holds exactly an earlier run's files (:func:`pafo.manifest.replaceable_problem`) is ever replaced.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -29,7 +33,7 @@ from .errors import (
     PafoInputError,
 )
 from .method_configs import RunSettings
-from .paths import atomic_write_text
+from .paths import atomic_write_text, home_path, is_inside
 from .sources import DataConfig, load_dataset
 from .support import GroupConfig, estimate_support, resolve_estimator, support_table
 
@@ -42,12 +46,27 @@ OUT_NOT_REGULAR = "{flag} {path}: exists and is not a regular file; give the nam
 OUT_PARENT_NOT_FOLDER = "{flag} {path}: {parent} is a file, not a folder; choose a path inside a folder"
 OUT_UNWRITABLE = "{flag} {path}: cannot write in {parent} ({reason}); choose a writable folder"
 OUT_DIR_IS_FILE = "--out-dir {path}: is a file, not a folder; give a new folder (a run's folder is replaced whole)"
-OUT_DIR_FOREIGN = ("--out-dir {path}: holds files that are not a PAFO run (e.g. {example}); give a new or empty "
-                   "folder, or an earlier run's --out-dir (it is replaced whole)")
+OUT_DIR_FOREIGN = ("--out-dir {path}: {reason}; give a new or empty folder, or an earlier run's --out-dir that holds "
+                   "only that run's files (it is replaced whole)")
+OUT_DIR_CHANGED = ("--out-dir {path}: changed while the run trained and now {reason}; it was left as it is and the "
+                   "run was not saved: give a new folder and run again")
+OUT_IN_REGISTRY = ("{flag} {path}: is inside the run registry {runs}, whose folders only background runs write; "
+                   "choose a path outside it")
+OUT_IS_INPUT = "{flag} {path}: is the input {input} of this command, which it would overwrite; choose another path"
+OUT_IN_INPUT = "{flag} {path}: is a file of {input}, which this command reads; choose a path outside it"
+OUT_TWICE = "{flag} {path}: is also the path of {other}; give each output its own path"
+OUT_IN_OUT_DIR = "{flag} {path}: is inside --out-dir {out_dir}, which is replaced whole; choose a path outside it"
+OUT_DIR_HOLDS_INPUT = "--out-dir {path}: holds the input {input} of this command and would be replaced whole; " \
+                      "choose another folder"
 ENV_DISK_FULL = "disk full while writing {file}: free space and retry"
 ENV_OS_ERROR = "cannot access {file} ({reason}): check the disk and its permissions, then retry"
 SEED_AND_SEEDS = "--seed and --seeds: give one of them (--seed N runs the one seed N, like --seeds N)"
 WROTE = "pafo: wrote {files}"
+CWD_GONE = ("the current folder no longer exists (deleted or moved away); cd to an existing folder and run the "
+            "command again")
+SCORED = "{n} rows scored with {method} ({unknown} of unknown users, scored with the shared reward)"
+INPUT_TOO_DEEP = ("a file given (or one in a run folder it names) nests JSON too deeply to read; check the JSON "
+                  "files of this command")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -70,8 +89,22 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         default=argparse.SUPPRESS, help="support-rate estimator (default: auto)")
 
 
+def given_options(args: argparse.Namespace, sections: dict[str, type]) -> list[str]:
+    """The ``section.field`` keys of the options given on the command line (the others were left at their
+    defaults: argparse keeps them out of the namespace)."""
+    given = vars(args)
+    return [f"{name}.{field.name}" for name, cls in sections.items() for field in dataclasses.fields(cls)
+            if field.name in given and field.metadata.get("cli") is not False]
+
+
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    return dataclass_from_namespace(DataConfig, args).validate()
+    """The data flags as a DataConfig; a flag the chosen source does not read is refused (exit 2), e.g.
+    ``--prompts`` with ``--dataset dsp``."""
+    from .effects import check_effective
+
+    config = dataclass_from_namespace(DataConfig, args).validate()
+    check_effective({"data": dataclasses.asdict(config)}, given_options(args, {"data": DataConfig}))
+    return config
 
 
 def group_config_from_args(args: argparse.Namespace) -> GroupConfig:
@@ -145,7 +178,7 @@ def _add_support(sub) -> None:
     parser = _data_command(sub, "support", "support rates and majority/minority groups of a dataset")
     parser.add_argument("--json", metavar="OUT", help="write the summary JSON here")
     parser.add_argument("--csv", metavar="OUT", help="write one row per user here")
-    parser.set_defaults(handler=cmd_support, output_files=("json", "csv"))
+    parser.set_defaults(handler=cmd_support, output_files=("json", "csv"), input_paths=("path",))
 
 
 def _add_embed(sub) -> None:
@@ -153,7 +186,7 @@ def _add_embed(sub) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embeddings cache")
     add_device_argument(parser)
     parser.add_argument("--json", metavar="OUT", help="write timing JSON here")
-    parser.set_defaults(handler=cmd_embed, output_files=("json",))
+    parser.set_defaults(handler=cmd_embed, output_files=("json",), input_paths=("path",))
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,22 +202,30 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
 
 
-def experiment_config_from_args(args: argparse.Namespace):
-    """An ``ExperimentConfig`` from the flags; local data paths are made absolute for background workers."""
+def experiment_config_from_args(args: argparse.Namespace, *, check_effect: bool = True):
+    """An ``ExperimentConfig`` from the flags; local data paths are made absolute for background workers.
+
+    A flag that cannot change this experiment's result is refused (exit 2, one line saying what would make it
+    matter: ``--lambda has no effect with --student wide …``); ``check_effect=False`` leaves that to the caller
+    (``pafo sweep`` checks the flags against every cell of its grid)."""
+    from .effects import SECTIONS, check_effective
     from .experiment import ExperimentConfig
     from .method_configs import RunSettings, TrainConfig, method_sections
 
-    data = data_config_from_args(args)
+    data = dataclass_from_namespace(DataConfig, args).validate()
     if data.path and Path(data.path).exists():
         data.path = str(Path(data.path).resolve())
     seeds = getattr(args, "seeds", None)
     if seeds is not None and hasattr(args, "seed"):
         raise PafoInputError(SEED_AND_SEEDS)
-    return ExperimentConfig(data=data, groups=group_config_from_args(args),
-                            run=dataclass_from_namespace(RunSettings, args),
-                            train=dataclass_from_namespace(TrainConfig, args),
-                            **{name: dataclass_from_namespace(cls, args) for name, cls in method_sections().items()},
-                            seeds=seeds).validate()
+    config = ExperimentConfig(data=data, groups=group_config_from_args(args),
+                              run=dataclass_from_namespace(RunSettings, args),
+                              train=dataclass_from_namespace(TrainConfig, args),
+                              **{name: dataclass_from_namespace(cls, args) for name, cls in method_sections().items()},
+                              seeds=seeds).validate()
+    if check_effect:
+        check_effective(config, given_options(args, SECTIONS))
+    return config
 
 
 def check_encoder(config) -> None:
@@ -203,21 +244,35 @@ def preflight(config):
     return config
 
 
-def _staged_out_dir(out_dir: str | None):
-    """A temporary sibling of --out-dir; it replaces --out-dir only when the experiment succeeded."""
+@contextlib.contextmanager
+def staged_out_dir(out_dir: str | None):
+    """A temporary sibling of --out-dir (``.NAME.XXXX``) that :func:`_publish` swaps in once the experiment
+    succeeded; on every failure (an exception, a full disk, Ctrl-C) it is removed, and a file-system error inside
+    it names the file under --out-dir it was writing."""
     if not out_dir:
-        return None
+        yield None
+        return
     target = Path(out_dir).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+    except OSError as exc:
+        if exc.filename and is_inside(exc.filename, staging):
+            exc.filename = str(Path(out_dir) / Path(exc.filename).resolve().relative_to(staging.resolve()))
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when it was published
 
 
-def _publish(staging: Path, out_dir: str) -> None:
-    """Record the artifacts' checksums, then swap the staged folder in for --out-dir: files an earlier run left
-    there (another method's weights) can never mix with this run's."""
+def _publish(staging: Path, out_dir: str, result: dict) -> None:
+    """Record the artifacts' checksums and the config and data they are the result of, then swap the staged
+    folder in for --out-dir: files an earlier run left there (another method's weights) can never mix with this
+    run's."""
     from .manifest import write_manifest
+    from .registry import config_hash
 
-    write_manifest(staging)
+    write_manifest(staging, config_hash=config_hash(result["config"]), fingerprint=result["fingerprint"])
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; the published folder gets the usual mode
@@ -225,6 +280,7 @@ def _publish(staging: Path, out_dir: str) -> None:
     replaced = target.with_name(f".{target.name}.replaced-{secrets.token_hex(4)}")
     if target.exists() or target.is_symlink():
         os.rename(target, replaced)
+        _check_still_replaceable(replaced, target, out_dir)
     try:
         os.rename(staging, target)
     except BaseException:
@@ -235,6 +291,17 @@ def _publish(staging: Path, out_dir: str) -> None:
         shutil.rmtree(replaced, ignore_errors=True)
     else:
         replaced.unlink(missing_ok=True)
+
+
+def _check_still_replaceable(replaced: Path, target: Path, out_dir: str) -> None:
+    """--out-dir was checked before training; a file put there since (the run may take hours) is the user's: put
+    the folder back untouched and refuse, rather than delete it with the earlier run."""
+    from .manifest import replaceable_problem
+
+    problem = replaceable_problem(replaced) if replaced.is_dir() and not replaced.is_symlink() else None
+    if problem is not None:
+        os.rename(replaced, target)
+        raise PafoInputError(OUT_DIR_CHANGED.format(path=out_dir, reason=problem))
 
 
 def check_output_file(path: str, flag: str) -> None:
@@ -264,24 +331,86 @@ def _check_writable_parent(target: Path, flag: str) -> None:
 
 
 def check_out_dir(path: str) -> None:
-    """--out-dir must be new, empty or an earlier run's folder (it is replaced whole), in a writable place."""
+    """--out-dir must be new, empty or exactly an earlier run's folder (it is replaced whole), in a writable
+    place: a folder that merely holds a result.json or a manifest.json of someone else's is never replaced."""
+    from .manifest import replaceable_problem
+
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise PafoInputError(OUT_DIR_IS_FILE.format(path=path))
-    if target.is_dir():
-        from .manifest import MANIFEST_NAME
-
-        entries = sorted(p.name for p in target.iterdir())
-        if entries and not {"result.json", MANIFEST_NAME} & set(entries):
-            raise PafoInputError(OUT_DIR_FOREIGN.format(path=path, example=entries[0]))
+    if target.is_dir() and (reason := replaceable_problem(target)) is not None:
+        raise PafoInputError(OUT_DIR_FOREIGN.format(path=path, reason=reason))
     _check_writable_parent(target, "--out-dir")
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """The output paths a command declared (``set_defaults(output_files=..., output_dir=...)``)."""
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def declared_outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(flag, path) of every output a command was given (``set_defaults(output_files=...)`` and ``--out-dir``)."""
+    outputs = [(_flag(name), Path(getattr(args, name))) for name in getattr(args, "output_files", ())
+               if getattr(args, name, None)]
+    if getattr(args, "out_dir", None):
+        outputs.append(("--out-dir", Path(args.out_dir)))
+    return outputs
+
+
+def declared_inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(flag, path) of every local file or folder a command reads (``set_defaults(input_paths=...)``; ``sources``
+    are the audit's NAME=PATH pairs); names that are no local path (a hub id) are left out."""
+    found = []
+    for name in getattr(args, "input_paths", ()):
+        value = getattr(args, name, None)
+        if name == "sources":
+            found += [(f"--{kind} {text}", Path(text.partition("=")[2].strip()).expanduser())
+                      for kind, text in value or [] if text.partition("=")[2].strip()]
+        elif value:
+            found.append((f"{_flag(name)} {value}", Path(value).expanduser()))
+    return [(flag, path) for flag, path in found if path.exists()]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same path once symlinks are resolved, or the same inode (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_conflicts(outputs: list[tuple[str, Path]], inputs: list[tuple[str, Path]]) -> None:
+    """The rules every command's outputs follow, before any work: never inside the run registry
+    (``$PAFO_HOME/runs``, written by background runs only), never an input file or a file of an input folder (a
+    run or model folder: a new file beside them is fine), never the path of another output, never inside --out-dir
+    (it is replaced whole), and an --out-dir never holds an input."""
+    runs = home_path() / "runs"
+    out_dir = next((path for flag, path in outputs if flag == "--out-dir"), None)
+    for i, (flag, path) in enumerate(outputs):
+        if is_inside(path, runs):
+            raise PafoInputError(OUT_IN_REGISTRY.format(flag=flag, path=path, runs=runs))
+        for other_flag, other in outputs[:i]:
+            if _same_file(path, other):
+                raise PafoInputError(OUT_TWICE.format(flag=flag, path=path, other=other_flag))
+        if out_dir is not None and flag != "--out-dir" and is_inside(path, out_dir):
+            raise PafoInputError(OUT_IN_OUT_DIR.format(flag=flag, path=path, out_dir=out_dir))
+        for source_flag, source in inputs:
+            if _same_file(path, source):
+                raise PafoInputError(OUT_IS_INPUT.format(flag=flag, path=path, input=source_flag))
+            if source.is_dir() and path.exists() and is_inside(path, source):
+                raise PafoInputError(OUT_IN_INPUT.format(flag=flag, path=path, input=source_flag))
+            if flag == "--out-dir" and is_inside(source, path):
+                raise PafoInputError(OUT_DIR_HOLDS_INPUT.format(path=path, input=source_flag))
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """The one output check of every command: the declared outputs against each other and the inputs, then each
+    output path on its own (a writable file, or for --out-dir a folder that may be replaced)."""
+    check_output_conflicts(declared_outputs(args), declared_inputs(args))
     for name in getattr(args, "output_files", ()):
         if getattr(args, name, None):
-            check_output_file(getattr(args, name), "--" + name.replace("_", "-"))
+            check_output_file(getattr(args, name), _flag(name))
     if getattr(args, "out_dir", None):
         check_out_dir(args.out_dir)
 
@@ -292,18 +421,14 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     config = experiment_config_from_args(args)
     check_encoder(config)
     device = resolve_device(args.device)
-    staging = _staged_out_dir(args.out_dir)
-    bar = _progress_bar()
-    try:
-        result = run_experiment(config, out_dir=staging, progress=bar, device=device)
-    except BaseException:
+    with staged_out_dir(args.out_dir) as staging:
+        bar = _progress_bar()
+        try:
+            result = run_experiment(config, out_dir=staging, progress=bar, device=device)
+        finally:
+            bar.close()
         if staging:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    if staging:
-        _publish(staging, args.out_dir)
+            _publish(staging, args.out_dir, result)
     if args.per_user_csv:
         atomic_write_text(args.per_user_csv, per_user_csv_text(result))
     _write_outputs(args, result if args.json else _headline(result), summary=summary_line(result))
@@ -343,36 +468,44 @@ def _add_experiment(sub) -> None:
     parser.add_argument("--per-user-csv", metavar="OUT", help="write per-user accuracies here")
     parser.add_argument("--out-dir", metavar="DIR", help="write weights (safetensors), result and tables here; "
                                                          "an earlier run's folder is replaced whole")
-    parser.set_defaults(handler=cmd_experiment, output_files=("json", "per_user_csv"))
+    parser.set_defaults(handler=cmd_experiment, output_files=("json", "per_user_csv"), input_paths=("path",))
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from .scoring import load_scoring_model, read_triples, score_triples
 
-    run_dir = args.run_dir or _registry_run_dir(args.run)
-    scoring = load_scoring_model(run_dir, args.method)
+    run_dir, binding = (args.run_dir, None) if args.run_dir else _registry_run(args.run)
+    scoring = load_scoring_model(run_dir, args.method, binding=binding)
     scored = score_triples(scoring, read_triples(args.input), progress_bar=True, device=resolve_device(args.device))
+    unknown = int((~scored["known_user"]).sum())
     if args.csv:
         atomic_write_text(args.csv, scored.to_csv(index=False))
     if args.json:
         summary = {"run_dir": str(run_dir), "method": args.method, "encoder": scoring.encoder, "n_rows": len(scored),
-                   "n_unknown_users": int((~scored["known_user"]).sum()),
+                   "n_unknown_users": unknown,
                    "rows": scored.astype(object).where(scored.notna(), None).to_dict(orient="records")}
         atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
-    if not args.csv and not args.json:
+    written = [path for path in (args.csv, args.json) if path]
+    if written:
+        print(WROTE.format(files=", ".join(map(str, written))) + ": " + SCORED.format(n=len(scored), method=args.method,
+                                                                                      unknown=unknown), file=sys.stderr)
+    else:
         sys.stdout.write(scored.to_csv(index=False))
     return 0
 
 
-def _registry_run_dir(run_id: str):
-    """The folder holding a succeeded background run's result.json and weights (a reused run: the original's)."""
+def _registry_run(run_id: str) -> tuple[Path, tuple[str, str]]:
+    """The folder holding a succeeded background run's result.json and weights (a reused run: the original's), and
+    the (config hash, dataset fingerprint) its manifest must name: the run's own."""
     from .registry import RunRegistry
     from .scoring import MSG_NOT_A_RUN
 
-    record = RunRegistry().get(run_id)
-    if not record.result_path:
+    registry = RunRegistry()
+    record = registry.get(run_id)
+    result = registry.result_file(record) if record.result_path else None
+    if result is None:
         raise PafoInputError(MSG_NOT_A_RUN.format(path=f"run {run_id} ({record.status})"))
-    return Path(record.result_path).parent
+    return result.parent, (record.config_hash, record.dataset_fingerprint)
 
 
 def _add_score(sub) -> None:
@@ -386,11 +519,11 @@ def _add_score(sub) -> None:
     parser.add_argument("--csv", metavar="OUT", help="write the rows with reward and known_user here")
     parser.add_argument("--json", metavar="OUT", help="write a summary with every scored row here")
     add_device_argument(parser)
-    parser.set_defaults(handler=cmd_score, output_files=("csv", "json"))
+    parser.set_defaults(handler=cmd_score, output_files=("csv", "json"), input_paths=("input", "run_dir"))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit_config_from_args, headline, pairs_template, run_audit, write_table
+    from .audit import audit_config_from_args, headline, pairs_template, run_audit, verdict_line, write_table
     from .experiment import per_user_csv_text
 
     if args.export_pairs:  # the file a model must score, then stop
@@ -405,7 +538,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         bar.close()
     if args.per_user_csv:
         atomic_write_text(args.per_user_csv, per_user_csv_text(result))
-    _write_outputs(args, result if args.json else headline(result))
+    _write_outputs(args, result if args.json else headline(result), summary=verdict_line(result) or None)
     return 0
 
 
@@ -428,26 +561,31 @@ def _add_audit(sub) -> None:
     parser.add_argument("--per-user-csv", metavar="OUT", help="write per-user accuracies (acc_NAME) here")
     parser.add_argument("--export-pairs", metavar="OUT", help="only write the evaluated pairs (user_id, prompt, "
                                                               "chosen, rejected, pair_id) for a model to score")
-    parser.set_defaults(handler=cmd_audit, output_files=("json", "per_user_csv", "export_pairs"))
+    parser.set_defaults(handler=cmd_audit, output_files=("json", "per_user_csv", "export_pairs"),
+                        input_paths=("path", "sources"))
 
 
 RAY_ADDRESS_WITHOUT_RAY = "--ray-address: only used with --backend ray (add --backend ray, or leave it out)"
 SWEEP_FAILED = ("pafo: {n} of {total} sweep cells did not succeed (see `cells` in the sweep JSON and "
                 "`pafo runs show ID`)")
+SWEEP_DIVERGED = ("pafo: error: {n} of {total} sweep cells failed, the others finished: {label} ({run_id}): {error} "
+                  "(every failed cell: `cells` in the sweep JSON)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .config import check_range
-    from .registry import SUCCEEDED, RunRegistry
+    from .registry import RunRegistry
     from .sweep import parse_grid, run_sweep
 
     if args.max_concurrent is not None:
         check_range("--max-concurrent", args.max_concurrent, integer=True, ge=1)
     if args.ray_address and args.backend != "ray":
         raise PafoInputError(RAY_ADDRESS_WITHOUT_RAY)
-    base = preflight(experiment_config_from_args(args))
+    from .effects import SECTIONS
+
+    base = preflight(experiment_config_from_args(args, check_effect=False))
     resolve_device(args.device)  # refused here (exit 2), not by every cell's worker
-    grid = parse_grid(args.grid, base)
+    grid = parse_grid(args.grid, base, explicit=given_options(args, SECTIONS))
     registry = RunRegistry(max_concurrent=args.max_concurrent)
 
     def report(cell, done: int, total: int) -> None:
@@ -457,11 +595,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        backend=args.backend, ray_address=args.ray_address, on_cell=report, device=args.device)
     _write_outputs(args, result if args.json else _sweep_headline(result),
                    summary=f"{len(result['cells'])} cells, Pareto front: points {result['pareto_front']}")
-    failed = sum(cell["status"] != SUCCEEDED for cell in result["cells"])
-    if failed:
-        print(SWEEP_FAILED.format(n=failed, total=len(result["cells"])), file=sys.stderr)
-        return EXIT_INTERNAL
-    return 0
+    return _sweep_outcome(result["cells"])
+
+
+def _sweep_outcome(cells: list[dict]) -> int:
+    """0 when every cell succeeded; 2 with the first failure's reason when every failed cell diverged (its grid
+    values are input to fix), else 1."""
+    from .registry import SUCCEEDED
+    from .sweep import diverged
+
+    failed = [cell for cell in cells if cell["status"] != SUCCEEDED]
+    if not failed:
+        return 0
+    if all(diverged(cell.get("error")) for cell in failed):
+        first = failed[0]
+        label = " ".join(f"{k}={v}" for k, v in first["params"].items()) + f" seed {first['seed']}"
+        print(_one_line(SWEEP_DIVERGED.format(n=len(failed), total=len(cells), label=label, run_id=first["run_id"],
+                                              error=first["error"])), file=sys.stderr)
+        return EXIT_INPUT
+    print(SWEEP_FAILED.format(n=len(failed), total=len(cells)), file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def _sweep_headline(result: dict) -> dict:
@@ -499,7 +652,7 @@ def _add_sweep(sub) -> None:
                             "that is not the baseline)")
     sweep.add_argument("--force", action="store_true", help="retrain cells that already finished")
     parser.add_argument("--json", metavar="OUT", help="write the sweep JSON (grid, cells, points, pareto_front) here")
-    parser.set_defaults(handler=cmd_sweep, output_files=("json",))
+    parser.set_defaults(handler=cmd_sweep, output_files=("json",), input_paths=("path",))
 
 
 def _add_runs(sub) -> None:
@@ -550,11 +703,24 @@ def _silence_stdout() -> None:
         pass
 
 
+def _working_directory_exists() -> bool:
+    """Whether the current folder exists: torch's bundled oneMKL calls getcwd() when it loads and ends the process
+    with "Intel oneMKL FATAL ERROR" if the folder was deleted (and relative paths would mean nothing anyway)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code says how it ended (0 ok, 1 bug, 2 bad input, 3 environment fault)."""
+    if not _working_directory_exists():  # before the parser, whose sweep flags import torch
+        print(f"pafo: error: {CWD_GONE}", file=sys.stderr)
+        return EXIT_INPUT
     args = build_parser().parse_args(argv)
     try:
-        _check_outputs(args)
+        check_outputs(args)
         code = int(args.handler(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe is reported here, not by the interpreter at exit
         return code
@@ -567,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
+    except RecursionError:  # JSON nested too deeply in a file a reader did not route through pafo.jsonio
+        print(f"pafo: error: {INPUT_TOO_DEEP}", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         print("pafo: interrupted", file=sys.stderr)
         return 130

@@ -6,17 +6,22 @@ cancels in the difference. Uncertainty comes from a percentile bootstrap over us
 (each seed's majority and minority users are resampled on their own, so group sizes stay as observed); a pooled
 statistic is the mean of its per-seed values. Everything is a fraction (0.005 is half a percentage point).
 
-Verdict rule (documented in the README; ε is ``epsilon``):
+Verdict rule (documented in the README; :class:`VerdictRule` holds its parameters, each declared once here):
+- ``noise`` whenever a group, on some seed, has fewer than ``min_users`` users or ``min_pairs`` test pairs with an
+  accuracy under both methods (its CI would be too rough: one user gives a zero-width interval);
 - ``pareto``: the minority CI lies above 0 and the majority delta is ≥ −ε;
 - ``worse``: one group's CI lies below −ε and the other group's CI does not lie above 0;
 - ``tradeoff``: one group's CI lies above 0 and the other's below 0;
 - ``noise``: anything else (including a missing group).
+"Above x" means beyond x by more than ``tolerance`` (and "below x" below x − ``tolerance``), for every CI test.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,34 +29,92 @@ from scipy import stats
 
 from .errors import PafoInputError
 
-__all__ = ["COMPARED", "MSG_NO_COMMON_USERS", "VERDICTS", "VERDICT_WORDS", "describe_comparison", "paired_comparison",
+__all__ = ["CI_TOLERANCE", "COMPARED", "MIN_GROUP_PAIRS", "MIN_GROUP_USERS", "MSG_NO_COMMON_USERS", "VERDICTS",
+           "VERDICT_WORDS", "VerdictRule", "describe_comparison", "describe_rule", "paired_comparison",
            "pooled_group_ci", "verdict"]
 
 VERDICTS = ("pareto", "noise", "worse", "tradeoff")
 #: How the app, the HTML report and the CLI say each verdict.
 VERDICT_WORDS = {"pareto": "Pareto improvement", "noise": "within noise", "worse": "worse", "tradeoff": "trade-off"}
 COMPARED = ("majority", "minority", "user_std", "support_spearman_abs")
+GROUPS = ("majority", "minority")
 MSG_NO_COMMON_USERS = "paired comparison of {method!r} with {reference!r}: no user has a test accuracy under both"
 MSG_MISSING_ACCURACY = "paired comparison: per-user table of seed {seed} has no column {column!r}"
 
+#: A CI bound must clear 0 (or −ε) by more than this to count as above (below) it: half the 0.1-point resolution
+#: every printout uses, so a bound shown as 0.0 never counts as above 0 (a lower bound of 4e-17, float noise of a
+#: zero difference, once gave "pareto").
+CI_TOLERANCE = 0.0005
+#: Below these per group and seed the bootstrap CI is too rough to judge (1–2 users give zero-width intervals);
+#: the Compare page's small-sample warning uses the same numbers.
+MIN_GROUP_USERS, MIN_GROUP_PAIRS = 20, 200
+DEFAULT_EPSILON = 0.005
+REASON_TOO_FEW = "too few {what}: {group} has {count} (< {minimum}){where}"
+REASON_NO_ESTIMATE = "no paired estimate for a group"
+REASON_PARETO = "the minority's CI lies above 0 and the majority's difference is ≥ −ε"
+REASON_WORSE = "the {down}'s CI lies below −ε and the {other}'s does not lie above 0"
+REASON_TRADEOFF = "the {up}'s CI lies above 0 and the {down}'s below 0"
+REASON_NOISE = "no CI clears 0 (or −ε) by the tolerance"
 
-def verdict(majority: dict, minority: dict, epsilon: float = 0.005) -> str:
-    """The verdict of the module docstring from two ``{"delta": d, "ci": [lo, hi]}`` blocks."""
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """The parameters of the verdict rule (module docstring); every comparison records the rule it used."""
+
+    epsilon: float = DEFAULT_EPSILON
+    tolerance: float = CI_TOLERANCE
+    min_users: int = MIN_GROUP_USERS
+    min_pairs: int = MIN_GROUP_PAIRS
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def shortfall(self, sample: dict, n_seeds: int = 1) -> str | None:
+        """Why the groups are too small to judge, or None. ``sample``: ``{group: {"users", "pairs"}}``, the fewest
+        over the seeds (optionally with ``users_seed`` and ``pairs_seed``, the seeds they were on)."""
+        for what, key, minimum in (("users", "users", self.min_users), ("test pairs", "pairs", self.min_pairs)):
+            for group in ("minority", "majority"):
+                block = sample.get(group) or {}
+                count, seed = int(block.get(key) or 0), block.get(f"{key}_seed")
+                if count < minimum:
+                    where = f" on seed {seed}" if n_seeds > 1 and seed is not None else ""
+                    return REASON_TOO_FEW.format(what=what, group=group, count=count, minimum=minimum, where=where)
+        return None
+
+    def judge(self, majority: dict, minority: dict, sample: dict | None = None, n_seeds: int = 1) -> tuple[str, str]:
+        """(verdict, reason) from the two paired blocks and, when given, the group sizes behind them."""
+        reason = self.shortfall(sample, n_seeds) if sample is not None else None
+        if reason:
+            return "noise", reason
+        return _ci_verdict(majority, minority, self.epsilon, self.tolerance)
+
+
+def verdict(majority: dict, minority: dict, epsilon: float = DEFAULT_EPSILON, tolerance: float = CI_TOLERANCE) -> str:
+    """The CI part of the rule (module docstring) from two ``{"delta": d, "ci": [lo, hi]}`` blocks."""
+    return _ci_verdict(majority, minority, epsilon, tolerance)[0]
+
+
+def _ci_verdict(majority: dict, minority: dict, epsilon: float, tolerance: float) -> tuple[str, str]:
     try:
         maj_lo, maj_hi = (float(v) for v in majority["ci"])
         min_lo, min_hi = (float(v) for v in minority["ci"])
         maj_delta = float(majority["delta"])
     except (TypeError, KeyError, ValueError):
-        return "noise"
+        return "noise", REASON_NO_ESTIMATE
     if any(math.isnan(v) for v in (maj_lo, maj_hi, min_lo, min_hi, maj_delta)):
-        return "noise"
-    if min_lo > 0 and maj_delta >= -epsilon - 1e-12:
-        return "pareto"
-    if (maj_hi < -epsilon and min_lo <= 0) or (min_hi < -epsilon and maj_lo <= 0):
-        return "worse"
-    if (maj_lo > 0 and min_hi < 0) or (min_lo > 0 and maj_hi < 0):
-        return "tradeoff"
-    return "noise"
+        return "noise", REASON_NO_ESTIMATE
+    maj_up, min_up = maj_lo > tolerance, min_lo > tolerance
+    if min_up and maj_delta >= -epsilon - 1e-12:  # a point estimate: only float slack, a drop of exactly ε is kept
+        return "pareto", REASON_PARETO
+    sides = (("majority", "minority", maj_hi, maj_up, min_hi, min_up),
+             ("minority", "majority", min_hi, min_up, maj_hi, maj_up))
+    for down, other, hi, _, _, other_up in sides:
+        if hi < -epsilon - tolerance and not other_up:
+            return "worse", REASON_WORSE.format(down=down, other=other)
+    for up, down, _, up_ok, down_hi, _ in sides:
+        if up_ok and down_hi < -tolerance:
+            return "tradeoff", REASON_TRADEOFF.format(up=up, down=down)
+    return "noise", REASON_NOISE
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -93,21 +156,22 @@ def _stratified_indices(group: np.ndarray, n_resamples: int, rng: np.random.Gene
 
 def paired_comparison(per_seed: Sequence[pd.DataFrame], method: str, reference: str = "baseline", *,
                       n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-                      epsilon: float = 0.005) -> dict:
+                      rule: VerdictRule | None = None, pairs_column: str = "n_test") -> dict:
     """``method`` − ``reference`` per group, on user-accuracy spread and on |Spearman(support, accuracy)|.
 
-    ``per_seed``: one per-user table per seed with columns ``group``, ``support_rate``, ``acc_<method>`` and
-    ``acc_<reference>`` (the experiment's per-user table). Users without an accuracy under either are left out.
-    Returns ``{stat: {"delta", "ci"}}`` for each of ``COMPARED``, ``n_seeds``, ``n_users`` and ``verdict``.
+    ``per_seed``: one per-user table per seed with columns ``group``, ``support_rate``, ``acc_<method>``,
+    ``acc_<reference>`` and ``pairs_column`` (each user's test pairs behind those accuracies; the experiment's
+    per-user table). Users without an accuracy under either are left out. Returns ``{stat: {"delta", "ci"}}`` for
+    each of ``COMPARED``, ``n_seeds``, ``n_users``, ``n_pairs``, ``sample`` (per group the fewest users and the
+    fewest pairs over the seeds), ``rule`` (the :class:`VerdictRule` used), ``verdict`` and ``verdict_reason``.
     """
+    rule = rule or VerdictRule()
     rng = np.random.default_rng(seed)
-    estimates, samples, n_users = {k: [] for k in COMPARED}, {k: [] for k in COMPARED}, 0
+    estimates, samples = {k: [] for k in COMPARED}, {k: [] for k in COMPARED}
+    sizes: list[dict] = []
     for i, table in enumerate(per_seed):
-        columns = [f"acc_{method}", f"acc_{reference}", "group", "support_rate"]
-        for column in columns:
-            if column not in table.columns:
-                raise PafoInputError(MSG_MISSING_ACCURACY.format(seed=i, column=column))
-        table = table[columns].dropna()
+        table = _paired_rows(table, method, reference, pairs_column, i)
+        sizes.append(_group_sizes(table, pairs_column, table["seed"].iloc[0] if "seed" in table and len(table) else i))
         if table.empty:
             continue
         group = table["group"].to_numpy(dtype=str)
@@ -118,24 +182,53 @@ def paired_comparison(per_seed: Sequence[pd.DataFrame], method: str, reference: 
         for name in COMPARED:
             estimates[name].append(point[name][0])
             samples[name].append(boot[name])
-        n_users += len(table)
+    n_users = sum(s[g]["users"] for s in sizes for g in s)
     if not n_users:
         raise PafoInputError(MSG_NO_COMMON_USERS.format(method=method, reference=reference))
-    tail = (1 - confidence) / 2 * 100
-    result = {}
-    for name in COMPARED:
-        with np.errstate(invalid="ignore"):
-            delta = float(np.mean(estimates[name]))
-            pooled = np.mean(np.stack(samples[name]), axis=0)
-        finite = pooled[np.isfinite(pooled)]
-        ci = [float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))] if (
-            finite.size and math.isfinite(delta)) else [math.nan, math.nan]
-        result[name] = {"delta": delta if math.isfinite(delta) else None,
-                        "ci": [c if math.isfinite(c) else None for c in ci]}
+    result = {name: _pooled(estimates[name], samples[name], confidence) for name in COMPARED}
     result["n_seeds"] = len(estimates["majority"])
     result["n_users"] = n_users
-    result["verdict"] = verdict(result["majority"], result["minority"], epsilon)
+    result["n_pairs"] = sum(s[g]["pairs"] for s in sizes for g in s)
+    result["sample"] = {g: _smallest([s[g] for s in sizes]) for g in GROUPS}
+    result["rule"] = rule.to_dict()
+    result["verdict"], result["verdict_reason"] = rule.judge(result["majority"], result["minority"],
+                                                             result["sample"], result["n_seeds"])
     return result
+
+
+def _paired_rows(table: pd.DataFrame, method: str, reference: str, pairs_column: str, index: int) -> pd.DataFrame:
+    """The users of one seed's table with an accuracy under both methods (and the columns the comparison reads)."""
+    columns = [f"acc_{method}", f"acc_{reference}", "group", "support_rate", pairs_column]
+    for column in columns:
+        if column not in table.columns:
+            raise PafoInputError(MSG_MISSING_ACCURACY.format(seed=index, column=column))
+    return table[columns + (["seed"] if "seed" in table.columns else [])].dropna(subset=columns[:4])
+
+
+def _group_sizes(table: pd.DataFrame, pairs_column: str, seed) -> dict:
+    """Users and test pairs per group of one seed's paired rows."""
+    pairs = pd.to_numeric(table[pairs_column], errors="coerce").fillna(0)
+    seed = int(seed) if isinstance(seed, int | np.integer) else seed
+    return {g: {"users": int((table["group"] == g).sum()), "pairs": int(pairs[table["group"] == g].sum()),
+                "seed": seed} for g in GROUPS}
+
+
+def _smallest(sizes: list[dict]) -> dict:
+    """The fewest users and the fewest pairs of one group over the seeds, each with the seed it was on."""
+    users, pairs = min(sizes, key=lambda b: b["users"]), min(sizes, key=lambda b: b["pairs"])
+    return {"users": users["users"], "users_seed": users["seed"], "pairs": pairs["pairs"], "pairs_seed": pairs["seed"]}
+
+
+def _pooled(estimates: list, samples: list, confidence: float) -> dict:
+    """A statistic's mean over seeds and the percentile CI of its pooled bootstrap (None where undefined)."""
+    tail = (1 - confidence) / 2 * 100
+    with np.errstate(invalid="ignore"):
+        delta = float(np.mean(estimates)) if estimates else math.nan
+        pooled = np.mean(np.stack(samples), axis=0) if samples else np.array([math.nan])
+    finite = pooled[np.isfinite(pooled)]
+    ci = [float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))] if (
+        finite.size and math.isfinite(delta)) else [math.nan, math.nan]
+    return {"delta": delta if math.isfinite(delta) else None, "ci": [c if math.isfinite(c) else None for c in ci]}
 
 
 def pooled_group_ci(per_seed: Sequence[pd.DataFrame], column: str, *, n_resamples: int = 1000,
@@ -183,7 +276,8 @@ def _signed_points(value: float | None) -> str:
 
 def describe_comparison(comparison: dict, *, verdict: bool = False) -> str:
     """The paired result in words: "minority +2.1 points [+0.8, +3.4], majority −0.1 [−0.6, +0.4] over 5 seeds ×
-    300 users" (users per seed), led by the verdict's words when ``verdict``."""
+    300 users" (users per seed), led by the verdict's words when ``verdict``; a ``noise`` verdict says why ("too
+    few users: minority has 2 (< 20)"), and a comparison on part of the pairs says how many it used."""
     parts = []
     for i, group in enumerate(("minority", "majority")):
         block = comparison.get(group) or {}
@@ -194,6 +288,24 @@ def describe_comparison(comparison: dict, *, verdict: bool = False) -> str:
     n_seeds = int(comparison.get("n_seeds") or 0)
     per_seed = round((comparison.get("n_users") or 0) / max(n_seeds, 1))
     text = f"{', '.join(parts)} over {n_seeds} seed{'s' if n_seeds != 1 else ''} × {per_seed} users"
+    coverage = comparison.get("coverage") or {}
+    if coverage.get("of_pairs") and coverage.get("pairs") != coverage.get("of_pairs"):
+        text += COVERAGE_WORDS.format(**coverage)
     if verdict:
-        text = f"{VERDICT_WORDS.get(comparison.get('verdict'), comparison.get('verdict'))}: {text}"
+        name = comparison.get("verdict")
+        reason = comparison.get("verdict_reason")
+        why = f" ({reason})" if name == "noise" and reason and reason != REASON_NOISE else ""
+        text = f"{VERDICT_WORDS.get(name, name)}{why}: {text}"
     return text
+
+
+COVERAGE_WORDS = ", on the {pairs:,} of {of_pairs:,} pairs both models cover"
+RULE_WORDS = ("rule: ε {epsilon:.2g} points, CI bounds must clear 0 (or −ε) by {tolerance:.2g} points, a group "
+              "needs ≥ {min_users} users and ≥ {min_pairs} test pairs on each seed")
+
+
+def describe_rule(rule: dict | None = None) -> str:
+    """The parameters of a comparison's rule in words (the CLI's verdict line, Compare's verdict help)."""
+    rule = {**VerdictRule().to_dict(), **(rule or {})}
+    return RULE_WORDS.format(epsilon=100 * rule["epsilon"], tolerance=100 * rule["tolerance"],
+                             min_users=rule["min_users"], min_pairs=rule["min_pairs"])

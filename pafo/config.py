@@ -22,7 +22,9 @@ from .errors import PafoInputError
 __all__ = [
     "BAD_CHOICE",
     "NOT_FINITE",
+    "OPTION_METADATA",
     "OUT_OF_RANGE",
+    "OptionValueError",
     "add_dataclass_arguments",
     "bounds_rule",
     "check_range",
@@ -30,13 +32,15 @@ __all__ = [
     "dataclass_from_namespace",
     "field_bounds",
     "field_choices",
+    "field_flag",
     "option",
     "parse_int",
     "validate_options",
 ]
 
 UNKNOWN_FIELD = "{config}: unknown option {key!r}; known options: {known}"
-BAD_VALUE = "{config}: option {key!r} must be {kind} (got {value!r})"
+BAD_VALUE = "{flag}: must be {kind} (got {value!r})"
+KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 NOT_FINITE = "{flag}: must be a finite number (got {value})"
 OUT_OF_RANGE = "{flag}: must be {rule} (got {value})"
 BAD_CHOICE = "{flag}: unknown value {value!r}; use one of {choices}"
@@ -45,10 +49,17 @@ NOT_WHOLE = "expected a whole number, got {text!r}"
 BOUND_SYMBOLS = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
 
 
+#: What an option may declare besides its default and help line.
+OPTION_METADATA = frozenset({"choices", "flag", "cli", "label", "active_when", "grid", *BOUND_SYMBOLS})
+
+
 def option(default: Any, help: str, **metadata: Any) -> Any:
-    """A dataclass field with a help line and optional ``choices``/``flag`` metadata and bounds
-    (``ge``/``gt`` below, ``le``/``lt`` above: an upper bound is also where a limit of memory or time is stated)."""
-    unknown = set(metadata) - {"choices", "flag", "cli", *BOUND_SYMBOLS}
+    """A dataclass field with a help line and optional metadata: ``choices``, ``flag``, bounds (``ge``/``gt``
+    below, ``le``/``lt`` above: an upper bound is also where a limit of memory or time is stated), ``label`` (its
+    name in the app's forms, in plain words), ``active_when`` (a :class:`pafo.conditions.Condition`: the
+    configurations in which it can change a result; without it, whenever its section is read) and ``grid`` (the
+    values a sweep of it starts from)."""
+    unknown = set(metadata) - OPTION_METADATA
     if unknown:
         raise TypeError(f"option(): unknown metadata {sorted(unknown)}")
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
@@ -67,7 +78,8 @@ def field_choices(cls: type, field: dataclasses.Field) -> tuple | None:
     return field.metadata.get("choices")
 
 
-def _flag(field: dataclasses.Field) -> str:
+def field_flag(field: dataclasses.Field) -> str:
+    """A field's CLI flag: its declared ``flag`` or ``--field-name``."""
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
@@ -78,22 +90,34 @@ def bounds_rule(bounds: dict) -> str | None:
     return " and ".join(parts) or None
 
 
+class OptionValueError(PafoInputError):
+    """A bad value of one option. ``str()`` is the CLI's line (``--lambda: must be ≥ 0 (got -1.0)``); ``flag``
+    names the option and ``problem`` says what is wrong without naming it, so the app can put its own label in
+    front (``λ: distillation weight: must be ≥ 0 (got -1.0)``)."""
+
+    def __init__(self, template: str, *, flag: str, **values: Any):
+        super().__init__(template.format(flag=flag, **values))
+        self.flag = flag
+        self.problem = template.format(flag="", **values).removeprefix(": ")
+
+
 def check_range(flag: str, value: Any, *, integer: bool = False, **bounds: Any) -> Any:
-    """``value`` if it is a finite number (whole for ``integer``) within ``bounds``, else :class:`PafoInputError`.
+    """``value`` if it is a finite number (whole for ``integer``) within ``bounds``, else
+    :class:`OptionValueError`.
 
     Comparisons are written so that NaN fails them, but NaN and ±inf get their own message first.
     """
     kind = "a whole number" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PafoInputError(NOT_A_NUMBER.format(flag=flag, kind=kind, value=value))
+        raise OptionValueError(NOT_A_NUMBER, flag=flag, kind=kind, value=value)
     if not math.isfinite(value):
-        raise PafoInputError(NOT_FINITE.format(flag=flag, value=value))
+        raise OptionValueError(NOT_FINITE, flag=flag, value=value)
     if integer and value != int(value):
-        raise PafoInputError(NOT_A_NUMBER.format(flag=flag, kind=kind, value=value))
+        raise OptionValueError(NOT_A_NUMBER, flag=flag, kind=kind, value=value)
     inside = {"gt": lambda b: value > b, "ge": lambda b: value >= b, "lt": lambda b: value < b,
               "le": lambda b: value <= b}
     if not all(inside[key](bound) for key, bound in bounds.items() if bound is not None):
-        raise PafoInputError(OUT_OF_RANGE.format(flag=flag, rule=bounds_rule(bounds), value=value))
+        raise OptionValueError(OUT_OF_RANGE, flag=flag, rule=bounds_rule(bounds), value=value)
     return value
 
 
@@ -111,10 +135,10 @@ def validate_options(config: Any) -> Any:
             continue
         choices = field_choices(cls, field)
         if choices is not None and value not in choices:
-            raise PafoInputError(BAD_CHOICE.format(flag=_flag(field), value=value,
-                                                   choices=", ".join(map(str, choices))))
+            raise OptionValueError(BAD_CHOICE, flag=field_flag(field), value=value,
+                                   choices=", ".join(map(str, choices)))
         if base in (int, float):
-            check_range(_flag(field), value, integer=base is int, **field_bounds(field))
+            check_range(field_flag(field), value, integer=base is int, **field_bounds(field))
     return config
 
 
@@ -145,13 +169,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclu
         base, help_text = _base_type(cls, field), field.metadata.get("help", "")
         default = field.default
         if base is bool:
-            group.add_argument(_flag(field), dest=field.name, action=argparse.BooleanOptionalAction,
+            group.add_argument(field_flag(field), dest=field.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
             continue
         choices = field_choices(cls, field)
         kind = str if choices or get_origin(base) is Literal else parse_int if base is int else base
         rule = bounds_rule(field_bounds(field))
-        group.add_argument(_flag(field), dest=field.name, type=kind, choices=choices, default=argparse.SUPPRESS,
+        group.add_argument(field_flag(field), dest=field.name, type=kind, choices=choices, default=argparse.SUPPRESS,
                            metavar=None if choices else field.name.upper(),
                            help=f"{help_text} (default: {default}{'; ' + rule if rule else ''})")
 
@@ -173,8 +197,8 @@ def _coerce(cls: type, field: dataclasses.Field, value: Any) -> Any:
             return parse_int(str(value)) if isinstance(value, str | float) else int(value)
         return base(value) if base in (int, float, str, bool) else value
     except (KeyError, TypeError, ValueError, argparse.ArgumentTypeError):
-        raise PafoInputError(BAD_VALUE.format(config=cls.__name__, key=field.name, kind=base.__name__,
-                                              value=value)) from None
+        raise OptionValueError(BAD_VALUE, flag=field_flag(field), config=cls.__name__, key=field.name,
+                               kind=KIND_WORDS.get(base, base.__name__), value=value) from None
 
 
 def dataclass_from_dict(cls: type, values: dict) -> Any:

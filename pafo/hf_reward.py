@@ -10,7 +10,6 @@ little padding is computed, and bf16 autocast is used only where the device does
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from .device import DEVICES, MSG_NO_CUDA, resolve_device
 from .errors import PafoInputError, RunCancelled
+from .jsonio import loads
 
 __all__ = ["DEVICES", "MSG_NO_CUDA", "PRECISIONS", "RewardScores", "check_model_folder", "format_texts", "score_texts"]
 
@@ -35,7 +35,12 @@ MSG_NOT_SEQ_CLS = ("--model {name}={path}: not a sequence-classification model (
                    "reward model saved from an AutoModelForSequenceClassification class")
 MSG_NUM_LABELS = ("--model {name}={path}: the model has {n} outputs (num_labels); a reward model gives one score "
                   "per text (num_labels=1)")
+MSG_BAD_NUM_LABELS = ("--model {name}={path}: config.json has num_labels {value!r}, not a whole number; a reward "
+                      "model has num_labels 1")
 MSG_UNLOADABLE = "--model {name}={path}: cannot be loaded ({reason}); check that the folder is complete"
+MSG_MISSING_WEIGHTS = ("--model {name}={path}: the weights lack {count} tensor(s) the model needs ({first}), which "
+                       "would start at random and score noise; give the folder save_pretrained() wrote for the "
+                       "trained reward model")
 MSG_BAD_BATCH = "--batch-size: must be ≥ 1 (got {value})"
 
 
@@ -54,8 +59,8 @@ def _read_config(name: str, folder: Path) -> dict:
     if not folder.is_dir():
         raise PafoInputError(MSG_NOT_A_FOLDER.format(name=name, path=folder))
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise PafoInputError(MSG_NO_CONFIG.format(name=name, path=folder, reason=type(exc).__name__)) from None
     if not isinstance(config, dict):
         raise PafoInputError(MSG_NO_CONFIG.format(name=name, path=folder, reason="not a JSON object"))
@@ -75,10 +80,21 @@ def check_model_folder(name: str, path: str | Path) -> dict:
     if not any(str(a).endswith(SEQ_CLS_SUFFIX) for a in architectures):
         raise PafoInputError(MSG_NOT_SEQ_CLS.format(name=name, path=folder,
                                                     found=", ".join(map(str, architectures)) or "none recorded"))
-    n_labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2  # transformers' own default
-    if int(n_labels) != 1:
-        raise PafoInputError(MSG_NUM_LABELS.format(name=name, path=folder, n=n_labels))
+    if _num_labels(config, name, folder) != 1:
+        raise PafoInputError(MSG_NUM_LABELS.format(name=name, path=folder, n=_num_labels(config, name, folder)))
     return config
+
+
+def _num_labels(config: dict, name: str, folder: Path) -> int:
+    """The model's number of outputs as config.json records it (num_labels, else id2label; transformers' default
+    is 2); a value that is no whole number is the folder's fault, named."""
+    value = config.get("num_labels")
+    if value is None:
+        labels = config.get("id2label")
+        return len(labels) if isinstance(labels, dict) and labels else 2
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PafoInputError(MSG_BAD_NUM_LABELS.format(name=name, path=folder, value=value))
+    return value
 
 
 def format_texts(tokenizer, prompts: list[str], responses: list[str], max_length: int) -> list[dict]:
@@ -109,15 +125,20 @@ def _resolve_precision(precision: str, device: str) -> str:
 
 def _load(name: str, folder: Path, device: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    from .encoders import load_failure, quiet_transformers
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model, info = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True,
+                                                                             output_loading_info=True)
     except Exception as exc:  # a damaged or incomplete folder fails in many ways: all are "cannot load"
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise PafoInputError(MSG_UNLOADABLE.format(name=name, path=folder, reason=reason)) from None
+        raise PafoInputError(MSG_UNLOADABLE.format(name=name, path=folder, reason=load_failure(exc))) from None
+    if info.get("missing_keys"):  # transformers would start them at random: the rewards would be noise
+        missing = sorted(info["missing_keys"])
+        raise PafoInputError(MSG_MISSING_WEIGHTS.format(name=name, path=folder, count=len(missing),
+                                                        first=", ".join(missing[:3])))
     if tokenizer.pad_token_id is None:  # GPT-style tokenizers: pad with EOS; the model must know it to pool
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:

@@ -14,6 +14,20 @@ import importlib
 from dataclasses import dataclass
 from typing import Literal
 
+from .conditions import (
+    CLUSTER_OPTIONS,
+    DENSE_PAIRS,
+    DISTILLATION,
+    DISTILLATION_LOSS,
+    DISTILLED_STUDENT,
+    GROUP_TEACHERS,
+    HARD_EM,
+    PAFO_CLUSTERS,
+    SOFT_EM,
+    Above,
+    Compared,
+    Uses,
+)
 from .config import OUT_OF_RANGE, option, validate_options
 from .errors import PafoInputError
 
@@ -64,17 +78,22 @@ NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
 class TrainConfig:
     """Optimisation settings of one reward model."""
 
-    epochs: int = option(40, "maximum training epochs", ge=1, le=100_000)
-    batch_size: int = option(256, "pairs per mini-batch", ge=1)
-    lr: float = option(3e-3, "AdamW learning rate", gt=0)
-    weight_decay: float = option(0.01, "AdamW weight decay on the shared parameters (bounds the scale of g)", ge=0)
-    user_l2: float = option(0.3, "L2 prior on each user's deviation w_u (once per user, not per pair)", ge=0)
-    hidden: int = option(128, "hidden width of the feature MLP g", ge=1, le=MAX_HIDDEN)
-    k: int = option(16, "dimension of g's output (and of b, w_u)", ge=1, le=MAX_K)
+    epochs: int = option(40, "maximum training epochs", ge=1, le=100_000, label="max epochs")
+    batch_size: int = option(256, "pairs per mini-batch", ge=1, label="pairs per batch")
+    lr: float = option(3e-3, "AdamW learning rate", gt=0, label="learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay on the shared parameters (bounds the scale of g)", ge=0,
+                                 label="weight decay")
+    user_l2: float = option(0.3, "L2 prior on each user's deviation w_u (once per user, not per pair)", ge=0,
+                            label="L2 on user vectors")
+    hidden: int = option(128, "hidden width of the feature MLP g", ge=1, le=MAX_HIDDEN, label="hidden units of g")
+    k: int = option(16, "dimension of g's output (and of b, w_u)", ge=1, le=MAX_K, label="feature size of g (k)")
     user_lr_scale: float = option(10.0, "learning-rate multiplier for the per-user vectors w_u (each gets few "
-                                        "updates; 10 won on validation pairs, bench/RESULTS.md)", gt=0)
-    normalise: bool = option(False, "unit-norm g(φ): reward scale lives in b + w_u, so the L2 prior on w_u binds")
-    patience: int = option(8, "stop after this many epochs without a better validation score", ge=1)
+                                        "updates; 10 won on validation pairs, bench/RESULTS.md)", gt=0,
+                                  label="learning-rate × for user vectors")
+    normalise: bool = option(False, "unit-norm g(φ): reward scale lives in b + w_u, so the L2 prior on w_u binds",
+                             label="unit-length features")
+    patience: int = option(8, "stop after this many epochs without a better validation score", ge=1,
+                           label="early-stop patience (epochs)")
 
     def validate(self) -> TrainConfig:
         return validate_options(self)
@@ -99,7 +118,8 @@ class ReweightConfig:
 class GroupDROConfig:
     """The personalized model trained with online GroupDRO over {majority, minority}."""
 
-    dro_step: float = option(0.01, "GroupDRO step size of the group weights", gt=0)
+    dro_step: float = option(0.01, "GroupDRO step size of the group weights", gt=0, label="GroupDRO step size",
+                             grid=(0.003, 0.01, 0.03), active_when=Uses("groupdro"))
 
     def validate(self) -> GroupDROConfig:
         return validate_options(self)
@@ -117,59 +137,83 @@ class PAFOConfig:
 
     teachers: Literal["clusters", "groups"] = option(
         "clusters", "teachers per preference cluster found by EM on training pairs (clusters), or the paper's two "
-                    "support groups (groups)")
+                    "support groups (groups)", label="teachers", active_when=Uses("pafo"))
     student: Literal["wide", "distilled"] = option(
         "wide", "clusters: the student adds per-user weights over the teachers' channels to the baseline (wide), or "
-                "is the baseline architecture distilled from that on dense pairs (distilled)")
-    clusters: int = option(8, "clusters: number of preference clusters C", ge=1)
+                "is the baseline architecture distilled from that on dense pairs (distilled)", label="student",
+        active_when=PAFO_CLUSTERS)
+    clusters: int = option(8, "clusters: number of preference clusters C", ge=1, label="preference clusters",
+                           grid=(4, 8, 12), active_when=CLUSTER_OPTIONS)
     cluster_em: Literal["soft", "hard"] = option(
         "soft", "clusters: EM on the mixture likelihood, each user weighing the teachers by their posterior (soft), "
-                "or on the classification likelihood, each user in one cluster (hard: PAFO v2)")
+                "or on the classification likelihood, each user in one cluster (hard: PAFO v2)", label="cluster EM",
+        active_when=CLUSTER_OPTIONS)
     restarts: int = option(16, "clusters: EM restarts (soft EM: per subspace size); each user's teacher direction "
-                               "is averaged over them", ge=1, le=MAX_RESTARTS)
+                               "is averaged over them", ge=1, le=MAX_RESTARTS, label="EM restarts",
+                           grid=(8, 16, 40), active_when=CLUSTER_OPTIONS)
     subspaces: str = option("16,24,32", "clusters, soft EM: sizes of the nested subspaces of φ EM runs in "
-                                        "(comma-separated; each user's direction is averaged over them)")
+                                        "(comma-separated; each user's direction is averaged over them)",
+                            label="teachers' subspace sizes", grid=("32", "16,24,32", "16,24,32,48"),
+                            active_when=SOFT_EM)
     subspace: int = option(32, "clusters, hard EM: dimension of the teachers' subspace of φ (top principal "
-                               "directions of training-pair differences)", ge=1, le=MAX_SUBSPACE)
-    cluster_ridge: float = option(1.0, "clusters: ridge penalty of each cluster's linear BT teacher", ge=0)
-    em_rounds: int = option(20, "clusters: maximum EM rounds", ge=0)
+                               "directions of training-pair differences)", ge=1, le=MAX_SUBSPACE,
+                           label="teachers' subspace size", grid=(16, 32, 64), active_when=HARD_EM)
+    cluster_ridge: float = option(1.0, "clusters: ridge penalty of each cluster's linear BT teacher", ge=0,
+                                  label="ridge of cluster teachers", grid=(0.3, 1, 3), active_when=CLUSTER_OPTIONS)
+    em_rounds: int = option(20, "clusters: maximum EM rounds", ge=0, label="max EM rounds",
+                            active_when=CLUSTER_OPTIONS)
     em_tol: float = option(1e-4, "clusters, soft EM: a restart stops once no user's posterior moves by more than "
-                                 "this in a round", ge=0, lt=1)
+                                 "this in a round", ge=0, lt=1, label="EM tolerance", active_when=SOFT_EM)
     colabel_weight: float = option(4.0, "clusters, soft EM: weight, per other labeller, of other users' labels on "
                                         "the same pair in a user's cluster posterior (0: off)", ge=0,
-                                   le=MAX_COLABEL_WEIGHT)
+                                   le=MAX_COLABEL_WEIGHT, label="co-label weight", grid=(0, 2, 4, 8),
+                                   active_when=SOFT_EM)
     calibrate: bool = option(True, "clusters: divide the student's margins by one temperature fitted on "
-                                   "validation pairs (BT log-loss; accuracy unchanged)")
+                                   "validation pairs (BT log-loss; accuracy unchanged)",
+                             label="calibrate margins", active_when=PAFO_CLUSTERS)
     heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "
-                              "by agreement with the teacher", ge=1)
+                              "by agreement with the teacher", ge=1, label="held-out teacher pairs per user",
+                          active_when=DISTILLED_STUDENT)
     beta: float = option(3.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
-                              "their margins' spreads on training pairs", ge=0)
+                              "their margins' spreads on training pairs", ge=0, label="β (weight of the teachers)",
+                         grid=(1, 2, 3, 4), active_when=PAFO_CLUSTERS)
     # The options below shape distillation: the paper's two-group PAFO (teachers=groups) and the distilled student;
     # the default wide student is closed form and does not read them.
-    lam: float = option(1.0, "distillation: λ, weight of the distillation term", flag="--lambda", ge=0)
-    temperature: float = option(1.0, "distillation: τ, temperature of the tempered margins", gt=0)
+    lam: float = option(1.0, "distillation: λ, weight of the distillation term", flag="--lambda", ge=0,
+                        label="λ (distillation weight)", grid=(0, 0.5, 1, 2), active_when=DISTILLATION)
+    temperature: float = option(1.0, "distillation: τ, temperature of the tempered margins", gt=0,
+                                label="τ (distillation temperature)", grid=(0.5, 1, 2), active_when=DISTILLATION_LOSS)
     condition: Literal["group", "group+agree"] = option(
         "group", "teachers=groups: targets from the user's group teacher (+agree: drop targets contradicting the "
-                 "label)")
+                 "label)", label="teacher targets", active_when=GROUP_TEACHERS & Above("pafo.lam", 0))
     dense: int = option(40, "distillation: teacher-labelled extra pairs per user from the user's training prompts",
-                        ge=0, le=10_000)
-    distill: Literal["bce", "mse"] = option("bce", "distillation: loss on margins")
+                        ge=0, le=10_000, label="extra teacher-labelled pairs per user", grid=(0, 40, 80),
+                        active_when=DISTILLATION)
+    distill: Literal["bce", "mse"] = option("bce", "distillation: loss on margins", label="distillation loss",
+                                            active_when=DISTILLATION_LOSS)
     teacher_init: Literal["recentred", "baseline", "scratch"] = option(
         "recentred", "teachers=groups: teachers start from the baseline with b moved to their group's mean user "
-                     "vector (recentred), from the baseline as is, or from scratch")
+                     "vector (recentred), from the baseline as is, or from scratch", label="teachers start from",
+        active_when=GROUP_TEACHERS)
     teacher_user_l2: float | None = option(None, "teachers=groups: teachers' L2 on w_u (default: the baseline's)",
-                                           ge=0)
+                                           ge=0, label="teachers' L2 on user vectors", active_when=GROUP_TEACHERS)
     finetune_patience: int = option(4, "distillation: teachers and student stop after this many epochs without a "
-                                       "better validation score (both start from the trained baseline)", ge=1)
-    epsilon: float = option(0.005, "teachers=groups: Pareto selection, allowed drop of majority validation "
-                                   "accuracy", ge=0, le=1)
+                                       "better validation score (both start from the trained baseline)", ge=1,
+                                    label="fine-tune patience (epochs)", active_when=DISTILLATION)
+    epsilon: float = option(0.005, "Pareto tolerance ε: the verdict's allowed drop of the majority (paired, vs the "
+                                   "baseline), and with teachers=groups the epoch selection's allowed drop of "
+                                   "majority validation accuracy", ge=0, le=1, label="ε (Pareto tolerance)",
+                            active_when=Compared() | GROUP_TEACHERS)
     keep_initial: bool = option(False, "distillation: teachers and student keep their starting point (the "
-                                       "baseline) when no epoch beats it on validation")
+                                       "baseline) when no epoch beats it on validation",
+                                label="keep baseline if unbeaten", active_when=DISTILLATION)
     batches: Literal["random", "by_prompt"] = option(
         "by_prompt", "distillation: student batches of random pairs, or of the pairs of a few prompts at a time "
-                     "(g then runs on fewer responses per step)")
+                     "(g then runs on fewer responses per step)", label="student batches",
+        active_when=DISTILLED_STUDENT | (GROUP_TEACHERS & Above("pafo.dense", 0)))
     scale_batch: bool = option(True, "distillation: the student batch grows with its pair count, so an epoch takes "
-                                     "as many steps as the baseline's (dense pairs cost little time)")
+                                     "as many steps as the baseline's (dense pairs cost little time)",
+                               label="grow student batch", active_when=DENSE_PAIRS)
 
     def validate(self) -> PAFOConfig:
         validate_options(self)
@@ -257,10 +301,11 @@ def method_sections() -> dict[str, type]:
 class RunSettings:
     """What to train and how to report it."""
 
-    encoder: str = option(DEFAULT_ENCODER, "text encoder: minilm, tfidf or a transformers model id/path")
-    methods: str = option("baseline,pafo", "comma-separated methods: " + ",".join(METHODS))
+    encoder: str = option(DEFAULT_ENCODER, "text encoder: minilm, tfidf or a transformers model id/path",
+                          label="encoder")
+    methods: str = option("baseline,pafo", "comma-separated methods: " + ",".join(METHODS), label="methods")
     bootstrap: int = option(1000, "bootstrap resamples (over users) for confidence intervals", ge=10,
-                            le=MAX_BOOTSTRAP)
+                            le=MAX_BOOTSTRAP, label="bootstrap resamples")
 
     def validate(self) -> RunSettings:
         validate_options(self)

@@ -13,9 +13,15 @@ MSG_HOME_NOT_FOLDER = "PAFO_HOME {path} is not a folder (a file is in the way); 
 MSG_HOME_UNUSABLE = "PAFO_HOME {path} cannot be created ({reason}); make it writable or point $PAFO_HOME elsewhere"
 
 
+def home_path() -> Path:
+    """Where the runtime folder is (``$PAFO_HOME`` if set, else ``cached_models/`` beside the package), without
+    creating it."""
+    return Path(os.environ.get("PAFO_HOME") or PACKAGE_ROOT / "cached_models")
+
+
 def pafo_home() -> Path:
-    """The runtime folder: ``$PAFO_HOME`` if set, else ``cached_models/`` beside the package."""
-    return ensure_home(Path(os.environ.get("PAFO_HOME") or PACKAGE_ROOT / "cached_models"))
+    """The runtime folder (:func:`home_path`), created if missing."""
+    return ensure_home(home_path())
 
 
 def ensure_home(home: Path) -> Path:
@@ -61,11 +67,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file: say which one (the CLI's message needs it)
         raise
     return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def resolve_inside(folder: str | os.PathLike, relative: str | os.PathLike) -> Path | None:
+    """``folder/relative`` with symlinks resolved, or ``None`` when it lands outside ``folder`` (an absolute path,
+    ``..`` or a symlink leading elsewhere): a path read from a run folder may only name that folder's own files."""
+    root = Path(folder).resolve()
+    target = (root / relative).resolve()
+    return target if target.is_relative_to(root) else None
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` (resolved, symlinks followed; it need not exist) is ``folder`` or lies under it."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())

@@ -13,13 +13,16 @@ huey brings a consumer daemon and still needs all of that on top. WAL mode lets 
 progress) run alongside the writing worker, ``BEGIN IMMEDIATE`` serialises state changes between processes and
 the busy timeout turns short contention into waiting instead of errors.
 
-Faults: each run folder ``runs/<id>/`` also holds the run's ``config.json`` and a ``status.json`` written with
-every change of state, so the database can always be rebuilt from the folders (:meth:`RunRegistry.rebuild`, and
-automatically when ``runs.sqlite`` is missing; a process whose database file was deleted or replaced reconnects to
-the new one before its next read or write, so a finishing worker records its run there). Opening checks the
-file's integrity (``PRAGMA quick_check``). A run counts as *published* once its ``manifest.json`` (checksums of
-its artifacts, :mod:`pafo.manifest`) exists: a dead or killed worker whose run was published ends ``succeeded``,
-otherwise ``cancelled``/``failed``, and only a run whose artifacts still match their checksums is reused.
+Faults: each run folder ``runs/<id>/`` also holds the run's ``config.json`` and a ``status.json`` written with every
+change of state, so the database can always be rebuilt from the folders (:meth:`RunRegistry.rebuild`, and
+automatically when ``runs.sqlite`` is missing or 0 bytes, the empty file moved aside; a process whose database file
+was deleted or replaced reconnects to the new one before its next read or write, so a finishing worker records its
+run there). Opening checks the file's integrity (``PRAGMA quick_check``). A run counts as *published* once its
+``manifest.json`` (checksums of its artifacts, :mod:`pafo.manifest`) exists: a dead or killed worker whose run was
+published ends ``succeeded``, otherwise ``cancelled``/``failed``, and only a run whose artifacts still match their
+checksums and whose manifest names the config hash and dataset fingerprint asked for is reused. A result path read
+from a run folder's ``status.json`` (or stored in a row) is only followed to ``result.json`` of that run's own
+folder or of the run it reused.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from typing import Any, NamedTuple
 
 from pafo.device import without_execution
 from pafo.errors import PafoEnvironmentError, PafoInputError
-from pafo.manifest import is_published, verify_manifest
-from pafo.paths import PACKAGE_ROOT, atomic_write_text, ensure_home, pafo_home
+from pafo.jsonio import loads
+from pafo.manifest import check_binding, is_published, verify_manifest
+from pafo.paths import PACKAGE_ROOT, atomic_write_text, ensure_home, pafo_home, resolve_inside
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -136,6 +140,8 @@ MSG_BAD_TARGET = "run config field 'target' must look like 'package.module:funct
 MSG_RESULT_MISSING = "result file {path} of run {run_id} is missing: re-run it with --force"
 MSG_RESULT_CORRUPT = "result file {path} of run {run_id} is corrupt ({detail}): re-run it with --force"
 MSG_NO_RESULT = "run {run_id} has no result (status {status})"
+MSG_RESULT_OUTSIDE = ("result file {path} of run {run_id} lies outside its run folder (and that of the run it "
+                      "reused), so it is not read: re-run it with --force")
 
 REASON_CANCELLED = "cancelled by user"
 REASON_CANCELLED_QUEUED = "cancelled by user before it started"
@@ -148,6 +154,8 @@ REASON_EXIT_ZERO = "worker pid {pid} exited without recording a result (see its 
 REASON_GONE = "worker pid {pid} is gone (killed or crashed) before finishing; see its log.txt"
 REASON_SPAWN_FAILED = "could not start the worker process: {detail}"
 REASON_NO_STATUS = "recovered from {path} without a status record: its outcome is unknown"
+REASON_RESULT_OUTSIDE = ("recovered from {path}: its status record names a result outside the run folder "
+                         "({result_path}), which is not read")
 STAGE_RECOVERED = "done (recorded from its published result)"
 
 _REQUIRED_COLUMNS = (
@@ -274,8 +282,9 @@ def config_hash(config: dict) -> str:
 
 #: Modules that present, store or schedule results but never compute them: editing a label, a colour, a message or
 #: the registry itself keeps finished runs reusable. Every other ``pafo/`` source counts (README: reuse).
-PRESENTATION_MODULES = frozenset({"__init__.py", "appstate.py", "cli.py", "errors.py", "manifest.py", "paths.py",
-                                  "registry.py", "report.py", "runs_cli.py", "sweep.py", "worker.py"})
+PRESENTATION_MODULES = frozenset({"__init__.py", "appstate.py", "cli.py", "conditions.py", "digests.py", "effects.py",
+                                  "errors.py", "manifest.py", "paths.py", "registry.py", "report.py", "runs_cli.py",
+                                  "sweep.py", "worker.py"})
 
 
 @lru_cache(maxsize=1)
@@ -284,8 +293,10 @@ def code_version() -> str:
     return source_version(PACKAGE_ROOT / "pafo")
 
 
-#: Arguments that only describe: an option's help line, a method's label, colour and progress-bar cost.
-DESCRIPTIVE_ARGUMENTS = {"option": {1: "help"}, "MethodSpec": {3: "label", 4: "colour", 5: "cost"}}
+#: Arguments that only describe: an option's help line, form label, the configurations in which it has an effect
+#: and its sweep grid; a method's label, colour and progress-bar cost.
+DESCRIPTIVE_ARGUMENTS = {"option": {1: "help", -1: "label", -2: "active_when", -3: "grid"},
+                         "MethodSpec": {3: "label", 4: "colour", 5: "cost"}}
 
 
 class _ResultCode(ast.NodeTransformer):
@@ -364,6 +375,11 @@ def _concurrency_limit(value: int | None) -> int:
     if limit < 1:
         raise PafoInputError(MSG_BAD_LIMIT.format(value=raw))
     return limit
+
+
+def _plain_name(name: object) -> bool:
+    """Whether ``name`` can only be one folder's name inside ``runs/`` (no separator, no ``..``)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
 
 
 def _validate_config(config: Any) -> str:
@@ -498,9 +514,10 @@ class RunRegistry:
             if self._file_id() == self._local.file_id:
                 return conn
             self.close()  # safe: SQLite neither checkpoints into nor deletes the journal of a moved database
-        if self.db_path.exists():
+        if self.db_path.exists() and not self._is_empty_file():
             return self._open(created=False)
         with self._home_lock():  # one process creates the file and fills it from the run folders
+            self._move_aside_if_empty()
             return self._open(created=self._drop_stale_side_files())
 
     def _file_id(self) -> tuple[int, int] | None:
@@ -509,6 +526,20 @@ class RunRegistry:
         except OSError:
             return None
         return info.st_dev, info.st_ino
+
+    def _is_empty_file(self) -> bool:
+        try:
+            return self.db_path.stat().st_size == 0
+        except OSError:
+            return False
+
+    def _move_aside_if_empty(self) -> None:
+        """A 0-byte ``runs.sqlite`` (truncated by a full disk or a stray ``>``) holds no run, but SQLite would open
+        it as a new empty registry and list "no runs yet": move it and its journals aside (nothing is deleted) so
+        it is rebuilt from the run folders like a missing one. Called under the home lock, where no process is
+        creating the file (a new database is never 0 bytes once its creator released the lock)."""
+        if self.db_path.exists() and self._is_empty_file():
+            _move_aside(self.db_path)
 
     def _drop_stale_side_files(self) -> bool:
         """Before a missing database is created anew, remove the journal files of the deleted one: SQLite would
@@ -668,12 +699,12 @@ class RunRegistry:
         result, else as failed with the reason, and never reused (its code version is unknown).
         """
         try:
-            config = json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+            config = loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
             config_text = canonical_json(config)
         except (OSError, UnicodeDecodeError, ValueError):
             return None
         try:
-            record = json.loads((run_dir / STATUS_NAME).read_text(encoding="utf-8"))
+            record = loads((run_dir / STATUS_NAME).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError):
             record = None
         if not isinstance(record, dict) or record.get("id") != run_dir.name or record.get("status") not in STATUSES:
@@ -690,6 +721,10 @@ class RunRegistry:
         for column, default in defaults.items():
             if values[column] is None:
                 values[column] = default
+        if values["result_path"] and self._owned_result(run_dir.name, values["reused_from"],
+                                                        values["result_path"]) is None:
+            values.update(error=REASON_RESULT_OUTSIDE.format(path=run_dir, result_path=values["result_path"]),
+                          result_path=None, status=FAILED if values["status"] == SUCCEEDED else values["status"])
         return {**values, "config_json": config_text}
 
     def _ensure_row(self, conn: sqlite3.Connection, run_id: str) -> None:
@@ -711,11 +746,7 @@ class RunRegistry:
         db_path, moved = home / DB_NAME, None
         with _home_lock(home, float(options.get("lock_timeout") or DEFAULT_LOCK_TIMEOUT)):
             if db_path.exists():
-                moved = db_path.with_name(f"{DB_NAME}.replaced-{new_run_id()}")
-                for suffix in ("", *DB_SIDE_FILES):
-                    source = Path(f"{db_path}{suffix}")
-                    if source.exists():
-                        os.replace(source, f"{moved}{suffix}")
+                moved = _move_aside(db_path)
         registry = cls(home, **options)
         rows = registry._read("SELECT COUNT(*) FROM runs")[0][0]
         runs = home / RUNS_DIR
@@ -728,6 +759,27 @@ class RunRegistry:
     def run_dir(self, run_id: str) -> Path:
         """Where a run's worker writes its artifacts: ``<home>/runs/<id>/``."""
         return self.home / RUNS_DIR / run_id
+
+    def _owned_result(self, run_id: str, reused_from: str | None, result_path: str | None) -> Path | None:
+        """``result_path`` (as stored: relative to home) resolved, only when it is the result.json of this run's
+        folder or of the run it reused, symlinks followed; ``None`` otherwise: a status record (or a row restored
+        from one) can never make the registry read a file elsewhere."""
+        runs = self.home / RUNS_DIR
+        for owner in (run_id, reused_from):
+            if owner and _plain_name(owner) and result_path == f"{RUNS_DIR}/{owner}/{RESULT_NAME}":
+                target = resolve_inside(runs, f"{owner}/{RESULT_NAME}")
+                if target is not None and target.parent == runs.resolve() / owner:
+                    return target
+        return None
+
+    def result_file(self, record: RunRecord) -> Path | None:
+        """A record's result.json, when it lies inside its own run folder or that of the run it reused."""
+        if not record.result_path:
+            return None
+        for owner in (record.id, record.reused_from):
+            if owner and Path(record.result_path) == self.home / RUNS_DIR / owner / RESULT_NAME:
+                return self._owned_result(record.id, record.reused_from, f"{RUNS_DIR}/{owner}/{RESULT_NAME}")
+        return None
 
     def _relative(self, path: Path | str) -> str:
         """Store paths relative to home so the registry survives moving ``$PAFO_HOME``."""
@@ -783,14 +835,18 @@ class RunRegistry:
 
     def _find_reusable(self, conn: sqlite3.Connection, digest: str, fingerprint: str, version: str):
         """The newest succeeded run with the same cache key whose artifacts still match the checksums recorded
-        when it was published (a truncated or edited result is retrained, never served)."""
+        when it was published (a truncated or edited result is retrained, never served) and whose manifest says
+        it is the result of this config on this data (a folder whose content was swapped for another run's is
+        retrained too)."""
         rows = conn.execute(
             "SELECT id, reused_from, result_path FROM runs WHERE config_hash = ? AND dataset_fingerprint = ? "
             "AND code_version = ? AND status = ? ORDER BY finished_at DESC, rowid DESC",
             (digest, fingerprint, version, SUCCEEDED),
         ).fetchall()
         for row in rows:
-            if row["result_path"] and verify_manifest((self.home / row["result_path"]).parent) is None:
+            result = self._owned_result(row["id"], row["reused_from"], row["result_path"])
+            if result is not None and verify_manifest(result.parent) is None and \
+                    check_binding(result.parent, config_hash=digest, fingerprint=fingerprint) is None:
                 return row
         return None
 
@@ -861,13 +917,16 @@ class RunRegistry:
         if record.status != SUCCEEDED or not record.result_path:
             record.result_error = MSG_NO_RESULT.format(run_id=run_id, status=record.status)
             return record
-        path = Path(record.result_path)
+        path = self.result_file(record)
+        if path is None:
+            record.result_error = MSG_RESULT_OUTSIDE.format(path=record.result_path, run_id=run_id)
+            return record
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             record.result_error = MSG_RESULT_MISSING.format(path=path, run_id=run_id)
             return record
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             record.result_error = MSG_RESULT_CORRUPT.format(path=path, run_id=run_id, detail=exc)
             return record
         if not isinstance(data, dict):
@@ -1140,6 +1199,16 @@ class RunRegistry:
 
 
 # --------------------------------------------------------------------------------------------- home lock
+
+
+def _move_aside(db_path: Path) -> Path:
+    """Rename the database and its journal files to ``runs.sqlite.replaced-<id>[-wal|-shm|-journal]``."""
+    moved = db_path.with_name(f"{DB_NAME}.replaced-{new_run_id()}")
+    for suffix in ("", *DB_SIDE_FILES):
+        source = Path(f"{db_path}{suffix}")
+        if source.exists():
+            os.replace(source, f"{moved}{suffix}")
+    return moved
 
 
 @contextlib.contextmanager

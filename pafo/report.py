@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .compare import VERDICT_WORDS, describe_comparison
+from .compare import CI_TOLERANCE, MIN_GROUP_PAIRS, MIN_GROUP_USERS, REASON_NOISE, VERDICT_WORDS, describe_comparison
 from .method_configs import METHOD_SPECS, METHODS
 from .metrics import ACCURACY_METRICS, GROUPS, LOG_LOSS_METRICS, UNFAIRNESS_METRICS
 
@@ -45,6 +45,10 @@ __all__ = [
     "forest_plot",
     "format_value",
     "group_accuracy_bars",
+    "identical_note",
+    "judged_counts",
+    "judged_pairs_text",
+    "judged_split",
     "make_figure",
     "method_color",
     "method_order",
@@ -57,12 +61,14 @@ __all__ = [
     "report_figures",
     "sample_warnings",
     "seed_note",
+    "shown_delta",
     "support_histogram",
     "teacher_table",
     "training_curves",
     "unfairness_table",
     "user_margins_figure",
     "user_scatter",
+    "verdict_note",
     "whatif_bars",
     "whatif_table",
 ]
@@ -71,28 +77,37 @@ GROUP_COLORS = {"majority": "#4C6EF5", "minority": "#F76707"}
 GROUP_ORDER = GROUPS
 METHOD_COLORS = {spec.name: spec.colour for spec in METHOD_SPECS}
 EXTRA_COLORS = ("#E64980", "#15AABF", "#82C91E", "#7950F2")
+#: One colour per sweep grid point (Plotly's qualitative "Dark24" start: distinct on white).
+SWEEP_COLORS = ("#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86", "#EB663B",
+                "#511CFB", "#00A08B", "#FB00D1")
 #: Scatter plots switch to WebGL (``Scattergl``) at this many points: SVG gets sluggish beyond about a thousand.
 WEBGL_MIN_POINTS = 1000
 FONT = "Inter, -apple-system, Segoe UI, Roboto, sans-serif"
 
-#: Below these a group's accuracy is too rough to read (a 6-user minority once showed 100.0% with no warning).
-SMALL_GROUP_USERS, SMALL_GROUP_PAIRS = 20, 200
+#: Below these a group's accuracy is too rough to read (a 6-user minority once showed 100.0% with no warning), and
+#: the verdict is "within noise": the minimums of the verdict rule (:mod:`pafo.compare`).
+SMALL_GROUP_USERS, SMALL_GROUP_PAIRS = MIN_GROUP_USERS, MIN_GROUP_PAIRS
 VERDICT_ICONS = {"pareto": "✓", "noise": "≈", "worse": "✗", "tradeoff": "⇄"}
 #: The verdict rule of :mod:`pafo.compare` in words (Compare page, HTML report; the README says the same).
-VERDICT_RULE = """A method is compared with the reference **user by user** on the same test pairs (paired); the
+VERDICT_RULE = f"""A method is compared with the reference **user by user** on the same test pairs (paired); the
 uncertainty comes from a bootstrap over users pooled across seeds. With ε the Pareto tolerance (`--epsilon`, 0.5
 points by default):
 
 - **Pareto improvement**: the minority's CI lies above 0 and the majority's difference is ≥ −ε;
 - **worse**: one group's CI lies below −ε and the other group's CI does not lie above 0;
 - **trade-off**: one group's CI lies above 0 and the other's below 0;
-- **within noise**: anything else: these data cannot tell the method from the reference."""
+- **within noise**: anything else: these data cannot tell the method from the reference.
+
+"Above 0" means above by more than {100 * CI_TOLERANCE:.2g} points (the tolerance of every CI test; "below" likewise),
+and the verdict is **within noise** whenever a group has fewer than {MIN_GROUP_USERS} users or {MIN_GROUP_PAIRS} test
+pairs on a seed: so few users give intervals too narrow to trust. An audit compares two models only on the pairs
+both have predictions for."""
 SEED_NOTE = ("This run has one seed ({seed}), so differences between its methods are not evidence: another seed can "
              "move them by several points either way. Train several seeds (Seeds on Train or What-if, "
              "`--seeds 0-4` on the command line) for paired confidence intervals pooled over seeds.")
-SMALL_SAMPLE = ("Small sample: the {group} group has {users} users and {pairs} test pairs{where} (fewer than "
-                f"{SMALL_GROUP_USERS} users or {SMALL_GROUP_PAIRS} pairs), so its accuracy and intervals are rough "
-                "and a 100% can be luck.")
+SMALL_SAMPLE = ("Small sample: the {group} group has {users} users and {pairs} {which} pairs{where} (fewer than "
+                f"{SMALL_GROUP_USERS} users or {SMALL_GROUP_PAIRS} pairs), so its accuracy and intervals are rough, "
+                "a 100% can be luck, and every verdict is within noise.")
 
 
 def method_color(name: str) -> str:
@@ -110,24 +125,34 @@ def method_order(names) -> list[str]:
 
 
 GRID = dict(gridcolor="#E9ECEF", zerolinecolor="#DEE2E6", linecolor="#CED4DA", automargin=True)
+#: The longest figure title: what fits a half-width column of the app at 15 px in a 1,100 px window (a longer one was
+#: cut to "★ this ru"); what qualifies a title goes to its subtitle lines.
+MAX_TITLE_CHARS = 32
 
 
 def make_figure(traces=(), title: str | None = None, *, height: int = 380, xaxis: dict | None = None,
-                yaxis: dict | None = None, **layout) -> go.Figure:
+                yaxis: dict | None = None, subtitle: str | None = None, **layout) -> go.Figure:
     """A figure with the app's style (title, size, font, legend, light grid), built in one go.
 
-    Everything goes to the constructor: Plotly's ``update_layout`` afterwards is ~5× slower, and its default
-    template costs ~0.1 s per figure, so there is none (``template=None``; the app's Streamlit theme adds its own).
+    Titles are short enough for a half-width column (:data:`MAX_TITLE_CHARS`); what qualifies them goes to the
+    ``subtitle`` line below, which gets its own room in the top margin. Everything goes to the constructor:
+    Plotly's ``update_layout`` afterwards is ~5× slower, and its default template costs ~0.1 s per figure, so there
+    is none (``template=None``; the app's Streamlit theme adds its own).
     """
+    top = (72 if title else 30) + (18 * (1 + subtitle.count("<br>")) if subtitle else 0)
     full = dict(
         template=None, height=height, font=dict(family=FONT, size=12, color="#343A40"), plot_bgcolor="white",
-        paper_bgcolor="white", margin=dict(l=10, r=10, t=72 if title else 30, b=10),
+        paper_bgcolor="white", margin=dict(l=10, r=10, t=top, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0),
         xaxis={**GRID, **(xaxis or {})}, yaxis={**GRID, **(yaxis or {})},
     )
     if title:
-        full["title"] = dict(text=title, x=0, xanchor="left", xref="paper", y=0.985, yref="container",
-                             yanchor="top", font=dict(size=15))
+        # From the figure's left edge, not the plot area's (which starts after the y-axis labels): a half-width
+        # column has no 60 px to spare.
+        full["title"] = dict(text=title, x=0, xanchor="left", xref="container", pad=dict(l=10), y=0.985,
+                             yref="container", yanchor="top", font=dict(size=15))
+        if subtitle:
+            full["title"]["subtitle"] = dict(text=subtitle, font=dict(size=12, color="#495057"))
     full.update(layout)
     return go.Figure(data=list(traces), layout=full)
 
@@ -204,18 +229,27 @@ def comparison_text(name: str, comparison: dict, reference: str) -> str:
     deltas and their CIs ("pafo vs baseline: within noise — minority +0.3 points [−1.2, +1.8], majority …")."""
     verdict = comparison.get("verdict")
     words = VERDICT_WORDS.get(verdict, str(verdict))
-    return f"{VERDICT_ICONS.get(verdict, '')} {name} vs {reference}: {words} — {describe_comparison(comparison)}"
+    why = verdict_note(comparison)
+    return (f"{VERDICT_ICONS.get(verdict, '')} {name} vs {reference}: {words}{f' ({why})' if why else ''} — "
+            f"{describe_comparison(comparison)}")
+
+
+def verdict_note(comparison: dict) -> str | None:
+    """Why a comparison is "within noise" when the numbers alone do not say it ("too few users: minority has 8
+    (< 20)"), else None."""
+    reason = comparison.get("verdict_reason")
+    return reason if comparison.get("verdict") == "noise" and reason and reason != REASON_NOISE else None
 
 
 def comparison_table(result: dict) -> pd.DataFrame:
     """Paired comparisons of every method with the reference: verdict and deltas with their 95% CIs (points)."""
     reference = result.get("reference", "baseline")
-    rows = [{"method": name, "vs": reference, "verdict": c.get("verdict"),
+    rows = [{"method": name, "vs": reference, "verdict": c.get("verdict"), "why": c.get("verdict_reason"),
              "Δ minority": _points(c.get("minority")), "Δ majority": _points(c.get("majority")),
              "Δ user std": _points(c.get("user_std")),
              "Δ |Spearman|": format_value((c.get("support_spearman_abs") or {}).get("delta"), "", delta=True)}
             for name, c in (result.get("comparisons") or {}).items()]
-    return pd.DataFrame(rows, columns=["method", "vs", "verdict", "Δ minority", "Δ majority", "Δ user std",
+    return pd.DataFrame(rows, columns=["method", "vs", "verdict", "why", "Δ minority", "Δ majority", "Δ user std",
                                        "Δ |Spearman|"])
 
 
@@ -228,10 +262,32 @@ def display_table(result: dict, reference: str = "baseline") -> pd.DataFrame:
     out = pd.DataFrame({"metric": [f"{label} ({unit})" if unit else label
                                    for label, unit in zip(table["metric"], units, strict=True)],
                         "better": table["better"]})
+    by_size = table["better"].eq("|↓|").to_numpy()
     for column in table.columns[2:]:
-        delta = str(column).startswith("Δ")
-        out[column] = [format_value(value, unit, delta) for value, unit in zip(table[column], units, strict=True)]
+        if str(column).startswith("Δ"):  # from the values as shown, so a row adds up on a slide
+            name = str(column).removeprefix("Δ ")
+            out[column] = [format_value(shown_delta(a, b, unit, by_size=size), unit, True) for a, b, unit, size in
+                           zip(table[name], table[reference], units, by_size, strict=True)]
+        else:
+            out[column] = [format_value(value, unit) for value, unit in zip(table[column], units, strict=True)]
     return out
+
+
+def _shown(value, unit: str) -> float | None:
+    """A value as :func:`format_value` shows it (a fraction as % or points to one decimal, else 3 decimals), back
+    as a number on the same scale as the value."""
+    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
+        return None
+    return round(100 * float(value), 1) / 100 if unit else round(float(value), 3)
+
+
+def shown_delta(value, reference, unit: str, *, by_size: bool = False) -> float | None:
+    """``value − reference`` computed from the two numbers as shown (rounded), so a table's Δ is the difference of
+    the cells beside it (81.8 and 82.6 give +0.8, never +0.9); ``by_size`` compares sizes, |value| − |reference|."""
+    a, b = _shown(value, unit), _shown(reference, unit)
+    if a is None or b is None:
+        return None
+    return round(abs(a) - abs(b) if by_size else a - b, 6)
 
 
 def format_value(value, unit: str, delta: bool = False) -> str:
@@ -262,7 +318,8 @@ def teacher_table(result: dict) -> pd.DataFrame:
     teachers = ((result.get("methods") or {}).get("pafo") or {}).get("teachers") or {}
     rows = [{"teacher": group, "teacher accuracy (%)": format_value(t.get("teacher_accuracy"), "%"),
              "baseline accuracy (%)": format_value(t.get("baseline_accuracy"), "%"),
-             "advantage (pts)": format_value(t.get("advantage"), "pts", delta=True),
+             "advantage (pts)": format_value(shown_delta(t.get("teacher_accuracy"), t.get("baseline_accuracy"), "pts"),
+                                             "pts", delta=True),
              "train pairs": None if t.get("n_train_pairs") is None else f"{t['n_train_pairs']:,.0f}"}
             for group, t in teachers.items()]
     return pd.DataFrame(rows)
@@ -282,8 +339,8 @@ def cluster_table(result: dict, method: str = "pafo") -> pd.DataFrame:
                          "teacher (%)": format_value(c["teacher_accuracy"], "%"),
                          "baseline (%)": format_value(c["baseline_accuracy"], "%"),
                          f"{method} (%)": format_value(c["method_accuracy"], "%"),
-                         f"{method} − baseline (pts)": format_value(c["method_accuracy"] - c["baseline_accuracy"],
-                                                                   "pts", delta=True)})
+                         f"{method} − baseline (pts)": format_value(
+                             shown_delta(c["method_accuracy"], c["baseline_accuracy"], "pts"), "pts", delta=True)})
     return pd.DataFrame(rows)
 
 
@@ -298,7 +355,8 @@ def ceiling_table(result: dict) -> pd.DataFrame:
                  "minority (%)": format_value(row.get("minority"), "%")}
         for group in ("majority", "minority"):
             if row.get(group) is not None and base.get(group) is not None:
-                entry[f"Δ {group} vs baseline (pts)"] = format_value(row[group] - base[group], "pts", delta=True)
+                entry[f"Δ {group} vs baseline (pts)"] = format_value(shown_delta(row[group], base[group], "pts"),
+                                                                     "pts", delta=True)
         rows.append(entry)
     return pd.DataFrame(rows)
 
@@ -318,8 +376,10 @@ def pairs_per_user_figure(counts: pd.DataFrame) -> go.Figure:
                        xaxis=dict(title="pairs per user"), yaxis=dict(title="users"))
 
 
-def support_histogram(table: pd.DataFrame, threshold: float | None = None, *, nbins: int = 40) -> go.Figure:
-    """Histogram of user support rates coloured by group, with the minority cut as a dashed line."""
+def support_histogram(table: pd.DataFrame, threshold: float | None = None, *, nbins: int = 40,
+                      subtitle: str | None = None) -> go.Figure:
+    """Histogram of user support rates coloured by group, with the minority cut as a dashed line (one dataset's
+    users and its cut: with several seeds, one seed's)."""
     values = table["support_rate"].dropna()
     lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
     size = max((hi - lo) / nbins, 1e-3)
@@ -335,8 +395,8 @@ def support_histogram(table: pd.DataFrame, threshold: float | None = None, *, nb
         extra["shapes"] = [_vline(threshold, dash="dash", color="#212529", width=1.5)]
         extra["annotations"] = [dict(x=threshold, y=0.98, xref="x", yref="paper", text=f" cut ≤ {threshold:.3f}",
                                      showarrow=False, xanchor="left", yanchor="top", bgcolor="white")]
-    return make_figure(traces, "Preference support rate per user", barmode="stack", bargap=0.05,
-                       xaxis=dict(title="user support rate s(u): share of other users agreeing with u's labels"),
+    return make_figure(traces, "Preference support rate per user", barmode="stack", bargap=0.05, subtitle=subtitle,
+                       xaxis=dict(title="support rate s(u): share of other users who agree with u"),
                        yaxis=dict(title="users"), **extra)
 
 
@@ -408,12 +468,12 @@ def decile_curve(result: dict) -> go.Figure:
             text=labels, hovertemplate="%{text}<br>accuracy %{y:.3f} (%{customdata[0]} users)<extra>" + name +
             "</extra>",
         ))
-    xaxis = dict(title="support-rate decile (low support = minority preferences →)")
+    xaxis = dict(title="decile of support (← minority)")
     if len(table):
         ticks = table.drop_duplicates("decile").sort_values("decile")
         xaxis.update(tickvals=ticks["decile"].tolist(),
                      ticktext=[f"D{d}<br>≤{hi:.2f}" for d, hi in zip(ticks["decile"], ticks["support_hi"])])
-    return make_figure(traces, "Accuracy by support-rate decile (the bias curve)", xaxis=xaxis,
+    return make_figure(traces, "Bias curve", xaxis=xaxis, subtitle="accuracy by support-rate decile; flat is fair",
                        yaxis=dict(title="mean user accuracy (95% CI)", tickformat=".0%"))
 
 
@@ -429,6 +489,10 @@ def user_scatter(per_user: pd.DataFrame, x_method: str = "baseline", y_method: s
     webgl = len(frame) >= WEBGL_MIN_POINTS if webgl is None else webgl
     trace_type = go.Scattergl if webgl else go.Scatter
     rng = np.random.default_rng(seed)
+    n_seeds = int(frame["seed"].nunique()) if "seed" in frame and len(frame) else 1
+    # With several seeds every seed simulates its own users, so a point is one user on one seed: say so, and count
+    # user-seed rows, never "users" (600 rows of 300 users would read "344 users better").
+    unit = "user-seed rows" if n_seeds > 1 else "users"
     traces = []
     for group in GROUP_ORDER:
         part = frame[frame["group"] == group] if "group" in frame else frame
@@ -436,29 +500,32 @@ def user_scatter(per_user: pd.DataFrame, x_method: str = "baseline", y_method: s
             continue
         noise = rng.uniform(-jitter, jitter, size=(2, len(part))) if jitter else np.zeros((2, len(part)))
         who = part["user_id"].astype(str)
-        if "seed" in part and part["seed"].nunique() > 1:
+        if n_seeds > 1:
             who = "seed " + part["seed"].astype(str) + " · " + who
         custom = np.c_[who, part["support_rate"].round(3), part[x_col].round(3), part[y_col].round(3)]
         traces.append(trace_type(
             x=part[x_col].to_numpy() + noise[0], y=part[y_col].to_numpy() + noise[1], mode="markers",
-            name=f"{group} ({len(part)})", marker=dict(color=GROUP_COLORS[group], size=7, opacity=0.65,
-                                                       line=dict(width=0)),
+            name=f"{group} ({len(part)} {unit})", marker=dict(color=GROUP_COLORS[group], size=7, opacity=0.65,
+                                                               line=dict(width=0)),
             customdata=custom,
             hovertemplate=("user %{customdata[0]}<br>support %{customdata[1]}<br>" + x_method +
                            " %{customdata[2]}<br>" + y_method + " %{customdata[3]}<extra>" + group + "</extra>"),
         ))
     traces.append(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="same accuracy",
                              line=dict(color="#ADB5BD", dash="dash"), hoverinfo="skip"))
-    annotations = []
+    subtitle = None
     if len(frame):
         better = int((frame[y_col] > frame[x_col]).sum())
         worse = int((frame[y_col] < frame[x_col]).sum())
-        annotations.append(dict(x=0.02, y=0.98, xref="paper", yref="paper", showarrow=False, align="left",
-                                text=f"{better} users better with {y_method}, {worse} worse", bgcolor="white"))
+        of = f"{len(frame)} {unit}" + (f" ({frame['user_id'].nunique()} users × {n_seeds} seeds)"
+                                        if n_seeds > 1 else "")
+        # Under the title, not on the plot, where it covered the 100% tick and the top-left points.
+        subtitle = f"{better} better with {y_method}, {worse} worse, {len(frame) - better - worse} same<br>of {of}"
     # constrain="domain": keeping the square aspect shrinks the plot area instead of widening the axes (the report
     # once showed −100%..200%).
     axis = dict(range=[-0.03, 1.03], tickformat=".0%", constrain="domain")
-    return make_figure(traces, f"Per-user accuracy: {y_method} vs {x_method}", height=460, annotations=annotations,
+    return make_figure(traces, "Per-user accuracy", height=520, subtitle=subtitle,
+                       legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0),
                        xaxis=dict(title=f"{x_method} accuracy", **axis),
                        yaxis=dict(title=f"{y_method} accuracy", scaleanchor="x", **axis))
 
@@ -490,7 +557,8 @@ def pareto_plot(points: pd.DataFrame, highlight_run: str | None = None, scope: s
         front = _pareto_front(points[["majority", "minority"]].to_numpy(float))
         traces.append(go.Scatter(x=front[:, 0], y=front[:, 1], mode="lines", name="Pareto front",
                                  line=dict(color="#212529", dash="dot", shape="hv"), hoverinfo="skip"))
-    return make_figure(traces, f"Pareto view: {scope} (★ this run)", height=420,
+    return make_figure(traces, "Pareto view (★ this run)", height=460, subtitle=scope,
+                       legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
                        xaxis=dict(title="majority accuracy →", tickformat=".1%",
                                   range=_padded_range(points["majority"] if len(points) else [])),
                        yaxis=dict(title="minority accuracy →", tickformat=".1%",
@@ -541,30 +609,31 @@ def _sweep_rows(sweep: dict) -> pd.DataFrame:
 
 def sweep_pareto(sweep: dict) -> go.Figure:
     """A sweep's grid points: majority vs minority accuracy of its Pareto method (means over seeds), whiskers for
-    the CIs over seeds and users, the undominated points as stars joined by the front."""
+    the CIs over seeds and users, the undominated points as stars joined by the front.
+
+    One trace per point, named by its parameters in the legend (and on hover): labels written beside the markers
+    covered the markers and each other."""
     rows, method = _sweep_rows(sweep), sweep["pareto_method"]
     traces = []
-    for on_front in (False, True):
-        part = rows[rows["front"] == on_front] if len(rows) else rows
-        if not len(part):
-            continue
-        # Points that land on the same spot (a parameter that changed nothing) share one label, not a smudge.
-        text = part.groupby(["majority", "minority"])["label"].transform(" / ".join)
-        text = text.where(~part.duplicated(["majority", "minority"]), "")
+    for i, row in enumerate(rows.itertuples(index=False)):
+        colour = SWEEP_COLORS[i % len(SWEEP_COLORS)]
         traces.append(go.Scatter(
-            x=part["majority"], y=part["minority"], mode="markers+text", text=text, customdata=part["label"],
-            textposition="top center", name="Pareto front" if on_front else "dominated",
-            marker=dict(color=method_color(method), size=14 if on_front else 9, symbol="star" if on_front else "circle",
-                        opacity=1.0 if on_front else 0.55, line=dict(width=0.5, color="#212529")),
-            error_x=dict(type="data", array=part["majority_plus"], arrayminus=part["majority_minus"], thickness=1),
-            error_y=dict(type="data", array=part["minority_plus"], arrayminus=part["minority_minus"], thickness=1),
-            hovertemplate="%{customdata}<br>majority %{x:.3f}<br>minority %{y:.3f}<extra></extra>"))
+            x=[row.majority], y=[row.minority], mode="markers", name=row.label + (" ★" if row.front else ""),
+            marker=dict(color=colour, size=15 if row.front else 10, symbol="star" if row.front else "circle",
+                        line=dict(width=0.8, color="#212529")),
+            error_x=dict(type="data", array=[row.majority_plus], arrayminus=[row.majority_minus], thickness=1,
+                         color=colour),
+            error_y=dict(type="data", array=[row.minority_plus], arrayminus=[row.minority_minus], thickness=1,
+                         color=colour),
+            hovertemplate=row.label + "<br>majority %{x:.3f}<br>minority %{y:.3f}<extra></extra>"))
     if len(rows) and rows["front"].any():
         front = rows[rows["front"]].sort_values("majority")
-        traces.append(go.Scatter(x=front["majority"], y=front["minority"], mode="lines", showlegend=False,
+        traces.append(go.Scatter(x=front["majority"], y=front["minority"], mode="lines", name="Pareto front",
                                  line=dict(color="#212529", dash="dot"), hoverinfo="skip"))
-    return make_figure(traces, f"Sweep: {method} at each grid point (means over {len(sweep['seeds'])} seed(s))",
-                       height=440,
+    n = len(sweep["seeds"])
+    return make_figure(traces, f"Sweep: {method} at each grid point", height=460,
+                       subtitle=f"means over {n} seed{'s' * (n != 1)}; ★ on the Pareto front; whiskers: 95% CI",
+                       legend=dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.02),
                        xaxis=dict(title="majority accuracy →", tickformat=".1%",
                                   range=_padded_range(_whisker_ends(rows, "majority"))),
                        yaxis=dict(title="minority accuracy →", tickformat=".1%",
@@ -656,7 +725,7 @@ def whatif_table(parent: dict, child: dict) -> pd.DataFrame:
             label = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
             rows.append({"method": name, "metric": label, "parent": format_value(a, metric.unit),
                          "what-if": format_value(b, metric.unit),
-                         "Δ": format_value(None if a is None or b is None else b - a, metric.unit, delta=True)})
+                         "Δ": format_value(shown_delta(b, a, metric.unit), metric.unit, delta=True)})
     return pd.DataFrame(rows, columns=["method", "metric", "parent", "what-if", "Δ"])
 
 
@@ -686,15 +755,49 @@ def seed_note(result: dict) -> str | None:
     return SEED_NOTE.format(seed=seeds[0]) if len(seeds) == 1 else None
 
 
+def judged_split(result: dict) -> str:
+    """The pairs a result's accuracies are measured on: "test", or "all" for an audit of a file without a split."""
+    return (result.get("split") or "test") if result.get("kind") == "audit" else "test"
+
+
+def judged_pairs_text(result: dict) -> str:
+    """Which pairs are judged, with their count, in words: "all 600 pairs (the file has no train/test split)"."""
+    n = result.get("n_pairs")
+    if n is None:
+        counts = judged_counts(result)
+        n = int(counts.sum()) if counts is not None else 0
+    if judged_split(result) == "all":
+        return f"all {n:,} pairs (the file has no train/test split)"
+    return f"{n:,} test pairs"
+
+
+def judged_counts(result: dict, per_user: pd.DataFrame | None = None) -> pd.Series | None:
+    """Each per-user row's number of judged pairs (``None`` when the table has no counts): an audit's
+    ``n_judged``, else the pairs of the judged split (every split's for an audit of all pairs)."""
+    per_user = per_user_frame(result) if per_user is None else per_user
+    if "n_judged" in per_user:
+        column = per_user["n_judged"]
+    elif judged_split(result) == "all" and {"n_train", "n_val", "n_test"} <= set(per_user):
+        column = per_user[["n_train", "n_val", "n_test"]].apply(pd.to_numeric, errors="coerce").sum(axis=1)
+    elif "n_test" in per_user:
+        column = per_user["n_test"]
+    else:
+        return None
+    return pd.to_numeric(column, errors="coerce").fillna(0).astype(int)
+
+
 def sample_warnings(result: dict) -> list[str]:
-    """One warning per group with fewer than :data:`SMALL_GROUP_USERS` users or :data:`SMALL_GROUP_PAIRS` test
-    pairs (users with a test pair; the smallest seed counts)."""
+    """One warning per group with fewer than :data:`SMALL_GROUP_USERS` users or :data:`SMALL_GROUP_PAIRS` judged
+    pairs (users with a judged pair; the smallest seed counts)."""
     per_user = per_user_frame(result)
-    if not {"group", "n_test"} <= set(per_user.columns):
+    counts = judged_counts(result, per_user)
+    if "group" not in per_user or counts is None:
         return []
+    per_user = per_user.assign(n_test=counts)
+    which = "judged" if judged_split(result) == "all" else "test"
     if "seed" not in per_user:
         per_user = per_user.assign(seed=0)
-    tested = per_user[pd.to_numeric(per_user["n_test"], errors="coerce").fillna(0) > 0]
+    tested = per_user[per_user["n_test"] > 0]
     warnings = []
     for group in GROUP_ORDER:
         counts = [(int((part["group"] == group).sum()), int(part.loc[part["group"] == group, "n_test"].sum()), seed)
@@ -702,8 +805,51 @@ def sample_warnings(result: dict) -> list[str]:
         users, pairs, seed = min(counts)
         if users < SMALL_GROUP_USERS or pairs < SMALL_GROUP_PAIRS:
             where = f" on seed {seed}" if per_user["seed"].nunique() > 1 else ""
-            warnings.append(SMALL_SAMPLE.format(group=group, users=users, pairs=pairs, where=where))
+            warnings.append(SMALL_SAMPLE.format(group=group, users=users, pairs=pairs, which=which, where=where))
     return warnings
+
+
+IDENTICAL = "The same accuracy as the {reference} for every user on the {which} pairs: {why}."
+IDENTICAL_WHY = {
+    "beta": "β is 0, so the teachers' channel is switched off",
+    "one_cluster": "EM found a single preference cluster, so the teachers have no user-specific taste to add",
+    "kept": "no training epoch beat its starting point (the {reference}) on validation, so that was kept",
+    "weak": ("with {users} users and about {pairs} training pairs each, its cluster teachers are too weak to "
+             "overturn the {reference}'s rankings (more labelled pairs per user, or a larger β, give them more say)"),
+    "small": "with {users} users and about {pairs} training pairs each, what it changed moved no user's accuracy",
+}
+
+
+def identical_note(result: dict, name: str, reference: str = "baseline") -> str | None:
+    """Why a method's accuracy equals the reference's for every user, when it does (``None`` otherwise): a
+    method that repeats the baseline exactly (clusters collapsing on a small file) says why on its card, instead
+    of a bare +0.0."""
+    per_user = per_user_frame(result)
+    a, b = f"acc_{name}", f"acc_{reference}"
+    if name == reference or not {a, b} <= set(per_user) or not len(per_user):
+        return None
+    x, y = per_user[a].astype(float).to_numpy(), per_user[b].astype(float).to_numpy()
+    if not np.array_equal(np.isnan(x), np.isnan(y)) or not np.array_equal(x[~np.isnan(x)], y[~np.isnan(y)]):
+        return None
+    options = ((result.get("config") or {}).get("pafo") or {}) if name in ("pafo", "mixture") else {}
+    cluster_teachers = name == "mixture" or (name == "pafo" and options.get("teachers", "clusters") == "clusters")
+    wide = name == "pafo" and cluster_teachers and options.get("student", "wide") == "wide"
+    blocks = result.get("per_seed") or [result]
+    clusters = [((b.get("methods") or {}).get(name) or {}).get("clusters") or {} for b in blocks]
+    best_epochs = [((b.get("methods") or {}).get(name) or {}).get("best_epoch") for b in blocks]
+    n_train = pd.to_numeric(per_user.get("n_train", pd.Series(dtype=float)), errors="coerce")
+    size = {"reference": reference, "users": int(per_user["user_id"].nunique()) if "user_id" in per_user
+            else len(per_user), "pairs": f"{n_train.mean():.0f}" if n_train.notna().any() else "a few"}
+    if wide and options.get("beta", 1.0) == 0:
+        why = IDENTICAL_WHY["beta"]
+    elif cluster_teachers and all(c.get("clusters") is not None and len(c["clusters"]) <= 1 for c in clusters):
+        why = IDENTICAL_WHY["one_cluster"]
+    elif name == "pafo" and not wide and all(e == 0 for e in best_epochs):  # a student that starts from it
+        why = IDENTICAL_WHY["kept"].format(**size)
+    else:
+        why = IDENTICAL_WHY["weak" if wide else "small"].format(**size)
+    which = "judged" if judged_split(result) == "all" else "test"
+    return IDENTICAL.format(reference=reference, which=which, why=why)
 
 
 def forest_plot(result: dict, reference: str = "baseline") -> go.Figure:
@@ -716,8 +862,9 @@ def forest_plot(result: dict, reference: str = "baseline") -> go.Figure:
         for group in ("minority", "majority"):
             entries = [(f"seed {b.get('seed')}", ((b.get("comparisons") or {}).get(name) or {}).get(group))
                        for b in per_seed] if len(per_seed) > 1 else []
-            entries.append(("pooled" if len(per_seed) > 1 else f"seed {(result.get('seeds') or ['?'])[0]}",
-                            comparisons[name].get(group)))
+            single = ("all users" if result.get("kind") == "audit" or not result.get("seeds")
+                      else f"seed {result['seeds'][0]}")  # an audit has no training seed
+            entries.append(("pooled" if len(per_seed) > 1 else single, comparisons[name].get(group)))
             for label, block in entries:
                 if block is not None:
                     lo, hi = block.get("ci") or [None, None]
@@ -768,8 +915,14 @@ def report_figures(result: dict, pareto_points: pd.DataFrame | None = None, run_
         y = "pafo" if "pafo" in methods and x != "pafo" else next(m for m in methods if m != x)
         figures["Per-user accuracy"] = user_scatter(per_user, x, y)
     if "support_rate" in per_user:
+        # Each seed has its own users and its own cut: draw the first seed's, which result["groups"] describes.
+        seeds = result.get("seeds") or []
+        users, subtitle = per_user, None
+        if "seed" in per_user and per_user["seed"].nunique() > 1:
+            users = per_user[per_user["seed"] == seeds[0]] if seeds else per_user.iloc[:0]
+            subtitle = f"seed {seeds[0]} of the run's {len(seeds)}: each seed has its own users and cut"
         threshold = (result.get("groups") or {}).get("threshold")
-        figures["Support rates"] = support_histogram(per_user, threshold)
+        figures["Support rates"] = support_histogram(users, threshold, subtitle=subtitle)
     if pareto_points is not None and len(pareto_points):
         figures["Pareto view"] = pareto_plot(pareto_points, run_id, pareto_scope)
     return figures
@@ -815,7 +968,8 @@ def build_report_html(result: dict, *, run_id: str | None = None, label: str | N
     dataset, groups = result.get("dataset") or {}, result.get("groups") or {}
     support, encoder = result.get("support") or {}, result.get("encoder") or {}
     methods = result.get("methods") or {}
-    seeds = result.get("seeds") or [((result.get("config") or {}).get("data") or {}).get("seed", "?")]
+    audit = result.get("kind") == "audit"
+    seeds = result.get("seeds") or [((result.get("config") or {}).get("data") or {}).get("seed", 0)]
     title = f"PAFO Studio report — run {run_id}" if run_id else "PAFO Studio report"
     kpis = []
     for name in method_order(methods):
@@ -834,8 +988,8 @@ def build_report_html(result: dict, *, run_id: str | None = None, label: str | N
     meta += [f"generated {generated_at:%Y-%m-%d %H:%M}",
              f"dataset {html.escape(str(dataset.get('name', '?')))}: {dataset.get('n_users', '?')} users, "
              f"{dataset.get('n_prompts', '?')} prompts",
-             f"seed{'s' if len(seeds) > 1 else ''} {html.escape(', '.join(map(str, seeds)) or '?')}",
-             "audit of given predictions" if result.get("kind") == "audit"
+             *([] if audit else [f"seed{'s' if len(seeds) > 1 else ''} {html.escape(', '.join(map(str, seeds)))}"]),
+             f"audit of given predictions on {judged_pairs_text(result)}" if audit
              else f"encoder {html.escape(str(encoder.get('name', '?')))}",
              f"support estimator {html.escape(str(support.get('estimator', '?')))}",
              f"minority = {groups.get('n_minority', '?')} users with support ≤ "

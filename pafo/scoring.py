@@ -8,7 +8,6 @@ the user's id only; no group label exists at inference. A user the run never saw
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,10 @@ import torch
 
 from .errors import PafoInputError
 from .features import text_features
-from .manifest import MANIFEST_NAME, verify_manifest
+from .jsonio import loads
+from .manifest import MANIFEST_NAME, check_binding, own_binding, verify_manifest
 from .models import RewardModel, build_model
+from .paths import resolve_inside
 from .sources.files import read_table, require_columns
 
 __all__ = [
@@ -40,6 +41,7 @@ MSG_NOT_A_RUN = ("{path}: not a finished run directory (no result.json); give th
                  "--run RUN_ID of a succeeded background run")
 MSG_NO_WEIGHTS = "{path}: this run has no weights for method {method!r} (it has: {found}); choose one with --method"
 MSG_DAMAGED = "{path}: the run's files are damaged ({detail}); rerun the experiment"
+MSG_NOT_THIS_RUN = "{path}: not the run asked for: {detail}; rerun the experiment"
 MSG_TFIDF_RUN = ("{path}: the run used tfidf features, which are fitted to that run's own texts, so new texts "
                  "cannot be scored with them; train with --encoder minilm (or a model id) to score new text")
 MSG_EMPTY_CELL = "{source}: row {row}: {field} is empty; every row needs user_id, prompt and response"
@@ -64,8 +66,8 @@ def _one_line(exc: BaseException, limit: int = 240) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise PafoInputError(MSG_DAMAGED.format(path=path, detail=_one_line(exc))) from exc
     if not isinstance(data, dict):
         raise PafoInputError(MSG_DAMAGED.format(path=path, detail="not a JSON object"))
@@ -78,11 +80,23 @@ def _check_published(run_dir: Path) -> None:
         raise PafoInputError(MSG_DAMAGED.format(path=run_dir, detail=problem))
 
 
-def _load_model(weights: Path) -> RewardModel:
+def check_run_binding(run_dir: Path, result: dict, binding: tuple[str, str] | None) -> None:
+    """The run folder's manifest names ``binding`` (a registry run's config hash and fingerprint) or, for a
+    folder given by path, the config and data its own result states; a mismatch is exit 2, never a score."""
+    try:
+        wanted = binding or own_binding(run_dir, result)
+    except ValueError as exc:
+        raise PafoInputError(MSG_DAMAGED.format(path=run_dir, detail=exc)) from None
+    if wanted is not None and (problem := check_binding(run_dir, config_hash=wanted[0],
+                                                         fingerprint=wanted[1])) is not None:
+        raise PafoInputError(MSG_NOT_THIS_RUN.format(path=run_dir, detail=problem))
+
+
+def _load_model(weights: Path, spec: Path) -> RewardModel:
     from safetensors.torch import load_file
 
     try:
-        model = build_model(_read_json(weights.with_suffix(".json")))
+        model = build_model(_read_json(spec))
         model.load_state_dict(load_file(str(weights)))
     except PafoInputError:
         raise
@@ -91,13 +105,19 @@ def _load_model(weights: Path) -> RewardModel:
     return model
 
 
-def load_scoring_model(run_dir: str | Path, method: str = "pafo") -> ScoringModel:
-    """Rebuild ``method``'s model of a run from its safetensors weights and JSON config."""
+def load_scoring_model(run_dir: str | Path, method: str = "pafo", *,
+                       binding: tuple[str, str] | None = None) -> ScoringModel:
+    """Rebuild ``method``'s model of a run from its safetensors weights and JSON config. ``binding``: the (config
+    hash, dataset fingerprint) of the registry run asked for, which the folder's manifest must name."""
     run_dir = Path(run_dir)
-    if not (run_dir / "result.json").is_file():
+    result_path = resolve_inside(run_dir, "result.json")
+    if result_path is None or not result_path.is_file():
         raise PafoInputError(MSG_NOT_A_RUN.format(path=run_dir))
+    if binding is not None and not (run_dir / MANIFEST_NAME).exists():
+        raise PafoInputError(MSG_DAMAGED.format(path=run_dir, detail=verify_manifest(run_dir)))
     _check_published(run_dir)
-    result = _read_json(run_dir / "result.json")
+    result = _read_json(result_path)
+    check_run_binding(run_dir, result, binding)
     try:
         encoder = str(result["config"]["run"]["encoder"])
     except (KeyError, TypeError) as exc:
@@ -107,10 +127,14 @@ def load_scoring_model(run_dir: str | Path, method: str = "pafo") -> ScoringMode
     # Only a method the run trained names a file: no path ("../other/weights/pafo") reaches outside the run, and
     # weights another run left in the folder are never used.
     methods = list(result["methods"]) if isinstance(result.get("methods"), dict) else []
-    weights = run_dir / "weights" / f"{method}.safetensors"
-    if method not in methods or not weights.is_file():
+    weights = resolve_inside(run_dir, Path("weights") / f"{method}.safetensors")
+    if method not in methods or weights is None or not weights.is_file():
         raise PafoInputError(MSG_NO_WEIGHTS.format(path=run_dir, method=method, found=", ".join(methods) or "none"))
-    model = _load_model(weights)
+    spec = resolve_inside(run_dir, Path("weights") / f"{method}.json")
+    if spec is None:
+        raise PafoInputError(MSG_DAMAGED.format(path=run_dir / "weights" / f"{method}.json",
+                                                detail="it points outside the run folder"))
+    model = _load_model(weights, spec)
     model.eval()
     per_user = result.get("per_user", {})
     user_ids = [str(u) for u in per_user.get("user_id", [])]

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .conditions import Is
 from .config import OUT_OF_RANGE, check_range, option, validate_options
 from .dataset import PreferenceDataset
 from .errors import PafoInputError
@@ -61,10 +62,12 @@ class GroupConfig:
     """How support rates are estimated and how users are split into majority and minority groups."""
 
     minority_quantile: float = option(0.2, "minority = users at or below this quantile of support rate",
-                                      **QUANTILE_BOUNDS)
+                                      **QUANTILE_BOUNDS, label="minority quantile", grid=(0.1, 0.2, 0.3),
+                                      active_when=Is("groups.minority_threshold", None))
     minority_threshold: float | None = option(None, "minority = users at or below this absolute support rate",
-                                              **THRESHOLD_BOUNDS)
-    estimator: Literal["auto", "exact", "colabel", "model"] = option("auto", "support-rate estimator")
+                                              **THRESHOLD_BOUNDS, label="minority threshold (support rate)")
+    estimator: Literal["auto", "exact", "colabel", "model"] = option("auto", "support-rate estimator",
+                                                                     label="support estimator")
 
     def validate(self) -> GroupConfig:
         return validate_options(self)

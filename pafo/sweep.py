@@ -31,16 +31,22 @@ import itertools
 import logging
 import os
 import pickle
+import socket
+import string
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from .appstate import SWEEP_PREFIX, whatif_config
-from .compare import paired_comparison, pooled_group_ci
+from .compare import VerdictRule, paired_comparison, pooled_group_ci
+from .config import OptionValueError
 from .device import resolve_device, with_device
-from .errors import PafoEnvironmentError, PafoInputError
+from .effects import APP_WORDS, NoEffectError, check_grid, option_label
+from .errors import MSG_DIVERGED, PafoEnvironmentError, PafoInputError
 from .experiment import REFERENCE, ExperimentConfig, _mean_tree
 from .features import FeatureResult
 from .registry import (
@@ -60,9 +66,12 @@ __all__ = [
     "MAX_CELLS",
     "SWEEP_PREFIX",
     "Cell",
+    "GridError",
     "assemble",
     "attach_records",
     "cancel_sweep",
+    "check_ray_address",
+    "diverged",
     "expand_cells",
     "new_sweep_id",
     "pareto_front",
@@ -89,6 +98,12 @@ MSG_DUPLICATE = "--grid {key}: given twice; give each key once with all its valu
 MSG_REPEATED_VALUE = "--grid {key}: value {value!r} is given twice"
 MSG_VALUE = "--grid {key}={value}: {detail}"
 MSG_NO_GRID = "--grid: give at least one section.field=value,... (e.g. --grid pafo.lam=0,0.5,1)"
+# The same problems in the app's words, shown under the sweep form's values field.
+APP_NO_GRID = "pick a parameter and give its values"
+APP_SYNTAX = "write the values separated by commas, e.g. 0.5,1,2"
+APP_DUPLICATE = "this parameter is swept twice; sweep each parameter once"
+APP_REPEATED_VALUE = "{value} is given twice; give each value once"
+APP_VALUE = "“{value}” is not allowed: {problem}"
 MSG_TOO_MANY = "sweep of {points} grid point(s) × {seeds} seed(s) = {cells} cells is over the limit of {limit}"
 BACKENDS = ("local", "ray")
 STAGE_RAY = "waiting for a Ray worker"
@@ -97,6 +112,14 @@ MSG_BACKEND = "--backend {backend!r}: use one of {known}"
 MSG_NO_RAY = "--backend ray needs the ray package: pip install -r requirements.txt (or use --backend local)"
 MSG_RAY_INIT = ("cannot start or join Ray ({address}): {detail}; check --ray-address / $RAY_ADDRESS, or use "
                 "--backend local")
+MSG_RAY_ADDRESS = "--ray-address {address!r}: expected HOST:PORT (or ray://HOST:PORT, auto)"
+MSG_RAY_UNREACHABLE = ("cannot reach Ray at {address}: nothing answered within {timeout:g} s ({detail}); start the "
+                       "cluster or fix --ray-address / $RAY_ADDRESS, or use --backend local")
+#: How long joining a cluster may wait for its address to answer; Ray's own connect retries for minutes, logging
+#: every attempt on stderr, so the address is probed first.
+RAY_CONNECT_TIMEOUT = 10.0
+RAY_LOG = "ray-init.log"  # in $PAFO_HOME: what Ray printed while the sweep joined or started it
+RAY_CLIENT_PORT = 10001  # Ray Client's default port, when a ray:// address names none
 REASON_RAY_TASK = "its Ray task failed before the worker started: {detail}"
 LOG_SHARED_FEATURES = "features of seed {seed} ({rows}×{dim}, {encoder}) from the Ray object store, not embedded here\n"
 MSG_PARETO_METHOD = "--pareto-method {name!r} is not one of the sweep's methods ({methods})"
@@ -141,37 +164,57 @@ def _check_key(key: str) -> None:
         raise PafoInputError(MSG_FIELD.format(key=key, section=section, name=name, known=", ".join(names)))
 
 
+class GridError(PafoInputError):
+    """A grid that cannot run. ``str()`` is the CLI's line (it names ``--grid KEY``); ``key`` is the swept option
+    at fault (``None``: the grid as a whole) and ``field_message`` says the problem in the app's words, for the
+    form field of that option's values."""
+
+    def __init__(self, message: str, *, key: str | None, field_message: str):
+        super().__init__(message)
+        self.key, self.field_message = key, field_message
+
+
 def _value(base: dict, key: str, text: str):
     """``text`` as the field's type, checked as a what-if of ``base`` would be (bounds, choices, the whole config)."""
     value = None if text.lower() in NONE_WORDS else text
     try:
-        config = whatif_config(base, {key: value})
+        config = whatif_config(base, {key: value}, check_effect=False)  # the whole grid's effect: check_grid
     except PafoInputError as exc:
-        raise PafoInputError(MSG_VALUE.format(key=key, value=text, detail=exc)) from None
+        problem = f"{option_label(key)} {exc.problem}" if isinstance(exc, OptionValueError) else str(exc)
+        raise GridError(MSG_VALUE.format(key=key, value=text, detail=exc), key=key,
+                        field_message=APP_VALUE.format(value=text, problem=problem)) from None
     section, _, name = key.partition(".")
     return config[section][name]
 
 
-def parse_grid(specs: Sequence[str], base: ExperimentConfig | dict) -> dict[str, list]:
+def parse_grid(specs: Sequence[str], base: ExperimentConfig | dict, *, explicit: Sequence[str] = ()) -> dict:
     """``["pafo.lam=0,0.5", ...]`` → ``{"pafo.lam": [0.0, 0.5], ...}`` with every value typed and validated
-    against ``base`` (the sweep's other options); any problem is one :class:`PafoInputError` naming the key."""
+    against ``base`` (the sweep's other options), and the grid checked for effect (:func:`pafo.effects.check_grid`:
+    each swept key must change the result in every grid point; ``explicit``, the options set on purpose besides
+    the grid, in at least one). Any problem is one :class:`GridError` naming the key, before anything runs."""
     base = base.to_dict() if isinstance(base, ExperimentConfig) else base
     if not specs:
-        raise PafoInputError(MSG_NO_GRID)
+        raise GridError(MSG_NO_GRID, key=None, field_message=APP_NO_GRID)
     grid: dict[str, list] = {}
     for text in specs:
         key, sep, values = (part.strip() for part in str(text).partition("="))
         items = [item.strip() for item in values.split(",")]
         if not sep or not key or not all(items):
-            raise PafoInputError(MSG_SYNTAX.format(text=text))
+            raise GridError(MSG_SYNTAX.format(text=text), key=key or None, field_message=APP_SYNTAX)
         _check_key(key)
         if key in grid:
-            raise PafoInputError(MSG_DUPLICATE.format(key=key))
+            raise GridError(MSG_DUPLICATE.format(key=key), key=key, field_message=APP_DUPLICATE)
         typed = [_value(base, key, item) for item in items]
         for i, (value, item) in enumerate(zip(typed, items, strict=True)):
             if value in typed[:i]:  # 0 and 0.0 are one value: the cell would run twice
-                raise PafoInputError(MSG_REPEATED_VALUE.format(key=key, value=item))
+                raise GridError(MSG_REPEATED_VALUE.format(key=key, value=item), key=key,
+                                field_message=APP_REPEATED_VALUE.format(value=item))
         grid[key] = typed
+    try:
+        check_grid(base, grid, explicit)
+    except NoEffectError as exc:
+        raise GridError(str(exc), key=exc.key if exc.key in grid else None,
+                        field_message=exc.in_words(APP_WORDS)) from None
     return grid
 
 
@@ -187,7 +230,7 @@ def expand_cells(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Se
     for index, values in enumerate(points):
         params = dict(zip(grid, values, strict=True))
         for seed in seeds:
-            config = whatif_config(base, {**params, "seeds": None, "data.seed": seed})
+            config = whatif_config(base, {**params, "seeds": None, "data.seed": seed}, check_effect=False)
             cells.append(Cell(index, params, seed, config, ExperimentConfig.from_dict(config).fingerprint()))
     return cells
 
@@ -258,8 +301,22 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
     base = ExperimentConfig.from_dict(base) if isinstance(base, dict) else base.validate()
     pareto_method = _pareto_method(pareto_method, base.run.method_list())
     registry = registry or RunRegistry()
-    sweep_id, cells = start_sweep(base, grid, seeds, registry=registry, force=force, sweep_id=sweep_id,
-                                  dispatch=backend == "local", device=device)
+    # Ray is joined before any cell is queued: an unreachable cluster leaves nothing behind.
+    ray_started = backend == "ray" and _ray_init(_import_ray(), ray_address, registry.home / RAY_LOG)
+    try:
+        sweep_id, cells = start_sweep(base, grid, seeds, registry=registry, force=force, sweep_id=sweep_id,
+                                      dispatch=backend == "local", device=device)
+        _wait_cells(registry, cells, sweep_id, backend, ray_address, on_cell)
+    finally:
+        if ray_started:
+            _import_ray().shutdown()
+    return sweep_result(registry, base, grid, cells, sweep_id=sweep_id, pareto_method=pareto_method)
+
+
+def _wait_cells(registry: RunRegistry, cells: list[Cell], sweep_id: str, backend: str, ray_address: str | None,
+                on_cell: Callable[[Cell, int, int], None] | None) -> None:
+    """Run the queued cells on Ray (local workers already run them) and wait for every one; an interrupted wait
+    cancels the sweep's unfinished cells."""
     try:
         if backend == "ray":
             run_on_ray(registry, cells, address=ray_address)
@@ -270,7 +327,6 @@ def run_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Seque
     except BaseException:
         cancel_sweep(registry, sweep_id)
         raise
-    return sweep_result(registry, base, grid, cells, sweep_id=sweep_id, pareto_method=pareto_method)
 
 
 def start_sweep(base: ExperimentConfig | dict, grid: dict[str, list], seeds: Sequence[int] | None = None, *,
@@ -359,24 +415,74 @@ def ray_cell(run_id: str, home: str, options: dict, features: dict[int, FeatureR
     return code
 
 
-def _ray_init(ray, address: str | None) -> bool:
+def _ray_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a cluster address; None for ``auto``/``local`` (Ray finds those itself)."""
+    if address in ("auto", "local"):
+        return None
+    scheme, _, rest = address.rpartition("://")
+    host, sep, port = rest.rpartition(":")
+    if not sep and scheme == "ray":
+        host, port = rest, str(RAY_CLIENT_PORT)
+    if not host or not port.isdigit():
+        raise PafoInputError(MSG_RAY_ADDRESS.format(address=address))
+    return host.strip("[]"), int(port)
+
+
+def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
+    """A cluster address must answer a TCP connect within ``timeout``, else exit 3 with one line (``ray.init``
+    would retry for minutes and flood stderr with its retry logs)."""
+    endpoint = _ray_endpoint(address) if address else None
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except OSError as exc:
+        raise PafoEnvironmentError(MSG_RAY_UNREACHABLE.format(address=address, timeout=timeout,
+                                                              detail=exc.strerror or exc or "timed out")) from None
+
+
+def _ray_init(ray, address: str | None, log_path: Path | None = None) -> bool:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray with this machine's cores;
-    returns whether this call started Ray (and so must shut it down)."""
+    returns whether this call started Ray (and so must shut it down). The address must answer first
+    (:func:`check_ray_address`); with ``log_path`` what Ray's C++ core prints while it connects (a retry per
+    second for a cluster that does not answer as Ray) goes there, not to stderr, which keeps one line."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    check_ray_address(address)
     runtime_env = {"env_vars": {key: value for key, value in worker_env().items()
                                 if key in ("PYTHONPATH", "PAFO_HOME")}}
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # stderr keeps the sweep's own lines
     try:
-        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # stderr keeps the sweep's own lines
-        if address:
-            ray.init(address=address, runtime_env=runtime_env, **quiet)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, **quiet)
+        with _stderr_to(log_path):
+            if address:
+                ray.init(address=address, runtime_env=runtime_env, **quiet)
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        detail = " ".join(str(exc).split()) + (f" (Ray's log: {log_path})" if log_path else "")
         raise PafoEnvironmentError(MSG_RAY_INIT.format(address=address or "a local instance",
-                                                       detail=" ".join(str(exc).split()))) from None
+                                                       detail=detail)) from None
     return True
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path | None):
+    """Point file descriptor 2 (where native code logs) at ``path`` for the block; nothing when None."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as log:  # each start replaces it: the log of the last attempt
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _shared_features(features: FeatureResult) -> FeatureResult:
@@ -428,6 +534,16 @@ def run_on_ray(registry: RunRegistry, cells: list[Cell], *, address: str | None 
     finally:
         if started_here:
             ray.shutdown()
+
+
+def diverged(error: str | None) -> bool:
+    """Whether a cell failed because its training diverged (:data:`pafo.errors.MSG_DIVERGED`): input the user can
+    fix (a grid value such as ``train.lr=1e308``), the one such failure the sweep's checks before any cell runs
+    (data, encoder, every grid value) cannot rule out; anything else that fails a cell is a bug or a fault."""
+    return bool(error) and _DIVERGED_TEXT in error
+
+
+_DIVERGED_TEXT = max((literal for literal, *_ in string.Formatter().parse(MSG_DIVERGED)), key=len)
 
 
 def _pareto_method(name: str | None, methods: list[str]) -> str:
@@ -486,9 +602,9 @@ def _point(index: int, cell: Cell, results: list[dict], methods: list[str], boot
                "unfairness": _mean_tree([r["methods"][name]["unfairness"] for r in results])}
         for name in methods}
     if REFERENCE in methods:
-        epsilon = cell.config["pafo"]["epsilon"]
+        rule = VerdictRule(epsilon=cell.config["pafo"]["epsilon"])
         point["comparisons"] = {name: paired_comparison(frames, name, REFERENCE, n_resamples=bootstrap, seed=seed,
-                                                        epsilon=epsilon)
+                                                        rule=rule)
                                 for name in methods if name != REFERENCE}
     return point
 

@@ -52,6 +52,7 @@ from pafo.registry import (
     REASON_CANCELLED_FORCED,
     RESULT_NAME,
     RunRegistry,
+    config_hash,
 )
 
 __all__ = ["FEATURES_STDIN", "HEARTBEAT_INTERVAL", "StopFlag", "describe_error", "main", "resolve_target", "run_worker"]
@@ -227,7 +228,8 @@ def run_worker(registry: RunRegistry, run_id: str, *, heartbeat_interval: float 
     heartbeat = Heartbeat(registry, run_id, stop_flag, heartbeat_interval, finishing)
     heartbeat.start()
     try:
-        succeeded = _execute(registry, run_id, record.config, out_dir, stop_flag, finishing, target_kwargs)
+        succeeded = _execute(registry, run_id, record.config, out_dir, stop_flag, finishing, target_kwargs,
+                             fingerprint=record.dataset_fingerprint)
     finally:
         heartbeat.stop()
     registry.dispatch()
@@ -255,15 +257,20 @@ def _record(action: Callable[..., bool], *args: object, patience: float = RECORD
             time.sleep(1.0)
 
 
-def _publish(out_dir: Path, result: object) -> Path:
-    """Keep or write result.json, then the manifest of every artifact: from here on the run is published."""
+def _publish(out_dir: Path, result: object, config: dict, fingerprint: str) -> Path:
+    """Keep or write result.json, then the manifest of every artifact and of what they are the result of (the
+    run's config hash and dataset fingerprint; the fingerprint the target itself reports, if it does, since the
+    data may have changed between queueing and loading): from here on the run is published."""
     result_path = _write_result(out_dir, result)
-    write_manifest(out_dir)
+    if isinstance(result, dict) and isinstance(result.get("fingerprint"), str):
+        fingerprint = result["fingerprint"]
+    write_manifest(out_dir, config_hash=config_hash(config), fingerprint=fingerprint)
     return result_path
 
 
 def _execute(registry: RunRegistry, run_id: str, config: dict, out_dir: Path, stop_flag: StopFlag,
-             finishing: threading.Lock | None = None, target_kwargs: dict | None = None) -> bool:
+             finishing: threading.Lock | None = None, target_kwargs: dict | None = None, *,
+             fingerprint: str = "") -> bool:
     """Call the target and translate how it ended into exactly one final status."""
     logger.info("run %s started (pid %s)", run_id, os.getpid())
     finishing = finishing or threading.Lock()
@@ -272,7 +279,7 @@ def _execute(registry: RunRegistry, run_id: str, config: dict, out_dir: Path, st
         result = target(config, out_dir=out_dir, progress=ProgressReporter(registry, run_id), should_stop=stop_flag,
                         **(target_kwargs or {}))
         with finishing:  # the heartbeat's forced cancel waits: publishing and recording it belong together
-            result_path = _publish(out_dir, result)
+            result_path = _publish(out_dir, result, config, fingerprint)
             _record(registry.mark_succeeded, run_id, result_path)
     except RunCancelled:
         logger.info("run %s cancelled", run_id)

@@ -8,54 +8,97 @@ import json
 import pandas as pd
 import streamlit as st
 
-from pafo import appstate, report
+from pafo import appstate, effects, report
+from pafo.data_roots import check_app_config
 from pafo.errors import PafoInputError
 from pafo.experiment import parse_seeds
-from pafo.sweep import attach_records, cancel_sweep, parse_grid, start_sweep, sweep_result
+from pafo.sweep import GridError, attach_records, cancel_sweep, parse_grid, start_sweep, sweep_result
 from pages import _ui as ui
 
-#: The parameters offered, with the values a new sweep starts from (any section.field works in `pafo sweep`).
-SWEEP_KEYS = {"pafo.lam": "0,0.5,1,2", "pafo.temperature": "0.5,1,2", "groups.minority_quantile": "0.1,0.2,0.3",
-              "pafo.beta": "0.5,1,2"}
 NO_SECOND = "(none)"
 STATE = "whatif_sweep"  # the sweep this session launched: its parent, id, grid, seeds and run ids in cell order
 WIDGETS = ("sweep_key1", "sweep_values1", "sweep_key2", "sweep_values2", "sweep_seeds")
 
 
+def _reset_values(which: str) -> None:
+    """A new parameter starts from its own default grid (``grid`` on its field), not the last one's values."""
+    key = st.session_state.get(f"sweep_key{which}")
+    st.session_state[f"sweep_values{which}"] = appstate.grid_text(key) if key and key != NO_SECOND else ""
+
+
 def sweep_mode(parent, registry) -> None:
-    """The form, then the current sweep of this parent (if any)."""
+    """The form, then the current sweep of this parent (if any). It offers the parameters that can change this
+    run's result (pafo.effects: β for the default PAFO, λ only where a student is distilled), and shows a bad value
+    under its field, in the app's words."""
     config = parent.config
     parent_seeds = appstate.seeds_text(config.get("seeds") or [(config.get("data") or {}).get("seed", 0)])
-    keys = list(SWEEP_KEYS)
+    keys, inert = appstate.sweep_choices(config)
+    if not keys:
+        st.info("None of the parameters a sweep offers can change this run's result; change the run on Train "
+                "(e.g. add pafo to its methods) and sweep that one.", icon=":material/info:")
+        return
+    if st.session_state.get("sweep_key1") not in keys:
+        st.session_state.pop("sweep_key1", None)
     with st.container(border=True):
         cols = st.columns(3)
-        key1 = cols[0].selectbox("Parameter", keys, key="sweep_key1")
-        values1 = cols[0].text_input("Values", value=SWEEP_KEYS[key1], key="sweep_values1",
-                                     help="comma-separated values of this parameter")
-        key2 = cols[1].selectbox("Second parameter", [NO_SECOND, *(k for k in keys if k != key1)], key="sweep_key2")
-        values2 = cols[1].text_input("Values of the second parameter", value=SWEEP_KEYS.get(key2, ""),
-                                     key="sweep_values2", disabled=key2 == NO_SECOND)
+        key1 = cols[0].selectbox("Parameter", keys, key="sweep_key1", on_change=_reset_values, args=("1",),
+                                 format_func=_describe)
+        st.session_state.setdefault("sweep_values1", appstate.grid_text(key1))
+        values1 = cols[0].text_input("Values", key="sweep_values1", help="comma-separated values of this parameter")
+        error1 = cols[0].empty()
+        seconds = [NO_SECOND, *(k for k in keys if k != key1)]
+        if st.session_state.get("sweep_key2") not in seconds:
+            st.session_state["sweep_key2"] = NO_SECOND
+            st.session_state["sweep_values2"] = ""
+        key2 = cols[1].selectbox("Second parameter", seconds, key="sweep_key2", on_change=_reset_values,
+                                 args=("2",), format_func=_describe)
+        values2 = cols[1].text_input("Values of the second parameter", key="sweep_values2",
+                                     disabled=key2 == NO_SECOND)
+        error2 = cols[1].empty()
         seeds_text = cols[2].text_input("Seeds", value=parent_seeds, key="sweep_seeds",
                                         help="every grid point runs once per seed, e.g. 0-2")
+        error_seeds = cols[2].empty()
+        if inert:
+            st.caption("Not offered, because they cannot change this run's result: "
+                       + ", ".join(appstate.app_message(f"{effects.option_label(k)}") for k in inert) + ".")
         launch = st.button("Launch sweep", type="primary", key="sweep_launch")
     if launch:
         specs = [f"{key1}={values1}"] + ([f"{key2}={values2}"] if key2 != NO_SECOND else [])
         try:
             grid = parse_grid(specs, config)
-            seeds = parse_seeds(seeds_text)
-            sweep_id, cells = start_sweep(config, grid, seeds, registry=registry)
+        except GridError as exc:
+            where = error2 if exc.key == key2 and key2 != NO_SECOND else error1
+            where.error(exc.field_message, icon=":material/error:")
+            grid = None
         except PafoInputError as exc:
-            ui.show_error(str(exc), "Cannot launch this sweep: ")
-        else:
-            st.session_state[STATE] = {"parent": parent.id, "sweep_id": sweep_id, "grid": grid, "seeds": seeds,
-                                       "run_ids": [cell.record.id for cell in cells]}
-            st.rerun()
+            error1.error(appstate.app_message(str(exc)), icon=":material/error:")
+            grid = None
+        try:
+            seeds = parse_seeds(seeds_text)
+        except PafoInputError as exc:
+            error_seeds.error(appstate.app_message(str(exc)), icon=":material/error:")
+            seeds = None
+        if grid is not None and seeds is not None:
+            try:
+                check_app_config(config)  # the parent may have run on the command line, on any file
+                sweep_id, cells = start_sweep(config, grid, seeds, registry=registry)
+            except PafoInputError as exc:
+                ui.show_error(str(exc), "Cannot launch this sweep: ")
+            else:
+                st.session_state[STATE] = {"parent": parent.id, "sweep_id": sweep_id, "grid": grid, "seeds": seeds,
+                                           "run_ids": [cell.record.id for cell in cells]}
+                st.rerun()
     state = st.session_state.get(STATE)
     if not state or state["parent"] != parent.id:
         st.info("No sweep of this run yet: pick a parameter and its values above and launch one.",
                 icon=":material/info:")
         return
     show_sweep(state, config, registry)
+
+
+def _describe(key: str) -> str:
+    """A parameter in the picker: its label and its key (``β (weight of the teachers) · pafo.beta``)."""
+    return key if key == NO_SECOND else f"{effects.option_label(key)} · {key}"
 
 
 def show_sweep(state: dict, config: dict, registry) -> None:

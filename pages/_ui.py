@@ -21,6 +21,8 @@ import pandas as pd
 import streamlit as st
 
 from pafo import appstate, report
+from pafo.data_roots import check_app_config
+from pafo.effects import SECTIONS
 from pafo.errors import PafoInputError
 from pafo.method_configs import RunSettings, TrainConfig, method_sections
 from pafo.paths import pafo_home
@@ -105,6 +107,13 @@ def _registry(home: str) -> RunRegistry:
 def registry() -> RunRegistry:
     """The run registry of ``$PAFO_HOME`` (one object per home, shared by all sessions)."""
     return _registry(str(pafo_home()))
+
+
+def submit_config(config, **kwargs):
+    """Queue a run (or reuse an identical one) once every path it reads is inside a data root: a run cloned from
+    one started on the command line may name any file."""
+    check_app_config(config.to_dict())
+    return registry().submit_config(config, **kwargs)
 
 
 def default_forms() -> dict:
@@ -194,6 +203,8 @@ def current_record():
 
 
 def fingerprint(config: dict) -> str:
+    """The dataset's fingerprint, once its path is inside a data root (every load of the app passes here)."""
+    check_app_config(config)
     return dataset_fingerprint(DataConfig(**config))
 
 
@@ -250,25 +261,46 @@ def _margins(path: str, mtime: float) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _run_folder(record) -> Path | None:
+    """The folder of the run's result.json, only where it lies inside the run's own (or reused run's) folder."""
+    result = registry().result_file(record) if record.result_path else None
+    return None if result is None else result.parent
+
+
 def test_margins(record) -> pd.DataFrame | None:
     """The run's test_margins.csv (cached), or None when the run has none."""
-    if not record.result_path:
-        return None
-    path = Path(record.result_path).parent / "test_margins.csv"
-    return _margins(str(path), path.stat().st_mtime) if path.is_file() else None
+    folder = _run_folder(record)
+    path = folder / "test_margins.csv" if folder is not None else None
+    return _margins(str(path), path.stat().st_mtime) if path is not None and path.is_file() else None
 
 
 @st.cache_resource(show_spinner="Loading the run's models…", max_entries=8)
-def _scoring_models(run_dir: str, mtime: float, methods: tuple[str, ...]) -> dict:
+def _scoring_models(run_dir: str, mtime: float, methods: tuple[str, ...], binding: tuple[str, str]) -> dict:
     from pafo.scoring import load_scoring_model
 
-    return {name: load_scoring_model(run_dir, name) for name in methods}
+    return {name: load_scoring_model(run_dir, name, binding=binding) for name in methods}
 
 
 def scoring_models(record, methods: list[str]) -> dict:
-    """The run's models rebuilt from their saved weights, for scoring new text (raises PafoInputError)."""
-    run_dir = Path(record.result_path).parent
-    return _scoring_models(str(run_dir), (run_dir / "result.json").stat().st_mtime, tuple(methods))
+    """The run's models rebuilt from their saved weights, for scoring new text (raises PafoInputError), after
+    checking that the folder holds this run's config and data (its manifest)."""
+    from pafo.scoring import MSG_NOT_A_RUN
+
+    run_dir = _run_folder(record)
+    if run_dir is None or not (run_dir / "result.json").is_file():
+        raise PafoInputError(MSG_NOT_A_RUN.format(path=f"run {record.id} ({record.status})"))
+    return _scoring_models(str(run_dir), (run_dir / "result.json").stat().st_mtime, tuple(methods),
+                           (record.config_hash, record.dataset_fingerprint))
+
+
+def original_record(record):
+    """The run that trained a reused run's result (the record itself otherwise, or when it is gone)."""
+    if not record.reused_from:
+        return record
+    try:
+        return registry().get(record.reused_from, refresh=False)
+    except PafoInputError:
+        return record
 
 
 def finished_runs() -> list:
@@ -306,8 +338,9 @@ def show_flash() -> None:
 
 
 def show_error(message: str, prefix: str = "") -> None:
-    """``st.error`` with uploads named by their file name, not their internal path."""
-    st.error(appstate.friendly_paths(f"{prefix}{message}"), icon=":material/error:")
+    """``st.error`` in the app's words: options by their form labels, not their command-line flags, and uploads by
+    their file name, not their internal path."""
+    st.error(appstate.app_message(f"{prefix}{message}"), icon=":material/error:")
 
 
 def progress_text(record) -> str:
@@ -341,7 +374,8 @@ def pick_finished_run(key: str, title: str = "Run", *, live: bool = False,
                    "start a new run on Train or pick a finished run below.")
     elif current is not None and current.status in ACTIVE_STATUSES:
         if live:
-            st.markdown(f"**Training run {current.id}** — its results appear here when it finishes.")
+            what = "Audit" if current.kind == "audit" else "Training run"
+            st.markdown(f"**{what} {current.id}** — its results appear here when it finishes.")
             live_run_panel(current.id, key=key)
         else:
             st.info(f"Run {current.id} is {current.status} ({100 * current.progress:.0f}%, {current.stage}). Its "
@@ -447,14 +481,15 @@ def sidebar() -> None:
 def run_status_message(record) -> None:
     """The final state of a run, said plainly."""
     if record.status == SUCCEEDED:
-        seconds = (record.finished_at or 0) - (record.started_at or record.created_at)
+        seconds = appstate.run_seconds(record) or 0.0
         if record.reused_from:
             st.info(f"♻ Reused finished run {record.reused_from}: identical config, data and code, so no "
                     "training was needed. Tick *Force a fresh run* in the form below for a new one.",
                     icon=":material/recycling:")
         else:
             st.success(f"Run {record.id} finished in {seconds:.0f} s.", icon=":material/check_circle:")
-        st.page_link(PAGES["compare"].script, label="Compare baseline and PAFO", icon=PAGES["compare"].icon)
+        st.page_link(PAGES["compare"].script, label="Open Compare" if record.kind == "audit" else
+                     "Compare baseline and PAFO", icon=PAGES["compare"].icon)
     elif record.status == FAILED:
         show_error(f"Run {record.id} failed: {record.error or 'no reason recorded'}")
     elif record.status == CANCELLED:
@@ -468,8 +503,9 @@ def run_panel(record, *, key: str) -> None:
     cols = st.columns([3, 1.4, 0.8, 0.8])
     cols[0].progress(min(1.0, max(0.0, float(record.progress))), text=progress_text(record))
     cols[1].metric("Status", record.status)
-    elapsed = (record.finished_at or time.time()) - (record.started_at or record.created_at)
-    cols[2].metric("Elapsed", f"{elapsed:.0f} s")
+    elapsed = appstate.run_seconds(record)
+    cols[2].metric("Elapsed", "–" if elapsed is None else f"{elapsed:.0f} s",
+                   help="from the worker's start (a queued run has not started)")
     if record.status in ACTIVE_STATUSES and cols[3].button("Cancel run", key=f"cancel_{key}_{record.id}",
                                                           type="secondary", icon=":material/stop_circle:"):
         record = reg.request_cancel(record.id)
@@ -480,6 +516,8 @@ def run_panel(record, *, key: str) -> None:
         cols[3].metric("Epochs trained", f"{len(history)}",
                        help=f"epochs of every model and stage together; last: {last['stage']} epoch {last['epoch']}")
         plot(report.training_curves(history), key=f"curves_{key}_{record.id}")
+    elif record.status in ACTIVE_STATUSES and record.kind == "audit":
+        st.caption("Loading the data and the models' predictions, then scoring; the results appear when it ends.")
     elif record.status in ACTIVE_STATUSES:
         st.caption("Loading data and embedding texts (the first run of a dataset embeds every text; later runs read "
                    "the cache); training curves appear with the first epoch.")
@@ -531,10 +569,11 @@ def live_run_panel(run_id: str, *, key: str) -> None:
 # ------------------------------------------------------------------------------------------- forms
 
 
-def spec_widget(spec: appstate.FieldSpec, value, key: str, *, label: str | None = None, disabled: bool = False):
+def spec_widget(spec: appstate.FieldSpec, value, key: str, *, label: str | None = None, disabled: bool = False,
+                note: str | None = None):
     """One input widget for a dataclass field, its bounds and help from the field (inside a form: the value counts
-    when the form is submitted)."""
-    help_text = f"{spec.help} (default: {spec.default})"
+    when the form is submitted); ``note`` ends the help (why a disabled option has no effect)."""
+    help_text = f"{spec.help} (default: {spec.default})" + (f"\n\n**{note}**" if note else "")
     common = {"label": label or spec.label, "help": help_text, "key": key, "disabled": disabled}
     if spec.kind == "choice":
         options = list(spec.choices)
@@ -564,4 +603,37 @@ def dataclass_inputs(cls: type, values: dict, *, prefix: str, include: tuple[str
     for i, spec in enumerate(specs):
         with cols[i % columns]:
             out[spec.name] = spec_widget(spec, values.get(spec.name, spec.default), f"{prefix}_{spec.name}")
+    return out
+
+
+def option_inputs(section: str, values: dict, config: dict, *, prefix: str, include: tuple[str, ...] | None = None,
+                  columns: int = 4) -> dict:
+    """Widgets for one config section's options (``pafo``, ``train``, ...): those that have an effect in
+    ``config`` (a flat ``{"section.field": value}`` of the experiment as the page has it so far) as inputs, the
+    others disabled in an expander, each saying in its help why it has no effect and what would make it matter
+    (:mod:`pafo.effects`). Options are read in field order, so an option that depends on an earlier one (τ on λ)
+    follows what the user just chose. Returns every field's raw value; ``config`` is updated with them."""
+    from pafo.effects import APP_WORDS, is_active, no_effect_reason
+
+    specs = appstate.field_specs(SECTIONS[section], include=include)
+    cols, shown, inert, out = st.columns(columns), 0, [], {}
+    for spec in specs:
+        key = f"{section}.{spec.name}"
+        value = values.get(spec.name, spec.default)
+        if is_active(config, key):
+            with cols[shown % columns]:
+                out[spec.name] = spec_widget(spec, value, f"{prefix}_{spec.name}")
+            shown += 1
+        else:
+            inert.append((spec, value, no_effect_reason(config, key, APP_WORDS)))
+            out[spec.name] = value
+        config[key] = out[spec.name]
+    if inert:
+        with st.expander(f"{len(inert)} option{'s' * (len(inert) != 1)} with no effect in this configuration"):
+            st.caption("Shown for reference: with the choices above they cannot change the result. "
+                       "Each one's help says what would make it matter.")
+            cols = st.columns(columns)
+            for i, (spec, value, reason) in enumerate(inert):
+                with cols[i % columns]:
+                    spec_widget(spec, value, f"{prefix}_{spec.name}", disabled=True, note=f"No effect: {reason}.")
     return out

@@ -7,10 +7,14 @@ from __future__ import annotations
 import streamlit as st
 
 from pafo import appstate, report
-from pafo.compare import VERDICT_WORDS
+from pafo.compare import VERDICT_WORDS, describe_rule
 from pages import _ui as ui
 
 ui.require_app()
+#: The cards' Δ is the paired difference of the verdict, from unrounded per-user accuracies: it can differ by 0.1
+#: from the difference of the two rounded accuracies shown (the table below computes from those).
+PAIRED_HELP = ("Δ: the paired difference to the reference on the same users and pairs (the verdict's number), "
+               "computed before rounding, so it can differ by 0.1 from the difference of the rounded accuracies.")
 
 st.title("Compare methods")
 picked = ui.pick_finished_run("compare_run", "Finished run", live=True)
@@ -26,13 +30,19 @@ comparisons = result.get("comparisons") or {}
 
 minority = (f"{groups.get('n_minority')} minority users per seed" if len(seeds) > 1 else
             f"minority = {groups.get('n_minority')} users with support ≤ {groups.get('threshold', float('nan')):.3f}")
-source = (f"audit of given predictions on {result.get('n_pairs', 0):,} {result.get('split')} pairs"
-          if result.get("kind") == "audit" else f"encoder {result['encoder']['name']}")
+audit = result.get("kind") == "audit"
+source = (f"audit of given predictions on {report.judged_pairs_text(result)}" if audit
+          else f"encoder {result['encoder']['name']}")
+# One duration everywhere: the run's own, from its worker's start to its end, as Train and the runs table show it
+# (a reused run: the one that trained).
+trained = ui.original_record(record)
+seconds = appstate.run_seconds(trained)
 st.caption(
-    f"{dataset.get('name')} · {dataset.get('n_users', 0):,} users · seed{'s' if len(seeds) > 1 else ''} "
-    f"{appstate.seeds_text(seeds)} · {source} · support estimator {result['support']['estimator']} · {minority} · "
-    f"run took {result.get('seconds', 0):.0f} s" + (f" · ♻ reused from {record.reused_from}" if record.reused_from
-                                                     else "")
+    f"{dataset.get('name')} · {dataset.get('n_users', 0):,} users · "
+    + ("" if audit else f"seed{'s' if len(seeds) > 1 else ''} {appstate.seeds_text(seeds)} · ")
+    + f"{source} · support estimator {result['support']['estimator']} · {minority} · "
+    + ("" if seconds is None else f"{'audit' if audit else 'run'} took {seconds:.0f} s")
+    + (f" · ♻ reused from {record.reused_from}" if record.reused_from else "")
 )
 note = report.seed_note(result)
 if note:
@@ -53,7 +63,7 @@ for col, name in zip(cols, methods, strict=True):
         for label, key in (("Minority accuracy", "minority"), ("Majority accuracy", "majority")):
             paired = ((comparisons.get(name) or {}).get(key) or {}).get("delta")  # the verdict's own number
             delta = {} if same else appstate.metric_delta(acc[key], ref["accuracy"][key], change=paired)
-            st.metric(label, report.percent(acc[key]), **delta)
+            st.metric(label, report.percent(acc[key]), **delta, help=None if same else PAIRED_HELP)
         delta = {} if same else appstate.metric_delta(unf["group_gap"], ref["unfairness"]["group_gap"],
                                                       absolute=True, lower_is_better=True)
         st.metric("Group gap", report.points(unf["group_gap"]), **delta,
@@ -62,8 +72,13 @@ for col, name in zip(cols, methods, strict=True):
             comparison = comparisons[name]
             verdict = comparison["verdict"]
             st.markdown(f"Verdict vs {reference}: **{report.VERDICT_ICONS.get(verdict, '')} "
-                        f"{VERDICT_WORDS.get(verdict, verdict)}**", help=report.VERDICT_RULE)
-            st.caption(report.describe_comparison(comparison))
+                        f"{VERDICT_WORDS.get(verdict, verdict)}**",
+                        help=f"{report.VERDICT_RULE}\n\nThis run's {describe_rule(comparison.get('rule'))}.")
+            why = report.verdict_note(comparison)
+            st.caption(report.describe_comparison(comparison) + (f" — {why}" if why else ""))
+        same_as_reference = None if same else report.identical_note(result, name, reference)
+        if same_as_reference:
+            st.info(same_as_reference, icon=":material/equal:")
         if metrics.get("pareto_selected") is False:
             st.caption("no epoch met the Pareto selection rule; the best overall epoch was kept")
 
@@ -111,7 +126,8 @@ with right:
 st.subheader("Accuracy and unfairness")
 st.dataframe(report.display_table(result, reference), width="stretch", hide_index=True)
 st.caption("Accuracies in %, gaps and spreads in percentage points (pts), as on the cards; ↑ larger is better, ↓ "
-           f"smaller, |↓| smaller in size. Δ columns: the method minus the {reference}, in points. Accuracies weigh "
+           f"smaller, |↓| smaller in size. Δ columns: the method minus the {reference}, in points, from the rounded "
+           "values shown (so each row adds up). Accuracies weigh "
            "each user equally" + ("; with several seeds every figure is the mean over the seeds." if len(seeds) > 1
                                   else "."))
 teachers = report.teacher_table(result)

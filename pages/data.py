@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pafo import appstate, audit, hf_reward, report
+from pafo.data_roots import check_app_config
 from pafo.errors import PafoInputError
 from pafo.paths import PACKAGE_ROOT
 from pafo.sources import DataConfig
@@ -23,7 +24,9 @@ DSP_LOCAL = PACKAGE_ROOT.parent / "shared" / "data" / "dsp_test_part_a.json"
 st.title("⚖️ PAFO Studio")
 st.markdown(
     "Find and fix **personalized reward bias**: users whose preferences few others share (low *support rate*) get "
-    "worse reward models. PAFO trains a teacher per user group and distils both into one fair student."
+    "worse reward models. PAFO finds groups of users who label alike (*preference clusters*) in the training "
+    "labels, fits a small teacher reward model per cluster, and adds each user's teacher to the personalized "
+    "baseline: one model, no group label needed when it scores."
 )
 
 ui.show_flash()
@@ -213,9 +216,10 @@ with st.container(border=True):
                 audit=audit.AuditSettings(reference=reference, allow_missing=allow_missing, device=device,
                                           encoder=ui.forms()["run"]["encoder"]),
                 sources=sources).validate()
+            check_app_config(audit_config.to_dict())  # a typed model folder, before anything reads it
             with st.spinner("Checking the predictions against the dataset…"):
                 audit.check_sources(audit_config, dataset)
-            record = ui.registry().submit_config(audit_config, label="audit")
+            record = ui.submit_config(audit_config, label="audit")
         except PafoInputError as exc:
             message = str(exc)
             for stored, name in shown_as.items():

@@ -7,6 +7,7 @@ import dataclasses
 import streamlit as st
 
 from pafo import appstate
+from pafo.effects import flat_values, reset_inert
 from pafo.errors import PafoInputError
 from pafo.method_configs import ENCODERS, METHOD_SPECS, METHODS, RunSettings, TrainConfig, method_sections, method_spec
 from pages import _ui as ui
@@ -50,8 +51,9 @@ with st.expander("Start a new run", expanded=record is None):
             st.session_state[ui.FORMS] = ui.default_forms()
             ui.clear_widgets(ui.FORM_WIDGETS)
             st.rerun()
-    # Enter in a field must not start a run: only the button does.
-    with st.form("train_form", enter_to_submit=False):
+    # No st.form: the options shown depend on choices made above them (the student's kind decides whether λ
+    # matters), which a form would only apply on submit. Enter in a field commits it; only the button starts a run.
+    with st.container(border=True):
         run_values = forms["run"]
         cols = st.columns([2, 1, 1, 1])
         chosen = cols[0].multiselect("Methods", list(METHODS),
@@ -69,19 +71,24 @@ with st.expander("Start a new run", expanded=record is None):
                                    help="several run seeds (users and pairs; the texts stay), e.g. 0-2 or 0,3,7: "
                                         "every method trains once per seed and Compare pools them, with paired CIs "
                                         "and a verdict per method. Blank: the dataset's one seed")
+        # What the page has chosen so far: each section's options below are drawn for it (pafo.effects).
+        chosen_config = flat_values({"data": data, "groups": groups,
+                                     "run": {**run_values, "methods": ",".join(chosen), "encoder": encoder}})
         st.markdown("**Training** (every model)")
-        train_values = ui.dataclass_inputs(TrainConfig, forms["train"], prefix="train", columns=4)
+        train_values = ui.option_inputs("train", forms["train"], chosen_config, prefix="train")
         method_values = {}
-        for name, cls in method_sections().items():
+        for name in method_sections():
             st.markdown(f"**{method_spec(name).label}**")
-            method_values[name] = ui.dataclass_inputs(cls, forms[name], prefix=name, columns=4)
-        cols = st.columns([2, 1, 1])
-        label = cols[0].text_input("Label (optional)", key="train_label", placeholder="e.g. λ=2, dense 80")
+            method_values[name] = ui.option_inputs(name, forms[name], chosen_config, prefix=name)
+        cols = st.columns([2, 1, 1], vertical_alignment="bottom")
+        label = cols[0].text_input("Label (optional)", key="train_label", placeholder="e.g. β=2, 4 clusters")
         force = cols[1].checkbox("Force a fresh run", key="train_force",
                                  help="re-train even if an identical finished run exists (otherwise it is reused)")
-        start = cols[2].form_submit_button("Start run", type="primary", width="stretch")
+        start = cols[2].button("Start run", type="primary", width="stretch", key="train_start")
 
     if start:
+        from pafo.experiment import ExperimentConfig
+
         try:
             sections = {
                 "run": dataclasses.asdict(RunSettings(encoder=encoder, methods=",".join(chosen),
@@ -90,8 +97,11 @@ with st.expander("Start a new run", expanded=record is None):
                 **{name: dataclasses.asdict(appstate.form_to_dataclass(cls, method_values[name]))
                    for name, cls in method_sections().items()},
             }
-            config = appstate.experiment_config(data, groups, **sections, seeds=seeds)
-            new = reg.submit_config(config, force=force, label=label or None)
+            # Options without effect go back to their defaults: configs that can only give the same result are one
+            # config, so an identical finished run is reused.
+            config = ExperimentConfig.from_dict(reset_inert(
+                appstate.experiment_config(data, groups, **sections, seeds=seeds).to_dict()))
+            new = ui.submit_config(config, force=force, label=label or None)
         except PafoInputError as exc:
             ui.show_error(str(exc), "Cannot start the run: ")
         else:
@@ -103,15 +113,26 @@ with st.expander("Start a new run", expanded=record is None):
 st.subheader("Runs")
 
 
+RUNS_COLUMNS = ("run", "status", "progress", "stage", "created", "seconds", "label", "methods", "encoder", "seeds",
+                "dataset", "reused", "parent", "error")
+RUNS_COLUMN_CONFIG = {
+    "run": st.column_config.TextColumn("run", width="medium"),
+    "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+    "stage": st.column_config.TextColumn("stage", width="large"),
+    "created": st.column_config.TextColumn("created", width="medium"),
+}
+
+
 def runs_table() -> None:
     records = reg.list()
     if not records:
         st.caption("No runs in this registry yet.")
         return
     table = appstate.runs_table(records)
+    # Stage and creation time first and wide enough for their longest values ("seed 2 of 5: embedding texts"),
+    # not clipped at the table's right edge behind eight other columns.
     st.dataframe(table, width="stretch", hide_index=True, height=min(400, 38 + 35 * len(table)),
-                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0,
-                                                                            max_value=1.0, format="percent")})
+                 column_order=RUNS_COLUMNS, column_config=RUNS_COLUMN_CONFIG)
     if any(r.reused_from for r in records):
         st.caption("♻ marks runs answered from an identical finished run (same config, data and code).")
 

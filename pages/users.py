@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from pafo import appstate, report, scoring
@@ -26,6 +27,10 @@ if len(seeds) > 1:
 if seed is not None:  # rows of one seed; "user" is the user's index within that seed, as in test_margins.csv
     per_user = per_user[per_user["seed"] == seed].reset_index(drop=True)
 per_user = per_user.reset_index(names="user")
+# The pairs a user is judged on: the test split, or every pair of an audited file without a split.
+JUDGED = "judged" if report.judged_split(result) == "all" else "test"
+judged = report.judged_counts(result, per_user)
+judged = judged if judged is not None else pd.Series(0, index=per_user.index)
 
 cols = st.columns([1, 1.3, 3])
 group = cols[0].radio("Group", ["minority", "majority", "all"], horizontal=True, key="users_group")
@@ -66,8 +71,10 @@ reference = result.get("reference", "baseline")  # an audit compares with its ow
 for start in range(0, len(methods) + 1, 4):
     cols = st.columns(4)
     for col, name in zip(cols, ["test pairs", *methods][start:start + 4], strict=False):
-        if name == "test pairs":
-            col.metric("Test pairs", int(row.get("n_test", 0) or 0))
+        if name == "test pairs":  # the pairs the accuracies below are measured on, counted as the table counts
+            col.metric(f"{JUDGED.capitalize()} pairs", int(judged.loc[user]),
+                       help="all the user's pairs: the file has no train/test split" if JUDGED == "judged"
+                       else "the user's held-out test pairs")
             continue
         value = row.get(f"acc_{name}")
         delta = {} if name == reference or value is None else appstate.metric_delta(value, row.get(f"acc_{reference}"))
@@ -89,11 +96,11 @@ except PafoInputError as exc:
     st.warning(f"The run's dataset cannot be loaded any more ({exc}); showing response ids instead of texts.")
 pairs = appstate.user_pairs_table(margins, int(user), responses, methods)
 if not len(pairs):
-    st.info("This user has no test pairs.")
+    st.info(f"This user has no {JUDGED} pairs.")
     st.stop()
 
 right = {name: (pairs[f"{name} right"] == "✓").sum() for name in methods if f"{name} right" in pairs}
-st.markdown(f"**{len(pairs)} test pairs** — right: " + ", ".join(f"{m} {k}/{len(pairs)}" for m, k in right.items()))
+st.markdown(f"**{len(pairs)} {JUDGED} pairs** — right: " + ", ".join(f"{m} {k}/{len(pairs)}" for m, k in right.items()))
 ui.plot(report.user_margins_figure(pairs.rename(columns={f"{m} margin": f"margin_{m}" for m in methods}), methods),
         key="user_margins")
 st.dataframe(pairs, width="stretch", hide_index=True, height=min(600, 38 + 35 * len(pairs)),

@@ -1,5 +1,6 @@
-"""What-if: clone a finished run with a changed threshold, λ, τ, condition, population shares or seeds, launch it
-and compare it with its parent; or sweep one or two of its parameters over seeds (pages/_sweep.py)."""
+"""What-if: clone a finished run with a changed threshold, PAFO option (only those that can change its result),
+population shares or seeds, launch it and compare it with its parent; or sweep one or two of its parameters over
+seeds (pages/_sweep.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import time
 import streamlit as st
 
 from pafo import appstate, report
+from pafo.effects import flat_values, is_active
 from pafo.errors import PafoInputError
-from pafo.method_configs import PAFOConfig
 from pafo.sources import DataConfig
 from pafo.support import GroupConfig
 from pages import _sweep
 from pages import _ui as ui
 
 ui.require_app()
-WHATIF_PAFO_FIELDS = ("lam", "temperature", "condition")  # the PAFO options a one-off what-if varies
-WHATIF_LABELS = {"lam": "λ (distillation weight)", "temperature": "τ (temperature)", "condition": "Condition"}
+#: The PAFO options a one-off what-if varies; each shows only where it can change the parent's result (the
+#: others disabled, saying why: pafo.effects), so the default PAFO offers β and its clusters, not λ or τ.
+WHATIF_PAFO_FIELDS = ("teachers", "student", "beta", "clusters", "lam", "temperature", "condition", "dense")
 
 
 st.title("What-if")
@@ -50,7 +52,6 @@ if st.radio("Mode", MODES, horizontal=True, key="whatif_mode",
 
 # Every input below takes its bounds, default and help from the config dataclasses (pafo.config.option).
 group_fields = {spec.name: spec for spec in appstate.field_specs(GroupConfig)}
-pafo_fields = {spec.name: spec for spec in appstate.field_specs(PAFOConfig, include=WHATIF_PAFO_FIELDS)}
 with st.container(border=True):
     cols = st.columns(4)
     rule = cols[0].radio("Minority rule", ["quantile", "absolute"], horizontal=True, key="whatif_rule",
@@ -64,12 +65,6 @@ with st.container(border=True):
         groups.get("minority_threshold") or (parent_result.get("groups") or {}).get("threshold") or 0.5),
         step=0.01, key="whatif_threshold", format="%.3f", disabled=rule != "absolute", help=threshold_spec.help,
         **threshold_spec.limits())
-    pafo_values = {}
-    for column, name in zip((cols[1], cols[1], cols[2]), WHATIF_PAFO_FIELDS, strict=True):
-        spec = pafo_fields[name]
-        with column:
-            pafo_values[name] = ui.spec_widget(spec, pafo.get(name, spec.default), f"whatif_{name}",
-                                               label=WHATIF_LABELS.get(name))
     shares_default = data.get("shares") or ""
     if not shares_default and appstate.simulated(data):
         try:
@@ -77,18 +72,22 @@ with st.container(border=True):
                 {**appstate.default_data_dict(), **appstate.known_fields(DataConfig, data)})["meta"].get("shares"))
         except PafoInputError:
             shares_default = ""
-    shares = cols[3].text_input("Population shares (KEY=V,...)", value=shares_default or "", key="whatif_shares",
+    shares = cols[1].text_input("Population shares (KEY=V,...)", value=shares_default or "", key="whatif_shares",
                                 disabled=not appstate.simulated(data),
                                 help="simulated sources only: how many users each judge dominates")
     parent_seeds = appstate.seeds_text(config.get("seeds") or [data.get("seed", 0)])
-    seeds = cols[3].text_input("Seeds", value=parent_seeds, key="whatif_seeds",
+    seeds = cols[2].text_input("Seeds", value=parent_seeds, key="whatif_seeds",
                                help="run seeds (users and pairs; the texts stay), e.g. 0-2: several give paired CIs "
                                     "and a verdict on Compare")
-    label = cols[2].text_input("Label", key="whatif_label", placeholder="e.g. λ=2")
+    label = cols[3].text_input("Label", key="whatif_label", placeholder="e.g. β=2")
+    st.markdown("**PAFO options** — those that can change this run's result")
+    pafo_config = flat_values(config)
+    pafo_values = ui.option_inputs("pafo", pafo, pafo_config, prefix="whatif", include=WHATIF_PAFO_FIELDS)
     launch = st.button("Launch what-if run", type="primary", key="whatif_launch")
 
 if launch:
-    changes = {f"pafo.{name}": value for name, value in pafo_values.items()}
+    # Only the options that can change the result: a what-if changing no effect is refused (pafo.effects).
+    changes = {f"pafo.{name}": value for name, value in pafo_values.items() if is_active(pafo_config, f"pafo.{name}")}
     if rule == "quantile":
         changes.update({"groups.minority_quantile": float(quantile), "groups.minority_threshold": None})
     else:
@@ -106,7 +105,7 @@ if launch:
 
         auto_label = label or "what-if: " + ", ".join(f"{k.split('.')[-1]}={v}" for k, _, v in diff)
         submitted_at = time.time()
-        child = reg.submit_config(ExperimentConfig.from_dict(child_config), parent_id=parent.id,
+        child = ui.submit_config(ExperimentConfig.from_dict(child_config), parent_id=parent.id,
                                   label=auto_label[:80])
     except PafoInputError as exc:
         ui.show_error(str(exc), "Cannot launch this what-if: ")

@@ -25,6 +25,22 @@ DSP_PATH = Path(__file__).resolve().parents[2] / "shared/data/dsp_test_part_a.js
 _SESSION_HOME = os.environ.get("PAFO_HOME")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def data_roots_for_tests(tmp_path_factory: pytest.TempPathFactory):
+    """The tests' temporary folders are a data root of the app (``$PAFO_DATA_ROOTS``), as an analyst adds the
+    folder of their data: the app reads a path only inside a root. Session-wide, so app servers started by
+    module fixtures inherit it; a test of the refusal sets its own."""
+    from pafo.data_roots import DATA_ROOTS_ENV
+
+    previous = os.environ.get(DATA_ROOTS_ENV)
+    os.environ[DATA_ROOTS_ENV] = str(tmp_path_factory.getbasetemp())
+    yield
+    if previous is None:
+        os.environ.pop(DATA_ROOTS_ENV, None)
+    else:
+        os.environ[DATA_ROOTS_ENV] = previous
+
+
 @pytest.fixture(autouse=True)
 def pafo_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty ``$PAFO_HOME`` (embeddings cache, datasets cache, runs), never the repo's."""

@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
@@ -201,7 +202,7 @@ def test_data_good_upload_becomes_the_current_dataset(studio, tmp_path):
 def test_data_missing_path_and_offline_hub_show_errors(studio):
     at = app().run()
     at.segmented_control(key="data_source").set_value("pairs").run()
-    at.text_input(key="path_pairs").set_value("/no/such/pairs.csv")
+    at.text_input(key="path_pairs").set_value("no/such/pairs.csv")  # in the working folder, a data root
     at.form_submit_button[0].click().run()
     assert_clean(at)
     assert any("no such file" in e for e in errors(at)), errors(at)
@@ -224,7 +225,13 @@ def test_support_page_threshold_controls_and_error(studio):
     assert minority.value == "8"  # 20% of 40 users
     assert len(at.get("download_button")) == 1
     at.slider(key="support_quantile").set_value(0.4).run()
-    assert next(m for m in at.metric if m.label == "Minority users").value == "16"
+    at.slider(key="support_n_low").set_value(40).run()  # the table then lists all 40 users' support rates
+    rates = at.dataframe[0].value["support_rate"].to_numpy(dtype=float)
+    assert len(rates) == 40
+    # At or below the 0.4 quantile: 16 users, or more when users tie at the cut (the rule keeps ties together).
+    expected = int((rates <= np.quantile(rates, 0.4)).sum())
+    assert expected >= 16
+    assert next(m for m in at.metric if m.label == "Minority users").value == str(expected)
     assert at.session_state["group_config"]["minority_quantile"] == 0.4
     at.radio(key="support_rule").set_value("absolute").run()
     at.slider(key="support_threshold").set_value(0.0).run()
@@ -251,7 +258,7 @@ def test_train_page_shows_finished_run_curves_and_table(studio):
 def test_train_form_reuses_an_identical_finished_run(studio):
     registry, run_id = studio
     at = page(app(run_id), "train")
-    at.form_submit_button[0].click().run()  # the forms hold the run's own config: identical → reused
+    at.button(key="train_start").click().run()  # the forms hold the run's own config: identical → reused
     assert_clean(at)
     assert not errors(at), errors(at)
     new_id = at.session_state["run_id"]
@@ -279,25 +286,26 @@ def test_train_form_runs_several_seeds(studio):
     registry, run_id = studio
     at = page(app(run_id), "train")
     at.text_input(key="train_seeds").input("0-1")
-    at.form_submit_button[0].click().run()
+    at.button(key="train_start").click().run()
     assert_clean(at)
     assert not errors(at), errors(at)
     assert registry.get(at.session_state["run_id"]).reused_from == studio.seeds_id
     at.text_input(key="train_seeds").input("0-x")
-    at.form_submit_button[0].click().run()
-    assert any("--seeds: '0-x' is not a seed" in e for e in errors(at)), errors(at)
+    at.button(key="train_start").click().run()
+    assert any("Seeds: '0-x' is not a seed" in e for e in errors(at)), errors(at)  # the app's words
 
 
 def test_train_form_rejects_bad_values(studio):
     _, run_id = studio
     at = page(app(run_id), "train")
+    at.selectbox(key="pafo_teachers").set_value("groups").run()  # the teachers' L2 matters with group teachers
     at.text_input(key="pafo_teacher_user_l2").set_value("lots")
-    at.form_submit_button[0].click().run()
+    at.button(key="train_start").click().run()
     assert_clean(at)
-    assert any("teacher_user_l2" in e for e in errors(at)), errors(at)
+    assert any("teachers' L2 on user vectors: must be a number" in e for e in errors(at)), errors(at)
     at.text_input(key="pafo_teacher_user_l2").set_value("")
     at.multiselect(key="train_methods").set_value([])
-    at.form_submit_button[0].click().run()
+    at.button(key="train_start").click().run()
     assert any("at least one method" in e for e in errors(at)), errors(at)
 
 
@@ -321,7 +329,7 @@ def test_train_start_then_cancel_shows_cancelled(studio, gated_runs):
     registry, run_id = studio
     at = page(app(run_id), "train")
     at.checkbox(key="train_force").check()
-    at.form_submit_button[0].click().run()
+    at.button(key="train_start").click().run()
     assert_clean(at)
     new_id = at.session_state["run_id"]
     assert new_id != run_id and not registry.get(new_id).done
@@ -384,6 +392,11 @@ def test_compare_single_seed_run_says_so_and_warns_about_small_groups(studio):
     assert any("one seed (0)" in w and "not evidence" in w for w in warnings), warnings
     assert any("Small sample: the minority group has 8 users" in w for w in warnings), warnings
     assert not any("Pareto improvement over the baseline" in m.value for m in [*at.markdown, *at.caption])
+    # Issue 18: below the minimum group size the verdict itself is "within noise", and the card says why.
+    assert any(m.value.startswith("Verdict vs baseline: **") and m.value.endswith("within noise**")
+               for m in at.markdown), [m.value for m in at.markdown]
+    assert any(c.value.endswith("— too few users: minority has 8 (< 20)") for c in at.caption), [
+        c.value for c in at.caption]
 
 
 def test_compare_shows_the_verdict_with_paired_cis_over_seeds(studio):
@@ -513,7 +526,7 @@ def test_whatif_launches_a_child_and_compares_with_parent(studio, gated_runs):
     at = page(app(run_id), "whatif")
     assert_clean(at)
     assert any("No what-if runs" in i.value for i in at.info)
-    at.number_input(key="whatif_lam").set_value(2.0).run()  # a committed value (Enter, or leaving the field)
+    at.number_input(key="whatif_beta").set_value(2.0).run()  # a committed value (Enter, or leaving the field)
     assert_clean(at)
     assert not [r for r in registry.list() if r.parent_id == run_id]  # ...launches nothing
     at.button(key="whatif_launch").click().run()
@@ -525,10 +538,10 @@ def test_whatif_launches_a_child_and_compares_with_parent(studio, gated_runs):
     gated_runs.touch()
     child = registry.wait(child_id, timeout=600)
     assert child.status == "succeeded", child.error
-    assert child.parent_id == run_id and "lam=2.0" in child.label
+    assert child.parent_id == run_id and "beta=2.0" in child.label
     at.run()
     assert_clean(at)
-    assert any("pafo.lam" in m.value for m in at.markdown)
+    assert any("pafo.beta" in m.value for m in at.markdown)
     assert plotly_count(at) == 1
     table = at.dataframe[0].value
     assert {"parent", "what-if", "Δ"} <= set(table.columns)
@@ -559,14 +572,14 @@ def test_whatif_identical_config_in_flight_is_not_trained_twice(studio):
     follows that run, and the page shows it (not an older what-if)."""
     registry, run_id = studio
     parent = registry.get(run_id)
-    child_config = appstate.whatif_config(parent.config, {"pafo.lam": 3.0})
+    child_config = appstate.whatif_config(parent.config, {"pafo.beta": 3.0})
     from pafo.experiment import ExperimentConfig
 
     queued = registry.submit(child_config, fingerprint=ExperimentConfig.from_dict(child_config).fingerprint(),
                              parent_id=run_id, label="queued first", start=False)
     try:
         at = page(app(run_id), "whatif")
-        at.number_input(key="whatif_lam").set_value(3.0)
+        at.number_input(key="whatif_beta").set_value(3.0)
         at.button(key="whatif_launch").click().run()
         assert_clean(at)
         assert at.session_state["whatif_child"] == queued.id
@@ -617,8 +630,8 @@ def test_demo_button_follows_the_run_to_compare(studio, monkeypatch):
 
 def test_whatif_sweep_mode_shows_progress_then_its_pareto_plot(studio):
     """A 2-point sweep launched from the What-if page: a bad value is an error naming the grid key, a good grid
-    gives a progress grid of its cells (the parent's own λ reused, not retrained) and, once they ended, the
-    Pareto plot of the grid points and the accuracy-against-λ plot."""
+    gives a progress grid of its cells (the parent's own β reused, not retrained) and, once they ended, the
+    Pareto plot of the grid points and the accuracy-against-β plot."""
     registry, run_id = studio
     at = page(app(run_id), "whatif")
     at.radio(key="whatif_mode").set_value("sweep").run()
@@ -626,21 +639,21 @@ def test_whatif_sweep_mode_shows_progress_then_its_pareto_plot(studio):
     assert any("No sweep" in i.value for i in at.info)
     at.text_input(key="sweep_values1").set_value("1,-1").run()
     at.button(key="sweep_launch").click().run()
-    assert any("--grid pafo.lam=-1" in e for e in errors(at)), errors(at)
+    assert any("β (weight of the teachers) must be ≥ 0" in e for e in errors(at)), errors(at)
     assert "whatif_sweep" not in at.session_state
     at.text_input(key="sweep_values1").set_value("1,0").run()
     at.button(key="sweep_launch").click().run()
     assert_clean(at)
     assert not errors(at), errors(at)
     state = at.session_state["whatif_sweep"]
-    assert state["grid"] == {"pafo.lam": [1.0, 0.0]} and len(state["run_ids"]) == 1 * 2
+    assert state["grid"] == {"pafo.beta": [1.0, 0.0]} and len(state["run_ids"]) == 1 * 2
     cells = [registry.wait(cell, timeout=600) for cell in state["run_ids"]]
     assert [c.status for c in cells] == ["succeeded"] * 2, [c.error for c in cells]
     assert cells[0].reused_from and all(c.parent_id == state["sweep_id"] for c in cells)
     at.run()
     assert_clean(at)
     grid = at.dataframe[0].value
-    assert list(grid["pafo.lam"]) == ["1.0", "0.0"] and all("succeeded" in v for v in grid["seed 0"])
+    assert list(grid["pafo.beta"]) == ["1.0", "0.0"] and all("succeeded" in v for v in grid["seed 0"])
     pareto = figure(at, "Sweep: pafo at each grid point")
-    assert sum(len(trace.get("x") or []) for trace in pareto["data"] if trace.get("mode") == "markers+text") == 2
-    figure(at, "Sweep: pafo accuracy against pafo.lam")
+    assert sum(len(trace.get("x") or []) for trace in pareto["data"] if trace.get("mode") == "markers") == 2
+    figure(at, "Sweep: pafo accuracy against pafo.beta")

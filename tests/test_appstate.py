@@ -44,7 +44,7 @@ def test_pareto_records_keep_the_same_data_and_grouping():
 
 def test_field_specs_follow_the_dataclasses():
     specs = {s.name: s for s in appstate.field_specs(PAFOConfig)}
-    assert specs["lam"].label == "lambda" and specs["lam"].kind == "float"
+    assert specs["lam"].label == "λ (distillation weight)" and specs["lam"].kind == "float"
     assert specs["condition"].kind == "choice" and specs["condition"].choices == ("group", "group+agree")
     assert specs["teacher_user_l2"].optional and specs["dense"].kind == "int"
     data = [s.name for s in appstate.field_specs(DataConfig, include=("users", "seed"))]
@@ -54,7 +54,7 @@ def test_field_specs_follow_the_dataclasses():
 def test_form_to_dataclass_blank_optional_and_bad_value():
     config = appstate.form_to_dataclass(PAFOConfig, {"lam": "2.5", "teacher_user_l2": "  "})
     assert config.lam == 2.5 and config.teacher_user_l2 is None
-    with pytest.raises(PafoInputError, match="teacher_user_l2"):
+    with pytest.raises(PafoInputError, match="teacher-user-l2"):
         appstate.form_to_dataclass(PAFOConfig, {"teacher_user_l2": "lots"})
 
 
@@ -92,11 +92,14 @@ def test_form_labels_changes_and_seeds_text():
 
 def test_whatif_config_and_diff():
     parent = appstate.demo_config().to_dict()
-    child = appstate.whatif_config(parent, {"pafo.lam": 2.0, "groups.minority_threshold": 0.5})
-    assert parent["pafo"]["lam"] == 1.0  # the parent is not touched
-    assert appstate.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5), ("pafo.lam", 1.0, 2.0)]
-    with pytest.raises(PafoInputError, match="lambda"):
-        appstate.whatif_config(parent, {"pafo.lam": -1.0})
+    child = appstate.whatif_config(parent, {"pafo.beta": 2.0, "groups.minority_threshold": 0.5})
+    assert parent["pafo"]["beta"] == 1.0  # the parent is not touched
+    assert appstate.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5), ("pafo.beta", 1.0, 2.0)]
+    with pytest.raises(PafoInputError, match="beta"):
+        appstate.whatif_config(parent, {"pafo.beta": -1.0})
+    with pytest.raises(PafoInputError, match="--lambda has no effect with --student wide"):  # issue 19
+        appstate.whatif_config(parent, {"pafo.lam": 2.0})
+    assert appstate.whatif_config(parent, {"pafo.lam": 1.0})  # an unchanged value is no change
     with pytest.raises(PafoInputError, match=r"section\.field"):
         appstate.whatif_config(parent, {"lam": 2.0})
     seeded = appstate.whatif_config(parent, {"seeds": "0-2"})

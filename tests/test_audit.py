@@ -95,7 +95,8 @@ def test_audit_reproduces_constructed_accuracies_groups_spearman_and_verdict(con
     result = json.loads(out.read_text())
     users = pd.read_csv(users_csv)
     assert list(users.columns) == ["user_id", "group", "support_rate", "n_train", "n_val", "n_test", "acc_shared",
-                                   "acc_personal"]
+                                   "acc_personal", "n_judged"]
+    assert users["n_judged"].equals(users["n_test"])  # the test split is what this audit judges (issue 19)
     # Expected per-user accuracies straight from the construction (a tie is half right).
     correct_shared = np.where(test["prompt_no"] == TIE_PROMPT, 0.5, test["agree"].astype(float))
     expected = pd.DataFrame({"user_id": test["user_id"], "shared": correct_shared,
@@ -159,7 +160,7 @@ def experiment_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PAFO_HOME", str(folder / "home"))
         code = cli.main(["experiment", *EXPERIMENT_FLAGS, "--encoder", "tfidf", "--epochs", "3", "--hidden", "16",
-                         "--k", "4", "--dense", "4", "--out-dir", str(folder / "run"),
+                         "--k", "4", "--out-dir", str(folder / "run"),
                          "--json", str(folder / "result.json")])
     torch.set_num_threads(threads)
     assert code == 0
@@ -190,7 +191,9 @@ def test_audit_of_an_experiments_own_margins_gives_its_metrics(experiment_run, t
             for group, block in expected["methods"][method]["calibration"].items():
                 assert result["methods"][method]["calibration"][group] == pytest.approx(block, rel=1e-6)
         run_users = pd.read_csv(run_dir / "per_user.csv").drop(columns="seed")  # an audit has one seed: no column
-        pd.testing.assert_frame_equal(pd.read_csv(users_csv), run_users)
+        audit_users = pd.read_csv(users_csv)
+        assert audit_users.pop("n_judged").equals(audit_users["n_test"])  # it judges the run's test pairs
+        pd.testing.assert_frame_equal(audit_users, run_users)
         assert result["groups"] == expected["groups"] and result["support"] == expected["support"]
         assert result["comparisons"]["pafo"]["verdict"] in ("pareto", "noise", "worse", "tradeoff")
 
@@ -262,7 +265,7 @@ BAD_CASES = {  # case → fragment of the one stderr line (with the count and fi
     "missing": "3 of 96 test pairs have no prediction; first: pair",
     "duplicated": "1 pair(s) have more than one prediction; first: pair",
     "extra": "1 row(s) are train pairs, not pairs of the evaluated test split; first: row 97",
-    "nan": "1 row(s) have a margin that is not a finite number; first: row 3 ('nan')",
+    "nan": "1 row(s) have a margin that is not a finite number; first: row 3;",
     "inf": "first: row 3",
     "unknown user": "1 row(s) name users the dataset does not have; first: row 2, user_id 'stranger'",
     "unknown pair": "1 row(s) match no pair of the dataset",
@@ -413,8 +416,11 @@ def tiny_reward_model(folder, texts: list[str], kind: str = "bert", *, head: boo
     with torch.no_grad():  # the default init is so small that every text gets nearly the same reward
         for parameter in model.parameters():
             parameter.normal_(0, 0.5)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    from pafo.encoders import quiet_transformers
+
+    with quiet_transformers():  # no "Writing model shards" bar in the stderr a test then reads
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     return folder
 
 

@@ -71,7 +71,7 @@ def test_a_two_by_two_sweep_from_whatif_reaches_its_pareto_plot(app_server, brow
     launch.wait_for()
     wait_idle(page)
     page.get_by_role("combobox", name="Parameter", exact=True).click()
-    page.get_by_role("option", name=KEY, exact=True).click()
+    page.get_by_role("option", name=f"minority quantile · {KEY}", exact=True).click()  # label · key
     wait_idle(page)
     for label, value in (("Values", VALUES), ("Seeds", "0-1")):
         field = page.locator(FRESH).get_by_label(label, exact=True)
@@ -99,11 +99,13 @@ def test_a_two_by_two_sweep_from_whatif_reaches_its_pareto_plot(app_server, brow
     sweep_id = next(iter(sweeps))
     assert f"Sweep {sweep_id}: 4 of 4 cells done" in page.locator("[data-testid='stMain']").inner_text()
 
-    # The Pareto plot: the two grid points (means over both seeds), as dominated or front markers.
+    # The Pareto plot: the two grid points (means over both seeds), each named by its value in the legend (★: on
+    # the front), no labels written over the markers.
     assert drawn_points(page, PARETO_TITLE) == 2
     markers = [t for t in figure_traces(page, PARETO_TITLE) if "markers" in t["mode"]]
-    assert sum(t["n"] for t in markers) == 2 and {t["name"] for t in markers} <= {"Pareto front", "dominated"}
-    assert any(t["name"] == "Pareto front" for t in markers)  # at least one point is undominated
+    assert sum(t["n"] for t in markers) == 2 and all(t["mode"] == "markers" for t in markers)
+    assert sorted(t["name"].removesuffix(" ★") for t in markers) == ["minority_quantile=0.1", "minority_quantile=0.3"]
+    assert any(t["name"].endswith("★") for t in markers)  # at least one point is undominated
     # The line plot: majority and minority accuracy at both values of the parameter.
     assert wait_for(lambda: drawn_points(page, LINES_TITLE) == 4, 60, interval=0.3)
     assert sorted((t["name"], t["n"]) for t in figure_traces(page, LINES_TITLE)) == [("majority", 2), ("minority", 2)]

@@ -201,7 +201,7 @@ def test_offline_message_says_how_to_load_a_local_file(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, out, err = run_cli(["support", "--dataset", "pairs", "--path", "someone/some-pairs"], capsys)
     line = assert_one_line_error(code, out, err)
-    assert "pass its local path with --path" in line and "CSV, JSONL, JSON or Parquet" in line
+    assert "load it from its local path instead" in line and "CSV, JSONL, JSON or Parquet" in line
 
 
 def test_unreadable_file_is_reported(tmp_path, capsys, monkeypatch, write_table, pairs_frame, check_message):

@@ -21,7 +21,7 @@ def _tables(delta_majority: float, delta_minority: float, *, noise: float = 0.0,
         shift = np.where(group == "minority", delta_minority, delta_majority)
         method = np.clip(reference + shift + rng.normal(0, noise, users), 0, 1)
         tables.append(pd.DataFrame({"group": group, "support_rate": support, "acc_pafo": method,
-                                    "acc_baseline": reference}))
+                                    "acc_baseline": reference, "n_test": 20}))
     return tables
 
 

@@ -215,7 +215,7 @@ def _bad_inputs(tmp_path, write_table, pairs_frame, personalllm_frame):
     return {
         "invalid-jsonl": (dict(dataset="pairs", path=str(tmp_path / "bad.jsonl")), files.INVALID_JSONL, ["line 2"]),
         "bad-split": (dict(dataset="pairs", path=str(write_table(good.assign(split="dev"), tmp_path / "s.csv"))),
-                      pairs.BAD_SPLIT, ["'dev'"]),
+                      pairs.BAD_SPLIT, ["row 1"]),
         "leaked-prompt": (dict(dataset="pairs", path=str(write_table(leaked, tmp_path / "l.csv"))),
                           dataset_mod.LEAKED_PROMPT, ["prompt 0 "]),
         "no-train-pairs": (dict(dataset="pairs", path=str(write_table(no_train, tmp_path / "t.csv"))),
@@ -223,7 +223,7 @@ def _bad_inputs(tmp_path, write_table, pairs_frame, personalllm_frame):
         "no-scores": (dict(dataset="personalllm", path=str(write_table(no_scores, tmp_path / "n.parquet"))),
                       personalllm.NO_SCORES, []),
         "bad-score": (dict(dataset="personalllm", path=str(write_table(bad_score, tmp_path / "b.jsonl"))),
-                      personalllm.BAD_SCORE, ["row 3", "'high'", "response_3_rm_b"]),
+                      personalllm.BAD_SCORE, ["row 3", "response_3_rm_b"]),
         "dsp-missing-domain": (dict(dataset="dsp", path=str(tmp_path / "dsp.json")), dsp_mod.BAD_ITEM,
                                ['responses["business"]', "item 1"]),
         "dsp-no-path": (dict(dataset="dsp"), dsp_mod.NEED_PATH, []),

@@ -17,7 +17,7 @@ import pafo.encoders
 from pafo import cli
 from pafo import method_configs as methods
 from pafo import support as support_mod
-from pafo.compare import pooled_group_ci, verdict
+from pafo.compare import VerdictRule, pooled_group_ci
 from pafo.config import UNKNOWN_FIELD
 from pafo.encoders import MSG_MODEL_OFFLINE
 from pafo.errors import PafoInputError
@@ -35,7 +35,7 @@ TIMING_KEYS = {"seconds", "train_seconds", "setup_seconds", "cache_hits"}
 TINY_TRAIN = TrainConfig(epochs=3, batch_size=64, hidden=16, k=4, patience=3)
 TINY_FLAGS = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6",
               "--test-pairs", "4", "--encoder", "tfidf", "--bootstrap", "20", "--epochs", "3", "--hidden", "16",
-              "--k", "4", "--dense", "4"]
+              "--k", "4"]
 
 
 def tiny_experiment(data: DataConfig, methods_: str = "baseline,pafo") -> ExperimentConfig:
@@ -190,8 +190,11 @@ def test_experiment_over_seeds_pools_them_with_paired_comparisons(tmp_path, caps
             assert lo <= result["methods"][name]["accuracy"][group] <= hi
     comparison = result["comparisons"]["pafo"]
     assert set(comparison) >= {"majority", "minority", "user_std", "support_spearman_abs", "verdict"}
-    assert comparison["verdict"] == verdict(comparison["majority"], comparison["minority"],
-                                            result["config"]["pafo"]["epsilon"])
+    rule = VerdictRule(**comparison["rule"])
+    assert rule.epsilon == result["config"]["pafo"]["epsilon"]
+    assert (comparison["verdict"], comparison["verdict_reason"]) == rule.judge(
+        comparison["majority"], comparison["minority"], comparison["sample"], comparison["n_seeds"])
+    assert comparison["verdict"] == "noise" and comparison["verdict_reason"].startswith("too few users: minority")
     assert comparison["n_seeds"] == 3 and comparison["n_users"] == 72
     assert "baseline" not in result["comparisons"]
     minority = [b["methods"]["pafo"]["accuracy"]["minority"] - b["methods"]["baseline"]["accuracy"]["minority"]

@@ -262,6 +262,9 @@ def test_whatif_table_reads_the_declared_metrics_with_their_units():
     assert list(table["method"].unique()) == ["baseline", "pafo"] and len(table) == 2 * len(report.WHATIF_ROWS)
     row = table[(table["method"] == "pafo") & (table["metric"] == "Accuracy: minority users (%)")].iloc[0]
     a, b = parent["methods"]["pafo"]["accuracy"]["minority"], child["methods"]["pafo"]["accuracy"]["minority"]
-    assert row["parent"] == report.format_value(a, "%") and row["Δ"] == report.format_value(b - a, "%", delta=True)
+    assert row["parent"] == report.format_value(a, "%") and row["what-if"] == report.format_value(b, "%")
+    # Δ is the difference of the two values as shown (issue 19: a table's row must add up on a slide)
+    shown = float(row["what-if"]) - float(row["parent"])
+    assert row["Δ"] == report.format_value(shown / 100, "%", delta=True)
     spearman = table[table["metric"] == "Spearman(support, accuracy) — the bias"]
     assert len(spearman) == 2 and not spearman["parent"].str.endswith("%").any()

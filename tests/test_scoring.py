@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pafo.sources.files import MISSING_COLUMNS
 
 TINY = dict(users=24, prompts=16, responses_per_prompt=4, train_pairs=6, test_pairs=4)
 TINY_FLAGS = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6",
-              "--test-pairs", "4", "--bootstrap", "20", "--epochs", "3", "--hidden", "16", "--k", "4", "--dense", "4"]
+              "--test-pairs", "4", "--bootstrap", "20", "--epochs", "3", "--hidden", "16", "--k", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +75,16 @@ def test_unknown_users_get_the_shared_reward(run_dir, kind, write_table, tmp_pat
 
 
 def test_score_json_summary_and_background_run_id(run_dir, tmp_path, write_table):
-    """--json holds a summary and every row; --run RUN_ID finds a succeeded background run's folder."""
+    """--json holds a summary and every row; --run RUN_ID finds a succeeded background run's folder (here the
+    run's files put in the registry's folder of a run of the same config and data)."""
     triples, _ = _test_pair_triples()
     source = write_table(triples.iloc[:6], tmp_path / "triples.csv")
     registry = RunRegistry()
-    record = registry.submit({"run": {"methods": "baseline,pafo"}}, fingerprint="f", start=False, label="scored")
+    result = json.loads((run_dir / "result.json").read_text())
+    record = registry.submit(result["config"], fingerprint=result["fingerprint"], start=False, label="scored")
+    shutil.copytree(run_dir, registry.run_dir(record.id), dirs_exist_ok=True)
     assert registry.mark_running(record.id, os.getpid())
-    assert registry.mark_succeeded(record.id, run_dir / "result.json")
+    assert registry.mark_succeeded(record.id, registry.run_dir(record.id) / "result.json")
     out = tmp_path / "summary.json"
     assert cli.main(["score", "--run", record.id, "--input", str(source), "--json", str(out)]) == 0
     summary = json.loads(out.read_text())

@@ -55,11 +55,13 @@ def reg(home: Path):
 
 
 def test_grid_values_are_typed_and_keep_their_order():
-    grid = parse_grid(["pafo.lam=1,0,0.5", "groups.minority_threshold=none,0.3", "train.epochs=2,3",
-                       "run.methods=baseline,pafo"], base_config())
-    assert grid == {"pafo.lam": [1.0, 0.0, 0.5], "groups.minority_threshold": [None, 0.3], "train.epochs": [2, 3],
-                    "run.methods": ["baseline", "pafo"]}
-    assert all(isinstance(v, float) for v in grid["pafo.lam"]) and all(type(v) is int for v in grid["train.epochs"])
+    grid = parse_grid(["pafo.beta=1,0,0.5", "groups.minority_threshold=none,0.3", "train.epochs=2,3",
+                       "groups.estimator=auto,exact"], base_config())
+    assert grid == {"pafo.beta": [1.0, 0.0, 0.5], "groups.minority_threshold": [None, 0.3], "train.epochs": [2, 3],
+                    "groups.estimator": ["auto", "exact"]}
+    with pytest.raises(PafoInputError, match=r"--grid pafo\.beta: --beta has no effect with --methods baseline"):
+        parse_grid(["pafo.beta=1,2", "run.methods=baseline,pafo"], base_config())  # the baseline-only cells
+    assert all(isinstance(v, float) for v in grid["pafo.beta"]) and all(type(v) is int for v in grid["train.epochs"])
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -93,13 +95,13 @@ def test_key_given_twice_and_empty_grid_are_refused():
 
 
 def test_cells_are_every_point_on_every_seed_each_a_one_seed_config():
-    grid = parse_grid(["pafo.lam=0,1", "groups.minority_quantile=0.1,0.2"], base_config())
+    grid = parse_grid(["pafo.beta=0,1", "groups.minority_quantile=0.1,0.2"], base_config())
     cells = expand_cells(base_config(), grid, [3, 5])
     assert len(cells) == 8
     assert [(c.point, c.seed) for c in cells[:4]] == [(0, 3), (0, 5), (1, 3), (1, 5)]
-    assert cells[2].params == {"pafo.lam": 0.0, "groups.minority_quantile": 0.2}
+    assert cells[2].params == {"pafo.beta": 0.0, "groups.minority_quantile": 0.2}
     last = cells[-1].config
-    assert last["pafo"]["lam"] == 1.0 and last["groups"]["minority_quantile"] == 0.2
+    assert last["pafo"]["beta"] == 1.0 and last["groups"]["minority_quantile"] == 0.2
     assert last["data"]["seed"] == 5 and "seeds" not in last
     assert cells[0].fingerprint == cells[2].fingerprint != cells[1].fingerprint  # same data per seed, not per point
     too_many = {"pafo.lam": [float(i) for i in range(MAX_CELLS)]}
@@ -225,7 +227,7 @@ def test_cli_sweep_flags_are_checked(home: Path, capsys: pytest.CaptureFixture):
     for flags, message in ((["--max-concurrent", "0"], "--max-concurrent: must be ≥ 1"),
                            (["--ray-address", "ray://x:1"], "only used with --backend ray"),
                            (["--pareto-method", "groupdro"], "--pareto-method 'groupdro'")):
-        assert main(["sweep", *DATA, "--grid", "pafo.lam=0", *flags]) == 2
+        assert main(["sweep", *DATA, "--grid", "pafo.beta=1", *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert main(["runs", "cancel", "sweep-nosuch"]) == 2
@@ -237,7 +239,7 @@ def test_cancel_of_a_sweep_cancels_its_running_and_queued_cells(reg: RunRegistry
     """Guards against cancelling a sweep leaving cells queued or a worker training on: one cell is held running
     (a gate the test never opens), the others queued; cancel_sweep ends all of them, and a run outside the sweep
     is left alone."""
-    grid = parse_grid(["pafo.lam=0,1"], base_config())
+    grid = parse_grid(["pafo.beta=0,1"], base_config())
     cells = expand_cells(base_config(), grid, [0, 1])
     gate = tmp_path / "never.gate"
     for cell in cells:
@@ -309,7 +311,7 @@ def local_ray():
 def test_claimed_cells_are_not_dispatched_locally_and_cancel_at_once(reg: RunRegistry):
     """Guards against a cell handed to Ray also being started by the registry's local dispatch, and against a
     cancelled cell that Ray never started staying 'running' until its heartbeat goes stale."""
-    cells = expand_cells(base_config(), parse_grid(["pafo.lam=0,1"], base_config()), [0])
+    cells = expand_cells(base_config(), parse_grid(["pafo.beta=0,1"], base_config()), [0])
     submit_cells(reg, cells, sweep_id=(sweep_id := new_sweep_id()))
     ids = [cell.record.id for cell in cells]
     assert all(reg.claim(run_id, "waiting for a Ray worker") for run_id in ids)
@@ -338,7 +340,7 @@ def test_ray_and_local_backends_give_identical_cells(local_ray, home: Path, tmp_
     monkeypatch.setattr(ray, "put", lambda value, **kw: puts.append(sorted(value)) or real_put(value, **kw))
     monkeypatch.setattr(pafo.features, "response_features",
                         lambda dataset, *a, **kw: embeds.append(dataset) or real_embed(dataset, *a, **kw))
-    argv = ["sweep", *DATA, "--grid", "pafo.lam=0,1", "--seeds", "0-1", "--max-concurrent", "2", "--force"]
+    argv = ["sweep", *DATA, "--grid", "pafo.beta=0,1", "--seeds", "0-1", "--max-concurrent", "2", "--force"]
     assert main([*argv, "--backend", "ray", "--json", str(tmp_path / "ray.json")]) == 0
     assert sorted(puts) == [[0], [1]] and len(embeds) == 2  # once per seed, not per cell
     assert main([*argv, "--backend", "local", "--json", str(tmp_path / "local.json")]) == 0
@@ -365,7 +367,7 @@ def test_ray_cell_whose_worker_is_killed_fails_while_the_others_succeed(local_ra
 
     from pafo.sweep import run_on_ray
 
-    cells = expand_cells(base_config(), parse_grid(["pafo.lam=0,1"], base_config()), [0])
+    cells = expand_cells(base_config(), parse_grid(["pafo.beta=0,1"], base_config()), [0])
     cells[0].config = {**cells[0].config, "target": "tests.run_targets:gated_experiment",
                        "gate": str(tmp_path / "never.gate")}
     submit_cells(reg, cells, sweep_id=new_sweep_id())

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..conditions import SOURCE_READS
 from ..config import BAD_CHOICE, OUT_OF_RANGE, option, validate_options
 from ..dataset import PreferenceDataset, validate_dataset
+from ..errors import PafoInputError
 from ..simulate import parse_shares
 from .dsp import DOMAINS, load_dsp
 from .pairs import load_pairs
@@ -52,6 +54,14 @@ class SourceSpec:
     path_hint: str | None = None                      # placeholder of the path box; None: it takes no path
     hub_schema: str | None = None                     # its name among the hub schemas; None: no hub loading
     judges: Callable = lambda config: None            # DataConfig -> judge names --shares may use, if known
+    hidden: tuple[str, ...] = ()                      # DataConfig fields it reads that its form does not show
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Every DataConfig field its loader reads besides ``dataset`` and the run seed: what it shows, its path
+        when it takes one, and its hidden fields. Options it does not read have no effect on its data
+        (``pafo.conditions.SOURCE_READS``)."""
+        return (*self.fields, *(("path",) if self.path_hint else ()), *self.hidden)
 
 
 def _load_synthetic(config, options: dict) -> PreferenceDataset:
@@ -72,7 +82,7 @@ SOURCE_SPECS = {spec.name: spec for spec in (
     SourceSpec("synthetic", "Synthetic demo", _load_synthetic,
                (*SIMULATION_FIELDS, "data_seed", "prompts", "responses_per_prompt", "judges",
                 "minority_homogeneity"), True,
-               judges=lambda config: synthetic_judges(config.judges)),
+               judges=lambda config: synthetic_judges(config.judges), hidden=("quality_noise",)),
     SourceSpec("dsp", "DSP (domain-specific preference)", _load_dsp, (*SIMULATION_FIELDS, "include_normal"), True,
                path_hint="path/to/dsp.json", hub_schema="DSP JSON", judges=lambda config: list(DOMAINS)),
     SourceSpec("personalllm", "PersonalLLM", lambda config, options: _load_personalllm(config, options),
@@ -87,32 +97,44 @@ SOURCES = tuple(SOURCE_SPECS)
 class DataConfig:
     """Which preference data to load and, for simulated sources, how to simulate the users."""
 
-    dataset: str = option("synthetic", "data source", choices=SOURCES)
+    dataset: str = option("synthetic", "data source", choices=SOURCES, label="data source")
     path: str | None = option(None, "file, URL or hub id (" + ", ".join(
-        name for name, spec in SOURCE_SPECS.items() if spec.path_hint) + ")")
+        name for name, spec in SOURCE_SPECS.items() if spec.path_hint) + ")", label="file, URL or hub id",
+        active_when=SOURCE_READS)
     seed: int = option(0, "run seed: the simulated users, the pairs each labels, label noise, the split and "
-                          "training", ge=0, le=MAX_SEED)
+                          "training", ge=0, le=MAX_SEED, label="run seed")
     data_seed: int = option(0, "synthetic: seed of the text pool (prompts, responses, their attributes and judge "
                                "scores); the same for every run seed, so several seeds embed the texts once",
-                            ge=0, le=MAX_SEED)
-    users: int = option(300, "number of simulated users", ge=2, le=MAX_USERS)
-    shares: str | None = option(None, "population shares of the judges, KEY=V,... (e.g. academy=0.55,...)")
-    alpha: float = option(0.1, "Dirichlet concentration of personas (small: one dominant judge per user)", gt=0)
+                            ge=0, le=MAX_SEED, label="text-pool seed", active_when=SOURCE_READS)
+    users: int = option(300, "number of simulated users", ge=2, le=MAX_USERS, label="simulated users",
+                        active_when=SOURCE_READS)
+    shares: str | None = option(None, "population shares of the judges, KEY=V,... (e.g. academy=0.55,...)",
+                                label="population shares", active_when=SOURCE_READS)
+    alpha: float = option(0.1, "Dirichlet concentration of personas (small: one dominant judge per user)", gt=0,
+                          label="persona concentration α", active_when=SOURCE_READS)
     train_pairs: int = option(8, "labelled training pairs per simulated user (validation included)", ge=1,
-                              le=MAX_PAIRS_PER_USER)
-    test_pairs: int = option(20, "labelled test pairs per simulated user", ge=1, le=MAX_PAIRS_PER_USER)
-    test_fraction: float = option(0.25, "share of prompts held out for test", gt=0, lt=1)
+                              le=MAX_PAIRS_PER_USER, label="train + val pairs per user", active_when=SOURCE_READS)
+    test_pairs: int = option(20, "labelled test pairs per simulated user", ge=1, le=MAX_PAIRS_PER_USER,
+                             label="test pairs per user", active_when=SOURCE_READS)
+    test_fraction: float = option(0.25, "share of prompts held out for test", gt=0, lt=1,
+                                  label="test share of prompts", active_when=SOURCE_READS)
     val_fraction: float = option(0.1, "share of each user's training pairs kept for validation (at least 1)",
-                                 gt=0, lt=1)
-    protocol: Literal["random", "best_worst"] = option("random", "pairs at random, or the user's best vs worst")
-    include_normal: bool = option(False, "dsp: also pair the original (normal) answer")
-    prompts: int = option(160, "synthetic: number of prompts", ge=2, le=MAX_PROMPTS)
-    responses_per_prompt: int = option(6, "synthetic: responses per prompt", ge=2, le=MAX_RESPONSES_PER_PROMPT)
-    judges: int = option(4, "synthetic: number of style critics", ge=MIN_JUDGES, le=MAX_JUDGES)
+                                 gt=0, lt=1, label="validation share of pairs", active_when=SOURCE_READS)
+    protocol: Literal["random", "best_worst"] = option("random", "pairs at random, or the user's best vs worst",
+                                                       label="which pairs users label", active_when=SOURCE_READS)
+    include_normal: bool = option(False, "dsp: also pair the original (normal) answer",
+                                  label="pair the original (normal) answer too", active_when=SOURCE_READS)
+    prompts: int = option(160, "synthetic: number of prompts", ge=2, le=MAX_PROMPTS, label="prompts",
+                          active_when=SOURCE_READS)
+    responses_per_prompt: int = option(6, "synthetic: responses per prompt", ge=2, le=MAX_RESPONSES_PER_PROMPT,
+                                       label="responses per prompt", active_when=SOURCE_READS)
+    judges: int = option(4, "synthetic: number of style critics", ge=MIN_JUDGES, le=MAX_JUDGES,
+                         label="style critics", active_when=SOURCE_READS)
     minority_homogeneity: float = option(0.0, "synthetic: how much the minority critics share one direction",
-                                         ge=0, le=1)
+                                         ge=0, le=1, label="minority critics' shared direction",
+                                         active_when=SOURCE_READS)
     quality_noise: float = option(0.1, "synthetic: std of each response's hidden quality (not readable from text)",
-                                  ge=0)
+                                  ge=0, label="hidden quality noise", active_when=SOURCE_READS)
 
     def validate(self) -> DataConfig:
         return validate_options(self)
@@ -154,9 +176,16 @@ def _load_personalllm(config: DataConfig, options: dict) -> PreferenceDataset:
 
 
 def dataset_fingerprint(config: DataConfig) -> str:
-    """A hash of what determines the dataset: the options, plus the file's size and mtime for local files."""
+    """A hash of what determines the dataset: the options, plus the content of a local file (sha256, cached by
+    the file's stat: :func:`pafo.digests.file_digest`), so a file edited in place is new data whatever its size
+    and modification time say. The one place a dataset's identity is decided (reuse, audits of run folders)."""
+    from ..digests import file_digest
+    from .files import UNREADABLE
+
     payload = dataclasses.asdict(config)
     if config.path and Path(config.path).is_file():
-        stat = Path(config.path).stat()
-        payload["file"] = [str(Path(config.path).resolve()), stat.st_size, stat.st_mtime_ns]
+        try:
+            payload["file"] = {"sha256": file_digest(config.path)}
+        except OSError as exc:
+            raise PafoInputError(UNREADABLE.format(path=config.path, reason=exc.strerror or exc)) from None
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -44,7 +44,9 @@ def _load_with_datasets(source: str) -> list[dict]:
         if is_remote(source):
             raise PafoInputError(OFFLINE.format(source=source, reason=type(exc).__name__)) from None
         read_json_records(Path(source))  # raises the precise message for a broken local file
-        raise PafoInputError(INVALID_JSON.format(path=source, line=1, column=1, reason=str(exc)[:120])) from None
+        # The parser's own text can quote the file: name its kind only (pafo.sources.files: parse errors echo
+        # nothing of a file's contents).
+        raise PafoInputError(INVALID_JSON.format(path=source, line=1, column=1, reason=type(exc).__name__)) from None
     return table.to_list()
 
 

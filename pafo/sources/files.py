@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from ..errors import PafoInputError
+from ..jsonio import JSONTooDeepError, loads
 
 __all__ = ["check_text_file", "ensure_online", "is_remote", "read_json_records", "read_table", "require_columns"]
 
@@ -28,14 +29,17 @@ NOT_RECORDS = ("{path}: item {item} is a JSON {kind}, not an object; a JSON file
 UNREADABLE = "{path}: cannot be read ({reason}); check its permissions"
 NOT_UTF8 = "{path}: is not UTF-8 text (byte {offset}); re-save it as UTF-8"
 INVALID_JSON = "{path}: invalid JSON at line {line}, column {column} ({reason}); fix the file or export it again"
+TOO_DEEP = "{path}: {reason}; fix the file or export it again"
 INVALID_JSONL = "{path}: line {line} is not valid JSON ({reason}); each line of a JSONL file must be one JSON object"
 UNKNOWN_FORMAT = "{path}: unknown format {suffix!r}; use .csv, .jsonl, .json or .parquet"
 BAD_PARQUET = "{path}: not a readable Parquet file ({reason}); export it again or use CSV/JSONL"
 BAD_CSV = "{path}: cannot be parsed as CSV ({reason}); check the delimiter and quoting"
-MISSING_COLUMNS = "{path}: missing column(s) {missing}; the file needs {required} (found: {found})"
+# Parse errors name the file, row and the columns the loader expected, never what the file holds (its header, a
+# cell): the app may run as another user than the analyst, and a 0600 file's header once leaked through "found:".
+MISSING_COLUMNS = "{path}: missing column(s) {missing}; the file needs {required} (it has {count} column(s))"
 OFFLINE = (
-    "{source}: cannot be downloaded from this machine ({reason}); download the file elsewhere and pass its local "
-    "path with --path (CSV, JSONL, JSON or Parquet)"
+    "{source}: cannot be downloaded from this machine ({reason}); download the file elsewhere and load it from "
+    "its local path instead (CSV, JSONL, JSON or Parquet)"
 )
 EMPTY_FILE = "{path}: the file has no rows; add data rows below the header"
 
@@ -86,7 +90,9 @@ def _read_text(path: Path) -> str:
 
 def _json_error(path: Path, text: str) -> PafoInputError | None:
     try:
-        json.loads(text)
+        loads(text)
+    except JSONTooDeepError as exc:
+        return PafoInputError(TOO_DEEP.format(path=path, reason=exc))
     except json.JSONDecodeError as exc:
         return PafoInputError(INVALID_JSON.format(path=path, line=exc.lineno, column=exc.colno, reason=exc.msg))
     return None
@@ -116,7 +122,9 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads(line)
+        except JSONTooDeepError as exc:
+            raise PafoInputError(TOO_DEEP.format(path=f"{path}: line {number}", reason=exc)) from None
         except json.JSONDecodeError as exc:
             raise PafoInputError(INVALID_JSONL.format(path=path, line=number, reason=exc.msg)) from None
         if not isinstance(row, dict):  # pandas would silently build columns 0, 1, ... from a list line
@@ -141,7 +149,7 @@ def _read_local(path: Path) -> pd.DataFrame:
         error = _json_error(path, text)
         if error:
             raise error
-        data = json.loads(text)
+        data = loads(text)
         records = data if isinstance(data, list) else [data]
         wrong = next((i for i, item in enumerate(records) if not isinstance(item, dict)), None)
         if wrong is not None:
@@ -195,5 +203,5 @@ def require_columns(frame: pd.DataFrame, required: list[str], source: str) -> No
     if missing:
         raise PafoInputError(
             MISSING_COLUMNS.format(path=source, missing=", ".join(missing), required=", ".join(required),
-                                   found=", ".join(map(str, frame.columns[:12])) or "none")
+                                   count=len(frame.columns))
         )

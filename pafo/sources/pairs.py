@@ -19,7 +19,7 @@ PAIR_COLUMNS = ["user_id", "prompt", "chosen", "rejected"]
 NEED_PATH = "--path: the pairs source needs a CSV, JSONL or Parquet file (columns user_id, prompt, chosen, rejected)"
 EMPTY_CELL = "{source}: row {row}: {field} is empty; every row needs user_id, prompt, chosen and rejected text"
 SAME_TEXT = "{source}: row {row}: chosen equals rejected; a preference needs two different responses"
-BAD_SPLIT = "{source}: row {row}: split {value!r} is not one of train, val, test"
+BAD_SPLIT = "{source}: row {row}: the split is not one of train, val, test"
 
 
 def _clean(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -36,7 +36,7 @@ def _clean(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         frame["split"] = frame["split"].fillna("").astype(str).str.strip().str.lower()
         bad = np.flatnonzero(~frame["split"].isin(SPLITS).to_numpy())
         if len(bad):
-            raise PafoInputError(BAD_SPLIT.format(source=source, row=bad[0] + 1, value=frame["split"].iloc[bad[0]]))
+            raise PafoInputError(BAD_SPLIT.format(source=source, row=bad[0] + 1))
     return frame
 
 

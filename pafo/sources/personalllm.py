@@ -6,6 +6,7 @@ model. Each reward model is z-normalised and becomes a judge; Dirichlet personas
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -23,7 +24,7 @@ NO_SCORES = (
     "{source}: no reward-model score columns named response_1_<model>; PersonalLLM rows need prompt, "
     "response_1..N and response_<k>_<model> scores"
 )
-BAD_SCORE = "{source}: row {row}, column {column}: score {value!r} is not a number; fix or drop the row"
+BAD_SCORE = "{source}: row {row}, column {column}: the score is not a finite number; fix or drop the row"
 
 
 def reward_model_columns(columns: list[str]) -> tuple[int, list[str]]:
@@ -35,6 +36,17 @@ def reward_model_columns(columns: list[str]) -> tuple[int, list[str]]:
     return n_responses, models
 
 
+def _score(value, source: str, row: int, column: str) -> float:
+    """One reward-model score; an inf or NaN (or text) would poison the z-normalisation of its whole column."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise PafoInputError(BAD_SCORE.format(source=source, row=row + 1, column=column))
+    return number
+
+
 def _long_tables(frame: pd.DataFrame, n: int, models: list[str], source: str) -> tuple[pd.DataFrame, np.ndarray]:
     responses, scores = [], []
     # Records keep the column names as they are (itertuples renames names that are not identifiers, e.g. "rm-a").
@@ -43,12 +55,7 @@ def _long_tables(frame: pd.DataFrame, n: int, models: list[str], source: str) ->
             responses.append((row, values["prompt"], values[f"response_{k}"]))
             score_row = []
             for model in models:
-                value = values[f"response_{k}_{model}"]
-                try:
-                    score_row.append(float(value))
-                except (TypeError, ValueError):
-                    raise PafoInputError(BAD_SCORE.format(source=source, row=row + 1,
-                                                          column=f"response_{k}_{model}", value=value)) from None
+                score_row.append(_score(values[f"response_{k}_{model}"], source, row, f"response_{k}_{model}"))
             scores.append(score_row)
     table = pd.DataFrame(responses, columns=["prompt_id", "prompt", "text"])
     table["text"] = table["text"].fillna("").astype(str)
