@@ -92,9 +92,11 @@ def test_form_labels_changes_and_seeds_text():
 
 def test_whatif_config_and_diff():
     parent = appstate.demo_config().to_dict()
-    child = appstate.whatif_config(parent, {"pafo.beta": 2.0, "groups.minority_threshold": 0.5})
-    assert parent["pafo"]["beta"] == 1.0  # the parent is not touched
-    assert appstate.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5), ("pafo.beta", 1.0, 2.0)]
+    beta = parent["pafo"]["beta"]
+    child = appstate.whatif_config(parent, {"pafo.beta": beta + 1, "groups.minority_threshold": 0.5})
+    assert parent["pafo"]["beta"] == beta  # the parent is not touched
+    assert appstate.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5),
+                                                   ("pafo.beta", beta, beta + 1)]
     with pytest.raises(PafoInputError, match="beta"):
         appstate.whatif_config(parent, {"pafo.beta": -1.0})
     with pytest.raises(PafoInputError, match="--lambda has no effect with --student wide"):  # issue 19
