@@ -183,6 +183,26 @@ def soft(beta: float = 3.0, sizes=(16, 24, 32), clusters: int = 8, restarts: int
     return run
 
 
+def mixed_sizes(clusters=(6, 8, 12), restarts: int = 8, beta: float = 3.0, sizes=(16, 24, 32),
+                colabel_weight: float = 4.0) -> Callable[[Seed], object]:
+    """Multi-resolution over the number of clusters too: one soft step per C, each user's direction averaged over
+    every run of every C (as over subspace sizes)."""
+
+    def run(s: Seed):
+        basis, x = train_x(s, max(sizes))
+        colabels = CoLabels.of(s.ctx.train.chosen, s.ctx.train.rejected)
+        fits = [fit_soft_clusters(x, s.ctx.train.users, s.ctx.n_users, n_clusters=c, restarts=restarts,
+                                  user_vectors=s.user_vectors(), sizes=sizes, seed=s.seed + 7919 * i,
+                                  colabels=colabels, colabel_weight=colabel_weight)
+                for i, c in enumerate(clusters)]
+        fit = fits[0]
+        fit.directions = np.mean([f.directions for f in fits], axis=0)
+        fit.basis = basis
+        return wide(s, fit, beta)
+
+    return run
+
+
 def per_group(beta: float = 3.0, sizes=(16, 24, 32), clusters=(6, 3), restarts: int = 16) -> Callable[[Seed], object]:
     """Separate mixtures per support group (majority with clusters[0], minority with clusters[1]), each user's
     direction from its own group's mixture."""
@@ -267,6 +287,10 @@ VARIANTS: dict[str, Callable[[Seed], object]] = {
     "soft, co-labels w 16": soft(colabel_weight=16.0),
     "soft, moment (cross-moment spectral) starts": soft(starts=moment_starts),
     "soft, moment starts, co-labels w 4": soft(starts=moment_starts, colabel_weight=4.0),
+    "soft, C 6/8/12 averaged (8 restarts each), co-labels w 4": mixed_sizes(),
+    "soft, C 6/12 averaged (8 restarts each), co-labels w 4": mixed_sizes(clusters=(6, 12)),
+    "soft, C 6, co-labels w 4": soft(clusters=6, colabel_weight=4.0),
+    "soft, C 12, co-labels w 4": soft(clusters=12, colabel_weight=4.0),
     **{f"PAFO soft, co-labels w {w:g}, β {beta:g}": pafo(colabel_weight=w, beta=beta)
        for w in (0.0, 1.0, 2.0, 4.0, 8.0) for beta in (1.0, 2.0, 3.0, 4.0)},
 }
@@ -277,6 +301,31 @@ CROSSFIT = [name for name in VARIANTS if name.startswith("PAFO soft, co-labels")
 #: What the fresh confirmation seeds run: PAFO v2, the §10 prototype (soft EM, no co-labels, β 3), the default, and
 #: the true-cluster ceiling at the default β.
 FRESH = [REFERENCE, "soft EM 16/24/32, β 3", DEFAULT, "oracle: true-cluster teachers, β 3"]
+SUMMARY = """**Summary.** Adopted as PAFO's default cluster step: soft EM on the mixture likelihood (subspaces
+16/24/32, 16 restarts each, C 8) with the co-label view (weight 4) and β 3.
+- Soft EM over PAFO v2 (β 3, no co-labels), minority, paired: +0.88 [+0.2, +1.5] synthetic / +1.07 [+0.2, +1.8] DSP
+  on seeds 100–109; +1.05 [+0.4, +1.6] / +0.54 [−0.3, +1.3] on the fresh seeds 200–209.
+- The co-label view on top (weight 4): minority +4.85 vs +4.00 (synthetic) and +4.27 vs +3.92 (DSP) on 100–109;
+  on 200–209 +2.98 vs +3.06 (synthetic: no gain) and +4.01 vs +3.41 (DSP). It helps where the text features are
+  weak (DSP), and it raises the majority too.
+- β and the co-label weight were chosen by training-data cross-fitting (2a, 2b). Disclosure: the 3-fold cross-fit
+  (2a) ran first and chose β 1; on development test pairs β 1 then read DSP minority +3.33 against +4.27 at β 3.
+  Three folds train every model on 2/3 of a user's 7 pairs, where the teachers are weaker and a large β looks
+  worse than it is with all pairs, so the choice was redone with 7 folds (6 of 7 pairs, 2b), which chose β 3. That
+  redo was prompted by a look at development test pairs; the reported seeds 0–9 were run once, afterwards.
+- Not adopted (within noise, or better on one dataset and worse on the other): C 4/6/12/16 and C averaged over
+  6/8/12, ridge 0.3/3, 5/10/40 rounds, 32 restarts, other subspace sets, Dirichlet prior on π (variational Bayes),
+  π per support group, separate mixtures per group, a sharpened M-step, a baseline-margin offset, moment
+  (cross-moment spectral) starts.
+- Where the gap is (oracle rows): teachers fitted on the true clusters with each user placed by its own pairs reach
+  +7.0 (synthetic) / +5.0 (DSP), against +4.85 / +4.27 for the default on the same seeds; EM started *from* the true
+  clusters falls back to k-means-start quality within 20 rounds (four-seed probe below). The limit is the mixture
+  likelihood's fixed point with 7 pairs per user, not the search: better starts do not help, other information
+  (co-labels) does.
+- Seed sets differ a lot: the same default reads +4.85 / +2.98 / +1.77 on the synthetic minority over seeds
+  100–109 / 200–209 / 0–9 (PAFO v2: +3.12 / +2.01 / +1.52), so 10-seed means move by about ±1.5 points.
+- Time column: one run each under shared load; rows that reuse an earlier row's cluster fit (the β variants of one
+  co-label weight) show the cluster step as nearly free."""
 #: Measured with code since removed from the library (commit 061b167, same driver and seeds): kept as measured.
 EARLIER = """Variants measured at commit 061b167 whose code was then removed (no gain); development seeds 100–109, test
 pairs, soft EM 16/24/32 with C 8 and β 3 unless named (Δ minority vs baseline [95% CI]; plain soft EM: synthetic
@@ -457,6 +506,7 @@ def research_log(argv: list[str], out: str | None) -> None:
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}; the 2 cores were "
              "shared with other engineers' jobs throughout (load average 2–12), so the time column is a rough "
              "ratio measured per variant, not a benchmark (bench.quality's ratios are the timing figures)", ""]
+    lines += [SUMMARY, ""]
     explore = [n for n in VARIANTS if n not in CROSSFIT and n not in (DEFAULT,)] + [
         "PAFO soft, co-labels w 4, β 1", "PAFO soft, co-labels w 4, β 2", "PAFO soft, co-labels w 2, β 2",
         "PAFO soft, co-labels w 0, β 1"]
