@@ -5,9 +5,10 @@ Start it with ``./run.sh app`` (or ``streamlit run app.py``); it listens on loca
 
 import streamlit as st
 
-from pages._ui import PAGES, init_state, inside_app, sidebar
+from pages._ui import PAGES, init_state, inside_app, sidebar, style
 
 st.set_page_config(page_title="PAFO Studio", page_icon="⚖️", layout="wide")
+style()
 page = st.navigation([st.Page(page.script, title=page.title, icon=page.icon, default=key == "data")
                      for key, page in PAGES.items()])
 init_state()

@@ -29,7 +29,7 @@ import pandas as pd
 from bench.common import machine, publish
 from pafo import diagnostics
 from pafo.compare import paired_comparison
-from pafo.experiment import ExperimentConfig, _load_inputs, _pair_set, build_context, run_experiment
+from pafo.experiment import ExperimentConfig, _add_support, _load_inputs, _pair_set, build_context, run_experiment
 from pafo.method_configs import METHODS as METHOD_NAMES
 from pafo.methods import baseline_output, fit_method
 from pafo.metrics import group_codes, group_labels, per_user_accuracy
@@ -178,7 +178,8 @@ def cluster_lines(results: list[dict]) -> list[str]:
 
 def seed_context(config: ExperimentConfig):
     """One seed's data, support rates, user groups (0/1), method context and test pairs, as an experiment has."""
-    (inputs,), _ = _load_inputs(config, lambda *a: None)
+    (inputs,), *_ = _load_inputs(config, lambda *a: None)
+    _add_support(inputs, config)
     set_threads()
     data, support = inputs.dataset, inputs.support
     user_group = group_codes(inputs.groups.groups.to_numpy())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 import time
 import typing
@@ -20,12 +21,12 @@ import numpy as np
 import pandas as pd
 
 from .config import dataclass_from_dict, field_bounds, field_choices
-from .data_roots import UPLOADS
+from .data_roots import UPLOADS, check_app_config
 from .errors import PafoInputError
 from .method_configs import DEFAULT_ENCODER
 from .metrics import pair_correct
 from .paths import pafo_home
-from .sources import SOURCE_SPECS
+from .sources import SOURCE_SPECS, DataConfig
 
 __all__ = [
     "DEMO_ENCODER",
@@ -37,6 +38,8 @@ __all__ = [
     "FieldSpec",
     "app_message",
     "config_diff",
+    "data_from_param",
+    "data_param",
     "dataset_label",
     "default_data_dict",
     "demo_config",
@@ -52,6 +55,7 @@ __all__ = [
     "grouping_rule",
     "history_frame",
     "known_fields",
+    "live_caption",
     "metric_delta",
     "pareto_points",
     "pareto_records",
@@ -68,19 +72,21 @@ __all__ = [
     "source_fields",
     "source_kind",
     "sweep_choices",
+    "upload_from_ref",
+    "upload_ref",
     "user_pairs_table",
     "whatif_config",
 ]
 
 #: The one-click demo: the built-in synthetic data, the baseline and PAFO, with the default MiniLM encoder. With
-#: today's defaults MiniLM shows the bias (baseline gap ~6 points) and PAFO closing part of it, where TF-IDF
-#: features leave almost no gap to close; the first run embeds ~1,100 texts (~15-30 s here), later runs hit the cache.
+#: today's defaults MiniLM shows the bias and PAFO closing part of it, where TF-IDF features leave almost no gap to
+#: close.
 DEMO_METHODS = "baseline,pafo"
 DEMO_ENCODER = DEFAULT_ENCODER
-#: The demo's seeds: one, because three did not reach Compare within a minute on 2 cores from a cold start (each
-#: synthetic seed draws its own response texts to embed; bench/RESULTS.md, section app, has the times). The demo
-#: says that a single seed is no evidence.
-DEMO_SEEDS = "0"
+#: The demo's seeds: five, so Compare pools them into a verdict with paired CIs (one seed's difference is within
+#: noise). The seeds share the synthetic text pool (DataConfig.data_seed), so the run embeds its ~1,100 texts once
+#: and costs little more than one seed (bench/RESULTS.md, section demo).
+DEMO_SEEDS = "0-4"
 
 #: The Data page's source choices: every source (pafo.sources.SOURCE_SPECS), then loading by hub id or URL.
 SOURCE_LABELS = {**{name: spec.label for name, spec in SOURCE_SPECS.items()}, "hub": "Hub id / URL"}
@@ -90,6 +96,13 @@ HUB_PATH_HINT = "namkoong-lab/PersonalLLM"
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
 BAD_UPLOAD_SUFFIX = "{name}: unsupported file type {suffix!r}; upload a .csv, .jsonl, .json or .parquet file"
 EMPTY_UPLOAD = "{name}: the uploaded file is empty; choose the file again or export it anew"
+UPLOAD_KEY = "upload"  # the ?data= key that names a stored upload by its content id
+BAD_DATA_PARAM = "the link's dataset (?data=…) cannot be read: {detail}; the synthetic data is shown instead"
+BAD_UPLOAD_REF = ("the link names upload {ref!r}, which is not an upload id (<content hash>/<file name>); upload the "
+                  "file again on the Data page")
+UPLOAD_GONE = ("the link's uploaded file {name} (upload {ref}) is no longer in {folder}; upload it again on the Data "
+               "page")
+UPLOAD_CHANGED = "{path}: the stored upload {name} no longer has the content the link names; upload it again"
 NO_PARENT_RESULT = "run {run_id} has no result to compare with (status {status})"
 
 
@@ -266,6 +279,63 @@ def _uploads_pattern() -> re.Pattern:
     return re.compile(re.escape(str(pafo_home() / UPLOADS)) + r"/[0-9a-f]+/")
 
 
+def upload_ref(path: str | None, home: Path | None = None) -> str | None:
+    """``<content hash>/<file name>`` of a stored upload (:func:`save_upload`), None for any other path: how a link
+    names an uploaded dataset without the machine's folders."""
+    if not path:
+        return None
+    folder = ((home or pafo_home()) / UPLOADS).resolve()
+    try:
+        relative = Path(path).resolve().relative_to(folder)
+    except ValueError:
+        return None
+    return relative.as_posix() if len(relative.parts) == 2 else None
+
+
+def upload_from_ref(ref: str, home: Path | None = None) -> Path:
+    """The stored upload a link names (``<content hash>/<file name>``), checked to be there with that content."""
+    digest, _, name = str(ref).partition("/")
+    if not re.fullmatch(r"[0-9a-f]{20}", digest) or not name or "/" in name or name in (".", ".."):
+        raise PafoInputError(BAD_UPLOAD_REF.format(ref=ref))
+    folder = (home or pafo_home()) / UPLOADS
+    path = folder / digest / name
+    if not path.is_file():
+        raise PafoInputError(UPLOAD_GONE.format(name=name, ref=ref, folder=folder))
+    if hashlib.sha256(path.read_bytes()).hexdigest()[:20] != digest:
+        raise PafoInputError(UPLOAD_CHANGED.format(name=name, path=path))
+    return path
+
+
+def data_param(data: dict, home: Path | None = None) -> str | None:
+    """The dataset as the URL keeps it (``?data=``), so a reload or a shared link opens it again: the fields that
+    differ from the defaults as compact JSON, an upload by its content id (``{"upload": "<hash>/<name>"}``); None
+    for the default synthetic data."""
+    defaults = default_data_dict()
+    changed = {k: v for k, v in known_fields(DataConfig, data).items() if defaults.get(k) != v}
+    ref = upload_ref(changed.get("path"), home)
+    if ref is not None:
+        changed = {**{k: v for k, v in changed.items() if k != "path"}, UPLOAD_KEY: ref}
+    return json.dumps(changed, separators=(",", ":"), sort_keys=True) if changed else None
+
+
+def data_from_param(text: str, home: Path | None = None) -> dict:
+    """The DataConfig dict of a ``?data=`` value (:func:`data_param`), validated; an upload must still be stored
+    with the same content, and a local path must lie inside the app's data roots (:mod:`pafo.data_roots`). Raises
+    :class:`PafoInputError` saying what is wrong."""
+    try:
+        values = json.loads(text)
+    except ValueError:
+        values = None
+    if not isinstance(values, dict):
+        raise PafoInputError(BAD_DATA_PARAM.format(detail=f"{str(text)[:80]!r} is not a JSON object"))
+    if UPLOAD_KEY in values:
+        values = {**{k: v for k, v in values.items() if k != UPLOAD_KEY},
+                  "path": str(upload_from_ref(values[UPLOAD_KEY], home))}
+    config = dataclasses.asdict(dataclass_from_dict(DataConfig, {**default_data_dict(), **values}).validate())
+    check_app_config(config)  # a link may name any path: the app reads only inside its data roots
+    return config
+
+
 def display_path(path: str | None) -> str:
     """How a data path is shown: an upload by its file name, a local file by its name, a hub id or URL as is."""
     if not path:
@@ -326,13 +396,14 @@ def form_changes(values: dict, defaults: dict) -> list[tuple[str, Any, Any]]:
             ((k, v, _flatten(defaults).get(k)) for k, v in _flatten(values).items()) if value != default]
 
 
-def demo_config(encoder: str = DEMO_ENCODER, seeds: str = DEMO_SEEDS):
-    """The one-click demo experiment: default synthetic data, baseline and PAFO, on :data:`DEMO_SEEDS`."""
+def demo_config(encoder: str = DEMO_ENCODER, seeds: str | None = None):
+    """The one-click demo experiment: default synthetic data, baseline and PAFO, on ``seeds`` (default
+    :data:`DEMO_SEEDS`, read when called)."""
     from .sources import DataConfig
     from .support import GroupConfig
 
     return experiment_config(dataclasses.asdict(DataConfig()), dataclasses.asdict(GroupConfig()),
-                             run={"encoder": encoder, "methods": DEMO_METHODS}, seeds=seeds)
+                             run={"encoder": encoder, "methods": DEMO_METHODS}, seeds=seeds or DEMO_SEEDS)
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:
@@ -393,7 +464,13 @@ def run_seconds(record) -> float | None:
     return max(0.0, end - record.started_at)
 
 
-_duration = run_seconds
+def live_caption(record, now: float | None = None) -> str:
+    """The line under a running run's progress bar: how long it has waited or run, and when its results come."""
+    now = time.time() if now is None else now
+    if record.status == "queued" or record.started_at is None:
+        return f"queued for {max(0.0, now - record.created_at):.0f} s: it starts when a worker is free"
+    what = "its results appear" if record.kind == "audit" else "training curves and results appear"
+    return f"running for {max(0.0, now - record.started_at):.0f} s · {what} here when it has finished"
 
 
 def run_row(record) -> dict:
@@ -412,7 +489,7 @@ def run_row(record) -> dict:
         "seeds": seeds_text(config.get("seeds") or [data.get("seed", 0)]),
         "dataset": f"{source} ({data.get('users', '?')} users)" if data.get("dataset") != "pairs" else source,
         "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at)),
-        "seconds": None if _duration(record) is None else round(_duration(record), 1),
+        "seconds": None if run_seconds(record) is None else round(run_seconds(record), 1),
         "reused": f"♻ {record.reused_from}" if record.reused_from else "",
         "parent": record.parent_id or "",
         "error": record.error or "",

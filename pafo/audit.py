@@ -32,12 +32,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .attributes import attribute_columns
 from .config import dataclass_from_dict, option, validate_options
 from .errors import PafoInputError, RunCancelled
 from .jsonio import loads
 from .method_configs import MAX_BOOTSTRAP, RunSettings
 from .paths import atomic_write_text
 from .registry import AUDIT_TARGET
+from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
 from .sources import DataConfig, dataset_fingerprint, load_dataset
 from .sources.files import read_table, require_columns
 from .sources.pairs import PAIR_COLUMNS
@@ -184,11 +186,13 @@ class AuditConfig:
     groups: GroupConfig = field(default_factory=GroupConfig)
     audit: AuditSettings = field(default_factory=AuditSettings)
     sources: list[Source] = field(default_factory=list)
+    slices: SliceSettings = field(default_factory=SliceSettings)
 
     def validate(self) -> AuditConfig:
         self.data.validate()
         self.groups.validate()
         self.audit.validate()
+        self.slices.validate()
         if not self.sources:
             raise PafoInputError(MSG_NO_SOURCES)
         names = [s.validate().name for s in self.sources]
@@ -208,18 +212,22 @@ class AuditConfig:
         return self.audit.reference or self.sources[0].name
 
     def to_dict(self) -> dict:
-        return {"target": AUDIT_TARGET, **dataclasses.asdict(self)}
+        values = {"target": AUDIT_TARGET, **dataclasses.asdict(self)}
+        if not values["slices"]["slice_by"]:  # an audit without slicing keeps the dict it had before slices
+            del values["slices"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> AuditConfig:
-        known = ("data", "groups", "audit", "sources")
+        known = ("data", "groups", "audit", "sources", "slices")
         unknown = [k for k in values if k not in known and k != "target"]
         if unknown:
             raise PafoInputError(MSG_UNKNOWN_SECTION.format(key=unknown[0], known=", ".join(known)))
         return cls(data=dataclass_from_dict(DataConfig, values.get("data") or {}),
                    groups=dataclass_from_dict(GroupConfig, values.get("groups") or {}),
                    audit=dataclass_from_dict(AuditSettings, values.get("audit") or {}),
-                   sources=[dataclass_from_dict(Source, s) for s in values.get("sources") or []]).validate()
+                   sources=[dataclass_from_dict(Source, s) for s in values.get("sources") or []],
+                   slices=dataclass_from_dict(SliceSettings, values.get("slices") or {})).validate()
 
     def fingerprint(self) -> str:
         """The dataset's fingerprint plus the content of every source (a predictions file, a run folder's or a
@@ -245,7 +253,7 @@ def audit_config_from_args(args, data: DataConfig, groups: GroupConfig) -> Audit
         data.path = str(Path(data.path).resolve())
     sources = [parse_source(kind, text) for kind, text in getattr(args, "sources", None) or []]
     return AuditConfig(data=data, groups=groups, audit=dataclass_from_namespace(AuditSettings, args),
-                       sources=sources).validate()
+                       sources=sources, slices=dataclass_from_namespace(SliceSettings, args)).validate()
 
 
 # ------------------------------------------------------------------------------------------- pairs and matching
@@ -542,6 +550,7 @@ def check_sources(config: AuditConfig, dataset) -> None:
     before starting an audit, so bad input is an error on the form instead of a failed run."""
     from .hf_reward import check_model_folder
 
+    check_slicings(config.slices, attribute_columns(dataset))
     split, evaluated = evaluated_pairs(dataset, config.audit.split)
     table = dataset.pair_table()
     for source in config.sources:
@@ -654,6 +663,7 @@ def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
     started = time.perf_counter()
     progress(0.0, "loading data", None)
     dataset = load_dataset(config.data)
+    check_slicings(config.slices, attribute_columns(dataset))
     progress(0.05, "support rates", None)
     support, groups = _support(dataset, config)
     user_group_codes = np.where(groups.groups.to_numpy() == "minority", 1, 0)
@@ -684,12 +694,24 @@ def run_audit(config: AuditConfig | dict, *, out_dir: str | Path | None = None,
     result["comparisons"] = {name: _paired(name, config, all_margins, dataset, support, groups, evaluated,
                                            user_group_codes)
                              for name in config.names if name != config.reference}
+    if config.slices.slice_by:
+        _add_slices(result, config, frame, evaluated, all_margins)
     result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")
     result["seconds"] = round(time.perf_counter() - started, 3)
     if out_dir is not None:
         _write_artifacts(Path(out_dir), result, evaluated, all_margins)
     progress(1.0, "done", None)
     return result
+
+
+def _add_slices(result: dict, config: AuditConfig, frame: pd.DataFrame, evaluated: pd.DataFrame,
+                margins: dict[str, pd.Series]) -> None:
+    """The ``slices`` of every slicing asked for (pafo.slices), each model against the reference."""
+    pairs = evaluated[["user"]].assign(**{f"margin_{name}": values.reindex(evaluated.index).to_numpy()
+                                         for name, values in margins.items()})
+    result["slices"] = compute_slices(frame, pairs, config.slices.slicings(), config.names, config.reference,
+                                      n_resamples=config.audit.bootstrap, seed=config.data.seed)
+    result["slicing"] = slicing_block(config.slices, config.reference, result["slices"])
 
 
 def _write_artifacts(out_dir: Path, result: dict, evaluated: pd.DataFrame, margins: dict[str, pd.Series]) -> None:

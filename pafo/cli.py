@@ -34,6 +34,7 @@ from .errors import (
 )
 from .method_configs import RunSettings
 from .paths import atomic_write_text, home_path, is_inside
+from .slices import SliceSettings
 from .sources import DataConfig, load_dataset
 from .support import GroupConfig, estimate_support, resolve_estimator, support_table
 
@@ -143,9 +144,18 @@ def support_report(dataset, group_config: GroupConfig, *, seed: int = 0, encoder
 
 
 def cmd_support(args: argparse.Namespace) -> int:
+    from .attributes import attribute_columns
+    from .slices import check_slicings, support_slices
+
     data_config = data_config_from_args(args)
-    payload, table = support_report(load_dataset(data_config), group_config_from_args(args), seed=data_config.seed,
+    slicing = dataclass_from_namespace(SliceSettings, args).validate()
+    dataset = load_dataset(data_config)
+    check_slicings(slicing, attribute_columns(dataset))
+    payload, table = support_report(dataset, group_config_from_args(args), seed=data_config.seed,
                                     encoder=dataclass_from_namespace(RunSettings, args).encoder)
+    table = table.join(dataset.users[attribute_columns(dataset)].drop(columns=["dominant"], errors="ignore"))
+    if slicing.slice_by:
+        payload["slices"] = support_slices(table, slicing.slicings())
     _write_outputs(args, payload, table)
     return 0
 
@@ -176,6 +186,7 @@ def _data_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def _add_support(sub) -> None:
     parser = _data_command(sub, "support", "support rates and majority/minority groups of a dataset")
+    add_dataclass_arguments(parser, SliceSettings)
     parser.add_argument("--json", metavar="OUT", help="write the summary JSON here")
     parser.add_argument("--csv", metavar="OUT", help="write one row per user here")
     parser.set_defaults(handler=cmd_support, output_files=("json", "csv"), input_paths=("path",))
@@ -197,7 +208,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", metavar="LIST", default=argparse.SUPPRESS,
                         help="run every method once per run seed and pool them, e.g. 0-4 or 0,3,7 (default: the "
                              "one seed of --seed); adds paired comparisons with a verdict per method")
-    for cls in (RunSettings, TrainConfig, *method_sections().values()):
+    for cls in (RunSettings, TrainConfig, *method_sections().values(), SliceSettings):
         add_dataclass_arguments(parser, cls)
     add_device_argument(parser)
 
@@ -222,7 +233,7 @@ def experiment_config_from_args(args: argparse.Namespace, *, check_effect: bool 
                               run=dataclass_from_namespace(RunSettings, args),
                               train=dataclass_from_namespace(TrainConfig, args),
                               **{name: dataclass_from_namespace(cls, args) for name, cls in method_sections().items()},
-                              seeds=seeds).validate()
+                              slices=dataclass_from_namespace(SliceSettings, args), seeds=seeds).validate()
     if check_effect:
         check_effective(config, given_options(args, SECTIONS))
     return config
@@ -239,7 +250,10 @@ def preflight(config):
     """What ``pafo experiment`` refuses before training, checked before a background run is queued: the options
     (already validated), the data (loaded and checked) and the encoder. A bad run is then exit 2 at
     ``pafo runs start``, not a failed run later."""
-    load_dataset(config.data)
+    from .attributes import attribute_columns
+    from .slices import check_slicings
+
+    check_slicings(config.slices, attribute_columns(load_dataset(config.data)))
     check_encoder(config)
     return config
 
@@ -548,6 +562,7 @@ def _add_audit(sub) -> None:
     parser = sub.add_parser("audit", help="measure personalized reward bias from any model's predictions")
     add_data_arguments(parser)
     add_dataclass_arguments(parser, AuditSettings)
+    add_dataclass_arguments(parser, SliceSettings)
     sources = parser.add_argument_group("models", "each audited model, in order (the first is the default reference)")
     sources.add_argument("--predictions", dest="sources", action="append", metavar="NAME=FILE",
                          type=lambda text: ("predictions", text),

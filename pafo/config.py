@@ -168,6 +168,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclu
             continue
         base, help_text = _base_type(cls, field), field.metadata.get("help", "")
         default = field.default
+        if get_origin(base) is list:  # a repeatable flag: each use adds one value
+            group.add_argument(field_flag(field), dest=field.name, action="append", default=argparse.SUPPRESS,
+                               metavar=field.name.upper(), help=f"{help_text} (repeatable)")
+            continue
         if base is bool:
             group.add_argument(field_flag(field), dest=field.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")

@@ -54,10 +54,11 @@ def check_app_path(path: str | os.PathLike | None) -> None:
 
 
 def app_paths(config: dict) -> list[str]:
-    """The local paths a config dict reads: a DataConfig's ``path``, an experiment's or audit's ``data.path`` and
-    an audit's source files and folders."""
+    """The local paths a config dict reads: a DataConfig's ``path`` and ``user_attributes``, an experiment's or
+    audit's ``data.path`` and ``data.user_attributes`` and an audit's source files and folders."""
     data = config.get("data") if isinstance(config.get("data"), dict) else config
-    return [p for p in (data.get("path"), *((s or {}).get("path") for s in config.get("sources") or [])) if p]
+    return [p for p in (data.get("path"), data.get("user_attributes"),
+                        *((s or {}).get("path") for s in config.get("sources") or [])) if p]
 
 
 def check_app_config(config: dict) -> None:

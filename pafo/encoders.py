@@ -588,6 +588,8 @@ class TransformerEncoder(Encoder):
         order = np.argsort([-len(row) for row in ids], kind="stable")  # longest first: batches of similar length
         out = np.empty((len(texts), self.dim), np.float32)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if progress is not None:  # the model is loaded and the texts tokenized: the first batch comes next
+            progress(0, len(texts))
         with _intra_op_threads(encoder_threads()):
             for start in range(0, len(texts), batch_size):
                 rows = order[start : start + batch_size]

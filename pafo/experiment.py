@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
+from .attributes import attribute_columns
 from .compare import VerdictRule, describe_comparison, describe_rule, paired_comparison, pooled_group_ci
 from .config import dataclass_from_dict, validate_options
 from .dataset import PreferenceDataset
@@ -59,6 +60,7 @@ from .metrics import (
     per_user_accuracy,
 )
 from .paths import atomic_write_bytes, atomic_write_text
+from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
 from .sources import dataset_fingerprint, load_dataset
 from .support import estimate_support, resolve_estimator
 from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, pair_margins, set_threads
@@ -109,10 +111,13 @@ class _Experiment:
         return self
 
     def to_dict(self) -> dict:
-        """The config as JSON; a one-seed run has no ``seeds`` key, so its dict is what it was before seeds."""
+        """The config as JSON; a one-seed run has no ``seeds`` key and a run without slicing no ``slices`` key, so
+        their dicts are what they were before those options."""
         values = dataclasses.asdict(self)
         if values["seeds"] is None:
             del values["seeds"]
+        if not values["slices"]["slice_by"]:
+            del values["slices"]
         return values
 
     @classmethod
@@ -143,7 +148,8 @@ def _section(name: str, cls: type) -> tuple:
 # first seed). ``to_dict`` / ``from_dict`` give the JSON the run registry stores and hashes.
 ExperimentConfig = dataclasses.make_dataclass(
     "ExperimentConfig",
-    [*(_section(name, cls) for name, cls in SECTIONS.items()), ("seeds", list[int] | None, field(default=None))],
+    [*(_section(name, cls) for name, cls in SECTIONS.items()), _section("slices", SliceSettings),
+     ("seeds", list[int] | None, field(default=None))],
     bases=(_Experiment,), namespace={"__module__": __name__, "__doc__": "A whole experiment: data, groups, run, "
                                      "train, each method's options and the seeds."})
 
@@ -251,13 +257,13 @@ def _save_model(out_dir: Path, name: str, model) -> None:
 
 @dataclass
 class SeedInputs:
-    """One seed's dataset, features, support rates and groups."""
+    """One seed's dataset, features, support rates and groups (the last two set by :func:`_add_support`)."""
 
     seed: int
     dataset: PreferenceDataset
     features: object  # FeatureResult
-    support: object  # SupportResult
-    groups: object  # Grouping
+    support: object = None  # SupportResult
+    groups: object = None  # Grouping
 
 
 @dataclass
@@ -287,42 +293,47 @@ def _tagged(progress: Progress, seed_index: int, n_seeds: int, seed: int) -> Pro
 
 
 class _EmbedProgress:
-    """Moves the bar with the embedding work of every seed's texts.
+    """Moves the bar and the stage with the embedding of a run's texts, batch by batch.
 
-    The embedding span ends where its estimated seconds stop, against the training's; the first callback says how
-    many texts the cache already holds, so a warm cache gets a sliver of the bar and a cold MiniLM most of it.
-    Within the span, seed i takes the share of texts no earlier seed had.
+    The texts of every seed are embedded in one pass (:func:`_embed_once`), so the counts are the run's own: the
+    stage says how many of the texts the cache lacked are done and, once two batches have shown the pace, about how
+    long the rest takes ("embedding texts: 320 of 1,119 · ~25 s left"). The span of the bar ends where the
+    estimated embedding seconds stop against the training's; the first callback says how many texts the cache
+    already holds, so a warm cache gets a sliver of the bar and a cold MiniLM most of it.
     """
 
-    def __init__(self, progress: Progress, datasets: list[PreferenceDataset], encoder: str, train_seconds: float):
-        self.progress, self.encoder, self.train_seconds = progress, encoder, train_seconds
-        seen: set[str] = set()
-        self.new = []
-        for dataset in datasets:
-            texts = set(dataset_texts(dataset))
-            self.new.append(len(texts - seen))
-            seen |= texts
+    def __init__(self, progress: Progress, encoder: str, train_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.progress, self.encoder, self.train_seconds, self.clock = progress, encoder, train_seconds, clock
         self.end: float | None = None
-        self.seed_index, self.first_done = 0, 0
-
-    def for_seed(self, index: int) -> Callable[[int, int], None]:
-        self.seed_index, self.first_done = index, -1
-        return self
+        self.first_done = self.total = self.reports = 0
+        self.paced_from: tuple[float, int] | None = None  # (time, done) when the first batch was done
 
     def __call__(self, done: int, total: int) -> None:
-        if self.first_done < 0:
-            self.first_done = done
-            if self.end is None:  # the first seed's first report: size the span from its cache misses
-                missing = sum(self.new) * (total - done) / max(total, 1)
-                per_text = EMBED_SECONDS_PER_TEXT.get(self.encoder, EMBED_SECONDS_PER_TEXT_MODEL)
-                embed = missing * per_text
-                self.end = LOADED_AT + (TRAINED_AT - LOADED_AT) * embed / max(embed + self.train_seconds, 1e-9)
-        total_new = max(sum(self.new), 1)
-        before = sum(self.new[: self.seed_index]) / total_new
-        share = self.new[self.seed_index] / total_new
-        inside = (done - self.first_done) / max(total - self.first_done, 1)
-        stage = "embedding texts" + (f" (seed {self.seed_index + 1} of {len(self.new)})" if len(self.new) > 1 else "")
-        self.progress(LOADED_AT + (self.end - LOADED_AT) * (before + share * inside), stage, None)
+        now, self.reports = self.clock(), self.reports + 1
+        if self.end is None:  # the first report: the cache's hits, before any text is encoded
+            self.first_done, self.total = done, total
+            per_text = EMBED_SECONDS_PER_TEXT.get(self.encoder, EMBED_SECONDS_PER_TEXT_MODEL)
+            embed = (total - done) * per_text
+            self.end = LOADED_AT + (TRAINED_AT - LOADED_AT) * embed / max(embed + self.train_seconds, 1e-9)
+        elif self.paced_from is None and done > self.first_done:
+            self.paced_from = (now, done)
+        missing = max(self.total - self.first_done, 0)
+        inside = (done - self.first_done) / missing if missing else 1.0
+        self.progress(LOADED_AT + (self.end - LOADED_AT) * inside, self.stage(done, now), None)
+
+    def stage(self, done: int, now: float) -> str:
+        missing = self.total - self.first_done
+        if not missing:
+            return f"embedding texts: all {self.total:,} in the cache"
+        text = f"embedding texts: {done - self.first_done:,} of {missing:,}"
+        if self.reports == 1:  # a transformer encoder reports again once its model is loaded
+            text += " · loading the model"
+        elif self.paced_from is not None and done > self.paced_from[1] and done < self.total:
+            at, then = self.paced_from
+            left = (self.total - done) * (now - at) / (done - then)
+            text += f" · ~{left:.0f} s left"
+        return text
 
     @property
     def embedded_at(self) -> float:
@@ -335,28 +346,52 @@ def _train_seconds(datasets: list[PreferenceDataset], methods: list[str]) -> lis
             for dataset in datasets]
 
 
+def _embed_once(datasets: list[PreferenceDataset], encoder: str, progress: Callable[[int, int], None],
+                device: str):
+    """Embed the distinct texts of every dataset in one pass into the disk cache, reporting per batch, and return
+    its :class:`pafo.encoders.EmbeddingResult`; each seed's features then read the vectors from the cache. A
+    corpus-fitted encoder (TF-IDF) is left to fit on each seed's own texts, as it always did (None)."""
+    from .encoders import embed_texts, get_encoder
+
+    enc = get_encoder(encoder, device=device)
+    if enc.fits_corpus or not datasets:
+        return None
+    texts = list(dict.fromkeys(text for dataset in datasets for text in dataset_texts(dataset)))
+    return embed_texts(texts, enc, progress=progress, device=device)
+
+
 def _load_inputs(config: ExperimentConfig, progress: Progress, features: dict[int, FeatureResult] | None = None,
-                 device: str = "cpu") -> tuple[list[SeedInputs], float]:
-    """Every seed's data, features (each text embedded once for the run, on ``device``, unless ``features`` has the
-    seed's rows), support rates and groups; also the progress fraction at which embedding ended."""
+                 device: str = "cpu") -> tuple[list[SeedInputs], float, object]:
+    """Every seed's data and features (each text embedded once for the run, on ``device``, unless ``features`` has
+    the seed's rows); also the progress fraction at which embedding ended and the one embedding pass (an
+    EmbeddingResult, or None). Support rates and groups come per seed (:func:`_add_support`), so the run's stages
+    name the seeds in order."""
     seeds = config.seed_list()
     progress(0.0, "loading data", None)
     datasets = [load_dataset(dataclasses.replace(config.data, seed=seed)) for seed in seeds]
+    check_slicings(config.slices, attribute_columns(datasets[0]))  # a wrong --slice-by fails before any training
     train = _train_seconds(datasets, config.run.method_list())
-    embed = _EmbedProgress(progress, datasets, config.run.encoder, sum(map(sum, train)))
-    inputs = []
+    embed = _EmbedProgress(progress, config.run.encoder, sum(map(sum, train)))
     progress(LOADED_AT, "embedding texts", None)  # loading the encoder comes first, before its first report
-    for i, (seed, dataset) in enumerate(zip(seeds, datasets, strict=True)):
-        given = (features or {}).get(seed)
-        if given is not None and len(given.features) != len(dataset.responses):
-            raise ValueError(MSG_FEATURE_ROWS.format(seed=seed, rows=len(given.features), n=len(dataset.responses)))
-        seed_features = (given if given is not None
-                         else response_features(dataset, config.run.encoder, progress=embed.for_seed(i),
-                                                device=device))
-        estimator = resolve_estimator(dataset, config.groups.estimator)
-        support = estimate_support(dataset, estimator, embeddings=seed_features.features, seed=seed)
-        inputs.append(SeedInputs(seed, dataset, seed_features, support, config.groups.apply(support.user_support)))
-    return inputs, embed.embedded_at
+    given = {seed: (features or {}).get(seed) for seed in seeds}
+    for seed, dataset in zip(seeds, datasets, strict=True):
+        if given[seed] is not None and len(given[seed].features) != len(dataset.responses):
+            raise ValueError(MSG_FEATURE_ROWS.format(seed=seed, rows=len(given[seed].features),
+                                                     n=len(dataset.responses)))
+    embedding = _embed_once([d for s, d in zip(seeds, datasets, strict=True) if given[s] is None],
+                            config.run.encoder, embed, device)
+    inputs = [SeedInputs(seed, dataset, given[seed] if given[seed] is not None
+                         else response_features(dataset, config.run.encoder, device=device))
+              for seed, dataset in zip(seeds, datasets, strict=True)]
+    return inputs, embed.embedded_at, embedding
+
+
+def _add_support(inputs: SeedInputs, config: ExperimentConfig) -> SeedInputs:
+    """The seed's support rates (from its own features) and its user groups."""
+    estimator = resolve_estimator(inputs.dataset, config.groups.estimator)
+    inputs.support = estimate_support(inputs.dataset, estimator, embeddings=inputs.features.features, seed=inputs.seed)
+    inputs.groups = config.groups.apply(inputs.support.user_support)
+    return inputs
 
 
 def _method_result(name, output, per_user, config, margins, test) -> dict:
@@ -387,7 +422,7 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
     device = resolve_device(device)
     config = ExperimentConfig.from_dict(config) if isinstance(config, dict) else config.validate()
     started = time.perf_counter()
-    inputs, embedded_at = _load_inputs(config, progress, features, device)
+    inputs, embedded_at, embedding = _load_inputs(config, progress, features, device)
     set_threads()
     methods = config.run.method_list()
     costs = np.asarray(_train_seconds([i.dataset for i in inputs], methods)).ravel()
@@ -400,7 +435,8 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
         spans = edges[i * len(methods): (i + 1) * len(methods) + 1]
         tagged = _tagged(progress, i, len(inputs), seed_inputs.seed)
         runs.append(_run_seed(config, seed_inputs, methods, spans, tagged, should_stop, device))
-    result = _assemble(config, runs)
+    progress(TRAINED_AT, "pooling the seeds" if len(runs) > 1 else "writing the results", None)
+    result = _assemble(config, runs, embedding)
     result["seconds"] = round(time.perf_counter() - started, 3)
     result["device"] = device
     if out_dir is not None:
@@ -412,6 +448,8 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
 def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], spans: np.ndarray,
               progress: Progress, should_stop: Callable[[], bool], device: str = "cpu") -> SeedRun:
     """Every method on one seed's data: the single-seed experiment."""
+    progress(spans[0], "support rates", None)
+    _add_support(inputs, config)
     dataset, support, groups = inputs.dataset, inputs.support, inputs.groups
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=inputs.seed), seeds=None)
     user_group = group_codes(groups.groups.to_numpy())
@@ -448,17 +486,26 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
     return SeedRun(inputs, block, frame, margins_by_method, models)
 
 
-def _assemble(config: ExperimentConfig, runs: list[SeedRun]) -> dict:
+def _encoder_summary(runs: list[SeedRun], embedding) -> dict:
+    """What the features cost: the encoder, its seconds, the run's distinct texts, how many the cache already held
+    and how many the model encoded. With the one embedding pass of a run (``embedding``) the seeds read every
+    vector from the cache, so the pass holds the counts; without it (TF-IDF, precomputed features) the seeds do."""
+    per_seed = [run.inputs.features.embedding for run in runs]
+    counted = [embedding] if embedding is not None else per_seed
+    return {"name": per_seed[0].encoder, "dim": runs[0].inputs.features.dim,
+            "seconds": round(sum(e.seconds for e in per_seed) + (embedding.seconds if embedding else 0.0), 3),
+            "texts": sum(e.n_texts for e in counted), "cache_hits": sum(e.cache_hits for e in counted),
+            "embedded": sum(e.n_texts - e.cache_hits for e in counted)}
+
+
+def _assemble(config: ExperimentConfig, runs: list[SeedRun], embedding=None) -> dict:
     """The result JSON: one seed's block as it always was, or the pooled figures of several; both with
     ``seeds``, ``comparisons``, ``per_seed`` and the per-user table of every seed."""
     first = runs[0]
-    embeddings = [run.inputs.features.embedding for run in runs]
     seeds = [run.inputs.seed for run in runs]
     methods = config.run.method_list()
     result = {"dataset": first.block["dataset"], "support": first.block["support"], "groups": first.block["groups"],
-              "encoder": {"name": embeddings[0].encoder, "dim": first.inputs.features.dim,
-                          "seconds": round(sum(e.seconds for e in embeddings), 3),
-                          "cache_hits": sum(e.cache_hits for e in embeddings)},
+              "encoder": _encoder_summary(runs, embedding),
               "config": config.to_dict(), "fingerprint": config.fingerprint(), "seeds": seeds}
     frames = [run.frame for run in runs]
     if len(runs) == 1:
@@ -472,8 +519,23 @@ def _assemble(config: ExperimentConfig, runs: list[SeedRun]) -> dict:
                              else _comparisons(frames, methods, config, seeds[0]))
     result["per_seed"] = [run.block for run in runs]
     frame = pd.concat(frames, ignore_index=True)
+    if config.slices.slice_by:
+        _add_slices(result, config, runs, frame, methods)
     result["per_user"] = frame.astype(object).where(frame.notna(), None).to_dict(orient="list")
     return result
+
+
+def _add_slices(result: dict, config: ExperimentConfig, runs: list[SeedRun], frame: pd.DataFrame,
+                methods: list[str]) -> None:
+    """The ``slices`` of every slicing asked for (pafo.slices), pooled over the seeds, and how they were made."""
+    pairs = pd.concat([run.inputs.dataset.split("test")[["user"]].assign(
+        seed=run.inputs.seed, **{f"margin_{name}": margins for name, margins in run.margins.items()})
+        for run in runs], ignore_index=True)
+    reference = REFERENCE if REFERENCE in methods else None
+    result["slices"] = compute_slices(frame, pairs, config.slices.slicings(), methods, reference,
+                                      n_resamples=config.run.bootstrap, seed=runs[0].inputs.seed,
+                                      epsilon=config.pafo.epsilon)
+    result["slicing"] = slicing_block(config.slices, reference, result["slices"], epsilon=config.pafo.epsilon)
 
 
 def _comparisons(frames: list[pd.DataFrame], methods: list[str], config: ExperimentConfig, seed: int) -> dict:
@@ -551,6 +613,8 @@ def per_user_frame(dataset: PreferenceDataset, tables: dict[str, pd.DataFrame]) 
     frame = frame.join(dataset.user_pair_counts().reset_index(drop=True))
     for name, table in tables.items():
         frame[f"acc_{name}"] = table["accuracy"].to_numpy()
+    for column in attribute_columns(dataset):  # who each user is (pafo.attributes), for slices and filters
+        frame[column] = dataset.users[column].to_numpy()
     return frame
 
 

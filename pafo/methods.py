@@ -273,6 +273,7 @@ def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
         return _fit_pafo_groups(ctx, config, span)
     spans = _split_span(span, [2, 1, 2])
     base = baseline_output(ctx, spans[0])
+    ctx.progress(spans[1][0], "pafo: preference clusters", None)
     clusters = preference_clusters(ctx, config, base.model)
     teacher = wide_model(ctx, base.model, clusters, config.beta)
     if config.calibrate:

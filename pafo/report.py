@@ -1015,5 +1015,8 @@ def build_report_html(result: dict, *, run_id: str | None = None, label: str | N
         parts.append(pio.to_html(fig, include_plotlyjs=plotlyjs, full_html=False, default_height="auto",
                                  config={"displaylogo": False, "responsive": True}))
         plotlyjs = False
+    from .slice_report import report_section  # the slices, with their own picker (after plotly.js is in)
+
+    parts.append(report_section(result))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -1,9 +1,10 @@
 """Streamlit helpers shared by the pages: session state, cached loaders, the sidebar and the live run panel.
 
 Everything that is not drawing widgets lives in :mod:`pafo.appstate` and :mod:`pafo.report` (no Streamlit there).
-Session keys: ``data_config`` (dict of DataConfig), ``group_config`` (dict of GroupConfig), ``run_id`` (the current
-run, mirrored in the URL as ``?run=<id>`` so a refresh re-attaches), ``forms`` (last submitted experiment forms: one
-dict per config section, and ``seeds`` as typed).
+Session keys: ``data_config`` (dict of DataConfig, mirrored in the URL as ``?data=`` so a refresh keeps it, an
+upload by its content id), ``group_config`` (dict of GroupConfig), ``run_id`` (the current run, mirrored in the URL
+as ``?run=<id>`` so a refresh re-attaches), ``forms`` (last submitted experiment forms: one dict per config section,
+and ``seeds`` as typed).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pafo.sources import DataConfig, dataset_fingerprint, load_dataset
 from pafo.support import GroupConfig, estimate_support
 
 DATA, GROUPS, RUN, FORMS = "data_config", "group_config", "run_id", "forms"
+DATA_PARAM = "data"  # the URL's query parameter that holds the current dataset
 class Page(NamedTuple):
     script: str
     title: str
@@ -48,12 +50,29 @@ PAGES = {
     "whatif": Page("pages/whatif.py", "What-if", ":material/science:"),
 }
 APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
-POLL_SECONDS = 1.0
+#: How often a followed run's progress line is read and redrawn (the page's and the sidebar's alike, so they say
+#: the same). Each redraw is a few small elements; every 2 s rather than every second halves what two tabs that
+#: follow a run cost the browser (and the app: ~2% of a core; bench/RESULTS.md, section demo).
+POLL_SECONDS = 2.0
+#: How often the status watchers of pickers and the runs table's progress column look again: a table costs more to
+#: redraw than a progress bar, and nobody reads a table's percent by the second.
+WATCH_SECONDS = 5.0
 STATUS_ICONS = {"queued": "◷", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 # ------------------------------------------------------------------------------------------- entry
+
+#: Progress bars jump to their new value: Streamlit animates each change, and in a browser without a GPU the
+#: animation of a bar that changes every POLL_SECONDS redraws the page for most of each second (it doubled
+#: Chromium's CPU while a run was followed: bench/RESULTS.md, section demo). Style only: it takes no space.
+STYLE = "<style>[data-testid='stProgress'] * {transition: none !important; animation: none !important;}</style>"
+
+
+def style() -> None:
+    """The app's CSS (app.py applies it once per script run)."""
+    st.html(STYLE)
+
 
 
 def _prewarm() -> None:
@@ -147,7 +166,9 @@ def clear_widgets(prefixes: tuple[str, ...]) -> None:
 
 
 def init_state() -> None:
-    """Fill the session from the URL (``?run=<id>`` re-attaches a run after a refresh) or the defaults."""
+    """Fill a new session from the URL or the defaults: ``?run=<id>`` re-attaches a run (and adopts its dataset),
+    ``?data=`` restores the dataset the session had (:func:`pafo.appstate.data_param`), so a reload or a shared
+    link opens where it was."""
     ss = st.session_state
     if RUN not in ss:
         ss[RUN] = None
@@ -160,6 +181,12 @@ def init_state() -> None:
             else:
                 ss[RUN] = record.id
                 adopt_run_config(record.config)
+        linked = st.query_params.get(DATA_PARAM)
+        if linked:
+            try:
+                ss[DATA] = appstate.data_from_param(linked)
+            except PafoInputError as exc:
+                ss["data_error"] = str(exc)
     ss.setdefault(DATA, dataclasses.asdict(DataConfig()))
     ss.setdefault(GROUPS, dataclasses.asdict(GroupConfig()))
     sync_url()
@@ -173,10 +200,16 @@ def forms() -> dict:
 
 
 def sync_url() -> None:
-    """Mirror the current run id in the URL."""
+    """Mirror the current run id and dataset in the URL (each script run, so a page switch keeps them)."""
     run_id = st.session_state.get(RUN)
     if run_id and st.query_params.get("run") != run_id:
         st.query_params["run"] = run_id
+    data = appstate.data_param(st.session_state[DATA])
+    if data is None:
+        if DATA_PARAM in st.query_params:
+            del st.query_params[DATA_PARAM]
+    elif st.query_params.get(DATA_PARAM) != data:
+        st.query_params[DATA_PARAM] = data
 
 
 def set_current_run(run_id: str | None) -> None:
@@ -440,15 +473,18 @@ def _sidebar_run_live() -> None:
     record = current_record()
     if record is None:
         return
-    _sidebar_run(record)
     if record.done:
-        st.rerun()
+        st.rerun()  # the whole page once, so it shows the ended run (and the sidebar its final line)
+    _sidebar_run(record)
 
 
 def sidebar() -> None:
     """The current dataset and run, on every page."""
     with st.sidebar:
         st.markdown("#### Current dataset")
+        if st.session_state.get("data_error"):
+            st.error(f"Could not open the link's dataset: {appstate.friendly_paths(st.session_state['data_error'])}",
+                     icon=":material/error:")
         config = st.session_state[DATA]
         try:
             summary = dataset_summary(config)
@@ -498,31 +534,35 @@ def run_status_message(record) -> None:
 
 
 def run_panel(record, *, key: str) -> None:
-    """Progress, stage, training curves and the cancel button of one run."""
-    reg = registry()
+    """A run that has ended: its last progress line, status, duration, training curves and outcome."""
     cols = st.columns([3, 1.4, 0.8, 0.8])
     cols[0].progress(min(1.0, max(0.0, float(record.progress))), text=progress_text(record))
     cols[1].metric("Status", record.status)
     elapsed = appstate.run_seconds(record)
     cols[2].metric("Elapsed", "–" if elapsed is None else f"{elapsed:.0f} s",
                    help="from the worker's start (a queued run has not started)")
-    if record.status in ACTIVE_STATUSES and cols[3].button("Cancel run", key=f"cancel_{key}_{record.id}",
-                                                          type="secondary", icon=":material/stop_circle:"):
-        record = reg.request_cancel(record.id)
-        st.toast(f"Cancel requested for {record.id}")
-    history = appstate.history_frame(reg.epochs(record.id))
+    history = appstate.history_frame(registry().epochs(record.id))
     if len(history):
         last = history.iloc[-1]
         cols[3].metric("Epochs trained", f"{len(history)}",
                        help=f"epochs of every model and stage together; last: {last['stage']} epoch {last['epoch']}")
         plot(report.training_curves(history), key=f"curves_{key}_{record.id}")
-    elif record.status in ACTIVE_STATUSES and record.kind == "audit":
-        st.caption("Loading the data and the models' predictions, then scoring; the results appear when it ends.")
-    elif record.status in ACTIVE_STATUSES:
-        st.caption("Loading data and embedding texts (the first run of a dataset embeds every text; later runs read "
-                   "the cache); training curves appear with the first epoch.")
-    if record.done:
-        run_status_message(record)
+    run_status_message(record)
+
+
+def run_progress(record, *, key: str) -> None:
+    """A run while it goes on: its progress line (the sidebar's words), how long it has run, and Cancel.
+
+    Nothing more, because it is redrawn every :data:`POLL_SECONDS` while the run's worker needs the cores: no chart
+    or table is drawn until the run has ended (its training curves and results come then).
+    """
+    cols = st.columns([4, 1], vertical_alignment="center")
+    cols[0].progress(min(1.0, max(0.0, float(record.progress))), text=progress_text(record))
+    cols[0].caption(appstate.live_caption(record))
+    if cols[1].button("Cancel run", key=f"cancel_{key}_{record.id}", type="secondary", icon=":material/stop_circle:",
+                      width="stretch"):
+        record = registry().request_cancel(record.id)
+        st.toast(f"Cancel requested for {record.id}")
 
 
 def picker_key(base: str, records) -> str:
@@ -535,35 +575,39 @@ def picker_key(base: str, records) -> str:
 
 def rerun_when_runs_change(records) -> None:
     """Re-run the page when one of these runs (those still active) changes status, so status icons in pickers
-    and tables drawn once per page run stay true."""
+    and tables drawn once per page run stay true. It draws nothing: between status changes it costs one registry
+    read every :data:`WATCH_SECONDS`."""
     active = {r.id: r.status for r in records if not r.done}
     if not active:
         return
 
-    @st.fragment(run_every=2 * POLL_SECONDS)
+    @st.fragment(run_every=WATCH_SECONDS)
     def _watch() -> None:
+        registry().refresh()
         for run_id, status in active.items():
-            if registry().get(run_id).status != status:
+            if registry().get(run_id, refresh=False).status != status:
                 st.rerun()
 
     _watch()
 
 
 def live_run_panel(run_id: str, *, key: str) -> None:
-    """:func:`run_panel`, re-drawn every second while the run is active (an ``st.fragment``)."""
-
-    @st.fragment(run_every=POLL_SECONDS)
-    def _panel() -> None:
-        record = registry().get(run_id)
-        run_panel(record, key=key)
-        if record.done:
-            st.rerun()  # the whole page re-renders once: static panel and links (on Compare: the results)
-
+    """:func:`run_progress` redrawn every :data:`POLL_SECONDS` while the run is active (an ``st.fragment``: only
+    the progress line reruns, never the page); once the run ends the whole page reruns once and draws
+    :func:`run_panel` and whatever the page shows of its results."""
     record = registry().get(run_id)
     if record.done:
         run_panel(record, key=key)
-    else:
-        _panel()
+        return
+
+    @st.fragment(run_every=POLL_SECONDS)
+    def _live() -> None:
+        live = registry().get(run_id)
+        if live.done:
+            st.rerun()
+        run_progress(live, key=key)
+
+    _live()
 
 
 # ------------------------------------------------------------------------------------------- forms

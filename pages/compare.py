@@ -8,6 +8,7 @@ import streamlit as st
 
 from pafo import appstate, report
 from pafo.compare import VERDICT_WORDS, describe_rule
+from pages import _slices
 from pages import _ui as ui
 
 ui.require_app()
@@ -122,6 +123,8 @@ with right:
     if hidden:
         st.caption(f"{hidden} finished run{'s' if hidden != 1 else ''} on other data or groupings not shown.")
 
+report_result = _slices.panel(record, result)  # with the slices shown here, for the HTML report
+
 # ----------------------------------------------------------------------------------------------- tables
 st.subheader("Accuracy and unfairness")
 st.dataframe(report.display_table(result, reference), width="stretch", hide_index=True)
@@ -157,7 +160,7 @@ cols[0].download_button("Per-user CSV", per_user.to_csv(index=False).encode(), f
 
 
 def _report_html() -> bytes:
-    return report.build_report_html(result, run_id=record.id, label=record.label, pareto_points=points,
+    return report.build_report_html(report_result, run_id=record.id, label=record.label, pareto_points=points,
                                     pareto_scope=scope).encode()
 
 

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pafo import appstate, audit, hf_reward, report
+from pafo.attributes import attribute_columns
 from pafo.data_roots import check_app_config
 from pafo.errors import PafoInputError
 from pafo.paths import PACKAGE_ROOT
@@ -38,10 +39,12 @@ with st.container(border=True):
     several = any(c in demo_seeds for c in ",-")
     left.markdown(
         "**New here? Run the demo.** It simulates 300 users on the built-in synthetic data, trains the baseline "
-        "and PAFO in the background and shows their progress on **Compare**, then the results (about a minute)."
-        + (f" It repeats that on seeds {demo_seeds} and pools them, so Compare can tell a real difference from "
-           "noise." if several else " It runs **one seed**: a difference between methods on one seed is not "
-           "evidence; train seeds 0-2 on Train for a verdict you can trust.")
+        "and PAFO in the background and shows their progress on **Compare**, then the results"
+        + (f": it repeats the experiment on seeds {demo_seeds} (new users and labels, the same texts) and pools "
+           "them, so Compare can tell a real difference from noise, with paired confidence intervals. The first "
+           "run embeds the texts (under a minute on two cores); later runs read them from the cache."
+           if several else " on **one seed**: a difference between methods on one seed is not evidence; train "
+           "seeds 0-4 on Train for a verdict you can trust.")
     )
     if right.button("▶ Run the demo", type="primary", width="stretch", key="run_demo"):
         config = appstate.demo_config()
@@ -88,6 +91,22 @@ elif source == "hub":
 elif source == "dsp" and not path_value and DSP_LOCAL.is_file():
     path_value = str(DSP_LOCAL)
 
+attributes_path, keep_attributes = None, False
+with st.expander("User attributes (optional): who each user is, to slice results by",
+                 expanded=bool(current.get("user_attributes"))):
+    st.caption("A table with **user_id** and one column per attribute (region, tier, age…) as CSV, JSONL, JSON or "
+               "Parquet, one row per user of the dataset. Compare then shows accuracy and paired differences per "
+               "slice of users; PRISM, MultiPref and Community Alignment bring their own.")
+    attributes_upload = st.file_uploader("Upload a user attributes file", key="attributes_upload")
+    if attributes_upload is not None:
+        try:
+            attributes_path = str(appstate.save_upload(attributes_upload.name, attributes_upload.getvalue()))
+        except PafoInputError as exc:
+            ui.show_error(str(exc), "Upload rejected: ")
+    elif current.get("user_attributes"):
+        keep_attributes = st.checkbox(f"Keep {appstate.display_path(current['user_attributes'])}", value=True,
+                                      key="attributes_keep")
+
 with st.form("data_form", border=True):
     values: dict = {}
     if source != "synthetic":
@@ -103,6 +122,7 @@ with st.form("data_form", border=True):
 if submitted:
     if uploaded_path:
         values["path"] = uploaded_path
+    values["user_attributes"] = attributes_path or (current.get("user_attributes") if keep_attributes else None)
     values = {k: v for k, v in values.items() if k != "path" or v}
     if not values.get("path") and source == "pairs" and current["dataset"] == "pairs" and current.get("path"):
         values["path"] = current["path"]  # keep the uploaded file that is the current dataset
@@ -142,6 +162,10 @@ cols[1].metric("Prompts", f"{summary['n_prompts']:,}")
 cols[2].metric("Responses", f"{summary['n_responses']:,}")
 for col, split in zip(cols[3:], ("train", "val", "test"), strict=True):
     col.metric(f"{split} pairs", f"{summary['n_pairs'][split]:,}")
+user_attributes = [c for c in attribute_columns(dataset) if c != "dominant"]
+if user_attributes:
+    st.caption("User attributes: " + ", ".join(f"**{c}** ({dataset.users[c].nunique()} values)"
+                                               for c in user_attributes) + " · slice by them on Compare")
 
 left, right = st.columns(2)
 with left:

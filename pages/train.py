@@ -139,10 +139,11 @@ def runs_table() -> None:
 
 records = reg.list()
 if any(not r.done for r in records):
-    st.fragment(run_every=2 * ui.POLL_SECONDS)(runs_table)()
+    st.fragment(run_every=ui.WATCH_SECONDS)(runs_table)()
 else:
     runs_table()
-ui.rerun_when_runs_change(records)  # the picker's status icons below
+# The picker's status icons below; the current run's live panel already reruns the page when it ends.
+ui.rerun_when_runs_change([r for r in records if record is None or r.id != record.id])
 if records:
     cols = st.columns([3, 1], vertical_alignment="bottom")
     current_id = st.session_state.get(ui.RUN)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pafo import appstate, report, scoring
+from pafo import appstate, report, scoring, slice_report
 from pafo.errors import PafoInputError
 from pafo.sources import DataConfig
 from pages import _ui as ui
 
 ui.require_app()
+
+NO_FILTER = "(all users)"
 
 st.title("User drill-down")
 picked = ui.pick_finished_run("users_run", "Finished run")
@@ -43,9 +45,17 @@ orders["highest support first"] = ("support_rate", False)
 order = cols[1].selectbox("Order", list(orders), key="users_order")
 column, ascending = orders[order]
 candidates = per_user if group == "all" else per_user[per_user["group"] == group]
+attributes = [c for c in slice_report.slice_attributes(per_user) if c in per_user and c != "group"]
+if attributes:  # who the users are (the run's user attributes): narrow the list to some of them
+    pick = st.columns([1, 3])
+    attribute = pick[0].selectbox("Filter by attribute", [NO_FILTER, *attributes], key="users_attribute")
+    if attribute != NO_FILTER:
+        wanted = pick[1].multiselect(f"{attribute} is one of", slice_report.attribute_values(per_user, attribute),
+                                     key=f"users_values_{attribute}")
+        candidates = slice_report.filter_by_attribute(candidates, attribute, wanted)
 candidates = candidates.sort_values(column, ascending=ascending, kind="stable")
 if not len(candidates):
-    st.info("No users in this group.")
+    st.info("No users in this group" + (" with these attributes." if attributes else "."))
     st.stop()
 
 

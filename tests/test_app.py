@@ -348,6 +348,90 @@ def test_train_start_then_cancel_shows_cancelled(studio, gated_runs):
     assert plotly_count(at) >= 5  # the latest finished run is still shown below the message
 
 
+def progress_lines(block) -> list[str]:
+    return [bar.proto.text for bar in block.get("progress")]
+
+
+def test_a_running_run_shows_its_progress_line_only_then_its_curves(studio, gated_runs):
+    """Regression (issue 19): while a run went on, the live panel redrew its training curves and metrics every
+    second in every tab that followed it (the demo's worker ran ~1.7× slower in the browser than alone). Now a
+    running run shows its progress line, in the sidebar's words, and Cancel; no chart until it has ended (here:
+    cancelled), then its curves."""
+    registry, run_id = studio
+    at = page(app(run_id), "train")
+    at.checkbox(key="train_force").check()
+    at.button(key="train_start").click().run()
+    new_id = at.session_state["run_id"]
+    assert new_id != run_id and not registry.get(new_id).done
+    registry.update_progress(new_id, 0.3, "baseline", {"stage": "baseline", "epoch": 1, "loss": 0.7,
+                                                       "val": {"overall": 0.6, "majority": 0.6, "minority": 0.5}})
+    at.run()
+    assert_clean(at)
+    assert registry.epochs(new_id) and not registry.get(new_id).done  # curves could be drawn: there is an epoch
+    assert plotly_count(at) == 0
+    assert [m.label for m in at.metric] == []
+    assert at.button(key=f"cancel_train_{new_id}").label == "Cancel run"
+    main, side = progress_lines(at.main), progress_lines(at.sidebar)
+    assert len(main) == len(side) == 1 and main == side, (main, side)
+    assert any("running for" in c.value or "queued for" in c.value for c in at.caption)
+    at.button(key=f"cancel_train_{new_id}").click().run()  # cancelled, not finished: the module's Pareto views
+    assert registry.wait(new_id, timeout=120).status == "cancelled"  # keep to the fixture's runs
+    at.run()
+    assert_clean(at)
+    assert plotly_count(at) == 1  # the run has ended: now its loss and validation accuracy by group
+    assert "Epochs trained" in [m.label for m in at.metric]
+
+
+def test_demo_trains_five_seeds(studio, gated_runs):
+    """Regression (issue 19): the demo trained one seed, whose verdict is "within noise" as often as not; it trains
+    seeds 0-4 (they share their texts, so it embeds them once) and Compare follows it live."""
+    at = app().run()
+    assert "seeds 0-4" in " ".join(m.value for m in at.markdown)
+    at.button(key="run_demo").click().run()
+    assert_clean(at)
+    record = studio.registry.get(at.session_state["run_id"])
+    try:
+        assert record.config["seeds"] == [0, 1, 2, 3, 4]
+        assert (record.config["run"]["methods"], record.config["run"]["encoder"]) == ("baseline,pafo", "minilm")
+        assert any(t.value == "Compare methods" for t in at.title), [t.value for t in at.title]
+        assert progress_lines(at.main) == progress_lines(at.sidebar) != []
+    finally:
+        studio.registry.cancel(record.id, wait=30)
+
+
+def test_reload_keeps_an_uploaded_dataset_from_the_url(studio):
+    """Regression (issue 19): a browser reload or a direct URL reset the session to the synthetic data and lost an
+    uploaded dataset. The URL keeps the dataset (``?data=``, an upload by its content id, never its folder), a new
+    session opens it again, and a link to an upload that is gone says so and opens the synthetic data."""
+    table = load_dataset(DataConfig(**TINY_DATA)).pair_table()
+    at = app().run()
+    assert "data" not in at.query_params  # the default dataset keeps the URL clean
+    at.segmented_control(key="data_source").set_value("pairs").run()
+    at.file_uploader(key="pairs_upload").upload("mine.csv", table.to_csv(index=False).encode(), "text/csv").run()
+    at.form_submit_button[0].click().run()
+    assert_clean(at)
+    config = at.session_state["data_config"]
+    link = at.query_params["data"]
+    link = link[0] if isinstance(link, list) else link
+    assert json.loads(link) == {"dataset": "pairs", "upload": appstate.upload_ref(config["path"])}
+    assert "mine.csv" in link and os.sep + "uploads" not in link
+
+    reloaded = app()
+    reloaded.query_params["data"] = link
+    reloaded.run()
+    assert_clean(reloaded)
+    assert reloaded.session_state["data_config"] == config
+    assert reloaded.metric[0].value == "40"  # the Data page shows the uploaded file's 40 users
+    assert any("**pairs: mine.csv**" in m.value for m in reloaded.sidebar.markdown)
+
+    gone = app()
+    gone.query_params["data"] = json.dumps({"dataset": "pairs", "upload": "0" * 20 + "/gone.csv"})
+    gone.run()
+    assert_clean(gone)
+    assert gone.session_state["data_config"]["dataset"] == "synthetic"
+    assert any("gone.csv" in e.value and "upload it again" in e.value for e in gone.sidebar.error), gone.sidebar.error
+
+
 def test_failed_run_shows_error_on_train_and_compare(studio):
     record = studio.registry.get(studio.failed_id)
     assert "moved-away.csv" in record.error and "no such file" in record.error
@@ -357,7 +441,7 @@ def test_failed_run_shows_error_on_train_and_compare(studio):
     at.switch_page("pages/compare.py").run()
     assert_clean(at)
     assert any("failed" in e for e in errors(at)), errors(at)
-    assert plotly_count(at) == 5  # the finished run is still there to look at
+    assert plotly_count(at) == 7  # the finished run is still there to look at (its slices included)
 
 
 # ------------------------------------------------------------------------------------------- Compare
@@ -368,10 +452,11 @@ def test_compare_page_figures_tables_and_downloads(studio):
     at = page(app(run_id), "compare")
     assert_clean(at)
     assert not errors(at), errors(at)
-    assert plotly_count(at) == 5  # forest plot, group bars, decile curve, per-user scatter, Pareto
+    assert plotly_count(at) == 7  # forest, group bars, decile curve, per-user scatter, Pareto, slices (2)
     labels = [m.label for m in at.metric]
     assert labels.count("Minority accuracy") == 2
-    paired, table, *expanders = (d.value for d in at.dataframe)
+    paired, slices, table, *expanders = (d.value for d in at.dataframe)
+    assert slices["slice"].str.startswith("group = ").all()  # no attributes of its own: the support groups
     assert [{"mean support", "group"} <= set(f.columns) for f in expanders] == [True, False]  # PAFO's clusters
     assert "oracle: PAFO with the true preference clusters" in set(expanders[1]["diagnostic"])  # the ceilings
     assert list(paired["verdict"]) == [registry.load_result(run_id).result["comparisons"]["pafo"]["verdict"]]
@@ -624,7 +709,7 @@ def test_demo_button_follows_the_run_to_compare(studio, monkeypatch):
     assert new_id != run_id
     # The run was answered at once from the fixture's run, so Train hands over to Compare straight away.
     assert any(t.value == "Compare methods" for t in at.title), [t.value for t in at.title]
-    assert plotly_count(at) == 5
+    assert plotly_count(at) == 7
     assert isinstance(at.dataframe[0].value, pd.DataFrame)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -21,7 +23,7 @@ from pafo.compare import VerdictRule, pooled_group_ci
 from pafo.config import UNKNOWN_FIELD
 from pafo.encoders import MSG_MODEL_OFFLINE
 from pafo.errors import PafoInputError
-from pafo.experiment import UNKNOWN_METHOD, ExperimentConfig, RunSettings, parse_seeds, run_experiment
+from pafo.experiment import UNKNOWN_METHOD, ExperimentConfig, RunSettings, _EmbedProgress, parse_seeds, run_experiment
 from pafo.features import dataset_texts, response_features
 from pafo.methods import PAFOConfig
 from pafo.models import build_model
@@ -31,7 +33,7 @@ from pafo.training import PairSet, TrainConfig, pair_margins
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TIMING_KEYS = {"seconds", "train_seconds", "setup_seconds", "cache_hits"}
+TIMING_KEYS = {"seconds", "train_seconds", "setup_seconds", "cache_hits", "embedded"}  # and what the cache held
 TINY_TRAIN = TrainConfig(epochs=3, batch_size=64, hidden=16, k=4, patience=3)
 TINY_FLAGS = ["--users", "24", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6",
               "--test-pairs", "4", "--encoder", "tfidf", "--bootstrap", "20", "--epochs", "3", "--hidden", "16",
@@ -323,4 +325,70 @@ def test_synthetic_run_over_seeds_embeds_the_texts_of_one_seed(tiny_config):
                                  run=RunSettings(encoder="minilm", methods="baseline", bootstrap=20)).validate()
     result = run_experiment(config)
     n_texts = len(set(dataset_texts(load_dataset(tiny_config))))
-    assert result["encoder"]["cache_hits"] == 2 * n_texts  # seeds 1 and 2 embed nothing new
+    assert result["encoder"]["texts"] == result["encoder"]["embedded"] == n_texts  # seeds 1 and 2 add none
+    assert result["encoder"]["cache_hits"] == 0
+
+
+SEED_OF = re.compile(r"^seed (\d+) of (\d+): ")
+EMBEDDED = re.compile(r"^embedding texts: ([\d,]+) of ([\d,]+)")
+
+
+def test_progress_of_a_three_seed_run_counts_up_in_order(tiny_config):
+    """Regression (issue 19): a 3-seed demo showed "embedding texts (seed 2 of 3) · 2%" for most of its run, then
+    "seed 1 of 3" again when training began, and no stage while the seeds were pooled. Every progress callback of
+    a 3-seed run is recorded here: the fraction never goes back, the embedding counts the run's texts batch by
+    batch (no seed in it: the seeds share their texts), "seed i of n" only counts up, every seed shows each of its
+    stages, and the bar moves across each stage."""
+    events = []
+    config = dataclasses.replace(tiny_experiment(tiny_config), seeds="0-2",
+                                 run=RunSettings(encoder="minilm", methods="baseline,pafo", bootstrap=20)).validate()
+    run_experiment(config, progress=lambda fraction, stage, metrics=None: events.append((fraction, stage)))
+    fractions = [fraction for fraction, _ in events]
+    assert all(b >= a for a, b in itertools.pairwise(fractions)), fractions
+    assert fractions[-1] == 1.0 and events[-1][1] == "done"
+
+    counts = [tuple(int(n.replace(",", "")) for n in m.groups()) for _, stage in events if (m := EMBEDDED.match(stage))]
+    n_texts = len(set(dataset_texts(load_dataset(tiny_config))))
+    assert {total for _, total in counts} == {n_texts}  # the run's texts, once: not once per seed
+    done = [d for d, _ in counts]
+    assert done[0] == 0 and done[-1] == n_texts and len(set(done)) >= 3  # a report per batch of 64 texts
+    assert all(b > a for a, b in itertools.pairwise(dict.fromkeys(done))), done
+
+    seeds = [int(m.group(1)) for _, stage in events if (m := SEED_OF.match(stage))]
+    assert seeds == sorted(seeds) and set(seeds) == {1, 2, 3}, seeds
+    first_seed = next(i for i, (_, stage) in enumerate(events) if SEED_OF.match(stage))
+    assert all(not SEED_OF.match(stage) for _, stage in events[:first_seed] if "embedding" in stage)
+    for seed in (1, 2, 3):
+        own = [SEED_OF.sub("", stage) for _, stage in events if stage.startswith(f"seed {seed} of 3: ")]
+        assert {"support rates", "baseline", "baseline done", "pafo: preference clusters", "pafo done"} <= set(own)
+    assert "pooling the seeds" in [stage for _, stage in events]
+
+    # Each stage moves the bar: the next stage begins further on than it did ("… done" marks an end, no work).
+    families = []
+    for fraction, stage in events:
+        family = re.sub(r": [\d,]+ of [\d,]+.*$", "", stage)
+        if not families or families[-1][1] != family:
+            families.append((fraction, family))
+    for (start, family), (after, _) in itertools.pairwise(families):
+        assert family.endswith("done") or after > start, (family, start, after)
+
+
+def test_embedding_stage_counts_texts_and_says_the_time_left():
+    """The embedding stage says how many of the texts the cache lacked are done and, once two batches have shown
+    the pace, about how long the rest takes (issue 19: the bar sat at one number for ~95 s)."""
+    events, now = [], [0.0]
+    embed = _EmbedProgress(lambda fraction, stage, metrics=None: events.append((fraction, stage)), "minilm", 10.0,
+                           clock=lambda: now[0])
+    for at, done in ((0.0, 100), (4.0, 164), (6.0, 228), (8.0, 292), (30.0, 1100)):
+        now[0] = at
+        embed(done, 1100)
+    stages = [stage for _, stage in events]
+    assert stages[:2] == ["embedding texts: 0 of 1,000 · loading the model", "embedding texts: 64 of 1,000"]
+    assert stages[2] == "embedding texts: 128 of 1,000 · ~27 s left"  # 872 texts at 64 per 2 s
+    assert stages[3] == "embedding texts: 192 of 1,000 · ~25 s left"
+    assert stages[4] == "embedding texts: 1,000 of 1,000"
+    fractions = [fraction for fraction, _ in events]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(embed.embedded_at)
+    warm = _EmbedProgress(lambda fraction, stage, metrics=None: events.append((fraction, stage)), "minilm", 10.0)
+    warm(1100, 1100)
+    assert events[-1][1] == "embedding texts: all 1,100 in the cache" and warm.embedded_at < 0.05

@@ -15,12 +15,14 @@ from ..config import BAD_CHOICE, OUT_OF_RANGE, option, validate_options
 from ..dataset import PreferenceDataset, validate_dataset
 from ..errors import PafoInputError
 from ..simulate import parse_shares
+from . import community_alignment, helpsteer3, multipref, personalllm, prism
 from .dsp import DOMAINS, load_dsp
 from .pairs import load_pairs
 from .personalllm import load_personalllm
 from .synthetic import MAX_JUDGES, MIN_JUDGES, make_synthetic, synthetic_judges
 
-__all__ = ["SOURCES", "SOURCE_SPECS", "DataConfig", "SourceSpec", "dataset_fingerprint", "load_dataset"]
+__all__ = ["HUB_SOURCES", "SOURCES", "SOURCE_SPECS", "DataConfig", "SourceSpec", "dataset_fingerprint",
+           "load_dataset"]
 
 # The bounds live on the fields (pafo.config.validate_options); these names stay for callers matching messages.
 BAD_FRACTION, UNKNOWN_SOURCE = OUT_OF_RANGE, BAD_CHOICE
@@ -53,6 +55,7 @@ class SourceSpec:
     simulated: bool                                   # users simulated from base scores (personas known)
     path_hint: str | None = None                      # placeholder of the path box; None: it takes no path
     hub_schema: str | None = None                     # its name among the hub schemas; None: no hub loading
+    hub_id: str | None = None                         # the hub dataset in its schema (--dataset hf:ID picks it)
     judges: Callable = lambda config: None            # DataConfig -> judge names --shares may use, if known
     hidden: tuple[str, ...] = ()                      # DataConfig fields it reads that its form does not show
 
@@ -86,18 +89,50 @@ SOURCE_SPECS = {spec.name: spec for spec in (
     SourceSpec("dsp", "DSP (domain-specific preference)", _load_dsp, (*SIMULATION_FIELDS, "include_normal"), True,
                path_hint="path/to/dsp.json", hub_schema="DSP JSON", judges=lambda config: list(DOMAINS)),
     SourceSpec("personalllm", "PersonalLLM", lambda config, options: _load_personalllm(config, options),
-               SIMULATION_FIELDS, True, path_hint="file or hub id", hub_schema="PersonalLLM"),
+               SIMULATION_FIELDS, True, path_hint="file or hub id", hub_schema="PersonalLLM",
+               hub_id=personalllm.HUB_ID),
     SourceSpec("pairs", "Own pairs file (upload or path)", _load_pairs, SPLIT_FIELDS, False,
                path_hint="path/to/pairs.csv", hub_schema="pairs table (user_id, prompt, chosen, rejected)"),
+    # Real per-annotator data: users and their attributes come from the files (see each module's docstring).
+    SourceSpec("prism", "PRISM (ratings + survey)", lambda config, options: prism.load_prism(config.path, **options),
+               SPLIT_FIELDS, False, path_hint="folder with utterances.jsonl + survey.jsonl, or hub id",
+               hub_schema="PRISM", hub_id=prism.HUB_ID),
+    SourceSpec("multipref", "MultiPref (crowd + expert evaluators)",
+               lambda config, options: multipref.load_multipref(config.path, **options), SPLIT_FIELDS, False,
+               path_hint="MultiPref-Train.jsonl or hub id", hub_schema="MultiPref", hub_id=multipref.HUB_ID),
+    SourceSpec("helpsteer3", "HelpSteer3-style individual preferences",
+               lambda config, options: helpsteer3.load_helpsteer3(config.path, **options), SPLIT_FIELDS, False,
+               path_hint="JSONL with individual_preference lists", hub_schema="HelpSteer3 (individual_preference)",
+               hub_id=helpsteer3.HUB_ID),
+    SourceSpec("community_alignment", "Community Alignment",
+               lambda config, options: community_alignment.load_community_alignment(config.path, **options),
+               SPLIT_FIELDS, False, path_hint="community_alignment.csv or hub id", hub_schema="Community Alignment",
+               hub_id=community_alignment.HUB_ID),
 )}
+#: Hub datasets whose schema is known: ``--dataset hf:ORG/NAME`` loads them with their own loader (any other hub
+#: dataset is read as a pairs table).
+HUB_SOURCES = {spec.hub_id: name for name, spec in SOURCE_SPECS.items() if spec.hub_id}
+HUB_PREFIX = "hf:"
+MSG_HUB_AND_PATH = ("--dataset {dataset} names the data already; leave --path out (it says {path!r}), or use "
+                    "--dataset SCHEMA --path FILE")
+MSG_BAD_HUB = "--dataset {dataset!r}: write hf:ORG/NAME or hf:ORG/NAME:config (e.g. hf:allenai/multipref)"
 SOURCES = tuple(SOURCE_SPECS)
+
+
+class _SourceChoices(tuple):
+    """The sources, and any ``hf:ORG/NAME`` (argparse and the option check test membership with ``in``)."""
+
+    def __contains__(self, value) -> bool:
+        return (isinstance(value, str) and value.startswith(HUB_PREFIX)) or tuple.__contains__(self, value)
 
 
 @dataclass
 class DataConfig:
     """Which preference data to load and, for simulated sources, how to simulate the users."""
 
-    dataset: str = option("synthetic", "data source", choices=SOURCES, label="data source")
+    dataset: str = option("synthetic", "data source, or hf:ORG/NAME[:config] for a hub dataset (its schema's "
+                                       "source when known, else a pairs table)", choices=_SourceChoices(SOURCES),
+                          label="data source")
     path: str | None = option(None, "file, URL or hub id (" + ", ".join(
         name for name, spec in SOURCE_SPECS.items() if spec.path_hint) + ")", label="file, URL or hub id",
         active_when=SOURCE_READS)
@@ -135,9 +170,25 @@ class DataConfig:
                                          active_when=SOURCE_READS)
     quality_noise: float = option(0.1, "synthetic: std of each response's hidden quality (not readable from text)",
                                   ge=0, label="hidden quality noise", active_when=SOURCE_READS)
+    user_attributes: str | None = option(None, "CSV/JSONL/JSON/Parquet of user_id + one column per user attribute "
+                                               "(region, tier, age...), to slice results by (--slice-by)",
+                                         label="user attributes file")
 
     def validate(self) -> DataConfig:
+        if isinstance(self.dataset, str) and self.dataset.startswith(HUB_PREFIX):
+            self._from_hub()
         return validate_options(self)
+
+    def _from_hub(self) -> None:
+        """``hf:ORG/NAME[:config]`` as the source of that schema (pairs for an unknown one) with the hub id as
+        path, so every later step sees a plain source."""
+        hub = self.dataset[len(HUB_PREFIX):].strip()
+        name = hub.partition(":")[0]
+        if len(name.split("/")) != 2 or not all(name.split("/")):
+            raise PafoInputError(MSG_BAD_HUB.format(dataset=self.dataset))
+        if self.path and self.path != hub:
+            raise PafoInputError(MSG_HUB_AND_PATH.format(dataset=self.dataset, path=self.path))
+        self.dataset, self.path = HUB_SOURCES.get(name, "pairs"), hub
 
     def judge_names(self) -> list[str] | None:
         """The judges that ``--shares`` keys may name, where known before loading."""
@@ -158,10 +209,13 @@ def _shares_for(config: DataConfig, judges: list[str] | None) -> dict | None:
 
 def load_dataset(config: DataConfig | None = None, **overrides) -> PreferenceDataset:
     """Load, simulate and validate a dataset; raises :class:`PafoInputError` with a fix-it message."""
+    from ..attributes import attach_attributes
+
     config = dataclasses.replace(config or DataConfig(), **overrides).validate()
     shares = _shares_for(config, config.judge_names())
     options = _simulation_options(config, shares)
-    return validate_dataset(SOURCE_SPECS[config.dataset].load(config, options))
+    dataset = validate_dataset(SOURCE_SPECS[config.dataset].load(config, options))
+    return attach_attributes(dataset, config.user_attributes)
 
 
 def _load_personalllm(config: DataConfig, options: dict) -> PreferenceDataset:
@@ -183,9 +237,16 @@ def dataset_fingerprint(config: DataConfig) -> str:
     from .files import UNREADABLE
 
     payload = dataclasses.asdict(config)
+    if payload.get("user_attributes") is None:  # a config without attributes hashes as it did before them
+        del payload["user_attributes"]
     if config.path and Path(config.path).is_file():
         try:
             payload["file"] = {"sha256": file_digest(config.path)}
         except OSError as exc:
             raise PafoInputError(UNREADABLE.format(path=config.path, reason=exc.strerror or exc)) from None
+    if config.user_attributes and Path(config.user_attributes).is_file():  # its content too: slices read it
+        try:
+            payload["attributes_file"] = {"sha256": file_digest(config.user_attributes)}
+        except OSError as exc:
+            raise PafoInputError(UNREADABLE.format(path=config.user_attributes, reason=exc.strerror or exc)) from None
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

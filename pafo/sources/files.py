@@ -47,7 +47,7 @@ TABLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
 
 
 def is_remote(source: str) -> bool:
-    """True for URLs and for hub ids (``owner/name`` that is not an existing local path)."""
+    """True for URLs and for hub ids (``owner/name`` or ``owner/name:config`` that is not an existing local path)."""
     if "://" in source:
         return True
     parts = source.split("/")
@@ -182,8 +182,9 @@ def _read_remote(source: str) -> pd.DataFrame:
             suffix = Path(source.split("?")[0]).suffix.lower().lstrip(".")
             builder = {"jsonl": "json", "pq": "parquet"}.get(suffix, suffix)
             dataset = datasets.load_dataset(builder, data_files=source, split="train")
-        else:
-            dataset = datasets.load_dataset(source, split="train")
+        else:  # ORG/NAME or ORG/NAME:config
+            name, _, subset = source.partition(":")
+            dataset = datasets.load_dataset(name, subset or None, split="train")
     except Exception as exc:  # connection, DNS and hub errors come in many types
         raise PafoInputError(OFFLINE.format(source=source, reason=type(exc).__name__)) from None
     return dataset.to_pandas()

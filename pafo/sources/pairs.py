@@ -13,7 +13,7 @@ from ..dataset import SPLITS, PreferenceDataset, split_prompts
 from ..errors import PafoInputError
 from .files import read_table, require_columns
 
-__all__ = ["PAIR_COLUMNS", "load_pairs"]
+__all__ = ["PAIR_COLUMNS", "dataset_from_pairs", "load_pairs"]
 
 PAIR_COLUMNS = ["user_id", "prompt", "chosen", "rejected"]
 NEED_PATH = "--path: the pairs source needs a CSV, JSONL or Parquet file (columns user_id, prompt, chosen, rejected)"
@@ -58,7 +58,14 @@ def load_pairs(path: str | None, *, test_fraction: float, val_fraction: float, s
     source = str(path)
     frame = read_table(source)
     require_columns(frame, PAIR_COLUMNS, source)
-    frame = _clean(frame, source)
+    return dataset_from_pairs(_clean(frame, source), source, test_fraction=test_fraction, val_fraction=val_fraction,
+                              seed=seed)
+
+
+def dataset_from_pairs(frame: pd.DataFrame, source: str, *, test_fraction: float, val_fraction: float, seed: int,
+                       name: str = "pairs") -> PreferenceDataset:
+    """A dataset from a checked pairs table (user_id, prompt, chosen, rejected, optional split): responses are the
+    distinct (prompt, text), users in order of first appearance, and splits by prompt unless the table has them."""
     texts = pd.concat([frame[["prompt", "chosen"]].set_axis(["prompt", "text"], axis=1),
                        frame[["prompt", "rejected"]].set_axis(["prompt", "text"], axis=1)], ignore_index=True)
     responses = texts.drop_duplicates(ignore_index=True)
@@ -76,5 +83,5 @@ def load_pairs(path: str | None, *, test_fraction: float, val_fraction: float, s
     pairs["split"] = frame["split"].to_numpy() if "split" in frame else _assign_splits(
         pairs, test_fraction, val_fraction, rng)
     users = pd.DataFrame({"user_id": list(map(str, user_ids)), "dominant": None})
-    return PreferenceDataset(name="pairs", responses=responses, pairs=pairs, users=users,
+    return PreferenceDataset(name=name, responses=responses, pairs=pairs, users=users,
                              meta={"source": source, "split_column": "split" in frame})
