@@ -33,7 +33,7 @@ from pafo.experiment import ExperimentConfig, _add_support, _load_inputs, _pair_
 from pafo.extras import ClusterReport
 from pafo.method_configs import METHODS as METHOD_NAMES
 from pafo.methods import baseline_output, fit_method
-from pafo.metrics import MINORITY, group_codes, group_labels, per_user_accuracy
+from pafo.metrics import MAJORITY, MINORITY, group_codes, group_labels, per_user_accuracy
 from pafo.results import RunResult
 from pafo.training import pair_margins, set_threads
 
@@ -42,20 +42,24 @@ DSP_PATH = ROOT.parent / "shared" / "data" / "dsp_test_part_a.json"
 METHODS = ",".join(METHOD_NAMES)
 REPORTED_SEEDS, DEV_SEEDS = "0-9", "100-104"
 ABLATIONS = {
-    "default (clusters, wide student)": {},
+    "default (clusters, soft EM, wide student)": {},
+    "cluster_em=hard, restarts=40, beta=1, colabel_weight=0 (PAFO v2)": {"cluster_em": "hard", "restarts": 40,
+                                                                         "beta": 1.0, "colabel_weight": 0.0},
     "teachers=groups (the paper's two support groups, distilled student)": {"teachers": "groups"},
     "student=distilled (baseline architecture, dense pairs, teacher-agreement selection)": {"student": "distilled"},
     "clusters=1 (one teacher for everybody)": {"clusters": 1},
     "clusters=4": {"clusters": 4},
     "clusters=12": {"clusters": 12},
-    "beta=0.5": {"beta": 0.5},
-    "beta=2": {"beta": 2.0},
-    "subspace=16": {"subspace": 16},
-    "subspace=64": {"subspace": 64},
-    "restarts=10": {"restarts": 10},
+    "beta=1": {"beta": 1.0},
+    "beta=4": {"beta": 4.0},
+    "subspaces=32": {"subspaces": "32"},
+    "subspaces=16,24,32,48": {"subspaces": "16,24,32,48"},
+    "restarts=8": {"restarts": 8},
+    "colabel_weight=0 (no co-label view)": {"colabel_weight": 0.0},
+    "colabel_weight=8": {"colabel_weight": 8.0},
     "cluster_ridge=0.3": {"cluster_ridge": 0.3},
     "cluster_ridge=3": {"cluster_ridge": 3.0},
-    "em_rounds=3": {"em_rounds": 3},
+    "em_rounds=5": {"em_rounds": 5},
     "calibrate=off (accuracy unchanged by design; see log-loss)": {"calibrate": False},
 }
 
@@ -165,8 +169,9 @@ def cluster_lines(results: list[RunResult]) -> list[str]:
         lines.append(f"| {group} | {len(part) / len(results):.1f} | {weight.mean():.0f} "
                      f"| {wmean('mean_support'):.3f} | {wmean('minority_share'):.2f} | {signed(teacher)} "
                      f"| {signed(method)} |")
-    return ["Preference clusters (lowest-objective restart of each seed; the student averages all restarts). "
-            "Teacher: the cluster's own linear BT teacher alone on its users' test pairs (user-weighted):", "",
+    return ["Preference clusters (the lowest-objective EM run of each seed, each user in its most probable cluster "
+            "there; the student averages every run's posterior-mean direction). Teacher: the cluster's own linear "
+            "BT teacher alone on its users' test pairs (user-weighted):", "",
             *lines, ""]
 
 
@@ -184,31 +189,85 @@ def seed_context(config: ExperimentConfig):
     return data, support, user_group, ctx, _pair_set(data.split("test"), user_group)
 
 
-def ceilings(dataset: str, seed: int, encoder: str) -> dict[str, pd.DataFrame]:
-    """Per-user test accuracy of the baseline, PAFO and the diagnostic ceilings (never used by any method)."""
+#: PAFO v2, the cluster step before issue 20 (hard EM on the classification likelihood, 40 restarts, β = 1): the
+#: comparison that shows what the soft step (the default since) changed.
+PAFO_V2 = {"cluster_em": "hard", "restarts": 40, "subspace": 32, "beta": 1.0, "colabel_weight": 0.0}
+V2_NAME = "PAFO v2 (hard EM, β 1)"
+CEILING_NAME = "oracle: PAFO with the true preference clusters"
+
+
+@dataclasses.dataclass
+class SeedCeilings:
+    """One seed's per-user test accuracy (user-indexed) of the baseline, PAFO, PAFO v2 and the diagnostics, the
+    users' groups, and PAFO v2's time over the baseline's (measured in this process)."""
+
+    accuracy: dict[str, pd.Series]
+    group: pd.Series
+    v2_time_ratio: float
+
+
+def ceilings(dataset: str, seed: int, encoder: str) -> SeedCeilings:
+    """Per-user test accuracy of the baseline, PAFO, PAFO v2 and the diagnostic ceilings (never used by any
+    method)."""
     config = experiment_config(dataset, seed, encoder, "baseline,pafo")
     data, _support, user_group, ctx, test = seed_context(config)
     pafo = fit_method("pafo", ctx, config.pafo, (0, 1)).model
-    accuracy = {"baseline": per_user_accuracy(pair_margins(ctx.cache["baseline"].model, ctx.features, test),
-                                             test.users),
+    base = ctx.cache["baseline"]
+    started = time.perf_counter()
+    v2 = fit_method("pafo", ctx, dataclasses.replace(config.pafo, **PAFO_V2), (0, 1)).model
+    v2_seconds = time.perf_counter() - started
+    accuracy = {"baseline": per_user_accuracy(pair_margins(base.model, ctx.features, test), test.users),
                 "PAFO (default)": per_user_accuracy(pair_margins(pafo, ctx.features, test), test.users),
+                V2_NAME: per_user_accuracy(pair_margins(v2, ctx.features, test), test.users),
                 **diagnostics.ceilings(ctx, test, data, config.pafo)}
-    group = pd.Series(group_labels(user_group))
-    return {name: pd.DataFrame({"group": group[acc.index].to_numpy(), "acc": acc.to_numpy()})
-            for name, acc in accuracy.items()}
+    return SeedCeilings(accuracy, pd.Series(group_labels(user_group)),
+                        (base.result.seconds + v2_seconds) / base.result.seconds)
 
 
-def ceiling_table(dataset: str, seeds: list[int], encoder: str) -> str:
-    runs = [ceilings(dataset, seed, encoder) for seed in seeds]
+def group_mean(run: SeedCeilings, name: str, group: str) -> float:
+    accuracy = run.accuracy[name]
+    return float(accuracy[run.group[accuracy.index].to_numpy() == group].mean())
+
+
+def ceiling_table(runs: list[SeedCeilings]) -> str:
     lines = ["| model (diagnostic rows read test labels or true personas) | majority | minority | Δ majority "
              "| Δ minority |", "|---|---:|---:|---:|---:|"]
-    base = [np.mean([r["baseline"].query(f"group == '{g}'")["acc"].mean() for r in runs])
-            for g in ("majority", "minority")]
-    for name in runs[0]:
-        acc = [np.mean([r[name].query(f"group == '{g}'")["acc"].mean() for r in runs])
-               for g in ("majority", "minority")]
+    base = [np.mean([group_mean(r, "baseline", g) for r in runs]) for g in ("majority", "minority")]
+    for name in runs[0].accuracy:
+        acc = [np.mean([group_mean(r, name, g) for r in runs]) for g in ("majority", "minority")]
         lines.append(f"| {name} | {pct(acc[0])} | {pct(acc[1])} | {signed(acc[0] - base[0])} "
                      f"| {signed(acc[1] - base[1])} |")
+    return "\n".join(lines)
+
+
+def v3_table(results: list[RunResult], runs: list[SeedCeilings]) -> str:
+    """PAFO (the soft step) against PAFO v2, the mixture and the true-cluster ceiling, paired on the same users."""
+    tables = []
+    for result, run in zip(results, runs, strict=True):
+        table = result.per_user.copy()
+        users = np.arange(len(table))  # the per-user rows are in user order
+        table["acc_v2"] = run.accuracy[V2_NAME].reindex(users).to_numpy()
+        table["acc_ceiling"] = run.accuracy[CEILING_NAME].reindex(users).to_numpy() \
+            if CEILING_NAME in run.accuracy else np.nan
+        tables.append(table)
+    rows = {name: paired_comparison(tables, column, reference, seed=0) for name, column, reference in (
+        ("PAFO − baseline", "pafo", "baseline"), ("PAFO v2 − baseline", "v2", "baseline"),
+        ("mixture − baseline", "mixture", "baseline"), ("PAFO − PAFO v2", "pafo", "v2"),
+        ("PAFO − mixture", "pafo", "mixture"))}
+    lines = ["| paired difference | Δ majority [95% CI] | Δ minority [95% CI] | verdict |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {ci_text(c.delta(MAJORITY))} | {ci_text(c.delta(MINORITY))} | {c.verdict} |"
+              for name, c in rows.items()]
+    ratio = [r.methods["pafo"].train_seconds / r.methods["baseline"].train_seconds for r in results]
+    v2_ratio = [run.v2_time_ratio for run in runs]
+    lines += ["", f"- time (PAFO including its baseline / baseline, per seed, same process): PAFO "
+                  f"{np.mean(ratio):.2f}× (per seed {min(ratio):.2f}–{max(ratio):.2f}); PAFO v2 "
+                  f"{np.mean(v2_ratio):.2f}×"]
+    if CEILING_NAME in runs[0].accuracy:
+        ceiling = paired_comparison(tables, "ceiling", "baseline", seed=0).delta(MINORITY).delta
+        reached = rows["PAFO − baseline"].delta(MINORITY).delta / ceiling
+        lines.append(f"- true-cluster ceiling (oracle, same β): minority {signed(ceiling, 2)} points; PAFO reaches "
+                     f"{100 * reached:.0f}% of it (PAFO v2: "
+                     f"{100 * rows['PAFO v2 − baseline'].delta(MINORITY).delta / ceiling:.0f}%)")
     return "\n".join(lines)
 
 
@@ -292,11 +351,15 @@ def quality_sections(dataset: str, seeds: list[int], encoder: str, seed_text: st
         print(f"  {dataset} {encoder} seed {seed} done", flush=True)
     table, _ = comparison_table(results)
     n_users = results[0].dataset["n_users"]
+    runs = [ceilings(dataset, seed, encoder) for seed in seeds]
     return [f"### {dataset}, {encoder}, reported seeds {seed_text} ({n_users} users per seed)", "",
             bias_line(results), "", method_table(results), "",
             "Paired differences to the baseline (same users and test pairs; bootstrap over users, seeds pooled):", "",
             table, "", *cluster_lines(results),
-            "Ceilings (diagnostics; mean over the same seeds):", "", ceiling_table(dataset, seeds, encoder), ""]
+            "PAFO (soft EM on the mixture likelihood, the default) against PAFO v2 (hard EM, β 1, the step before "
+            "issue 20), the mixture and the true-cluster ceiling, paired over users, seeds pooled:", "",
+            v3_table(results, runs), "",
+            "Ceilings (diagnostics; mean over the same seeds):", "", ceiling_table(runs), ""]
 
 
 def main(argv: list[str] | None = None) -> None:

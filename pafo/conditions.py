@@ -28,7 +28,9 @@ __all__ = [
     "DISTILLATION_LOSS",
     "DISTILLED_STUDENT",
     "GROUP_TEACHERS",
+    "HARD_EM",
     "PAFO_CLUSTERS",
+    "SOFT_EM",
     "SOURCE_READS",
     "Above",
     "All",
@@ -294,6 +296,9 @@ SOURCE_READS = SourceReads()
 PAFO_CLUSTERS = Uses("pafo") & Is("pafo.teachers", "clusters")
 #: EM's cluster options: PAFO's cluster teachers, or the mixture, which reads PAFO's clusters.
 CLUSTER_OPTIONS = PAFO_CLUSTERS | Uses("mixture")
+#: The cluster step on the mixture likelihood (the default) or PAFO v2's classification EM.
+SOFT_EM = CLUSTER_OPTIONS & Is("pafo.cluster_em", "soft")
+HARD_EM = CLUSTER_OPTIONS & Is("pafo.cluster_em", "hard")
 #: The paper's two support-group teachers.
 GROUP_TEACHERS = Uses("pafo") & Is("pafo.teachers", "groups")
 #: Cluster teachers distilled into the baseline architecture.

@@ -74,9 +74,10 @@ def seed_diagnostics(seen) -> list:
 
 
 def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, groups) -> ClusterReport:
-    """The clusters of the lowest-objective EM restart (ā_u averages every restart): per cluster its size, mean
-    support rate, group (minority when the mean support is at or below the grouping threshold), and on its users'
-    test pairs the accuracy of its own linear teacher, of the baseline and of the method (a description only)."""
+    """The clusters of the lowest-objective EM run (ā_u averages every run; with soft EM each user is counted in
+    its most probable cluster there): per cluster its size, mean support rate, group (minority when the mean
+    support is at or below the grouping threshold), and on its users' test pairs the accuracy of its own linear
+    teacher, of the baseline and of the method (a description only)."""
     fit = output.extra[CLUSTERS]
     best = fit.best
     assigned = fit.assignments[best]
@@ -97,7 +98,9 @@ def cluster_report(output, ctx, test: PairSet, per_user: pd.DataFrame, support, 
             group="minority" if mean_support <= groups.threshold else "majority",
             teacher_accuracy=float(teacher.mean()), baseline_accuracy=float(baseline[users].mean()),
             method_accuracy=float(method[users].mean())))
-    return ClusterReport(restarts=int(fit.teachers.shape[0]), reported_restart=best,
+    sizes = fit.sizes if fit.sizes is not None else np.full(len(fit.teachers), fit.teachers.shape[2])
+    return ClusterReport(em=fit.em, restarts=fit.restarts, subspace_sizes=sorted(int(r) for r in set(sizes)),
+                         runs=int(fit.teachers.shape[0]), reported_restart=best,
                          mean_em_rounds=float(fit.rounds.mean()), clusters=rows)
 
 

@@ -142,7 +142,10 @@ class ClusterReport:
 
     KEYS: ClassVar[tuple[str, ...]] = ("clusters",)
 
+    em: str
     restarts: int
+    subspace_sizes: list[int]
+    runs: int
     reported_restart: int
     mean_em_rounds: float
     clusters: list[ClusterRow] = field(default_factory=list)

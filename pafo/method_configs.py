@@ -22,7 +22,9 @@ from .conditions import (
     DISTILLATION_LOSS,
     DISTILLED_STUDENT,
     GROUP_TEACHERS,
+    HARD_EM,
     PAFO_CLUSTERS,
+    SOFT_EM,
     Above,
     Compared,
     Uses,
@@ -58,6 +60,12 @@ BAD_LAMBDA = BAD_TEMPERATURE = BAD_DENSE = BAD_CLUSTER_OPTION = BAD_FINETUNE_PAT
 # Limits of size: beyond them a model no longer fits the memory of the machines PAFO Studio targets.
 MAX_HIDDEN = 16384
 MAX_K = 1024
+# EM's cost grows with restarts × subspace size²: beyond these one cluster step takes minutes on a laptop.
+MAX_RESTARTS = 1000
+MAX_SUBSPACE = 512
+MAX_COLABEL_WEIGHT = 1000.0  # beyond it the teachers no longer matter where anyone else labelled the pair
+BAD_SUBSPACES = ("--subspaces: {value!r} is not a list of subspace sizes; give whole numbers from 1 to {limit} "
+                 "separated by commas, e.g. 16,24,32")
 # The bootstrap draws resamples × users floats at once; MAX_BOOTSTRAP_DRAWS bounds that product (checked by
 # ExperimentConfig.validate) at 10,000 × 20,000, so one float64 array of draws stays ≤ 1.6 GB whatever the users.
 MAX_BOOTSTRAP = 10_000
@@ -137,24 +145,39 @@ class PAFOConfig:
         active_when=PAFO_CLUSTERS)
     clusters: int = option(8, "clusters: number of preference clusters C", ge=1, label="preference clusters",
                            grid=(4, 8, 12), active_when=CLUSTER_OPTIONS)
-    restarts: int = option(40, "clusters: EM restarts; each user's teacher is averaged over them", ge=1,
-                           label="EM restarts", grid=(10, 40), active_when=CLUSTER_OPTIONS)
-    subspace: int = option(32, "clusters: dimension of the teachers' subspace of φ (top principal directions of "
-                               "training-pair differences)", ge=1, label="teachers' subspace size",
-                           grid=(16, 32, 64), active_when=CLUSTER_OPTIONS)
+    cluster_em: Literal["soft", "hard"] = option(
+        "soft", "clusters: EM on the mixture likelihood, each user weighing the teachers by their posterior (soft), "
+                "or on the classification likelihood, each user in one cluster (hard: PAFO v2)", label="cluster EM",
+        active_when=CLUSTER_OPTIONS)
+    restarts: int = option(16, "clusters: EM restarts (soft EM: per subspace size); each user's teacher direction "
+                               "is averaged over them", ge=1, le=MAX_RESTARTS, label="EM restarts",
+                           grid=(8, 16, 40), active_when=CLUSTER_OPTIONS)
+    subspaces: str = option("16,24,32", "clusters, soft EM: sizes of the nested subspaces of φ EM runs in "
+                                        "(comma-separated; each user's direction is averaged over them)",
+                            label="teachers' subspace sizes", grid=("32", "16,24,32", "16,24,32,48"),
+                            active_when=SOFT_EM)
+    subspace: int = option(32, "clusters, hard EM: dimension of the teachers' subspace of φ (top principal "
+                               "directions of training-pair differences)", ge=1, le=MAX_SUBSPACE,
+                           label="teachers' subspace size", grid=(16, 32, 64), active_when=HARD_EM)
     cluster_ridge: float = option(1.0, "clusters: ridge penalty of each cluster's linear BT teacher", ge=0,
                                   label="ridge of cluster teachers", grid=(0.3, 1, 3), active_when=CLUSTER_OPTIONS)
     em_rounds: int = option(20, "clusters: maximum EM rounds", ge=0, label="max EM rounds",
                             active_when=CLUSTER_OPTIONS)
+    em_tol: float = option(1e-4, "clusters, soft EM: a restart stops once no user's posterior moves by more than "
+                                 "this in a round", ge=0, lt=1, label="EM tolerance", active_when=SOFT_EM)
+    colabel_weight: float = option(4.0, "clusters, soft EM: weight, per other labeller, of other users' labels on "
+                                        "the same pair in a user's cluster posterior (0: off)", ge=0,
+                                   le=MAX_COLABEL_WEIGHT, label="co-label weight", grid=(0, 2, 4, 8),
+                                   active_when=SOFT_EM)
     calibrate: bool = option(True, "clusters: divide the student's margins by one temperature fitted on "
                                    "validation pairs (BT log-loss; accuracy unchanged)",
                              label="calibrate margins", active_when=PAFO_CLUSTERS)
     heldout: int = option(20, "distilled student: teacher-labelled pairs per user held out to choose its epoch "
                               "by agreement with the teacher", ge=1, label="held-out teacher pairs per user",
                           active_when=DISTILLED_STUDENT)
-    beta: float = option(1.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
+    beta: float = option(3.0, "clusters: weight of the teachers' channel against the baseline's, in units of "
                               "their margins' spreads on training pairs", ge=0, label="β (weight of the teachers)",
-                         grid=(0.5, 1, 2), active_when=PAFO_CLUSTERS)
+                         grid=(1, 2, 3, 4), active_when=PAFO_CLUSTERS)
     # The options below shape distillation: the paper's two-group PAFO (teachers=groups) and the distilled student;
     # the default wide student is closed form and does not read them.
     lam: float = option(1.0, "distillation: λ, weight of the distillation term", flag="--lambda", ge=0,
@@ -190,7 +213,23 @@ class PAFOConfig:
                                label="grow student batch", active_when=DENSE_PAIRS)
 
     def validate(self) -> PAFOConfig:
-        return validate_options(self)
+        validate_options(self)
+        self.subspace_sizes()
+        return self
+
+    def subspace_sizes(self) -> tuple[int, ...]:
+        """The soft EM's subspace sizes, ascending (``PafoInputError`` naming --subspaces when malformed)."""
+        try:
+            sizes = sorted({int(part) for part in str(self.subspaces).split(",") if part.strip()})
+        except ValueError:
+            sizes = []
+        if not sizes or not all(1 <= size <= MAX_SUBSPACE for size in sizes):
+            raise PafoInputError(BAD_SUBSPACES.format(value=self.subspaces, limit=MAX_SUBSPACE))
+        return tuple(sizes)
+
+    def cluster_sizes(self) -> tuple[int, ...]:
+        """The subspace sizes the configured cluster step runs in (hard EM: the one ``subspace``)."""
+        return self.subspace_sizes() if self.cluster_em == "soft" else (self.subspace,)
 
 
 @dataclass(frozen=True)

@@ -315,9 +315,18 @@ def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     return MethodOutput(student, result, extra)
 
 
+def cluster_key(config: PAFOConfig) -> tuple:
+    """The options the cluster step reads: two configs with the same key share one fit in ``ctx.cache``."""
+    soft = config.cluster_em == "soft"
+    return ("clusters", config.cluster_em, config.clusters, config.restarts, config.cluster_sizes(),
+            config.cluster_ridge, config.em_rounds, config.em_tol if soft else None,
+            config.colabel_weight if soft else None)
+
+
 def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardModel) -> ClusterFit:
-    """Hard-EM preference clusters on the training pairs (``pafo.clusters``), once per context and options."""
-    key = ("clusters", config.clusters, config.restarts, config.subspace, config.cluster_ridge, config.em_rounds)
+    """Preference clusters on the training pairs (``pafo.clusters``: soft EM on the mixture likelihood by default,
+    hard EM with ``cluster_em="hard"``), once per context and options."""
+    key = cluster_key(config)
     if key not in ctx.cache:
         started = time.perf_counter()
         with torch.no_grad():
@@ -325,10 +334,13 @@ def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardMode
         # One BLAS/OpenMP thread, as in training: the matrices are small, and spinning worker threads on a busy
         # 2-core machine cost more than they give.
         with threadpool_limits(1):
-            ctx.cache[key] = discover(ctx.features.cpu().numpy(), ctx.train.chosen, ctx.train.rejected, ctx.train.users,
-                                      ctx.n_users, subspace=config.subspace, n_clusters=config.clusters,
+            ctx.cache[key] = discover(ctx.features.cpu().numpy(), ctx.train.chosen, ctx.train.rejected,
+                                      ctx.train.users, ctx.n_users, em=config.cluster_em,
+                                      sizes=config.cluster_sizes(), n_clusters=config.clusters,
                                       restarts=config.restarts, user_vectors=user_vectors,
-                                      ridge=config.cluster_ridge, max_rounds=config.em_rounds, seed=ctx.seed)
+                                      ridge=config.cluster_ridge, max_rounds=config.em_rounds, tol=config.em_tol,
+                                      colabel_weight=config.colabel_weight, seed=ctx.seed,
+                                      device=str(ctx.features.device))
         ctx.cache["clusters_seconds"] = time.perf_counter() - started
     return ctx.cache[key]
 
@@ -382,7 +394,11 @@ def calibrate_temperature(model: WideRewardModel, features: torch.Tensor, val: P
 
 
 def fit_mixture(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
-    """Each user scored by the teacher of its cluster (lowest-objective restart), no baseline, no distillation."""
+    """Each user scored by the teacher of its cluster, no baseline, no distillation (MaxMin-RLHF style).
+
+    The clusters are PAFO's (same options, same fit): the run with the lowest in-sample objective, each user in its
+    cluster there (soft EM: the most probable one, the MAP cluster). A hard choice of one teacher per user is what
+    makes it a cluster mixture; PAFO instead adds the posterior-mean direction averaged over every run."""
     spans = _split_span(span, [2, 1])
     base = baseline_output(ctx, spans[0])
     clusters = preference_clusters(ctx, config, base.model)

@@ -657,14 +657,14 @@ def test_whatif_identical_config_in_flight_is_not_trained_twice(studio):
     follows that run, and the page shows it (not an older what-if)."""
     registry, run_id = studio
     parent = registry.get(run_id)
-    child_config = appstate.whatif_config(parent.config, {"pafo.beta": 3.0})
+    child_config = appstate.whatif_config(parent.config, {"pafo.beta": 2.0})  # the parent's β is the default, 3
     from pafo.experiment import ExperimentConfig
 
     queued = registry.submit(child_config, fingerprint=ExperimentConfig.from_dict(child_config).fingerprint(),
                              parent_id=run_id, label="queued first", start=False)
     try:
         at = page(app(run_id), "whatif")
-        at.number_input(key="whatif_beta").set_value(3.0)
+        at.number_input(key="whatif_beta").set_value(2.0)
         at.button(key="whatif_launch").click().run()
         assert_clean(at)
         assert at.session_state["whatif_child"] == queued.id
@@ -726,19 +726,19 @@ def test_whatif_sweep_mode_shows_progress_then_its_pareto_plot(studio):
     at.button(key="sweep_launch").click().run()
     assert any("β (weight of the teachers) must be ≥ 0" in e for e in errors(at)), errors(at)
     assert "whatif_sweep" not in at.session_state
-    at.text_input(key="sweep_values1").set_value("1,0").run()
+    at.text_input(key="sweep_values1").set_value("3,0").run()  # 3: the parent's own β (the default)
     at.button(key="sweep_launch").click().run()
     assert_clean(at)
     assert not errors(at), errors(at)
     state = at.session_state["whatif_sweep"]
-    assert state["grid"] == {"pafo.beta": [1.0, 0.0]} and len(state["run_ids"]) == 1 * 2
+    assert state["grid"] == {"pafo.beta": [3.0, 0.0]} and len(state["run_ids"]) == 1 * 2
     cells = [registry.wait(cell, timeout=600) for cell in state["run_ids"]]
     assert [c.status for c in cells] == ["succeeded"] * 2, [c.error for c in cells]
     assert cells[0].reused_from and all(c.parent_id == state["sweep_id"] for c in cells)
     at.run()
     assert_clean(at)
     grid = at.dataframe[0].value
-    assert list(grid["pafo.beta"]) == ["1.0", "0.0"] and all("succeeded" in v for v in grid["seed 0"])
+    assert list(grid["pafo.beta"]) == ["3.0", "0.0"] and all("succeeded" in v for v in grid["seed 0"])
     pareto = figure(at, "Sweep: pafo at each grid point")
     assert sum(len(trace.get("x") or []) for trace in pareto["data"] if trace.get("mode") == "markers") == 2
     figure(at, "Sweep: pafo accuracy against pafo.beta")

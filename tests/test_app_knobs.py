@@ -180,7 +180,7 @@ def test_sweep_offers_parameters_that_change_the_result_and_starts_from_beta(hom
     key1 = at.selectbox(key="sweep_key1")
     assert key1.value == "pafo.beta" and "pafo.beta" in option_keys(key1)
     assert "pafo.lam" not in option_keys(key1) and "pafo.temperature" not in option_keys(key1)
-    assert at.text_input(key="sweep_values1").value == "0.5,1,2"
+    assert at.text_input(key="sweep_values1").value == "1,2,3,4"
     assert any("Not offered" in c.value and "λ (distillation weight)" in c.value for c in at.caption)
     key1.set_value("groups.minority_quantile").run()
     assert at.text_input(key="sweep_values1").value == "0.1,0.2,0.3"

@@ -105,7 +105,7 @@ def test_a_config_stored_before_epsilon_moved_reads_as_today():
     assert ExperimentConfig.from_dict(old).run.epsilon == 0.02 and config_edit.run_settings(old).epsilon == 0.02
     child = config_edit.whatif_config(old, {"pafo.beta": 2.0})
     assert child["run"]["epsilon"] == 0.02 and "epsilon" not in child["pafo"]
-    assert config_edit.config_diff(old, child) == [("pafo.beta", 1.0, 2.0)]  # moving is no change
+    assert config_edit.config_diff(old, child) == [("pafo.beta", today["pafo"]["beta"], 2.0)]  # moving is no change
     args = build_parser().parse_args(["experiment", "--methods", "baseline,pafo", "--epsilon", "0.01"])
     assert experiment_config_from_args(args).run.epsilon == 0.01
     audit_args = build_parser().parse_args(["audit", "--predictions", "a=x.csv", "--epsilon", "0.01"])
@@ -114,9 +114,11 @@ def test_a_config_stored_before_epsilon_moved_reads_as_today():
 
 def test_whatif_config_and_diff():
     parent = appstate.demo_config(seeds="0").to_dict()
-    child = config_edit.whatif_config(parent, {"pafo.beta": 2.0, "groups.minority_threshold": 0.5})
-    assert parent["pafo"]["beta"] == 1.0  # the parent is not touched
-    assert config_edit.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5), ("pafo.beta", 1.0, 2.0)]
+    beta = parent["pafo"]["beta"]
+    child = config_edit.whatif_config(parent, {"pafo.beta": beta + 1, "groups.minority_threshold": 0.5})
+    assert parent["pafo"]["beta"] == beta  # the parent is not touched
+    assert config_edit.config_diff(parent, child) == [("groups.minority_threshold", None, 0.5),
+                                                   ("pafo.beta", beta, beta + 1)]
     with pytest.raises(PafoInputError, match="beta"):
         config_edit.whatif_config(parent, {"pafo.beta": -1.0})
     with pytest.raises(PafoInputError, match="--lambda has no effect with --student wide"):  # issue 19

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 
 import numpy as np
@@ -21,7 +22,7 @@ from pafo.training import PairSet, pair_margins
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-FAST = PAFOConfig(restarts=4, clusters=3, subspace=6)
+FAST = PAFOConfig(restarts=4, clusters=3, subspaces="4,6")
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_wide_student_takes_user_ids_only_and_keeps_the_baseline_channel(ctx):
     """The student's forward has no group or cluster input; with β = 0 it is exactly the baseline."""
     assert list(inspect.signature(WideRewardModel.forward).parameters) == ["self", "features", "users"]
     base = baseline_output(ctx, (0.0, 1.0)).model
-    no_teacher = PAFOConfig(restarts=4, clusters=3, subspace=6, beta=0.0, calibrate=False)
+    no_teacher = PAFOConfig(restarts=4, clusters=3, subspaces="4,6", beta=0.0, calibrate=False)
     off = fit_method("pafo", ctx, no_teacher, (0.0, 1.0)).model
     np.testing.assert_allclose(pair_margins(off, ctx.features, ctx.val), pair_margins(base, ctx.features, ctx.val),
                                rtol=1e-5, atol=1e-6)
@@ -125,9 +126,11 @@ def test_wide_model_round_trips_through_safetensors_and_its_config(ctx):
     assert torch.equal(rebuilt.shared_vector()[-model.rank:], torch.zeros(model.rank))
 
 
-def test_mixture_scores_each_user_with_its_clusters_teacher_alone(ctx):
-    """mixture: r = a_{c(u)}·Eφ with the lowest-objective restart's clusters; the baseline channel is off."""
-    output = fit_method("mixture", ctx, FAST, (0.0, 1.0))
+@pytest.mark.parametrize("em", ["soft", "hard"])
+def test_mixture_scores_each_user_with_its_clusters_teacher_alone(ctx, em):
+    """mixture: r = a_{c(u)}·Eφ with the lowest-objective run's clusters (soft EM: each user's most probable
+    cluster there); the baseline channel is off."""
+    output = fit_method("mixture", ctx, dataclasses.replace(FAST, cluster_em=em), (0.0, 1.0))
     fit = output.extra["clusters"]
     x = oriented_differences(ctx.features.numpy(), fit.basis, ctx.val.chosen, ctx.val.rejected)
     expected = (x * fit.teachers[fit.best][fit.assignments[fit.best][ctx.val.users]]).sum(1)
@@ -144,7 +147,7 @@ def test_distilled_student_is_the_baseline_architecture_chosen_by_teacher_agreem
         return original(self, model, train, val, stage, span, **kwargs)
 
     monkeypatch.setattr(methods_mod.MethodContext, "fit", spy)
-    config = PAFOConfig(restarts=4, clusters=3, subspace=6, student="distilled", dense=4, heldout=5)
+    config = PAFOConfig(restarts=4, clusters=3, subspaces="4,6", student="distilled", dense=4, heldout=5)
     output = fit_method("pafo", ctx, config, (0.0, 1.0))
     assert type(output.model).__name__ == "RewardModel"
     stage, val = calls[-1]
@@ -158,16 +161,17 @@ def test_discover_is_deterministic(ctx):
     features = ctx.features.numpy()
     args = (features, ctx.train.chosen, ctx.train.rejected, ctx.train.users, ctx.n_users)
     vectors = np.random.default_rng(0).standard_normal((ctx.n_users, 2))
-    kwargs = {"subspace": 6, "n_clusters": 3, "restarts": 4, "user_vectors": vectors, "ridge": 1.0,
-              "max_rounds": 20, "seed": 0}
-    a, b = discover(*args, **kwargs), discover(*args, **kwargs)
-    np.testing.assert_array_equal(a.directions, b.directions)
-    np.testing.assert_array_equal(a.assignments, b.assignments)
+    for em, sizes in (("soft", (4, 6)), ("hard", (6,))):
+        kwargs = {"sizes": sizes, "em": em, "n_clusters": 3, "restarts": 4, "user_vectors": vectors, "ridge": 1.0,
+                  "max_rounds": 20, "seed": 0}
+        a, b = discover(*args, **kwargs), discover(*args, **kwargs)
+        np.testing.assert_array_equal(a.directions, b.directions)
+        np.testing.assert_array_equal(a.assignments, b.assignments)
 
 
 def test_calibration_rescales_margins_without_changing_any_sign(ctx):
     """The fitted temperature changes confidence, never a preference: same signs, lower validation log-loss."""
-    raw = fit_method("pafo", ctx, PAFOConfig(restarts=4, clusters=3, subspace=6, calibrate=False), (0.0, 1.0)).model
+    raw = fit_method("pafo", ctx, dataclasses.replace(FAST, calibrate=False), (0.0, 1.0)).model
     calibrated = fit_method("pafo", ctx, FAST, (0.0, 1.0)).model
     for pairs in (ctx.val, ctx.train):
         a, b = pair_margins(raw, ctx.features, pairs), pair_margins(calibrated, ctx.features, pairs)

@@ -12,6 +12,7 @@ import pytest
 from pafo import effects
 from pafo.config import field_choices
 from pafo.effects import APP_WORDS, SECTIONS, NoEffectError, flat_values, is_active, no_effect_reason
+from pafo.method_configs import PAFOConfig
 from pafo.sources import DataConfig, load_dataset
 
 TINY = {"data": {"users": 24, "prompts": 16, "responses_per_prompt": 4, "train_pairs": 6, "test_pairs": 4},
@@ -36,7 +37,8 @@ def _other_value(section: str, field: dataclasses.Field, value):
     if base is bool:
         return not value
     if base is str:
-        return "elsewhere.csv" if field.name == "path" else "x"
+        grid = field.metadata.get("grid")  # a structured text option (e.g. --subspaces) offers valid values
+        return next(g for g in grid if g != value) if grid else "elsewhere.csv" if field.name == "path" else "x"
     if value is None:
         return 0.5
     bounds = {k: field.metadata.get(k) for k in ("le", "lt")}
@@ -105,7 +107,7 @@ def test_the_identity_check_sees_an_active_option():
 
     base = _config(pafo={"restarts": 2})
     assert is_active(flat_values(base), "pafo.beta")
-    moved = _config(pafo={"restarts": 2, "beta": 3.0})
+    moved = _config(pafo={"restarts": 2, "beta": PAFOConfig().beta + 1})
     assert _outcome(run_experiment(base)) != _outcome(run_experiment(moved))
 
 
