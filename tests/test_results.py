@@ -109,8 +109,9 @@ def test_method_extras_read_by_their_own_keys():
     pool as means, clusters stay per seed, ceilings pool as means."""
     block = {"accuracy": {}, "accuracy_ci": {}, "unfairness": {}, "pareto_selected": False, "teachers": {"minority": {
         "teacher_accuracy": 0.7, "baseline_accuracy": 0.6, "advantage": 0.1, "n_train_pairs": 90, "best_epoch": 2,
-        "train_seconds": 0.5}}, "n_dense_pairs": 40, "clusters": {"restarts": 4, "reported_restart": 1,
-                                                                "mean_em_rounds": 3.0, "clusters": []}}
+        "train_seconds": 0.5}}, "n_dense_pairs": 40, "clusters": {
+        "em": "soft", "restarts": 4, "subspace_sizes": [16, 24], "runs": 8, "reported_restart": 1,
+        "mean_em_rounds": 3.0, "clusters": []}}
     method = MethodResult.from_json(block)
     assert method.to_json() == block
     teachers = method.extra(TeacherReport)
