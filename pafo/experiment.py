@@ -24,6 +24,7 @@ The saved weights (for ``pafo score`` and the Users page) are the first seed's m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -44,13 +45,14 @@ from .dataset import PreferenceDataset
 from .device import EXECUTION_KEY, config_device, resolve_device
 from .diagnostics import seed_diagnostics
 from .effects import SECTIONS
-from .errors import PafoInputError, RunCancelled
+from .errors import PafoInputError
 from .features import FeatureResult, dataset_texts, response_features
 from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_spec
 from .methods import MethodContext, SeedEvaluation, fit_method
 from .metrics import USER_ACCURACY, calibration, evaluate, group_codes, group_labels, pair_correct
 from .paths import atomic_write_bytes, atomic_write_text
 from .results import REFERENCE, MethodResult, RunResult, SeedResult, compare_seeds, mark_pareto, pool, write_result
+from .seed_pool import SeedPool, seed_workers
 from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
 from .sources import dataset_fingerprint, load_dataset
 from .support import estimate_support, resolve_estimator
@@ -336,16 +338,20 @@ def _embed_once(datasets: list[PreferenceDataset], encoder: str, progress: Calla
 
 
 def _load_inputs(config: ExperimentConfig, progress: Progress, features: dict[int, FeatureResult] | None = None,
-                 device: str = "cpu") -> tuple[list[SeedInputs], float, object]:
+                 device: str = "cpu", loaded: Callable[[int, float], None] | None = None,
+                 ) -> tuple[list[SeedInputs], float, object]:
     """Every seed's data and features (each text embedded once for the run, on ``device``, unless ``features`` has
     the seed's rows); also the progress fraction at which embedding ended and the one embedding pass (an
     EmbeddingResult, or None). Support rates and groups come per seed (:func:`_add_support`), so the run's stages
-    name the seeds in order."""
+    name the seeds in order. ``loaded(n_seeds, estimated training seconds)`` is called once the data is loaded,
+    before embedding (the seed pool starts its workers then)."""
     seeds = config.seed_list()
     progress(0.0, "loading data", None)
     datasets = [load_dataset(dataclasses.replace(config.data, seed=seed)) for seed in seeds]
     check_slicings(config.slices, attribute_columns(datasets[0]))  # a wrong --slice-by fails before any training
     train = _train_seconds(datasets, config.run.method_list())
+    if loaded is not None:
+        loaded(len(datasets), float(sum(map(sum, train))))
     embed = _EmbedProgress(progress, config.run.encoder, sum(map(sum, train)))
     progress(LOADED_AT, "embedding texts", None)  # loading the encoder comes first, before its first report
     given = {seed: (features or {}).get(seed) for seed in seeds}
@@ -397,19 +403,12 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
     device = resolve_device(device)
     config = ExperimentConfig.from_dict(config) if isinstance(config, dict) else config.validate()
     started = time.perf_counter()
-    inputs, embedded_at, embedding = _load_inputs(config, progress, features, device)
-    set_threads()
-    methods = config.run.method_list()
-    costs = np.asarray(_train_seconds([i.dataset for i in inputs], methods)).ravel()
-    shares = np.concatenate([[0.0], np.cumsum(costs) / costs.sum()])
-    edges = (embedded_at + (TRAINED_AT - embedded_at) * shares).tolist()
-    runs = []
-    for i, seed_inputs in enumerate(inputs):
-        if should_stop():
-            raise RunCancelled()
-        spans = edges[i * len(methods): (i + 1) * len(methods) + 1]
-        tagged = _tagged(progress, i, len(inputs), seed_inputs.seed)
-        runs.append(_run_seed(config, seed_inputs, methods, spans, tagged, should_stop, device))
+    with SeedPool() as pool:
+        inputs, embedded_at, embedding = _load_inputs(
+            config, progress, features, device,
+            loaded=lambda n_seeds, seconds: pool.start(seed_workers(n_seeds, seconds, device)))
+        set_threads()
+        runs = _train_seeds(pool, config, inputs, embedded_at, progress, should_stop, device)
     progress(TRAINED_AT, "pooling the seeds" if len(runs) > 1 else "writing the results", None)
     result = _assemble(config, runs, embedding)
     result.seconds = round(time.perf_counter() - started, 3)
@@ -420,8 +419,32 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
     return result
 
 
-def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], spans: np.ndarray,
-              progress: Progress, should_stop: Callable[[], bool], device: str = "cpu") -> SeedRun:
+def _train_seeds(pool: SeedPool, config: ExperimentConfig, inputs: list[SeedInputs], embedded_at: float,
+                 progress: Progress, should_stop: Callable[[], bool], device: str) -> list[SeedRun]:
+    """Every seed's methods, in ``pool``'s workers side by side or here one after another (the same result): the
+    bar between embedding and pooling is divided by each seed's estimated cost and moves by the share done."""
+    methods = config.run.method_list()
+    costs = np.asarray(_train_seconds([i.dataset for i in inputs], methods))
+    edges = embedded_at + (TRAINED_AT - embedded_at) * np.concatenate([[0.0], np.cumsum(costs) / costs.sum()])
+    spans = [edges[i * len(methods): (i + 1) * len(methods) + 1].tolist() for i in range(len(inputs))]
+    done = np.zeros(len(inputs))
+    shown = [embedded_at]  # the bar only moves forward, whatever order the seeds report in (and float sums)
+    tagged = [_tagged(progress, i, len(inputs), seed_inputs.seed) for i, seed_inputs in enumerate(inputs)]
+
+    def report(index: int, fraction: float, stage: str, metrics: dict | None = None) -> None:
+        start, end = spans[index][0], spans[index][-1]
+        done[index] = min(max(fraction - start, 0.0), end - start)
+        shown[0] = max(shown[0], embedded_at + float(done.sum()))
+        tagged[index](shown[0], stage, metrics)
+
+    tasks = [functools.partial(_run_seed, config, seed_inputs, methods, spans[i], device=device,
+                               should_stop=never_stop if pool.workers > 1 else should_stop)
+             for i, seed_inputs in enumerate(inputs)]
+    return pool.map(tasks, report, should_stop)
+
+
+def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], spans: list[float],
+              progress: Progress, should_stop: Callable[[], bool] = never_stop, device: str = "cpu") -> SeedRun:
     """Every method on one seed's data: the single-seed experiment."""
     progress(spans[0], "support rates", None)
     _add_support(inputs, config)
