@@ -254,12 +254,14 @@ class SeedRun:
     models: dict
 
 
-def _tagged(progress: Progress, seed_index: int, n_seeds: int, seed: int) -> Progress:
-    """``progress`` with "seed i of n: " before every stage when a run has several seeds; per-epoch metrics name
-    their seed in their stage too, so each seed's training curves stay apart."""
+def _tagged(progress: Progress, seed_index: int, n_seeds: int, seed: int, seeds_done: int | None = None) -> Progress:
+    """``progress`` with "seed i of n: " before every stage when a run has several seeds (seeds trained side by
+    side, ``seeds_done`` given: "k of n seeds done · seed i: ", whose count only grows while the seeds' reports
+    interleave); per-epoch metrics name their seed in their stage too, so each seed's training curves stay apart."""
     if n_seeds == 1:
         return progress
-    prefix = f"seed {seed_index + 1} of {n_seeds}: "
+    prefix = (f"seed {seed_index + 1} of {n_seeds}: " if seeds_done is None
+              else f"{seeds_done} of {n_seeds} seeds done · seed {seed_index + 1}: ")
 
     def tagged(fraction: float, stage: str, metrics: dict | None = None) -> None:
         if metrics is not None and "stage" in metrics:
@@ -427,15 +429,16 @@ def _train_seeds(pool: SeedPool, config: ExperimentConfig, inputs: list[SeedInpu
     costs = np.asarray(_train_seconds([i.dataset for i in inputs], methods))
     edges = embedded_at + (TRAINED_AT - embedded_at) * np.concatenate([[0.0], np.cumsum(costs) / costs.sum()])
     spans = [edges[i * len(methods): (i + 1) * len(methods) + 1].tolist() for i in range(len(inputs))]
-    done = np.zeros(len(inputs))
+    done, finished = np.zeros(len(inputs)), np.zeros(len(inputs), dtype=bool)
     shown = [embedded_at]  # the bar only moves forward, whatever order the seeds report in (and float sums)
-    tagged = [_tagged(progress, i, len(inputs), seed_inputs.seed) for i, seed_inputs in enumerate(inputs)]
 
     def report(index: int, fraction: float, stage: str, metrics: dict | None = None) -> None:
         start, end = spans[index][0], spans[index][-1]
         done[index] = min(max(fraction - start, 0.0), end - start)
+        finished[index] = fraction >= end
         shown[0] = max(shown[0], embedded_at + float(done.sum()))
-        tagged[index](shown[0], stage, metrics)
+        seeds_done = int(finished.sum()) if pool.workers > 1 else None
+        _tagged(progress, index, len(inputs), inputs[index].seed, seeds_done)(shown[0], stage, metrics)
 
     tasks = [functools.partial(_run_seed, config, seed_inputs, methods, spans[i], device=device,
                                should_stop=never_stop if pool.workers > 1 else should_stop)
