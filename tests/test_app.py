@@ -274,7 +274,8 @@ def test_train_form_shows_values_that_differ_from_the_defaults_and_resets(studio
     _, run_id = studio
     at = page(app(run_id), "train")
     shown = " ".join(i.value for i in at.info)
-    assert "`train.epochs` 3 (default 40)" in shown and "`run.encoder` tfidf (default minilm)" in shown
+    assert "`train.epochs` 3 (default 40)" in shown and "run.encoder" not in shown  # the Data page's choice
+    assert any("encoder **tfidf**" in m.value for m in at.markdown)  # named beside the dataset it embeds
     at.button(key="train_reset").click().run()
     assert_clean(at)
     assert at.number_input(key="train_epochs").value == 40
@@ -647,9 +648,9 @@ def test_whatif_rule_disables_the_other_cut(studio):
     """Regression: both the quantile and the threshold were editable whichever rule was chosen."""
     _, run_id = studio
     at = page(app(run_id), "whatif")
-    assert not at.number_input(key="whatif_quantile").disabled and at.number_input(key="whatif_threshold").disabled
+    assert not at.slider(key="whatif_quantile").disabled and at.slider(key="whatif_threshold").disabled
     at.radio(key="whatif_rule").set_value("absolute").run()
-    assert at.number_input(key="whatif_quantile").disabled and not at.number_input(key="whatif_threshold").disabled
+    assert at.slider(key="whatif_quantile").disabled and not at.slider(key="whatif_threshold").disabled
 
 
 def test_whatif_identical_config_in_flight_is_not_trained_twice(studio):
