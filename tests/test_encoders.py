@@ -382,12 +382,12 @@ def test_encoders_are_read_from_their_registry(home: Path, monkeypatch: pytest.M
     """Issue 21: the encoders were a tuple of names with their loaders, costs and token limits spread over
     encoders.py, experiment.py (the cost table) and scoring.py (a name check); each is one EncoderSpec now, and an
     encoder added to the registry loads, names its cache and costs what its spec says, with no other change."""
+    import dataclasses
+
     from pafo import encoder_specs
     from pafo.encoder_specs import ENCODER_SPECS, MODEL_ENCODER, EncoderSpec, encoder_spec
     from pafo.experiment import _EmbedProgress
     from pafo.method_configs import RunSettings
-
-    import dataclasses
 
     help_line = next(f for f in dataclasses.fields(RunSettings) if f.name == "encoder").metadata["help"]
     assert RunSettings().encoder == ENCODER_SPECS[0].name and all(s.name in help_line for s in ENCODER_SPECS)
