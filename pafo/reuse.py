@@ -74,14 +74,16 @@ def spec_arguments(spec: type) -> tuple[tuple[str, ...], frozenset[str]]:
 def described_calls() -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
     """Per callable whose descriptive arguments the key leaves out: its parameters in positional order and the names
     of those that only describe. ``option`` declares them in :data:`pafo.config.DESCRIPTIVE_METADATA`; a spec
-    dataclass (:class:`pafo.method_configs.MethodSpec`, :class:`pafo.encoder_specs.EncoderSpec`) in its fields'
-    metadata (:func:`spec_arguments`), so the positions follow the fields wherever they stand."""
+    dataclass (:class:`pafo.method_configs.MethodSpec`, :class:`pafo.encoder_specs.EncoderSpec`,
+    :class:`pafo.sources.SourceSpec`) in its fields' metadata (:func:`spec_arguments`), so the positions follow the
+    fields wherever they stand."""
     from pafo.config import DESCRIPTIVE_METADATA, option
     from pafo.encoder_specs import EncoderSpec
     from pafo.method_configs import MethodSpec
+    from pafo.sources import SourceSpec
 
     calls = {"option": (_positional(option), frozenset(DESCRIPTIVE_METADATA))}
-    calls.update({spec.__name__: spec_arguments(spec) for spec in (MethodSpec, EncoderSpec)})
+    calls.update({spec.__name__: spec_arguments(spec) for spec in (MethodSpec, EncoderSpec, SourceSpec)})
     return calls
 
 
