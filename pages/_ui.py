@@ -171,7 +171,8 @@ def adopt_run_config(config: dict) -> None:
     run = config_edit.run_settings(config)
     if run is not None:  # an audit keeps the session's encoder
         ss[ENCODER] = run.encoder
-        ss.pop("data_encoder", None)  # the Data page's picker redraws from it
+        for widget in ("data_encoder", "data_encoder_model"):  # the Data page's picker redraws from it
+            ss.pop(widget, None)
     clear_widgets(FORM_WIDGETS)
 
 

@@ -19,7 +19,7 @@ import pytest
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
-from pafo import appstate
+from pafo import appstate, config_edit
 from pafo.registry import RunRegistry
 from pafo.sources import DataConfig, load_dataset
 from pafo.support import GroupConfig
@@ -678,7 +678,7 @@ def test_whatif_identical_config_in_flight_is_not_trained_twice(studio):
     follows that run, and the page shows it (not an older what-if)."""
     registry, run_id = studio
     parent = registry.get(run_id)
-    child_config = appstate.whatif_config(parent.config, {"pafo.beta": 2.0})  # the parent's β is the default, 3
+    child_config = config_edit.whatif_config(parent.config, {"pafo.beta": 2.0})  # the parent's β is the default, 3
     from pafo.experiment import ExperimentConfig
 
     queued = registry.submit(child_config, fingerprint=ExperimentConfig.from_dict(child_config).fingerprint(),
