@@ -45,6 +45,7 @@ from .dataset import PreferenceDataset
 from .device import EXECUTION_KEY, config_device, resolve_device
 from .diagnostics import seed_diagnostics
 from .effects import SECTIONS
+from .encoder_specs import encoder_spec
 from .errors import PafoInputError
 from .features import FeatureResult, dataset_texts, response_features
 from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_spec
@@ -66,12 +67,11 @@ MAX_SEEDS = 50
 MSG_FEATURE_ROWS = "precomputed features of seed {seed} have {rows} rows; its dataset has {n} responses"
 
 # The progress bar is divided by rough costs measured on the 2-core demo machine, only so that it moves with the
-# work: MiniLM bf16 embeds ~70 short texts/s on an idle machine; the demo's baseline trains its 2,100 pairs in
-# ~1 s and PAFO costs ~1.5× that (bench/RESULTS.md). Both slow down alike under load, so their ratio holds. A
-# cold demo is mostly embedding (~30 of ~40 s on one seed); a warm cache makes it nothing.
+# work: an encoder's seconds per text are its spec's cost (MiniLM bf16 embeds ~70 short texts/s on an idle
+# machine: pafo.encoder_specs); the demo's baseline trains its 2,100 pairs in ~1 s and PAFO costs ~1.5× that
+# (bench/RESULTS.md). Both slow down alike under load, so their ratio holds. A cold demo is mostly embedding (~30
+# of ~40 s on one seed); a warm cache makes it nothing.
 LOADED_AT, TRAINED_AT = 0.02, 0.98
-EMBED_SECONDS_PER_TEXT = {"tfidf": 0.0005}
-EMBED_SECONDS_PER_TEXT_MODEL = 1 / 70  # MiniLM and any transformers model
 TRAIN_SECONDS_PER_PAIR = 0.0005
 
 
@@ -292,8 +292,7 @@ class _EmbedProgress:
         now, self.reports = self.clock(), self.reports + 1
         if self.end is None:  # the first report: the cache's hits, before any text is encoded
             self.first_done, self.total = done, total
-            per_text = EMBED_SECONDS_PER_TEXT.get(self.encoder, EMBED_SECONDS_PER_TEXT_MODEL)
-            embed = (total - done) * per_text
+            embed = (total - done) * encoder_spec(self.encoder).cost
             self.end = LOADED_AT + (TRAINED_AT - LOADED_AT) * embed / max(embed + self.train_seconds, 1e-9)
         elif self.paced_from is None and done > self.first_done:
             self.paced_from = (now, done)
