@@ -101,12 +101,40 @@ def _user_log_likelihood(x: np.ndarray, pair_users: np.ndarray, n_users: int, te
     return np.asarray(to_user @ log_sigma).reshape(n_users, runs, n_clusters)
 
 
+#: Pairs per block when differences of features are formed, so memory stays at a block × D, never pairs × D.
+BLOCK = 65_536
+
+
+def _distinct_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (first, second) index pairs, as two arrays, and each input pair's row among them."""
+    code = first.astype(np.int64) * (int(max(first.max(initial=0), second.max(initial=0))) + 1) + second
+    distinct, inverse = np.unique(code, return_inverse=True)
+    width = int(max(first.max(initial=0), second.max(initial=0))) + 1
+    return distinct // width, distinct % width, inverse.ravel()
+
+
+def _differences(features: np.ndarray, first: np.ndarray, second: np.ndarray):
+    """φ[first] − φ[second] in float64, one block of pairs at a time: (start, block)."""
+    for start in range(0, len(first), BLOCK):
+        rows = slice(start, start + BLOCK)
+        yield start, np.asarray(features[first[rows]] - features[second[rows]], dtype=np.float64)
+
+
 def pair_subspace(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, n_components: int) -> np.ndarray:
     """E: the top ``n_components`` principal directions of the pair differences, scaled by one factor so the
-    projected differences have unit mean square averaged over the directions."""
-    diff = np.asarray(features[chosen] - features[rejected], dtype=np.float64)
-    used = np.flatnonzero(np.any(diff != 0, axis=0))  # the prompt half of φ is 0 in every difference
-    gram = diff[:, used].T @ diff[:, used]  # cheaper than an SVD of pairs × D; only the top block is computed
+    projected differences have unit mean square averaged over the directions.
+
+    d and −d have the same outer product, so the Gram matrix Σ_p d_p d_pᵀ is summed once per distinct unordered
+    pair (times its count) and in blocks: memory is a block × D, whatever the number of labels."""
+    low, high, inverse = _distinct_pairs(np.minimum(chosen, rejected), np.maximum(chosen, rejected))
+    count = np.bincount(inverse, minlength=len(low)).astype(np.float64)
+    gram = np.zeros((features.shape[1], features.shape[1]))
+    nonzero = np.zeros(features.shape[1], dtype=bool)
+    for start, diff in _differences(features, low, high):
+        nonzero |= np.any(diff != 0, axis=0)
+        gram += (diff * count[start:start + len(diff), None]).T @ diff
+    used = np.flatnonzero(nonzero)  # the prompt half of φ is 0 in every difference
+    gram = gram[np.ix_(used, used)]  # cheaper than an SVD of pairs × D; only the top block is computed
     k = min(n_components, len(used))
     values, vectors = linalg.eigh(gram, subset_by_index=(len(used) - k, len(used) - 1))
     top = vectors[:, ::-1].T
@@ -114,16 +142,38 @@ def pair_subspace(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray
     top *= np.where(top.sum(1, keepdims=True) < 0, -1.0, 1.0)  # a fixed sign per direction
     # One scale for all directions: the projected differences have unit mean square on average, so a ridge means
     # the same on any encoder's scale, while low-variance (noisier) directions stay small and are shrunk more.
-    scale = np.sqrt(max(float(values.mean()) / len(diff), 1e-12))
-    basis = np.zeros((len(top), diff.shape[1]))
+    scale = np.sqrt(max(float(values.mean()) / len(chosen), 1e-12))
+    basis = np.zeros((len(top), features.shape[1]))
     basis[:, used] = top / scale
     return basis
 
 
 def oriented_differences(features: np.ndarray, basis: np.ndarray, chosen: np.ndarray,
                          rejected: np.ndarray) -> np.ndarray:
-    """E(φ⁺ − φ⁻) per pair, oriented so the user's label is always 'the first is better'."""
-    return (np.asarray(features[chosen] - features[rejected], dtype=np.float64)) @ basis.T
+    """E(φ⁺ − φ⁻) per pair, oriented so the user's label is always 'the first is better': computed once per
+    distinct (chosen, rejected) and in blocks, so pairs labelled by several users get byte-identical rows."""
+    first, second, inverse = _distinct_pairs(chosen, rejected)
+    out = np.empty((len(first), len(basis)))
+    for start, diff in _differences(features, first, second):
+        out[start:start + len(diff)] = diff @ basis.T
+    return out[inverse]
+
+
+def _outer_per_user(x: np.ndarray, pair_users: np.ndarray, n_users: int,
+                    weight: np.ndarray | None = None) -> np.ndarray:
+    """(n_users, r·r): Σ over each user's pairs of weight_p · x_p x_pᵀ, flattened; formed one block of pairs at a
+    time, so memory is a block × r², never pairs × r²."""
+    out = np.zeros((n_users, x.shape[1] ** 2))
+    for start in range(0, len(x), BLOCK):
+        rows = slice(start, start + BLOCK)
+        part = x[rows]
+        outer = (part[:, :, None] * part[:, None, :]).reshape(len(part), -1)
+        if weight is not None:
+            outer *= weight[rows, None]
+        to_user = sparse.csr_matrix((np.ones(len(part)), (pair_users[rows], np.arange(len(part)))),
+                                    shape=(n_users, len(part)))
+        out += to_user @ outer
+    return out
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -142,7 +192,7 @@ class _PairModels:
         # Sums a per-pair quantity into its user's row.
         self.to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
         # Σ x xᵀ over each user's pairs, flattened: a cluster's Hessian bound is a sum of its users' rows.
-        self.user_outer = self.to_user @ (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+        self.user_outer = _outer_per_user(x, pair_users, n_users)
 
     def fit(self, teachers: np.ndarray, assignments: np.ndarray, steps: int) -> np.ndarray:
         """``steps`` bound-optimisation steps on every (restart, cluster) model given the users' clusters.
@@ -550,11 +600,10 @@ def per_user_fit(x: np.ndarray, pair_users: np.ndarray, n_users: int, ridge: flo
     Newton steps for all users at once (users without pairs get 0)."""
     dim = x.shape[1]
     to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
-    outer = (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
     a = np.zeros((n_users, dim))
     for _ in range(steps):
         p = _sigmoid(np.einsum("nd,nd->n", a[pair_users], x))
         grad = -np.asarray(to_user @ ((1.0 - p)[:, None] * x)) + ridge * a
-        hess = np.asarray(to_user @ ((p * (1.0 - p))[:, None] * outer)).reshape(-1, dim, dim)
+        hess = _outer_per_user(x, pair_users, n_users, p * (1.0 - p)).reshape(-1, dim, dim)
         a -= np.linalg.solve(hess + ridge * np.eye(dim), grad[:, :, None])[:, :, 0]
     return a
