@@ -43,6 +43,8 @@ __all__ = ["EM_KINDS", "ClusterFit", "CoLabels", "discover", "fit_clusters", "fi
 EM_KINDS = ("soft", "hard")
 #: Users' sums of oriented differences in at most this many leading directions seed half of the k-means starts.
 INIT_DIMENSIONS = 16
+#: k-means starts run on a random sample of at most this many users (all users below it).
+INIT_USERS = 10_000
 
 
 @dataclass
@@ -232,13 +234,21 @@ class _PairModels:
 
 def _initial_assignments(user_vectors: np.ndarray, user_sums: np.ndarray, n_clusters: int, restarts: int,
                          seed: int) -> np.ndarray:
-    """Half the restarts from k-means on the normalised user vectors, half on each user's summed differences."""
+    """Half the restarts from k-means on the normalised user vectors, half on each user's summed differences.
+
+    With more than ``INIT_USERS`` users each restart's k-means runs on its own random sample of that many and
+    every user then joins the nearest centre: a start needs the clusters' rough positions, not all users, and EM
+    moves users afterwards anyway (smaller logs use every user, as before)."""
     starts = []
     for i in range(restarts):
         points = user_vectors if i % 2 == 0 else user_sums
         points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
         km = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed + i, max_iter=100)
-        starts.append(km.fit_predict(points))
+        if len(points) > INIT_USERS:
+            sample = np.random.default_rng(seed + i).choice(len(points), INIT_USERS, replace=False)
+            starts.append(km.fit(points[sample]).predict(points))
+        else:
+            starts.append(km.fit_predict(points))
     return np.stack(starts)
 
 
