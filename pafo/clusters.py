@@ -163,11 +163,21 @@ def oriented_differences(features: np.ndarray, basis: np.ndarray, chosen: np.nda
 
 def _outer_per_user(x: np.ndarray, pair_users: np.ndarray, n_users: int,
                     weight: np.ndarray | None = None) -> np.ndarray:
-    """(n_users, r·r): Σ over each user's pairs of weight_p · x_p x_pᵀ, flattened; formed one block of pairs at a
-    time, so memory is a block × r², never pairs × r²."""
+    """(n_users, r·r): Σ over each user's pairs of weight_p · x_p x_pᵀ, flattened; formed a block of pairs at a
+    time (a block × r² ≤ ``BLOCK`` × 16 values), so memory never holds pairs × r². Unweighted, each distinct row
+    of ``x`` is formed once and counted per user (labels of the same pair by many users share it)."""
+    if weight is None:
+        rows = np.ascontiguousarray(x)
+        _, first, inverse = np.unique(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel(),
+                                      return_index=True, return_inverse=True)
+        if len(first) < len(x):
+            counts = sparse.csr_matrix((np.ones(len(x)), (pair_users, inverse.ravel())),
+                                       shape=(n_users, len(first)))
+            return counts @ _outer_per_user(x[first], np.arange(len(first)), len(first))
     out = np.zeros((n_users, x.shape[1] ** 2))
-    for start in range(0, len(x), BLOCK):
-        rows = slice(start, start + BLOCK)
+    step = max(1, BLOCK * 16 // x.shape[1] ** 2)
+    for start in range(0, len(x), step):
+        rows = slice(start, start + step)
         part = x[rows]
         outer = (part[:, :, None] * part[:, None, :]).reshape(len(part), -1)
         if weight is not None:

@@ -203,7 +203,8 @@ class UserPenalty:
     def __call__(self, model: RewardModel) -> torch.Tensor:
         if self.users.device != model.b.device:
             self.users = self.users.to(model.b.device)
-        return self.strength * self.scale * model.user_penalty(self.users)
+        every = model.w is not None and len(self.users) == model.w.num_embeddings  # sorted and distinct: 0..n−1
+        return self.strength * self.scale * model.user_penalty(None if every else self.users)
 
 
 def _parameter_groups(model: RewardModel, config: TrainConfig) -> list[dict]:

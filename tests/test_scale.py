@@ -87,7 +87,7 @@ def test_blocked_per_user_sums_equal_the_pairs_times_r2_versions(monkeypatch):
     rng = np.random.default_rng(1)
     users = np.sort(rng.integers(0, 25, 400))
     x = rng.standard_normal((400, 4))
-    monkeypatch.setattr(clusters, "BLOCK", 33)
+    monkeypatch.setattr(clusters, "BLOCK", 3)  # blocks of 3 · 16 / 4² = 3 pairs
     np.testing.assert_allclose(per_user_fit(x, users, 27, ridge=0.5), _reference_per_user_fit(x, users, 27, 0.5),
                                rtol=1e-9, atol=1e-12)
     outer = sparse.csr_matrix((np.ones(400), (users, np.arange(400))), shape=(27, 400)) @ (
@@ -166,3 +166,39 @@ def test_paired_bootstrap_in_blocks_of_resamples_gives_the_same_comparison(monke
     whole = compare.paired_comparison(tables, "pafo", n_resamples=200).to_json()
     monkeypatch.setattr(compare, "BOOTSTRAP_BLOCK", 7 * 300 + 5)  # 7 resamples per block, the last one short
     assert compare.paired_comparison(tables, "pafo", n_resamples=200).to_json() == whole
+
+
+def test_per_user_outer_sums_count_repeated_rows_once():
+    """Unweighted, Σ x xᵀ per user forms each distinct row once and counts it per user: the same sums as the
+    per-pair outer products when many users label the same pairs."""
+    rng = np.random.default_rng(3)
+    pool = rng.standard_normal((6, 3))
+    users = np.repeat(np.arange(10), 5)
+    x = pool[rng.integers(0, 6, 50)]
+    expected = sparse.csr_matrix((np.ones(50), (users, np.arange(50))), shape=(11, 50)) @ (
+        x[:, :, None] * x[:, None, :]).reshape(50, -1)
+    np.testing.assert_allclose(clusters._outer_per_user(x, users, 11), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_penalty_over_every_user_reads_the_table_with_the_same_value_and_gradient():
+    """UserPenalty over all users reads the embedding table itself instead of gathering every row: the value and
+    the gradient are bit-identical to the gathered version (so training results are unchanged)."""
+    import torch
+
+    from pafo.models import RewardModel
+    from pafo.training import PairSet, UserPenalty
+
+    torch.manual_seed(0)
+    model = RewardModel(6, 5)
+    torch.nn.init.normal_(model.w.weight)
+    pairs = PairSet(np.zeros(9, dtype=int), np.ones(9, dtype=int), np.arange(9) % 5)
+    penalty = UserPenalty.for_pairs(0.3, pairs, distilled=False)
+    value = penalty(model)
+    value.backward()
+    gradient = model.w.weight.grad.clone()
+    model.w.weight.grad = None
+    gathered = penalty.strength * penalty.scale * model.user_penalty(torch.arange(5))
+    gathered.backward()
+    assert value.item() == gathered.item() and torch.equal(gradient, model.w.weight.grad)
+    partial = UserPenalty.for_pairs(0.3, pairs.subset(np.flatnonzero(pairs.users < 3)), distilled=False)
+    assert len(partial.users) == 3 and partial(model).item() != value.item()
