@@ -4,7 +4,7 @@ peak memory against the number of users and of training pairs per user.
 Run from the repository root (the machine is shared, so nicely)::
 
     nice -n 5 .venv/bin/python -m bench.scale [--only sweep|growth] [--limit 600] [--sizes 3000x8,30000x32]
-        [--reference-tree /path/to/an/older/checkout] [--reference-limit 900]
+        [--reference-tree /path/to/an/older/checkout] [--reference-limit 900] [--reference-sizes 3000x8]
 
 ``--sizes`` measures a subset of the growth points (users×pairs; the other rows are kept from the last run);
 ``--reference-tree`` runs each point again with that checkout's code (its ``pafo`` package first on
@@ -177,13 +177,13 @@ def measure_point(users: int, pairs: int, limit: float, tree: Path = HERE.parent
 
 
 def measure_growth(limit: float, sizes: list[tuple[int, int]], reference: Path | None,
-                   reference_limit: float) -> list[dict]:
+                   reference_limit: float, reference_sizes: list[tuple[int, int]] | None = None) -> list[dict]:
     """One experiment per (users, pairs per user) in ``sizes``; with ``reference``, that checkout's code right
-    after at the same point."""
+    after at the same point (at the points of ``reference_sizes`` only, when given)."""
     rows = []
     for users, pairs in sizes:
         row = measure_point(users, pairs, limit)
-        if reference is not None:
+        if reference is not None and (reference_sizes is None or (users, pairs) in reference_sizes):
             row["reference"] = measure_point(users, pairs, reference_limit, reference)
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
@@ -387,10 +387,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="growth points as USERSxPAIRS, comma-separated (default: 3k/30k/300k × 8/32)")
     parser.add_argument("--reference-tree", type=Path, help="a checkout whose code is measured at each point too")
     parser.add_argument("--reference-limit", type=float, default=900.0, help="seconds the reference may take")
+    parser.add_argument("--reference-sizes", type=_sizes, help="the points the reference runs at (default: all)")
     args = parser.parse_args(argv)
     load_before = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     sweep = measure_sweep(args.limit) if args.only in (None, "sweep") else None
-    growth = (measure_growth(args.limit, args.sizes, args.reference_tree, args.reference_limit)
+    growth = (measure_growth(args.limit, args.sizes, args.reference_tree, args.reference_limit, args.reference_sizes)
               if args.only in (None, "growth") else None)
     write_results(sweep, growth, load_before, args.reference_tree)
 
