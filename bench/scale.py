@@ -183,6 +183,7 @@ def measure_growth(limit: float, sizes: list[tuple[int, int]], reference: Path |
     rows = []
     for users, pairs in sizes:
         row = measure_point(users, pairs, limit)
+        row["command"] = " ".join(["python -m bench.scale", *sys.argv[1:]])
         if reference is not None and (reference_sizes is None or (users, pairs) in reference_sizes):
             row["reference"] = measure_point(users, pairs, reference_limit, reference)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -303,7 +304,20 @@ def _growth_summary(rows: list[dict]) -> list[str]:
     return out
 
 
-def _estimate_lines(sweep: dict) -> list[str]:
+def _bigger_cells(growth: list[dict] | None) -> str:
+    """What 1,000 cells of the growth table's 3,000-user points cost, from their measured wall times."""
+    rows = sorted((r for r in growth or [] if r["users"] == 3_000 and _finished(r)), key=lambda r: r["pairs"])
+    if not rows:
+        return ""
+    parts = [f"{r['pairs']} pairs: {r['seconds']:.0f} s a cell, about {CLUSTER_CELLS * r['seconds'] / 3600:.0f} "
+             f"core-hours, {CLUSTER_CELLS * r['seconds'] / CLUSTER_CORES / 60:.0f} min on {CLUSTER_CORES} cores"
+             for r in rows]
+    return ("Bigger cells cost what their experiment costs in the growth table above, which is close to linear in "
+            "users × pairs: 1,000 cells of 3,000 users × " + "; × ".join(parts) + " (wall times measured under "
+            "the load given there; a quiet machine is faster). ")
+
+
+def _estimate_lines(sweep: dict, growth: list[dict] | None = None) -> list[str]:
     """A 1,000-cell sweep on a cluster, from the measured cost of one cell here."""
     one = sweep["one"]
     ray = sweep.get("ray") or sweep.get("local")
@@ -316,9 +330,7 @@ def _estimate_lines(sweep: dict) -> list[str]:
             f"{CLUSTER_CELLS:,}-cell sweep of the same cells therefore needs about {hours:.1f} core-hours: about "
             f"{wall_min:.0f} min on a {CLUSTER_CORES}-core Ray cluster (one CPU per cell, `num_cpus=1`), with "
             f"≈{_gib(one['peak_bytes'])} GiB of memory per concurrent cell (one experiment's peak) plus Ray's own "
-            "processes per node. Bigger cells cost what their experiment costs in the growth table above, which "
-            "grows faster than users × pairs beyond a few thousand users: 1,000 cells of 3,000 users × 8 pairs "
-            "are 1,000 × that row's wall time in core-seconds. "
+            "processes per node. " + _bigger_cells(growth) +
             "The features are embedded once per distinct dataset before the cells start (TF-IDF here: "
             "seconds; MiniLM on a GPU: the gpu section), and `$PAFO_HOME` must sit on a file system every "
             "node shares. Not measured: a real multi-node cluster; the estimate assumes cells stay independent "
@@ -345,7 +357,9 @@ def write_results(sweep: dict | None, growth: list[dict] | None, load_before: st
              "figures are wall times under that load, run with `nice -n 5`; each point's own 1-minute load is in "
              "its row).  ",
              f"Date: {dt.date.today().isoformat()}.  ",
-             f"Command: `{' '.join(['python -m bench.scale', *sys.argv[1:]])}`", ""]
+             f"Command: `{' '.join(['python -m bench.scale', *sys.argv[1:]])}`"
+             + "".join(f"; growth rows from `{c}`" for c in dict.fromkeys(r.get("command") for r in growth or [])
+                       if c), ""]
     if sweep:
         lines += [f"### A {SWEEP_CELLS}-cell sweep (TF-IDF, {SWEEP_USERS} users, baseline,pafo)", "",
                   f"`pafo sweep --dataset synthetic --encoder tfidf --users {SWEEP_USERS} {' '.join(SWEEP_GRID)} "
@@ -364,7 +378,7 @@ def write_results(sweep: dict | None, growth: list[dict] | None, load_before: st
                   ", run right after each point under the same load; its figures were stopped at the limit where "
                   "marked.", "", *_growth_lines(growth), "", *_growth_summary(growth), ""]
     if sweep:
-        lines += ["### Estimate: a 1,000-cell sweep on a cluster", "", *_estimate_lines(sweep), ""]
+        lines += ["### Estimate: a 1,000-cell sweep on a cluster", "", *_estimate_lines(sweep, growth), ""]
     print(f"wrote {publish('scale', chr(10).join(lines))} (section scale)")
 
 
@@ -381,7 +395,8 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("sweep", "growth"), help="measure one part (the other is kept)")
+    parser.add_argument("--only", choices=("sweep", "growth", "render"),
+                        help="measure one part (the other is kept); render: rewrite the section from scale_raw.json")
     parser.add_argument("--limit", type=float, default=600.0, help="seconds one measured command may take")
     parser.add_argument("--sizes", type=_sizes, default=[(u, p) for p in PAIRS for u in USERS],
                         help="growth points as USERSxPAIRS, comma-separated (default: 3k/30k/300k × 8/32)")

@@ -174,18 +174,19 @@ def _outer_per_user(x: np.ndarray, pair_users: np.ndarray, n_users: int,
             counts = sparse.csr_matrix((np.ones(len(x)), (pair_users, inverse.ravel())),
                                        shape=(n_users, len(first)))
             return counts @ _outer_per_user(x[first], np.arange(len(first)), len(first))
-    out = np.zeros((n_users, x.shape[1] ** 2))
+    # index_add_ adds each pair's product into its user's row in pair order, as one sparse product over all pairs
+    # would, and touches only the block's users (a sparse product per block would add a whole users × r² array).
+    out = torch.zeros((n_users, x.shape[1] ** 2), dtype=torch.float64)
+    users = torch.as_tensor(np.asarray(pair_users, dtype=np.int64))
     step = max(1, BLOCK * 16 // x.shape[1] ** 2)
     for start in range(0, len(x), step):
         rows = slice(start, start + step)
-        part = x[rows]
+        part = np.asarray(x[rows], dtype=np.float64)
         outer = (part[:, :, None] * part[:, None, :]).reshape(len(part), -1)
         if weight is not None:
             outer *= weight[rows, None]
-        to_user = sparse.csr_matrix((np.ones(len(part)), (pair_users[rows], np.arange(len(part)))),
-                                    shape=(n_users, len(part)))
-        out += to_user @ outer
-    return out
+        out.index_add_(0, users[rows], torch.from_numpy(outer))
+    return out.numpy()
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
