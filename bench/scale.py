@@ -104,7 +104,8 @@ def measure(command: list[str], home: Path, limit: float, tree: Path = HERE.pare
     env = {**os.environ, "PAFO_HOME": str(home), "PYTHONPATH": os.pathsep.join(
         [str(tree), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    # cwd=tree: `python -m pafo.cli` puts the working directory first on sys.path, ahead of PYTHONPATH.
+    process = subprocess.Popen(command, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
     peak, timed_out = 0, False
     while process.poll() is None:
