@@ -140,6 +140,7 @@ def test_per_unit_soft_em_agrees_with_the_reference_loop_on_shared_and_lone_pair
     np.testing.assert_allclose(fit.teachers, ref["teachers"], atol=2e-4, rtol=1e-3)
     np.testing.assert_allclose(fit.directions, ref["directions"], atol=2e-4, rtol=1e-3)
     np.testing.assert_allclose(fit.objective, ref["objective"], rtol=1e-4)
+    np.testing.assert_array_equal(fit.assignments, ref["q"].argmax(-1).T)  # the same clusters
 
 
 def test_batches_per_epoch_are_capped_by_growing_the_batch():
