@@ -240,6 +240,8 @@ def _wall(row: dict | None) -> str:
         return "–"
     if _finished(row):
         return f"{row['seconds']:.1f}"
+    if row.get("note"):
+        return f"> {row['seconds']:.0f} ({row['note']})"
     return f"> {row['seconds']:.0f} (stopped)" if row["timed_out"] else f"exit {row['code']}"
 
 
@@ -285,6 +287,13 @@ def _growth_lines(rows: list[dict]) -> list[str]:
             *(_growth_row(r) for r in sorted(rows, key=lambda r: (r["pairs"], r["users"])))]
 
 
+def _times(big: dict, small: dict) -> str:
+    """CPU and wall time of one point over another's (CPU first: the load moves wall times)."""
+    cpu = (f"CPU time {big['cpu_seconds'] / small['cpu_seconds']:.1f}×, "
+           if "cpu_seconds" in big and "cpu_seconds" in small else "")
+    return f"{cpu}wall {big['seconds'] / small['seconds']:.1f}× (under the loads in the table)"
+
+
 def _growth_summary(rows: list[dict]) -> list[str]:
     """The 30k/3k ratios per pairs value, and the goal at 30,000 × 32."""
     by = {(r["users"], r["pairs"]): r for r in rows}
@@ -292,15 +301,14 @@ def _growth_summary(rows: list[dict]) -> list[str]:
     for pairs in PAIRS:
         small, big = by.get((3_000, pairs)), by.get((30_000, pairs))
         if _finished(small) and _finished(big):
-            out.append(f"- {pairs} pairs per user, 30,000 vs 3,000 users (10× the labels): run time "
-                       f"{big['inner_seconds'] / small['inner_seconds']:.1f}×, wall "
-                       f"{big['seconds'] / small['seconds']:.1f}×, peak memory "
-                       f"{big['peak_bytes'] / small['peak_bytes']:.1f}× (linear would be 10×).")
+            out.append(f"- {pairs} pairs per user, 30,000 vs 3,000 users (10× the labels): {_times(big, small)}, "
+                       f"peak memory {big['peak_bytes'] / small['peak_bytes']:.1f}× (linear would be 10×; the "
+                       "interpreter, imports and fixed costs make small runs relatively dear).")
     for users in (3_000, 30_000):
         few, many = by.get((users, 8)), by.get((users, 32))
         if _finished(few) and _finished(many):
-            out.append(f"- {users:,} users, 32 vs 8 pairs per user (4× the labels): run time "
-                       f"{many['inner_seconds'] / few['inner_seconds']:.1f}× (linear would be 4×).")
+            out.append(f"- {users:,} users, 32 vs 8 pairs per user (4× the labels): {_times(many, few)} (linear "
+                       "would be 4×).")
     goal = by.get((GOAL_USERS, GOAL_PAIRS))
     if goal:
         wall_ok = _finished(goal) and goal["seconds"] <= GOAL_SECONDS
@@ -325,12 +333,12 @@ def _bigger_cells(growth: list[dict] | None) -> str:
     rows = sorted((r for r in growth or [] if r["users"] == 3_000 and _finished(r)), key=lambda r: r["pairs"])
     if not rows:
         return ""
-    parts = [f"{r['pairs']} pairs: {r['seconds']:.0f} s a cell, about {CLUSTER_CELLS * r['seconds'] / 3600:.0f} "
-             f"core-hours, {CLUSTER_CELLS * r['seconds'] / CLUSTER_CORES / 60:.0f} min on {CLUSTER_CORES} cores"
-             for r in rows]
-    return ("Bigger cells cost what their experiment costs in the growth table above, which is close to linear in "
-            "users × pairs: 1,000 cells of 3,000 users × " + "; × ".join(parts) + " (wall times measured under "
-            "the load given there; a quiet machine is faster). ")
+    cost = [(r, r.get("cpu_seconds", r["seconds"])) for r in rows]
+    parts = [f"{r['pairs']} pairs: {c:.0f} core-seconds a cell, about {CLUSTER_CELLS * c / 3600:.0f} core-hours, "
+             f"{CLUSTER_CELLS * c / CLUSTER_CORES / 60:.0f} min on {CLUSTER_CORES} cores" for r, c in cost]
+    return ("Bigger cells cost what their experiment costs in the growth table above (its CPU time: one cell is "
+            "single-threaded), which grows less than linearly in users × pairs: 1,000 cells of 3,000 users × "
+            + "; × ".join(parts) + ". ")
 
 
 def _estimate_lines(sweep: dict, growth: list[dict] | None = None) -> list[str]:
@@ -379,7 +387,8 @@ def write_results(sweep: dict | None, growth: list[dict] | None, load_before: st
     if sweep:
         lines += [f"### A {SWEEP_CELLS}-cell sweep (TF-IDF, {SWEEP_USERS} users, baseline,pafo)", "",
                   f"`pafo sweep --dataset synthetic --encoder tfidf --users {SWEEP_USERS} {' '.join(SWEEP_GRID)} "
-                  f"--seeds {SWEEP_SEEDS}` (3 × 2 points × 4 seeds), fresh `$PAFO_HOME` each.", "",
+                  f"--seeds {SWEEP_SEEDS}` (3 × 2 points × 4 seeds), fresh `$PAFO_HOME` each."
+                  + (f" {sweep['note']}" if sweep.get("note") else ""), "",
                   *_sweep_lines(sweep), ""]
     if growth:
         lines += ["### One experiment against users and pairs per user (TF-IDF, baseline,pafo, seed 0)", "",
