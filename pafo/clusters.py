@@ -27,6 +27,7 @@ often score higher in-sample. Validation and test labels never reach this module
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,8 @@ __all__ = ["EM_KINDS", "ClusterFit", "CoLabels", "discover", "fit_clusters", "fi
 EM_KINDS = ("soft", "hard")
 #: Users' sums of oriented differences in at most this many leading directions seed half of the k-means starts.
 INIT_DIMENSIONS = 16
+#: k-means starts run on a random sample of at most this many users (all users below it).
+INIT_USERS = 10_000
 
 
 @dataclass
@@ -100,12 +103,40 @@ def _user_log_likelihood(x: np.ndarray, pair_users: np.ndarray, n_users: int, te
     return np.asarray(to_user @ log_sigma).reshape(n_users, runs, n_clusters)
 
 
+#: Pairs per block when differences of features are formed, so memory stays at a block × D, never pairs × D.
+BLOCK = 65_536
+
+
+def _distinct_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (first, second) index pairs, as two arrays, and each input pair's row among them."""
+    code = first.astype(np.int64) * (int(max(first.max(initial=0), second.max(initial=0))) + 1) + second
+    distinct, inverse = np.unique(code, return_inverse=True)
+    width = int(max(first.max(initial=0), second.max(initial=0))) + 1
+    return distinct // width, distinct % width, inverse.ravel()
+
+
+def _differences(features: np.ndarray, first: np.ndarray, second: np.ndarray):
+    """φ[first] − φ[second] in float64, one block of pairs at a time: (start, block)."""
+    for start in range(0, len(first), BLOCK):
+        rows = slice(start, start + BLOCK)
+        yield start, np.asarray(features[first[rows]] - features[second[rows]], dtype=np.float64)
+
+
 def pair_subspace(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, n_components: int) -> np.ndarray:
     """E: the top ``n_components`` principal directions of the pair differences, scaled by one factor so the
-    projected differences have unit mean square averaged over the directions."""
-    diff = np.asarray(features[chosen] - features[rejected], dtype=np.float64)
-    used = np.flatnonzero(np.any(diff != 0, axis=0))  # the prompt half of φ is 0 in every difference
-    gram = diff[:, used].T @ diff[:, used]  # cheaper than an SVD of pairs × D; only the top block is computed
+    projected differences have unit mean square averaged over the directions.
+
+    d and −d have the same outer product, so the Gram matrix Σ_p d_p d_pᵀ is summed once per distinct unordered
+    pair (times its count) and in blocks: memory is a block × D, whatever the number of labels."""
+    low, high, inverse = _distinct_pairs(np.minimum(chosen, rejected), np.maximum(chosen, rejected))
+    count = np.bincount(inverse, minlength=len(low)).astype(np.float64)
+    gram = np.zeros((features.shape[1], features.shape[1]))
+    nonzero = np.zeros(features.shape[1], dtype=bool)
+    for start, diff in _differences(features, low, high):
+        nonzero |= np.any(diff != 0, axis=0)
+        gram += (diff * count[start:start + len(diff), None]).T @ diff
+    used = np.flatnonzero(nonzero)  # the prompt half of φ is 0 in every difference
+    gram = gram[np.ix_(used, used)]  # cheaper than an SVD of pairs × D; only the top block is computed
     k = min(n_components, len(used))
     values, vectors = linalg.eigh(gram, subset_by_index=(len(used) - k, len(used) - 1))
     top = vectors[:, ::-1].T
@@ -113,16 +144,49 @@ def pair_subspace(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray
     top *= np.where(top.sum(1, keepdims=True) < 0, -1.0, 1.0)  # a fixed sign per direction
     # One scale for all directions: the projected differences have unit mean square on average, so a ridge means
     # the same on any encoder's scale, while low-variance (noisier) directions stay small and are shrunk more.
-    scale = np.sqrt(max(float(values.mean()) / len(diff), 1e-12))
-    basis = np.zeros((len(top), diff.shape[1]))
+    scale = np.sqrt(max(float(values.mean()) / len(chosen), 1e-12))
+    basis = np.zeros((len(top), features.shape[1]))
     basis[:, used] = top / scale
     return basis
 
 
 def oriented_differences(features: np.ndarray, basis: np.ndarray, chosen: np.ndarray,
                          rejected: np.ndarray) -> np.ndarray:
-    """E(φ⁺ − φ⁻) per pair, oriented so the user's label is always 'the first is better'."""
-    return (np.asarray(features[chosen] - features[rejected], dtype=np.float64)) @ basis.T
+    """E(φ⁺ − φ⁻) per pair, oriented so the user's label is always 'the first is better': computed once per
+    distinct (chosen, rejected) and in blocks, so pairs labelled by several users get byte-identical rows."""
+    first, second, inverse = _distinct_pairs(chosen, rejected)
+    out = np.empty((len(first), len(basis)))
+    for start, diff in _differences(features, first, second):
+        out[start:start + len(diff)] = diff @ basis.T
+    return out[inverse]
+
+
+def _outer_per_user(x: np.ndarray, pair_users: np.ndarray, n_users: int,
+                    weight: np.ndarray | None = None) -> np.ndarray:
+    """(n_users, r·r): Σ over each user's pairs of weight_p · x_p x_pᵀ, flattened; formed a block of pairs at a
+    time (a block × r² ≤ ``BLOCK`` × 16 values), so memory never holds pairs × r². Unweighted, each distinct row
+    of ``x`` is formed once and counted per user (labels of the same pair by many users share it)."""
+    if weight is None:
+        rows = np.ascontiguousarray(x)
+        _, first, inverse = np.unique(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel(),
+                                      return_index=True, return_inverse=True)
+        if len(first) < len(x):
+            counts = sparse.csr_matrix((np.ones(len(x)), (pair_users, inverse.ravel())),
+                                       shape=(n_users, len(first)))
+            return counts @ _outer_per_user(x[first], np.arange(len(first)), len(first))
+    # index_add_ adds each pair's product into its user's row in pair order, as one sparse product over all pairs
+    # would, and touches only the block's users (a sparse product per block would add a whole users × r² array).
+    out = torch.zeros((n_users, x.shape[1] ** 2), dtype=torch.float64)
+    users = torch.as_tensor(np.asarray(pair_users, dtype=np.int64))
+    step = max(1, BLOCK * 16 // x.shape[1] ** 2)
+    for start in range(0, len(x), step):
+        rows = slice(start, start + step)
+        part = np.asarray(x[rows], dtype=np.float64)
+        outer = (part[:, :, None] * part[:, None, :]).reshape(len(part), -1)
+        if weight is not None:
+            outer *= weight[rows, None]
+        out.index_add_(0, users[rows], torch.from_numpy(outer))
+    return out.numpy()
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -141,7 +205,7 @@ class _PairModels:
         # Sums a per-pair quantity into its user's row.
         self.to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
         # Σ x xᵀ over each user's pairs, flattened: a cluster's Hessian bound is a sum of its users' rows.
-        self.user_outer = self.to_user @ (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+        self.user_outer = _outer_per_user(x, pair_users, n_users)
 
     def fit(self, teachers: np.ndarray, assignments: np.ndarray, steps: int) -> np.ndarray:
         """``steps`` bound-optimisation steps on every (restart, cluster) model given the users' clusters.
@@ -181,13 +245,21 @@ class _PairModels:
 
 def _initial_assignments(user_vectors: np.ndarray, user_sums: np.ndarray, n_clusters: int, restarts: int,
                          seed: int) -> np.ndarray:
-    """Half the restarts from k-means on the normalised user vectors, half on each user's summed differences."""
+    """Half the restarts from k-means on the normalised user vectors, half on each user's summed differences.
+
+    With more than ``INIT_USERS`` users each restart's k-means runs on its own random sample of that many and
+    every user then joins the nearest centre: a start needs the clusters' rough positions, not all users, and EM
+    moves users afterwards anyway (smaller logs use every user, as before)."""
     starts = []
     for i in range(restarts):
         points = user_vectors if i % 2 == 0 else user_sums
         points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
         km = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed + i, max_iter=100)
-        starts.append(km.fit_predict(points))
+        if len(points) > INIT_USERS:
+            sample = np.random.default_rng(seed + i).choice(len(points), INIT_USERS, replace=False)
+            starts.append(km.fit(points[sample]).predict(points))
+        else:
+            starts.append(km.fit_predict(points))
     return np.stack(starts)
 
 
@@ -246,23 +318,87 @@ def nested_scales(x: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
 
 
 class _UserPairs:
-    """Oriented pair differences on one torch device, with the sums per user that EM needs."""
+    """Oriented pair differences grouped into *units* on one torch device: the pairs with the same difference
+    (and, with co-labels, the same co-label cell) share every teacher margin, so margins, the M-step's gradients
+    and its Hessian bound are computed once per unit, not once per pair. Only what depends on the labelling
+    user too (the co-label view's leave-one-out blend) is evaluated per pair, in chunks, so memory stays at
+    (users + units + chunk) × models, never pairs × models.
 
-    def __init__(self, x: torch.Tensor, pair_users: torch.Tensor, n_users: int, chunk: int = 65_536):
-        self.x, self.pair_users, self.n_users = x, pair_users, n_users
+    A synthetic log of 30,000 users × 32 pairs holds ~1e6 pairs but a few thousand units; a log whose pairs are
+    all distinct has as many units as pairs and costs what the per-pair computation did.
+    """
+
+    def __init__(self, x: np.ndarray, pair_users: np.ndarray, n_users: int, device: str,
+                 colabels: CoLabels | None = None, chunk: int = 4_096):
+        self.n_users, self.chunk = n_users, chunk
+        unit, first = _units(x, colabels)
+        n_units = len(first)
+        tensor = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        self.x = tensor(x[first])  # (units, r)
+        self.n_units = n_units
+        counts = sparse.csr_matrix((np.ones(len(unit)), (pair_users, unit)), shape=(n_users, n_units))
+        counts.sum_duplicates()
+        self.user_units = _sparse(counts, device)  # (n_users, units): how many of a user's pairs are in a unit
+        self.unit_users = _sparse(counts.T.tocsr(), device)  # its transpose
         dim = x.shape[1]
-        # Σ x xᵀ over each user's pairs, flattened: a model's Hessian bound is a q-weighted sum of these rows.
-        # Summed in chunks of pairs, so memory stays at (users + chunk) × r², never pairs × r².
-        self.user_outer = torch.zeros(n_users, dim * dim, dtype=x.dtype, device=x.device)
-        for start in range(0, len(x), chunk):
-            part = x[start:start + chunk]
-            self.user_outer.index_add_(0, pair_users[start:start + chunk],
-                                       (part[:, :, None] * part[:, None, :]).reshape(len(part), -1))
+        if n_units <= n_users:  # Σ x xᵀ per unit: a model's Hessian bound is a Q-weighted sum of these rows
+            self.outer = (self.x[:, :, None] * self.x[:, None, :]).reshape(n_units, dim * dim)
+            self.outer_by_unit = True
+        else:  # … or per user (the cheaper side): Σ over each user's pairs, in chunks of pairs
+            self.outer = torch.zeros(n_users, dim * dim, dtype=torch.float32, device=device)
+            users = tensor(pair_users, torch.long)
+            for start in range(0, len(x), 65_536):
+                part = tensor(x[start:start + 65_536])
+                self.outer.index_add_(0, users[start:start + 65_536],
+                                      (part[:, :, None] * part[:, None, :]).reshape(len(part), -1))
+            self.outer_by_unit = False
+        self.colabelled = colabels is not None
+        if self.colabelled:
+            key_of_unit = colabels.key[first]
+            cell_of_unit = 2 * key_of_unit + (colabels.sign[first] > 0)
+            self.key_of_unit = tensor(np.unique(key_of_unit, return_inverse=True)[1].ravel(), torch.long)
+            self.cell_of_unit = tensor(np.unique(cell_of_unit, return_inverse=True)[1].ravel(), torch.long)
+            # A pair nobody else labelled has θ = σ(a·x) exactly: it joins the per-unit sums, not the loop.
+            lone = np.bincount(colabels.key, minlength=int(colabels.key.max()) + 1)[colabels.key] == 1
+            lone_counts = sparse.csr_matrix((np.ones(int(lone.sum())), (pair_users[lone], unit[lone])),
+                                            shape=(n_users, n_units))
+            self.lone_user_units = _sparse(lone_counts, device)
+            order = np.flatnonzero(~lone)
+            order = order[np.argsort(pair_users[order], kind="stable")]  # a chunk's users are few and adjacent
+            self.shared_users = tensor(pair_users[order], torch.long)
+            self.shared_units = tensor(unit[order], torch.long)
 
-    def per_user(self, values: torch.Tensor) -> torch.Tensor:
-        """(n_users, M): a per-pair quantity (pairs × M) summed into its user's row."""
-        out = torch.zeros(self.n_users, values.shape[1], dtype=values.dtype, device=values.device)
-        return out.index_add_(0, self.pair_users, values)
+    def unit_mass(self, q: torch.Tensor) -> torch.Tensor:
+        """(units, M): Σ over a unit's pairs of the labelling user's row of ``q`` (n_users × M)."""
+        return self.unit_users @ q
+
+    def hessian_bound(self, q: torch.Tensor, q_units: torch.Tensor) -> torch.Tensor:
+        """(M, r·r): Σ_u q_um Σ_{p∈u} x_p x_pᵀ, computed per unit or per user (whichever is fewer)."""
+        return (q_units if self.outer_by_unit else q).T @ self.outer
+
+
+def _units(x: np.ndarray, colabels: CoLabels | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair's unit (pairs with byte-identical oriented differences and the same co-label cell) and each
+    unit's first pair."""
+    rows = np.ascontiguousarray(x, dtype=np.float64)
+    as_bytes = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
+    value = np.unique(as_bytes, return_inverse=True)[1].ravel().astype(np.int64)
+    if colabels is not None:
+        n_cells = 2 * (int(colabels.key.max()) + 1)
+        value = value * n_cells + 2 * colabels.key + (colabels.sign > 0)
+    _, first, unit = np.unique(value, return_index=True, return_inverse=True)
+    return unit.ravel(), first
+
+
+def _sparse(matrix: sparse.csr_matrix, device: str) -> torch.Tensor:
+    """A scipy CSR matrix as a float32 torch CSR tensor on ``device`` (built from a valid scipy matrix, so torch's
+    invariant checks are skipped; torch warns once that CSR support is 'beta': sparse @ dense is all EM uses)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.as_tensor(matrix.indptr, dtype=torch.long),
+                                       torch.as_tensor(matrix.indices, dtype=torch.long),
+                                       torch.as_tensor(matrix.data, dtype=torch.float32), size=matrix.shape,
+                                       device=device, check_invariants=False)
 
 
 @dataclass
@@ -291,30 +427,33 @@ class _SoftEM:
     """
 
     def __init__(self, pairs: _UserPairs, has_pairs: torch.Tensor, mask: torch.Tensor, ridge: torch.Tensor,
-                 n_clusters: int, colabels: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 colabel_weight: float = 0.0):
+                 n_clusters: int, colabel_weight: float = 0.0):
         self.pairs, self.has_pairs, self.mask, self.ridge, self.n_clusters = pairs, has_pairs, mask, ridge, n_clusters
         self.runs = len(mask) // n_clusters
-        self.colabels = colabels if colabel_weight > 0 else None
-        self.colabel_weight = colabel_weight
+        self.colabel_weight = colabel_weight if pairs.colabelled else 0.0
+
+    def margins(self, teachers: torch.Tensor) -> torch.Tensor:
+        """(units, M): every teacher's margin a·x on every unit."""
+        return self.pairs.x @ teachers.T
 
     def m_step(self, teachers: torch.Tensor, q: torch.Tensor, steps: int,
                margins: torch.Tensor | None = None) -> torch.Tensor:
         """``steps`` bound-optimisation steps on Σ_u q_uc Σ_{p∈u} softplus(−a_c·x_p) + ridge/2·|a_c|² per model.
 
         Böhning's bound (the logistic Hessian ≤ XᵀX/4) gives one fixed matrix per M-step, so each step is a solve
-        with one Cholesky factor and still lowers the objective."""
+        with one Cholesky factor and still lowers the objective. A unit's pairs share x and margin, so the
+        gradient weighs each unit by its users' summed posteriors."""
         dim = teachers.shape[1]
-        bound = 0.25 * (q.T @ self.pairs.user_outer).reshape(-1, dim, dim)
+        weight = self.pairs.unit_mass(q)  # (units, M)
+        bound = 0.25 * self.pairs.hessian_bound(q, weight).reshape(-1, dim, dim)
         inside = self.mask[:, :, None] & self.mask[:, None, :]
         diagonal = torch.where(self.mask, self.ridge[:, None], torch.ones_like(self.ridge)[:, None])
         bound = torch.where(inside, bound, torch.zeros_like(bound)) + torch.diag_embed(diagonal)
         factor = torch.linalg.cholesky(bound.double())
-        weight = q[self.pairs.pair_users]  # (pairs, M): each pair weighs as its user's posterior
         x = self.pairs.x
         for i in range(steps):
             if margins is None or i > 0:
-                margins = self.pairs.x @ teachers.T
+                margins = self.margins(teachers)
             grad = (-(weight * torch.sigmoid(-margins)).T @ x + self.ridge[:, None] * teachers) * self.mask
             teachers = teachers - torch.cholesky_solve(grad.double()[:, :, None], factor)[:, :, 0].to(teachers.dtype)
         return teachers
@@ -322,26 +461,40 @@ class _SoftEM:
     def log_likelihood(self, margins: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
         """(n_users, runs, C): Σ_{p∈u} log P(u's label on p | cluster c): σ(a_c·x_p), or with co-labels (and the
         current posteriors ``q``) that probability blended with the labels other users gave the same pair, each
-        weighted by their posterior of being in c (:meth:`colabel_probability`)."""
-        if self.colabels is None or q is None:
-            log_p = torch.nn.functional.logsigmoid(margins)
+        weighted by their posterior of being in c (:meth:`colabel_log_likelihood`)."""
+        if self.colabel_weight == 0 or q is None:
+            loglik = self.pairs.user_units @ torch.nn.functional.logsigmoid(margins)
         else:
-            log_p = torch.log(self.colabel_probability(margins, q.reshape(len(q), -1)).clamp_min(1e-6))
-        return self.pairs.per_user(log_p).reshape(-1, self.runs, self.n_clusters)
+            loglik = self.colabel_log_likelihood(margins, q.reshape(len(q), -1))
+        return loglik.reshape(-1, self.runs, self.n_clusters)
 
-    def colabel_probability(self, margins: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """(pairs, M): θ = (σ(a_c·x_p) + w·A) / (1 + w·B), where B is the posterior mass in c of the *other*
-        users who labelled the same pair and A the part of it that agrees with this label; w =
+    def colabel_log_likelihood(self, margins: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """(n_users, M): Σ_{p∈u} log θ, θ = (σ(a_c·x_p) + w·A) / (1 + w·B), where B is the posterior mass in c of
+        the *other* users who labelled the same pair and A the part of it that agrees with this label; w =
         ``colabel_weight``. A Beta prior centred on the teacher, updated by co-labellers: where nobody else
-        labelled the pair it is σ(a_c·x_p). Sums run per distinct pair, so the cost is linear in labels."""
-        key, sign = self.colabels
-        weight = q[self.pairs.pair_users]  # (pairs, M)
-        n_keys = int(key.max()) + 1
-        per_key = weight.new_zeros(n_keys, weight.shape[1])
-        mass = per_key.index_add(0, key, weight)[key] - weight
-        signed = per_key.index_add(0, key, weight * sign[:, None])[key] - weight * sign[:, None]
-        agree = 0.5 * (mass + sign[:, None] * signed)
-        return (torch.sigmoid(margins) + self.colabel_weight * agree) / (1.0 + self.colabel_weight * mass)
+        labelled the pair it is σ(a_c·x_p). θ is clamped at 1e-6.
+
+        The sums over a pair's labellers run per unit and per co-label cell; with α = σ + w·(mass of the pair's
+        cell) and β = 1 + w·(mass of its key), both including the user itself, θ = (α − w·q_u) / (β − w·q_u):
+        only that leave-one-out step is evaluated per pair, in chunks. Linear in labels."""
+        pairs, w = self.pairs, self.colabel_weight
+        mass = pairs.unit_mass(q)  # (units, M)
+        cell = mass.new_zeros(int(pairs.cell_of_unit.max()) + 1, mass.shape[1]).index_add_(0, pairs.cell_of_unit,
+                                                                                             mass)
+        key = mass.new_zeros(int(pairs.key_of_unit.max()) + 1, mass.shape[1]).index_add_(0, pairs.key_of_unit, mass)
+        sigma = torch.sigmoid(margins)
+        loglik = pairs.lone_user_units @ torch.log(sigma.clamp_min(1e-6))
+        alpha = sigma.add_(cell[pairs.cell_of_unit], alpha=w)
+        beta = key[pairs.key_of_unit].mul_(w).add_(1.0)
+        weighted = q * w
+        for start in range(0, len(pairs.shared_users), pairs.chunk):
+            users = pairs.shared_users[start:start + pairs.chunk]
+            units = pairs.shared_units[start:start + pairs.chunk]
+            own = weighted.index_select(0, users)
+            theta = alpha.index_select(0, units).sub_(own)
+            theta.div_(beta.index_select(0, units).sub_(own)).clamp_min_(1e-6).log_()
+            loglik.index_add_(0, users, theta)
+        return loglik
 
     def e_step(self, loglik: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posteriors q (n_users, runs, C) and the new log π (runs, C) from users with pairs."""
@@ -366,7 +519,7 @@ class _SoftEM:
         active = torch.ones(self.runs, dtype=torch.bool, device=q.device)
         rounds = torch.zeros(self.runs, dtype=torch.long, device=q.device)
         for _ in range(max_rounds):
-            margins = self.pairs.x @ teachers.T
+            margins = self.margins(teachers)
             new_q, new_log_weights = self.e_step(self.log_likelihood(margins, q), log_weights)
             moved = (new_q - q)[self.has_pairs].abs().amax(dim=(0, 2)) > tol
             active &= moved
@@ -378,7 +531,7 @@ class _SoftEM:
             updated = self.m_step(teachers, q.reshape(n_users, -1), steps, margins)
             teachers = torch.where(active.repeat_interleave(self.n_clusters)[:, None], updated, teachers)
         teachers = self.m_step(teachers, q.reshape(n_users, -1), last_steps)
-        margins = self.pairs.x @ teachers.T
+        margins = self.margins(teachers)
         loglik = self.log_likelihood(margins)
         q = torch.softmax(self.log_likelihood(margins, q) + log_weights[None], dim=-1)
         return teachers, log_weights, q, rounds, self.objective(loglik, log_weights, teachers)
@@ -409,12 +562,10 @@ def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_
     scale_of_run = np.repeat(scales, runs // len(sizes))
     # float32 for the pairs × models products (the bulk of the work), float64 for the Cholesky solves.
     tensor = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
-    pairs = _UserPairs(tensor(x), tensor(pair_users, torch.long), n_users)
+    pairs = _UserPairs(x, pair_users, n_users, device, colabels if colabel_weight > 0 else None)
     mask = torch.arange(dim, device=device)[None, :] < tensor(np.repeat(size_of_run, n_clusters), torch.long)[:, None]
     ridge_of_model = tensor(np.repeat(ridge / scale_of_run**2, n_clusters))
-    colabel_tensors = None if colabels is None else (tensor(colabels.key, torch.long), tensor(colabels.sign))
-    em = _SoftEM(pairs, tensor(has_pairs, torch.bool), mask, ridge_of_model, n_clusters, colabel_tensors,
-                 colabel_weight)
+    em = _SoftEM(pairs, tensor(has_pairs, torch.bool), mask, ridge_of_model, n_clusters, colabel_weight)
     start = np.zeros((n_users, runs, n_clusters), dtype=np.float32)
     start[np.arange(n_users)[:, None], np.arange(runs)[None, :], np.maximum(initial.T, 0)] = 1.0
     teachers, log_weights, q, rounds, objective = em.fit(tensor(start), max_rounds, tol)
@@ -470,11 +621,10 @@ def per_user_fit(x: np.ndarray, pair_users: np.ndarray, n_users: int, ridge: flo
     Newton steps for all users at once (users without pairs get 0)."""
     dim = x.shape[1]
     to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
-    outer = (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
     a = np.zeros((n_users, dim))
     for _ in range(steps):
         p = _sigmoid(np.einsum("nd,nd->n", a[pair_users], x))
         grad = -np.asarray(to_user @ ((1.0 - p)[:, None] * x)) + ridge * a
-        hess = np.asarray(to_user @ ((p * (1.0 - p))[:, None] * outer)).reshape(-1, dim, dim)
+        hess = _outer_per_user(x, pair_users, n_users, p * (1.0 - p)).reshape(-1, dim, dim)
         a -= np.linalg.solve(hess + ridge * np.eye(dim), grad[:, :, None])[:, :, 0]
     return a

@@ -243,6 +243,19 @@ def _stratified_indices(group: np.ndarray, n_resamples: int, rng: np.random.Gene
     return index
 
 
+#: Resampled users evaluated at once by the paired bootstrap: memory stays at this many values per array,
+#: whatever resamples × users is (the statistics are per resample, so blocks of resamples give the same result).
+BOOTSTRAP_BLOCK = 2_000_000
+
+
+def _bootstrap_statistics(group: np.ndarray, values: list[np.ndarray], index: np.ndarray) -> dict:
+    """:func:`_statistics` of every resample (a row of ``index``), evaluated a block of resamples at a time."""
+    step = max(1, BOOTSTRAP_BLOCK // max(index.shape[1], 1))
+    blocks = [_statistics(group[part], *(v[part] for v in values))
+              for part in (index[start:start + step] for start in range(0, len(index), step))]
+    return {name: np.concatenate([block[name] for block in blocks]) for name in blocks[0]}
+
+
 def paired_comparison(per_seed: Sequence[pd.DataFrame], method: str, reference: str = "baseline", *,
                       n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
                       rule: VerdictRule | None = None, pairs_column: str = "n_test") -> Comparison:
@@ -266,8 +279,7 @@ def paired_comparison(per_seed: Sequence[pd.DataFrame], method: str, reference: 
         group = table["group"].to_numpy(dtype=str)
         values = [table[c].to_numpy(dtype=float) for c in ("support_rate", f"acc_{method}", f"acc_{reference}")]
         point = _statistics(group[None], *(v[None] for v in values))
-        index = _stratified_indices(group, n_resamples, rng)
-        boot = _statistics(group[index], *(v[index] for v in values))
+        boot = _bootstrap_statistics(group, values, _stratified_indices(group, n_resamples, rng))
         for name in COMPARED:
             estimates[name].append(point[name][0])
             samples[name].append(boot[name])

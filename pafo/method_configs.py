@@ -91,9 +91,18 @@ class TrainConfig:
                              label="unit-length features")
     patience: int = option(8, "stop after this many epochs without a better validation score", ge=1,
                            label="early-stop patience (epochs)")
+    max_batches: int = option(64, "at most this many mini-batches per epoch: a larger training set gets "
+                                  "proportionally larger batches, so the per-step cost of the user table (its "
+                                  "prior and AdamW update, one row per user) does not grow with users × pairs",
+                              ge=1, label="max batches per epoch")
 
     def validate(self) -> TrainConfig:
         return validate_options(self)
+
+    def batch_for(self, n_pairs: int) -> int:
+        """Pairs per mini-batch for ``n_pairs`` training pairs: ``batch_size``, raised so that one epoch has at
+        most ``max_batches`` batches."""
+        return max(self.batch_size, -(-n_pairs // self.max_batches))
 
 
 @dataclass

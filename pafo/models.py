@@ -94,11 +94,13 @@ class RewardModel(nn.Module):
         diff = g[inverse[: len(chosen)]] - g[inverse[len(chosen) :]]
         return (diff * self.user_vectors(users)).sum(-1)
 
-    def user_penalty(self, users: torch.Tensor) -> torch.Tensor:
-        """Mean squared norm of the given users' deviations w_u (0 for the non-personalised model)."""
+    def user_penalty(self, users: torch.Tensor | None) -> torch.Tensor:
+        """Mean squared norm of the given users' deviations w_u (0 for the non-personalised model); ``None``: all
+        users, read from the table itself (the same value and gradient as ``users = 0..n−1``, without gathering
+        and scattering back every row at each step)."""
         if self.w is None:
             return self.b.new_zeros(())
-        return (self.w(users) ** 2).sum(-1).mean()
+        return ((self.w.weight if users is None else self.w(users)) ** 2).sum(-1).mean()
 
 
 class WideRewardModel(RewardModel):

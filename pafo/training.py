@@ -203,7 +203,8 @@ class UserPenalty:
     def __call__(self, model: RewardModel) -> torch.Tensor:
         if self.users.device != model.b.device:
             self.users = self.users.to(model.b.device)
-        return self.strength * self.scale * model.user_penalty(self.users)
+        every = model.w is not None and len(self.users) == model.w.num_embeddings  # sorted and distinct: 0..n−1
+        return self.strength * self.scale * model.user_penalty(None if every else self.users)
 
 
 def _parameter_groups(model: RewardModel, config: TrainConfig) -> list[dict]:
@@ -264,19 +265,20 @@ def train_model(
     if keep_initial:
         initial_val = group_accuracy(pair_margins(model, features, val), val)
         best, best_state = select(initial_val), copy.deepcopy(model.state_dict())
+    batch_size = config.batch_for(len(train))
     for epoch in range(1, config.epochs + 1):
         model.train()
         order, total = epoch_order(train, rng), 0.0
-        for begin in range(0, len(train), config.batch_size):
+        for begin in range(0, len(train), batch_size):
             if should_stop():
                 raise RunCancelled(stage)
-            loss = objective(model, features, train.subset(order[begin : begin + config.batch_size]), penalty)
+            loss = objective(model, features, train.subset(order[begin : begin + batch_size]), penalty)
             if not torch.isfinite(loss):  # NaN/inf would train on and report accuracies of a broken model
                 raise TrainingDivergedError(MSG_DIVERGED.format(stage=stage, what=f"loss {loss.item()}", epoch=epoch))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss.detach()) * min(config.batch_size, len(train) - begin)
+            total += float(loss.detach()) * min(batch_size, len(train) - begin)
         val_margins = pair_margins(model, features, val)
         if not np.isfinite(val_margins).all():  # the last step can break the weights without a non-finite loss
             raise TrainingDivergedError(MSG_DIVERGED.format(stage=stage, what="non-finite margins", epoch=epoch))

@@ -1,0 +1,205 @@
+"""Issue 24 (throughput): the rewritten steps give what the straightforward versions gave, on tiny data.
+
+Each ``_reference_*`` below is the previous implementation (pairs × D differences, pairs × r² outer products, a
+pairs × models margin matrix), kept here as the statement of what the blocked / per-unit code must equal. No test
+here measures time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+from test_soft_em import reference_soft_em
+
+from pafo import clusters
+from pafo.clusters import (
+    CoLabels,
+    fit_clusters,
+    fit_soft_clusters,
+    oriented_differences,
+    pair_subspace,
+    per_user_fit,
+)
+from pafo.method_configs import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _reference_pair_subspace(features, chosen, rejected, n_components):
+    diff = np.asarray(features[chosen] - features[rejected], dtype=np.float64)
+    used = np.flatnonzero(np.any(diff != 0, axis=0))
+    values, vectors = np.linalg.eigh(diff[:, used].T @ diff[:, used])
+    k = min(n_components, len(used))
+    top, values = vectors[:, ::-1][:, :k].T, values[::-1][:k]
+    top *= np.where(top.sum(1, keepdims=True) < 0, -1.0, 1.0)
+    basis = np.zeros((k, diff.shape[1]))
+    basis[:, used] = top / np.sqrt(values.mean() / len(diff))
+    return basis
+
+
+def _reference_per_user_fit(x, pair_users, n_users, ridge, steps=8):
+    dim = x.shape[1]
+    to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
+    outer = (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+    a = np.zeros((n_users, dim))
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.einsum("nd,nd->n", a[pair_users], x)))
+        grad = -np.asarray(to_user @ ((1.0 - p)[:, None] * x)) + ridge * a
+        hess = np.asarray(to_user @ ((p * (1.0 - p))[:, None] * outer)).reshape(-1, dim, dim)
+        a -= np.linalg.solve(hess + ridge * np.eye(dim), grad[:, :, None])[:, :, 0]
+    return a
+
+
+def _labels(n_users=40, per_user=10, n_responses=30, dim=12, seed=0):
+    """Features of responses (first 4 columns a shared 'prompt' part, equal for all) and user labels over a
+    small pool of response pairs, so most pairs are labelled by several users, some in both orientations."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((n_responses, dim)).astype(np.float32)
+    features[:, :4] = 1.0
+    pool = np.array([(a, b) for a in range(n_responses) for b in range(a + 1, n_responses)])[
+        rng.choice(n_responses * (n_responses - 1) // 2, 25, replace=False)]
+    picked = pool[rng.integers(0, len(pool), n_users * per_user)]
+    flip = rng.random(len(picked)) < 0.5
+    chosen, rejected = np.where(flip, picked[:, 1], picked[:, 0]), np.where(flip, picked[:, 0], picked[:, 1])
+    return features, chosen, rejected, np.repeat(np.arange(n_users), per_user)
+
+
+def test_blocked_pair_subspace_and_differences_equal_the_per_pair_versions(monkeypatch):
+    """pair_subspace (Gram matrix once per distinct pair × its count) and oriented_differences (once per distinct
+    ordered pair) give the per-pair computation's basis and rows, also when the blocks split the pairs."""
+    features, chosen, rejected, _users = _labels()
+    monkeypatch.setattr(clusters, "BLOCK", 7)  # several blocks, unevenly filled
+    basis = pair_subspace(features, chosen, rejected, 5)
+    np.testing.assert_allclose(basis, _reference_pair_subspace(features, chosen, rejected, 5), rtol=1e-9, atol=1e-12)
+    assert not basis[:, :4].any()  # the shared 'prompt' columns cancel
+    x = oriented_differences(features, basis, chosen, rejected)
+    expected = np.asarray(features[chosen] - features[rejected], dtype=np.float64) @ basis.T
+    np.testing.assert_allclose(x, expected, rtol=1e-12, atol=1e-12)
+    same = (chosen[:, None] == chosen[None]) & (rejected[:, None] == rejected[None])
+    i, j = np.nonzero(same & ~np.eye(len(chosen), dtype=bool))
+    assert len(i) and np.array_equal(x[i], x[j])  # the same labelled pair gives byte-identical rows
+
+
+def test_blocked_per_user_sums_equal_the_pairs_times_r2_versions(monkeypatch):
+    """per_user_fit and hard EM's Hessian bounds sum Σ x xᵀ per user one block of pairs at a time: same result as
+    the pairs × r² matrix."""
+    rng = np.random.default_rng(1)
+    users = np.sort(rng.integers(0, 25, 400))
+    x = rng.standard_normal((400, 4))
+    monkeypatch.setattr(clusters, "BLOCK", 3)  # blocks of 3 · 16 / 4² = 3 pairs
+    np.testing.assert_allclose(per_user_fit(x, users, 27, ridge=0.5), _reference_per_user_fit(x, users, 27, 0.5),
+                               rtol=1e-9, atol=1e-12)
+    outer = sparse.csr_matrix((np.ones(400), (users, np.arange(400))), shape=(27, 400)) @ (
+        x[:, :, None] * x[:, None, :]).reshape(400, -1)
+    np.testing.assert_allclose(clusters._outer_per_user(x, users, 27), outer, rtol=1e-12, atol=1e-12)
+    initial = rng.integers(0, 3, 27)
+    fit = fit_clusters(x, users, 27, n_clusters=3, restarts=1, user_vectors=np.zeros((27, 1)), max_rounds=0,
+                       initial=initial)
+    assert fit.teachers.shape == (1, 3, 4) and np.isfinite(fit.objective).all()
+
+
+def test_units_group_identical_pairs_and_lone_pairs_skip_the_colabel_loop():
+    """Pairs with the same oriented difference and co-label cell are one unit; a pair nobody else labelled is
+    'lone' (exactly σ), every other pair goes through the per-pair co-label loop."""
+    features, chosen, rejected, users = _labels()
+    basis = pair_subspace(features, chosen, rejected, 6)
+    x = oriented_differences(features, basis, chosen, rejected)
+    colabels = CoLabels.of(chosen, rejected)
+    pairs = clusters._UserPairs(x, users, 40, "cpu", colabels)
+    distinct = len(np.unique(np.stack([chosen, rejected], 1), axis=0))
+    assert pairs.n_units == distinct < len(x) / 5
+    lone = np.bincount(colabels.key)[colabels.key] == 1
+    assert len(pairs.shared_users) == int((~lone).sum())
+    plain = clusters._UserPairs(x, users, 40, "cpu")
+    assert plain.n_units == distinct and not plain.colabelled
+
+
+@pytest.mark.parametrize("weight", [0.0, 3.0])
+def test_per_unit_soft_em_agrees_with_the_reference_loop_on_shared_and_lone_pairs(weight):
+    """The per-unit EM (margins, gradients and bounds once per unit; the co-label blend per pair) equals the
+    one-run-at-a-time per-pair reference on labels where most pairs are shared by several users, some users
+    label the same pair twice, and a few pairs are labelled by one user only."""
+    features, chosen, rejected, users = _labels(n_users=24, per_user=8, seed=4)
+    rng = np.random.default_rng(2)
+    lone = rng.choice(len(chosen), 6, replace=False)  # give a few labels pairs nobody else has
+    chosen[lone], rejected[lone] = 30 + 2 * np.arange(6), 31 + 2 * np.arange(6)
+    features = np.vstack([features, rng.standard_normal((12, features.shape[1])).astype(np.float32)])
+    basis = pair_subspace(features, chosen, rejected, 4)
+    x = oriented_differences(features, basis, chosen, rejected)
+    colabels = CoLabels.of(chosen, rejected)
+    assert (np.bincount(colabels.key)[colabels.key] == 1).sum() == 6
+    n_users, n_clusters, sizes, restarts = 24, 2, (3, 4), 2
+    initial = rng.integers(0, n_clusters, size=(len(sizes) * restarts, n_users))
+    kwargs = {"n_clusters": n_clusters, "ridge": 1.0, "max_rounds": 8, "tol": 1e-3}
+    fit = fit_soft_clusters(x, users, n_users, restarts=restarts, user_vectors=np.zeros((n_users, 2)),
+                            sizes=sizes, initial=initial, colabels=colabels, colabel_weight=weight, **kwargs)
+    ref = reference_soft_em(x, users, n_users, initial, sizes,
+                            colabels=(colabels.key, colabels.sign, weight) if weight else None, **kwargs)
+    np.testing.assert_array_equal(fit.rounds, ref["rounds"])
+    np.testing.assert_allclose(fit.teachers, ref["teachers"], atol=2e-4, rtol=1e-3)
+    np.testing.assert_allclose(fit.directions, ref["directions"], atol=2e-4, rtol=1e-3)
+    np.testing.assert_allclose(fit.objective, ref["objective"], rtol=1e-4)
+    np.testing.assert_array_equal(fit.assignments, ref["q"].argmax(-1).T)  # the same clusters
+
+
+def test_batches_per_epoch_are_capped_by_growing_the_batch():
+    """``max_batches`` leaves small training sets at ``batch_size`` (the default configs' results unchanged) and
+    makes a large one's batches larger, so an epoch has at most ``max_batches`` steps."""
+    config = TrainConfig()
+    assert config.batch_for(2_100) == config.batch_size == 256
+    assert config.batch_for(256 * config.max_batches) == 256
+    big = 900_000
+    assert -(-big // config.batch_for(big)) <= config.max_batches < -(-big // 256)
+
+
+def test_paired_bootstrap_in_blocks_of_resamples_gives_the_same_comparison(monkeypatch):
+    """The paired bootstrap evaluates its statistics a block of resamples at a time (memory bounded whatever
+    resamples × users is); the comparison is identical to evaluating all resamples at once."""
+    import pandas as pd
+
+    from pafo import compare
+
+    rng = np.random.default_rng(0)
+    tables = [pd.DataFrame({"group": np.where(rng.random(300) < 0.25, "minority", "majority"),
+                            "support_rate": rng.random(300), "acc_pafo": rng.random(300),
+                            "acc_baseline": rng.random(300), "n_test": 20, "seed": seed}) for seed in range(2)]
+    whole = compare.paired_comparison(tables, "pafo", n_resamples=200).to_json()
+    monkeypatch.setattr(compare, "BOOTSTRAP_BLOCK", 7 * 300 + 5)  # 7 resamples per block, the last one short
+    assert compare.paired_comparison(tables, "pafo", n_resamples=200).to_json() == whole
+
+
+def test_per_user_outer_sums_count_repeated_rows_once():
+    """Unweighted, Σ x xᵀ per user forms each distinct row once and counts it per user: the same sums as the
+    per-pair outer products when many users label the same pairs."""
+    rng = np.random.default_rng(3)
+    pool = rng.standard_normal((6, 3))
+    users = np.repeat(np.arange(10), 5)
+    x = pool[rng.integers(0, 6, 50)]
+    expected = sparse.csr_matrix((np.ones(50), (users, np.arange(50))), shape=(11, 50)) @ (
+        x[:, :, None] * x[:, None, :]).reshape(50, -1)
+    np.testing.assert_allclose(clusters._outer_per_user(x, users, 11), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_penalty_over_every_user_reads_the_table_with_the_same_value_and_gradient():
+    """UserPenalty over all users reads the embedding table itself instead of gathering every row: the value and
+    the gradient are bit-identical to the gathered version (so training results are unchanged)."""
+    import torch
+
+    from pafo.models import RewardModel
+    from pafo.training import PairSet, UserPenalty
+
+    torch.manual_seed(0)
+    model = RewardModel(6, 5)
+    torch.nn.init.normal_(model.w.weight)
+    pairs = PairSet(np.zeros(9, dtype=int), np.ones(9, dtype=int), np.arange(9) % 5)
+    penalty = UserPenalty.for_pairs(0.3, pairs, distilled=False)
+    value = penalty(model)
+    value.backward()
+    gradient = model.w.weight.grad.clone()
+    model.w.weight.grad = None
+    gathered = penalty.strength * penalty.scale * model.user_penalty(torch.arange(5))
+    gathered.backward()
+    assert value.item() == gathered.item() and torch.equal(gradient, model.w.weight.grad)
+    partial = UserPenalty.for_pairs(0.3, pairs.subset(np.flatnonzero(pairs.users < 3)), distilled=False)
+    assert len(partial.users) == 3 and partial(model).item() != value.item()
