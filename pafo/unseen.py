@@ -65,8 +65,8 @@ __all__ = [
 RULES = ("none", "posterior", "map")
 #: The random stream of the hold-out draw (apart from the data's and the training's streams of the same seed).
 HOLDOUT_STREAM = 22
-MSG_TOO_FEW_USERS = ("--unseen-users {fraction:g}: leaves {left} training users in the {group} group; hold out a "
-                     "smaller share or simulate more users")
+MSG_TOO_FEW_USERS = ("--unseen-users {fraction:g}: the {group} group has only {count} users, too few to hold one "
+                     "out and keep two to train on; use more users or leave out --unseen-users")
 NEWTON_STEPS, NEWTON_TOL = 30, 1e-9
 
 
@@ -75,14 +75,14 @@ NEWTON_STEPS, NEWTON_TOL = 30, 1e-9
 
 def split_users(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training users, held-out users), sorted positions: ``fraction`` of each stratum's users held out (rounded,
-    at least one where a stratum has two or more), each stratum keeping at least two training users."""
+    at least one), each stratum keeping at least two training users (a stratum of fewer than three is refused)."""
     rng = np.random.default_rng([seed, HOLDOUT_STREAM])
     held = []
     for group in sorted(set(strata.tolist())):
         rows = np.flatnonzero(strata == group)
         n_out = min(max(int(round(fraction * len(rows))), 1 if fraction > 0 else 0), len(rows) - 2)
         if n_out < (1 if fraction > 0 else 0):
-            raise PafoInputError(MSG_TOO_FEW_USERS.format(fraction=fraction, left=len(rows) - 1, group=group))
+            raise PafoInputError(MSG_TOO_FEW_USERS.format(fraction=fraction, count=len(rows), group=group))
         held.append(rng.choice(rows, size=n_out, replace=False))
     heldout = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
     return np.setdiff1d(np.arange(len(strata)), heldout), heldout
@@ -236,17 +236,22 @@ class NewUsers:
     rule: Literal["none", "posterior", "map"] = "none"
     clusters: ClusterFit | None = None
 
+    def best_cluster(self, features: np.ndarray, pairs: PairSet, n_users: int) -> np.ndarray:
+        """Each user's most probable cluster in the lowest-objective EM run, from their pairs (−1 without pairs):
+        what the cluster posterior recovers, for diagnostics (cluster recovery against shots)."""
+        fit = self.clusters
+        x = oriented_differences(features, fit.basis, pairs.chosen, pairs.rejected)
+        cluster = fit.posterior(x, pairs.users, n_users)[fit.best].argmax(-1)
+        return np.where(np.bincount(pairs.users, minlength=n_users) > 0, cluster, -1)
+
     def directions(self, features: np.ndarray, pairs: PairSet, n_users: int) -> np.ndarray:
         """(n_users, r): each user's cluster-channel weights from their pairs (0 without pairs)."""
         fit = self.clusters
-        x = oriented_differences(features, fit.basis, pairs.chosen, pairs.rejected)
         if self.rule == "posterior":
+            x = oriented_differences(features, fit.basis, pairs.chosen, pairs.rejected)
             return fit.posterior_directions(x, pairs.users, n_users)
-        best = fit.best
-        cluster = fit.posterior(x, pairs.users, n_users)[best].argmax(-1)
-        directions = fit.teachers[best][cluster]
-        directions[np.bincount(pairs.users, minlength=n_users) == 0] = 0.0
-        return directions
+        cluster = self.best_cluster(features, pairs, n_users)
+        return np.where((cluster >= 0)[:, None], fit.teachers[fit.best][np.maximum(cluster, 0)], 0.0)
 
     def personalise(self, model: RewardModel, features: torch.Tensor, pairs: PairSet, n_users: int) -> RewardModel:
         """A copy of ``model`` whose ``n_users`` users are the users of ``pairs``, each fitted from their own pairs
@@ -311,8 +316,11 @@ def unseen_table(models: dict[str, tuple[RewardModel, NewUsers]], features: torc
                  dataset: PreferenceDataset, heldout: np.ndarray, groups: np.ndarray, support: np.ndarray,
                  shots: list[int], seed: int) -> pd.DataFrame:
     """One row per k and held-out user: who they are, their pairs and each method's test accuracy after
-    personalising from their first k pairs (the same pairs for every method)."""
+    personalising from their first k pairs (the same pairs for every method); for a method with a cluster channel
+    also ``cluster_<method>``, the user's most probable cluster in its best EM run, and for simulated users their
+    ``dominant`` judge (what cluster recovery is measured against)."""
     test = test_pairs(dataset, heldout)
+    numpy_features = features.cpu().numpy()
     n = len(heldout)
     n_test = np.bincount(test.users, minlength=n)
     frames = []
@@ -326,5 +334,9 @@ def unseen_table(models: dict[str, tuple[RewardModel, NewUsers]], features: torc
             personal = new_users.personalise(model, features, pairs, n)
             correct = pd.Series(pair_correct(pair_margins(personal, features, test))).groupby(test.users).mean()
             frame[f"acc_{name}"] = correct.reindex(range(n)).to_numpy()
+            if new_users.rule != "none" and new_users.clusters is not None:
+                frame[f"cluster_{name}"] = new_users.best_cluster(numpy_features, pairs, n)
+        if "dominant" in dataset.users and dataset.users["dominant"].notna().any():
+            frame["dominant"] = dataset.users["dominant"].to_numpy()[heldout]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
