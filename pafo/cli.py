@@ -490,10 +490,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .scoring import load_scoring_model, personalise, read_triples, read_user_pairs, score_triples
 
     device = resolve_device(args.device)
-    triples = read_triples(args.input)
-    new_pairs = read_user_pairs(args.user_pairs) if args.user_pairs else None
     run_dir, binding = (args.run_dir, None) if args.run_dir else _registry_run(args.run)
     scoring = load_scoring_model(run_dir, args.method, binding=binding)
+    triples = read_triples(args.input)
+    new_pairs = read_user_pairs(args.user_pairs) if args.user_pairs else None
     if new_pairs is not None:
         scoring = personalise(scoring, new_pairs, device=device)
     scored = score_triples(scoring, triples, progress_bar=True, device=device)

@@ -209,8 +209,8 @@ def fit_user_vectors(model: RewardModel, features: torch.Tensor, pairs: PairSet,
     if not len(pairs):
         return w
     g = RewardModel.features(model, features).double().cpu()  # the base channel (a wide model's unscaled g)
-    delta = g[torch.from_numpy(pairs.chosen)] - g[torch.from_numpy(pairs.rejected)]
-    users = torch.from_numpy(pairs.users)
+    delta = g[torch.tensor(pairs.chosen)] - g[torch.tensor(pairs.rejected)]  # copies: the arrays may be read-only
+    users = torch.tensor(pairs.users)
     b = model.b.double().cpu()
     outer = delta[:, :, None] * delta[:, None, :]
     damping = 2.0 * max(ridge, 1e-6) * torch.eye(k, dtype=torch.float64)
