@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -111,25 +112,36 @@ def trained_baseline():
     return fit_method("baseline", ctx, BaselineConfig(), (0.0, 1.0)).model, ctx
 
 
-def test_newton_finds_the_minimum_of_the_users_ridge_loss(trained_baseline):
+@pytest.mark.parametrize("contrary", [False, True])
+def test_newton_finds_the_minimum_of_the_users_ridge_loss(trained_baseline, contrary):
     """Guards the batched Newton solve: for every user its w_u is where Σ softplus(−(b + w)·Δg) + λ|w|² is least
-    (L-BFGS on one user at a time agrees to 1e-6)."""
+    (L-BFGS on one user at a time agrees). ``contrary``: users whose labels all contradict a shared vector 30×
+    longer, so their margins start far on the wrong side, the regime where an undamped Newton step overshoots (on
+    MiniLM data an undamped solve left minority users at ~70× their trained vectors' objective)."""
     model, ctx = trained_baseline
     ridge = ridge_of(0.3, ctx.train)
-    w = fit_user_vectors(model, ctx.features, ctx.train, ctx.n_users, ridge).numpy()
+    pairs = ctx.train
+    if contrary:
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            model.b.mul_(30.0)
+        flip = pair_margins(model, ctx.features, dataclasses.replace(pairs, users=np.zeros(len(pairs), int))) > 0
+        pairs = PairSet(np.where(flip, pairs.rejected, pairs.chosen), np.where(flip, pairs.chosen, pairs.rejected),
+                        pairs.users)
+    w = fit_user_vectors(model, ctx.features, pairs, ctx.n_users, ridge).numpy()
     with torch.no_grad():
         g = model.features(ctx.features).double().numpy()
     b = model.b.detach().double().numpy()
     for user in range(3):
-        rows = ctx.train.users == user
-        delta = g[ctx.train.chosen[rows]] - g[ctx.train.rejected[rows]]
+        rows = pairs.users == user
+        delta = g[pairs.chosen[rows]] - g[pairs.rejected[rows]]
 
         def loss(v, delta=delta):
             return np.logaddexp(0, -delta @ (b + v)).sum() + ridge * v @ v
 
         best = minimize(loss, np.zeros_like(b), method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15})
-        assert loss(w[user]) <= best.fun + 1e-9
-        np.testing.assert_allclose(w[user], best.x, atol=1e-4)
+        assert loss(w[user]) <= best.fun + 1e-7
+        np.testing.assert_allclose(w[user], best.x, atol=1e-3)
 
 
 def test_refitting_training_users_reproduces_their_trained_vectors(trained_baseline):
