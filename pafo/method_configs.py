@@ -328,10 +328,11 @@ class RunSettings:
                             label="ε (Pareto tolerance)", active_when=Compared() | GROUP_TEACHERS)
     unseen_users: float = option(0.0, "share of users held out of all training (stratified by group), then "
                                       "personalised from a few of their own pairs and scored (0: off)", ge=0,
-                                 le=MAX_UNSEEN, label="unseen users (share held out)")
+                                 le=MAX_UNSEEN, label="unseen users (share held out)", grid=(0.1, 0.2, 0.3))
     shots: str = option("1,4,8", "unseen users: how many of each held-out user's own pairs personalise them "
                                  "(comma-separated; one learning-curve point each)",
-                        label="shots (pairs per new user)", active_when=Above("run.unseen_users", 0))
+                        label="shots (pairs per new user)", grid=("1,4,8", "1,2,4,8", "4"),
+                        active_when=Above("run.unseen_users", 0))
 
     def validate(self) -> RunSettings:
         validate_options(self)
