@@ -27,8 +27,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from bench.common import machine, publish
 from bench.quality import DSP_PATH, parse_seeds, pct, signed
-from pafo.experiment import SeedInputs, _add_support, build_context, run_experiment
-from pafo.experiment import ExperimentConfig
+from pafo.experiment import ExperimentConfig, SeedInputs, _add_support, build_context, run_experiment
 from pafo.features import response_features
 from pafo.methods import BaselineConfig, fit_method
 from pafo.metrics import group_codes

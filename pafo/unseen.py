@@ -80,7 +80,7 @@ def split_users(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     held = []
     for group in sorted(set(strata.tolist())):
         rows = np.flatnonzero(strata == group)
-        n_out = min(max(int(round(fraction * len(rows))), 1 if fraction > 0 else 0), len(rows) - 2)
+        n_out = min(max(round(fraction * len(rows)), 1 if fraction > 0 else 0), len(rows) - 2)
         if n_out < (1 if fraction > 0 else 0):
             raise PafoInputError(MSG_TOO_FEW_USERS.format(fraction=fraction, count=len(rows), group=group))
         held.append(rng.choice(rows, size=n_out, replace=False))
