@@ -281,3 +281,40 @@ def test_unseen_table_rows_match_a_direct_personalisation(unseen_result):
     shares = table["acc_baseline"] * table["n_test"]
     np.testing.assert_allclose(shares, np.round(shares * 2) / 2)  # whole (or half, a tie) pairs right
     assert pd.api.types.is_integer_dtype(table["n_shots"])
+
+
+# ------------------------------------------------------------------------------------------- the score path
+
+
+def test_score_user_pairs_reproduces_the_runs_unseen_evaluation(tmp_path, write_table):
+    """Guards "the same mechanics": a run with held-out users (MiniLM, so new text can be embedded) evaluates
+    each held-out user after k pairs; giving `pafo score --user-pairs` those same k pairs (as texts) and scoring
+    the users' test pairs gives every method the same per-user accuracy the run stored in unseen_per_user.csv."""
+    from pafo.unseen import test_pairs
+
+    flags = ["--users", "30", "--prompts", "16", "--responses-per-prompt", "4", "--train-pairs", "6",
+             "--test-pairs", "4", "--bootstrap", "20", "--epochs", "3", "--hidden", "16", "--k", "4",
+             "--restarts", "2", "--subspaces", "8"]
+    out = tmp_path / "run"
+    assert cli.main(["experiment", *flags, "--encoder", "minilm", "--methods", "baseline,mixture,pafo",
+                     "--unseen-users", "0.3", "--shots", "2", "--out-dir", str(out)]) == 0
+    stored = pd.read_csv(out / "unseen_per_user.csv")
+    dataset = load_dataset(DataConfig(users=30, prompts=16, responses_per_prompt=4, train_pairs=6, test_pairs=4))
+    ids = dataset.users["user_id"].to_numpy()
+    held = np.flatnonzero(np.isin(ids, stored["user_id"]))
+    text, prompt = dataset.responses["text"].to_numpy(), dataset.responses["prompt"].to_numpy()
+    shots, test = shot_pairs(dataset, held, 2), test_pairs(dataset, held)
+    new = write_table(pd.DataFrame({"user_id": ids[held][shots.users], "prompt": prompt[shots.chosen],
+                                    "chosen": text[shots.chosen], "rejected": text[shots.rejected]}),
+                      tmp_path / "new.csv")
+    triples = write_table(pd.DataFrame({
+        "user_id": np.repeat(ids[held][test.users], 2), "prompt": np.repeat(prompt[test.chosen], 2),
+        "response": np.stack([text[test.chosen], text[test.rejected]], 1).ravel()}), tmp_path / "triples.csv")
+    for method in ("baseline", "mixture", "pafo"):
+        scored = tmp_path / f"{method}.csv"
+        assert cli.main(["score", "--run-dir", str(out), "--method", method, "--input", str(triples),
+                         "--user-pairs", str(new), "--csv", str(scored)]) == 0
+        margins = pd.read_csv(scored)["reward"].to_numpy().reshape(-1, 2) @ [1.0, -1.0]
+        right = pd.Series((margins > 0) + 0.5 * (margins == 0)).groupby(ids[held][test.users]).mean()
+        expected = stored.set_index("user_id")[f"acc_{method}"]
+        np.testing.assert_allclose(right.reindex(expected.index).to_numpy(), expected.to_numpy(), atol=1e-9)
