@@ -43,7 +43,7 @@ from .errors import PafoInputError
 from .metrics import pair_correct
 from .models import RewardModel, WideRewardModel, build_model
 from .paths import atomic_write_bytes, atomic_write_text
-from .support import MIN_COLABELLERS
+from .support import BLOCK_ELEMENTS, MIN_COLABELLERS, NO_PERSONAS
 from .training import PairSet, pair_margins
 
 __all__ = [
@@ -131,11 +131,15 @@ def heldout_support(dataset: PreferenceDataset, train_users: np.ndarray, heldout
 
 
 def _exact_agreement(dataset: PreferenceDataset, population: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
+    """Share of the population whose persona labels each pair as the user did (ties count one half, as the exact
+    estimator counts them), in blocks of pairs so memory stays at ~``BLOCK_ELEMENTS`` margins."""
     if dataset.persona_weights is None or dataset.base_scores is None:
-        raise PafoInputError("estimator 'exact' needs persona weights")
+        raise PafoInputError(NO_PERSONAS.format(name=dataset.name))
     diff = dataset.base_scores[pairs["chosen"].to_numpy()] - dataset.base_scores[pairs["rejected"].to_numpy()]
-    margins = diff @ dataset.persona_weights[population].T
-    return (np.sign(margins) + 1.0).mean(1) / 2.0  # ties count one half, as the exact estimator counts them
+    weights = dataset.persona_weights[population]
+    step = max(1, BLOCK_ELEMENTS // max(len(population), 1))
+    return np.concatenate([(np.sign(diff[i:i + step] @ weights.T) + 1.0).mean(1) / 2.0
+                           for i in range(0, len(diff), step)]) if len(diff) else np.zeros(0)
 
 
 def _colabel_agreement(dataset: PreferenceDataset, population: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:

@@ -206,6 +206,35 @@ def test_held_out_users_support_is_measured_against_the_training_population():
     assert subset.n_users == 30 and set(subset.pairs["user"]) == set(range(30))
 
 
+def test_held_out_support_by_colabels_counts_the_training_populations_labels():
+    """Guards the co-label estimator for new users: per pair, the share of the *training* users' labels on the same
+    two responses that agree (pairs with fewer than two such labels left out), averaged per user; a user with no
+    such pair falls back to the model estimator (a value strictly between 0 and 1)."""
+    dataset = load_dataset(TINY_DATA)
+    train_users, held = np.arange(30), np.arange(30, 40)
+    features = response_features(dataset, "tfidf").features
+    support = heldout_support(dataset, train_users, held, "colabel", features)
+    pairs = dataset.split("train")
+    theirs = pairs[pairs["user"] < 30]
+    key = lambda frame: list(zip(np.minimum(frame["chosen"], frame["rejected"]),  # noqa: E731
+                                 np.maximum(frame["chosen"], frame["rejected"]), strict=True))
+    labels = pd.DataFrame({"key": key(theirs), "chosen": theirs["chosen"].to_numpy()})
+    covered = 0
+    for i, user in enumerate(held):
+        mine = pairs[pairs["user"] == user]
+        shares = []
+        for pair_key, chosen in zip(key(mine), mine["chosen"], strict=True):
+            same = labels[labels["key"] == pair_key]
+            if len(same) >= 2:
+                shares.append((same["chosen"] == chosen).mean())
+        if shares:
+            covered += 1
+            assert support[i] == pytest.approx(np.mean(shares))
+        else:
+            assert 0 < support[i] < 1
+    assert covered >= 5
+
+
 # ------------------------------------------------------------------------------------------- the result JSON
 
 
