@@ -16,7 +16,9 @@ one after another. The result JSON keeps the single-seed keys and adds:
   ``comparisons``;
 - ``comparisons.NAME`` for every method but the baseline: method − baseline on the same users and pairs with
   paired bootstrap CIs and the verdict (:func:`pafo.compare.paired_comparison`), pooled over the seeds;
-- ``per_user`` (and per_user.csv, test_margins.csv): one row per seed and user, with a ``seed`` column.
+- ``per_user`` (and per_user.csv, test_margins.csv): one row per seed and user, with a ``seed`` column;
+- ``unseen`` (with ``run.unseen_users`` > 0; per seed too): users held out of all training, personalised from
+  ``run.shots`` of their own pairs and scored (:mod:`pafo.unseen`; unseen_per_user.csv has their rows).
 
 The saved weights (for ``pafo score`` and the Users page) are the first seed's models.
 """
