@@ -48,7 +48,7 @@ def _poll(registry: RunRegistry, run_id: str, done: Callable[[sqlite3.Row], bool
     """Seconds (perf_counter) at which ``done(row)`` first holds, polling the row every millisecond."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        row = registry._read("SELECT status, stage FROM runs WHERE id = ?", (run_id,))[0]
+        row = registry.store.read("SELECT status, stage FROM runs WHERE id = ?", (run_id,))[0]
         if done(row):
             return time.perf_counter()
         time.sleep(0.001)

@@ -23,12 +23,13 @@ import pandas as pd
 from .config import dataclass_from_dict, field_bounds, field_choices
 from .config_edit import flatten, known_fields, run_settings
 from .data_roots import UPLOADS, check_app_config
+from .encoder_specs import DEFAULT_ENCODER
 from .errors import PafoInputError
-from .method_configs import DEFAULT_ENCODER
 from .metrics import pair_correct
 from .paths import pafo_home
 from .registry import SWEEP_PREFIX
 from .sources import SOURCE_SPECS, DataConfig
+from .support import GroupConfig
 
 __all__ = [
     "DEMO_ENCODER",
@@ -121,11 +122,13 @@ class FieldSpec:
     choices: tuple | None = None
     bounds: dict = dataclasses.field(default_factory=dict)  # ge / gt / le / lt, as the field declares them
 
-    def limits(self) -> dict:
-        """``min_value`` / ``max_value`` for a number input (a strict bound is the limit; validation refuses it)."""
+    def limits(self, step: float | None = None) -> dict:
+        """``min_value`` / ``max_value`` for a number input: a strict bound is the limit (validation refuses it),
+        or with ``step`` (a slider, whose ends are values it offers) the first value inside it."""
         cast = int if self.kind == "int" else float
-        low = self.bounds.get("ge", self.bounds.get("gt"))
-        high = self.bounds.get("le", self.bounds.get("lt"))
+        inside = step or 0
+        low = self.bounds.get("ge", None if "gt" not in self.bounds else self.bounds["gt"] + inside)
+        high = self.bounds.get("le", None if "lt" not in self.bounds else self.bounds["lt"] - inside)
         return {"min_value": None if low is None else cast(low), "max_value": None if high is None else cast(high)}
 
 
@@ -499,11 +502,8 @@ def history_frame(epochs: list[dict]) -> pd.DataFrame:
 
 def grouping_rule(groups: dict | None) -> tuple:
     """What decides who is in the minority: the estimator and the threshold, or the quantile when there is none."""
-    groups = groups or {}
-    threshold = groups.get("minority_threshold")
-    cut = ("threshold", float(threshold)) if threshold is not None else (
-        "quantile", float(groups.get("minority_quantile") or 0.2))
-    return (groups.get("estimator", "auto"), *cut)
+    config = GroupConfig(**known_fields(GroupConfig, groups))
+    return (config.estimator, *config.cut())
 
 
 def pareto_records(records: list, current, *, every_dataset: bool = False) -> list:

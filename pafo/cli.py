@@ -36,7 +36,7 @@ from .method_configs import RunSettings
 from .paths import atomic_write_text, home_path, is_inside
 from .slices import SliceSettings
 from .sources import DataConfig, load_dataset
-from .support import GroupConfig, estimate_support, resolve_estimator, support_table
+from .support import GROUP_CUTS, GroupConfig, estimate_support, resolve_estimator, support_table
 
 __all__ = ["add_data_arguments", "build_parser", "data_config_from_args", "group_config_from_args", "main"]
 
@@ -82,13 +82,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The data flags shared by support, embed, experiment and runs start."""
     add_dataclass_arguments(parser, DataConfig)
     groups = parser.add_argument_group("GroupConfig", GroupConfig.__doc__)
-    which = groups.add_mutually_exclusive_group()
-    which.add_argument("--minority-quantile", dest="minority_quantile", type=float, default=argparse.SUPPRESS,
-                       help="minority = users at or below this quantile of support rate (default: 0.2)")
-    which.add_argument("--minority-threshold", dest="minority_threshold", type=float, default=argparse.SUPPRESS,
-                       help="minority = users at or below this absolute support rate")
-    groups.add_argument("--estimator", dest="estimator", choices=("auto", "exact", "colabel", "model"),
-                        default=argparse.SUPPRESS, help="support-rate estimator (default: auto)")
+    # The two cuts of the grouping rule exclude each other; flags, defaults, bounds and help come from the fields.
+    add_dataclass_arguments(parser, GroupConfig, include=GROUP_CUTS, group=groups.add_mutually_exclusive_group())
+    add_dataclass_arguments(parser, GroupConfig, exclude=GROUP_CUTS, group=groups)
 
 
 def given_options(args: argparse.Namespace, sections: dict[str, type]) -> list[str]:

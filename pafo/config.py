@@ -21,6 +21,8 @@ from .errors import PafoInputError
 
 __all__ = [
     "BAD_CHOICE",
+    "DESCRIPTIVE",
+    "DESCRIPTIVE_METADATA",
     "NOT_FINITE",
     "OPTION_METADATA",
     "OUT_OF_RANGE",
@@ -30,6 +32,7 @@ __all__ = [
     "check_range",
     "dataclass_from_dict",
     "dataclass_from_namespace",
+    "descriptive",
     "field_bounds",
     "field_choices",
     "field_flag",
@@ -52,6 +55,18 @@ BOUND_SYMBOLS = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
 
 #: What an option may declare besides its default and help line.
 OPTION_METADATA = frozenset({"choices", "flag", "cli", "label", "active_when", "grid", *BOUND_SYMBOLS})
+#: What of an option only describes it (its help line, form label, where it has an effect, its sweep grid): editing
+#: it can never change a result, so it is not part of the reuse key (:mod:`pafo.reuse`).
+DESCRIPTIVE_METADATA = ("help", "label", "active_when", "grid")
+#: The field metadata key that marks a field of a spec dataclass as descriptive in the same sense (a method's label,
+#: colour and progress-bar cost): :func:`descriptive`.
+DESCRIPTIVE = "descriptive"
+
+
+def descriptive(default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that only describes (a label, a colour, a cost estimate for the progress bar): marked in its
+    metadata, so the reuse key leaves it out by name, wherever the field stands in the class."""
+    return dataclasses.field(default=default, metadata={DESCRIPTIVE: True})
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:
@@ -167,10 +182,12 @@ def parse_int(text: str) -> int:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = (),
-                            include: tuple[str, ...] | None = None) -> None:
+                            include: tuple[str, ...] | None = None, group: Any = None) -> None:
     """One flag per field of ``cls`` (``--field-name``; only those in ``include`` when given), typed from the
-    annotation, help from the metadata."""
-    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
+    annotation, help from the metadata; in ``group`` when given (e.g. a mutually exclusive group), else in a new
+    argument group named after ``cls``."""
+    if group is None:
+        group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
     for field in dataclasses.fields(cls):
         if field.name in exclude or (include is not None and field.name not in include) or \
                 field.metadata.get("cli") is False:

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from pafo.encoder_specs import DEFAULT_ENCODER, ENCODER_SPECS, ENCODERS, encoder_spec
 from pafo.errors import PafoInputError
 from pafo.jsonio import loads
-from pafo.method_configs import DEFAULT_ENCODER, ENCODERS
 from pafo.paths import atomic_write_text, pafo_home
 
 __all__ = [
@@ -57,6 +57,9 @@ __all__ = [
     "encoder_threads",
     "get_encoder",
     "load_failure",
+    "load_minilm",
+    "load_model",
+    "load_tfidf",
     "max_cosine_error",
     "minilm_model_path",
     "quiet_transformers",
@@ -66,10 +69,9 @@ __all__ = [
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
-DEFAULT_MAX_LENGTH = 256
+DEFAULT_MAX_LENGTH = encoder_spec("model").max_length  # a transformers model's token limit unless its own is lower
 DEFAULT_N_COMPONENTS = 256
 BF16_MAX_COS_ERROR = 1e-3
-MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 TRANSFORMER_OPTIONS = ("precision", "max_length")
 TFIDF_OPTIONS = ("n_components", "random_state")
 TFIDF_MAX_FEATURES = 2**15  # per block (words, characters)
@@ -77,8 +79,8 @@ CACHE_CHUNK_MIN = 512  # texts encoded between two cache writes, so an interrupt
 
 # Message templates: module-level so tests (and the app) can match them.
 MSG_ENCODER_NAME = (
-    "encoder: got {value!r}; use 'minilm' (bundled all-MiniLM-L6-v2), 'tfidf', or the path of a local "
-    "transformers model folder."
+    "encoder: got {value!r}; use " + ", ".join(f"{spec.name!r} ({spec.label})" for spec in ENCODER_SPECS)
+    + ", or the path of a local transformers model folder."
 )
 MSG_MODEL_OFFLINE = (
     "encoder {name!r}: it is neither a local model folder nor in the local Hugging Face cache, and the Hugging Face "
@@ -323,7 +325,7 @@ class TfidfEncoder(Encoder):
     depend on input order.
     """
 
-    fits_corpus = True
+    fits_corpus = encoder_spec("tfidf").fits_corpus
 
     def __init__(self, n_components: int = DEFAULT_N_COMPONENTS, random_state: int = 0) -> None:
         self.n_components = _check_positive_int(n_components, MSG_N_COMPONENTS)
@@ -491,7 +493,7 @@ def quiet_transformers():
 
 def _unloadable_message(name: str, source: str, exc: BaseException) -> str:
     reason = load_failure(exc)
-    if name.lower() in MINILM_ALIASES:
+    if encoder_spec(name).name == "minilm":
         return MSG_MINILM_MISSING.format(path=source)
     if Path(source).expanduser().is_dir():
         return MSG_MODEL_FOLDER.format(name=name, path=source, reason=reason)
@@ -542,6 +544,7 @@ class TransformerEncoder(Encoder):
         model_name: str | None = None,
         precision: str = "auto",
         max_length: int | None = None,
+        default_max_length: int = DEFAULT_MAX_LENGTH,
         home: Path | None = None,
         device: str = "cpu",
     ) -> None:
@@ -553,9 +556,9 @@ class TransformerEncoder(Encoder):
         self.home = Path(home) if home is not None else None
         config = _read_config(source, self.model_name)
         limit = int(config.get("max_position_embeddings") or 8192)
-        # Unset: the default, or the model's own limit when that is smaller (a 128-position encoder is usable
+        # Unset: its spec's default, or the model's own limit when that is smaller (a 128-position encoder is usable
         # as it is; the length used shows in the encoder's name, e.g. "-L128"). Set: checked against the limit.
-        self.max_length = min(DEFAULT_MAX_LENGTH, limit) if max_length is None else _check_max_length(max_length,
+        self.max_length = min(default_max_length, limit) if max_length is None else _check_max_length(max_length,
                                                                                                        limit)
         self._dim = next((int(config[k]) for k in ("hidden_size", "d_model", "dim") if config.get(k)), None)
         self._precision: str | None = None
@@ -693,7 +696,8 @@ def _now() -> str:
 
 
 def get_encoder(name: str, *, home: Path | None = None, device: str = "cpu", **options: Any) -> Encoder:
-    """Build an encoder from its name: ``minilm``, ``tfidf``, a model folder or a locally cached model id.
+    """Build an encoder from its name: one of :data:`pafo.encoder_specs.ENCODER_SPECS` (``minilm``, ``tfidf``), a
+    model folder or a locally cached model id, through its spec's loader.
 
     Options: ``precision`` ('auto'|'fp32'|'bf16') and ``max_length`` for transformer encoders; ``n_components`` and
     ``random_state`` for ``tfidf``. ``home`` is where the bf16 calibration record lives (default ``pafo_home()``);
@@ -703,14 +707,33 @@ def get_encoder(name: str, *, home: Path | None = None, device: str = "cpu", **o
     if not isinstance(name, str) or not name.strip():
         raise PafoInputError(MSG_ENCODER_NAME.format(value=name))
     name = name.strip()
-    if name.lower() == "tfidf":
-        return TfidfEncoder(**_check_options(name, options, TFIDF_OPTIONS))
-    options = _check_options(name, options, TRANSFORMER_OPTIONS)
-    if name.lower() in MINILM_ALIASES:
-        return TransformerEncoder(str(minilm_model_path()), label="minilm", model_name=name, home=home, device=device,
-                                  **options)
+    return encoder_spec(name).load(name, home=home, device=device, **options)
+
+
+def load_tfidf(name: str, *, home: Path | None = None, device: str = "cpu", **options: Any) -> TfidfEncoder:
+    """The ``tfidf`` spec's loader (scikit-learn on the CPU: ``home`` and ``device`` do not apply)."""
+    return TfidfEncoder(**_check_options(name, options, TFIDF_OPTIONS))
+
+
+def load_minilm(name: str, *, home: Path | None = None, device: str = "cpu", **options: Any) -> TransformerEncoder:
+    """The ``minilm`` spec's loader: all-MiniLM-L6-v2 from its package folder (no download)."""
+    options = _transformer_options("minilm", name, options)
+    return TransformerEncoder(str(minilm_model_path()), label="minilm", model_name=name, home=home, device=device,
+                              **options)
+
+
+def load_model(name: str, *, home: Path | None = None, device: str = "cpu", **options: Any) -> TransformerEncoder:
+    """Any other name's loader: a transformers model folder (keyed by its files' content) or a model id in the
+    local Hugging Face cache."""
+    options = _transformer_options("model", name, options)
     return TransformerEncoder(_model_source(name), label=_model_label(name), model_name=name, home=home,
                               device=device, **options)
+
+
+def _transformer_options(spec: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A transformer encoder's options, its spec's token limit unless ``max_length`` is given."""
+    options = _check_options(name, options, TRANSFORMER_OPTIONS)
+    return {"default_max_length": encoder_spec(spec).max_length, **options}
 
 
 def _model_source(name: str) -> str:

@@ -26,6 +26,7 @@ The saved weights (for ``pafo score`` and the Users page) are the first seed's m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -46,7 +47,8 @@ from .dataset import PreferenceDataset
 from .device import EXECUTION_KEY, config_device, resolve_device
 from .diagnostics import seed_diagnostics
 from .effects import SECTIONS
-from .errors import PafoInputError, RunCancelled
+from .encoder_specs import encoder_spec
+from .errors import PafoInputError
 from .features import FeatureResult, dataset_texts, response_features
 from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_spec
 from .methods import CLUSTERS, NEW_USER_RULE, MethodContext, SeedEvaluation, fit_method
@@ -64,6 +66,7 @@ from .results import (
     pool_unseen,
     write_result,
 )
+from .seed_pool import SeedPool, seed_workers
 from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
 from .sources import dataset_fingerprint, load_dataset
 from .support import estimate_support, resolve_estimator
@@ -79,12 +82,11 @@ UNSEEN_CSV = "unseen_per_user.csv"  # one row per seed, shots and held-out user 
 MSG_FEATURE_ROWS = "precomputed features of seed {seed} have {rows} rows; its dataset has {n} responses"
 
 # The progress bar is divided by rough costs measured on the 2-core demo machine, only so that it moves with the
-# work: MiniLM bf16 embeds ~70 short texts/s on an idle machine; the demo's baseline trains its 2,100 pairs in
-# ~1 s and PAFO costs ~1.5× that (bench/RESULTS.md). Both slow down alike under load, so their ratio holds. A
-# cold demo is mostly embedding (~30 of ~40 s on one seed); a warm cache makes it nothing.
+# work: an encoder's seconds per text are its spec's cost (MiniLM bf16 embeds ~70 short texts/s on an idle
+# machine: pafo.encoder_specs); the demo's baseline trains its 2,100 pairs in ~1 s and PAFO costs ~1.5× that
+# (bench/RESULTS.md). Both slow down alike under load, so their ratio holds. A cold demo is mostly embedding (~30
+# of ~40 s on one seed); a warm cache makes it nothing.
 LOADED_AT, TRAINED_AT = 0.02, 0.98
-EMBED_SECONDS_PER_TEXT = {"tfidf": 0.0005}
-EMBED_SECONDS_PER_TEXT_MODEL = 1 / 70  # MiniLM and any transformers model
 TRAIN_SECONDS_PER_PAIR = 0.0005
 
 
@@ -280,12 +282,14 @@ class SeedRun:
     new_users: dict[str, NewUsers] = field(default_factory=dict)
 
 
-def _tagged(progress: Progress, seed_index: int, n_seeds: int, seed: int) -> Progress:
-    """``progress`` with "seed i of n: " before every stage when a run has several seeds; per-epoch metrics name
-    their seed in their stage too, so each seed's training curves stay apart."""
+def _tagged(progress: Progress, seed_index: int, n_seeds: int, seed: int, seeds_done: int | None = None) -> Progress:
+    """``progress`` with "seed i of n: " before every stage when a run has several seeds (seeds trained side by
+    side, ``seeds_done`` given: "k of n seeds done · seed i: ", whose count only grows while the seeds' reports
+    interleave); per-epoch metrics name their seed in their stage too, so each seed's training curves stay apart."""
     if n_seeds == 1:
         return progress
-    prefix = f"seed {seed_index + 1} of {n_seeds}: "
+    prefix = (f"seed {seed_index + 1} of {n_seeds}: " if seeds_done is None
+              else f"{seeds_done} of {n_seeds} seeds done · seed {seed_index + 1}: ")
 
     def tagged(fraction: float, stage: str, metrics: dict | None = None) -> None:
         if metrics is not None and "stage" in metrics:
@@ -316,8 +320,7 @@ class _EmbedProgress:
         now, self.reports = self.clock(), self.reports + 1
         if self.end is None:  # the first report: the cache's hits, before any text is encoded
             self.first_done, self.total = done, total
-            per_text = EMBED_SECONDS_PER_TEXT.get(self.encoder, EMBED_SECONDS_PER_TEXT_MODEL)
-            embed = (total - done) * per_text
+            embed = (total - done) * encoder_spec(self.encoder).cost
             self.end = LOADED_AT + (TRAINED_AT - LOADED_AT) * embed / max(embed + self.train_seconds, 1e-9)
         elif self.paced_from is None and done > self.first_done:
             self.paced_from = (now, done)
@@ -364,16 +367,20 @@ def _embed_once(datasets: list[PreferenceDataset], encoder: str, progress: Calla
 
 
 def _load_inputs(config: ExperimentConfig, progress: Progress, features: dict[int, FeatureResult] | None = None,
-                 device: str = "cpu") -> tuple[list[SeedInputs], float, object]:
+                 device: str = "cpu", loaded: Callable[[int, float], None] | None = None,
+                 ) -> tuple[list[SeedInputs], float, object]:
     """Every seed's data and features (each text embedded once for the run, on ``device``, unless ``features`` has
     the seed's rows); also the progress fraction at which embedding ended and the one embedding pass (an
     EmbeddingResult, or None). Support rates and groups come per seed (:func:`_add_support`), so the run's stages
-    name the seeds in order."""
+    name the seeds in order. ``loaded(n_seeds, estimated training seconds)`` is called once the data is loaded,
+    before embedding (the seed pool starts its workers then)."""
     seeds = config.seed_list()
     progress(0.0, "loading data", None)
     datasets = [load_dataset(dataclasses.replace(config.data, seed=seed)) for seed in seeds]
     check_slicings(config.slices, attribute_columns(datasets[0]))  # a wrong --slice-by fails before any training
     train = _train_seconds(datasets, config.run.method_list())
+    if loaded is not None:
+        loaded(len(datasets), float(sum(map(sum, train))))
     embed = _EmbedProgress(progress, config.run.encoder, sum(map(sum, train)))
     progress(LOADED_AT, "embedding texts", None)  # loading the encoder comes first, before its first report
     given = {seed: (features or {}).get(seed) for seed in seeds}
@@ -453,19 +460,12 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
     device = resolve_device(device)
     config = ExperimentConfig.from_dict(config) if isinstance(config, dict) else config.validate()
     started = time.perf_counter()
-    inputs, embedded_at, embedding = _load_inputs(config, progress, features, device)
-    set_threads()
-    methods = config.run.method_list()
-    costs = np.asarray(_train_seconds([i.dataset for i in inputs], methods)).ravel()
-    shares = np.concatenate([[0.0], np.cumsum(costs) / costs.sum()])
-    edges = (embedded_at + (TRAINED_AT - embedded_at) * shares).tolist()
-    runs = []
-    for i, seed_inputs in enumerate(inputs):
-        if should_stop():
-            raise RunCancelled()
-        spans = edges[i * len(methods): (i + 1) * len(methods) + 1]
-        tagged = _tagged(progress, i, len(inputs), seed_inputs.seed)
-        runs.append(_run_seed(config, seed_inputs, methods, spans, tagged, should_stop, device))
+    with SeedPool() as pool:
+        inputs, embedded_at, embedding = _load_inputs(
+            config, progress, features, device,
+            loaded=lambda n_seeds, seconds: pool.start(seed_workers(n_seeds, seconds, device)))
+        set_threads()
+        runs = _train_seeds(pool, config, inputs, embedded_at, progress, should_stop, device)
     progress(TRAINED_AT, "pooling the seeds" if len(runs) > 1 else "writing the results", None)
     result = _assemble(config, runs, embedding)
     result.seconds = round(time.perf_counter() - started, 3)
@@ -476,8 +476,33 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
     return result
 
 
-def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], spans: np.ndarray,
-              progress: Progress, should_stop: Callable[[], bool], device: str = "cpu") -> SeedRun:
+def _train_seeds(pool: SeedPool, config: ExperimentConfig, inputs: list[SeedInputs], embedded_at: float,
+                 progress: Progress, should_stop: Callable[[], bool], device: str) -> list[SeedRun]:
+    """Every seed's methods, in ``pool``'s workers side by side or here one after another (the same result): the
+    bar between embedding and pooling is divided by each seed's estimated cost and moves by the share done."""
+    methods = config.run.method_list()
+    costs = np.asarray(_train_seconds([i.dataset for i in inputs], methods))
+    edges = embedded_at + (TRAINED_AT - embedded_at) * np.concatenate([[0.0], np.cumsum(costs) / costs.sum()])
+    spans = [edges[i * len(methods): (i + 1) * len(methods) + 1].tolist() for i in range(len(inputs))]
+    done, finished = np.zeros(len(inputs)), np.zeros(len(inputs), dtype=bool)
+    shown = [embedded_at]  # the bar only moves forward, whatever order the seeds report in (and float sums)
+
+    def report(index: int, fraction: float, stage: str, metrics: dict | None = None) -> None:
+        start, end = spans[index][0], spans[index][-1]
+        done[index] = min(max(fraction - start, 0.0), end - start)
+        finished[index] = fraction >= end
+        shown[0] = max(shown[0], embedded_at + float(done.sum()))
+        seeds_done = int(finished.sum()) if pool.workers > 1 else None
+        _tagged(progress, index, len(inputs), inputs[index].seed, seeds_done)(shown[0], stage, metrics)
+
+    tasks = [functools.partial(_run_seed, config, seed_inputs, methods, spans[i], device=device,
+                               should_stop=never_stop if pool.workers > 1 else should_stop)
+             for i, seed_inputs in enumerate(inputs)]
+    return pool.map(tasks, report, should_stop)
+
+
+def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], spans: list[float],
+              progress: Progress, should_stop: Callable[[], bool] = never_stop, device: str = "cpu") -> SeedRun:
     """Every method on one seed's data: the single-seed experiment."""
     progress(spans[0], "support rates", None)
     if config.run.unseen_users > 0:

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from .dataset import PreferenceDataset
-from .method_configs import DEFAULT_ENCODER
+from .encoder_specs import DEFAULT_ENCODER
 
 __all__ = ["FeatureResult", "dataset_texts", "response_features", "text_features"]
 

@@ -29,12 +29,11 @@ from .conditions import (
     Compared,
     Uses,
 )
-from .config import OUT_OF_RANGE, option, validate_options
+from .config import OUT_OF_RANGE, descriptive, option, validate_options
+from .encoder_specs import DEFAULT_ENCODER, ENCODER_HELP
 from .errors import PafoInputError
 
 __all__ = [
-    "DEFAULT_ENCODER",
-    "ENCODERS",
     "METHODS",
     "METHOD_CONFIGS",
     "METHOD_SPECS",
@@ -52,9 +51,6 @@ __all__ = [
     "method_spec",
 ]
 
-#: The built-in text encoders (any transformers model id or path works too); the default is the first.
-ENCODERS = ("minilm", "tfidf")
-DEFAULT_ENCODER = ENCODERS[0]
 # The bounds live on the fields (pafo.config.validate_options); these names stay for callers matching messages.
 BAD_LAMBDA = BAD_TEMPERATURE = BAD_DENSE = BAD_CLUSTER_OPTION = BAD_FINETUNE_PATIENCE = BAD_STEP = OUT_OF_RANGE
 # Limits of size: beyond them a model no longer fits the memory of the machines PAFO Studio targets.
@@ -244,9 +240,9 @@ class MethodSpec:
     name: str  # in --methods, result JSON keys and run configs
     config: type  # its options dataclass (one without fields when it has none)
     fit: str  # "module:function" of its fit function, imported only when it trains (the CLI starts without torch)
-    label: str  # one line for forms and the report
-    colour: str  # its colour in every plot
-    cost: float = 1.0  # training time relative to the baseline, for the progress bar only
+    label: str = descriptive()  # one line for forms and the report
+    colour: str = descriptive()  # its colour in every plot
+    cost: float = descriptive(1.0)  # training time relative to the baseline, for the progress bar only
     needs_groups: bool = False  # trains on the majority/minority groups, so the grouping changes its result
     #: The experiment config section holding its options: its own name when its config has fields, or another
     #: method's section it shares (mixture reads PAFO's cluster options so both use the same clusters).
@@ -317,8 +313,7 @@ def method_sections() -> dict[str, type]:
 class RunSettings:
     """What to train and how to report it."""
 
-    encoder: str = option(DEFAULT_ENCODER, "text encoder: minilm, tfidf or a transformers model id/path",
-                          label="encoder")
+    encoder: str = option(DEFAULT_ENCODER, ENCODER_HELP, label="encoder")
     methods: str = option("baseline,pafo", "comma-separated methods: " + ",".join(METHODS), label="methods")
     bootstrap: int = option(1000, "bootstrap resamples (over users) for confidence intervals", ge=10,
                             le=MAX_BOOTSTRAP, label="bootstrap resamples")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .encoder_specs import encoder_spec
 from .errors import PafoInputError
 from .features import text_features
 from .jsonio import loads
@@ -141,7 +142,7 @@ def load_scoring_model(run_dir: str | Path, method: str = "pafo", *,
         encoder = str(result.config["run"]["encoder"])
     except (KeyError, TypeError) as exc:
         raise PafoInputError(MSG_DAMAGED.format(path=run_dir / "result.json", detail="no config.run.encoder")) from exc
-    if encoder == "tfidf":
+    if encoder_spec(encoder).fits_corpus:
         raise PafoInputError(MSG_TFIDF_RUN.format(path=run_dir))
     # Only a method the run trained names a file: no path ("../other/weights/pafo") reaches outside the run, and
     # weights another run left in the folder are never used.

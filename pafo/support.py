@@ -25,6 +25,8 @@ from .errors import PafoInputError
 from .metrics import pair_correct, support_deciles
 
 __all__ = [
+    "DEFAULT_MINORITY_QUANTILE",
+    "GROUP_CUTS",
     "GroupConfig",
     "GroupResult",
     "SupportResult",
@@ -46,6 +48,10 @@ NO_EMBEDDINGS = ("estimator 'model' needs response embeddings; pass embeddings= 
 # The bounds live on GroupConfig's fields (pafo.config); these names stay for callers matching messages.
 BAD_QUANTILE = BAD_THRESHOLD = OUT_OF_RANGE
 QUANTILE_BOUNDS, THRESHOLD_BOUNDS = {"gt": 0, "lt": 1}, {"ge": 0, "le": 1}
+#: The default grouping rule: the minority is the lowest fifth of users by support rate.
+DEFAULT_MINORITY_QUANTILE = 0.2
+#: The two cuts of the grouping rule (GroupConfig's fields), of which one applies: the threshold when it is set.
+GROUP_CUTS = ("minority_quantile", "minority_threshold")
 EMPTY_GROUP = (
     "grouping left the {group} group empty ({rule} = {value}); choose a {hint} so both groups have users"
 )
@@ -61,9 +67,9 @@ BLOCK_ELEMENTS = 2**18
 class GroupConfig:
     """How support rates are estimated and how users are split into majority and minority groups."""
 
-    minority_quantile: float = option(0.2, "minority = users at or below this quantile of support rate",
-                                      **QUANTILE_BOUNDS, label="minority quantile", grid=(0.1, 0.2, 0.3),
-                                      active_when=Is("groups.minority_threshold", None))
+    minority_quantile: float = option(
+        DEFAULT_MINORITY_QUANTILE, "minority = users at or below this quantile of support rate", **QUANTILE_BOUNDS,
+        label="minority quantile", grid=(0.1, 0.2, 0.3), active_when=Is("groups.minority_threshold", None))
     minority_threshold: float | None = option(None, "minority = users at or below this absolute support rate",
                                               **THRESHOLD_BOUNDS, label="minority threshold (support rate)")
     estimator: Literal["auto", "exact", "colabel", "model"] = option("auto", "support-rate estimator",
@@ -74,6 +80,18 @@ class GroupConfig:
 
     def apply(self, user_support: pd.Series) -> GroupResult:
         return assign_groups(user_support, quantile=self.minority_quantile, threshold=self.minority_threshold)
+
+    def cut(self) -> tuple[str, float]:
+        """The cut that applies: ``("threshold", t)`` when a threshold is set, else ``("quantile", q)``."""
+        if self.minority_threshold is not None:
+            return "threshold", float(self.minority_threshold)
+        quantile = self.minority_quantile
+        return "quantile", float(DEFAULT_MINORITY_QUANTILE if quantile is None else quantile)
+
+    def rule_text(self) -> str:
+        """The rule in words, as every page says it: "support ≤ 0.300" or "lowest 20% support"."""
+        rule, value = self.cut()
+        return f"support ≤ {value:.3f}" if rule == "threshold" else f"lowest {100 * value:.0f}% support"
 
 
 @dataclass
@@ -346,14 +364,15 @@ def estimate_support(
     return model_support(dataset, embeddings, seed=seed)
 
 
-def assign_groups(user_support: pd.Series, *, quantile: float | None = 0.2,
+def assign_groups(user_support: pd.Series, *, quantile: float | None = DEFAULT_MINORITY_QUANTILE,
                   threshold: float | None = None) -> GroupResult:
     """Minority = users whose support rate is at or below the threshold (absolute, or the given quantile)."""
     values = user_support.dropna()
     if threshold is not None:
         rule, cut = "threshold", float(check_range("--minority-threshold", threshold, **THRESHOLD_BOUNDS))
     else:
-        quantile = check_range("--minority-quantile", 0.2 if quantile is None else quantile, **QUANTILE_BOUNDS)
+        quantile = check_range("--minority-quantile", DEFAULT_MINORITY_QUANTILE if quantile is None else quantile,
+                               **QUANTILE_BOUNDS)
         rule, cut = "quantile", float(np.quantile(values, quantile))
     groups = pd.Series(np.where(user_support <= cut, "minority", "majority"), index=user_support.index,
                        name="group")

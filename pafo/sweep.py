@@ -49,7 +49,6 @@ from .experiment import ExperimentConfig
 from .features import FeatureResult
 from .registry import (
     ACTIVE_STATUSES,
-    LOG_NAME,
     QUEUED,
     SUCCEEDED,
     SWEEP_PREFIX,
@@ -59,6 +58,7 @@ from .registry import (
     worker_env,
 )
 from .results import REFERENCE, MethodResult, RunResult, SweepCell, SweepPoint, SweepResult, pool
+from .run_store import LOG_NAME
 from .worker import FEATURES_STDIN
 
 __all__ = [

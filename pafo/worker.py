@@ -46,14 +46,12 @@ from pafo.registry import (
     DEFAULT_STALE_AFTER,
     DEFAULT_TARGET,
     FORCE_CANCEL_AFTER,
-    LOG_NAME,
-    MSG_DISK_FULL,
     REASON_CANCELLED,
     REASON_CANCELLED_FORCED,
-    RESULT_NAME,
     RunRegistry,
     config_hash,
 )
+from pafo.run_store import LOG_NAME, MSG_DISK_FULL, RESULT_NAME
 
 __all__ = ["FEATURES_STDIN", "HEARTBEAT_INTERVAL", "StopFlag", "describe_error", "main", "resolve_target", "run_worker"]
 

@@ -24,15 +24,17 @@ import streamlit as st
 from pafo import appstate, config_edit, report
 from pafo.data_roots import check_app_config
 from pafo.effects import SECTIONS
+from pafo.encoder_specs import DEFAULT_ENCODER
 from pafo.errors import PafoInputError
 from pafo.method_configs import RunSettings, TrainConfig, method_sections
 from pafo.paths import pafo_home
 from pafo.registry import ACTIVE_STATUSES, CANCELLED, FAILED, SUCCEEDED, RunRegistry
 from pafo.results import RunResult
 from pafo.sources import DataConfig, dataset_fingerprint, load_dataset
-from pafo.support import GroupConfig, estimate_support
+from pafo.support import GROUP_CUTS, GroupConfig, estimate_support
 
 DATA, GROUPS, RUN, FORMS = "data_config", "group_config", "run_id", "forms"
+ENCODER = "encoder"  # the text encoder chosen on the Data page: the features of the next run and of Support
 DATA_PARAM = "data"  # the URL's query parameter that holds the current dataset
 class Page(NamedTuple):
     script: str
@@ -137,9 +139,21 @@ def submit_config(config, **kwargs):
 
 
 def default_forms() -> dict:
-    """Defaults of the experiment forms (``seeds`` blank: the dataset's one seed)."""
-    return {"run": dataclasses.asdict(RunSettings()), "train": dataclasses.asdict(TrainConfig()),
-            **{name: dataclasses.asdict(cls()) for name, cls in method_sections().items()}, "seeds": ""}
+    """Defaults of the Train page's forms (``seeds`` blank: the dataset's one seed). The encoder is not among them:
+    it is chosen on the Data page (:data:`ENCODER`)."""
+    return train_forms({"run": dataclasses.asdict(RunSettings()), "train": dataclasses.asdict(TrainConfig()),
+                        **{name: dataclasses.asdict(cls()) for name, cls in method_sections().items()}}, "")
+
+
+def train_forms(sections: dict, seeds: str) -> dict:
+    """The Train page's forms holding a run's config sections and seeds, all but the Data page's encoder."""
+    run = {k: v for k, v in sections["run"].items() if k != "encoder"}
+    return {**sections, "run": run, "seeds": seeds}
+
+
+def encoder() -> str:
+    """The text encoder chosen on the Data page (the default at first)."""
+    return st.session_state.setdefault(ENCODER, DEFAULT_ENCODER)
 
 
 def adopt_run_config(config: dict) -> None:
@@ -154,6 +168,11 @@ def adopt_run_config(config: dict) -> None:
             forms[section].update({k: v for k, v in (config.get(section) or {}).items() if k in forms[section]})
     forms["seeds"] = appstate.seeds_text(config.get("seeds") or [])
     ss[FORMS] = forms
+    run = config_edit.run_settings(config)
+    if run is not None:  # an audit keeps the session's encoder
+        ss[ENCODER] = run.encoder
+        for widget in ("data_encoder", "data_encoder_model"):  # the Data page's picker redraws from it
+            ss.pop(widget, None)
     clear_widgets(FORM_WIDGETS)
 
 
@@ -503,10 +522,8 @@ def sidebar() -> None:
             source = appstate.dataset_label(config)
             st.markdown(f"**{source}** · {summary['n_users']:,} users · {summary['n_prompts']:,} prompts  \n"
                         f"{pairs['train']:,} train · {pairs['val']:,} val · {pairs['test']:,} test pairs")
-        groups = st.session_state[GROUPS]
-        rule = (f"support ≤ {groups['minority_threshold']:.2f}" if groups.get("minority_threshold") is not None
-                else f"lowest {100 * groups['minority_quantile']:.0f}% support")
-        st.caption(f"minority = {rule} · estimator {groups['estimator']}")
+        groups = GroupConfig(**st.session_state[GROUPS])
+        st.caption(f"minority = {groups.rule_text()} · estimator {groups.estimator}")
         st.markdown("#### Current run")
         if st.session_state.get("attach_error"):
             st.caption(f"could not re-attach: {st.session_state['attach_error']}")
@@ -639,6 +656,34 @@ def spec_widget(spec: appstate.FieldSpec, value, key: str, *, label: str | None 
         return st.number_input(value=int(value), step=1, **spec.limits(), **common)
     return st.number_input(value=float(value), format="%g", step=_float_step(float(value)), **spec.limits(),
                            **common)
+
+
+#: The grouping rule's two cuts as the radio names them (GroupConfig.minority_quantile, .minority_threshold).
+RULES = ("quantile", "absolute")
+QUANTILE_STEP, THRESHOLD_STEP = 0.01, 0.005
+
+
+def minority_rule_inputs(groups: dict, *, key: str, threshold_default: float, radio_at, inputs_at) -> dict:
+    """The grouping rule's inputs, built once for every page that sets it: the quantile/absolute radio (in
+    ``radio_at``) and a slider per cut (in ``inputs_at``), bounds and help from GroupConfig's fields, the cut not
+    chosen disabled. Returns the rule's two fields as GroupConfig takes them (the threshold ``None`` for the
+    quantile rule; the quantile as it was for the absolute one)."""
+    specs = {spec.name: spec for spec in appstate.field_specs(GroupConfig, include=GROUP_CUTS)}
+    quantile_spec, threshold_spec = specs["minority_quantile"], specs["minority_threshold"]
+    current = GroupConfig(**config_edit.known_fields(GroupConfig, groups))
+    rule = radio_at.radio("Minority rule", RULES, horizontal=True, key=f"{key}_rule",
+                          index=1 if current.minority_threshold is not None else 0)
+    quantile = inputs_at.slider("Minority = users at or below this support quantile",
+                                value=float(current.minority_quantile), step=QUANTILE_STEP, key=f"{key}_quantile",
+                                disabled=rule != RULES[0], help=quantile_spec.help,
+                                **quantile_spec.limits(QUANTILE_STEP))
+    threshold = inputs_at.slider("Minority = users at or below this support rate",
+                                 value=round(float(threshold_default), 3), step=THRESHOLD_STEP, format="%.3f",
+                                 key=f"{key}_threshold", disabled=rule != RULES[1], help=threshold_spec.help,
+                                 **threshold_spec.limits(THRESHOLD_STEP))
+    if rule == RULES[0]:
+        return {"minority_quantile": quantile, "minority_threshold": None}
+    return {"minority_quantile": current.minority_quantile, "minority_threshold": threshold}
 
 
 def _float_step(value: float) -> float:

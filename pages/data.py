@@ -12,6 +12,8 @@ import streamlit as st
 from pafo import appstate, audit, hf_reward, report
 from pafo.attributes import attribute_columns
 from pafo.data_roots import check_app_config
+from pafo.encoder_specs import ENCODER_HELP, ENCODERS, MODEL_ENCODER, encoder_spec
+from pafo.encoders import get_encoder
 from pafo.errors import PafoInputError
 from pafo.paths import PACKAGE_ROOT
 from pafo.sources import DataConfig
@@ -167,6 +169,29 @@ if user_attributes:
     st.caption("User attributes: " + ", ".join(f"**{c}** ({dataset.users[c].nunique()} values)"
                                                for c in user_attributes) + " · slice by them on Compare")
 
+# ----------------------------------------------------------------------------------------------- the encoder
+OTHER_ENCODER = "other"  # a transformers model folder or hub id, typed below
+encoder = ui.encoder()
+choices = [*ENCODERS, OTHER_ENCODER]
+picked = st.selectbox("Text encoder (the features of every run and of the Support page's model estimator)", choices,
+                      index=choices.index(encoder if encoder in ENCODERS else OTHER_ENCODER), key="data_encoder",
+                      format_func=lambda name: encoder_spec(name).label if name in ENCODERS else MODEL_ENCODER.label,
+                      help=ENCODER_HELP)
+wanted = picked
+if picked == OTHER_ENCODER:
+    wanted = st.text_input("Model folder or hub id", value="" if encoder in ENCODERS else encoder,
+                           key="data_encoder_model", placeholder="/path/to/model or org/name").strip()
+if wanted and wanted != encoder:
+    try:
+        get_encoder(wanted)  # a folder or id that does not load is refused here, not by the next run
+    except PafoInputError as exc:
+        ui.show_error(str(exc), "This encoder cannot be used: ")
+    else:
+        st.session_state[ui.ENCODER] = encoder = wanted
+spec = encoder_spec(encoder)
+st.caption(f"**{encoder}**: {spec.help}. Embedding this dataset's {summary['n_responses']:,} responses takes about "
+           f"{spec.cost * summary['n_responses']:.0f} s on two cores the first time; the disk cache keeps them.")
+
 left, right = st.columns(2)
 with left:
     ui.plot(report.pairs_per_user_figure(dataset.user_pair_counts()), key="pairs_per_user")
@@ -238,7 +263,7 @@ with st.container(border=True):
             audit_config = audit.AuditConfig(
                 data=DataConfig(**config), groups=GroupConfig(**st.session_state[ui.GROUPS]),
                 audit=audit.AuditSettings(reference=reference, allow_missing=allow_missing, device=device,
-                                          encoder=ui.forms()["run"]["encoder"]),
+                                          encoder=ui.encoder()),
                 sources=sources).validate()
             check_app_config(audit_config.to_dict())  # a typed model folder, before anything reads it
             with st.spinner("Checking the predictions against the dataset…"):

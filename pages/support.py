@@ -20,18 +20,16 @@ st.markdown(
 config = st.session_state[ui.DATA]
 groups = dict(st.session_state[ui.GROUPS])
 
-# The model estimator reads the features of the encoder the next run will use, so the grouping set here is the
-# grouping that run trains with (one estimation path: pafo.support.estimate_support).
-encoder = ui.forms()["run"]["encoder"]
+# The model estimator reads the features of the encoder the next run will use (chosen on the Data page), so the
+# grouping set here is the grouping that run trains with (one estimation path: pafo.support.estimate_support).
+encoder = ui.encoder()
 estimators = list(appstate.field_specs(GroupConfig, include=("estimator",))[0].choices)
 controls = st.columns([1.2, 1.2, 2, 1.2])
 estimator = controls[0].selectbox("Estimator", estimators, index=estimators.index(groups["estimator"]),
                                   help="auto: exact with known personas, co-label when pairs are labelled by ≥3 "
                                        f"users, else a cross-fitted Bradley–Terry model on {encoder} features (the "
-                                       "Train form's encoder, as runs use)",
+                                       "Data page's encoder, as runs use)",
                                   key="support_estimator")
-rule = controls[1].radio("Minority rule", ["quantile", "absolute"], horizontal=True, key="support_rule",
-                         index=1 if groups.get("minority_threshold") is not None else 0)
 
 try:
     dataset = ui.load_data(config)
@@ -41,17 +39,12 @@ except PafoInputError as exc:
     st.stop()
 
 values = support.user_support.dropna()
-if rule == "quantile":
-    quantile = controls[2].slider("Minority = users at or below this support quantile", 0.05, 0.5,
-                                  float(groups.get("minority_quantile") or 0.2), 0.01, key="support_quantile")
-    new_groups = {"minority_quantile": quantile, "minority_threshold": None, "estimator": estimator}
-else:
-    default = groups.get("minority_threshold")
-    default = float(values.quantile(0.2)) if default is None else float(default)
-    threshold = controls[2].slider("Minority = users at or below this support rate", 0.0, 1.0,
-                                   round(default, 3), 0.005, key="support_threshold", format="%.3f")
-    new_groups = {"minority_quantile": groups.get("minority_quantile") or 0.2, "minority_threshold": threshold,
-                  "estimator": estimator}
+# The absolute cut starts where the current rule cuts these users, so switching the rule moves nobody.
+threshold_default = groups.get("minority_threshold")
+if threshold_default is None:
+    threshold_default = float(values.quantile(GroupConfig(**groups).cut()[1]))
+new_groups = {**ui.minority_rule_inputs(groups, key="support", threshold_default=threshold_default,
+                                        radio_at=controls[1], inputs_at=controls[2]), "estimator": estimator}
 
 try:
     grouping = GroupConfig(**new_groups).validate().apply(support.user_support)

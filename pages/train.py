@@ -9,7 +9,8 @@ import streamlit as st
 from pafo import appstate, config_edit
 from pafo.effects import flat_values, reset_inert
 from pafo.errors import PafoInputError
-from pafo.method_configs import ENCODERS, METHOD_SPECS, METHODS, RunSettings, TrainConfig, method_sections, method_spec
+from pafo.method_configs import METHOD_SPECS, METHODS, RunSettings, TrainConfig, method_sections, method_spec
+from pafo.support import GroupConfig
 from pages import _ui as ui
 
 ui.require_app()
@@ -37,13 +38,13 @@ else:
     st.info("No run yet. Configure one below, or press **Run the demo** on the Data page.", icon=":material/info:")
 
 # ----------------------------------------------------------------------------------------------- new run
-data, groups = st.session_state[ui.DATA], st.session_state[ui.GROUPS]
+data, groups, encoder = st.session_state[ui.DATA], st.session_state[ui.GROUPS], ui.encoder()
 forms = ui.forms()
-rule = (f"support ≤ {groups['minority_threshold']:.3f}" if groups.get("minority_threshold") is not None
-        else f"lowest {100 * groups['minority_quantile']:.0f}% support")
+rule = GroupConfig(**groups).rule_text()
 with st.expander("Start a new run", expanded=record is None):
-    st.markdown(f"Dataset **{appstate.dataset_label(data)}** (seed {data.get('seed', 0)}) · minority = **{rule}** "
-                f"({groups['estimator']} estimator) — change them on the Data and Support rates pages.")
+    st.markdown(f"Dataset **{appstate.dataset_label(data)}** (seed {data.get('seed', 0)}) · encoder **{encoder}** · "
+                f"minority = **{rule}** ({groups['estimator']} estimator) — change them on the Data and Support "
+                "rates pages.")
     changed = appstate.form_changes(forms, ui.default_forms())
     if changed:
         cols = st.columns([4, 1], vertical_alignment="center")
@@ -59,18 +60,13 @@ with st.expander("Start a new run", expanded=record is None):
     with st.container(border=True):
         run_values = forms["run"]
         run = RunSettings(**config_edit.known_fields(RunSettings, run_values))
-        cols = st.columns([2, 1, 1, 1])
+        cols = st.columns([3, 1, 1])
         chosen = cols[0].multiselect("Methods", list(METHODS),
                                      default=[m for m in run.methods.split(",") if m in METHODS],
                                      help=METHODS_HELP, key="train_methods")
-        encoder_value = run.encoder
-        encoders = ENCODERS if encoder_value in ENCODERS else [*ENCODERS, encoder_value]
-        encoder = cols[1].selectbox("Encoder", encoders, index=encoders.index(encoder_value), key="train_encoder",
-                                    help="minilm: all-MiniLM-L6-v2 (the first run embeds the texts, later runs hit "
-                                         "the disk cache); tfidf: fast TF-IDF + SVD")
-        bootstrap = cols[2].number_input("Bootstrap resamples", 10, 10000, int(run.bootstrap), 100,
+        bootstrap = cols[1].number_input("Bootstrap resamples", 10, 10000, int(run.bootstrap), 100,
                                          key="train_bootstrap")
-        seeds = cols[3].text_input("Seeds", value=forms.get("seeds", ""), key="train_seeds",
+        seeds = cols[2].text_input("Seeds", value=forms.get("seeds", ""), key="train_seeds",
                                    placeholder=f"{data.get('seed', 0)} (the dataset's)",
                                    help="several run seeds (users and pairs; the texts stay), e.g. 0-2 or 0,3,7: "
                                         "every method trains once per seed and Compare pools them, with paired CIs "
@@ -111,7 +107,7 @@ with st.expander("Start a new run", expanded=record is None):
         except PafoInputError as exc:
             ui.show_error(str(exc), "Cannot start the run: ")
         else:
-            st.session_state[ui.FORMS] = {**sections, "seeds": seeds.strip()}
+            st.session_state[ui.FORMS] = ui.train_forms(sections, seeds.strip())
             ui.set_current_run(new.id)
             st.rerun()
 

@@ -12,7 +12,6 @@ from pafo import appstate, config_edit, report
 from pafo.effects import flat_values, is_active
 from pafo.errors import PafoInputError
 from pafo.sources import DataConfig
-from pafo.support import GroupConfig
 from pages import _sweep
 from pages import _ui as ui
 
@@ -53,20 +52,11 @@ if st.radio("Mode", MODES, horizontal=True, key="whatif_mode",
     st.stop()
 
 # Every input below takes its bounds, default and help from the config dataclasses (pafo.config.option).
-group_fields = {spec.name: spec for spec in appstate.field_specs(GroupConfig)}
 with st.container(border=True):
     cols = st.columns(4)
-    rule = cols[0].radio("Minority rule", ["quantile", "absolute"], horizontal=True, key="whatif_rule",
-                         index=1 if groups.get("minority_threshold") is not None else 0)
-    with cols[0]:
-        quantile = ui.spec_widget(group_fields["minority_quantile"], groups.get(
-            "minority_quantile", group_fields["minority_quantile"].default), "whatif_quantile", label="quantile",
-            disabled=rule != "quantile")
-    threshold_spec = group_fields["minority_threshold"]
-    threshold = cols[0].number_input("absolute support threshold", value=float(
-        groups.get("minority_threshold") or parent_result.threshold or 0.5),
-        step=0.01, key="whatif_threshold", format="%.3f", disabled=rule != "absolute", help=threshold_spec.help,
-        **threshold_spec.limits())
+    threshold_default = groups.get("minority_threshold") or parent_result.threshold or 0.5
+    new_groups = ui.minority_rule_inputs(groups, key="whatif", threshold_default=threshold_default,
+                                         radio_at=cols[0], inputs_at=cols[0])
     shares_default = data.get("shares") or ""
     if not shares_default and appstate.simulated(data):
         try:
@@ -95,10 +85,7 @@ if launch:
     changes = {f"pafo.{name}": value for name, value in pafo_values.items() if is_active(pafo_config, f"pafo.{name}")}
     changes.update({f"run.{name}": value for name, value in run_values.items() if is_active(pafo_config, f"run.{name}")
                     and value != flat_values(config).get(f"run.{name}")})
-    if rule == "quantile":
-        changes.update({"groups.minority_quantile": float(quantile), "groups.minority_threshold": None})
-    else:
-        changes["groups.minority_threshold"] = float(threshold)
+    changes.update({f"groups.{name}": value for name, value in new_groups.items()})
     if appstate.simulated(data) and (shares or "") != (shares_default or ""):
         changes["data.shares"] = shares.strip() or None
     if seeds.strip() != parent_seeds:

@@ -236,13 +236,13 @@ def kill_workers(registry) -> None:
     import contextlib
     import signal
 
-    from pafo import registry as registry_module
+    from pafo import supervisor
 
-    rows = registry._read("SELECT id, pid FROM runs WHERE pid IS NOT NULL")
+    rows = registry.store.read("SELECT id, pid FROM runs WHERE pid IS NOT NULL")
     for run_id, pid in rows:
-        if registry_module.process_alive(pid, run_id):
+        if supervisor.process_alive(pid, run_id):
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
     for run_id, _ in rows:
-        registry_module._reap(run_id, timeout=2.0)
+        supervisor.reap(run_id, timeout=2.0)
     registry.close()

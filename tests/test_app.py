@@ -19,7 +19,7 @@ import pytest
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
-from pafo import appstate
+from pafo import appstate, config_edit
 from pafo.registry import RunRegistry
 from pafo.sources import DataConfig, load_dataset
 from pafo.support import GroupConfig
@@ -146,6 +146,24 @@ def test_data_opens_on_the_synthetic_demo(studio):
     assert any("Current dataset" in m.value for m in at.sidebar.markdown)
 
 
+def test_data_page_chooses_the_encoder_that_support_and_train_use(studio, tmp_path):
+    """Issue 21: the encoder was a Train form field that the Support and Data pages read from the Train form's
+    state; it is chosen on the Data page, from the encoder registry, and a folder that is no model is refused there
+    (the encoder stays as it was)."""
+    at = app().run()
+    picker = at.selectbox(key="data_encoder")
+    assert picker.options[:2] == ["MiniLM (all-MiniLM-L6-v2, bundled)", "TF-IDF + SVD (fast)"]
+    picker.set_value("tfidf").run()
+    assert_clean(at)
+    assert at.session_state["encoder"] == "tfidf"
+    at.selectbox(key="data_encoder").set_value("other").run()
+    at.text_input(key="data_encoder_model").input(str(tmp_path)).run()  # an empty folder: no config.json
+    assert any("This encoder cannot be used" in e for e in errors(at)), errors(at)
+    assert at.session_state["encoder"] == "tfidf"
+    at.switch_page("pages/train.py").run()
+    assert any("encoder **tfidf**" in m.value for m in at.markdown)
+
+
 def test_data_form_loads_a_smaller_synthetic_dataset(studio):
     at = app().run()
     at.number_input(key="data_synthetic_users").set_value(30)
@@ -224,7 +242,9 @@ def test_support_page_threshold_controls_and_error(studio):
     minority = next(m for m in at.metric if m.label == "Minority users")
     assert minority.value == "8"  # 20% of 40 users
     assert len(at.get("download_button")) == 1
-    at.slider(key="support_quantile").set_value(0.4).run()
+    quantile = at.slider(key="support_quantile")
+    assert (quantile.min, quantile.max) == (0.01, 0.99)  # the field's (0, 1), not 0.05–0.5 (issue 21)
+    quantile.set_value(0.4).run()
     at.slider(key="support_n_low").set_value(40).run()  # the table then lists all 40 users' support rates
     rates = at.dataframe[0].value["support_rate"].to_numpy(dtype=float)
     assert len(rates) == 40
@@ -274,7 +294,8 @@ def test_train_form_shows_values_that_differ_from_the_defaults_and_resets(studio
     _, run_id = studio
     at = page(app(run_id), "train")
     shown = " ".join(i.value for i in at.info)
-    assert "`train.epochs` 3 (default 40)" in shown and "`run.encoder` tfidf (default minilm)" in shown
+    assert "`train.epochs` 3 (default 40)" in shown and "run.encoder" not in shown  # the Data page's choice
+    assert any("encoder **tfidf**" in m.value for m in at.markdown)  # named beside the dataset it embeds
     at.button(key="train_reset").click().run()
     assert_clean(at)
     assert at.number_input(key="train_epochs").value == 40
@@ -647,9 +668,9 @@ def test_whatif_rule_disables_the_other_cut(studio):
     """Regression: both the quantile and the threshold were editable whichever rule was chosen."""
     _, run_id = studio
     at = page(app(run_id), "whatif")
-    assert not at.number_input(key="whatif_quantile").disabled and at.number_input(key="whatif_threshold").disabled
+    assert not at.slider(key="whatif_quantile").disabled and at.slider(key="whatif_threshold").disabled
     at.radio(key="whatif_rule").set_value("absolute").run()
-    assert at.number_input(key="whatif_quantile").disabled and not at.number_input(key="whatif_threshold").disabled
+    assert at.slider(key="whatif_quantile").disabled and not at.slider(key="whatif_threshold").disabled
 
 
 def test_whatif_identical_config_in_flight_is_not_trained_twice(studio):
@@ -657,7 +678,7 @@ def test_whatif_identical_config_in_flight_is_not_trained_twice(studio):
     follows that run, and the page shows it (not an older what-if)."""
     registry, run_id = studio
     parent = registry.get(run_id)
-    child_config = appstate.whatif_config(parent.config, {"pafo.beta": 2.0})  # the parent's β is the default, 3
+    child_config = config_edit.whatif_config(parent.config, {"pafo.beta": 2.0})  # the parent's β is the default, 3
     from pafo.experiment import ExperimentConfig
 
     queued = registry.submit(child_config, fingerprint=ExperimentConfig.from_dict(child_config).fingerprint(),

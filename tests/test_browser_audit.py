@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import wait_for
-from test_browser import VIEWPORT, app_server, browser, no_exceptions, shoot, wait_idle, wait_plots  # noqa: F401
+from test_browser import HANG_MS, VIEWPORT, app_server, browser, no_exceptions, shoot, wait_idle, wait_plots  # noqa: F401
 
 from pafo.sources import DataConfig, load_dataset
 from pafo.support import GroupConfig, estimate_support
@@ -41,7 +41,7 @@ def test_attach_two_prediction_files_and_reach_compare_with_a_verdict(app_server
     url = app_server[0]
     files = prediction_files(tmp_path)
     page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(90_000)
+    page.set_default_timeout(HANG_MS)
     page.goto(url)
     page.get_by_text("Audit your own reward model").wait_for()
     wait_idle(page)

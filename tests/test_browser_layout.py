@@ -12,6 +12,7 @@ import dataclasses
 
 import pytest
 from test_browser import (  # noqa: F401
+    HANG_MS,
     SHOTS,
     VIEWPORT,
     app_server,
@@ -77,7 +78,7 @@ def test_figure_words_fit_their_figures(app_server, browser):  # noqa: F811
     url, home = app_server[0], app_server[1]
     run_id = two_seed_run(home)
     page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(90_000)
+    page.set_default_timeout(HANG_MS)
     for name, plots in (("compare", 5), ("support", 2), ("train", 0)):
         page.goto(f"{url}/{name}?run={run_id}")
         page.locator("[data-testid='stMain'] h1").first.wait_for()

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from conftest import wait_for
 from test_browser import (  # noqa: F401
+    HANG_MS,
     VIEWPORT,
     app_server,
     browser,
@@ -74,7 +75,7 @@ def test_slices_on_compare_in_the_report_and_users_filter(app_server, browser, t
     url = app_server[0]
     attributes, shared, eu = input_files(tmp_path)
     page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
-    page.set_default_timeout(90_000)
+    page.set_default_timeout(HANG_MS)
     page.goto(url)
     page.get_by_text("User attributes (optional)").wait_for()
     wait_idle(page)

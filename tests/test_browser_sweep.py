@@ -14,6 +14,7 @@ import re
 import pytest
 from conftest import wait_for
 from test_browser import (  # noqa: F401
+    HANG_MS,
     VIEWPORT,
     app_server,
     browser,
@@ -62,7 +63,7 @@ def test_a_two_by_two_sweep_from_whatif_reaches_its_pareto_plot(app_server, brow
     parent = other_dataset_run(home)
     registry = RunRegistry(home)
     page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(90_000)
+    page.set_default_timeout(HANG_MS)
     page.goto(f"{url}/whatif?run={parent}")
     page.get_by_text("Mode", exact=True).wait_for()
     wait_idle(page)

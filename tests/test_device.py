@@ -87,9 +87,9 @@ def test_cpu_results_are_identical_with_and_without_the_device_option(tiny_confi
     default = run_experiment(config)
     for device in ("cpu", "auto"):
         other = run_experiment(dataclasses.replace(config), device=device)
-        assert json.dumps(without_timings(other), sort_keys=True) == json.dumps(without_timings(default),
-                                                                                  sort_keys=True)
-    assert default["device"] == "cpu"
+        assert json.dumps(without_timings(other.to_json()), sort_keys=True) == json.dumps(
+            without_timings(default.to_json()), sort_keys=True)
+    assert default.device == "cpu"
 
 
 def test_device_is_not_part_of_the_reuse_key():

@@ -371,3 +371,36 @@ def test_real_dsp_responses_group_by_query(home: Path, dsp_items: list[dict], en
     same = query_of[:, None] == query_of[None, :]
     off_diagonal = ~np.eye(len(texts), dtype=bool)
     assert cos[same & off_diagonal].mean() > cos[~same].mean() + 0.2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_encoders_are_read_from_their_registry(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: the encoders were a tuple of names with their loaders, costs and token limits spread over
+    encoders.py, experiment.py (the cost table) and scoring.py (a name check); each is one EncoderSpec now, and an
+    encoder added to the registry loads, names its cache and costs what its spec says, with no other change."""
+    import dataclasses
+
+    from pafo import encoder_specs
+    from pafo.encoder_specs import ENCODER_SPECS, MODEL_ENCODER, EncoderSpec, encoder_spec
+    from pafo.experiment import _EmbedProgress
+    from pafo.method_configs import RunSettings
+
+    help_line = next(f for f in dataclasses.fields(RunSettings) if f.name == "encoder").metadata["help"]
+    assert RunSettings().encoder == ENCODER_SPECS[0].name and all(s.name in help_line for s in ENCODER_SPECS)
+    assert encoder_spec(" MiniLM ") is encoder_spec("sentence-transformers/all-minilm-l6-v2") is ENCODER_SPECS[0]
+    assert encoder_spec("/some/folder") is encoder_spec("org/name") is MODEL_ENCODER
+    assert enc_mod.TfidfEncoder.fits_corpus is encoder_spec("tfidf").fits_corpus is True
+    assert get_encoder("minilm").max_length == encoder_spec("minilm").max_length
+    extra = EncoderSpec("tfidf32", "pafo.encoders:load_tfidf", fits_corpus=True, cost=0.25)
+    monkeypatch.setattr(encoder_specs, "ENCODER_SPECS", (*ENCODER_SPECS, extra))
+    assert encoder_spec("tfidf32") is extra
+    result = embed_texts(SENTENCES, "tfidf32", home=home)
+    assert result.dim == len(SENTENCES) and result.encoder.startswith("tfidf-")
+    shown = []
+    progress = _EmbedProgress(lambda at, stage, _: shown.append(at), "tfidf32", train_seconds=3.0)
+    progress(0, 4)  # 4 texts × 0.25 s against 3 s of training: the embedding's share of the bar is a quarter
+    assert progress.embedded_at == pytest.approx(0.02 + 0.96 * 0.25)

@@ -23,6 +23,7 @@ import pytest
 from conftest import kill_workers, wait_for
 
 from pafo import registry as registry_module
+from pafo import supervisor
 from pafo.errors import PafoEnvironmentError, PafoInputError
 from pafo.paths import PACKAGE_ROOT
 from pafo.registry import (
@@ -197,7 +198,7 @@ def test_spawn_failure_marks_failed_not_stuck(reg: RunRegistry, monkeypatch: pyt
     def broken_popen(*args, **kwargs):
         raise OSError(8, "Exec format error")
 
-    monkeypatch.setattr(registry_module.subprocess, "Popen", broken_popen)
+    monkeypatch.setattr(supervisor.subprocess, "Popen", broken_popen)
     rec = reg.submit(cfg(), fingerprint="fp")
     assert rec.status == FAILED and "could not start the worker process" in rec.error
 
@@ -268,7 +269,7 @@ def test_locked_database_is_a_clear_error_and_other_runs_untouched(reg: RunRegis
         blocker.execute("ROLLBACK")
         blocker.close()
         impatient.close()
-    assert [tuple(row) for row in reg._read("SELECT id, status FROM runs")] == [(kept, QUEUED)]
+    assert [tuple(row) for row in reg.store.read("SELECT id, status FROM runs")] == [(kept, QUEUED)]
 
 
 def test_bad_concurrency_limit_and_disk_full_database_are_clear_errors(home: Path, monkeypatch):
@@ -286,7 +287,7 @@ def test_bad_concurrency_limit_and_disk_full_database_are_clear_errors(home: Pat
 
 
 def _raise_inside(reg: RunRegistry, exc: Exception) -> None:
-    with reg._errors():
+    with reg.store.errors():
         raise exc
 
 
@@ -380,7 +381,7 @@ def test_kill_9_worker_is_failed_with_reason(reg: RunRegistry):
 def test_kill_9_seen_from_a_process_that_did_not_spawn_it(reg: RunRegistry):
     """Another process has no exit code: the pid check (zombie or gone) must still catch it."""
     rec = worker_started(reg, reg.submit(cfg("tests.run_targets:until_cancelled"), fingerprint="fp").id)
-    process = registry_module._SPAWNED.pop(rec.id)  # forget the handle, as a different process would
+    process = supervisor._SPAWNED.pop(rec.id)  # forget the handle, as a different process would
     os.kill(rec.pid, signal.SIGKILL)
     rec = wait_for(lambda: (r := reg.get(rec.id)).done and r, 30)
     assert rec.status == FAILED and f"worker pid {rec.pid} is gone" in rec.error
@@ -460,7 +461,7 @@ def test_two_processes_submitting_at_once(reg: RunRegistry, home: Path):
     assert all(r.status == SUCCEEDED for r in records)
     values = sorted(reg.load_result(r.id).result["value"] for r in records)
     assert values == ["a0", "a1", "a2", "b0", "b1", "b2"]
-    assert reg._read("PRAGMA integrity_check")[0][0] == "ok"
+    assert reg.store.read("PRAGMA integrity_check")[0][0] == "ok"
 
 
 def test_run_started_in_another_process_is_visible_and_cli_codes(reg: RunRegistry, home: Path):
@@ -510,7 +511,7 @@ def test_restarted_registry_lists_earlier_runs_and_results(reg: RunRegistry, hom
     ok = reg.wait(reg.submit(cfg(steps=1, sleep=0.0), fingerprint="fp", label="baseline").id, 20)
     bad = reg.wait(reg.submit(cfg("tests.run_targets:raises"), fingerprint="fp", parent_id=ok.id).id, 20)
     reg.close()
-    registry_module._SPAWNED.clear()  # a new process knows nothing but the database
+    supervisor._SPAWNED.clear()  # a new process knows nothing but the database
     again = RunRegistry(home)
     listed = {r.id: r for r in again.list()}
     assert set(listed) == {ok.id, bad.id}
@@ -656,7 +657,7 @@ def test_deleted_database_is_rebuilt_with_every_run_listed(reg: RunRegistry, hom
     assert again.wait(running.id, timeout=120).status == SUCCEEDED
     assert again.load_result(running.id).result == {"gated": True, "value": None}
     assert again.wait(queued.id, timeout=120).status == SUCCEEDED  # the queue goes on in the new file
-    assert again._read("PRAGMA integrity_check")[0][0] == "ok"
+    assert again.store.read("PRAGMA integrity_check")[0][0] == "ok"
     kill_workers(again)
 
 
@@ -666,12 +667,12 @@ def test_finishing_worker_re_registers_a_run_missing_from_the_database(reg: RunR
     gated = gate_cfg(tmp_path, "orphan")
     run_id = reg.submit(gated, fingerprint="fp").id
     started(gated)
-    with reg._write() as conn:
+    with reg.store.write() as conn:
         conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
     assert run_id not in {r.id for r in reg.list()}
     open_gate(gated)
-    row = wait_for(lambda: reg._read("SELECT status, result_path FROM runs WHERE id = ?", (run_id,)), 120)
-    wait_for(lambda: reg._read("SELECT status FROM runs WHERE id = ?", (run_id,))[0][0] == SUCCEEDED, 120)
+    row = wait_for(lambda: reg.store.read("SELECT status, result_path FROM runs WHERE id = ?", (run_id,)), 120)
+    wait_for(lambda: reg.store.read("SELECT status FROM runs WHERE id = ?", (run_id,))[0][0] == SUCCEEDED, 120)
     assert reg.load_result(run_id).result["gated"] is True and row
 
 
@@ -682,10 +683,10 @@ def test_truncated_database_is_detected_and_rebuilt(reg: RunRegistry, home: Path
     gated = gate_cfg(tmp_path, "writer")
     running = reg.submit(gated, fingerprint="fp").id
     started(gated)
-    with reg._write() as conn:  # enough rows that the file spans many pages
+    with reg.store.write() as conn:  # enough rows that the file spans many pages
         conn.executemany("INSERT INTO epochs (run_id, seq, at, metrics_json) VALUES (?, ?, 0, ?)",
                          [(done.id, 1000 + i, json.dumps({"pad": "x" * 500})) for i in range(100)])
-    reg._read("PRAGMA wal_checkpoint(TRUNCATE)")
+    reg.store.read("PRAGMA wal_checkpoint(TRUNCATE)")
     db = home / "runs.sqlite"
     with open(db, "r+b") as fh:
         fh.truncate(db.stat().st_size // 3)
@@ -829,7 +830,8 @@ def test_code_version_ignores_presentation_modules(tmp_path):
     comment in a module that does)."""
     import shutil
 
-    from pafo.registry import PACKAGE_ROOT, PRESENTATION_MODULES, code_version, source_version
+    from pafo.paths import PACKAGE_ROOT
+    from pafo.registry import PRESENTATION_MODULES, code_version, source_version
 
     package = tmp_path / "pafo"
     shutil.copytree(PACKAGE_ROOT / "pafo", package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -850,3 +852,38 @@ def test_code_version_ignores_presentation_modules(tmp_path):
     metrics.write_text(metrics.read_text().replace("worst_fraction_rows(users.accuracy, 0.1)",
                                                    "worst_fraction_rows(users.accuracy, 0.2)"))
     assert source_version(package) != before
+
+
+def test_descriptive_spec_fields_are_left_out_by_name_not_position():
+    """Issue 21: the reuse key dropped MethodSpec's arguments 3, 4 and 5 as its label, colour and cost, so reordering
+    the fields would silently have dropped a fit function instead and kept a label in the key. The descriptive
+    fields are marked in their metadata (pafo.config.descriptive) and the key drops the arguments bound to them."""
+    import dataclasses
+
+    from pafo.config import descriptive
+    from pafo.method_configs import MethodSpec
+    from pafo.reuse import described_calls, result_code, spec_arguments
+
+    assert described_calls()["MethodSpec"] == spec_arguments(MethodSpec)
+    assert spec_arguments(MethodSpec)[1] == {"label", "colour", "cost"}
+
+    @dataclasses.dataclass(frozen=True)
+    class Spec:
+        name: str
+        label: str = descriptive("")
+        fit: str = ""
+
+    @dataclasses.dataclass(frozen=True)
+    class Reordered:
+        name: str
+        fit: str = ""
+        label: str = descriptive("")
+
+    for spec, call in ((Spec, 'Spec("x", "{label}", "{fit}")'), (Reordered, 'Spec("x", "{fit}", "{label}")')):
+        calls = {"Spec": spec_arguments(spec)}
+
+        def key(call=call, calls=calls, **arguments):
+            return result_code(call.format(**arguments), calls)
+
+        assert key(label="a", fit="m:f") == key(label="b", fit="m:f")  # a label: the same run
+        assert key(label="a", fit="m:f") != key(label="a", fit="m:g")  # another fit function: another run

@@ -257,3 +257,23 @@ def test_group_config_rejects_bad_rules(options, template, value, check_message)
     with pytest.raises(PafoInputError) as caught:
         GroupConfig(**options).validate()
     check_message(str(caught.value), template, value)
+
+
+def test_grouping_rule_is_declared_once():
+    """Issue 21: the 0.2 default was written in six places (CLI help, pages, appstate, assign_groups) and the rule's
+    words twice; the field's default is the rule every reader applies and the one text every page shows."""
+    import dataclasses
+
+    from pafo.appstate import field_specs, grouping_rule
+
+    default = next(f for f in dataclasses.fields(GroupConfig) if f.name == "minority_quantile").default
+    support = pd.Series(np.linspace(0.0, 1.0, 11))
+    assert assign_groups(support).threshold == GroupConfig().apply(support).threshold == np.quantile(support, default)
+    assert GroupConfig().cut() == ("quantile", default) and grouping_rule({}) == ("auto", "quantile", default)
+    assert GroupConfig().rule_text() == f"lowest {100 * default:.0f}% support"
+    assert GroupConfig(minority_threshold=0.3).rule_text() == "support ≤ 0.300"
+    assert grouping_rule({"minority_threshold": 0.3, "estimator": "model"}) == ("model", "threshold", 0.3)
+    # A slider's ends are values it offers: strict bounds (0, 1) start one step inside them.
+    quantile, threshold = field_specs(GroupConfig, include=support_mod.GROUP_CUTS)
+    assert quantile.limits(0.01) == {"min_value": 0.01, "max_value": 0.99}
+    assert threshold.limits(0.005) == {"min_value": 0.0, "max_value": 1.0}

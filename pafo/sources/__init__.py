@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..conditions import SOURCE_READS
-from ..config import BAD_CHOICE, OUT_OF_RANGE, option, validate_options
+from ..config import BAD_CHOICE, OUT_OF_RANGE, descriptive, option, validate_options
 from ..dataset import PreferenceDataset, validate_dataset
 from ..errors import PafoInputError
 from ..simulate import parse_shares
@@ -49,7 +49,7 @@ class SourceSpec:
     module plus one entry in ``SOURCE_SPECS``."""
 
     name: str
-    label: str                                        # the Data page's name for it
+    label: str = descriptive()                        # the Data page's name for it
     load: Callable                                    # (DataConfig, simulation options) -> PreferenceDataset
     fields: tuple[str, ...]                           # DataConfig fields its form shows (besides dataset, path)
     simulated: bool                                   # users simulated from base scores (personas known)
