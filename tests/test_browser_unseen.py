@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 from conftest import wait_for
 from test_browser import (  # noqa: F401
+    HANG_MS,
     VIEWPORT,
     app_server,
     browser,
@@ -53,12 +54,12 @@ def test_compare_draws_the_unseen_users_panel(app_server, browser):  # noqa: F81
     url, home = app_server[0], app_server[1]
     run_id = unseen_run(home)
     page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(90_000)
+    page.set_default_timeout(HANG_MS)
     page.goto(f"{url}/compare?run={run_id}")
     page.get_by_text("Unseen users", exact=True).wait_for()
     wait_idle(page)
     for title in CURVES:
-        assert wait_for(lambda title=title: curve_points(page, title) == [3, 3, 3], 60, interval=0.3), \
+        assert wait_for(lambda title=title: curve_points(page, title) == [3, 3, 3], HANG_MS / 1000, interval=0.3), \
             curve_points(page, title)
     whiskers = page.evaluate(
         "() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p._fullLayout && p._fullLayout.title "
