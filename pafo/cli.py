@@ -66,6 +66,7 @@ WROTE = "pafo: wrote {files}"
 CWD_GONE = ("the current folder no longer exists (deleted or moved away); cd to an existing folder and run the "
             "command again")
 SCORED = "{n} rows scored with {method} ({unknown} of unknown users, scored with the shared reward)"
+PERSONALISED = "; {users} new users personalised from their {pairs} pairs"
 INPUT_TOO_DEEP = ("a file given (or one in a run folder it names) nests JSON too deeply to read; check the JSON "
                   "files of this command")
 
@@ -482,23 +483,30 @@ def _add_experiment(sub) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .scoring import load_scoring_model, read_triples, score_triples
+    from .scoring import load_scoring_model, personalise, read_triples, read_user_pairs, score_triples
 
+    device = resolve_device(args.device)
     run_dir, binding = (args.run_dir, None) if args.run_dir else _registry_run(args.run)
     scoring = load_scoring_model(run_dir, args.method, binding=binding)
-    scored = score_triples(scoring, read_triples(args.input), progress_bar=True, device=resolve_device(args.device))
+    triples = read_triples(args.input)
+    new_pairs = read_user_pairs(args.user_pairs) if args.user_pairs else None
+    if new_pairs is not None:
+        scoring = personalise(scoring, new_pairs, device=device)
+    scored = score_triples(scoring, triples, progress_bar=True, device=device)
     unknown = int((~scored["known_user"]).sum())
     if args.csv:
         atomic_write_text(args.csv, scored.to_csv(index=False))
     if args.json:
         summary = {"run_dir": str(run_dir), "method": args.method, "encoder": scoring.encoder, "n_rows": len(scored),
-                   "n_unknown_users": unknown,
+                   "n_unknown_users": unknown, "n_personalised_users": len(scoring.personalised),
                    "rows": scored.astype(object).where(scored.notna(), None).to_dict(orient="records")}
         atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
     written = [path for path in (args.csv, args.json) if path]
     if written:
-        print(WROTE.format(files=", ".join(map(str, written))) + ": " + SCORED.format(n=len(scored), method=args.method,
-                                                                                      unknown=unknown), file=sys.stderr)
+        done = SCORED.format(n=len(scored), method=args.method, unknown=unknown)
+        if new_pairs is not None:
+            done += PERSONALISED.format(users=len(scoring.personalised), pairs=len(new_pairs))
+        print(WROTE.format(files=", ".join(map(str, written))) + ": " + done, file=sys.stderr)
     else:
         sys.stdout.write(scored.to_csv(index=False))
     return 0
@@ -526,10 +534,14 @@ def _add_score(sub) -> None:
     parser.add_argument("--method", default="pafo", help="which of the run's models scores (default: pafo)")
     parser.add_argument("--input", required=True, metavar="FILE",
                         help="CSV, JSONL, JSON or Parquet with columns user_id, prompt, response")
+    parser.add_argument("--user-pairs", metavar="FILE",
+                        help="new users' own labelled pairs (CSV, JSONL, JSON or Parquet with user_id, prompt, chosen, "
+                             "rejected): each user is personalised from them, the run's models frozen, before scoring")
     parser.add_argument("--csv", metavar="OUT", help="write the rows with reward and known_user here")
     parser.add_argument("--json", metavar="OUT", help="write a summary with every scored row here")
     add_device_argument(parser)
-    parser.set_defaults(handler=cmd_score, output_files=("csv", "json"), input_paths=("input", "run_dir"))
+    parser.set_defaults(handler=cmd_score, output_files=("csv", "json"),
+                        input_paths=("input", "run_dir", "user_pairs"))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -16,7 +16,9 @@ one after another. The result JSON keeps the single-seed keys and adds:
   ``comparisons``;
 - ``comparisons.NAME`` for every method but the baseline: method − baseline on the same users and pairs with
   paired bootstrap CIs and the verdict (:func:`pafo.compare.paired_comparison`), pooled over the seeds;
-- ``per_user`` (and per_user.csv, test_margins.csv): one row per seed and user, with a ``seed`` column.
+- ``per_user`` (and per_user.csv, test_margins.csv): one row per seed and user, with a ``seed`` column;
+- ``unseen`` (with ``run.unseen_users`` > 0; per seed too): users held out of all training, personalised from
+  ``run.shots`` of their own pairs and scored (:mod:`pafo.unseen`; unseen_per_user.csv has their rows).
 
 The saved weights (for ``pafo score`` and the Users page) are the first seed's models.
 """
@@ -49,21 +51,34 @@ from .encoder_specs import encoder_spec
 from .errors import PafoInputError
 from .features import FeatureResult, dataset_texts, response_features
 from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_spec
-from .methods import MethodContext, SeedEvaluation, fit_method
+from .methods import CLUSTERS, NEW_USER_RULE, MethodContext, SeedEvaluation, fit_method
 from .metrics import USER_ACCURACY, calibration, evaluate, group_codes, group_labels, pair_correct
 from .paths import atomic_write_bytes, atomic_write_text
-from .results import REFERENCE, MethodResult, RunResult, SeedResult, compare_seeds, mark_pareto, pool, write_result
+from .results import (
+    REFERENCE,
+    MethodResult,
+    RunResult,
+    SeedResult,
+    UnseenResult,
+    compare_seeds,
+    mark_pareto,
+    pool,
+    pool_unseen,
+    write_result,
+)
 from .seed_pool import SeedPool, seed_workers
 from .slices import SliceSettings, check_slicings, compute_slices, slicing_block
 from .sources import dataset_fingerprint, load_dataset
 from .support import estimate_support, resolve_estimator
 from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, pair_margins, set_threads
+from .unseen import NewUsers, heldout_groups, heldout_support, ridge_of, split_users, unseen_table, user_subset
 
 __all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "parse_seeds", "run_experiment",
            "summary_line"]
 
 BAD_SEEDS = "--seeds: {detail}; write seeds and ranges such as 0-4 or 0,3,7"
 MAX_SEEDS = 50
+UNSEEN_CSV = "unseen_per_user.csv"  # one row per seed, shots and held-out user (run.unseen_users > 0)
 MSG_FEATURE_ROWS = "precomputed features of seed {seed} have {rows} rows; its dataset has {n} responses"
 
 # The progress bar is divided by rough costs measured on the 2-core demo machine, only so that it moves with the
@@ -242,16 +257,29 @@ class SeedInputs:
     features: object  # FeatureResult
     support: object = None  # SupportResult
     groups: object = None  # Grouping
+    holdout: Holdout | None = None  # with run.unseen_users: the users held out of ``dataset``
+
+
+@dataclass
+class Holdout:
+    """The users of a seed held out of all training (``run.unseen_users``): the seed's whole dataset and the
+    positions in it of the users who trained and of those held out."""
+
+    dataset: PreferenceDataset
+    train_users: np.ndarray
+    heldout: np.ndarray
 
 
 @dataclass
 class SeedRun:
-    """What one seed produced: its result (with its per-user table), test margins and models."""
+    """What one seed produced: its result (with its per-user table), test margins, models and what personalising
+    a new user needs with each (:class:`pafo.unseen.NewUsers`)."""
 
     inputs: SeedInputs
     result: SeedResult
     margins: dict[str, np.ndarray]
     models: dict
+    new_users: dict[str, NewUsers] = field(default_factory=dict)
 
 
 def _tagged(progress: Progress, seed_index: int, n_seeds: int, seed: int, seeds_done: int | None = None) -> Progress:
@@ -376,6 +404,34 @@ def _add_support(inputs: SeedInputs, config: ExperimentConfig) -> SeedInputs:
     return inputs
 
 
+def _hold_out(inputs: SeedInputs, config: ExperimentConfig) -> None:
+    """Hold ``run.unseen_users`` of the seed's users out of its data, stratified by the groups of a first
+    estimate of support rates over every user (used for nothing else): the run then trains, estimates support
+    and groups on the others alone."""
+    full = inputs.dataset
+    first = estimate_support(full, resolve_estimator(full, config.groups.estimator),
+                             embeddings=inputs.features.features, seed=inputs.seed)
+    strata = config.groups.apply(first.user_support).groups.to_numpy()
+    train_users, heldout = split_users(strata, config.run.unseen_users, inputs.seed)
+    inputs.holdout = Holdout(full, train_users, heldout)
+    inputs.dataset = user_subset(full, train_users)
+
+
+def _unseen(inputs: SeedInputs, config: ExperimentConfig, ctx: MethodContext, models: dict,
+            new_users: dict[str, NewUsers]) -> UnseenResult:
+    """The seed's ``unseen`` block: its held-out users grouped against the training population, personalised
+    from each number of shots by every method and scored on their test pairs (:mod:`pafo.unseen`)."""
+    holdout = inputs.holdout
+    support = heldout_support(holdout.dataset, holdout.train_users, holdout.heldout, inputs.support.estimator,
+                              inputs.features.features, seed=inputs.seed)
+    groups = heldout_groups(support, inputs.groups.threshold)
+    table = unseen_table({name: (models[name], new_users[name]) for name in models}, ctx.features,
+                         holdout.dataset, holdout.heldout, groups, support, config.run.shot_list(), inputs.seed)
+    seed_block = UnseenResult(config.run.unseen_users, config.run.shot_list(), per_user=table)
+    return pool_unseen([seed_block], list(models), n_resamples=config.run.bootstrap, rule=_rule(config),
+                       seed=inputs.seed)
+
+
 def _method_result(output, per_user: pd.DataFrame, config: ExperimentConfig, margins: np.ndarray,
                    test: PairSet) -> MethodResult:
     """A method's figures on one seed (its typed extras are added by its ``MethodSpec.report`` hook)."""
@@ -449,6 +505,8 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
               progress: Progress, should_stop: Callable[[], bool] = never_stop, device: str = "cpu") -> SeedRun:
     """Every method on one seed's data: the single-seed experiment."""
     progress(spans[0], "support rates", None)
+    if config.run.unseen_users > 0:
+        _hold_out(inputs, config)
     _add_support(inputs, config)
     dataset, support, groups = inputs.dataset, inputs.support, inputs.groups
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=inputs.seed), seeds=None)
@@ -457,9 +515,11 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
                         epsilon=config.run.epsilon, progress=progress, should_stop=should_stop, device=device)
     test = _pair_set(dataset.split("test"), user_group)
     seen = SeedEvaluation(ctx, test, dataset, support, groups, options=lambda name: method_config_of(config, name))
-    results, tables, margins_by_method, models = {}, {}, {}, {}
+    results, tables, margins_by_method, models, new_users = {}, {}, {}, {}, {}
+    ridge = ridge_of(config.train.user_l2, ctx.train)
     for i, name in enumerate(methods):
         output = fit_method(name, ctx, method_config_of(config, name), (spans[i], spans[i + 1]))
+        new_users[name] = NewUsers(ridge, output.extra.get(NEW_USER_RULE, "none"), output.extra.get(CLUSTERS))
         margins_by_method[name] = pair_margins(output.model, ctx.features, test)
         tables[name] = _per_user_table(dataset, support, groups, test, margins_by_method[name])
         results[name] = _method_result(output, tables[name], config, margins_by_method[name], test)
@@ -472,7 +532,10 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
     result = SeedResult(inputs.seed, dataset.summary(), support.summary(), groups.summary(), results,
                         diagnostics=seed_diagnostics(seen), per_user=frame)
     result.comparisons = compare_seeds([result], methods, n_resamples=config.run.bootstrap, rule=_rule(config))
-    return SeedRun(inputs, result, margins_by_method, models)
+    if inputs.holdout is not None:
+        progress(spans[-1], "personalising unseen users", None)
+        result.unseen = _unseen(inputs, config, ctx, models, new_users)
+    return SeedRun(inputs, result, margins_by_method, models, new_users)
 
 
 def _encoder_summary(runs: list[SeedRun], embedding) -> dict:
@@ -505,6 +568,11 @@ def _assemble(config: ExperimentConfig, runs: list[SeedRun], embedding=None) -> 
         result.methods, result.comparisons, result.diagnostics = pool(
             seeds, methods, n_resamples=config.run.bootstrap, rule=_rule(config))
         mark_pareto(result.methods, config.run.epsilon)
+        if first.unseen is not None:
+            result.unseen = pool_unseen([s.unseen for s in seeds], methods, n_resamples=config.run.bootstrap,
+                                        rule=_rule(config), seed=first.seed)
+    else:
+        result.unseen = first.unseen
     if config.slices.slice_by:
         _add_slices(result, config, runs)
     return result
@@ -560,6 +628,8 @@ def write_artifacts(out_dir: Path, result: RunResult, runs: list[SeedRun]) -> No
     """
     for name, model in runs[0].models.items():
         _save_model(out_dir, name, model)
+        if name in runs[0].new_users:  # what `pafo score --user-pairs` personalises new users with
+            runs[0].new_users[name].save(out_dir / "weights", name)
     frames = []
     for run in runs:
         frame = run.inputs.dataset.split("test")[["user", "prompt_id", "chosen", "rejected"]].reset_index(names="pair")
@@ -569,5 +639,7 @@ def write_artifacts(out_dir: Path, result: RunResult, runs: list[SeedRun]) -> No
         frames.append(frame)
     atomic_write_text(out_dir / "test_margins.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
     atomic_write_text(out_dir / "per_user.csv", per_user_csv_text(result))
+    if result.unseen is not None:
+        atomic_write_text(out_dir / UNSEEN_CSV, result.unseen.per_user.to_csv(index=False))
     write_result(out_dir / "result.json", result)
 

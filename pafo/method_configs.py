@@ -69,6 +69,11 @@ MAX_BOOTSTRAP_DRAWS = 200_000_000
 BAD_DRAWS = ("--bootstrap {bootstrap} × --users {users} = {draws:,} resampled users, over the limit of {limit:,} "
              "(memory); lower --bootstrap to {fit} or fewer")
 NO_METHODS = "--methods: give at least one method, e.g. baseline,pafo"
+#: Unseen users: at most this share of users is held out (the rest must still train every method).
+MAX_UNSEEN = 0.9
+MAX_SHOTS = 1000
+BAD_SHOTS = ("--shots: {value!r} is not a list of pair counts; give whole numbers from 1 to {limit} separated by "
+             "commas, e.g. 1,4,8")
 
 
 @dataclass
@@ -325,11 +330,29 @@ class RunSettings:
                                              "(paired, vs the baseline), and with PAFO's teachers=groups the epoch "
                                              "selection's allowed drop of majority validation accuracy", ge=0, le=1,
                             label="ε (Pareto tolerance)", active_when=Compared() | GROUP_TEACHERS)
+    unseen_users: float = option(0.0, "share of users held out of all training (stratified by group), then "
+                                      "personalised from a few of their own pairs and scored (0: off)", ge=0,
+                                 le=MAX_UNSEEN, label="unseen users (share held out)", grid=(0.1, 0.2, 0.3))
+    shots: str = option("1,4,8", "unseen users: how many of each held-out user's own pairs personalise them "
+                                 "(comma-separated; one learning-curve point each)",
+                        label="shots (pairs per new user)", grid=("1,4,8", "1,2,4,8", "4"),
+                        active_when=Above("run.unseen_users", 0))
 
     def validate(self) -> RunSettings:
         validate_options(self)
         self.method_list()
+        self.shot_list()
         return self
+
+    def shot_list(self) -> list[int]:
+        """The shots k, ascending (``PafoInputError`` naming --shots when malformed)."""
+        try:
+            shots = sorted({int(part) for part in str(self.shots).split(",") if part.strip()})
+        except ValueError:
+            shots = []
+        if not shots or not all(1 <= k <= MAX_SHOTS for k in shots):
+            raise PafoInputError(BAD_SHOTS.format(value=self.shots, limit=MAX_SHOTS))
+        return shots
 
     def method_list(self) -> list[str]:
         names = [m.strip() for m in self.methods.split(",") if m.strip()]

@@ -53,6 +53,7 @@ __all__ = [
     "DENSE_PAIRS",
     "METHODS",
     "METHOD_CONFIGS",
+    "NEW_USER_RULE",
     "TEACHERS",
     "BTConfig",
     "BaselineConfig",
@@ -128,6 +129,8 @@ class SeedEvaluation:
 
 #: Keys of ``MethodOutput.extra`` that the methods' report hook reads (pafo.diagnostics.method_report).
 CLUSTERS, TEACHERS, DENSE_PAIRS = "clusters", "teachers", "n_dense_pairs"
+#: Key of ``MethodOutput.extra``: how the model's cluster channel places a new user (pafo.unseen.RULES).
+NEW_USER_RULE = "new_user_rule"
 
 
 @dataclass
@@ -309,7 +312,7 @@ def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     extra = {CLUSTERS: clusters, "teacher": teacher,
              "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]}
     if config.student == "wide":
-        return MethodOutput(teacher, TrainResult(teacher), extra)
+        return MethodOutput(teacher, TrainResult(teacher), {**extra, NEW_USER_RULE: "posterior"})
     student, result, n_pairs = _distil(ctx, base.model, teacher, config, spans[2])
     extra.update({"n_student_pairs": n_pairs, DENSE_PAIRS: n_pairs - len(ctx.train)})
     return MethodOutput(student, result, extra)
@@ -410,7 +413,8 @@ def fit_mixture(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
         model.a.weight.copy_(torch.from_numpy(directions).float())
         model.scales.copy_(torch.tensor([0.0, 1.0]))
     return MethodOutput(model, TrainResult(model), {
-        CLUSTERS: clusters, "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]})
+        CLUSTERS: clusters, NEW_USER_RULE: "map",
+        "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]})
 
 
 def _any_prompt_pairs(ctx: MethodContext, per_user: int, rng: np.random.Generator) -> PairSet:

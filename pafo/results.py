@@ -43,13 +43,16 @@ __all__ = [
     "Pooled",
     "RunResult",
     "SeedResult",
+    "ShotResult",
     "SweepCell",
     "SweepPoint",
     "SweepResult",
+    "UnseenResult",
     "compare_seeds",
     "mark_pareto",
     "per_user_json",
     "pool",
+    "pool_unseen",
     "verdict_epsilon",
     "write_result",
 ]
@@ -173,6 +176,7 @@ class SeedResult:
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     diagnostics: list = field(default_factory=list)
     per_user: pd.DataFrame | None = field(default=None, repr=False)
+    unseen: UnseenResult | None = None  # the seed's held-out users (``run.unseen_users`` > 0)
 
     def to_json(self) -> dict:
         out = {"seed": self.seed, "dataset": self.dataset, "support": self.support, "groups": self.groups,
@@ -180,13 +184,16 @@ class SeedResult:
         if self.diagnostics:
             out["diagnostics"] = _extras_json(self.diagnostics)
         out["comparisons"] = {name: c.to_json() for name, c in self.comparisons.items()}
+        if self.unseen is not None:
+            out["unseen"] = self.unseen.to_json()
         return out
 
     @classmethod
     def from_json(cls, block: dict) -> SeedResult:
         _require(block, "methods", dict, "a seed block")
         return from_fields(cls, block, methods=_methods, comparisons=lambda c: _each(Comparison.from_json, c),
-                           diagnostics=lambda d: read_extras(d or {}, DIAGNOSTIC_EXTRAS))
+                           diagnostics=lambda d: read_extras(d or {}, DIAGNOSTIC_EXTRAS),
+                           unseen=UnseenResult.from_json)
 
 
 def _extras_json(extras: list) -> dict:
@@ -205,6 +212,98 @@ def _pool_extras(lists: list[list]) -> list:
         if all(v is not None for v in values) and (value := kind.pool(values)) is not None:
             pooled.append(value)
     return pooled
+
+
+# ------------------------------------------------------------------------------------------- unseen users
+
+
+@dataclass
+class ShotResult:
+    """One method on users it never trained on, each personalised from k of their own pairs: the mean test
+    accuracy per group (each user weighing equally; over seeds, the mean of the seeds' means), the users behind it
+    (summed over seeds) and each group's 95% CI (bootstrap over users pooled across seeds)."""
+
+    majority: float | None
+    minority: float | None
+    n_users: dict[str, int] = field(default_factory=dict)
+    ci: dict[str, list] | None = None
+
+    def to_json(self) -> dict:
+        out = {"majority": self.majority, "minority": self.minority, "n_users": self.n_users}
+        return out if self.ci is None else {**out, "ci": self.ci}
+
+    @classmethod
+    def from_json(cls, block: dict) -> ShotResult:
+        return from_fields(cls, block, n_users=_or_empty)
+
+
+def _by_shots(read, block: dict | None) -> dict[int, Any]:
+    """``{"<k>": block}`` → ``{k: read(block)}`` (JSON keys are strings; shots are whole numbers)."""
+    return {int(k): read(value) for k, value in (block or {}).items()}
+
+
+@dataclass
+class UnseenResult:
+    """The ``unseen`` block: ``fraction`` of users held out of all training, personalised from each of ``shots``
+    pairs; per method and k its :class:`ShotResult`, per method but the reference and k its paired comparison
+    with the reference (the same object as ``comparisons.NAME``). ``per_user`` (not in the JSON): one row per seed,
+    k and held-out user with ``acc_<method>`` columns, what pooling reads."""
+
+    fraction: float
+    shots: list[int]
+    methods: dict[str, dict[int, ShotResult]] = field(default_factory=dict)
+    comparisons: dict[str, dict[int, Comparison]] = field(default_factory=dict)
+    per_user: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {"fraction": self.fraction, "shots": list(self.shots),
+                "methods": {name: {str(k): block.to_json() for k, block in by_k.items()}
+                            for name, by_k in self.methods.items()},
+                "comparisons": {name: {str(k): c.to_json() for k, c in by_k.items()}
+                                for name, by_k in self.comparisons.items()}}
+
+    @classmethod
+    def from_json(cls, block: dict | None) -> UnseenResult | None:
+        if block is None:
+            return None
+        _require(block, "shots", list, "the unseen block")
+        return from_fields(cls, block, shots=lambda shots: [int(k) for k in shots],
+                           methods=lambda m: _each(lambda by_k: _by_shots(ShotResult.from_json, by_k), m),
+                           comparisons=lambda c: _each(lambda by_k: _by_shots(Comparison.from_json, by_k), c))
+
+
+def _shot_result(frames: list[pd.DataFrame], column: str, n_resamples: int, seed: int) -> ShotResult:
+    """One method at one k over the seeds' held-out users (``frames``: one per seed)."""
+    means = {group: [] for group in ("majority", "minority")}
+    counts = dict.fromkeys(means, 0)
+    for frame in frames:
+        rows = frame.dropna(subset=[column])
+        for group in means:
+            values = rows.loc[rows["group"] == group, column]
+            counts[group] += len(values)
+            if len(values):
+                means[group].append(float(values.mean()))
+    ci = pooled_group_ci(frames, column, n_resamples=n_resamples, seed=seed)
+    return ShotResult(*(float(np.mean(means[g])) if means[g] else None for g in ("majority", "minority")),
+                      n_users=counts, ci={g: ci[g] for g in ("majority", "minority")})
+
+
+def pool_unseen(blocks: Sequence[UnseenResult], methods: Sequence[str], *, reference: str | None = REFERENCE,
+                n_resamples: int = 1000, rule: VerdictRule | None = None, seed: int = 0) -> UnseenResult:
+    """The ``unseen`` block of one seed or of several pooled (each with its ``per_user`` rows): per method and k the
+    group accuracies and CIs, per compared method and k the paired comparison with ``reference`` on the same
+    held-out users and test pairs (:func:`pafo.compare.paired_comparison`, the same verdict rule as the run's)."""
+    shots = list(blocks[0].shots)
+    per_seed = [b.per_user for b in blocks]
+    out = UnseenResult(blocks[0].fraction, shots, per_user=pd.concat(per_seed, ignore_index=True))
+    for k in shots:
+        frames = [frame[frame["shots"] == k] for frame in per_seed]
+        for name in methods:
+            out.methods.setdefault(name, {})[k] = _shot_result(frames, f"acc_{name}", n_resamples, seed)
+            if reference in methods and name != reference:
+                out.comparisons.setdefault(name, {})[k] = paired_comparison(
+                    frames, name, reference, n_resamples=n_resamples, seed=seed, rule=rule)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- pooling
@@ -306,6 +405,7 @@ class RunResult:
     per_user: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
     seconds: float | None = None
     device: str | None = None
+    unseen: UnseenResult | None = None  # users held out of training, personalised from a few pairs
 
     @property
     def is_audit(self) -> bool:
@@ -341,8 +441,8 @@ class RunResult:
             ("comparisons", {name: c.to_json() for name, c in self.comparisons.items()}),
             ("per_seed", None if self.per_seed is None else [s.to_json() for s in self.per_seed]),
             ("slices", None if self.slices is None else [s.to_json() for s in self.slices]),
-            ("slicing", self.slicing), ("per_user", per_user_json(self.per_user)),
-            ("seconds", self.seconds), ("device", self.device)])
+            ("slicing", self.slicing), ("unseen", None if self.unseen is None else self.unseen.to_json()),
+            ("per_user", per_user_json(self.per_user)), ("seconds", self.seconds), ("device", self.device)])
 
     @classmethod
     def from_json(cls, data: dict, what: str = "the result") -> RunResult:
@@ -356,7 +456,7 @@ class RunResult:
             comparisons=lambda c: _each(Comparison.from_json, c),
             per_seed=lambda blocks: None if blocks is None else [SeedResult.from_json(b) for b in blocks],
             slices=lambda entries: None if entries is None else [Slice.from_json(e) for e in entries],
-            per_user=lambda table: pd.DataFrame(table or {}))
+            unseen=UnseenResult.from_json, per_user=lambda table: pd.DataFrame(table or {}))
 
     @property
     def epsilon(self) -> float:

@@ -44,7 +44,7 @@ def config_hash(config: dict) -> str:
 #: the registry itself keeps finished runs reusable. Every other ``pafo/`` source counts (README: reuse).
 PRESENTATION_MODULES = frozenset({"__init__.py", "appstate.py", "cli.py", "conditions.py", "digests.py", "effects.py",
                                   "errors.py", "manifest.py", "paths.py", "registry.py", "report.py", "runs_cli.py",
-                                  "slice_report.py", "sweep.py", "worker.py",
+                                  "slice_report.py", "sweep.py", "unseen_report.py", "worker.py",
                                   # the registry's parts: they store, schedule and key runs
                                   "reuse.py", "run_store.py", "supervisor.py"})
 

@@ -3,11 +3,15 @@
 A run directory (``pafo experiment --out-dir``, or a background run's folder) holds ``result.json`` and
 ``weights/<method>.safetensors`` + ``.json``: the weights and constructor arguments, never a pickle. Scoring needs
 the user's id only; no group label exists at inference. A user the run never saw gets the shared reward b · g(φ)
-(w_u = 0, what the L2 prior falls back to) and ``known_user = False``.
+(w_u = 0, what the L2 prior falls back to) and ``known_user = False``, unless their own pairs are given
+(``--user-pairs``): :func:`personalise` then fits them from those pairs exactly as the run's unseen-user evaluation
+does (:mod:`pafo.unseen`: w_u under the model's ridge prior, and PAFO's cluster posterior), with everything the
+run trained frozen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +28,20 @@ from .models import RewardModel, build_model
 from .paths import resolve_inside
 from .results import RunResult
 from .sources.files import read_table, require_columns
+from .training import PairSet
 
 __all__ = [
     "MSG_EMPTY_CELL",
     "MSG_NOT_A_RUN",
     "MSG_NO_WEIGHTS",
     "MSG_TFIDF_RUN",
+    "PAIR_COLUMNS",
     "SCORE_COLUMNS",
     "ScoringModel",
     "load_scoring_model",
+    "personalise",
     "read_triples",
+    "read_user_pairs",
     "score_pair",
     "score_triples",
 ]
@@ -46,7 +54,12 @@ MSG_DAMAGED = "{path}: the run's files are damaged ({detail}); rerun the experim
 MSG_NOT_THIS_RUN = "{path}: not the run asked for: {detail}; rerun the experiment"
 MSG_TFIDF_RUN = ("{path}: the run used tfidf features, which are fitted to that run's own texts, so new texts "
                  "cannot be scored with them; train with --encoder minilm (or a model id) to score new text")
-MSG_EMPTY_CELL = "{source}: row {row}: {field} is empty; every row needs user_id, prompt and response"
+MSG_EMPTY_CELL = "{source}: row {row}: {field} is empty; every row needs {fields}"
+PAIR_COLUMNS = ["user_id", "prompt", "chosen", "rejected"]
+MSG_SAME_RESPONSE = ("{source}: row {row}: chosen and rejected are the same text; a preference needs two different "
+                     "responses, fix or remove that row")
+MSG_NO_NEW_USER_STATE = ("{path}: this run stores nothing to personalise new users with (no weights/{method}.newusers"
+                         ".json: saved before unseen users existed); rerun the experiment to use --user-pairs")
 
 
 @dataclass
@@ -58,6 +71,7 @@ class ScoringModel:
     encoder: str
     method: str
     run_dir: Path
+    personalised: frozenset = frozenset()  # ids of the users fitted from their own pairs (:func:`personalise`)
 
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:
@@ -148,16 +162,75 @@ def load_scoring_model(run_dir: str | Path, method: str = "pafo", *,
     return ScoringModel(model, {u: i for i, u in enumerate(user_ids)}, encoder, method, run_dir)
 
 
-def read_triples(source: str | Path) -> pd.DataFrame:
-    """A CSV/JSONL/JSON/Parquet table with user_id, prompt and response, checked row by row."""
-    frame = read_table(source)
-    require_columns(frame, SCORE_COLUMNS, str(source))
-    for field in SCORE_COLUMNS:
+def _checked(frame: pd.DataFrame, columns: list[str], source) -> pd.DataFrame:
+    """``frame`` with ``columns`` present and no empty cell in them (the first one is named by row and field)."""
+    require_columns(frame, columns, str(source))
+    for field in columns:
         empty = frame[field].isna() | (frame[field].astype(str).str.strip() == "")
         if empty.any():
             raise PafoInputError(MSG_EMPTY_CELL.format(source=source, row=int(np.flatnonzero(empty)[0]) + 1,
-                                                       field=field))
+                                                       field=field, fields=", ".join(columns)))
     return frame
+
+
+def read_triples(source: str | Path) -> pd.DataFrame:
+    """A CSV/JSONL/JSON/Parquet table with user_id, prompt and response, checked row by row."""
+    return _checked(read_table(source), SCORE_COLUMNS, source)
+
+
+def check_user_pairs(frame: pd.DataFrame, source: str = "the pairs") -> pd.DataFrame:
+    """New users' labelled pairs (user_id, prompt, chosen, rejected), checked row by row: every cell filled, two
+    different responses per row. Rows are numbered from 1 as a spreadsheet shows them under the header."""
+    frame = _checked(frame, PAIR_COLUMNS, source)
+    same = frame["chosen"].astype(str).str.strip() == frame["rejected"].astype(str).str.strip()
+    if same.any():
+        raise PafoInputError(MSG_SAME_RESPONSE.format(source=source, row=int(np.flatnonzero(same)[0]) + 1))
+    return frame[PAIR_COLUMNS].astype(str)
+
+
+def read_user_pairs(source: str | Path) -> pd.DataFrame:
+    """``--user-pairs``: a CSV/JSONL/JSON/Parquet table of new users' pairs (:func:`check_user_pairs`)."""
+    return check_user_pairs(read_table(source), str(source))
+
+
+def personalise(scoring: ScoringModel, pairs: pd.DataFrame, device: str = "cpu") -> ScoringModel:
+    """``scoring`` with the users of ``pairs`` (:func:`check_user_pairs`) fitted from their own pairs, as the run's
+    unseen-user evaluation fits a held-out user (:class:`pafo.unseen.NewUsers`); a user id the run knew is fitted
+    anew from the given pairs alone. Everything the run trained stays frozen."""
+    from .unseen import NewUsers
+
+    try:
+        new_users = NewUsers.load(scoring.run_dir / "weights", scoring.method)
+    except (OSError, ValueError, KeyError) as exc:
+        raise PafoInputError(MSG_DAMAGED.format(path=scoring.run_dir / "weights", detail=_one_line(exc))) from None
+    if new_users is None:
+        raise PafoInputError(MSG_NO_NEW_USER_STATE.format(path=scoring.run_dir, method=scoring.method))
+    ids = list(dict.fromkeys(pairs["user_id"]))
+    position = {user: i for i, user in enumerate(ids)}
+    n = len(pairs)
+    features = torch.from_numpy(text_features(pd.concat([pairs["chosen"], pairs["rejected"]]).tolist(),
+                                              pd.concat([pairs["prompt"], pairs["prompt"]]).tolist(),
+                                              scoring.encoder, device=device).features)
+    index = np.arange(n, dtype=np.int64)
+    pair_set = PairSet(index, index + n, pairs["user_id"].map(position).to_numpy(np.int64))
+    fitted = new_users.personalise(scoring.model, features, pair_set, len(ids))
+    model = _with_users(scoring.model, fitted)
+    user_index = {**scoring.user_index, **{user: scoring.model.n_users + i for i, user in enumerate(ids)}}
+    return dataclasses.replace(scoring, model=model, user_index=user_index,
+                               personalised=scoring.personalised | frozenset(ids))
+
+
+def _with_users(model: RewardModel, fitted: RewardModel) -> RewardModel:
+    """``model`` with ``fitted``'s users appended after its own (same shared parts)."""
+    if model.w is None:
+        return model
+    merged = build_model({**model.config(), "n_users": model.n_users + fitted.n_users})
+    state = model.state_dict()
+    for name in ("w.weight", "a.weight"):
+        if name in state:
+            state[name] = torch.cat([state[name], fitted.state_dict()[name]])
+    merged.load_state_dict(state)
+    return merged.eval()
 
 
 def _features(frame: pd.DataFrame, encoder: str, progress_bar: bool = False, device: str = "cpu") -> torch.Tensor:
@@ -183,7 +256,10 @@ def score_triples(scoring: ScoringModel, frame: pd.DataFrame, *, progress_bar: b
     """``frame`` with ``reward`` (r(x, y, u)) and ``known_user`` columns added; features are [e(y), e(x)], embedded
     on ``device`` (cpu or cuda, :func:`pafo.device.resolve_device`)."""
     rewards, known = _rewards(scoring, _features(frame, scoring.encoder, progress_bar, device), frame["user_id"])
-    return frame.assign(reward=rewards, known_user=known)
+    scored = frame.assign(reward=rewards, known_user=known)
+    if scoring.personalised:  # --user-pairs: which rows' users were fitted from the pairs given
+        scored["personalised"] = frame["user_id"].astype(str).isin(scoring.personalised).to_numpy()
+    return scored
 
 
 def score_pair(models: dict[str, ScoringModel], user_id: str, prompt: str, first: str, second: str) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pafo import appstate, report
+from pafo import appstate, report, unseen_report
 from pafo.compare import VERDICT_WORDS, describe_rule
 from pages import _slices
 from pages import _ui as ui
@@ -88,6 +88,18 @@ if comparisons:
                "bootstrap CIs over users pooled across seeds.")
     with st.expander("How the verdict is decided"):
         st.markdown(report.VERDICT_RULE)
+
+# ----------------------------------------------------------------------------------------------- unseen users
+if result.unseen is not None:
+    st.subheader("Unseen users")
+    st.caption(unseen_report.unseen_caption(result.unseen, len(seeds)))
+    left, right = st.columns(2)
+    for column, group in ((left, "minority"), (right, "majority")):
+        with column:
+            ui.plot(unseen_report.unseen_curve(result.unseen, group), key=f"cmp_unseen_{group}")
+    st.dataframe(unseen_report.unseen_table(result.unseen, reference), width="stretch", hide_index=True)
+    st.caption(f"Each method minus the {reference} on the same held-out users, the same k pairs and test pairs, in "
+               "points with 95% bootstrap CIs over users pooled across seeds; the verdict follows the rule above.")
 
 # ----------------------------------------------------------------------------------------------- figures
 left, right = st.columns(2)

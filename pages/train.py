@@ -18,6 +18,9 @@ ui.require_app()
 METHODS_HELP = "\n".join(f"- **{spec.name}**: {spec.label}" + (" (trains on the support groups)" if spec.needs_groups
                                                                    else "") for spec in METHOD_SPECS)
 
+#: The run settings of the unseen-user evaluation (pafo.unseen): the share of users held out and the shots.
+UNSEEN_FIELDS = ("unseen_users", "shots")
+
 st.title("Train")
 reg = ui.registry()
 record = ui.current_record()
@@ -71,7 +74,8 @@ with st.expander("Start a new run", expanded=record is None):
         # What the page has chosen so far: each section's options below are drawn for it (pafo.effects).
         chosen_config = flat_values({"data": data, "groups": groups,
                                      "run": {**run_values, "methods": ",".join(chosen), "encoder": encoder}})
-        verdict_values = ui.option_inputs("run", run_values, chosen_config, prefix="train_run", include=("epsilon",))
+        verdict_values = ui.option_inputs("run", run_values, chosen_config, prefix="train_run",
+                                          include=("epsilon", *UNSEEN_FIELDS))
         st.markdown("**Training** (every model)")
         train_values = ui.option_inputs("train", forms["train"], chosen_config, prefix="train")
         method_values = {}

@@ -1,11 +1,12 @@
-"""Users: one user's support rate, group, accuracy and test pairs, with each method's margin and verdict."""
+"""Users: one user's support rate, group, accuracy and test pairs, with each method's margin and verdict; and a new
+user personalised from a few typed or uploaded pairs."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from pafo import appstate, config_edit, report, scoring, slice_report
+from pafo import appstate, config_edit, report, scoring, slice_report, unseen_report
 from pafo.errors import PafoInputError
 from pafo.sources import DataConfig
 from pages import _ui as ui
@@ -142,3 +143,38 @@ with st.expander("Score your own pair of responses for this user"):
             st.info(f"This run cannot score new text: {exc}")
         else:
             st.dataframe(scores, hide_index=True, width="stretch")
+
+with st.expander("Add a new user from a few of their pairs", expanded=False):
+    st.caption("Type (or upload) a few pairs this new user labelled: the response they preferred and the one they did "
+               "not. Each model is personalised from them with everything the run trained frozen, as the run's "
+               "unseen-user evaluation does (the baseline's w_u under its prior; PAFO's cluster posterior), and the "
+               "table shows every model's margin chosen − rejected for this user before (the shared reward) and "
+               "after. Positive: the model agrees with the user.")
+    upload = st.file_uploader("Pairs file (CSV with prompt, chosen, rejected)", type=["csv"], key="new_user_file")
+    slots = int(st.number_input("Pairs to type", 1, 10, 3, key="new_user_slots", disabled=upload is not None))
+    if upload is not None:
+        try:
+            typed = pd.read_csv(upload, dtype=str)
+        except (ValueError, UnicodeDecodeError) as exc:
+            typed = None
+            ui.show_error(f"{upload.name}: cannot be read as CSV ({' '.join(str(exc).split())}); save it as a CSV "
+                          "with the columns prompt, chosen, rejected")
+    else:
+        rows = []
+        for i in range(slots):
+            cols = st.columns(3)
+            rows.append({field: cols[j].text_input(f"{field} {i + 1}", key=f"new_user_{field}_{i}")
+                         for j, field in enumerate(("prompt", "chosen", "rejected"))})
+        typed = pd.DataFrame(rows)
+    if st.button("Personalise and score", key="new_user_go", disabled=typed is None) and typed is not None:
+        try:
+            new_pairs = unseen_report.new_user_pairs(typed)
+            with st.spinner("Embedding and personalising…"):
+                _, fit = unseen_report.new_user_fit(ui.scoring_models(record, methods), new_pairs)
+        except PafoInputError as exc:
+            ui.show_error(str(exc), "Cannot personalise this user: ")
+        else:
+            right = {column: int((fit[column] > 0).sum()) for column in fit.columns[3:]}
+            st.markdown(f"**New user, {len(fit)} pairs** — agreeing with the user: "
+                        + ", ".join(f"{column} {count}/{len(fit)}" for column, count in right.items()))
+            st.dataframe(fit, width="stretch", hide_index=True)

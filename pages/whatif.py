@@ -19,6 +19,8 @@ ui.require_app()
 #: The PAFO options a one-off what-if varies; each shows only where it can change the parent's result (the
 #: others disabled, saying why: pafo.effects), so the default PAFO offers β and its clusters, not λ or τ.
 WHATIF_PAFO_FIELDS = ("teachers", "student", "beta", "clusters", "lam", "temperature", "condition", "dense")
+#: The run settings a what-if varies: the unseen-user evaluation's held-out share and shots (pafo.unseen).
+WHATIF_RUN_FIELDS = ("unseen_users", "shots")
 
 
 st.title("What-if")
@@ -36,7 +38,7 @@ data = config.get("data") or {}
 # No st.form: in a form, Enter in any field submits it, and each Enter launched a training run. Plain widgets
 # commit on Enter and only the button launches; the rule radio can also disable the input it makes irrelevant.
 WIDGETS = ("whatif_rule", "whatif_quantile", "whatif_threshold", *(f"whatif_{name}" for name in WHATIF_PAFO_FIELDS),
-           "whatif_shares", "whatif_seeds", "whatif_label")
+           *(f"whatif_run_{name}" for name in WHATIF_RUN_FIELDS), "whatif_shares", "whatif_seeds", "whatif_label")
 if st.session_state.get("whatif_for") != parent.id:  # another parent: its values, not the last parent's
     for key in (*WIDGETS, *_sweep.WIDGETS):
         st.session_state.pop(key, None)
@@ -70,14 +72,19 @@ with st.container(border=True):
                                help="run seeds (users and pairs; the texts stay), e.g. 0-2: several give paired CIs "
                                     "and a verdict on Compare")
     label = cols[3].text_input("Label", key="whatif_label", placeholder="e.g. β=2")
-    st.markdown("**PAFO options** — those that can change this run's result")
     pafo_config = flat_values(config)
+    st.markdown("**Unseen users** — hold users out of training and personalise them from a few pairs")
+    run_values = ui.option_inputs("run", config.get("run") or {}, pafo_config, prefix="whatif_run",
+                                  include=WHATIF_RUN_FIELDS)
+    st.markdown("**PAFO options** — those that can change this run's result")
     pafo_values = ui.option_inputs("pafo", pafo, pafo_config, prefix="whatif", include=WHATIF_PAFO_FIELDS)
     launch = st.button("Launch what-if run", type="primary", key="whatif_launch")
 
 if launch:
     # Only the options that can change the result: a what-if changing no effect is refused (pafo.effects).
     changes = {f"pafo.{name}": value for name, value in pafo_values.items() if is_active(pafo_config, f"pafo.{name}")}
+    changes.update({f"run.{name}": value for name, value in run_values.items() if is_active(pafo_config, f"run.{name}")
+                    and value != flat_values(config).get(f"run.{name}")})
     changes.update({f"groups.{name}": value for name, value in new_groups.items()})
     if appstate.simulated(data) and (shares or "") != (shares_default or ""):
         changes["data.shares"] = shares.strip() or None

@@ -448,7 +448,8 @@ def test_reused_out_dir_is_replaced_whole_never_merged(earlier, tmp_path, capsys
     code = cli.main(["experiment", *DATA, "--encoder", "minilm", *FAST, "--methods", "baseline", "--out-dir",
                      str(mix)])
     assert code == 0, capsys.readouterr().err
-    assert sorted(p.name for p in (mix / "weights").iterdir()) == ["baseline.json", "baseline.safetensors"]
+    assert sorted(p.name for p in (mix / "weights").iterdir()) == ["baseline.json", "baseline.newusers.json",
+                                                                   "baseline.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mix"]  # no staging or replaced folder left
     assert json.loads((mix / "manifest.json").read_text())["sha256"]["weights/baseline.safetensors"]
     capsys.readouterr()

@@ -82,7 +82,9 @@ def test_experiment_cli_writes_json_and_out_dir_and_weights_load_back(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "run", "users.csv"]  # no staging left
     names = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     assert names == ["manifest.json", "per_user.csv", "result.json", "test_margins.csv", "weights/baseline.json",
-                     "weights/baseline.safetensors", "weights/pafo.json", "weights/pafo.safetensors"]
+                     "weights/baseline.newusers.json", "weights/baseline.safetensors",
+                     "weights/pafo.clusters.safetensors", "weights/pafo.json", "weights/pafo.newusers.json",
+                     "weights/pafo.safetensors"]
     per_user = pd.read_csv(out_dir / "per_user.csv")
     assert len(per_user) == 24 and {"acc_baseline", "acc_pafo", "group", "support_rate"} <= set(per_user.columns)
     pd.testing.assert_frame_equal(per_user, pd.read_csv(tmp_path / "users.csv"))

@@ -136,3 +136,83 @@ def test_bad_score_input_exits_2_with_one_line(case, run_dir, tmp_path, write_ta
     assert len(lines) == 1 and lines[0].startswith("pafo: error: ")
     check_message(lines[0], template, *values)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- --user-pairs
+
+
+def _contrary_pairs(run_dir: Path, user_id: str = "newcomer") -> pd.DataFrame:
+    """Training pairs of the tiny data oriented *against* the shared reward b · g(φ): a new user whose labels the
+    run's shared model gets wrong, so personalising must move them."""
+    dataset = load_dataset(DataConfig(**TINY))
+    train = dataset.split("train").iloc[:12]
+    texts, prompts = dataset.responses["text"], dataset.responses["prompt"]
+    model = scoring.load_scoring_model(run_dir, "baseline")
+    triples = pd.DataFrame({"user_id": "?", "prompt": prompts.iloc[np.r_[train["chosen"], train["rejected"]]].tolist(),
+                            "response": texts.iloc[np.r_[train["chosen"], train["rejected"]]].tolist()})
+    shared = scoring.score_triples(model, triples)["reward"].to_numpy().reshape(2, -1)
+    flip = shared[0] > shared[1]
+    chosen = np.where(flip, train["rejected"], train["chosen"])
+    rejected = np.where(flip, train["chosen"], train["rejected"])
+    return pd.DataFrame({"user_id": user_id, "prompt": prompts.iloc[chosen].tolist(),
+                         "chosen": texts.iloc[chosen].tolist(), "rejected": texts.iloc[rejected].tolist()})
+
+
+def _as_triples(pairs: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": np.repeat(pairs["user_id"].to_numpy(), 2),
+                         "prompt": np.repeat(pairs["prompt"].to_numpy(), 2),
+                         "response": np.stack([pairs["chosen"], pairs["rejected"]], 1).ravel()})
+
+
+@pytest.mark.parametrize("method", ["baseline", "pafo"])
+def test_user_pairs_personalise_a_new_user_before_scoring(run_dir, method, write_table, tmp_path, capsys):
+    """Guards `pafo score --user-pairs`: a user the run never saw is fitted from their own pairs (flagged
+    ``personalised``), which changes their rewards; the baseline's ridge fit moves their margins towards their
+    labels, which the shared reward got wrong (it lowers their BT loss by construction; PAFO adds its cluster
+    channel, which need not); known users score as without the flag."""
+    pairs = _contrary_pairs(run_dir)
+    new_pairs = write_table(pairs, tmp_path / "new.csv")
+    known, _ = _test_pair_triples()
+    triples = pd.concat([_as_triples(pairs), known.iloc[:4]], ignore_index=True)
+    source = write_table(triples, tmp_path / "triples.csv")
+    with_pairs, without = tmp_path / "with.csv", tmp_path / "without.csv"
+    assert cli.main(["score", "--run-dir", str(run_dir), "--method", method, "--input", str(source),
+                     "--user-pairs", str(new_pairs), "--csv", str(with_pairs)]) == 0
+    assert "1 new users personalised from their 12 pairs" in capsys.readouterr().err
+    assert cli.main(["score", "--run-dir", str(run_dir), "--method", method, "--input", str(source),
+                     "--csv", str(without)]) == 0
+    fitted, shared = pd.read_csv(with_pairs), pd.read_csv(without)
+    assert fitted["personalised"].tolist() == [True] * 24 + [False] * 4 and "personalised" not in shared
+    assert fitted["known_user"].all() and not shared["known_user"].iloc[:24].any()
+    margin = lambda frame: frame["reward"].to_numpy()[:24].reshape(-1, 2) @ [1, -1]  # noqa: E731
+    assert (margin(shared) <= 0).all() and not np.allclose(margin(fitted), margin(shared))
+    if method == "baseline":
+        assert np.logaddexp(0, -margin(fitted)).mean() < np.logaddexp(0, -margin(shared)).mean()
+    np.testing.assert_allclose(fitted["reward"].iloc[24:], shared["reward"].iloc[24:], atol=1e-6)
+
+
+def test_bad_user_pairs_exit_2_with_one_line(run_dir, tmp_path, write_table, capsys, check_message):
+    """Guards --user-pairs input: a missing column, an empty cell (row and field named), a pair of one response
+    twice (row named), and a run saved before new users could be personalised: exit 2, one stderr line."""
+    pairs = _contrary_pairs(run_dir)
+    source = write_table(_as_triples(pairs), tmp_path / "triples.csv")
+    older = tmp_path / "older_run"
+    shutil.copytree(run_dir, older)
+    (older / "manifest.json").unlink()
+    (older / "weights" / "pafo.newusers.json").unlink()
+    cases = [
+        (write_table(pairs.drop(columns="rejected"), tmp_path / "a.csv"), run_dir, MISSING_COLUMNS, ["rejected"]),
+        (write_table(pairs.assign(chosen=["", *pairs["chosen"][1:]]), tmp_path / "b.csv"), run_dir,
+         scoring.MSG_EMPTY_CELL, ["b.csv", "row 1", "chosen"]),
+        (write_table(pairs.assign(rejected=[pairs["rejected"][0], pairs["chosen"][1], *pairs["rejected"][2:]]),
+                     tmp_path / "c.csv"), run_dir, scoring.MSG_SAME_RESPONSE, ["c.csv", "row 2"]),
+        (write_table(pairs, tmp_path / "d.csv"), older, scoring.MSG_NO_NEW_USER_STATE, ["pafo.newusers.json"]),
+    ]
+    for new_pairs, folder, template, values in cases:
+        out = tmp_path / "scored.csv"
+        assert cli.main(["score", "--run-dir", str(folder), "--input", str(source), "--user-pairs", str(new_pairs),
+                         "--csv", str(out)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pafo: error: ")
+        check_message(lines[0], template, *values)
+        assert not out.exists()
