@@ -63,6 +63,8 @@ __all__ = [
 #: How a method's cluster channel places a new user: none (no channel), the posterior mean averaged over every EM
 #: run (PAFO's wide student), or the most probable cluster's teacher in the best run (the mixture).
 RULES = ("none", "posterior", "map")
+#: The fields of a method's ClusterFit that a run folder keeps for new users (weights/<method>.clusters.safetensors).
+STORED_FIT_ARRAYS = ("teachers", "log_weights", "basis", "objective")
 #: The random stream of the hold-out draw (apart from the data's and the training's streams of the same seed).
 HOLDOUT_STREAM = 22
 MSG_TOO_FEW_USERS = ("--unseen-users {fraction:g}: the {group} group has only {count} users, too few to hold one "
@@ -302,8 +304,7 @@ class NewUsers:
                           json.dumps({"ridge": self.ridge, "rule": self.rule}, indent=2))
         if self.clusters is not None and self.rule != "none":
             fit = self.clusters
-            arrays = {"teachers": fit.teachers, "log_weights": fit.log_weights, "basis": fit.basis,
-                      "objective": fit.objective}
+            arrays = {name: getattr(fit, name) for name in STORED_FIT_ARRAYS}
             atomic_write_bytes(folder / f"{method}.clusters.safetensors",
                                save({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()}))
 
@@ -323,11 +324,11 @@ class NewUsers:
             from safetensors.numpy import load_file
 
             arrays = load_file(str(folder / f"{method}.clusters.safetensors"))
-            runs = len(arrays["teachers"])
-            clusters = ClusterFit(teachers=arrays["teachers"], assignments=np.zeros((runs, 0), dtype=np.int64),
-                                  directions=np.zeros((0, arrays["teachers"].shape[-1])),
-                                  objective=arrays["objective"], rounds=np.zeros(runs, dtype=np.int64),
-                                  basis=arrays["basis"], log_weights=arrays["log_weights"], em="soft")
+            teachers = arrays.pop("teachers")  # the rest are ClusterFit fields of their own names
+            runs = len(teachers)
+            clusters = ClusterFit(teachers=teachers, assignments=np.zeros((runs, 0), dtype=np.int64),
+                                  directions=np.zeros((0, teachers.shape[-1])), rounds=np.zeros(runs, dtype=np.int64),
+                                  em="soft", **arrays)
         return cls(float(stored["ridge"]), rule, clusters)
 
 
