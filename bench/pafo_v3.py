@@ -135,7 +135,7 @@ def train_x(s: Seed, size: int = 32):
     return basis, oriented_differences(features, basis, s.ctx.train.chosen, s.ctx.train.rejected)
 
 
-def soft_from_truth(beta: float = 3.0, sizes=(16, 24, 32)) -> Callable[[Seed], object]:
+def soft_from_truth(beta: float = 3.0, sizes=(16, 24, 32), **kwargs) -> Callable[[Seed], object]:
     """Oracle diagnostic: the soft step started from the true clusters (does EM stay there?)."""
 
     def run(s: Seed):
@@ -143,7 +143,7 @@ def soft_from_truth(beta: float = 3.0, sizes=(16, 24, 32)) -> Callable[[Seed], o
         truth = s.truth
         initial = np.tile(truth, (len(sizes), 1))
         fit = fit_soft_clusters(x, s.ctx.train.users, s.ctx.n_users, n_clusters=int(truth.max()) + 1, restarts=1,
-                                user_vectors=s.user_vectors(), sizes=sizes, initial=initial)
+                                user_vectors=s.user_vectors(), sizes=sizes, initial=initial, **kwargs)
         fit.basis = basis
         return wide(s, fit, beta)
 
@@ -241,6 +241,140 @@ def moment_starts(s: Seed, x: np.ndarray, sizes, clusters: int, restarts: int) -
                      for i in range(restarts * len(sizes))])
 
 
+def default_fit(s: Seed) -> ClusterFit:
+    """PAFO's own cluster fit with the default options (shared through ``ctx.cache`` with the default variant)."""
+    from pafo.methods import preference_clusters
+
+    config = experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo
+    return preference_clusters(s.ctx, config, s.base.model)
+
+
+def posterior_use(temperature: float, beta: float = 3.0) -> Callable[[Seed], object]:
+    """The default fit, each user's direction from its posterior sharpened (T < 1; T = 0: the top cluster of each
+    run) or flattened (T > 1), q_uc ∝ q_uc^(1/T), averaged over runs as usual."""
+
+    def run(s: Seed):
+        fit = default_fit(s)
+        q = fit.posteriors  # (runs, n_users, C)
+        if temperature == 0:
+            sharp = np.eye(q.shape[-1])[q.argmax(-1)]
+        else:
+            logq = np.log(np.maximum(q, 1e-300)) / temperature
+            sharp = np.exp(logq - logq.max(-1, keepdims=True))
+            sharp /= sharp.sum(-1, keepdims=True)
+        directions = np.einsum("rnc,rcd->nd", sharp, fit.teachers) / len(q)
+        directions[np.bincount(s.ctx.train.users, minlength=s.ctx.n_users) == 0] = 0.0
+        return wide(s, dataclasses.replace(fit, directions=directions), beta)
+
+    return run
+
+
+def colabel_graph(s: Seed) -> np.ndarray:
+    """(n_users, n_users): net agreement (shared pairs labelled alike minus labelled oppositely) between users."""
+    from scipy import sparse
+
+    co = CoLabels.of(s.ctx.train.chosen, s.ctx.train.rejected)
+    users, n_users = s.ctx.train.users, s.ctx.n_users
+    signed = sparse.csr_matrix((co.sign, (users, co.key)), shape=(n_users, int(co.key.max()) + 1))
+    graph = (signed @ signed.T).toarray()
+    np.fill_diagonal(graph, 0.0)
+    return graph
+
+
+def graph_smoothed(weight: float, beta: float = 3.0) -> Callable[[Seed], object]:
+    """The co-label graph as a fixed prior on directions: each user's ā_u from the default fit moved ``weight`` of
+    the way towards the mean direction of the users it agrees with on shared pairs (net agreement > 0, weighted
+    by it); users without such neighbours keep their own."""
+
+    def run(s: Seed):
+        fit = default_fit(s)
+        graph = np.maximum(colabel_graph(s), 0.0)
+        degree = graph.sum(1, keepdims=True)
+        neighbours = graph @ fit.directions / np.maximum(degree, 1e-12)
+        directions = np.where(degree > 0, (1 - weight) * fit.directions + weight * neighbours, fit.directions)
+        return wide(s, dataclasses.replace(fit, directions=directions), beta)
+
+    return run
+
+
+def spectral_starts(text_weight: float = 1.0) -> Callable:
+    """Multi-view spectral starts: users' affinity = their co-label net agreement (positive part) plus
+    ``text_weight`` × the positive cosine of their summed oriented differences (top 16 directions), each view scaled
+    to mean 1; the spectral embedding of that graph, then k-means (a seed per restart and size)."""
+    from sklearn.cluster import KMeans
+    from sklearn.manifold import spectral_embedding
+
+    def starts(s: Seed, x: np.ndarray, sizes, clusters: int, restarts: int) -> np.ndarray:
+        from scipy import sparse
+
+        users, n_users = s.ctx.train.users, s.ctx.n_users
+        sums = sparse.csr_matrix((np.ones(len(x)), (users, np.arange(len(x)))), shape=(n_users, len(x))) @ x
+        sums = sums[:, :16] / np.maximum(np.linalg.norm(sums[:, :16], axis=1, keepdims=True), 1e-12)
+        views = [np.maximum(colabel_graph(s), 0.0)]
+        if text_weight > 0:
+            views.append(text_weight * np.maximum(sums @ sums.T, 0.0))
+        affinity = sum(v / max(v.mean(), 1e-12) for v in views)
+        np.fill_diagonal(affinity, 0.0)
+        embedding = spectral_embedding(affinity, n_components=clusters, random_state=s.seed, drop_first=False)
+        embedding /= np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+        return np.stack([KMeans(clusters, n_init=1, random_state=s.seed + i).fit_predict(embedding)
+                         for i in range(restarts * len(sizes))])
+
+    return starts
+
+
+def bagged(beta: float = 3.0, sizes=(16, 24, 32), restarts: int = 16, colabel_weight: float = 4.0):
+    """Bagging over users: each run's M-step sees a bootstrap resample of the users (multinomial counts), every
+    user is placed in every run; directions averaged over runs as usual (diverse teachers, not just starts)."""
+
+    def user_weights(s: Seed, x, sizes_, clusters, restarts_):
+        rng = np.random.default_rng(s.seed + 17)
+        has = np.bincount(s.ctx.train.users, minlength=s.ctx.n_users) > 0
+        counts = np.zeros((restarts_ * len(sizes_), s.ctx.n_users))
+        counts[:, has] = rng.multinomial(has.sum(), np.full(has.sum(), 1 / has.sum()), size=len(counts))
+        return counts
+
+    def run(s: Seed):
+        basis, x = train_x(s, max(sizes))
+        fit = fit_soft_clusters(x, s.ctx.train.users, s.ctx.n_users, n_clusters=8, restarts=restarts,
+                                user_vectors=s.user_vectors(), sizes=sizes, seed=s.seed, colabel_weight=colabel_weight,
+                                colabels=CoLabels.of(s.ctx.train.chosen, s.ctx.train.rejected),
+                                user_weights=user_weights(s, x, sizes, 8, restarts))
+        fit.basis = basis
+        return wide(s, fit, beta)
+
+    return run
+
+
+def more_pairs(basis_from_prompts: bool = False, with_val: bool = False, beta: float = 3.0, sizes=(16, 24, 32),
+               colabel_weight: float = 4.0) -> Callable[[Seed], object]:
+    """The default soft step with more data: the subspace E from *every* response pair of the training prompts
+    (label-free; not only the labelled ones), and/or the validation pairs added to EM's labelled pairs (1 more
+    pair per user; the wide model has no epoch to select, val only calibrates a sign-preserving temperature)."""
+
+    def run(s: Seed):
+        features = s.ctx.features.numpy()
+        chosen, rejected, users = s.ctx.train.chosen, s.ctx.train.rejected, s.ctx.train.users
+        if with_val:
+            chosen, rejected = np.r_[chosen, s.ctx.val.chosen], np.r_[rejected, s.ctx.val.rejected]
+            users = np.r_[users, s.ctx.val.users]
+        if basis_from_prompts:
+            prompts = np.unique(np.concatenate([p for p in s.ctx.train_prompts_of_user if len(p)]))
+            all_pairs = np.array([(a, b) for p in prompts for i, a in enumerate(s.ctx.prompt_responses[int(p)])
+                                  for b in s.ctx.prompt_responses[int(p)][i + 1:]])
+            basis = pair_subspace(features, all_pairs[:, 0], all_pairs[:, 1], max(sizes))
+        else:
+            basis = pair_subspace(features, chosen, rejected, max(sizes))
+        x = oriented_differences(features, basis, chosen, rejected)
+        fit = fit_soft_clusters(x, users, s.ctx.n_users, n_clusters=8, restarts=16, user_vectors=s.user_vectors(),
+                                sizes=sizes, seed=s.seed, colabel_weight=colabel_weight,
+                                colabels=CoLabels.of(chosen, rejected))
+        fit.basis = basis
+        return wide(s, fit, beta)
+
+    return run
+
+
 def true_teachers_posterior(beta: float = 3.0) -> Callable[[Seed], object]:
     """Oracle: the true clusters' teachers (and shares) frozen, each user placed by the posterior of its own
     training pairs: what assignment alone costs once the teachers are right."""
@@ -291,6 +425,23 @@ VARIANTS: dict[str, Callable[[Seed], object]] = {
     "soft, C 6/12 averaged (8 restarts each), co-labels w 4": mixed_sizes(clusters=(6, 12)),
     "soft, C 6, co-labels w 4": soft(clusters=6, colabel_weight=4.0),
     "soft, C 12, co-labels w 4": soft(clusters=12, colabel_weight=4.0),
+    # issue 20 item 4, second pass (all on the default: soft EM 16/24/32, C 8, co-labels w 4, β 3)
+    "soft, leave-one-user-out E-step, co-labels w 4": soft(colabel_weight=4.0, leave_out=1.0),
+    "soft, leave-out ×2, co-labels w 4": soft(colabel_weight=4.0, leave_out=2.0),
+    "default fit, posterior sharpened T 0.5": posterior_use(0.5),
+    "default fit, posterior flattened T 2": posterior_use(2.0),
+    "default fit, top cluster of each run": posterior_use(0.0),
+    "soft, co-label graph spectral starts, co-labels w 4": soft(colabel_weight=4.0, starts=spectral_starts(0.0)),
+    "soft, co-label + text spectral starts, co-labels w 4": soft(colabel_weight=4.0, starts=spectral_starts(1.0)),
+    "oracle: soft EM from the true clusters, leave-out E-step, β 3": soft_from_truth(3.0, leave_out=1.0),
+    "PAFO distilled student, dense 40 (default options otherwise)": pafo(student="distilled"),
+    "soft, bagged users (bootstrap per run), co-labels w 4": bagged(),
+    "soft, subspace from every training-prompt response pair, co-labels w 4": more_pairs(basis_from_prompts=True),
+    "soft, validation pairs added to EM, co-labels w 4": more_pairs(with_val=True),
+    "soft, validation pairs added + subspace from every training-prompt pair, co-labels w 4":
+        more_pairs(basis_from_prompts=True, with_val=True),
+    "default fit, co-label graph smoothing 0.3": graph_smoothed(0.3),
+    "default fit, co-label graph smoothing 0.6": graph_smoothed(0.6),
     **{f"PAFO soft, co-labels w {w:g}, β {beta:g}": pafo(colabel_weight=w, beta=beta)
        for w in (0.0, 1.0, 2.0, 4.0, 8.0) for beta in (1.0, 2.0, 3.0, 4.0)},
 }
