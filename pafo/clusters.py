@@ -22,7 +22,8 @@ cluster, not per support group:
    (spec §10). Kept for comparison.
 
 Averaging runs, not picking the best in-sample objective, is what helped on development seeds: wrong clusterings
-often score higher in-sample. Validation and test labels never reach this module: it is given training pairs only.
+often score higher in-sample. Test labels never reach this module: it is given the labelled pairs of
+``pafo.methods.cluster_pairs`` (training pairs, and by default the validation pairs: one more pair per user).
 """
 
 from __future__ import annotations
