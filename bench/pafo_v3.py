@@ -120,13 +120,20 @@ def wide(s: Seed, fit: ClusterFit, beta: float):
 
 
 def pafo(**options) -> Callable[[Seed], object]:
-    """A variant that is PAFO itself with some options."""
+    """A variant that is PAFO itself with some options; its clusters read the training pairs only unless
+    ``cluster_val`` is given (every variant before the second pass was measured so)."""
+    options = {"cluster_val": False, **options}
 
     def run(s: Seed):
         config = dataclasses.replace(experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo, **options)
         return fit_method("pafo", s.ctx, config, (0, 1)).model
 
     return run
+
+
+def shipped(s: Seed):
+    """PAFO with the library's default options, whatever they are now."""
+    return fit_method("pafo", s.ctx, experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo, (0, 1)).model
 
 
 def train_x(s: Seed, size: int = 32):
@@ -158,7 +165,8 @@ def true_clusters(beta: float) -> Callable[[Seed], object]:
         basis, _ = train_x(s)
         fit = ClusterFit(np.zeros((1, 1, 32)), np.zeros((1, s.ctx.n_users), int), np.zeros((s.ctx.n_users, 32)),
                          np.zeros(1), np.zeros(1), basis=basis)
-        config = dataclasses.replace(experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo, beta=beta)
+        config = dataclasses.replace(experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo, beta=beta,
+                                     cluster_val=False)
         return true_cluster_model(s.ctx, s.base.model, fit, s.data, config)
 
     return run
@@ -242,31 +250,11 @@ def moment_starts(s: Seed, x: np.ndarray, sizes, clusters: int, restarts: int) -
 
 
 def default_fit(s: Seed) -> ClusterFit:
-    """PAFO's own cluster fit with the default options (shared through ``ctx.cache`` with the default variant)."""
+    """PAFO v3.0's cluster fit (training pairs only, as measured; shared through ``ctx.cache`` with that variant)."""
     from pafo.methods import preference_clusters
 
-    config = experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo
+    config = dataclasses.replace(experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo, cluster_val=False)
     return preference_clusters(s.ctx, config, s.base.model)
-
-
-def posterior_use(temperature: float, beta: float = 3.0) -> Callable[[Seed], object]:
-    """The default fit, each user's direction from its posterior sharpened (T < 1; T = 0: the top cluster of each
-    run) or flattened (T > 1), q_uc ∝ q_uc^(1/T), averaged over runs as usual."""
-
-    def run(s: Seed):
-        fit = default_fit(s)
-        q = fit.posteriors  # (runs, n_users, C)
-        if temperature == 0:
-            sharp = np.eye(q.shape[-1])[q.argmax(-1)]
-        else:
-            logq = np.log(np.maximum(q, 1e-300)) / temperature
-            sharp = np.exp(logq - logq.max(-1, keepdims=True))
-            sharp /= sharp.sum(-1, keepdims=True)
-        directions = np.einsum("rnc,rcd->nd", sharp, fit.teachers) / len(q)
-        directions[np.bincount(s.ctx.train.users, minlength=s.ctx.n_users) == 0] = 0.0
-        return wide(s, dataclasses.replace(fit, directions=directions), beta)
-
-    return run
 
 
 def colabel_graph(s: Seed) -> np.ndarray:
@@ -282,7 +270,7 @@ def colabel_graph(s: Seed) -> np.ndarray:
 
 
 def graph_smoothed(weight: float, beta: float = 3.0) -> Callable[[Seed], object]:
-    """The co-label graph as a fixed prior on directions: each user's ā_u from the default fit moved ``weight`` of
+    """The co-label graph as a fixed prior on directions: each user's ā_u from the v3.0 fit moved ``weight`` of
     the way towards the mean direction of the users it agrees with on shared pairs (net agreement > 0, weighted
     by it); users without such neighbours keep their own."""
 
@@ -321,29 +309,6 @@ def spectral_starts(text_weight: float = 1.0) -> Callable:
                          for i in range(restarts * len(sizes))])
 
     return starts
-
-
-def bagged(beta: float = 3.0, sizes=(16, 24, 32), restarts: int = 16, colabel_weight: float = 4.0):
-    """Bagging over users: each run's M-step sees a bootstrap resample of the users (multinomial counts), every
-    user is placed in every run; directions averaged over runs as usual (diverse teachers, not just starts)."""
-
-    def user_weights(s: Seed, x, sizes_, clusters, restarts_):
-        rng = np.random.default_rng(s.seed + 17)
-        has = np.bincount(s.ctx.train.users, minlength=s.ctx.n_users) > 0
-        counts = np.zeros((restarts_ * len(sizes_), s.ctx.n_users))
-        counts[:, has] = rng.multinomial(has.sum(), np.full(has.sum(), 1 / has.sum()), size=len(counts))
-        return counts
-
-    def run(s: Seed):
-        basis, x = train_x(s, max(sizes))
-        fit = fit_soft_clusters(x, s.ctx.train.users, s.ctx.n_users, n_clusters=8, restarts=restarts,
-                                user_vectors=s.user_vectors(), sizes=sizes, seed=s.seed, colabel_weight=colabel_weight,
-                                colabels=CoLabels.of(s.ctx.train.chosen, s.ctx.train.rejected),
-                                user_weights=user_weights(s, x, sizes, 8, restarts))
-        fit.basis = basis
-        return wide(s, fit, beta)
-
-    return run
 
 
 def more_pairs(basis_from_prompts: bool = False, with_val: bool = False, beta: float = 3.0, sizes=(16, 24, 32),
@@ -426,32 +391,44 @@ VARIANTS: dict[str, Callable[[Seed], object]] = {
     "soft, C 6, co-labels w 4": soft(clusters=6, colabel_weight=4.0),
     "soft, C 12, co-labels w 4": soft(clusters=12, colabel_weight=4.0),
     # issue 20 item 4, second pass (all on the default: soft EM 16/24/32, C 8, co-labels w 4, β 3)
-    "soft, leave-one-user-out E-step, co-labels w 4": soft(colabel_weight=4.0, leave_out=1.0),
-    "soft, leave-out ×2, co-labels w 4": soft(colabel_weight=4.0, leave_out=2.0),
-    "default fit, posterior sharpened T 0.5": posterior_use(0.5),
-    "default fit, posterior flattened T 2": posterior_use(2.0),
-    "default fit, top cluster of each run": posterior_use(0.0),
     "soft, co-label graph spectral starts, co-labels w 4": soft(colabel_weight=4.0, starts=spectral_starts(0.0)),
     "soft, co-label + text spectral starts, co-labels w 4": soft(colabel_weight=4.0, starts=spectral_starts(1.0)),
-    "oracle: soft EM from the true clusters, leave-out E-step, β 3": soft_from_truth(3.0, leave_out=1.0),
-    "PAFO distilled student, dense 40 (default options otherwise)": pafo(student="distilled"),
-    "soft, bagged users (bootstrap per run), co-labels w 4": bagged(),
+    "PAFO distilled student, dense 40 (default options otherwise)": pafo(student="distilled", cluster_val=False),
     "soft, subspace from every training-prompt response pair, co-labels w 4": more_pairs(basis_from_prompts=True),
     "soft, validation pairs added to EM, co-labels w 4": more_pairs(with_val=True),
     "soft, validation pairs added + subspace from every training-prompt pair, co-labels w 4":
         more_pairs(basis_from_prompts=True, with_val=True),
-    "default fit, co-label graph smoothing 0.3": graph_smoothed(0.3),
-    "default fit, co-label graph smoothing 0.6": graph_smoothed(0.6),
+    "v3.0 fit, co-label graph smoothing 0.3": graph_smoothed(0.3),
+    "v3.0 fit, co-label graph smoothing 0.6": graph_smoothed(0.6),
     **{f"PAFO soft, co-labels w {w:g}, β {beta:g}": pafo(colabel_weight=w, beta=beta)
        for w in (0.0, 1.0, 2.0, 4.0, 8.0) for beta in (1.0, 2.0, 3.0, 4.0)},
 }
 REFERENCE = "v2: hard EM, 40 restarts, β 1 (today's PAFO)"
 DEFAULT = "PAFO as shipped (default options)"
-VARIANTS[DEFAULT] = pafo()
-CROSSFIT = [name for name in VARIANTS if name.startswith("PAFO soft, co-labels")]
+VARIANTS[DEFAULT] = shipped
+#: The default before the second pass (soft EM, co-labels w 4, β 3, clusters on training pairs only): what the
+#: second pass's variants are paired against.
+V30 = "PAFO v3.0 (soft EM, co-labels w 4, β 3; clusters on training pairs only)"
+VARIANTS[V30] = pafo()
+#: The second pass (issue 20 item 4) on seeds 100–109, every row paired against V30; the first rows are the
+#: adopted change (the validation pairs in the cluster step: the new default).
+SECOND_PASS = [V30, DEFAULT, "soft, validation pairs added to EM, co-labels w 4",
+               "soft, validation pairs added + subspace from every training-prompt pair, co-labels w 4",
+               "soft, subspace from every training-prompt response pair, co-labels w 4",
+               "soft, co-label graph spectral starts, co-labels w 4",
+               "soft, co-label + text spectral starts, co-labels w 4",
+               "v3.0 fit, co-label graph smoothing 0.3", "v3.0 fit, co-label graph smoothing 0.6",
+               "PAFO distilled student, dense 40 (default options otherwise)",
+               "oracle: soft EM started from the true clusters, β 3"]
+SECOND_FRESH = [V30, DEFAULT]
+#: β re-checked with the validation pairs in the cluster step (7-fold training-data cross-fit, seeds 100–104).
+CROSSFIT_VAL = [f"PAFO soft, co-labels w 4, β {beta:g}, clusters read validation pairs" for beta in (2.0, 3.0, 4.0)]
+VARIANTS.update({name: pafo(colabel_weight=4.0, beta=beta, cluster_val=True)
+                 for name, beta in zip(CROSSFIT_VAL, (2.0, 3.0, 4.0), strict=True)})
+CROSSFIT = [name for name in VARIANTS if name.startswith("PAFO soft, co-labels") and "validation" not in name]
 #: What the fresh confirmation seeds run: PAFO v2, the §10 prototype (soft EM, no co-labels, β 3), the default, and
 #: the true-cluster ceiling at the default β.
-FRESH = [REFERENCE, "soft EM 16/24/32, β 3", DEFAULT, "oracle: true-cluster teachers, β 3"]
+FRESH = [REFERENCE, "soft EM 16/24/32, β 3", V30, "oracle: true-cluster teachers, β 3"]
 SUMMARY = """**Summary.** Adopted as PAFO's default cluster step: soft EM on the mixture likelihood (subspaces
 16/24/32, 16 restarts each, C 8) with the co-label view (weight 4) and β 3.
 - Soft EM over PAFO v2 (β 3, no co-labels), minority, paired: +0.88 [+0.2, +1.5] synthetic / +1.07 [+0.2, +1.8] DSP
@@ -502,6 +479,34 @@ Four-seed probes (100–103, synthetic, minority Δ vs baseline; dropped at once
 - Teachers fitted on top of the baseline's training margins (offset, so clusters model what the baseline misses):
   β 1 −2.56, β 3 −12.49 (plain +3.72 / +4.59): the in-sample baseline margins explain the training pairs away.
 """
+SECOND_TEXT = """Each row is paired with PAFO v3.0 (the default before this pass: soft EM 16/24/32, C 8, co-labels w 4,
+β 3, clusters fitted on the training pairs only) on the same users and test pairs of seeds 100–109. Directions
+tried, as the brief listed them: co-labels as an initialisation (spectral clustering of the users' net-agreement
+graph, alone or with a text view: multi-view) and as a fixed prior (graph smoothing of the users' directions);
+the posterior's use by the student (temperature, top cluster: below); a leave-one-user-out E-step against EM's
+self-confirmation, and bagging over users (below); more labelled pairs per user where the data has them (the
+validation pairs: one more per user) and a label-free subspace from every response pair of the training
+prompts; the distilled student with 40 dense pairs per user. The oracle row starts EM from the true clusters."""
+REMOVED_SECOND = """Second-pass variants measured at commit 39db394 whose code was then removed (no gain); same seeds,
+test pairs and pairing (minority Δ vs v3.0 [CI]; majority Δ synthetic / DSP; time / baseline synthetic / DSP); the
+posterior rows reuse v3.0's fit, so their time is the wide model's alone:
+
+| variant (seeds 100–109) | synthetic Δ min vs v3.0 | DSP Δ min vs v3.0 | Δ maj vs v3.0 | time |
+|---|---:|---:|---:|---:|
+| leave-one-user-out E-step | +0.03 [−0.2, +0.2] | +0.05 [−0.3, +0.4] | +0.00 / +0.07 | 9.5× / 8.8× |
+| bagged users (a bootstrap resample per run) | −1.02 [−1.5, −0.6] | +0.04 [−0.5, +0.6] | +0.01 / +0.07 | 1.7× / 2.0× |
+| posterior sharpened, T 0.5 | +0.02 [−0.2, +0.2] | −0.09 [−0.3, +0.1] | +0.05 / −0.11 | 1.0× / 1.0× |
+| posterior flattened, T 2 | −0.21 [−0.5, +0.0] | −0.17 [−0.5, +0.2] | −0.08 / +0.23 | 1.1× / 1.0× |
+| top cluster of each run | −0.23 [−0.5, +0.0] | +0.22 [−0.1, +0.5] | −0.03 / −0.13 | 1.0× / 1.0× |
+| oracle: EM from the truth, leave-out E-step | +0.10 [−0.5, +0.7] | +0.06 [−0.8, +1.0] | +0.05 / −0.27 | 1.2× / 1.3× |
+
+- Leave-one-user-out E-step: each user scored by teachers with its own pairs taken out (one Newton step with the
+  M-step's Böhning bound); 9× the baseline's time for nothing, and EM started from the true clusters still drifts
+  to the k-means-start quality with it: self-confirmation is not what holds EM back.
+- Co-label spectral starts: the users' net-agreement graph is too sparse (each user shares ~7 pairs, with one or
+  two other labellers each) for spectral clustering: its partitions have ARI ≈ 0.0–0.06 against the true clusters
+  (k-means starts 0.16 synthetic; EM's own MAP clusters 0.46–0.52 synthetic, 0.07 DSP; seeds 100–101)."""
+
 #: The choice rule of spec §10: candidates whose majority changes by ≥ −0.5 points on every dataset; among them the
 #: largest smaller-of-the-datasets minority gain.
 MAJORITY_FLOOR = -0.005
@@ -648,6 +653,33 @@ def study(datasets: list[str], seeds: list[int], names: list[str], folds: int = 
     return raw, [unit_key(seed, fold) for seed, fold in units]
 
 
+def second_pass(datasets: list[str]) -> list[str]:
+    """Sections 4 and 5 of the log: issue 20 item 4's variants against v3.0, and the adopted one on 200–209."""
+    raw, dev = study(datasets, parse_seeds("100-109"), SECOND_PASS)
+    lines = ["### 4. Second pass (issue 20 item 4): variants on development seeds 100–109 against PAFO v3.0", "",
+             SECOND_TEXT, ""]
+    for dataset in datasets:
+        lines += [f"#### {dataset}", "", research_table(raw, dataset, dev, SECOND_PASS, V30), ""]
+    lines += [REMOVED_SECOND, ""]
+    raw, fresh = study(datasets, parse_seeds("200-209"), SECOND_FRESH)
+    lines += ["### 5. Second pass: the adopted change on development seeds 200–209, and both sets pooled", "",
+              "PAFO as shipped now reads the validation pairs in its cluster step (`cluster_val`, on by default); "
+              "paired against v3.0 on the same users.", ""]
+    for dataset in datasets:
+        lines += [f"#### {dataset}, seeds 200–209", "", research_table(raw, dataset, fresh, SECOND_FRESH, V30), "",
+                  f"#### {dataset}, seeds 100–109 and 200–209 pooled", "",
+                  research_table(raw, dataset, dev + fresh, SECOND_FRESH, V30), ""]
+    names = ["PAFO soft, co-labels w 4, β 3", *CROSSFIT_VAL]
+    raw, keys = study(datasets, parse_seeds("100-104"), names, 7)
+    choice, table = crossfit_choice(raw, datasets, keys, names)
+    lines += ["### 6. β with the validation pairs in the cluster step: 7-fold training-data cross-fit, seeds 100–104",
+              "", "As 2b (each user's training pairs in 7 folds, the baseline and every candidate trained without the "
+              "scored fold, groups from the other folds); the candidates' clusters read the other folds and the "
+              "validation pairs. The first row is v3.0 at β 3 (training folds only), from 2b.", "", table, "",
+              f"Chosen by the rule of spec §10: **{choice}**", ""]
+    return lines
+
+
 def research_log(argv: list[str], out: str | None) -> None:
     """Section pafo_v3_research: every study of issue 20, on development seeds only."""
     started, datasets = time.perf_counter(), ["synthetic", "dsp"]
@@ -658,7 +690,7 @@ def research_log(argv: list[str], out: str | None) -> None:
              "shared with other engineers' jobs throughout (load average 2–12), so the time column is a rough "
              "ratio measured per variant, not a benchmark (bench.quality's ratios are the timing figures)", ""]
     lines += [SUMMARY, ""]
-    explore = [n for n in VARIANTS if n not in CROSSFIT and n not in (DEFAULT,)] + [
+    explore = [n for n in VARIANTS if n not in CROSSFIT and n not in (DEFAULT, *SECOND_PASS, *CROSSFIT_VAL)] + [
         "PAFO soft, co-labels w 4, β 1", "PAFO soft, co-labels w 4, β 2", "PAFO soft, co-labels w 2, β 2",
         "PAFO soft, co-labels w 0, β 1"]
     raw, keys = study(datasets, parse_seeds("100-109"), explore)
@@ -685,6 +717,7 @@ def research_log(argv: list[str], out: str | None) -> None:
     lines += ["### 3. Confirmation on fresh development seeds 200–209 (no choice was made on them)", ""]
     for dataset in datasets:
         lines += [f"#### {dataset}", "", research_table(raw, dataset, keys, FRESH), ""]
+    lines += second_pass(datasets)
     lines += [f"- wall time of the parts computed in this call: {time.perf_counter() - started:.0f} s", ""]
     text = "\n".join(lines)
     print(text)

@@ -63,7 +63,6 @@ class ClusterFit:
     log_weights: np.ndarray | None = None  # (runs, C): log π_c, each run's cluster weights
     sizes: np.ndarray | None = None  # (runs,): the subspace size each run used (hard EM: all r)
     em: str = "hard"
-    posteriors: np.ndarray | None = None  # (runs, n_users, C): soft EM's final q_uc (co-label view included)
 
     @property
     def best(self) -> int:
@@ -386,73 +385,18 @@ class _SoftEM:
         return teachers, log_weights, q, rounds, self.objective(loglik, log_weights, teachers)
 
 
-class _LeaveOutSoftEM(_SoftEM):
-    """Soft EM whose E-step scores each user by teachers fitted *without* that user's pairs.
-
-    Why: with ~7 pairs per user, a teacher fitted on a cluster's users partly fits each member's own label noise, so
-    in-sample posteriors confirm whatever cluster a user started in (EM started from the true clusters drifts away
-    from them, spec §10). The left-out teacher is one Newton step from the fitted one: removing user u's term
-    q_uc·ℓ_u from cluster c's objective moves a_c by −q_uc H_c⁻¹ g_uc, g_uc = Σ_{p∈u} σ(−a_c·x_p) x_p, so u's margins
-    drop by q_uc x_pᵀ H_c⁻¹ g_uc. H_c is the M-step's Böhning bound (≥ the Hessian, so the correction is on the small
-    side); ``leave_out`` scales it (1: the Newton step)."""
-
-    leave_out = 1.0
-
-    def log_likelihood(self, margins: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
-        if q is not None:
-            margins = margins - self.leave_out * self.self_influence(margins, q.reshape(len(q), -1))
-        return super().log_likelihood(margins, q)
-
-    def self_influence(self, margins: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """(pairs, M): q_uc x_pᵀ H_c⁻¹ g_uc for every pair p of user u and every model c."""
-        x, users = self.pairs.x, self.pairs.pair_users
-        n_pairs, dim = x.shape
-        n_models = q.shape[1]
-        bound = 0.25 * (q.T @ self.pairs.user_outer).reshape(-1, dim, dim)
-        inside = self.mask[:, :, None] & self.mask[:, None, :]
-        diagonal = torch.where(self.mask, self.ridge[:, None], torch.ones_like(self.ridge)[:, None])
-        factor = torch.linalg.cholesky((torch.where(inside, bound, torch.zeros_like(bound))
-                                        + torch.diag_embed(diagonal)).double())
-        residual = torch.sigmoid(-margins)  # (pairs, M)
-        grad = self.pairs.per_user((residual[:, :, None] * x[:, None, :]).reshape(n_pairs, -1))
-        grad = grad.reshape(-1, n_models, dim) * self.mask[None]  # (n_users, M, r)
-        step = torch.cholesky_solve(grad.permute(1, 2, 0).double(), factor).permute(2, 0, 1).to(x.dtype)
-        step = step * q[:, :, None]
-        return torch.einsum("pd,pmd->pm", x, step[users])
-
-
-class _WeightedSoftEM(_SoftEM):
-    """Soft EM where each run sees its users with weights (e.g. bootstrap counts: bagging over users); every user
-    still gets a posterior in every run, so out-of-bag users are placed by teachers their pairs did not fit."""
-
-    user_weight: torch.Tensor  # (n_users, runs)
-
-    def m_step(self, teachers: torch.Tensor, q: torch.Tensor, steps: int,
-               margins: torch.Tensor | None = None) -> torch.Tensor:
-        weight = self.user_weight.repeat_interleave(self.n_clusters, dim=1)
-        return super().m_step(teachers, q * weight, steps, margins)
-
-    def e_step(self, loglik: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = torch.softmax(loglik + log_weights[None], dim=-1)
-        weight = self.user_weight[self.has_pairs][:, :, None]
-        shares = (q[self.has_pairs] * weight).sum(0) / weight.sum(0).clamp_min(1e-12)
-        return q, torch.log(shares.clamp_min(1e-12))
-
-
 def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_clusters: int, restarts: int,
                       user_vectors: np.ndarray, sizes: tuple[int, ...] | None = None, ridge: float = 1.0,
                       max_rounds: int = 20, tol: float = 1e-4, seed: int = 0, device: str = "cpu",
                       colabels: CoLabels | None = None, colabel_weight: float = 0.0,
-                      initial: np.ndarray | None = None, leave_out: float = 0.0,
-                      user_weights: np.ndarray | None = None) -> ClusterFit:
+                      initial: np.ndarray | None = None) -> ClusterFit:
     """Soft EM of module docstring step 2 over oriented training-pair differences ``x`` (pairs × r).
 
     ``sizes``: the nested subspace sizes (the first r columns of ``x``; default: all r); ``restarts`` runs in each,
     half from k-means on the normalised ``user_vectors`` (e.g. the baseline's b + w_u), half on each user's summed
     differences. ``initial`` (runs × n_users, clusters), when given, replaces the k-means starts (the reference test
     feeds both implementations the same ones). ``colabels`` with ``colabel_weight`` > 0 add the co-label view
-    (``_SoftEM.colabel_probability``). ``leave_out`` > 0 scores each user, in the E-step, by teachers with the
-    user's own pairs taken out (``_LeaveOutSoftEM``). Users without pairs get cluster −1 and a zero direction.
+    (``_SoftEM.colabel_probability``). Users without pairs get cluster −1 and a zero direction.
     """
     dim = x.shape[1]
     sizes = tuple(sorted({min(int(r), dim) for r in (sizes or (dim,))}))
@@ -470,12 +414,8 @@ def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_
     mask = torch.arange(dim, device=device)[None, :] < tensor(np.repeat(size_of_run, n_clusters), torch.long)[:, None]
     ridge_of_model = tensor(np.repeat(ridge / scale_of_run**2, n_clusters))
     colabel_tensors = None if colabels is None else (tensor(colabels.key, torch.long), tensor(colabels.sign))
-    kind = _LeaveOutSoftEM if leave_out > 0 else _WeightedSoftEM if user_weights is not None else _SoftEM
-    em = kind(pairs, tensor(has_pairs, torch.bool), mask, ridge_of_model, n_clusters, colabel_tensors, colabel_weight)
-    if leave_out > 0:
-        em.leave_out = leave_out
-    if user_weights is not None:
-        em.user_weight = tensor(np.asarray(user_weights).T)
+    em = _SoftEM(pairs, tensor(has_pairs, torch.bool), mask, ridge_of_model, n_clusters, colabel_tensors,
+                 colabel_weight)
     start = np.zeros((n_users, runs, n_clusters), dtype=np.float32)
     start[np.arange(n_users)[:, None], np.arange(runs)[None, :], np.maximum(initial.T, 0)] = 1.0
     teachers, log_weights, q, rounds, objective = em.fit(tensor(start), max_rounds, tol)
@@ -487,8 +427,7 @@ def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_
     assignments[:, ~has_pairs] = -1
     return ClusterFit(teachers=teachers, assignments=assignments, directions=directions,
                       objective=objective.double().cpu().numpy(), rounds=rounds.cpu().numpy(),
-                      log_weights=log_weights.double().cpu().numpy(), sizes=size_of_run, em="soft",
-                      posteriors=np.moveaxis(q, 0, 1))
+                      log_weights=log_weights.double().cpu().numpy(), sizes=size_of_run, em="soft")
 
 
 def _soft_starts(x: np.ndarray, pair_users: np.ndarray, n_users: int, has_pairs: np.ndarray,
