@@ -1,4 +1,5 @@
-"""Preference clusters found on training pairs only, and a linear Bradley–Terry teacher per cluster.
+"""Preference clusters found on labelled training-side pairs (never test pairs), and a linear Bradley–Terry teacher
+per cluster.
 
 Why (spec §9): the baseline's learned g(φ) is shaped by majority labels and loses directions that minority users
 need, while φ itself keeps them. A support-rate minority is also several tastes, so one minority teacher averages
