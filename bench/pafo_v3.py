@@ -429,7 +429,21 @@ CROSSFIT = [name for name in VARIANTS if name.startswith("PAFO soft, co-labels")
 #: What the fresh confirmation seeds run: PAFO v2, the §10 prototype (soft EM, no co-labels, β 3), the default, and
 #: the true-cluster ceiling at the default β.
 FRESH = [REFERENCE, "soft EM 16/24/32, β 3", V30, "oracle: true-cluster teachers, β 3"]
-SUMMARY = """**Summary.** Adopted as PAFO's default cluster step: soft EM on the mixture likelihood (subspaces
+SUMMARY = """**Summary of the second pass (issue 20 item 4; §4–6).** Adopted: the cluster step also reads the
+validation pairs' labels (`cluster_val`, on by default): 8 labelled pairs per user instead of 7. Paired against
+PAFO v3.0 (the default before it), minority: +0.75 [+0.2, +1.3] synthetic / +0.43 [−0.3, +1.1] DSP on seeds 100–109
+(where it was found), +1.38 [+0.8, +1.9] / +0.88 [+0.1, +1.7] on seeds 200–209, pooled +1.06 [+0.6, +1.5] /
++0.66 [+0.1, +1.2], the majority up too (+0.55 / +0.20 pooled), the time unchanged. On held-out folds of the
+training pairs (7-fold cross-fit, §6, where the validation pairs are never scored) it reads +5.09 / +5.04 against
+v3.0's +4.00 / +3.98, and β 3 stays the rule's choice. Nothing else tried in this pass helped (§4): a
+leave-one-user-out E-step, bagging over users, co-label graph spectral starts (alone or multi-view), co-label graph
+smoothing of the directions, the posterior's temperature or top cluster, a label-free subspace from every response
+pair of the training prompts, the distilled student with 40 dense pairs (−3.0 minority on both). Why: EM's fixed
+point, not its start or self-confirmation, limits the step (EM from the true clusters, with or without the
+leave-out E-step, ends where k-means starts do), and the co-label graph is too sparse to cluster on its own
+(ARI ≈ 0); only more labels per user moved it.
+
+**Summary of the first pass.** Adopted as PAFO's default cluster step: soft EM on the mixture likelihood (subspaces
 16/24/32, 16 restarts each, C 8) with the co-label view (weight 4) and β 3.
 - Soft EM over PAFO v2 (β 3, no co-labels), minority, paired: +0.88 [+0.2, +1.5] synthetic / +1.07 [+0.2, +1.8] DSP
   on seeds 100–109; +1.05 [+0.4, +1.6] / +0.54 [−0.3, +1.3] on the fresh seeds 200–209.

@@ -20,7 +20,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from threadpoolctl import threadpool_limits
 
-from .clusters import ClusterFit, discover
+from .clusters import ClusterFit, discover, oriented_differences
 from .compare import DEFAULT_EPSILON
 from .method_configs import (
     METHOD_CONFIGS,
@@ -306,7 +306,7 @@ def fit_pafo(ctx: MethodContext, config: PAFOConfig, span) -> MethodOutput:
     clusters = preference_clusters(ctx, config, base.model)
     teacher = wide_model(ctx, base.model, clusters, config.beta)
     if config.calibrate:
-        calibrate_temperature(teacher, ctx.features, ctx.val)
+        calibrate_held_out(ctx, base.model, clusters, config, teacher)
     extra = {CLUSTERS: clusters, "teacher": teacher,
              "setup_seconds": base.result.seconds + ctx.cache["clusters_seconds"]}
     if config.student == "wide":
@@ -402,6 +402,25 @@ def calibrate_temperature(model: WideRewardModel, features: torch.Tensor, val: P
     fit = minimize_scalar(lambda log_t: np.mean(np.logaddexp(0.0, -margins / np.exp(log_t))), bounds=(-4.0, 4.0),
                           method="bounded")
     temperature = float(np.exp(fit.x))
+    with torch.no_grad():
+        model.scales.div_(temperature)
+    return temperature
+
+
+def calibrate_held_out(ctx: MethodContext, base: RewardModel, clusters: ClusterFit, config: PAFOConfig,
+                       model: WideRewardModel) -> float:
+    """:func:`calibrate_temperature` on validation pairs the temperature has not seen through the clusters.
+
+    When the cluster step read the validation labels (``cluster_val``), each user's ā_u has fitted its own
+    validation pair, so the model looks surer there than on new pairs and a temperature fitted there would make it
+    overconfident. The temperature is then fitted on a probe: the same wide model with each user placed by its
+    training pairs alone (``ClusterFit.posterior_directions``, teachers frozen), and applied to the model."""
+    if not config.cluster_val or not len(ctx.val):
+        return calibrate_temperature(model, ctx.features, ctx.val)
+    x = oriented_differences(ctx.features.cpu().numpy(), clusters.basis, ctx.train.chosen, ctx.train.rejected)
+    probe = wide_model(ctx, base, dataclasses.replace(
+        clusters, directions=clusters.posterior_directions(x, ctx.train.users, ctx.n_users)), config.beta)
+    temperature = calibrate_temperature(probe, ctx.features, ctx.val)
     with torch.no_grad():
         model.scales.div_(temperature)
     return temperature

@@ -209,17 +209,40 @@ def test_discover_is_deterministic(ctx):
         np.testing.assert_array_equal(a.assignments, b.assignments)
 
 
-def test_calibration_rescales_margins_without_changing_any_sign(ctx):
-    """The fitted temperature changes confidence, never a preference: same signs, lower validation log-loss."""
-    raw = fit_method("pafo", ctx, dataclasses.replace(FAST, calibrate=False), (0.0, 1.0)).model
-    calibrated = fit_method("pafo", ctx, FAST, (0.0, 1.0)).model
+@pytest.mark.parametrize("cluster_val", [False, True])
+def test_calibration_rescales_margins_without_changing_any_sign(ctx, cluster_val):
+    """The fitted temperature changes confidence, never a preference: same signs, one factor for every pair; where
+    it is fitted on the model itself (clusters on training pairs only) the validation log-loss goes down."""
+    config = dataclasses.replace(FAST, cluster_val=cluster_val)
+    raw = fit_method("pafo", ctx, dataclasses.replace(config, calibrate=False), (0.0, 1.0)).model
+    calibrated = fit_method("pafo", ctx, config, (0.0, 1.0)).model
     for pairs in (ctx.val, ctx.train):
         a, b = pair_margins(raw, ctx.features, pairs), pair_margins(calibrated, ctx.features, pairs)
         np.testing.assert_array_equal(np.sign(a), np.sign(b))
         ratio = b[a != 0] / a[a != 0]
         np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)  # one temperature for every pair
-    loss = [np.mean(np.logaddexp(0, -pair_margins(m, ctx.features, ctx.val))) for m in (raw, calibrated)]
-    assert loss[1] <= loss[0] + 1e-9
+    if not cluster_val:
+        loss = [np.mean(np.logaddexp(0, -pair_margins(m, ctx.features, ctx.val))) for m in (raw, calibrated)]
+        assert loss[1] <= loss[0] + 1e-9
+
+
+def test_calibration_is_fitted_where_users_were_placed_without_their_validation_pair(ctx):
+    """Regression (issue 20, second pass): with the validation labels in the cluster step, a temperature fitted on
+    the model itself made PAFO overconfident (DSP test log-loss 0.83 against 0.64, development seeds). The
+    temperature is fitted on a probe whose users are placed by their training pairs alone and then applied."""
+    base = baseline_output(ctx, (0.0, 1.0)).model
+    clusters = preference_clusters(ctx, FAST, base)
+    x = oriented_differences(ctx.features.numpy(), clusters.basis, ctx.train.chosen, ctx.train.rejected)
+    probe = methods_mod.wide_model(ctx, base, dataclasses.replace(
+        clusters, directions=clusters.posterior_directions(x, ctx.train.users, ctx.n_users)), FAST.beta)
+    expected = methods_mod.calibrate_temperature(probe, ctx.features, ctx.val)
+    naive = methods_mod.wide_model(ctx, base, clusters, FAST.beta)
+    in_sample = methods_mod.calibrate_temperature(naive, ctx.features, ctx.val)
+    calibrated = fit_method("pafo", ctx, FAST, (0.0, 1.0)).model
+    raw = fit_method("pafo", ctx, dataclasses.replace(FAST, calibrate=False), (0.0, 1.0)).model
+    ratio = pair_margins(raw, ctx.features, ctx.train) / pair_margins(calibrated, ctx.features, ctx.train)
+    np.testing.assert_allclose(np.median(ratio), expected, rtol=1e-4)
+    assert not np.isclose(expected, in_sample)
 
 
 def test_per_user_fit_matches_sklearn_per_user():
