@@ -435,7 +435,11 @@ PAFO v3.0 (the default before it), minority: +0.75 [+0.2, +1.3] synthetic / +0.4
 (where it was found), +1.38 [+0.8, +1.9] / +0.88 [+0.1, +1.7] on seeds 200–209, pooled +1.06 [+0.6, +1.5] /
 +0.66 [+0.1, +1.2], the majority up too (+0.55 / +0.20 pooled), the time unchanged. On held-out folds of the
 training pairs (7-fold cross-fit, §6, where the validation pairs are never scored) it reads +5.09 / +5.04 against
-v3.0's +4.00 / +3.98, and β 3 stays the rule's choice. Nothing else tried in this pass helped (§4): a
+v3.0's +4.00 / +3.98, and β 3 stays the rule's choice. Its temperature is now fitted on a probe that places each
+user by its training pairs alone: fitted on the model itself, which had read the validation labels through the
+posteriors, it made PAFO overconfident (test log-loss on seeds 100–104, scratch check: DSP 0.83 against v3.0's
+0.64, with the probe 0.67; synthetic 0.47 / 0.39 / 0.40; baseline 0.74 / 0.52); accuracy is unchanged by it.
+Nothing else tried in this pass helped (§4): a
 leave-one-user-out E-step, bagging over users, co-label graph spectral starts (alone or multi-view), co-label graph
 smoothing of the directions, the posterior's temperature or top cluster, a label-free subspace from every response
 pair of the training prompts, the distilled student with 40 dense pairs (−3.0 minority on both). Why: EM's fixed
