@@ -191,7 +191,8 @@ def seed_context(config: ExperimentConfig):
 
 #: PAFO v2, the cluster step before issue 20 (hard EM on the classification likelihood, 40 restarts, β = 1): the
 #: comparison that shows what the soft step (the default since) changed.
-PAFO_V2 = {"cluster_em": "hard", "restarts": 40, "subspace": 32, "beta": 1.0, "colabel_weight": 0.0}
+PAFO_V2 = {"cluster_em": "hard", "restarts": 40, "subspace": 32, "beta": 1.0, "colabel_weight": 0.0,
+           "cluster_val": False}
 V2_NAME = "PAFO v2 (hard EM, β 1)"
 CEILING_NAME = "oracle: PAFO with the true preference clusters"
 

@@ -1,4 +1,5 @@
-"""Preference clusters found on training pairs only, and a linear Bradley–Terry teacher per cluster.
+"""Preference clusters found on labelled training-side pairs (never test pairs), and a linear Bradley–Terry teacher
+per cluster.
 
 Why (spec §9): the baseline's learned g(φ) is shaped by majority labels and loses directions that minority users
 need, while φ itself keeps them. A support-rate minority is also several tastes, so one minority teacher averages
@@ -22,7 +23,8 @@ cluster, not per support group:
    (spec §10). Kept for comparison.
 
 Averaging runs, not picking the best in-sample objective, is what helped on development seeds: wrong clusterings
-often score higher in-sample. Validation and test labels never reach this module: it is given training pairs only.
+often score higher in-sample. Test labels never reach this module: it is given the labelled pairs of
+``pafo.methods.cluster_pairs`` (training pairs, and by default the validation pairs: one more pair per user).
 """
 
 from __future__ import annotations

@@ -134,11 +134,12 @@ def predicted_scores(rows: np.ndarray, scores: np.ndarray, fit_rows: np.ndarray,
 def true_cluster_model(ctx, base, fit: ClusterFit, dataset, config):
     """PAFO's wide student built from the *true* preference clusters (each user's dominant judge) instead of EM's:
     the headroom that better cluster discovery could reach. Oracle: reads the simulated personas."""
-    from .methods import wide_model
+    from .methods import cluster_pairs, wide_model
 
     features = ctx.features.cpu().numpy()
-    x = oriented_differences(features, fit.basis, ctx.train.chosen, ctx.train.rejected)
-    oracle = fit_clusters(x, ctx.train.users, ctx.n_users, n_clusters=0, restarts=1, ridge=config.cluster_ridge,
+    pairs = cluster_pairs(ctx, config)  # the pairs PAFO's own cluster step read
+    x = oriented_differences(features, fit.basis, pairs.chosen, pairs.rejected)
+    oracle = fit_clusters(x, pairs.users, ctx.n_users, n_clusters=0, restarts=1, ridge=config.cluster_ridge,
                           user_vectors=np.zeros((ctx.n_users, 1)), max_rounds=0,
                           initial=dataset.persona_weights.argmax(1))
     oracle.basis = fit.basis

@@ -179,6 +179,10 @@ class PAFOConfig:
                                         "the same pair in a user's cluster posterior (0: off)", ge=0,
                                    le=MAX_COLABEL_WEIGHT, label="co-label weight", grid=(0, 2, 4, 8),
                                    active_when=SOFT_EM)
+    cluster_val: bool = option(True, "clusters: EM also reads the validation pairs' labels (one more pair per user; "
+                                     "no student picks its epoch on them: the wide one only fits its temperature "
+                                     "there, the distilled one selects on teacher-labelled pairs)",
+                               label="clusters read validation pairs", active_when=CLUSTER_OPTIONS)
     calibrate: bool = option(True, "clusters: divide the student's margins by one temperature fitted on "
                                    "validation pairs (BT log-loss; accuracy unchanged)",
                              label="calibrate margins", active_when=PAFO_CLUSTERS)

@@ -81,8 +81,7 @@ def test_subspace_is_whitened_and_ignores_the_prompt_half():
     assert (x**2).mean(0)[0] > (x**2).mean(0)[-1]  # not whitened: principal directions keep their order
 
 
-def test_em_never_sees_validation_or_test_labels(ctx, monkeypatch):
-    """Regression: clusters come from training pairs only; flipping every validation label changes nothing."""
+def _spy_discover(monkeypatch) -> list:
     seen = []
     original = methods_mod.discover
 
@@ -91,17 +90,58 @@ def test_em_never_sees_validation_or_test_labels(ctx, monkeypatch):
         return original(features, chosen, rejected, users, n_users, **kwargs)
 
     monkeypatch.setattr(methods_mod, "discover", spy)
-    base = baseline_output(ctx, (0.0, 1.0)).model
-    first = preference_clusters(ctx, FAST, base)
+    return seen
+
+
+def _flipped_val(ctx):
     flipped = copy.copy(ctx)
     flipped.cache = {}
     flipped.val = PairSet(ctx.val.rejected, ctx.val.chosen, ctx.val.users, group=ctx.val.group)
-    second = preference_clusters(flipped, FAST, base)
+    return flipped
+
+
+def test_em_without_cluster_val_never_sees_validation_or_test_labels(ctx, monkeypatch):
+    """Regression: with cluster_val off, clusters come from training pairs only; flipping every validation label
+    changes nothing."""
+    seen = _spy_discover(monkeypatch)
+    config = dataclasses.replace(FAST, cluster_val=False)
+    base = baseline_output(ctx, (0.0, 1.0)).model
+    first = preference_clusters(ctx, config, base)
+    second = preference_clusters(_flipped_val(ctx), config, base)
     for chosen, rejected, users in seen:
         np.testing.assert_array_equal(chosen, ctx.train.chosen)
         np.testing.assert_array_equal(rejected, ctx.train.rejected)
         np.testing.assert_array_equal(users, ctx.train.users)
     np.testing.assert_array_equal(first.directions, second.directions)
+
+
+def test_em_reads_training_and_validation_pairs_by_default_never_test(ctx, monkeypatch):
+    """Issue 20 (second pass): by default the cluster step reads the training pairs followed by the validation
+    pairs (so a validation label moves the users' directions) and no test pair."""
+    seen = _spy_discover(monkeypatch)
+    base = baseline_output(ctx, (0.0, 1.0)).model
+    first = preference_clusters(ctx, FAST, base)
+    chosen, rejected, users = seen[-1]
+    np.testing.assert_array_equal(chosen, np.r_[ctx.train.chosen, ctx.val.chosen])
+    np.testing.assert_array_equal(rejected, np.r_[ctx.train.rejected, ctx.val.rejected])
+    np.testing.assert_array_equal(users, np.r_[ctx.train.users, ctx.val.users])
+    second = preference_clusters(_flipped_val(ctx), FAST, base)
+    assert not np.allclose(first.directions, second.directions)
+    assert methods_mod.cluster_key(FAST) != methods_mod.cluster_key(dataclasses.replace(FAST, cluster_val=False))
+
+
+def test_a_user_with_only_a_validation_pair_gets_a_direction(ctx):
+    """The validation pairs place users: a user whose training pairs are removed keeps a direction from its
+    validation pair with cluster_val on, and gets none (zero) without it."""
+    base = baseline_output(ctx, (0.0, 1.0)).model
+    lone = int(ctx.val.users[0])
+    trimmed = copy.copy(ctx)
+    trimmed.cache = {}
+    trimmed.train = ctx.train.subset(np.flatnonzero(ctx.train.users != lone))
+    on = preference_clusters(trimmed, FAST, base)
+    off = preference_clusters(trimmed, dataclasses.replace(FAST, cluster_val=False), base)
+    assert np.abs(on.directions[lone]).sum() > 0
+    assert not off.directions[lone].any()
 
 
 def test_wide_student_takes_user_ids_only_and_keeps_the_baseline_channel(ctx):
@@ -169,17 +209,40 @@ def test_discover_is_deterministic(ctx):
         np.testing.assert_array_equal(a.assignments, b.assignments)
 
 
-def test_calibration_rescales_margins_without_changing_any_sign(ctx):
-    """The fitted temperature changes confidence, never a preference: same signs, lower validation log-loss."""
-    raw = fit_method("pafo", ctx, dataclasses.replace(FAST, calibrate=False), (0.0, 1.0)).model
-    calibrated = fit_method("pafo", ctx, FAST, (0.0, 1.0)).model
+@pytest.mark.parametrize("cluster_val", [False, True])
+def test_calibration_rescales_margins_without_changing_any_sign(ctx, cluster_val):
+    """The fitted temperature changes confidence, never a preference: same signs, one factor for every pair; where
+    it is fitted on the model itself (clusters on training pairs only) the validation log-loss goes down."""
+    config = dataclasses.replace(FAST, cluster_val=cluster_val)
+    raw = fit_method("pafo", ctx, dataclasses.replace(config, calibrate=False), (0.0, 1.0)).model
+    calibrated = fit_method("pafo", ctx, config, (0.0, 1.0)).model
     for pairs in (ctx.val, ctx.train):
         a, b = pair_margins(raw, ctx.features, pairs), pair_margins(calibrated, ctx.features, pairs)
         np.testing.assert_array_equal(np.sign(a), np.sign(b))
         ratio = b[a != 0] / a[a != 0]
         np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)  # one temperature for every pair
-    loss = [np.mean(np.logaddexp(0, -pair_margins(m, ctx.features, ctx.val))) for m in (raw, calibrated)]
-    assert loss[1] <= loss[0] + 1e-9
+    if not cluster_val:
+        loss = [np.mean(np.logaddexp(0, -pair_margins(m, ctx.features, ctx.val))) for m in (raw, calibrated)]
+        assert loss[1] <= loss[0] + 1e-9
+
+
+def test_calibration_is_fitted_where_users_were_placed_without_their_validation_pair(ctx):
+    """Regression (issue 20, second pass): with the validation labels in the cluster step, a temperature fitted on
+    the model itself made PAFO overconfident (DSP test log-loss 0.83 against 0.64, development seeds). The
+    temperature is fitted on a probe whose users are placed by their training pairs alone and then applied."""
+    base = baseline_output(ctx, (0.0, 1.0)).model
+    clusters = preference_clusters(ctx, FAST, base)
+    x = oriented_differences(ctx.features.numpy(), clusters.basis, ctx.train.chosen, ctx.train.rejected)
+    probe = methods_mod.wide_model(ctx, base, dataclasses.replace(
+        clusters, directions=clusters.posterior_directions(x, ctx.train.users, ctx.n_users)), FAST.beta)
+    expected = methods_mod.calibrate_temperature(probe, ctx.features, ctx.val)
+    naive = methods_mod.wide_model(ctx, base, clusters, FAST.beta)
+    in_sample = methods_mod.calibrate_temperature(naive, ctx.features, ctx.val)
+    calibrated = fit_method("pafo", ctx, FAST, (0.0, 1.0)).model
+    raw = fit_method("pafo", ctx, dataclasses.replace(FAST, calibrate=False), (0.0, 1.0)).model
+    ratio = pair_margins(raw, ctx.features, ctx.train) / pair_margins(calibrated, ctx.features, ctx.train)
+    np.testing.assert_allclose(np.median(ratio), expected, rtol=1e-4)
+    assert not np.isclose(expected, in_sample)
 
 
 def test_per_user_fit_matches_sklearn_per_user():
