@@ -105,6 +105,8 @@ with st.expander("User attributes (optional): who each user is, to slice results
             attributes_path = str(appstate.save_upload(attributes_upload.name, attributes_upload.getvalue()))
         except PafoInputError as exc:
             ui.show_error(str(exc), "Upload rejected: ")
+        else:
+            st.caption(f"{attributes_upload.name} received: **Load dataset** to use it.")
     elif current.get("user_attributes"):
         keep_attributes = st.checkbox(f"Keep {appstate.display_path(current['user_attributes'])}", value=True,
                                       key="attributes_keep")

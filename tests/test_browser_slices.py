@@ -85,6 +85,9 @@ def test_slices_on_compare_in_the_report_and_users_filter(app_server, browser, t
     uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Upload a user attributes file")
     uploader.locator("input[type='file']").set_input_files(str(attributes))
     uploader.get_by_text("attributes.csv").wait_for()
+    # Regression (flaky under load): the file's name shows in the browser before the server has the upload, and a
+    # Load dataset pressed in between loaded the data without it; the page now says when the server has it.
+    page.get_by_text("attributes.csv received").wait_for()
     wait_idle(page)
     page.get_by_role("button", name="Load dataset").click()
     page.get_by_text("region (3 values)").wait_for()
