@@ -67,6 +67,21 @@ initial = appstate.source_kind(current)
 source = st.segmented_control("Source", sources, default=initial, format_func=appstate.SOURCE_LABELS.get,
                               key="data_source") or initial
 
+def saved_upload(upload, note: str, prefix: str = "") -> str | None:
+    """The path an uploaded file was saved to (None without one, or after showing why it was rejected), with a
+    caption once the server has it: ``prefix``, the file's name, then ``note`` (which may use ``{size}``)."""
+    if upload is None:
+        return None
+    try:
+        path = str(appstate.save_upload(upload.name, upload.getvalue()))
+    except PafoInputError as exc:
+        ui.show_error(str(exc), "Upload rejected: ")
+        return None
+    st.caption(f"{prefix}{upload.name} " + note.format(size=len(upload.getvalue())))
+    return path
+
+
+
 path_value = current.get("path") if current["dataset"] == source else None
 dataset_name, uploaded_path = source, None
 if source == "pairs":
@@ -74,13 +89,7 @@ if source == "pairs":
                "test) as CSV, JSONL, JSON or Parquet.")
     # No type= filter: a wrong file gets our own message (what is wrong and what to upload) instead of a widget error.
     upload = st.file_uploader("Upload a pairs file (.csv, .jsonl, .json or .parquet)", key="pairs_upload")
-    if upload is not None:
-        try:
-            uploaded_path = str(appstate.save_upload(upload.name, upload.getvalue()))
-        except PafoInputError as exc:
-            ui.show_error(str(exc), "Upload rejected: ")
-        else:
-            st.caption(f"uploaded {upload.name} ({len(upload.getvalue()):,} bytes); it is used instead of the path")
+    uploaded_path = saved_upload(upload, "({size:,} bytes); it is used instead of the path", "uploaded ")
 elif current["dataset"] == "pairs" and appstate.friendly_paths(str(path_value or "")) != str(path_value or ""):
     path_value = None  # an earlier upload: named in the sidebar; the path box is for files on this machine
 elif source == "hub":
@@ -101,12 +110,7 @@ with st.expander("User attributes (optional): who each user is, to slice results
                "slice of users; PRISM, MultiPref and Community Alignment bring their own.")
     attributes_upload = st.file_uploader("Upload a user attributes file", key="attributes_upload")
     if attributes_upload is not None:
-        try:
-            attributes_path = str(appstate.save_upload(attributes_upload.name, attributes_upload.getvalue()))
-        except PafoInputError as exc:
-            ui.show_error(str(exc), "Upload rejected: ")
-        else:
-            st.caption(f"{attributes_upload.name} received: **Load dataset** to use it.")
+        attributes_path = saved_upload(attributes_upload, "received: **Load dataset** to use it.")
     elif current.get("user_attributes"):
         keep_attributes = st.checkbox(f"Keep {appstate.display_path(current['user_attributes'])}", value=True,
                                       key="attributes_keep")
