@@ -66,7 +66,11 @@ def test_compare_draws_the_unseen_users_panel(app_server, browser):  # noqa: F81
         "&& /New (minority|majority) users/.test(String(p._fullLayout.title.text)))"
         ".map(p => p.querySelectorAll('.errorbar').length)")
     assert whiskers == [9, 9]  # 3 methods × 3 shots, each point with its CI
+    # The grid draws on a canvas and writes its cells into the DOM only once it has laid out, which under load
+    # comes after the curves: wait for the table's header to be there before counting (CI failed on the count).
+    page.get_by_text("Unseen users", exact=True).scroll_into_view_if_needed()
     table = page.locator("[data-testid='stDataFrame']").filter(has_text="pairs (k)")
+    table.first.wait_for()
     assert table.count() == 1
     no_exceptions(page)
     page.get_by_text("Unseen users", exact=True).scroll_into_view_if_needed()
