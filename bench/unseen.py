@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
               f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}",
               f"- wall time of this benchmark: {time.perf_counter() - started:.0f} s",
               "- accuracies in %, differences in points; CIs: bootstrap over held-out users, seeds pooled; the "
-              "verdict is the run's rule (a group needs ≥ 20 users on every seed, so one seed's held-out minority "
-              "is usually too small for a verdict other than noise)", ""]
+              "verdict is the run's rule (pafo.sample_size: a group needs ≥ 20 users and ≥ 200 test pairs over the "
+              "seeds and ≥ 5 users on each)", ""]
     text = "\n".join(header + body)
     publish("unseen", text, args.out)
     print(text)

@@ -7,8 +7,9 @@ cancels in the difference. Uncertainty comes from a percentile bootstrap over us
 statistic is the mean of its per-seed values. Everything is a fraction (0.005 is half a percentage point).
 
 Verdict rule (documented in the README; :class:`VerdictRule` holds its parameters, each declared once here):
-- ``noise`` whenever a group, on some seed, has fewer than ``min_users`` users or ``min_pairs`` test pairs with an
-  accuracy under both methods (its CI would be too rough: one user gives a zero-width interval);
+- ``noise`` whenever a group has fewer than ``min_users`` users or ``min_pairs`` test pairs with an accuracy under
+  both methods over the seeds, or fewer than ``min_seed_users`` users on some seed (its CI would be too rough: one
+  user gives a zero-width interval; :mod:`pafo.sample_size` holds the rule);
 - ``pareto``: the minority CI lies above 0 and the majority delta is ≥ −ε;
 - ``worse``: one group's CI lies below −ε and the other group's CI does not lie above 0;
 - ``tradeoff``: one group's CI lies above 0 and the other's below 0;
@@ -29,6 +30,7 @@ import pandas as pd
 from .errors import PafoInputError
 from .jsonio import from_fields
 from .metrics import COMPARED_METRICS, GROUPS, Users
+from .sample_size import MIN_PAIRS, MIN_SEED_USERS, MIN_USERS, GroupCounts, shortfall
 
 __all__ = ["CI_TOLERANCE", "COMPARED", "MIN_GROUP_PAIRS", "MIN_GROUP_USERS", "MSG_NO_COMMON_USERS", "VERDICTS",
            "VERDICT_WORDS", "Comparison", "Coverage", "Delta", "Sample", "VerdictRule", "describe_comparison",
@@ -47,11 +49,9 @@ MSG_MISSING_ACCURACY = "paired comparison: per-user table of seed {seed} has no 
 #: every printout uses, so a bound shown as 0.0 never counts as above 0 (a lower bound of 4e-17, float noise of a
 #: zero difference, once gave "pareto").
 CI_TOLERANCE = 0.0005
-#: Below these per group and seed the bootstrap CI is too rough to judge (1–2 users give zero-width intervals);
-#: the Compare page's small-sample warning uses the same numbers.
-MIN_GROUP_USERS, MIN_GROUP_PAIRS = 20, 200
+#: Below these per group (over the seeds) the bootstrap CI is too rough to judge (:mod:`pafo.sample_size`).
+MIN_GROUP_USERS, MIN_GROUP_PAIRS = MIN_USERS, MIN_PAIRS
 DEFAULT_EPSILON = 0.005
-REASON_TOO_FEW = "too few {what}: {group} has {count} (< {minimum}){where}"
 REASON_NO_ESTIMATE = "no paired estimate for a group"
 REASON_PARETO = "the minority's CI lies above 0 and the majority's difference is ≥ −ε"
 REASON_WORSE = "the {down}'s CI lies below −ε and the {other}'s does not lie above 0"
@@ -76,20 +76,32 @@ class Delta:
 
 @dataclass(frozen=True)
 class Sample:
-    """One group's fewest users and fewest test pairs over the seeds, each with the seed it was on."""
+    """One group's fewest users and fewest test pairs over the seeds, each with the seed it was on, and its users
+    and pairs in total (``None`` in a comparison stored before totals were recorded: the fewest count then)."""
 
     users: int
     pairs: int
     users_seed: int | None = None
     pairs_seed: int | None = None
+    total_users: int | None = None
+    total_pairs: int | None = None
+    seeds: int = 1
 
     def to_json(self) -> dict:
         return {"users": self.users, "users_seed": self.users_seed, "pairs": self.pairs,
-                "pairs_seed": self.pairs_seed}
+                "pairs_seed": self.pairs_seed, "total_users": self.total_users, "total_pairs": self.total_pairs,
+                "seeds": self.seeds}
 
     @classmethod
     def from_json(cls, block: dict | None) -> Sample:
-        return from_fields(cls, block, users=lambda n: int(n or 0), pairs=lambda n: int(n or 0))
+        return from_fields(cls, block, users=lambda n: int(n or 0), pairs=lambda n: int(n or 0),
+                           seeds=lambda n: int(n or 1))
+
+    def counts(self) -> GroupCounts:
+        """The counts the sample-size rule reads."""
+        total_users = self.users if self.total_users is None else self.total_users
+        total_pairs = self.pairs if self.total_pairs is None else self.total_pairs
+        return GroupCounts(total_users, total_pairs, self.seeds, self.users, self.users_seed)
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,7 @@ class VerdictRule:
     tolerance: float = CI_TOLERANCE
     min_users: int = MIN_GROUP_USERS
     min_pairs: int = MIN_GROUP_PAIRS
+    min_seed_users: int = MIN_SEED_USERS
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,15 +140,13 @@ class VerdictRule:
         return from_fields(cls, block)
 
     def shortfall(self, sample: dict[str, Sample], n_seeds: int = 1) -> str | None:
-        """Why the groups are too small to judge, or None. ``sample``: per group the fewest users and pairs over
-        the seeds."""
-        for what, key, minimum in (("users", "users", self.min_users), ("test pairs", "pairs", self.min_pairs)):
-            for group in ("minority", "majority"):
-                block = sample.get(group) or Sample(0, 0)
-                count, seed = getattr(block, key), getattr(block, f"{key}_seed")
-                if count < minimum:
-                    where = f" on seed {seed}" if n_seeds > 1 and seed is not None else ""
-                    return REASON_TOO_FEW.format(what=what, group=group, count=count, minimum=minimum, where=where)
+        """Why the groups are too small to judge (:func:`pafo.sample_size.shortfall`), or None. ``sample``: per
+        group its :class:`Sample` over the seeds."""
+        for group in ("minority", "majority"):
+            reason = shortfall((sample.get(group) or Sample(0, 0)).counts(), group, min_users=self.min_users,
+                               min_pairs=self.min_pairs, min_seed_users=self.min_seed_users)
+            if reason:
+                return reason
         return None
 
     def judge(self, majority: Delta, minority: Delta, sample: dict[str, Sample] | None = None,
@@ -312,9 +323,12 @@ def _group_sizes(table: pd.DataFrame, pairs_column: str, seed) -> dict:
 
 
 def _smallest(sizes: list[dict]) -> Sample:
-    """The fewest users and the fewest pairs of one group over the seeds, each with the seed it was on."""
+    """The fewest users and the fewest pairs of one group over the seeds, each with the seed it was on, and the
+    totals."""
     users, pairs = min(sizes, key=lambda b: b["users"]), min(sizes, key=lambda b: b["pairs"])
-    return Sample(users["users"], pairs["pairs"], users["seed"], pairs["seed"])
+    return Sample(users["users"], pairs["pairs"], users["seed"], pairs["seed"],
+                  total_users=sum(b["users"] for b in sizes), total_pairs=sum(b["pairs"] for b in sizes),
+                  seeds=len(sizes))
 
 
 def _pooled(estimates: list, samples: list, confidence: float) -> Delta:
@@ -397,11 +411,12 @@ def describe_comparison(comparison: Comparison, *, verdict: bool = False) -> str
 
 COVERAGE_WORDS = ", on the {pairs:,} of {of_pairs:,} pairs both models cover"
 RULE_WORDS = ("rule: ε {epsilon:.2g} points, CI bounds must clear 0 (or −ε) by {tolerance:.2g} points, a group "
-              "needs ≥ {min_users} users and ≥ {min_pairs} test pairs on each seed")
+              "needs ≥ {min_users} users and ≥ {min_pairs} test pairs over the seeds and ≥ {min_seed_users} users on "
+              "each")
 
 
 def describe_rule(rule: VerdictRule | None = None) -> str:
     """The parameters of a comparison's rule in words (the CLI's verdict line, Compare's verdict help)."""
     rule = rule or VerdictRule()
     return RULE_WORDS.format(epsilon=100 * rule.epsilon, tolerance=100 * rule.tolerance, min_users=rule.min_users,
-                             min_pairs=rule.min_pairs)
+                             min_pairs=rule.min_pairs, min_seed_users=rule.min_seed_users)

@@ -44,6 +44,7 @@ from .metrics import (
     USER_ACCURACY,
 )
 from .results import RunResult, SweepResult
+from .sample_size import MIN_SEED_USERS, GroupCounts, shortfall
 
 __all__ = [
     "GROUP_COLORS",
@@ -124,14 +125,14 @@ points by default):
 
 "Above 0" means above by more than {100 * CI_TOLERANCE:.2g} points (the tolerance of every CI test; "below" likewise),
 and the verdict is **within noise** whenever a group has fewer than {MIN_GROUP_USERS} users or {MIN_GROUP_PAIRS} test
-pairs on a seed: so few users give intervals too narrow to trust. An audit compares two models only on the pairs
+pairs over the seeds, or fewer than {MIN_SEED_USERS} users on one seed: so few users give intervals too narrow to
+trust. An audit compares two models only on the pairs
 both have predictions for."""
 SEED_NOTE = ("This run has one seed ({seed}), so differences between its methods are not evidence: another seed can "
              "move them by several points either way. Train several seeds (Seeds on Train or What-if, "
              "`--seeds 0-4` on the command line) for paired confidence intervals pooled over seeds.")
-SMALL_SAMPLE = ("Small sample: the {group} group has {users} users and {pairs} {which} pairs{where} (fewer than "
-                f"{SMALL_GROUP_USERS} users or {SMALL_GROUP_PAIRS} pairs), so its accuracy and intervals are rough, "
-                "a 100% can be luck, and every verdict is within noise.")
+SMALL_SAMPLE = ("Small sample: the {group} group has {users} users and {pairs} {which} pairs{where} ({reason}), so "
+                "its accuracy and intervals are rough, a 100% can be luck, and every verdict is within noise.")
 
 
 def method_color(name: str) -> str:
@@ -834,8 +835,8 @@ def judged_counts(result: RunResult, per_user: pd.DataFrame | None = None) -> pd
 
 
 def sample_warnings(result: RunResult) -> list[str]:
-    """One warning per group with fewer than :data:`SMALL_GROUP_USERS` users or :data:`SMALL_GROUP_PAIRS` judged
-    pairs (users with a judged pair; the smallest seed counts)."""
+    """One warning per group too small to judge by the verdicts' rule (:mod:`pafo.sample_size`: users with a judged
+    pair and their judged pairs, over the seeds and on each)."""
     per_user = per_user_frame(result)
     counts = judged_counts(result, per_user)
     if "group" not in per_user or counts is None:
@@ -846,13 +847,17 @@ def sample_warnings(result: RunResult) -> list[str]:
         per_user = per_user.assign(seed=0)
     tested = per_user[per_user["n_test"] > 0]
     warnings = []
+    seeds = sorted(per_user["seed"].unique())
     for group in GROUP_ORDER:
-        counts = [(int((part["group"] == group).sum()), int(part.loc[part["group"] == group, "n_test"].sum()), seed)
-                  for seed, part in tested.groupby("seed")] or [(0, 0, None)]
-        users, pairs, seed = min(counts)
-        if users < SMALL_GROUP_USERS or pairs < SMALL_GROUP_PAIRS:
-            where = f" on seed {seed}" if per_user["seed"].nunique() > 1 else ""
-            warnings.append(SMALL_SAMPLE.format(group=group, users=users, pairs=pairs, which=which, where=where))
+        rows = tested[tested["group"] == group]
+        users = {seed: int((rows["seed"] == seed).sum()) for seed in seeds}
+        pairs = {seed: int(rows.loc[rows["seed"] == seed, "n_test"].sum()) for seed in seeds}
+        counts = GroupCounts.of_seeds(users, pairs)
+        reason = shortfall(counts, group, pairs_word=f"{which} pairs")
+        if reason:
+            where = f" over {len(seeds)} seeds" if len(seeds) > 1 else ""
+            warnings.append(SMALL_SAMPLE.format(group=group, users=counts.users, pairs=counts.pairs, which=which,
+                                                where=where, reason=reason))
     return warnings
 
 

@@ -17,7 +17,8 @@ EU``) or a combination of values (``region = EU, tier = gold``). Per slice and m
   - ``better``: p_holm < α and Δ > 0;
   - ``worse``: p_holm < α and Δ < −ε (ε the run's Pareto tolerance, 0.5 points by default);
   - ``noise``: anything else, and always for a *small* slice (fewer than :data:`MIN_SLICE_USERS` users or
-    :data:`MIN_SLICE_PAIRS` test pairs on some seed), which is marked ``"small": true`` with the ``reason``.
+    :data:`MIN_SLICE_PAIRS` test pairs over the seeds, or too few users on one seed: :mod:`pafo.sample_size`),
+    which is marked ``"small": true`` with the ``reason``.
 
 Everything is a fraction (0.005 is half a percentage point), as in :mod:`pafo.compare`.
 """
@@ -43,6 +44,7 @@ from .config import option, validate_options
 from .errors import PafoInputError
 from .jsonio import from_fields
 from .metrics import support_deciles
+from .sample_size import MIN_PAIRS, MIN_SEED_USERS, MIN_USERS, GroupCounts, shortfall
 
 __all__ = [
     "ALPHA",
@@ -65,10 +67,9 @@ __all__ = [
 
 #: Family-wise error rate of the Holm-adjusted verdicts.
 ALPHA = 0.05
-#: A slice below either size on some seed is *small*: its verdict is ``noise`` whatever its p. The support groups'
-#: minimums (pafo.compare.MIN_GROUP_USERS / MIN_GROUP_PAIRS, a test holds them equal), written out here so the CLI's
-#: start does not import scipy through pafo.compare.
-MIN_SLICE_USERS, MIN_SLICE_PAIRS = 20, 200
+#: A slice below either size over the seeds (or with too few users on one seed) is *small*: its verdict is
+#: ``noise`` whatever its p. The support groups' minimums: one rule, :mod:`pafo.sample_size`.
+MIN_SLICE_USERS, MIN_SLICE_PAIRS = MIN_USERS, MIN_PAIRS
 MAX_SLICINGS = 20
 MAX_SLICES = 500  # slices of one run: more is no longer a comparison anyone can read (and costs bootstrap time)
 SLICE_VERDICTS = ("better", "noise", "worse")
@@ -183,16 +184,8 @@ def _plain(value: float) -> float | None:
 
 
 def _small_reason(users: dict, pairs: dict, min_users: int, min_pairs: int) -> str | None:
-    """Why a slice is too small to judge (its smallest seed), in the words of the groups' rule, or None."""
-    from .compare import REASON_TOO_FEW
-
-    several = len(users) > 1
-    for what, counts, minimum in (("users", users, min_users), ("test pairs", pairs, min_pairs)):
-        seed, count = min(counts.items(), key=lambda item: item[1])
-        if count < minimum:
-            return REASON_TOO_FEW.format(what=what, group="the slice", count=count, minimum=minimum,
-                                         where=f" on seed {seed}" if several else "")
-    return None
+    """Why a slice is too small to judge, in the words of the groups' rule (:mod:`pafo.sample_size`), or None."""
+    return shortfall(GroupCounts.of_seeds(users, pairs), "the slice", min_users=min_users, min_pairs=min_pairs)
 
 
 @dataclass
@@ -419,6 +412,7 @@ def slicing_block(settings: SliceSettings, reference: str | None, slices: list[S
     tests = sum(len(entry.comparisons) for entry in slices)
     return {"by": [s.spec for s in settings.slicings()], "reference": reference, "alpha": ALPHA,
             "epsilon": epsilon, "min_users": MIN_SLICE_USERS, "min_pairs": MIN_SLICE_PAIRS,
+            "min_seed_users": MIN_SEED_USERS,
             "n_slices": len(slices), "n_tests": tests,
             "p_value": "two-sided, paired bootstrap over users: t = delta / bootstrap SE, Student's t with n - 1 df",
             "adjustment": f"Holm over all {tests} comparisons of the run"}

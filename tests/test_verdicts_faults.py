@@ -46,7 +46,7 @@ def test_a_ci_bound_of_float_noise_is_not_above_zero():
 
     assert verdict(majority, {"delta": 0.06, "ci": [2 * CI_TOLERANCE, 0.1]}) == "pareto"
     assert VerdictRule().to_dict() == {"epsilon": 0.005, "tolerance": CI_TOLERANCE, "min_users": 20,
-                                       "min_pairs": 200}
+                                       "min_pairs": 200, "min_seed_users": 5}
 
 
 def _tables(n_minority: int, *, users: int = 200, pairs: int = 20) -> list[pd.DataFrame]:
@@ -78,11 +78,38 @@ def test_groups_below_the_minimum_are_noise_with_the_reason(tmp_path, capsys):
     assert code == 0 and out == "", err
     comparison = json.loads(path.read_text())["comparisons"]["pafo"]
     assert comparison["verdict"] == "noise" and comparison["verdict_reason"].startswith("too few users: minority has")
-    assert comparison["rule"] == {"epsilon": 0.005, "tolerance": 0.0005, "min_users": 20, "min_pairs": 200}
+    assert comparison["rule"] == {"epsilon": 0.005, "tolerance": 0.0005, "min_users": 20, "min_pairs": 200,
+                                  "min_seed_users": 5}
     assert len(err.splitlines()) == 1
     assert f"within noise ({comparison['verdict_reason']})" in err
     assert "rule: ε 0.5 points, CI bounds must clear 0 (or −ε) by 0.05 points" in err
 
+
+
+def test_small_groups_pool_over_seeds_but_each_seed_needs_a_few_users():
+    """Bug: the minimum of 20 users held per seed, so ten seeds of 12 held-out minority users (120 users, a tight
+    pooled CI) always read "within noise" (issue 22's unseen-users panel never gave a verdict). The minimums now
+    count over the seeds; a seed with fewer than 5 of a group's users (a degenerate bootstrap stratum) still makes
+    the verdict noise, naming that seed; the slices and the small-sample warning read the same rule."""
+    from pafo.compare import paired_comparison
+    from pafo.sample_size import GroupCounts, shortfall
+
+    pooled = paired_comparison(_tables(12) * 10, "pafo", n_resamples=200)
+    assert pooled.verdict == "pareto" and pooled.sample["minority"].total_users == 120
+    assert paired_comparison(_tables(12), "pafo", n_resamples=200).verdict_reason == \
+        "too few users: minority has 12 (< 20)"
+    two = paired_comparison(_tables(9) * 2, "pafo", n_resamples=200)  # 18 users over 2 seeds
+    assert two.verdict_reason == "too few users: minority has 18 (< 20) over 2 seeds"
+    # 163 minority users, but 3 on the last seed
+    thin = [table.assign(seed=seed) for seed, table in enumerate(_tables(40) * 4)] + [_tables(3)[0].assign(seed=7)]
+    comparison = paired_comparison(thin, "pafo", n_resamples=200)
+    assert comparison.verdict == "noise"
+    assert comparison.verdict_reason == "too few users: minority has 3 (< 5) on seed 7"
+    # One notion of too few: the slices' reason comes from the same function, with the same counts.
+    assert shortfall(GroupCounts.of_seeds({0: 9, 1: 9}, {0: 180, 1: 180}), "the slice") == \
+        "too few users: the slice has 18 (< 20) over 2 seeds"
+    assert shortfall(GroupCounts.of_seeds({0: 30}, {0: 150}), "the slice") == \
+        "too few test pairs: the slice has 150 (< 200)"
 
 def test_audit_with_missing_rows_compares_models_on_the_pairs_both_cover(tmp_path, capsys):
     """Bug: `audit --allow-missing` compared models on different pairs: a copy of the reference that omits its
