@@ -1066,8 +1066,11 @@ def build_report_html(result: RunResult, *, run_id: str | None = None, label: st
         parts.append(pio.to_html(fig, include_plotlyjs=plotlyjs, full_html=False, default_height="auto",
                                  config={"displaylogo": False, "responsive": True}))
         plotlyjs = False
-    from .slice_report import report_section  # the slices, with their own picker (after plotly.js is in)
+    # Both import this module (their figures share its colours and layout): imported here, not at the top.
+    from .slice_report import report_section as slices_section  # with their own picker (after plotly.js is in)
+    from .unseen_report import report_section as unseen_section
 
-    parts.append(report_section(result))
+    parts.append(unseen_section(result, include_plotlyjs=plotlyjs))
+    parts.append(slices_section(result))
     parts.append("</body></html>")
     return "\n".join(parts)

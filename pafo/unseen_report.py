@@ -10,10 +10,11 @@ import plotly.graph_objects as go
 
 from .compare import VERDICT_WORDS
 from .report import make_figure, method_color, method_order
-from .results import UnseenResult
+from .results import RunResult, UnseenResult
 from .scoring import PAIR_COLUMNS, ScoringModel, check_user_pairs, personalise, score_triples
 
-__all__ = ["NEW_USER_ID", "new_user_fit", "new_user_pairs", "unseen_caption", "unseen_curve", "unseen_table"]
+__all__ = ["NEW_USER_ID", "UNSEEN_TABLE_NOTE", "new_user_fit", "new_user_pairs", "report_section", "unseen_caption",
+           "unseen_curve", "unseen_table"]
 
 #: The id the Users page gives a user typed in by hand (no run knows it).
 NEW_USER_ID = "new-user"
@@ -82,6 +83,36 @@ def unseen_caption(unseen: UnseenResult, n_seeds: int) -> str:
             f"seed{'s' * (n_seeds != 1)}, grouped by their own support rate against the training users. Each is "
             "personalised from their first k pairs with everything shared frozen (the same pairs for every method) "
             "and scored on their test pairs.")
+
+
+#: Under the table of paired differences, on Compare and in the HTML report.
+UNSEEN_TABLE_NOTE = ("Each method minus the {reference} on the same held-out users, the same k pairs and test pairs, "
+                     "in points with 95% bootstrap CIs over users pooled across seeds; the verdict follows the rule "
+                     "of the paired comparisons.")
+
+
+def report_section(result: RunResult, *, include_plotlyjs: bool = False) -> str:
+    """The HTML report's "Unseen users" section (what Compare's panel shows: caption, both learning curves and the
+    table of paired differences). Empty when the run held no users out."""
+    unseen = result.unseen
+    if unseen is None:
+        return ""
+    import html
+
+    import plotly.io as pio
+
+    from .report import _table_html
+
+    reference = result.reference
+    figures = []
+    for i, group in enumerate(("minority", "majority")):
+        figures.append(pio.to_html(unseen_curve(unseen, group), include_plotlyjs=include_plotlyjs and i == 0,
+                                   full_html=False, default_height="auto",
+                                   config={"displaylogo": False, "responsive": True}))
+    return "\n".join(["<h2>Unseen users</h2>",
+                      f"<p class='note'>{html.escape(unseen_caption(unseen, len(result.seed_list)))}</p>",
+                      *figures, _table_html(unseen_table(unseen, reference)),
+                      f"<p class='note'>{html.escape(UNSEEN_TABLE_NOTE.format(reference=reference))}</p>"])
 
 
 # ------------------------------------------------------------------------------------------- one new user

@@ -98,8 +98,7 @@ if result.unseen is not None:
         with column:
             ui.plot(unseen_report.unseen_curve(result.unseen, group), key=f"cmp_unseen_{group}")
     st.dataframe(unseen_report.unseen_table(result.unseen, reference), width="stretch", hide_index=True)
-    st.caption(f"Each method minus the {reference} on the same held-out users, the same k pairs and test pairs, in "
-               "points with 95% bootstrap CIs over users pooled across seeds; the verdict follows the rule above.")
+    st.caption(unseen_report.UNSEEN_TABLE_NOTE.format(reference=reference))
 
 # ----------------------------------------------------------------------------------------------- figures
 left, right = st.columns(2)

@@ -312,6 +312,24 @@ def test_unseen_table_rows_match_a_direct_personalisation(unseen_result):
     assert pd.api.types.is_integer_dtype(table["n_shots"])
 
 
+def test_html_report_has_the_unseen_users_section(unseen_result):
+    """Bug: the HTML report left out the held-out users' panel that Compare shows, so a mailed report lost the
+    run's unseen-users results. It now has the section: both learning curves and the table of paired differences,
+    one row per k and method; a run without held-out users has no such section."""
+    import re
+
+    from pafo.report import build_report_html
+
+    page = build_report_html(unseen_result, run_id="r1")
+    section = page.split("<h2>Unseen users</h2>", 1)[1].split("<h2>", 1)[0]
+    assert section.count("Plotly.newPlot") == 2  # the minority and the majority curves
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\w+)</td>", section)
+    assert sorted(rows) == sorted((str(k), m) for k in (1, 3) for m in ("baseline", "mixture", "pafo"))
+    assert page.count("plotly.js v") <= 1  # plotly.js embedded once
+    without = RunResult.from_json({**unseen_result.to_json(), "unseen": None})
+    assert "Unseen users" not in build_report_html(without)
+
+
 # ------------------------------------------------------------------------------------------- the score path
 
 
