@@ -647,8 +647,11 @@ def _sweep_headline(result) -> dict:
     for point in result.points:
         block = (point.methods or {}).get(method)
         comparison = (point.comparisons or {}).get(method)
-        rows.append({"params": point.params, "n_seeds": point.n_seeds, "accuracy": block and block.accuracy,
-                     "verdict": comparison and comparison.verdict})
+        row = {"params": point.params, "n_seeds": point.n_seeds, "accuracy": block and block.accuracy,
+               "verdict": comparison and comparison.verdict}
+        if point.unseen is not None and method in point.unseen.comparisons:
+            row["unseen_verdict"] = {k: c.verdict for k, c in point.unseen.comparisons[method].items()}
+        rows.append(row)
     return {"sweep_id": result.sweep_id, "pareto_method": method, "points": rows, "pareto_front": result.pareto_front}
 
 

@@ -73,8 +73,8 @@ from .support import estimate_support, resolve_estimator
 from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, pair_margins, set_threads
 from .unseen import NewUsers, heldout_groups, heldout_support, ridge_of, split_users, unseen_table, user_subset
 
-__all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "parse_seeds", "run_experiment",
-           "summary_line"]
+__all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "parse_seeds", "read_unseen_rows",
+           "run_experiment", "summary_line"]
 
 BAD_SEEDS = "--seeds: {detail}; write seeds and ranges such as 0-4 or 0,3,7"
 MAX_SEEDS = 50
@@ -565,12 +565,9 @@ def _assemble(config: ExperimentConfig, runs: list[SeedRun], embedding=None) -> 
                        per_seed=seeds, per_user=pd.concat([s.per_user for s in seeds], ignore_index=True))
     if len(seeds) > 1:
         methods = config.run.method_list()
-        result.methods, result.comparisons, result.diagnostics = pool(
+        result.methods, result.comparisons, result.diagnostics, result.unseen = pool(
             seeds, methods, n_resamples=config.run.bootstrap, rule=_rule(config))
         mark_pareto(result.methods, config.run.epsilon)
-        if first.unseen is not None:
-            result.unseen = pool_unseen([s.unseen for s in seeds], methods, n_resamples=config.run.bootstrap,
-                                        rule=_rule(config), seed=first.seed)
     else:
         result.unseen = first.unseen
     if config.slices.slice_by:
@@ -618,6 +615,24 @@ def per_user_frame(dataset: PreferenceDataset, tables: dict[str, pd.DataFrame]) 
 def per_user_csv_text(result: RunResult) -> str:
     """The per-user table as CSV (from the result's embedded table)."""
     return result.per_user.to_csv(index=False)
+
+
+def read_unseen_rows(result: RunResult, folder: Path) -> RunResult:
+    """``result`` with its held-out users' rows (:data:`UNSEEN_CSV`, written beside its result.json in ``folder``)
+    in ``result.unseen.per_user``, so its seeds can be pooled again (a sweep's points). Unchanged when the run held
+    no users out, or the file is missing, unreadable or resolves outside ``folder``: its points then have no pooled
+    unseen block."""
+    path = Path(folder) / UNSEEN_CSV
+    if result.unseen is None or not path.resolve().is_relative_to(Path(folder).resolve()):
+        return result
+    try:
+        rows = pd.read_csv(path)
+    except (OSError, ValueError):
+        return result
+    if not {"seed", "shots", "group"} <= set(rows.columns):
+        return result
+    result.unseen = dataclasses.replace(result.unseen, per_user=rows)
+    return result
 
 
 def write_artifacts(out_dir: Path, result: RunResult, runs: list[SeedRun]) -> None:

@@ -87,6 +87,7 @@ __all__ = [
     "seed_note",
     "shown_delta",
     "support_histogram",
+    "sweep_table",
     "teacher_table",
     "training_curves",
     "unfairness_table",
@@ -645,6 +646,33 @@ def _sweep_rows(sweep: SweepResult) -> pd.DataFrame:
             value = block.accuracy[group]
             row.update({group: value, f"{group}_minus": None if lo is None else value - lo,
                         f"{group}_plus": None if hi is None else hi - value})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep_table(sweep: SweepResult) -> pd.DataFrame:
+    """One row per grid point: its parameters, seeds, the Pareto method's group accuracies, its paired differences
+    to the baseline and verdict pooled over the seeds; where the cells held users out, the same on the unseen
+    users at the largest number of shots."""
+    method, front, rows = sweep.pareto_method, set(sweep.pareto_front), []
+    for point in sweep.points:
+        block = (point.methods or {}).get(method)
+        row = {"point": ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.params.items())
+                        + (" ★" if point.index in front else ""), "seeds": point.n_seeds,
+               "minority %": _pct(block.accuracy.get("minority")) if block else "–",
+               "majority %": _pct(block.accuracy.get("majority")) if block else "–"}
+        comparison = (point.comparisons or {}).get(method)
+        if comparison is not None:
+            row.update({"Δ minority": _points(comparison.delta("minority")),
+                        "Δ majority": _points(comparison.delta("majority")),
+                        "verdict": VERDICT_WORDS.get(comparison.verdict, comparison.verdict)})
+        unseen = point.unseen
+        shot = max(unseen.shots) if unseen is not None and unseen.shots else None
+        held = (unseen.comparisons.get(method) or {}).get(shot) if shot is not None else None
+        if held is not None:
+            row.update({"unseen k": shot, "unseen Δ minority": _points(held.delta("minority")),
+                        "unseen Δ majority": _points(held.delta("majority")),
+                        "unseen verdict": VERDICT_WORDS.get(held.verdict, held.verdict)})
         rows.append(row)
     return pd.DataFrame(rows)
 

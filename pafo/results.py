@@ -311,11 +311,13 @@ def pool_unseen(blocks: Sequence[UnseenResult], methods: Sequence[str], *, refer
 
 class Pooled(NamedTuple):
     """What :func:`pool` gives: per method the pooled figures, per compared method its paired comparison with the
-    reference (empty when the reference is not among the methods), and the pooled diagnostics."""
+    reference (empty when the reference is not among the methods), the pooled diagnostics, and the held-out users'
+    block pooled the same way (``None`` when the seeds held none out)."""
 
     methods: dict[str, MethodResult]
     comparisons: dict[str, Comparison]
     diagnostics: list
+    unseen: UnseenResult | None = None
 
 
 def _pool_method(name: str, blocks: list[MethodResult], frames: list[pd.DataFrame], n_resamples: int,
@@ -337,14 +339,18 @@ def _pool_method(name: str, blocks: list[MethodResult], frames: list[pd.DataFram
 def pool(seeds: Sequence[SeedResult], methods: Sequence[str], *, reference: str | None = REFERENCE,
          n_resamples: int = 1000, rule: VerdictRule | None = None) -> Pooled:
     """Pool per-seed results (each with its ``per_user`` table): the means over seeds, CIs over users pooled
-    across seeds and the paired comparisons with ``reference`` (module docstring). The bootstrap is seeded with
+    across seeds and the paired comparisons with ``reference`` (module docstring), and the held-out users' block.
+    The bootstrap is seeded with
     the first seed, so the same seeds give the same figures wherever they are pooled."""
     frames = [s.per_user for s in seeds]
     pooled = {name: _pool_method(name, [s.methods[name] for s in seeds], frames, n_resamples, seeds[0].seed)
               for name in methods}
     diagnostics = _pool_extras([s.diagnostics for s in seeds]) if all(s.diagnostics for s in seeds) else []
+    unseen = pool_unseen([s.unseen for s in seeds], methods, reference=reference, n_resamples=n_resamples, rule=rule,
+                         seed=seeds[0].seed) if all(s.unseen is not None and s.unseen.per_user is not None
+                                                    for s in seeds) else None
     return Pooled(pooled, compare_seeds(seeds, methods, reference=reference, n_resamples=n_resamples, rule=rule),
-                  diagnostics)
+                  diagnostics, unseen)
 
 
 def compare_seeds(seeds: Sequence[SeedResult], methods: Sequence[str], *, reference: str | None = REFERENCE,
@@ -422,12 +428,21 @@ class RunResult:
         return (self.groups or {}).get("threshold")
 
     def seed_results(self) -> list[SeedResult]:
-        """Each seed's result with its per-user rows (a result from before ``per_seed`` is its own one seed)."""
+        """Each seed's result with its per-user rows (a result from before ``per_seed`` is its own one seed), and
+        its held-out users' rows where the run's ``unseen.per_user`` was read
+        (:func:`pafo.experiment.read_unseen_rows`)."""
         blocks = self.per_seed or [SeedResult(self.seed_list[0], self.dataset, self.support, self.groups,
-                                              self.methods, self.comparisons, self.diagnostics)]
+                                              self.methods, self.comparisons, self.diagnostics, unseen=self.unseen)]
         several = len(blocks) > 1 and "seed" in self.per_user
         return [dataclasses.replace(block, per_user=self.per_user[self.per_user["seed"] == block.seed]
-                                    if several else self.per_user) for block in blocks]
+                                    if several else self.per_user, unseen=self._unseen_of(block))
+                for block in blocks]
+
+    def _unseen_of(self, block: SeedResult) -> UnseenResult | None:
+        rows = None if self.unseen is None else self.unseen.per_user
+        if block.unseen is None or rows is None:
+            return block.unseen
+        return dataclasses.replace(block.unseen, per_user=rows[rows["seed"] == block.seed].reset_index(drop=True))
 
     def to_json(self) -> dict:
         audit = self.is_audit
@@ -501,17 +516,22 @@ class SweepPoint:
     n_seeds: int
     methods: dict[str, MethodResult] | None = None
     comparisons: dict[str, Comparison] | None = None
+    unseen: UnseenResult | None = None  # the cells held users out (``run.unseen_users`` > 0): pooled over seeds
 
     def to_json(self) -> dict:
-        return {"index": self.index, "params": self.params, "n_seeds": self.n_seeds,
-                "methods": None if self.methods is None else {n: m.to_json() for n, m in self.methods.items()},
-                "comparisons": None if self.comparisons is None else
-                {n: c.to_json() for n, c in self.comparisons.items()}}
+        out = {"index": self.index, "params": self.params, "n_seeds": self.n_seeds,
+               "methods": None if self.methods is None else {n: m.to_json() for n, m in self.methods.items()},
+               "comparisons": None if self.comparisons is None else
+               {n: c.to_json() for n, c in self.comparisons.items()}}
+        if self.unseen is not None:
+            out["unseen"] = self.unseen.to_json()
+        return out
 
     @classmethod
     def from_json(cls, block: dict) -> SweepPoint:
         return from_fields(cls, block, methods=lambda methods: None if methods is None else _methods(methods),
-                           comparisons=lambda c: None if c is None else _each(Comparison.from_json, c))
+                           comparisons=lambda c: None if c is None else _each(Comparison.from_json, c),
+                           unseen=UnseenResult.from_json)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from .config_edit import whatif_config
 from .device import resolve_device, with_device
 from .effects import APP_WORDS, NoEffectError, check_grid, option_label
 from .errors import MSG_DIVERGED, PafoEnvironmentError, PafoInputError
-from .experiment import ExperimentConfig
+from .experiment import ExperimentConfig, read_unseen_rows
 from .features import FeatureResult
 from .registry import (
     ACTIVE_STATUSES,
@@ -367,10 +367,12 @@ def sweep_result(registry: RunRegistry, base: ExperimentConfig | dict, grid: dic
     base = ExperimentConfig.from_dict(base) if isinstance(base, dict) else base
     pareto_method = _pareto_method(pareto_method, base.run.method_list())
     seeds = list(dict.fromkeys(cell.seed for cell in cells))
-    results = {cell.record.id: registry.load_result(cell.record.id).result for cell in cells
-               if cell.record.status == SUCCEEDED}
-    results = {run_id: RunResult.from_json(result, f"the result of cell {run_id}")
-               for run_id, result in results.items() if result is not None}
+    results = {}
+    for cell in cells:
+        record = registry.load_result(cell.record.id) if cell.record.status == SUCCEEDED else None
+        if record is not None and record.result is not None:
+            result = RunResult.from_json(record.result, f"the result of cell {record.id}")
+            results[record.id] = read_unseen_rows(result, registry.result_file(record).parent)
     return assemble(base, grid, seeds, cells, results, sweep_id=sweep_id, pareto_method=pareto_method)
 
 
@@ -600,6 +602,7 @@ def _point(index: int, cell: Cell, results: list[RunResult], methods: list[str],
                   rule=rule)
     point.methods = {name: MethodResult(m.accuracy, m.accuracy_ci, m.unfairness) for name, m in pooled.methods.items()}
     point.comparisons = pooled.comparisons if REFERENCE in methods else None
+    point.unseen = pooled.unseen
     return point
 
 

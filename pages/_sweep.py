@@ -121,6 +121,9 @@ def show_sweep(state: dict, config: dict, registry) -> None:
         st.warning(f"{len(failed)} cell(s) did not succeed; the points pool the seeds that did.")
     ui.plot(report.sweep_pareto(sweep), key="sweep_pareto")
     ui.plot(report.sweep_lines(sweep, next(iter(state["grid"]))), key="sweep_lines")
+    st.dataframe(report.sweep_table(sweep), width="stretch", hide_index=True)
+    st.caption(f"Per point, {sweep.pareto_method} pooled over its seeds: Δ against the baseline on the same users and "
+               "test pairs, in points with 95% bootstrap CIs; ★ on the Pareto front.")
     st.download_button("sweep.json", json.dumps(sweep.to_json(), indent=2), file_name=f"{state['sweep_id']}.json",
                        mime="application/json", key="sweep_download")
 

@@ -330,6 +330,36 @@ def test_html_report_has_the_unseen_users_section(unseen_result):
     assert "Unseen users" not in build_report_html(without)
 
 
+def test_a_sweep_point_pools_the_cells_unseen_users_like_the_run_does(unseen_result, tmp_path):
+    """Bug: a sweep's points pooled the cells' methods and comparisons but dropped their held-out users, so a sweep
+    over the unseen share or the shots had nothing to show. ``pool`` now pools the unseen block too (one path for
+    runs and sweeps): the cells' seeds, read back from result.json plus unseen_per_user.csv, pool to exactly the
+    run's own block; the point keeps it through its JSON; the sweep table and CLI headline show it."""
+    from pafo.experiment import UNSEEN_CSV, read_unseen_rows
+    from pafo.report import sweep_table
+    from pafo.results import SweepPoint, SweepResult, pool
+
+    methods = ["baseline", "mixture", "pafo"]
+    (tmp_path / UNSEEN_CSV).write_text(unseen_result.unseen.per_user.to_csv(index=False))
+    stored = RunResult.from_json(unseen_result.to_json())
+    assert stored.unseen.per_user is None
+    assert pool(stored.seed_results(), methods, n_resamples=20).unseen is None  # without the rows: nothing pooled
+    read = read_unseen_rows(stored, tmp_path)
+    pooled = pool(read.seed_results(), methods, n_resamples=20)
+    assert pooled.unseen.to_json() == unseen_result.unseen.to_json()
+    point = SweepPoint(0, {"run.unseen_users": 0.3}, 2, pooled.methods, pooled.comparisons, pooled.unseen)
+    again = SweepPoint.from_json(point.to_json())
+    assert again.unseen == pooled.unseen and "unseen" not in SweepPoint(1, {}, 0).to_json()
+    table = sweep_table(SweepResult("s", {"run.unseen_users": [0.3]}, [0, 1], methods, "pafo", [], [again], [0]))
+    headline = cli._sweep_headline(SweepResult("s", {}, [0, 1], methods, "pafo", [], [again], [0]))
+    verdicts = {k: c.verdict for k, c in pooled.unseen.comparisons["pafo"].items()}
+    assert headline["points"][0]["unseen_verdict"] == verdicts
+    row = table.iloc[0]
+    assert row["unseen k"] == 3 and row["unseen verdict"] in ("Pareto improvement", "within noise", "worse",
+                                                               "trade-off")
+    assert row["unseen Δ minority"].startswith(("+", "−", "0"))
+
+
 # ------------------------------------------------------------------------------------------- the score path
 
 
