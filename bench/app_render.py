@@ -141,7 +141,7 @@ def time_figures(result: dict, points: pd.DataFrame, repeats: int) -> list[dict]
     """Build time of each Compare figure on its own (the bulk of a page's work) and whether WebGL is used."""
     import plotly.graph_objects as go
 
-    from pafo import report
+    from pafo import html_report, report
 
     per_user = report.per_user_frame(result)
     builders = {
@@ -151,7 +151,7 @@ def time_figures(result: dict, points: pd.DataFrame, repeats: int) -> list[dict]
         "Pareto view": lambda: report.pareto_plot(points, points["run_id"].iloc[0]),
         "support histogram": lambda: report.support_histogram(per_user, 0.5),
         "unfairness table": lambda: report.unfairness_table(result),
-        "HTML report (download)": lambda: report.build_report_html(result, run_id="bench", pareto_points=points),
+        "HTML report (download)": lambda: html_report.build_report_html(result, run_id="bench", pareto_points=points),
     }
     rows = []
     for name, build in builders.items():

@@ -11,14 +11,12 @@ derived from them.
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import math
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
 
 from .compare import (
     CI_TOLERANCE,
@@ -56,7 +54,6 @@ __all__ = [
     "VERDICT_ICONS",
     "VERDICT_RULE",
     "WEBGL_MIN_POINTS",
-    "build_report_html",
     "ceiling_table",
     "cluster_table",
     "comparison_table",
@@ -88,6 +85,7 @@ __all__ = [
     "shown_delta",
     "support_histogram",
     "sweep_table",
+    "table_html",
     "teacher_table",
     "training_curves",
     "unfairness_table",
@@ -1008,7 +1006,8 @@ def report_figures(result: RunResult, pareto_points: pd.DataFrame | None = None,
     return figures
 
 
-def _table_html(frame: pd.DataFrame) -> str:
+def table_html(frame: pd.DataFrame) -> str:
+    """A table as plain HTML (the report's cells: Δ columns signed, three decimals, "–" for a missing value)."""
     def fmt(value, signed: bool) -> str:
         if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
             return "–"
@@ -1023,82 +1022,3 @@ def _table_html(frame: pd.DataFrame) -> str:
     body = "".join("<tr>" + "".join(f"<td>{fmt(v, s)}</td>" for v, s in zip(row, signed)) + "</tr>"
                    for row in frame.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-REPORT_CSS = """
-body{font-family:Inter,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#212529;
-padding:0 1rem}h1{font-size:1.7rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid
-#DEE2E6;padding-bottom:.3rem}.meta{color:#868E96;font-size:.9rem}table{border-collapse:collapse;font-size:.85rem;
-margin:.5rem 0}th,td{border:1px solid #DEE2E6;padding:.3rem .6rem;text-align:right}th:first-child,td:first-child{
-text-align:left}th{background:#F8F9FA}.kpi{display:flex;gap:1rem;flex-wrap:wrap}.kpi div{background:#F8F9FA;
-border-radius:8px;padding:.6rem 1rem}.kpi b{display:block;font-size:1.3rem}.note{color:#495057;font-size:.9rem}
-.warn{background:#FFF9DB;border-left:4px solid #FAB005;padding:.5rem .8rem;font-size:.9rem}
-"""
-
-
-def build_report_html(result: RunResult, *, run_id: str | None = None, label: str | None = None,
-                      pareto_points: pd.DataFrame | None = None, generated_at: _dt.datetime | None = None,
-                      pareto_scope: str = PARETO_SCOPE) -> str:
-    """A single HTML file with the run's headline numbers, verdicts, tables and interactive figures.
-
-    Self-contained: plotly.js is embedded once (no network needed to open it), so it can be mailed or archived.
-    It says what the Compare page says, in its units: accuracies in %, gaps and differences in points.
-    """
-    generated_at = generated_at or _dt.datetime.now()
-    dataset, groups, support, encoder = result.dataset, result.groups, result.support, result.encoder or {}
-    methods = result.methods
-    audit = result.is_audit
-    seeds = result.seed_list
-    title = f"PAFO Studio report — run {run_id}" if run_id else "PAFO Studio report"
-    kpis = []
-    for name in method_order(methods):
-        acc = methods[name].accuracy
-        gap = methods[name].unfairness.get("group_gap")
-        gap_text = points(gap)
-        kpis.append(f"<div>{html.escape(name)}<b>{_pct(acc.get('minority'))}</b>minority · majority "
-                    f"{_pct(acc.get('majority'))} · gap {gap_text}</div>")
-    reference = result.reference
-    notes = [html.escape(comparison_text(name, c, reference)) for name, c in result.comparisons.items()]
-    warnings = [n for n in (seed_note(result), *sample_warnings(result)) if n]
-    if any(unselected(m) for m in methods.values()):
-        notes.append("No PAFO epoch met the Pareto selection rule; the best overall epoch was kept.")
-    figures = report_figures(result, pareto_points, run_id, pareto_scope)
-    meta = [html.escape(label)] if label else []
-    meta += [f"generated {generated_at:%Y-%m-%d %H:%M}",
-             f"dataset {html.escape(str(dataset.get('name', '?')))}: {dataset.get('n_users', '?')} users, "
-             f"{dataset.get('n_prompts', '?')} prompts",
-             *([] if audit else [f"seed{'s' if len(seeds) > 1 else ''} {html.escape(', '.join(map(str, seeds)))}"]),
-             f"audit of given predictions on {judged_pairs_text(result)}" if audit
-             else f"encoder {html.escape(str(encoder.get('name', '?')))}",
-             f"support estimator {html.escape(str(support.get('estimator', '?')))}",
-             f"minority = {groups.get('n_minority', '?')} users with support ≤ "
-             f"{groups.get('threshold', float('nan')):.3f} ({html.escape(str(groups.get('rule', '?')))})"
-             + (" on the first seed" if len(seeds) > 1 else "")]
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{REPORT_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-             f"<p class='meta'>{' · '.join(meta)}</p>",
-             "".join(f"<p class='warn'>{html.escape(w).replace('`', '')}</p>" for w in warnings),
-             "<div class='kpi'>" + "".join(kpis) + "</div>",
-             "".join(f"<p class='note'>{n}</p>" for n in notes),
-             "<h2>Accuracy and unfairness</h2>", _table_html(display_table(result, reference)),
-             "<p class='note'>Accuracies in %, gaps, spreads and Δ in percentage points; means over seeds where "
-             f"there are several. Δ: the method minus the {html.escape(reference)}.</p>"]
-    if result.comparisons:
-        parts += ["<h2>Paired comparisons</h2>", _table_html(comparison_table(result))]
-    teachers = teacher_table(result)
-    if len(teachers):
-        parts += ["<h2>PAFO teachers on their own group</h2>", _table_html(teachers)]
-    plotlyjs = True
-    for name, fig in figures.items():
-        parts.append(f"<h2>{html.escape(name)}</h2>")
-        parts.append(pio.to_html(fig, include_plotlyjs=plotlyjs, full_html=False, default_height="auto",
-                                 config={"displaylogo": False, "responsive": True}))
-        plotlyjs = False
-    # Both import this module (their figures share its colours and layout): imported here, not at the top.
-    from .slice_report import report_section as slices_section  # with their own picker (after plotly.js is in)
-    from .unseen_report import report_section as unseen_section
-
-    parts.append(unseen_section(result, include_plotlyjs=plotlyjs))
-    parts.append(slices_section(result))
-    parts.append("</body></html>")
-    return "\n".join(parts)

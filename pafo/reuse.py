@@ -43,8 +43,8 @@ def config_hash(config: dict) -> str:
 #: Modules that present, store or schedule results but never compute them: editing a label, a colour, a message or
 #: the registry itself keeps finished runs reusable. Every other ``pafo/`` source counts (README: reuse).
 PRESENTATION_MODULES = frozenset({"__init__.py", "appstate.py", "cli.py", "conditions.py", "digests.py", "effects.py",
-                                  "errors.py", "manifest.py", "paths.py", "registry.py", "report.py", "runs_cli.py",
-                                  "slice_report.py", "sweep.py", "unseen_report.py", "worker.py",
+                                  "errors.py", "html_report.py", "manifest.py", "paths.py", "registry.py", "report.py",
+                                  "runs_cli.py", "slice_report.py", "sweep.py", "unseen_report.py", "worker.py",
                                   # the registry's parts: they store, schedule and key runs
                                   "reuse.py", "run_store.py", "supervisor.py"})
 

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .attributes import BUILTIN_ATTRIBUTES, PER_USER_COLUMNS, RESERVED_PREFIXES, parse_slicing
-from .report import make_figure, method_color, method_order, per_user_frame
+from .report import make_figure, method_color, method_order, per_user_frame, table_html
 from .results import RunResult
 from .slices import (
     ALPHA,
@@ -271,12 +271,6 @@ def filter_by_attribute(per_user: pd.DataFrame, column: str | None, values) -> p
 # ------------------------------------------------------------------------------------------- HTML report
 
 
-def _table_html(frame: pd.DataFrame) -> str:
-    from .report import _table_html as table_html
-
-    return table_html(frame)
-
-
 def _one_decimal(frame: pd.DataFrame) -> pd.DataFrame:
     """Accuracies and differences as the app shows them (one decimal; differences signed), as text."""
     out = frame.copy()
@@ -310,7 +304,7 @@ def report_section(result: RunResult) -> str:
                                    config={"displaylogo": False, "responsive": True}) for fig in figures)
         style = "" if i == 0 else " style='display:none'"
         table = _one_decimal(slice_table(slices, spec, methods, reference))
-        parts.append(f"<div class='slicing' id='slicing-{i}'{style}>{_table_html(table)}{body}</div>")
+        parts.append(f"<div class='slicing' id='slicing-{i}'{style}>{table_html(table)}{body}</div>")
     parts.append("<script>function pickSlicing(i){document.querySelectorAll('.slicing').forEach(function(d){"
                  "d.style.display = d.id === 'slicing-' + i ? '' : 'none';});"
                  "window.dispatchEvent(new Event('resize'));}</script>")

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .compare import VERDICT_WORDS
-from .report import make_figure, method_color, method_order
+from .report import make_figure, method_color, method_order, table_html
 from .results import RunResult, UnseenResult
 from .scoring import PAIR_COLUMNS, ScoringModel, check_user_pairs, personalise, score_triples
 
@@ -101,8 +101,6 @@ def report_section(result: RunResult, *, include_plotlyjs: bool = False) -> str:
 
     import plotly.io as pio
 
-    from .report import _table_html
-
     reference = result.reference
     figures = []
     for i, group in enumerate(("minority", "majority")):
@@ -111,7 +109,7 @@ def report_section(result: RunResult, *, include_plotlyjs: bool = False) -> str:
                                    config={"displaylogo": False, "responsive": True}))
     return "\n".join(["<h2>Unseen users</h2>",
                       f"<p class='note'>{html.escape(unseen_caption(unseen, len(result.seed_list)))}</p>",
-                      *figures, _table_html(unseen_table(unseen, reference)),
+                      *figures, table_html(unseen_table(unseen, reference)),
                       f"<p class='note'>{html.escape(UNSEEN_TABLE_NOTE.format(reference=reference))}</p>"])
 
 

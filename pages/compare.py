@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pafo import appstate, report, unseen_report
+from pafo import appstate, html_report, report, unseen_report
 from pafo.compare import VERDICT_WORDS, describe_rule
 from pages import _slices
 from pages import _ui as ui
@@ -168,7 +168,7 @@ cols[0].download_button("Per-user CSV", per_user.to_csv(index=False).encode(), f
 
 
 def _report_html() -> bytes:
-    return report.build_report_html(report_result, run_id=record.id, label=record.label, pareto_points=points,
+    return html_report.build_report_html(report_result, run_id=record.id, label=record.label, pareto_points=points,
                                     pareto_scope=scope).encode()
 
 

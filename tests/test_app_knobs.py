@@ -19,7 +19,7 @@ import pytest
 from conftest import pairs_frame
 from streamlit.testing.v1 import AppTest
 
-from pafo import appstate, report
+from pafo import appstate, html_report, report
 from pafo.registry import RunRegistry
 from pafo.results import RunResult, SweepResult
 from pafo.sources import DataConfig
@@ -410,6 +410,6 @@ def test_audit_counts_the_pairs_it_judges_everywhere(home, audit_run):
 def test_audit_report_and_forest_plot_name_no_seed(audit_run):
     """Regression (issue 19): an audit's report and forest plot said "seed ?"."""
     _, result = audit_run
-    assert "seed ?" not in report.build_report_html(result)
+    assert "seed ?" not in html_report.build_report_html(result)
     rows = [y for trace in report.forest_plot(result, result.reference).data for y in trace.y]
     assert rows and not any("seed" in row for row in rows)

@@ -629,9 +629,9 @@ def test_data_page_attaches_two_files_and_compare_users_and_report_show_the_audi
     pairs = at.dataframe[0].value
     assert {"shared margin", "personal margin", "shared right"} <= set(pairs.columns)
     assert len(pairs) == N_TEST
-    from pafo import report
+    from pafo import html_report
 
     result = RunResult.from_json(RunRegistry().load_result(run_id).result)
-    page = report.build_report_html(result, run_id=run_id)
+    page = html_report.build_report_html(result, run_id=run_id)
     assert "Paired comparisons" in page and "pareto" in page and "audit of given predictions" in page
     assert "BT log-loss" in page

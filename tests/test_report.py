@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from pafo import appstate, report
+from pafo import appstate, html_report, report
 from pafo.compare import paired_comparison
 from pafo.method_configs import PAFOConfig
 from pafo.registry import RunRecord
@@ -150,7 +150,7 @@ def test_unfairness_table_deltas_against_baseline():
 def test_html_report_is_self_contained():
     result = make_result()
     points = appstate.pareto_points([(record("r1"), result), (record("r2", label="what-if"), make_result(seed=1))])
-    html = report.build_report_html(result, run_id="r1", label="demo", pareto_points=points,
+    html = html_report.build_report_html(result, run_id="r1", label="demo", pareto_points=points,
                                     generated_at=datetime.datetime(2026, 11, 30, 12, 0))
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert len(re.findall(r"<script[^>]+src=", html)) == 0  # nothing fetched from the network
@@ -166,7 +166,7 @@ def test_html_report_header_units_and_scatter_axes():
     """Regression: the header ran label and date together ("demo Generated"), cards said the gap in "%" where the
     app says "pts", and the per-user scatter's axes stretched to −100%..200% in the report."""
     result = make_result()
-    html = report.build_report_html(result, run_id="r1", label="demo",
+    html = html_report.build_report_html(result, run_id="r1", label="demo",
                                     generated_at=datetime.datetime(2026, 11, 30, 12, 0))
     assert "demo · generated 2026-11-30 12:00 · dataset synthetic" in html
     gap = result.methods["pafo"].unfairness["group_gap"]

@@ -11,7 +11,7 @@ import pandas as pd
 
 from pafo import slice_report
 from pafo.attributes import parse_slicing
-from pafo.report import build_report_html
+from pafo.html_report import build_report_html
 from pafo.results import RunResult
 from pafo.slices import SliceSettings, compute_slices, slicing_block
 

@@ -318,7 +318,7 @@ def test_html_report_has_the_unseen_users_section(unseen_result):
     one row per k and method; a run without held-out users has no such section."""
     import re
 
-    from pafo.report import build_report_html
+    from pafo.html_report import build_report_html
 
     page = build_report_html(unseen_result, run_id="r1")
     section = page.split("<h2>Unseen users</h2>", 1)[1].split("<h2>", 1)[0]
