@@ -20,6 +20,7 @@ import plotly.io as pio
 from .attributes import BUILTIN_ATTRIBUTES, PER_USER_COLUMNS, RESERVED_PREFIXES, parse_slicing
 from .report import make_figure, method_color, method_order, per_user_frame, table_html
 from .results import RunResult
+from .sample_size import MIN_SEED_USERS
 from .slices import (
     ALPHA,
     MIN_SLICE_PAIRS,
@@ -56,8 +57,9 @@ MIN_COLOR_POINTS = 5.0
 BIN_NUMBERS_ABOVE = 10
 SLICES_NOTE = (f"Accuracies weigh each user equally; whiskers are 95% bootstrap CIs over users. A difference holds "
                f"(marked *) when its Holm-adjusted p is below {ALPHA:g}, over every comparison of the family named "
-               f"above. Slices with fewer than {MIN_SLICE_USERS} users or {MIN_SLICE_PAIRS} test pairs are marked "
-               "small and never get a verdict beyond within noise.")
+               f"above. Slices with fewer than {MIN_SLICE_USERS} users or {MIN_SLICE_PAIRS} test pairs over the seeds "
+               f"(or fewer than {MIN_SEED_USERS} users on one seed) are marked small and never get a verdict beyond "
+               "within noise.")
 
 
 def _reference(result: RunResult) -> str | None:
