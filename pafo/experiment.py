@@ -74,7 +74,7 @@ from .training import PairSet, Progress, TrainConfig, never_stop, no_progress, p
 from .unseen import NewUsers, heldout_groups, heldout_support, ridge_of, split_users, unseen_table, user_subset
 
 __all__ = ["UNKNOWN_METHOD", "ExperimentConfig", "RunSettings", "build_context", "parse_seeds", "read_unseen_rows",
-           "run_experiment", "summary_line"]
+           "run_experiment", "summary_line", "unseen_rows_file"]
 
 BAD_SEEDS = "--seeds: {detail}; write seeds and ranges such as 0-4 or 0,3,7"
 MAX_SEEDS = 50
@@ -617,13 +617,19 @@ def per_user_csv_text(result: RunResult) -> str:
     return result.per_user.to_csv(index=False)
 
 
+def unseen_rows_file(folder: Path) -> Path | None:
+    """A run folder's :data:`UNSEEN_CSV`, or None when there is none or it resolves outside the folder."""
+    path = Path(folder) / UNSEEN_CSV
+    return path if path.is_file() and path.resolve().is_relative_to(Path(folder).resolve()) else None
+
+
 def read_unseen_rows(result: RunResult, folder: Path) -> RunResult:
     """``result`` with its held-out users' rows (:data:`UNSEEN_CSV`, written beside its result.json in ``folder``)
     in ``result.unseen.per_user``, so its seeds can be pooled again (a sweep's points). Unchanged when the run held
     no users out, or the file is missing, unreadable or resolves outside ``folder``: its points then have no pooled
     unseen block."""
-    path = Path(folder) / UNSEEN_CSV
-    if result.unseen is None or not path.resolve().is_relative_to(Path(folder).resolve()):
+    path = unseen_rows_file(folder)
+    if result.unseen is None or path is None:
         return result
     try:
         rows = pd.read_csv(path)

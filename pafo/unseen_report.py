@@ -13,8 +13,8 @@ from .report import make_figure, method_color, method_order, table_html
 from .results import RunResult, UnseenResult
 from .scoring import PAIR_COLUMNS, ScoringModel, check_user_pairs, personalise, score_triples
 
-__all__ = ["NEW_USER_ID", "UNSEEN_TABLE_NOTE", "new_user_fit", "new_user_pairs", "report_section", "unseen_caption",
-           "unseen_curve", "unseen_table"]
+__all__ = ["NEW_USER_ID", "UNSEEN_TABLE_NOTE", "held_out_users", "new_user_fit", "new_user_pairs", "report_section",
+           "unseen_caption", "unseen_curve", "unseen_table"]
 
 #: The id the Users page gives a user typed in by hand (no run knows it).
 NEW_USER_ID = "new-user"
@@ -111,6 +111,22 @@ def report_section(result: RunResult, *, include_plotlyjs: bool = False) -> str:
                       f"<p class='note'>{html.escape(unseen_caption(unseen, len(result.seed_list)))}</p>",
                       *figures, table_html(unseen_table(unseen, reference)),
                       f"<p class='note'>{html.escape(UNSEEN_TABLE_NOTE.format(reference=reference))}</p>"])
+
+
+def held_out_users(rows: pd.DataFrame, methods: list[str], seed=None) -> pd.DataFrame:
+    """The Users page's list of one seed's held-out users (``rows``: the run's unseen_per_user.csv, or its
+    ``unseen.per_user``): one row per user with its id, group, support rate and test pairs, and per method and k its
+    test accuracy (%) after personalising from k of its own pairs; lowest support first."""
+    if seed is not None and "seed" in rows:
+        rows = rows[rows["seed"] == seed]
+    present = [m for m in method_order(methods) if f"acc_{m}" in rows]
+    wide = rows.pivot_table(index=["user_id", "group", "support_rate", "n_test"], columns="shots",
+                            values=[f"acc_{m}" for m in present], aggfunc="first")
+    wide.columns = [f"{column.removeprefix('acc_')} k={k} %" for column, k in wide.columns]
+    ordered = [f"{m} k={k} %" for k in sorted(rows["shots"].unique()) for m in present]
+    out = (100 * wide[[c for c in ordered if c in wide]]).round(1).reset_index()
+    return out.rename(columns={"user_id": "user", "support_rate": "support", "n_test": "test pairs"}).sort_values(
+        ["support", "user"], kind="stable").reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------- one new user

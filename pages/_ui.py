@@ -333,6 +333,15 @@ def test_margins(record) -> pd.DataFrame | None:
     return _margins(str(path), path.stat().st_mtime) if path is not None and path.is_file() else None
 
 
+def unseen_rows(record) -> pd.DataFrame | None:
+    """The run's held-out users (unseen_per_user.csv, cached), or None when it held none out."""
+    from pafo.experiment import unseen_rows_file
+
+    folder = _run_folder(record)
+    path = unseen_rows_file(folder) if folder is not None else None
+    return _margins(str(path), path.stat().st_mtime) if path is not None else None
+
+
 @st.cache_resource(show_spinner="Loading the run's models…", max_entries=8)
 def _scoring_models(run_dir: str, mtime: float, methods: tuple[str, ...], binding: tuple[str, str]) -> dict:
     from pafo.scoring import load_scoring_model

@@ -144,6 +144,14 @@ with st.expander("Score your own pair of responses for this user"):
         else:
             st.dataframe(scores, hide_index=True, width="stretch")
 
+held_out = ui.unseen_rows(record) if result.unseen is not None else None
+if held_out is not None:
+    with st.expander(f"Held-out users: never trained on ({100 * result.unseen.fraction:g}% of the users)"):
+        st.caption("Each was personalised from k of their own pairs with everything the run trained frozen, then "
+                   "scored on their test pairs (Compare's Unseen users panel pools them)"
+                   + (f"; seed {seed}." if seed is not None else "."))
+        st.dataframe(unseen_report.held_out_users(held_out, methods, seed), width="stretch", hide_index=True)
+
 with st.expander("Add a new user from a few of their pairs", expanded=False):
     st.caption("Type (or upload) a few pairs this new user labelled: the response they preferred and the one they did "
                "not. Each model is personalised from them with everything the run trained frozen, as the run's "

@@ -101,6 +101,28 @@ def test_users_page_personalises_a_new_user_from_typed_pairs(unseen_run, monkeyp
     assert any("row 2" in e.value and "same text" in e.value for e in at.error), [e.value for e in at.error]
 
 
+def test_users_page_lists_the_runs_held_out_users(unseen_run, monkeypatch):
+    """Bug: the Users page listed only the users a run trained on; its held-out users were only in
+    unseen_per_user.csv. It now lists one seed's held-out users with each method's accuracy per k, the same
+    numbers as the file."""
+    import pandas as pd
+
+    from pafo.experiment import UNSEEN_CSV
+
+    home, run_id = unseen_run
+    at = page(home, run_id, "users", monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(frame.value for frame in at.dataframe if "pafo k=3 %" in frame.value.columns)
+    rows = pd.read_csv(home / "runs" / run_id / UNSEEN_CSV)
+    rows = rows[rows["seed"] == rows["seed"].iloc[0]]
+    assert sorted(table["user"].astype(str)) == sorted(rows["user_id"].astype(str).unique())
+    assert list(table.columns[-4:]) == ["baseline k=1 %", "pafo k=1 %", "baseline k=3 %", "pafo k=3 %"]
+    first = rows[(rows["shots"] == 3)].set_index(rows[rows["shots"] == 3]["user_id"].astype(str))
+    for user, value in zip(table["user"].astype(str), table["pafo k=3 %"], strict=True):
+        expected = first.loc[user, "acc_pafo"]
+        assert (pd.isna(value) and pd.isna(expected)) or value == round(100 * expected, 1)
+
+
 def test_train_form_declares_the_unseen_share_and_shots(unseen_run, monkeypatch):
     """Guards the Train form: the held-out share is an input with its declared label and bounds (the current run's
     0.3 in it); the shots only matter while users are held out (disabled at 0, saying why)."""
