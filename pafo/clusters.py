@@ -510,7 +510,7 @@ class _SoftEM:
         return nll + penalty
 
     def fit(self, q: torch.Tensor, max_rounds: int, tol: float, steps: int = 2, first_steps: int = 6,
-            last_steps: int = 4, prior_power: float = 1.0):
+            last_steps: int = 4):
         """EM from hard starting posteriors ``q`` (n_users, runs, C). Returns teachers (M, r), log π, the final
         posteriors, each run's rounds and objective."""
         n_users = q.shape[0]
@@ -535,7 +535,7 @@ class _SoftEM:
         teachers = self.m_step(teachers, q.reshape(n_users, -1), last_steps)
         margins = self.margins(teachers)
         loglik = self.log_likelihood(margins)
-        q = torch.softmax(self.log_likelihood(margins, q) + prior_power * log_weights[None], dim=-1)
+        q = torch.softmax(self.log_likelihood(margins, q) + log_weights[None], dim=-1)
         return teachers, log_weights, q, rounds, self.objective(loglik, log_weights, teachers)
 
 
@@ -543,7 +543,7 @@ def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_
                       user_vectors: np.ndarray, sizes: tuple[int, ...] | None = None, ridge: float = 1.0,
                       max_rounds: int = 20, tol: float = 1e-4, seed: int = 0, device: str = "cpu",
                       colabels: CoLabels | None = None, colabel_weight: float = 0.0,
-                      initial: np.ndarray | None = None, prior_power: float = 1.0) -> ClusterFit:
+                      initial: np.ndarray | None = None) -> ClusterFit:
     """Soft EM of module docstring step 2 over oriented training-pair differences ``x`` (pairs × r).
 
     ``sizes``: the nested subspace sizes (the first r columns of ``x``; default: all r); ``restarts`` runs in each,
@@ -570,7 +570,7 @@ def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_
     em = _SoftEM(pairs, tensor(has_pairs, torch.bool), mask, ridge_of_model, n_clusters, colabel_weight)
     start = np.zeros((n_users, runs, n_clusters), dtype=np.float32)
     start[np.arange(n_users)[:, None], np.arange(runs)[None, :], np.maximum(initial.T, 0)] = 1.0
-    teachers, log_weights, q, rounds, objective = em.fit(tensor(start), max_rounds, tol, prior_power=prior_power)
+    teachers, log_weights, q, rounds, objective = em.fit(tensor(start), max_rounds, tol)
     teachers = teachers.reshape(runs, n_clusters, dim).double().cpu().numpy()
     q = q.double().cpu().numpy()
     directions = np.einsum("nrc,rcd->nd", q, teachers) / runs
