@@ -704,7 +704,7 @@ clusters on the default's pairs and basis, every user in its true cluster) reads
 / +8.58 DSP against the default's +5.60 / +4.36 and +4.70 / +4.89. Those teachers with each user placed as the
 default places it (its pairs and the co-label view) read +7.63 / +6.58 and +6.55 / +5.96. So on synthetic the gap
 is *finding* the clusters (−2.0 / −2.2 points; placement −0.7 / −0.4); on DSP it is both (finding −1.9 / −1.1,
-placement −1.8 / −2.6: with 8 pairs per user and MiniLM's weak domain signal the true teachers misplace 30–45% of
+placement −1.8 / −2.6: with 8 pairs per user and MiniLM's weak domain signal the true teachers misplace 27–40% of
 the users on seeds 100–101 by their own pairs; without the co-label view the true teachers place them worse still,
 +5.59 / +5.19). The student costs nothing: the default's student is the wide model, i.e. the teachers' mixture
 itself in closed form (the distilled student loses −3.0, §4). Paired against the default, minority: a second EM in
