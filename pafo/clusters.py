@@ -90,23 +90,73 @@ class ClusterFit:
 
     def posterior_directions(self, x: np.ndarray, pair_users: np.ndarray, n_users: int) -> np.ndarray:
         """(n_users, r): the posterior-mean direction Σ_c q_uc a_c averaged over runs (0 for users without
-        pairs): the soft cluster step's ā_u for any users' pairs, the fitted teachers frozen."""
-        q = self.posterior(x, pair_users, n_users)
-        directions = np.einsum("rnc,rcd->nd", q, self.teachers) / len(self.teachers)
+        pairs): the soft cluster step's ā_u for any users' pairs, the fitted teachers frozen. Users are placed
+        ``USER_BLOCK`` at a time (each user's posterior reads only its own pairs), so memory stays bounded."""
+        pair_users = np.asarray(pair_users, dtype=np.int64)
+        order = np.argsort(pair_users, kind="stable")  # each block's pairs keep their order
+        edges = np.searchsorted(pair_users[order], np.arange(0, n_users + USER_BLOCK, USER_BLOCK))
+        directions = np.zeros((n_users, self.teachers.shape[2]))
+        for i, start in enumerate(range(0, n_users, USER_BLOCK)):
+            rows = order[edges[i]:edges[i + 1]]
+            size = min(USER_BLOCK, n_users - start)
+            q = self.posterior(x[rows], pair_users[rows] - start, size)
+            directions[start:start + size] = np.einsum("rnc,rcd->nd", q, self.teachers) / len(self.teachers)
         directions[np.bincount(pair_users, minlength=n_users) == 0] = 0.0
         return directions
 
 
 def _user_log_likelihood(x: np.ndarray, pair_users: np.ndarray, n_users: int, teachers: np.ndarray) -> np.ndarray:
-    """(n_users, runs, C): Σ_{p∈u} log σ(a·x_p) for every run's every teacher."""
+    """(n_users, runs, C): Σ_{p∈u} log σ(a·x_p) for every run's every teacher.
+
+    log σ is evaluated once per distinct row of ``x`` (a pair labelled by many users is one row) and added into
+    the users' rows a block of pairs at a time, in pair order: the sums a (users × pairs) product makes, without
+    its pairs × runs·C matrix."""
     runs, n_clusters, dim = teachers.shape
-    log_sigma = -_softplus(-(x @ teachers.reshape(-1, dim).T))
-    to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
-    return np.asarray(to_user @ log_sigma).reshape(n_users, runs, n_clusters)
+    first, row_of_pair = _distinct_rows(x)
+    log_sigma = torch.from_numpy(-_softplus(-(x[first] @ teachers.reshape(-1, dim).T)))
+    out = torch.zeros((n_users, runs * n_clusters), dtype=torch.float64)
+    users, rows = torch.as_tensor(np.asarray(pair_users, dtype=np.int64)), torch.as_tensor(row_of_pair)
+    for start in range(0, len(x), PAIR_BLOCK):
+        block = slice(start, start + PAIR_BLOCK)
+        out.index_add_(0, users[block], log_sigma.index_select(0, rows[block]))
+    return out.numpy().reshape(n_users, runs, n_clusters)
 
 
 #: Pairs per block when differences of features are formed, so memory stays at a block × D, never pairs × D.
 BLOCK = 65_536
+#: Pairs per block when a per-pair value for every model (runs · C of them) is summed into its user's row.
+PAIR_BLOCK = 8_192
+#: Users per block when users are placed by frozen teachers: memory stays at a block × runs · C.
+USER_BLOCK = 50_000
+
+
+def _distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first row of each distinct row of ``x`` (byte-identical rows are one), in the order ``np.unique`` sorts
+    the rows' bytes, and each row's index among them: ``np.unique(rows as bytes, return_index, return_inverse)``.
+
+    Sorting millions of wide byte strings is slow, so rows are grouped by a 64-bit hash of their words first and
+    the groups checked byte for byte (a collision, never seen, falls back to the byte sort); only the distinct rows
+    are then sorted by their bytes."""
+    rows = np.ascontiguousarray(x)
+    as_bytes = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
+    if not rows.size or (rows.itemsize * rows.shape[1]) % 8:
+        _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)
+        return first, inverse.ravel()
+    words = rows.view(np.uint64).reshape(len(rows), -1)
+    key = np.zeros(len(rows), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in words.T:  # Horner's rule over the words, wrapping at 2⁶⁴
+            key = key * np.uint64(0x9E3779B97F4A7C15) + column
+            key ^= key >> np.uint64(29)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    if not all(np.array_equal(column, column[first][inverse]) for column in words.T):
+        _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)
+        return first, inverse.ravel()
+    order = np.argsort(as_bytes[first], kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse]
 
 
 def _distinct_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,11 +219,9 @@ def _outer_per_user(x: np.ndarray, pair_users: np.ndarray, n_users: int,
     time (a block × r² ≤ ``BLOCK`` × 16 values), so memory never holds pairs × r². Unweighted, each distinct row
     of ``x`` is formed once and counted per user (labels of the same pair by many users share it)."""
     if weight is None:
-        rows = np.ascontiguousarray(x)
-        _, first, inverse = np.unique(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel(),
-                                      return_index=True, return_inverse=True)
+        first, inverse = _distinct_rows(x)
         if len(first) < len(x):
-            counts = sparse.csr_matrix((np.ones(len(x)), (pair_users, inverse.ravel())),
+            counts = sparse.csr_matrix((np.ones(len(x)), (pair_users, inverse)),
                                        shape=(n_users, len(first)))
             return counts @ _outer_per_user(x[first], np.arange(len(first)), len(first))
     # index_add_ adds each pair's product into its user's row in pair order, as one sparse product over all pairs
@@ -382,9 +430,7 @@ class _UserPairs:
 def _units(x: np.ndarray, colabels: CoLabels | None) -> tuple[np.ndarray, np.ndarray]:
     """Each pair's unit (pairs with byte-identical oriented differences and the same co-label cell) and each
     unit's first pair."""
-    rows = np.ascontiguousarray(x, dtype=np.float64)
-    as_bytes = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
-    value = np.unique(as_bytes, return_inverse=True)[1].ravel().astype(np.int64)
+    value = _distinct_rows(np.asarray(x, dtype=np.float64))[1].astype(np.int64)
     if colabels is not None:
         n_cells = 2 * (int(colabels.key.max()) + 1)
         value = value * n_cells + 2 * colabels.key + (colabels.sign > 0)
