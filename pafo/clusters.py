@@ -484,15 +484,15 @@ class _SoftEM:
         """(units, M): every teacher's margin a·x on every unit."""
         return self.pairs.x @ teachers.T
 
-    def m_step(self, teachers: torch.Tensor, q: torch.Tensor, steps: int,
-               margins: torch.Tensor | None = None) -> torch.Tensor:
+    def m_step(self, teachers: torch.Tensor, q: torch.Tensor, steps: int, margins: torch.Tensor | None = None,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
         """``steps`` bound-optimisation steps on Σ_u q_uc Σ_{p∈u} softplus(−a_c·x_p) + ridge/2·|a_c|² per model.
 
         Böhning's bound (the logistic Hessian ≤ XᵀX/4) gives one fixed matrix per M-step, so each step is a solve
         with one Cholesky factor and still lowers the objective. A unit's pairs share x and margin, so the
-        gradient weighs each unit by its users' summed posteriors."""
+        gradient weighs each unit by its users' summed posteriors (``weight``: ``unit_mass(q)``, if known)."""
         dim = teachers.shape[1]
-        weight = self.pairs.unit_mass(q)  # (units, M)
+        weight = self.pairs.unit_mass(q) if weight is None else weight  # (units, M)
         bound = 0.25 * self.pairs.hessian_bound(q, weight).reshape(-1, dim, dim)
         inside = self.mask[:, :, None] & self.mask[:, None, :]
         diagonal = torch.where(self.mask, self.ridge[:, None], torch.ones_like(self.ridge)[:, None])
@@ -506,17 +506,20 @@ class _SoftEM:
             teachers = teachers - torch.cholesky_solve(grad.double()[:, :, None], factor)[:, :, 0].to(teachers.dtype)
         return teachers
 
-    def log_likelihood(self, margins: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
+    def log_likelihood(self, margins: torch.Tensor, q: torch.Tensor | None = None,
+                       mass: torch.Tensor | None = None) -> torch.Tensor:
         """(n_users, runs, C): Σ_{p∈u} log P(u's label on p | cluster c): σ(a_c·x_p), or with co-labels (and the
-        current posteriors ``q``) that probability blended with the labels other users gave the same pair, each
-        weighted by their posterior of being in c (:meth:`colabel_log_likelihood`)."""
+        current posteriors ``q``, whose ``unit_mass`` is ``mass`` if known) that probability blended with the
+        labels other users gave the same pair, each weighted by their posterior of being in c
+        (:meth:`colabel_log_likelihood`)."""
         if self.colabel_weight == 0 or q is None:
             loglik = self.pairs.user_units @ torch.nn.functional.logsigmoid(margins)
         else:
-            loglik = self.colabel_log_likelihood(margins, q.reshape(len(q), -1))
+            loglik = self.colabel_log_likelihood(margins, q.reshape(len(q), -1), mass)
         return loglik.reshape(-1, self.runs, self.n_clusters)
 
-    def colabel_log_likelihood(self, margins: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    def colabel_log_likelihood(self, margins: torch.Tensor, q: torch.Tensor,
+                               mass: torch.Tensor | None = None) -> torch.Tensor:
         """(n_users, M): Σ_{p∈u} log θ, θ = (σ(a_c·x_p) + w·A) / (1 + w·B), where B is the posterior mass in c of
         the *other* users who labelled the same pair and A the part of it that agrees with this label; w =
         ``colabel_weight``. A Beta prior centred on the teacher, updated by co-labellers: where nobody else
@@ -524,9 +527,10 @@ class _SoftEM:
 
         The sums over a pair's labellers run per unit and per co-label cell; with α = σ + w·(mass of the pair's
         cell) and β = 1 + w·(mass of its key), both including the user itself, θ = (α − w·q_u) / (β − w·q_u):
-        only that leave-one-out step is evaluated per pair, in chunks. Linear in labels."""
+        only that leave-one-out step is evaluated per pair, in chunks (into buffers made once: a fresh chunk-sized
+        tensor per step cost page faults). Linear in labels."""
         pairs, w = self.pairs, self.colabel_weight
-        mass = pairs.unit_mass(q)  # (units, M)
+        mass = pairs.unit_mass(q) if mass is None else mass  # (units, M)
         cell = mass.new_zeros(int(pairs.cell_of_unit.max()) + 1, mass.shape[1]).index_add_(0, pairs.cell_of_unit,
                                                                                              mass)
         key = mass.new_zeros(int(pairs.key_of_unit.max()) + 1, mass.shape[1]).index_add_(0, pairs.key_of_unit, mass)
@@ -535,13 +539,16 @@ class _SoftEM:
         alpha = sigma.add_(cell[pairs.cell_of_unit], alpha=w)
         beta = key[pairs.key_of_unit].mul_(w).add_(1.0)
         weighted = q * w
+        own, theta, below = (q.new_empty(min(pairs.chunk, len(pairs.shared_users)), q.shape[1]) for _ in range(3))
         for start in range(0, len(pairs.shared_users), pairs.chunk):
             users = pairs.shared_users[start:start + pairs.chunk]
             units = pairs.shared_units[start:start + pairs.chunk]
-            own = weighted.index_select(0, users)
-            theta = alpha.index_select(0, units).sub_(own)
-            theta.div_(beta.index_select(0, units).sub_(own)).clamp_min_(1e-6).log_()
-            loglik.index_add_(0, users, theta)
+            n = len(users)
+            torch.index_select(weighted, 0, users, out=own[:n])
+            torch.index_select(alpha, 0, units, out=theta[:n]).sub_(own[:n])
+            torch.index_select(beta, 0, units, out=below[:n]).sub_(own[:n])
+            theta[:n].div_(below[:n]).clamp_min_(1e-6).log_()
+            loglik.index_add_(0, users, theta[:n])
         return loglik
 
     def e_step(self, loglik: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -560,15 +567,16 @@ class _SoftEM:
         """EM from hard starting posteriors ``q`` (n_users, runs, C). Returns teachers (M, r), log π, the final
         posteriors, each run's rounds and objective."""
         n_users = q.shape[0]
-        flat = q.reshape(n_users, -1)
-        teachers = self.m_step(torch.zeros(self.mask.shape, dtype=q.dtype, device=q.device), flat, first_steps)
+        mass = self.pairs.unit_mass(q.reshape(n_users, -1))  # of the current q: the E- and M-steps both read it
+        teachers = self.m_step(torch.zeros(self.mask.shape, dtype=q.dtype, device=q.device), q.reshape(n_users, -1),
+                               first_steps, weight=mass)
         log_weights = torch.full((self.runs, self.n_clusters), -float(np.log(self.n_clusters)), dtype=q.dtype,
                                  device=q.device)
         active = torch.ones(self.runs, dtype=torch.bool, device=q.device)
         rounds = torch.zeros(self.runs, dtype=torch.long, device=q.device)
         for _ in range(max_rounds):
             margins = self.margins(teachers)
-            new_q, new_log_weights = self.e_step(self.log_likelihood(margins, q), log_weights)
+            new_q, new_log_weights = self.e_step(self.log_likelihood(margins, q, mass), log_weights)
             moved = (new_q - q)[self.has_pairs].abs().amax(dim=(0, 2)) > tol
             active &= moved
             if not active.any():
@@ -576,12 +584,13 @@ class _SoftEM:
             rounds += active
             q = torch.where(active[None, :, None], new_q, q)
             log_weights = torch.where(active[:, None], new_log_weights, log_weights)
-            updated = self.m_step(teachers, q.reshape(n_users, -1), steps, margins)
+            mass = self.pairs.unit_mass(q.reshape(n_users, -1))
+            updated = self.m_step(teachers, q.reshape(n_users, -1), steps, margins, weight=mass)
             teachers = torch.where(active.repeat_interleave(self.n_clusters)[:, None], updated, teachers)
-        teachers = self.m_step(teachers, q.reshape(n_users, -1), last_steps)
+        teachers = self.m_step(teachers, q.reshape(n_users, -1), last_steps, weight=mass)
         margins = self.margins(teachers)
         loglik = self.log_likelihood(margins)
-        q = torch.softmax(self.log_likelihood(margins, q) + log_weights[None], dim=-1)
+        q = torch.softmax(self.log_likelihood(margins, q, mass) + log_weights[None], dim=-1)
         return teachers, log_weights, q, rounds, self.objective(loglik, log_weights, teachers)
 
 
