@@ -29,6 +29,7 @@ often score higher in-sample. Test labels never reach this module: it is given t
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 
@@ -414,9 +415,25 @@ class _UserPairs:
                                             shape=(n_users, n_units))
             self.lone_user_units = _sparse(lone_counts, device)
             order = np.flatnonzero(~lone)
-            order = order[np.argsort(pair_users[order], kind="stable")]  # a chunk's users are few and adjacent
+            order = order[np.argsort(pair_users[order], kind="stable")]  # each user's shared pairs, in pair order
             self.shared_users = tensor(pair_users[order], torch.long)
             self.shared_units = tensor(unit[order], torch.long)
+            self._slots(pair_users[order], unit[order], tensor)
+
+    def _slots(self, users: np.ndarray, units: np.ndarray, tensor) -> None:
+        """The shared pairs as *slots*: slot j holds the j-th shared pair of every user with more than j of them.
+        Users are ranked by their number of shared pairs (most first, ``by_count``), so slot j's users are the
+        first ``len(slot_units[j])`` ranks and their posteriors and sums are a slice, not a gather or a scatter."""
+        counts = np.bincount(users, minlength=self.n_users)
+        by_count = np.argsort(-counts, kind="stable")
+        rank = np.empty(self.n_users, dtype=np.int64)
+        rank[by_count] = np.arange(self.n_users)
+        slot = np.arange(len(users)) - (np.cumsum(counts) - counts)[users]  # users are sorted, pairs in order
+        order = np.lexsort((rank[users], slot))  # by slot, then by the user's rank
+        edges = np.searchsorted(slot[order], np.arange(int(counts.max(initial=0)) + 1))
+        self.by_count, self.rank = tensor(by_count, torch.long), tensor(rank, torch.long)
+        self.slot_units = [tensor(units[order[a:b]], torch.long) for a, b in itertools.pairwise(
+            [*edges, len(order)])]
 
     def unit_mass(self, q: torch.Tensor) -> torch.Tensor:
         """(units, M): Σ over a unit's pairs of the labelling user's row of ``q`` (n_users × M)."""
@@ -538,18 +555,19 @@ class _SoftEM:
         loglik = pairs.lone_user_units @ torch.log(sigma.clamp_min(1e-6))
         alpha = sigma.add_(cell[pairs.cell_of_unit], alpha=w)
         beta = key[pairs.key_of_unit].mul_(w).add_(1.0)
-        weighted = q * w
-        own, theta, below = (q.new_empty(min(pairs.chunk, len(pairs.shared_users)), q.shape[1]) for _ in range(3))
-        for start in range(0, len(pairs.shared_users), pairs.chunk):
-            users = pairs.shared_users[start:start + pairs.chunk]
-            units = pairs.shared_units[start:start + pairs.chunk]
-            n = len(users)
-            torch.index_select(weighted, 0, users, out=own[:n])
-            torch.index_select(alpha, 0, units, out=theta[:n]).sub_(own[:n])
-            torch.index_select(beta, 0, units, out=below[:n]).sub_(own[:n])
-            theta[:n].div_(below[:n]).clamp_min_(1e-6).log_()
-            loglik.index_add_(0, users, theta[:n])
-        return loglik
+        # Users in ``by_count`` order: slot j's users are a prefix, each adds its pairs' terms in pair order.
+        weighted = q.index_select(0, pairs.by_count).mul_(w)
+        loglik = loglik.index_select(0, pairs.by_count)
+        width = min(pairs.chunk, len(pairs.slot_units[0])) if pairs.slot_units else 0
+        theta, below = (q.new_empty(width, q.shape[1]) for _ in range(2))
+        for units_of_slot in pairs.slot_units:
+            for start in range(0, len(units_of_slot), pairs.chunk):
+                units = units_of_slot[start:start + pairs.chunk]
+                users, n = slice(start, start + len(units)), len(units)
+                torch.index_select(alpha, 0, units, out=theta[:n]).sub_(weighted[users])
+                torch.index_select(beta, 0, units, out=below[:n]).sub_(weighted[users])
+                loglik[users].add_(theta[:n].div_(below[:n]).clamp_min_(1e-6).log_())
+        return loglik.index_select(0, pairs.rank)
 
     def e_step(self, loglik: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posteriors q (n_users, runs, C) and the new log π (runs, C) from users with pairs."""
