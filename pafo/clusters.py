@@ -39,8 +39,8 @@ from scipy import linalg, sparse
 from scipy.special import softmax
 from sklearn.cluster import KMeans
 
-__all__ = ["EM_KINDS", "ClusterFit", "CoLabels", "discover", "fit_clusters", "fit_soft_clusters", "nested_scales",
-           "oriented_differences", "pair_subspace", "per_user_fit"]
+__all__ = ["EM_KINDS", "ClusterFit", "CoLabels", "LocalRuns", "discover", "em_runs", "fit_clusters",
+           "fit_soft_clusters", "nested_scales", "oriented_differences", "pair_subspace", "per_user_fit"]
 
 #: The cluster steps: EM on the mixture likelihood (soft, the default) or on the classification likelihood (hard).
 EM_KINDS = ("soft", "hard")
@@ -214,17 +214,19 @@ def oriented_differences(features: np.ndarray, basis: np.ndarray, chosen: np.nda
     return out[inverse]
 
 
-def _outer_per_user(x: np.ndarray, pair_users: np.ndarray, n_users: int,
-                    weight: np.ndarray | None = None) -> np.ndarray:
+def _outer_per_user(x: np.ndarray, pair_users: np.ndarray, n_users: int, weight: np.ndarray | None = None,
+                    distinct: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """(n_users, r·r): Σ over each user's pairs of weight_p · x_p x_pᵀ, flattened; formed a block of pairs at a
-    time (a block × r² ≤ ``BLOCK`` × 16 values), so memory never holds pairs × r². Unweighted, each distinct row
-    of ``x`` is formed once and counted per user (labels of the same pair by many users share it)."""
-    if weight is None:
-        first, inverse = _distinct_rows(x)
-        if len(first) < len(x):
-            counts = sparse.csr_matrix((np.ones(len(x)), (pair_users, inverse)),
-                                       shape=(n_users, len(first)))
-            return counts @ _outer_per_user(x[first], np.arange(len(first)), len(first))
+    time (a block × r² ≤ ``BLOCK`` × 16 values), so memory never holds pairs × r². Each distinct row of ``x``
+    (``distinct``: :func:`_distinct_rows`, if known) is formed once and its weights summed per user when the
+    rows repeat (labels of the same pair by many users share it): unweighted whenever a row repeats, weighted
+    when at most half the rows are distinct (the per-user weight matrix is then cheaper than the products)."""
+    first, inverse = distinct if distinct is not None else _distinct_rows(x)
+    if len(first) < len(x) and (weight is None or 2 * len(first) <= len(x)):
+        counts = sparse.csr_matrix((np.ones(len(x)) if weight is None else weight, (pair_users, inverse)),
+                                   shape=(n_users, len(first)))
+        return counts @ _outer_per_user(x[first], np.arange(len(first)), len(first),
+                                        distinct=(np.arange(len(first)), np.arange(len(first))))
     # index_add_ adds each pair's product into its user's row in pair order, as one sparse product over all pairs
     # would, and touches only the block's users (a sparse product per block would add a whole users × r² array).
     out = torch.zeros((n_users, x.shape[1] ** 2), dtype=torch.float64)
@@ -612,19 +614,35 @@ class _SoftEM:
         return teachers, log_weights, q, rounds, self.objective(loglik, log_weights, teachers)
 
 
+class LocalRuns:
+    """How the soft EM's runs are evaluated: here, all in one batch (one group). :class:`pafo.remote.RayRuns`
+    splits them into groups evaluated as Ray tasks instead; the runs are independent, so both give the same
+    clusters."""
+
+    def groups(self, runs: int) -> int:
+        """How many groups of runs to make (here: one, every run in one batched computation)."""
+        return 1
+
+    def __call__(self, function, shared: dict, parts: list[dict]) -> list:
+        """``function(**shared, **part)`` for every part, in order."""
+        return [function(**shared, **part) for part in parts]
+
+
 def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_clusters: int, restarts: int,
                       user_vectors: np.ndarray, sizes: tuple[int, ...] | None = None, ridge: float = 1.0,
                       max_rounds: int = 20, tol: float = 1e-4, seed: int = 0, device: str = "cpu",
                       colabels: CoLabels | None = None, colabel_weight: float = 0.0,
-                      initial: np.ndarray | None = None) -> ClusterFit:
+                      initial: np.ndarray | None = None, runner=None) -> ClusterFit:
     """Soft EM of module docstring step 2 over oriented training-pair differences ``x`` (pairs × r).
 
     ``sizes``: the nested subspace sizes (the first r columns of ``x``; default: all r); ``restarts`` runs in each,
     half from k-means on the normalised ``user_vectors`` (e.g. the baseline's b + w_u), half on each user's summed
     differences. ``initial`` (runs × n_users, clusters), when given, replaces the k-means starts (the reference test
     feeds both implementations the same ones). ``colabels`` with ``colabel_weight`` > 0 add the co-label view
-    (``_SoftEM.colabel_probability``). Users without pairs get cluster −1 and a zero direction.
+    (``_SoftEM.colabel_probability``). Users without pairs get cluster −1 and a zero direction. ``runner``
+    (default :class:`LocalRuns`) evaluates the runs, in groups of consecutive runs (e.g. as Ray tasks).
     """
+    runner = runner or LocalRuns()
     dim = x.shape[1]
     sizes = tuple(sorted({min(int(r), dim) for r in (sizes or (dim,))}))
     has_pairs = np.bincount(pair_users, minlength=n_users) > 0
@@ -635,24 +653,42 @@ def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_
     runs = len(initial)
     size_of_run = np.repeat(sizes, runs // len(sizes))
     scale_of_run = np.repeat(scales, runs // len(sizes))
+    shared = {"x": x, "pair_users": pair_users, "n_users": n_users, "n_clusters": n_clusters, "ridge": ridge,
+              "max_rounds": max_rounds, "tol": tol, "device": device, "colabel_weight": colabel_weight,
+              "colabels": colabels if colabel_weight > 0 else None}
+    parts = [{"initial": initial[group], "size_of_run": size_of_run[group], "scale_of_run": scale_of_run[group]}
+             for group in np.array_split(np.arange(runs), max(1, min(runs, runner.groups(runs))))]
+    teachers, log_weights, q, rounds, objective = (np.concatenate(part, axis=1 if i == 2 else 0) for i, part in
+                                                   enumerate(zip(*runner(em_runs, shared, parts), strict=True)))
+    q = q.astype(np.float64)
+    directions = np.einsum("nrc,rcd->nd", q, teachers) / runs
+    directions[~has_pairs] = 0.0
+    assignments = q.argmax(-1).T
+    assignments[:, ~has_pairs] = -1
+    return ClusterFit(teachers=teachers, assignments=assignments, directions=directions, objective=objective,
+                      rounds=rounds, log_weights=log_weights, sizes=size_of_run, em="soft")
+
+
+def em_runs(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, initial: np.ndarray, size_of_run: np.ndarray,
+            scale_of_run: np.ndarray, n_clusters: int, ridge: float, max_rounds: int, tol: float, device: str,
+            colabels: CoLabels | None, colabel_weight: float) -> tuple[np.ndarray, ...]:
+    """Soft EM of the runs started at ``initial`` (runs × n_users), each in its subspace size with its ridge scale,
+    batched (:class:`_SoftEM`): their teachers (runs, C, r), log π (runs, C), final posteriors (n_users, runs, C,
+    float32), rounds and objectives. A group of runs gives each run what the batch of all runs gives it."""
+    runs, dim = len(initial), x.shape[1]
+    has_pairs = np.bincount(pair_users, minlength=n_users) > 0
     # float32 for the pairs × models products (the bulk of the work), float64 for the Cholesky solves.
     tensor = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
-    pairs = _UserPairs(x, pair_users, n_users, device, colabels if colabel_weight > 0 else None)
+    pairs = _UserPairs(x, pair_users, n_users, device, colabels)
     mask = torch.arange(dim, device=device)[None, :] < tensor(np.repeat(size_of_run, n_clusters), torch.long)[:, None]
     ridge_of_model = tensor(np.repeat(ridge / scale_of_run**2, n_clusters))
     em = _SoftEM(pairs, tensor(has_pairs, torch.bool), mask, ridge_of_model, n_clusters, colabel_weight)
     start = np.zeros((n_users, runs, n_clusters), dtype=np.float32)
     start[np.arange(n_users)[:, None], np.arange(runs)[None, :], np.maximum(initial.T, 0)] = 1.0
     teachers, log_weights, q, rounds, objective = em.fit(tensor(start), max_rounds, tol)
-    teachers = teachers.reshape(runs, n_clusters, dim).double().cpu().numpy()
-    q = q.double().cpu().numpy()
-    directions = np.einsum("nrc,rcd->nd", q, teachers) / runs
-    directions[~has_pairs] = 0.0
-    assignments = q.argmax(-1).T
-    assignments[:, ~has_pairs] = -1
-    return ClusterFit(teachers=teachers, assignments=assignments, directions=directions,
-                      objective=objective.double().cpu().numpy(), rounds=rounds.cpu().numpy(),
-                      log_weights=log_weights.double().cpu().numpy(), sizes=size_of_run, em="soft")
+    del start
+    return (teachers.reshape(runs, n_clusters, dim).double().cpu().numpy(), log_weights.double().cpu().numpy(),
+            q.cpu().numpy(), rounds.cpu().numpy(), objective.double().cpu().numpy())
 
 
 def _soft_starts(x: np.ndarray, pair_users: np.ndarray, n_users: int, has_pairs: np.ndarray,
@@ -674,9 +710,10 @@ def _soft_starts(x: np.ndarray, pair_users: np.ndarray, n_users: int, has_pairs:
 def discover(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, users: np.ndarray, n_users: int, *,
              sizes: tuple[int, ...], n_clusters: int, restarts: int, user_vectors: np.ndarray, ridge: float,
              max_rounds: int, seed: int, em: str = "soft", tol: float = 1e-4, colabel_weight: float = 0.0,
-             device: str = "cpu") -> ClusterFit:
+             device: str = "cpu", runner=None) -> ClusterFit:
     """Steps 1 and 2 (``em="soft"``) or 3 (``em="hard"``, one size) of the module docstring on labelled training
-    pairs (chosen, rejected, users). The basis has the largest of ``sizes`` directions."""
+    pairs (chosen, rejected, users). The basis has the largest of ``sizes`` directions; ``runner`` evaluates the
+    soft EM's runs (:func:`fit_soft_clusters`)."""
     basis = pair_subspace(features, chosen, rejected, max(sizes))
     x = oriented_differences(features, basis, chosen, rejected)
     if em == "hard":
@@ -686,7 +723,7 @@ def discover(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, use
         fit = fit_soft_clusters(x, users, n_users, n_clusters=n_clusters, restarts=restarts,
                                 user_vectors=user_vectors, sizes=sizes, ridge=ridge, max_rounds=max_rounds, tol=tol,
                                 colabels=CoLabels.of(chosen, rejected) if colabel_weight > 0 else None,
-                                colabel_weight=colabel_weight, seed=seed, device=device)
+                                colabel_weight=colabel_weight, seed=seed, device=device, runner=runner)
     fit.basis = basis
     return fit
 
@@ -696,10 +733,11 @@ def per_user_fit(x: np.ndarray, pair_users: np.ndarray, n_users: int, ridge: flo
     Newton steps for all users at once (users without pairs get 0)."""
     dim = x.shape[1]
     to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
+    distinct = _distinct_rows(x)
     a = np.zeros((n_users, dim))
     for _ in range(steps):
         p = _sigmoid(np.einsum("nd,nd->n", a[pair_users], x))
         grad = -np.asarray(to_user @ ((1.0 - p)[:, None] * x)) + ridge * a
-        hess = _outer_per_user(x, pair_users, n_users, p * (1.0 - p)).reshape(-1, dim, dim)
+        hess = _outer_per_user(x, pair_users, n_users, p * (1.0 - p), distinct).reshape(-1, dim, dim)
         a -= np.linalg.solve(hess + ridge * np.eye(dim), grad[:, :, None])[:, :, 0]
     return a

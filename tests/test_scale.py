@@ -90,6 +90,9 @@ def test_blocked_per_user_sums_equal_the_pairs_times_r2_versions(monkeypatch):
     monkeypatch.setattr(clusters, "BLOCK", 3)  # blocks of 3 · 16 / 4² = 3 pairs
     np.testing.assert_allclose(per_user_fit(x, users, 27, ridge=0.5), _reference_per_user_fit(x, users, 27, 0.5),
                                rtol=1e-9, atol=1e-12)
+    repeated = x[rng.integers(0, 30, 400)]  # few distinct rows: the weights are summed per user and row first
+    np.testing.assert_allclose(per_user_fit(repeated, users, 27, ridge=0.5),
+                               _reference_per_user_fit(repeated, users, 27, 0.5), rtol=1e-9, atol=1e-12)
     outer = sparse.csr_matrix((np.ones(400), (users, np.arange(400))), shape=(27, 400)) @ (
         x[:, :, None] * x[:, None, :]).reshape(400, -1)
     np.testing.assert_allclose(clusters._outer_per_user(x, users, 27), outer, rtol=1e-12, atol=1e-12)
