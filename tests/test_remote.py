@@ -92,3 +92,17 @@ def test_ray_tasks_give_the_local_clusters_and_experiment(local_ray, tiny_config
     config = tiny_experiment(dataclasses.replace(tiny_config, users=40))
     on_ray, local = run_experiment(config, ray_address="auto"), run_experiment(config)
     pd.testing.assert_frame_equal(on_ray.per_user, local.per_user)
+
+
+def test_experiment_with_an_unreachable_ray_address_fails_before_training(capsys, tmp_path, monkeypatch):
+    """``pafo experiment --ray-address`` checks the address answers before anything trains: a closed port is exit
+    3 with one line naming it (not a traceback, not minutes of Ray's connect retries after the baseline)."""
+    from conftest import run_cli
+
+    from pafo.errors import EXIT_ENVIRONMENT
+
+    monkeypatch.setenv("PAFO_HOME", str(tmp_path))
+    code, out, err = run_cli(["experiment", "--encoder", "tfidf", "--users", "24", "--ray-address", "127.0.0.1:1"],
+                             capsys)
+    assert code == EXIT_ENVIRONMENT and out == ""
+    assert err.count("\n") == 1 and "cannot reach Ray at 127.0.0.1:1" in err
