@@ -224,14 +224,22 @@ def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: 
     eligible = np.unique(dataset.pairs[["chosen", "rejected"]].to_numpy())
     prompt_of = dataset.responses["prompt_id"].to_numpy()[eligible]
     prompt_responses = {int(p): rows.to_numpy() for p, rows in pd.Series(eligible).groupby(prompt_of)}
-    prompts_of_user = train_pairs.groupby("user")["prompt_id"].unique()
     return MethodContext(
         features=torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device), n_users=dataset.n_users,
         user_group=user_group, train=_pair_set(train_pairs, user_group),
         val=_pair_set(dataset.split("val"), user_group), prompt_responses=prompt_responses,
-        train_prompts_of_user=[np.asarray(prompts_of_user.get(u, []), dtype=np.int64)
-                               for u in range(dataset.n_users)],
+        train_prompts_of_user=_prompts_of_users(train_pairs, dataset.n_users),
         train_config=train, seed=seed, epsilon=epsilon, progress=progress, should_stop=should_stop, runner=runner)
+
+
+def _prompts_of_users(pairs: pd.DataFrame, n_users: int) -> list[np.ndarray]:
+    """Each user's distinct prompts in ``pairs``, in the order they first appear (what ``groupby("user")
+    ["prompt_id"].unique()`` gives, without a Python call per user: 4 s at 30,000 users)."""
+    users, prompts = pairs["user"].to_numpy(np.int64), pairs["prompt_id"].to_numpy(np.int64)
+    _, first = np.unique(users * (int(prompts.max(initial=0)) + 1) + prompts, return_index=True)
+    first = np.sort(first)  # each (user, prompt) at its first appearance, in pair order
+    first = first[np.argsort(users[first], kind="stable")]
+    return np.split(prompts[first], np.cumsum(np.bincount(users[first], minlength=n_users))[:-1])
 
 
 def _per_user_table(dataset, support, groups, test: PairSet, margins: np.ndarray) -> pd.DataFrame:
