@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .allocator import keep_freed_memory
 from .attributes import attribute_columns
 from .compare import DEFAULT_EPSILON, VerdictRule, describe_comparison, describe_rule
 from .config import dataclass_from_dict, validate_options
@@ -477,6 +478,7 @@ def run_experiment(config: ExperimentConfig | dict, *, out_dir: str | Path | Non
             config, progress, features, device,
             loaded=lambda n_seeds, seconds: pool.start(seed_workers(n_seeds, seconds, device)))
         set_threads()
+        keep_freed_memory()
         runs = _train_seeds(pool, config, inputs, embedded_at, progress, should_stop, device, runner)
     progress(TRAINED_AT, "pooling the seeds" if len(runs) > 1 else "writing the results", None)
     result = _assemble(config, runs, embedding)
