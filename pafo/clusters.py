@@ -13,7 +13,8 @@ cluster, not per support group:
    clusters and its direction is the posterior mean Σ_c q_uc a_c. EM runs in several nested subspaces (the first
    r directions of E for each r in ``sizes``) and from several k-means starts in each; every run is kept and ā_u is
    the mean of the user's posterior-mean direction over all runs. All runs are one batched computation (torch):
-   one (pairs × runs·C) margin matrix per step, so the cost is linear in users and pairs. With the co-label view
+   one (units × runs·C) margin matrix per step, so the cost is linear in users and pairs; with a ``runner``
+   (:class:`pafo.remote.RayRuns`) groups of runs are Ray tasks instead. With the co-label view
    (``CoLabels``, ``colabel_weight``) the probability of a label under cluster c also counts the labels other users
    gave the same pair, each weighed by that user's posterior of being in c: same-taste users agree on most shared
    pairs, which places users where the text features cannot (weak on DSP).
@@ -496,6 +497,7 @@ class _SoftEM:
     def __init__(self, pairs: _UserPairs, has_pairs: torch.Tensor, mask: torch.Tensor, ridge: torch.Tensor,
                  n_clusters: int, colabel_weight: float = 0.0):
         self.pairs, self.has_pairs, self.mask, self.ridge, self.n_clusters = pairs, has_pairs, mask, ridge, n_clusters
+        self.every_user_has_pairs = bool(has_pairs.all())
         self.runs = len(mask) // n_clusters
         self.colabel_weight = colabel_weight if pairs.colabelled else 0.0
 
@@ -574,7 +576,11 @@ class _SoftEM:
     def e_step(self, loglik: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posteriors q (n_users, runs, C) and the new log π (runs, C) from users with pairs."""
         q = torch.softmax(loglik + log_weights[None], dim=-1)
-        return q, torch.log(q[self.has_pairs].mean(0).clamp_min(1e-12))
+        return q, torch.log(self._with_pairs(q).mean(0).clamp_min(1e-12))
+
+    def _with_pairs(self, values: torch.Tensor) -> torch.Tensor:
+        """The rows of users with pairs (``values`` itself when every user has some: no users × M copy)."""
+        return values if self.every_user_has_pairs else values[self.has_pairs]
 
     def objective(self, loglik: torch.Tensor, log_weights: torch.Tensor, teachers: torch.Tensor) -> torch.Tensor:
         """(runs,): the mixture NLL of users with pairs plus each run's ridge term."""
@@ -597,12 +603,12 @@ class _SoftEM:
         for _ in range(max_rounds):
             margins = self.margins(teachers)
             new_q, new_log_weights = self.e_step(self.log_likelihood(margins, q, mass), log_weights)
-            moved = (new_q - q)[self.has_pairs].abs().amax(dim=(0, 2)) > tol
+            moved = self._with_pairs(new_q - q).abs_().amax(dim=(0, 2)) > tol
             active &= moved
             if not active.any():
                 break
             rounds += active
-            q = torch.where(active[None, :, None], new_q, q)
+            q = new_q if bool(active.all()) else torch.where(active[None, :, None], new_q, q)
             log_weights = torch.where(active[:, None], new_log_weights, log_weights)
             mass = self.pairs.unit_mass(q.reshape(n_users, -1))
             updated = self.m_step(teachers, q.reshape(n_users, -1), steps, margins, weight=mass)
