@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -193,7 +194,7 @@ def measure_growth(limit: float, sizes: list[tuple[int, int]], reference: Path |
     rows = []
     for users, pairs in sizes:
         row = measure_point(users, pairs, limit)
-        row["command"] = " ".join(["python -m bench.scale", *sys.argv[1:]])
+        row["command"] = "python -m bench.scale " + shlex.join(sys.argv[1:])
         if reference is not None and (reference_sizes is None or (users, pairs) in reference_sizes):
             row["reference"] = measure_point(users, pairs, reference_limit, reference)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -304,6 +305,10 @@ def _growth_summary(rows: list[dict]) -> list[str]:
             out.append(f"- {pairs} pairs per user, 30,000 vs 3,000 users (10× the labels): {_times(big, small)}, "
                        f"peak memory {big['peak_bytes'] / small['peak_bytes']:.1f}× (linear would be 10×; the "
                        "interpreter, imports and fixed costs make small runs relatively dear).")
+    small, big = by.get((30_000, 8)), by.get((300_000, 8))
+    if _finished(small) and _finished(big):
+        out.append(f"- 8 pairs per user, 300,000 vs 30,000 users (10× the labels): {_times(big, small)}, peak memory "
+                   f"{big['peak_bytes'] / small['peak_bytes']:.1f}× (linear would be 10×).")
     for users in (3_000, 30_000):
         few, many = by.get((users, 8)), by.get((users, 32))
         if _finished(few) and _finished(many):
@@ -384,7 +389,7 @@ def write_results(sweep: dict | None, growth: list[dict] | None, load_before: st
              "figures are wall times under that load, run with `nice -n 5`; each point's own 1-minute load is in "
              "its row).  ",
              f"Date: {dt.date.today().isoformat()}.  ",
-             f"Command: `{' '.join(['python -m bench.scale', *sys.argv[1:]])}`"
+             f"Command: `python -m bench.scale {shlex.join(sys.argv[1:])}`"
              + "".join(f"; growth rows from `{c}`" for c in dict.fromkeys(r.get("command") for r in growth or [])
                        if c), ""]
     if sweep:

@@ -28,8 +28,8 @@ __all__ = ["HUB_SOURCES", "SOURCES", "SOURCE_SPECS", "DataConfig", "SourceSpec",
 BAD_FRACTION, UNKNOWN_SOURCE = OUT_OF_RANGE, BAD_CHOICE
 # Limits of size (memory and time of one run on a laptop-class machine, see the README's limits).
 # 300,000 users: the largest point of the scale figures (bench/RESULTS.md, scale: 300,000 × 8 ran to the end on the
-# shared 2 cores in 514 CPU-s, 16 min wall at load 4–5, peak 5.3 GiB; 30,000 × 32 needs about 100 CPU-s and
-# 1.8 GiB). The bootstrap's resamples × users product has its own bound (pafo.method_configs.MAX_BOOTSTRAP_DRAWS).
+# 2 cores in 400 CPU-s, 6.6 min wall, peak 5.3 GiB; 30,000 × 32 needs about 100 CPU-s and 1.75 GiB). The
+# bootstrap's resamples × users product has its own bound (pafo.method_configs.MAX_BOOTSTRAP_DRAWS).
 MAX_USERS = 300_000
 MAX_PAIRS_PER_USER = 1_000
 MAX_PROMPTS = 100_000
