@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -193,7 +194,7 @@ def measure_growth(limit: float, sizes: list[tuple[int, int]], reference: Path |
     rows = []
     for users, pairs in sizes:
         row = measure_point(users, pairs, limit)
-        row["command"] = " ".join(["python -m bench.scale", *sys.argv[1:]])
+        row["command"] = "python -m bench.scale " + shlex.join(sys.argv[1:])
         if reference is not None and (reference_sizes is None or (users, pairs) in reference_sizes):
             row["reference"] = measure_point(users, pairs, reference_limit, reference)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -304,6 +305,10 @@ def _growth_summary(rows: list[dict]) -> list[str]:
             out.append(f"- {pairs} pairs per user, 30,000 vs 3,000 users (10× the labels): {_times(big, small)}, "
                        f"peak memory {big['peak_bytes'] / small['peak_bytes']:.1f}× (linear would be 10×; the "
                        "interpreter, imports and fixed costs make small runs relatively dear).")
+    small, big = by.get((30_000, 8)), by.get((300_000, 8))
+    if _finished(small) and _finished(big):
+        out.append(f"- 8 pairs per user, 300,000 vs 30,000 users (10× the labels): {_times(big, small)}, peak memory "
+                   f"{big['peak_bytes'] / small['peak_bytes']:.1f}× (linear would be 10×).")
     for users in (3_000, 30_000):
         few, many = by.get((users, 8)), by.get((users, 32))
         if _finished(few) and _finished(many):
@@ -330,15 +335,17 @@ def _growth_summary(rows: list[dict]) -> list[str]:
 
 def _bigger_cells(growth: list[dict] | None) -> str:
     """What 1,000 cells of the growth table's 3,000-user points cost, from their measured wall times."""
-    rows = sorted((r for r in growth or [] if r["users"] == 3_000 and _finished(r)), key=lambda r: r["pairs"])
+    rows = sorted((r for r in growth or [] if r["users"] <= GOAL_USERS and _finished(r)),
+                  key=lambda r: (r["users"], r["pairs"]))
     if not rows:
         return ""
     cost = [(r, r.get("cpu_seconds", r["seconds"])) for r in rows]
-    parts = [f"{r['pairs']} pairs: {c:.0f} core-seconds a cell, about {CLUSTER_CELLS * c / 3600:.0f} core-hours, "
-             f"{CLUSTER_CELLS * c / CLUSTER_CORES / 60:.0f} min on {CLUSTER_CORES} cores" for r, c in cost]
+    parts = [f"{r['users']:,} users × {r['pairs']} pairs: {c:.0f} core-seconds a cell, about "
+             f"{CLUSTER_CELLS * c / 3600:.0f} core-hours, {CLUSTER_CELLS * c / CLUSTER_CORES / 60:.0f} min on "
+             f"{CLUSTER_CORES} cores" for r, c in cost]
     return ("Bigger cells cost what their experiment costs in the growth table above (its CPU time: one cell is "
-            "single-threaded), which grows less than linearly in users × pairs: 1,000 cells of 3,000 users × "
-            + "; × ".join(parts) + ". ")
+            "single-threaded), which grows less than linearly in users × pairs: 1,000 cells of "
+            + "; of ".join(parts) + ". ")
 
 
 def _estimate_lines(sweep: dict, growth: list[dict] | None = None) -> list[str]:
@@ -370,7 +377,8 @@ def _merged(previous: list[dict] | None, new: list[dict] | None) -> list[dict] |
     return [r for r in previous or [] if (r["users"], r["pairs"]) not in fresh and "load" in r] + new
 
 
-def write_results(sweep: dict | None, growth: list[dict] | None, load_before: str, reference: Path | None) -> None:
+def write_results(sweep: dict | None, growth: list[dict] | None, load_before: str, reference: Path | None,
+                  note: str | None = None) -> None:
     previous = json.loads(RESULTS_RAW.read_text()) if RESULTS_RAW.exists() else {}
     sweep = sweep or previous.get("sweep")
     growth = _merged(previous.get("growth"), growth)
@@ -381,7 +389,7 @@ def write_results(sweep: dict | None, growth: list[dict] | None, load_before: st
              "figures are wall times under that load, run with `nice -n 5`; each point's own 1-minute load is in "
              "its row).  ",
              f"Date: {dt.date.today().isoformat()}.  ",
-             f"Command: `{' '.join(['python -m bench.scale', *sys.argv[1:]])}`"
+             f"Command: `python -m bench.scale {shlex.join(sys.argv[1:])}`"
              + "".join(f"; growth rows from `{c}`" for c in dict.fromkeys(r.get("command") for r in growth or [])
                        if c), ""]
     if sweep:
@@ -398,8 +406,8 @@ def write_results(sweep: dict | None, growth: list[dict] | None, load_before: st
                   "result's `seconds`: data, support rates, features, both methods, metrics, bootstrap); wall adds "
                   "interpreter start and imports. *pafo train s* includes the baseline PAFO starts from. *previous "
                   "code*: the same command with "
-                  + (f"the checkout at `{reference}` (the code before issue 24's changes)" if reference else
-                     "the code before issue 24's changes") +
+                  + (f"the checkout at `{reference}` ({note or 'the code before issue 24'})" if reference else
+                     note or "the code before issue 24's changes") +
                   ", run right after each point under the same load; its figures were stopped at the limit where "
                   "marked.", "", *_growth_lines(growth), "", *_growth_summary(growth), ""]
     if sweep:
@@ -428,12 +436,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-tree", type=Path, help="a checkout whose code is measured at each point too")
     parser.add_argument("--reference-limit", type=float, default=900.0, help="seconds the reference may take")
     parser.add_argument("--reference-sizes", type=_sizes, help="the points the reference runs at (default: all)")
+    parser.add_argument("--reference-note", help="what the reference code is, for the text (e.g. 'main before issue "
+                                                 "24's second pass, commit bddb6d4')")
     args = parser.parse_args(argv)
     load_before = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     sweep = measure_sweep(args.limit) if args.only in (None, "sweep") else None
     growth = (measure_growth(args.limit, args.sizes, args.reference_tree, args.reference_limit, args.reference_sizes)
               if args.only in (None, "growth") else None)
-    write_results(sweep, growth, load_before, args.reference_tree)
+    write_results(sweep, growth, load_before, args.reference_tree, args.reference_note)
 
 
 if __name__ == "__main__":

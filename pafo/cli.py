@@ -432,10 +432,16 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     config = experiment_config_from_args(args)
     check_encoder(config)
     device = resolve_device(args.device)
+    if args.ray_address:  # before any training: ray installed, the address well formed and answering
+        from .sweep import _import_ray, check_ray_address
+
+        _import_ray()
+        check_ray_address(args.ray_address)
     with staged_out_dir(args.out_dir) as staging:
         bar = _progress_bar()
         try:
-            result = run_experiment(config, out_dir=staging, progress=bar, device=device)
+            result = run_experiment(config, out_dir=staging, progress=bar, device=device,
+                                    ray_address=args.ray_address)
         finally:
             bar.close()
         if staging:
@@ -479,6 +485,9 @@ def _add_experiment(sub) -> None:
     parser.add_argument("--per-user-csv", metavar="OUT", help="write per-user accuracies here")
     parser.add_argument("--out-dir", metavar="DIR", help="write weights (safetensors), result and tables here; "
                                                          "an earlier run's folder is replaced whole")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="run PAFO's EM restarts as Ray tasks on the cluster at ADDR (HOST:PORT, "
+                             "ray://HOST:PORT, auto; local: a Ray started here); the same result as without")
     parser.set_defaults(handler=cmd_experiment, output_files=("json", "per_user_csv"), input_paths=("path",))
 
 

@@ -13,7 +13,8 @@ cluster, not per support group:
    clusters and its direction is the posterior mean Σ_c q_uc a_c. EM runs in several nested subspaces (the first
    r directions of E for each r in ``sizes``) and from several k-means starts in each; every run is kept and ā_u is
    the mean of the user's posterior-mean direction over all runs. All runs are one batched computation (torch):
-   one (pairs × runs·C) margin matrix per step, so the cost is linear in users and pairs. With the co-label view
+   one (units × runs·C) margin matrix per step, so the cost is linear in users and pairs; with a ``runner``
+   (:class:`pafo.remote.RayRuns`) groups of runs are Ray tasks instead. With the co-label view
    (``CoLabels``, ``colabel_weight``) the probability of a label under cluster c also counts the labels other users
    gave the same pair, each weighed by that user's posterior of being in c: same-taste users agree on most shared
    pairs, which places users where the text features cannot (weak on DSP).
@@ -29,6 +30,7 @@ often score higher in-sample. Test labels never reach this module: it is given t
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 
@@ -38,8 +40,8 @@ from scipy import linalg, sparse
 from scipy.special import softmax
 from sklearn.cluster import KMeans
 
-__all__ = ["EM_KINDS", "ClusterFit", "CoLabels", "discover", "fit_clusters", "fit_soft_clusters", "nested_scales",
-           "oriented_differences", "pair_subspace", "per_user_fit"]
+__all__ = ["EM_KINDS", "ClusterFit", "CoLabels", "LocalRuns", "discover", "em_runs", "fit_clusters",
+           "fit_soft_clusters", "nested_scales", "oriented_differences", "pair_subspace", "per_user_fit"]
 
 #: The cluster steps: EM on the mixture likelihood (soft, the default) or on the classification likelihood (hard).
 EM_KINDS = ("soft", "hard")
@@ -90,23 +92,73 @@ class ClusterFit:
 
     def posterior_directions(self, x: np.ndarray, pair_users: np.ndarray, n_users: int) -> np.ndarray:
         """(n_users, r): the posterior-mean direction Σ_c q_uc a_c averaged over runs (0 for users without
-        pairs): the soft cluster step's ā_u for any users' pairs, the fitted teachers frozen."""
-        q = self.posterior(x, pair_users, n_users)
-        directions = np.einsum("rnc,rcd->nd", q, self.teachers) / len(self.teachers)
+        pairs): the soft cluster step's ā_u for any users' pairs, the fitted teachers frozen. Users are placed
+        ``USER_BLOCK`` at a time (each user's posterior reads only its own pairs), so memory stays bounded."""
+        pair_users = np.asarray(pair_users, dtype=np.int64)
+        order = np.argsort(pair_users, kind="stable")  # each block's pairs keep their order
+        edges = np.searchsorted(pair_users[order], np.arange(0, n_users + USER_BLOCK, USER_BLOCK))
+        directions = np.zeros((n_users, self.teachers.shape[2]))
+        for i, start in enumerate(range(0, n_users, USER_BLOCK)):
+            rows = order[edges[i]:edges[i + 1]]
+            size = min(USER_BLOCK, n_users - start)
+            q = self.posterior(x[rows], pair_users[rows] - start, size)
+            directions[start:start + size] = np.einsum("rnc,rcd->nd", q, self.teachers) / len(self.teachers)
         directions[np.bincount(pair_users, minlength=n_users) == 0] = 0.0
         return directions
 
 
 def _user_log_likelihood(x: np.ndarray, pair_users: np.ndarray, n_users: int, teachers: np.ndarray) -> np.ndarray:
-    """(n_users, runs, C): Σ_{p∈u} log σ(a·x_p) for every run's every teacher."""
+    """(n_users, runs, C): Σ_{p∈u} log σ(a·x_p) for every run's every teacher.
+
+    log σ is evaluated once per distinct row of ``x`` (a pair labelled by many users is one row) and added into
+    the users' rows a block of pairs at a time, in pair order: the sums a (users × pairs) product makes, without
+    its pairs × runs·C matrix."""
     runs, n_clusters, dim = teachers.shape
-    log_sigma = -_softplus(-(x @ teachers.reshape(-1, dim).T))
-    to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
-    return np.asarray(to_user @ log_sigma).reshape(n_users, runs, n_clusters)
+    first, row_of_pair = _distinct_rows(x)
+    log_sigma = torch.from_numpy(-_softplus(-(x[first] @ teachers.reshape(-1, dim).T)))
+    out = torch.zeros((n_users, runs * n_clusters), dtype=torch.float64)
+    users, rows = torch.as_tensor(np.asarray(pair_users, dtype=np.int64)), torch.as_tensor(row_of_pair)
+    for start in range(0, len(x), PAIR_BLOCK):
+        block = slice(start, start + PAIR_BLOCK)
+        out.index_add_(0, users[block], log_sigma.index_select(0, rows[block]))
+    return out.numpy().reshape(n_users, runs, n_clusters)
 
 
 #: Pairs per block when differences of features are formed, so memory stays at a block × D, never pairs × D.
 BLOCK = 65_536
+#: Pairs per block when a per-pair value for every model (runs · C of them) is summed into its user's row.
+PAIR_BLOCK = 8_192
+#: Users per block when users are placed by frozen teachers: memory stays at a block × runs · C.
+USER_BLOCK = 50_000
+
+
+def _distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first row of each distinct row of ``x`` (byte-identical rows are one), in the order ``np.unique`` sorts
+    the rows' bytes, and each row's index among them: ``np.unique(rows as bytes, return_index, return_inverse)``.
+
+    Sorting millions of wide byte strings is slow, so rows are grouped by a 64-bit hash of their words first and
+    the groups checked byte for byte (a collision, never seen, falls back to the byte sort); only the distinct rows
+    are then sorted by their bytes."""
+    rows = np.ascontiguousarray(x)
+    as_bytes = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
+    if not rows.size or (rows.itemsize * rows.shape[1]) % 8:
+        _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)
+        return first, inverse.ravel()
+    words = rows.view(np.uint64).reshape(len(rows), -1)
+    key = np.zeros(len(rows), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in words.T:  # Horner's rule over the words, wrapping at 2⁶⁴
+            key = key * np.uint64(0x9E3779B97F4A7C15) + column
+            key ^= key >> np.uint64(29)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    if not all(np.array_equal(column, column[first][inverse]) for column in words.T):
+        _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)
+        return first, inverse.ravel()
+    order = np.argsort(as_bytes[first], kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse]
 
 
 def _distinct_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,19 +215,19 @@ def oriented_differences(features: np.ndarray, basis: np.ndarray, chosen: np.nda
     return out[inverse]
 
 
-def _outer_per_user(x: np.ndarray, pair_users: np.ndarray, n_users: int,
-                    weight: np.ndarray | None = None) -> np.ndarray:
+def _outer_per_user(x: np.ndarray, pair_users: np.ndarray, n_users: int, weight: np.ndarray | None = None,
+                    distinct: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """(n_users, r·r): Σ over each user's pairs of weight_p · x_p x_pᵀ, flattened; formed a block of pairs at a
-    time (a block × r² ≤ ``BLOCK`` × 16 values), so memory never holds pairs × r². Unweighted, each distinct row
-    of ``x`` is formed once and counted per user (labels of the same pair by many users share it)."""
-    if weight is None:
-        rows = np.ascontiguousarray(x)
-        _, first, inverse = np.unique(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel(),
-                                      return_index=True, return_inverse=True)
-        if len(first) < len(x):
-            counts = sparse.csr_matrix((np.ones(len(x)), (pair_users, inverse.ravel())),
-                                       shape=(n_users, len(first)))
-            return counts @ _outer_per_user(x[first], np.arange(len(first)), len(first))
+    time (a block × r² ≤ ``BLOCK`` × 16 values), so memory never holds pairs × r². Each distinct row of ``x``
+    (``distinct``: :func:`_distinct_rows`, if known) is formed once and its weights summed per user when the
+    rows repeat (labels of the same pair by many users share it): unweighted whenever a row repeats, weighted
+    when at most half the rows are distinct (the per-user weight matrix is then cheaper than the products)."""
+    first, inverse = distinct if distinct is not None else _distinct_rows(x)
+    if len(first) < len(x) and (weight is None or 2 * len(first) <= len(x)):
+        counts = sparse.csr_matrix((np.ones(len(x)) if weight is None else weight, (pair_users, inverse)),
+                                   shape=(n_users, len(first)))
+        return counts @ _outer_per_user(x[first], np.arange(len(first)), len(first),
+                                        distinct=(np.arange(len(first)), np.arange(len(first))))
     # index_add_ adds each pair's product into its user's row in pair order, as one sparse product over all pairs
     # would, and touches only the block's users (a sparse product per block would add a whole users × r² array).
     out = torch.zeros((n_users, x.shape[1] ** 2), dtype=torch.float64)
@@ -366,9 +418,25 @@ class _UserPairs:
                                             shape=(n_users, n_units))
             self.lone_user_units = _sparse(lone_counts, device)
             order = np.flatnonzero(~lone)
-            order = order[np.argsort(pair_users[order], kind="stable")]  # a chunk's users are few and adjacent
+            order = order[np.argsort(pair_users[order], kind="stable")]  # each user's shared pairs, in pair order
             self.shared_users = tensor(pair_users[order], torch.long)
             self.shared_units = tensor(unit[order], torch.long)
+            self._slots(pair_users[order], unit[order], tensor)
+
+    def _slots(self, users: np.ndarray, units: np.ndarray, tensor) -> None:
+        """The shared pairs as *slots*: slot j holds the j-th shared pair of every user with more than j of them.
+        Users are ranked by their number of shared pairs (most first, ``by_count``), so slot j's users are the
+        first ``len(slot_units[j])`` ranks and their posteriors and sums are a slice, not a gather or a scatter."""
+        counts = np.bincount(users, minlength=self.n_users)
+        by_count = np.argsort(-counts, kind="stable")
+        rank = np.empty(self.n_users, dtype=np.int64)
+        rank[by_count] = np.arange(self.n_users)
+        slot = np.arange(len(users)) - (np.cumsum(counts) - counts)[users]  # users are sorted, pairs in order
+        order = np.lexsort((rank[users], slot))  # by slot, then by the user's rank
+        edges = np.searchsorted(slot[order], np.arange(int(counts.max(initial=0)) + 1))
+        self.by_count, self.rank = tensor(by_count, torch.long), tensor(rank, torch.long)
+        self.slot_units = [tensor(units[order[a:b]], torch.long) for a, b in itertools.pairwise(
+            [*edges, len(order)])]
 
     def unit_mass(self, q: torch.Tensor) -> torch.Tensor:
         """(units, M): Σ over a unit's pairs of the labelling user's row of ``q`` (n_users × M)."""
@@ -382,9 +450,7 @@ class _UserPairs:
 def _units(x: np.ndarray, colabels: CoLabels | None) -> tuple[np.ndarray, np.ndarray]:
     """Each pair's unit (pairs with byte-identical oriented differences and the same co-label cell) and each
     unit's first pair."""
-    rows = np.ascontiguousarray(x, dtype=np.float64)
-    as_bytes = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
-    value = np.unique(as_bytes, return_inverse=True)[1].ravel().astype(np.int64)
+    value = _distinct_rows(np.asarray(x, dtype=np.float64))[1].astype(np.int64)
     if colabels is not None:
         n_cells = 2 * (int(colabels.key.max()) + 1)
         value = value * n_cells + 2 * colabels.key + (colabels.sign > 0)
@@ -431,6 +497,7 @@ class _SoftEM:
     def __init__(self, pairs: _UserPairs, has_pairs: torch.Tensor, mask: torch.Tensor, ridge: torch.Tensor,
                  n_clusters: int, colabel_weight: float = 0.0):
         self.pairs, self.has_pairs, self.mask, self.ridge, self.n_clusters = pairs, has_pairs, mask, ridge, n_clusters
+        self.every_user_has_pairs = bool(has_pairs.all())
         self.runs = len(mask) // n_clusters
         self.colabel_weight = colabel_weight if pairs.colabelled else 0.0
 
@@ -438,15 +505,15 @@ class _SoftEM:
         """(units, M): every teacher's margin a·x on every unit."""
         return self.pairs.x @ teachers.T
 
-    def m_step(self, teachers: torch.Tensor, q: torch.Tensor, steps: int,
-               margins: torch.Tensor | None = None) -> torch.Tensor:
+    def m_step(self, teachers: torch.Tensor, q: torch.Tensor, steps: int, margins: torch.Tensor | None = None,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
         """``steps`` bound-optimisation steps on Σ_u q_uc Σ_{p∈u} softplus(−a_c·x_p) + ridge/2·|a_c|² per model.
 
         Böhning's bound (the logistic Hessian ≤ XᵀX/4) gives one fixed matrix per M-step, so each step is a solve
         with one Cholesky factor and still lowers the objective. A unit's pairs share x and margin, so the
-        gradient weighs each unit by its users' summed posteriors."""
+        gradient weighs each unit by its users' summed posteriors (``weight``: ``unit_mass(q)``, if known)."""
         dim = teachers.shape[1]
-        weight = self.pairs.unit_mass(q)  # (units, M)
+        weight = self.pairs.unit_mass(q) if weight is None else weight  # (units, M)
         bound = 0.25 * self.pairs.hessian_bound(q, weight).reshape(-1, dim, dim)
         inside = self.mask[:, :, None] & self.mask[:, None, :]
         diagonal = torch.where(self.mask, self.ridge[:, None], torch.ones_like(self.ridge)[:, None])
@@ -460,17 +527,20 @@ class _SoftEM:
             teachers = teachers - torch.cholesky_solve(grad.double()[:, :, None], factor)[:, :, 0].to(teachers.dtype)
         return teachers
 
-    def log_likelihood(self, margins: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
+    def log_likelihood(self, margins: torch.Tensor, q: torch.Tensor | None = None,
+                       mass: torch.Tensor | None = None) -> torch.Tensor:
         """(n_users, runs, C): Σ_{p∈u} log P(u's label on p | cluster c): σ(a_c·x_p), or with co-labels (and the
-        current posteriors ``q``) that probability blended with the labels other users gave the same pair, each
-        weighted by their posterior of being in c (:meth:`colabel_log_likelihood`)."""
+        current posteriors ``q``, whose ``unit_mass`` is ``mass`` if known) that probability blended with the
+        labels other users gave the same pair, each weighted by their posterior of being in c
+        (:meth:`colabel_log_likelihood`)."""
         if self.colabel_weight == 0 or q is None:
             loglik = self.pairs.user_units @ torch.nn.functional.logsigmoid(margins)
         else:
-            loglik = self.colabel_log_likelihood(margins, q.reshape(len(q), -1))
+            loglik = self.colabel_log_likelihood(margins, q.reshape(len(q), -1), mass)
         return loglik.reshape(-1, self.runs, self.n_clusters)
 
-    def colabel_log_likelihood(self, margins: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    def colabel_log_likelihood(self, margins: torch.Tensor, q: torch.Tensor,
+                               mass: torch.Tensor | None = None) -> torch.Tensor:
         """(n_users, M): Σ_{p∈u} log θ, θ = (σ(a_c·x_p) + w·A) / (1 + w·B), where B is the posterior mass in c of
         the *other* users who labelled the same pair and A the part of it that agrees with this label; w =
         ``colabel_weight``. A Beta prior centred on the teacher, updated by co-labellers: where nobody else
@@ -478,9 +548,10 @@ class _SoftEM:
 
         The sums over a pair's labellers run per unit and per co-label cell; with α = σ + w·(mass of the pair's
         cell) and β = 1 + w·(mass of its key), both including the user itself, θ = (α − w·q_u) / (β − w·q_u):
-        only that leave-one-out step is evaluated per pair, in chunks. Linear in labels."""
+        only that leave-one-out step is evaluated per pair, in chunks (into buffers made once: a fresh chunk-sized
+        tensor per step cost page faults). Linear in labels."""
         pairs, w = self.pairs, self.colabel_weight
-        mass = pairs.unit_mass(q)  # (units, M)
+        mass = pairs.unit_mass(q) if mass is None else mass  # (units, M)
         cell = mass.new_zeros(int(pairs.cell_of_unit.max()) + 1, mass.shape[1]).index_add_(0, pairs.cell_of_unit,
                                                                                              mass)
         key = mass.new_zeros(int(pairs.key_of_unit.max()) + 1, mass.shape[1]).index_add_(0, pairs.key_of_unit, mass)
@@ -488,20 +559,28 @@ class _SoftEM:
         loglik = pairs.lone_user_units @ torch.log(sigma.clamp_min(1e-6))
         alpha = sigma.add_(cell[pairs.cell_of_unit], alpha=w)
         beta = key[pairs.key_of_unit].mul_(w).add_(1.0)
-        weighted = q * w
-        for start in range(0, len(pairs.shared_users), pairs.chunk):
-            users = pairs.shared_users[start:start + pairs.chunk]
-            units = pairs.shared_units[start:start + pairs.chunk]
-            own = weighted.index_select(0, users)
-            theta = alpha.index_select(0, units).sub_(own)
-            theta.div_(beta.index_select(0, units).sub_(own)).clamp_min_(1e-6).log_()
-            loglik.index_add_(0, users, theta)
-        return loglik
+        # Users in ``by_count`` order: slot j's users are a prefix, each adds its pairs' terms in pair order.
+        weighted = q.index_select(0, pairs.by_count).mul_(w)
+        loglik = loglik.index_select(0, pairs.by_count)
+        width = min(pairs.chunk, len(pairs.slot_units[0])) if pairs.slot_units else 0
+        theta, below = (q.new_empty(width, q.shape[1]) for _ in range(2))
+        for units_of_slot in pairs.slot_units:
+            for start in range(0, len(units_of_slot), pairs.chunk):
+                units = units_of_slot[start:start + pairs.chunk]
+                users, n = slice(start, start + len(units)), len(units)
+                torch.index_select(alpha, 0, units, out=theta[:n]).sub_(weighted[users])
+                torch.index_select(beta, 0, units, out=below[:n]).sub_(weighted[users])
+                loglik[users].add_(theta[:n].div_(below[:n]).clamp_min_(1e-6).log_())
+        return loglik.index_select(0, pairs.rank)
 
     def e_step(self, loglik: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posteriors q (n_users, runs, C) and the new log π (runs, C) from users with pairs."""
         q = torch.softmax(loglik + log_weights[None], dim=-1)
-        return q, torch.log(q[self.has_pairs].mean(0).clamp_min(1e-12))
+        return q, torch.log(self._with_pairs(q).mean(0).clamp_min(1e-12))
+
+    def _with_pairs(self, values: torch.Tensor) -> torch.Tensor:
+        """The rows of users with pairs (``values`` itself when every user has some: no users × M copy)."""
+        return values if self.every_user_has_pairs else values[self.has_pairs]
 
     def objective(self, loglik: torch.Tensor, log_weights: torch.Tensor, teachers: torch.Tensor) -> torch.Tensor:
         """(runs,): the mixture NLL of users with pairs plus each run's ridge term."""
@@ -514,44 +593,62 @@ class _SoftEM:
         """EM from hard starting posteriors ``q`` (n_users, runs, C). Returns teachers (M, r), log π, the final
         posteriors, each run's rounds and objective."""
         n_users = q.shape[0]
-        flat = q.reshape(n_users, -1)
-        teachers = self.m_step(torch.zeros(self.mask.shape, dtype=q.dtype, device=q.device), flat, first_steps)
+        mass = self.pairs.unit_mass(q.reshape(n_users, -1))  # of the current q: the E- and M-steps both read it
+        teachers = self.m_step(torch.zeros(self.mask.shape, dtype=q.dtype, device=q.device), q.reshape(n_users, -1),
+                               first_steps, weight=mass)
         log_weights = torch.full((self.runs, self.n_clusters), -float(np.log(self.n_clusters)), dtype=q.dtype,
                                  device=q.device)
         active = torch.ones(self.runs, dtype=torch.bool, device=q.device)
         rounds = torch.zeros(self.runs, dtype=torch.long, device=q.device)
         for _ in range(max_rounds):
             margins = self.margins(teachers)
-            new_q, new_log_weights = self.e_step(self.log_likelihood(margins, q), log_weights)
-            moved = (new_q - q)[self.has_pairs].abs().amax(dim=(0, 2)) > tol
+            new_q, new_log_weights = self.e_step(self.log_likelihood(margins, q, mass), log_weights)
+            moved = self._with_pairs(new_q - q).abs_().amax(dim=(0, 2)) > tol
             active &= moved
             if not active.any():
                 break
             rounds += active
-            q = torch.where(active[None, :, None], new_q, q)
+            q = new_q if bool(active.all()) else torch.where(active[None, :, None], new_q, q)
             log_weights = torch.where(active[:, None], new_log_weights, log_weights)
-            updated = self.m_step(teachers, q.reshape(n_users, -1), steps, margins)
+            mass = self.pairs.unit_mass(q.reshape(n_users, -1))
+            updated = self.m_step(teachers, q.reshape(n_users, -1), steps, margins, weight=mass)
             teachers = torch.where(active.repeat_interleave(self.n_clusters)[:, None], updated, teachers)
-        teachers = self.m_step(teachers, q.reshape(n_users, -1), last_steps)
+        teachers = self.m_step(teachers, q.reshape(n_users, -1), last_steps, weight=mass)
         margins = self.margins(teachers)
         loglik = self.log_likelihood(margins)
-        q = torch.softmax(self.log_likelihood(margins, q) + log_weights[None], dim=-1)
+        q = torch.softmax(self.log_likelihood(margins, q, mass) + log_weights[None], dim=-1)
         return teachers, log_weights, q, rounds, self.objective(loglik, log_weights, teachers)
+
+
+class LocalRuns:
+    """How the soft EM's runs are evaluated: here, all in one batch (one group). :class:`pafo.remote.RayRuns`
+    splits them into groups evaluated as Ray tasks instead; the runs are independent, so both give the same
+    clusters."""
+
+    def groups(self, runs: int) -> int:
+        """How many groups of runs to make (here: one, every run in one batched computation)."""
+        return 1
+
+    def __call__(self, function, shared: dict, parts: list[dict]) -> list:
+        """``function(**shared, **part)`` for every part, in order."""
+        return [function(**shared, **part) for part in parts]
 
 
 def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_clusters: int, restarts: int,
                       user_vectors: np.ndarray, sizes: tuple[int, ...] | None = None, ridge: float = 1.0,
                       max_rounds: int = 20, tol: float = 1e-4, seed: int = 0, device: str = "cpu",
                       colabels: CoLabels | None = None, colabel_weight: float = 0.0,
-                      initial: np.ndarray | None = None) -> ClusterFit:
+                      initial: np.ndarray | None = None, runner=None) -> ClusterFit:
     """Soft EM of module docstring step 2 over oriented training-pair differences ``x`` (pairs × r).
 
     ``sizes``: the nested subspace sizes (the first r columns of ``x``; default: all r); ``restarts`` runs in each,
     half from k-means on the normalised ``user_vectors`` (e.g. the baseline's b + w_u), half on each user's summed
     differences. ``initial`` (runs × n_users, clusters), when given, replaces the k-means starts (the reference test
     feeds both implementations the same ones). ``colabels`` with ``colabel_weight`` > 0 add the co-label view
-    (``_SoftEM.colabel_probability``). Users without pairs get cluster −1 and a zero direction.
+    (``_SoftEM.colabel_probability``). Users without pairs get cluster −1 and a zero direction. ``runner``
+    (default :class:`LocalRuns`) evaluates the runs, in groups of consecutive runs (e.g. as Ray tasks).
     """
+    runner = runner or LocalRuns()
     dim = x.shape[1]
     sizes = tuple(sorted({min(int(r), dim) for r in (sizes or (dim,))}))
     has_pairs = np.bincount(pair_users, minlength=n_users) > 0
@@ -562,24 +659,42 @@ def fit_soft_clusters(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, n_
     runs = len(initial)
     size_of_run = np.repeat(sizes, runs // len(sizes))
     scale_of_run = np.repeat(scales, runs // len(sizes))
+    shared = {"x": x, "pair_users": pair_users, "n_users": n_users, "n_clusters": n_clusters, "ridge": ridge,
+              "max_rounds": max_rounds, "tol": tol, "device": device, "colabel_weight": colabel_weight,
+              "colabels": colabels if colabel_weight > 0 else None}
+    parts = [{"initial": initial[group], "size_of_run": size_of_run[group], "scale_of_run": scale_of_run[group]}
+             for group in np.array_split(np.arange(runs), max(1, min(runs, runner.groups(runs))))]
+    teachers, log_weights, q, rounds, objective = (np.concatenate(part, axis=1 if i == 2 else 0) for i, part in
+                                                   enumerate(zip(*runner(em_runs, shared, parts), strict=True)))
+    q = q.astype(np.float64)
+    directions = np.einsum("nrc,rcd->nd", q, teachers) / runs
+    directions[~has_pairs] = 0.0
+    assignments = q.argmax(-1).T
+    assignments[:, ~has_pairs] = -1
+    return ClusterFit(teachers=teachers, assignments=assignments, directions=directions, objective=objective,
+                      rounds=rounds, log_weights=log_weights, sizes=size_of_run, em="soft")
+
+
+def em_runs(x: np.ndarray, pair_users: np.ndarray, n_users: int, *, initial: np.ndarray, size_of_run: np.ndarray,
+            scale_of_run: np.ndarray, n_clusters: int, ridge: float, max_rounds: int, tol: float, device: str,
+            colabels: CoLabels | None, colabel_weight: float) -> tuple[np.ndarray, ...]:
+    """Soft EM of the runs started at ``initial`` (runs × n_users), each in its subspace size with its ridge scale,
+    batched (:class:`_SoftEM`): their teachers (runs, C, r), log π (runs, C), final posteriors (n_users, runs, C,
+    float32), rounds and objectives. A group of runs gives each run what the batch of all runs gives it."""
+    runs, dim = len(initial), x.shape[1]
+    has_pairs = np.bincount(pair_users, minlength=n_users) > 0
     # float32 for the pairs × models products (the bulk of the work), float64 for the Cholesky solves.
     tensor = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
-    pairs = _UserPairs(x, pair_users, n_users, device, colabels if colabel_weight > 0 else None)
+    pairs = _UserPairs(x, pair_users, n_users, device, colabels)
     mask = torch.arange(dim, device=device)[None, :] < tensor(np.repeat(size_of_run, n_clusters), torch.long)[:, None]
     ridge_of_model = tensor(np.repeat(ridge / scale_of_run**2, n_clusters))
     em = _SoftEM(pairs, tensor(has_pairs, torch.bool), mask, ridge_of_model, n_clusters, colabel_weight)
     start = np.zeros((n_users, runs, n_clusters), dtype=np.float32)
     start[np.arange(n_users)[:, None], np.arange(runs)[None, :], np.maximum(initial.T, 0)] = 1.0
     teachers, log_weights, q, rounds, objective = em.fit(tensor(start), max_rounds, tol)
-    teachers = teachers.reshape(runs, n_clusters, dim).double().cpu().numpy()
-    q = q.double().cpu().numpy()
-    directions = np.einsum("nrc,rcd->nd", q, teachers) / runs
-    directions[~has_pairs] = 0.0
-    assignments = q.argmax(-1).T
-    assignments[:, ~has_pairs] = -1
-    return ClusterFit(teachers=teachers, assignments=assignments, directions=directions,
-                      objective=objective.double().cpu().numpy(), rounds=rounds.cpu().numpy(),
-                      log_weights=log_weights.double().cpu().numpy(), sizes=size_of_run, em="soft")
+    del start
+    return (teachers.reshape(runs, n_clusters, dim).double().cpu().numpy(), log_weights.double().cpu().numpy(),
+            q.cpu().numpy(), rounds.cpu().numpy(), objective.double().cpu().numpy())
 
 
 def _soft_starts(x: np.ndarray, pair_users: np.ndarray, n_users: int, has_pairs: np.ndarray,
@@ -601,9 +716,10 @@ def _soft_starts(x: np.ndarray, pair_users: np.ndarray, n_users: int, has_pairs:
 def discover(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, users: np.ndarray, n_users: int, *,
              sizes: tuple[int, ...], n_clusters: int, restarts: int, user_vectors: np.ndarray, ridge: float,
              max_rounds: int, seed: int, em: str = "soft", tol: float = 1e-4, colabel_weight: float = 0.0,
-             device: str = "cpu") -> ClusterFit:
+             device: str = "cpu", runner=None) -> ClusterFit:
     """Steps 1 and 2 (``em="soft"``) or 3 (``em="hard"``, one size) of the module docstring on labelled training
-    pairs (chosen, rejected, users). The basis has the largest of ``sizes`` directions."""
+    pairs (chosen, rejected, users). The basis has the largest of ``sizes`` directions; ``runner`` evaluates the
+    soft EM's runs (:func:`fit_soft_clusters`)."""
     basis = pair_subspace(features, chosen, rejected, max(sizes))
     x = oriented_differences(features, basis, chosen, rejected)
     if em == "hard":
@@ -613,7 +729,7 @@ def discover(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, use
         fit = fit_soft_clusters(x, users, n_users, n_clusters=n_clusters, restarts=restarts,
                                 user_vectors=user_vectors, sizes=sizes, ridge=ridge, max_rounds=max_rounds, tol=tol,
                                 colabels=CoLabels.of(chosen, rejected) if colabel_weight > 0 else None,
-                                colabel_weight=colabel_weight, seed=seed, device=device)
+                                colabel_weight=colabel_weight, seed=seed, device=device, runner=runner)
     fit.basis = basis
     return fit
 
@@ -623,10 +739,11 @@ def per_user_fit(x: np.ndarray, pair_users: np.ndarray, n_users: int, ridge: flo
     Newton steps for all users at once (users without pairs get 0)."""
     dim = x.shape[1]
     to_user = sparse.csr_matrix((np.ones(len(x)), (pair_users, np.arange(len(x)))), shape=(n_users, len(x)))
+    distinct = _distinct_rows(x)
     a = np.zeros((n_users, dim))
     for _ in range(steps):
         p = _sigmoid(np.einsum("nd,nd->n", a[pair_users], x))
         grad = -np.asarray(to_user @ ((1.0 - p)[:, None] * x)) + ridge * a
-        hess = _outer_per_user(x, pair_users, n_users, p * (1.0 - p)).reshape(-1, dim, dim)
+        hess = _outer_per_user(x, pair_users, n_users, p * (1.0 - p), distinct).reshape(-1, dim, dim)
         a -= np.linalg.solve(hess + ridge * np.eye(dim), grad[:, :, None])[:, :, 0]
     return a

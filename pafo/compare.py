@@ -29,7 +29,7 @@ import pandas as pd
 
 from .errors import PafoInputError
 from .jsonio import from_fields
-from .metrics import COMPARED_METRICS, GROUPS, Users
+from .metrics import COMPARED_METRICS, GROUPS, Users, resampled_ranks
 from .sample_size import MIN_PAIRS, MIN_SEED_USERS, MIN_USERS, GroupCounts, shortfall
 
 __all__ = ["CI_TOLERANCE", "COMPARED", "MIN_GROUP_PAIRS", "MIN_GROUP_USERS", "MSG_NO_COMMON_USERS", "VERDICTS",
@@ -229,10 +229,11 @@ def _ci_verdict(majority: Delta, minority: Delta, epsilon: float, tolerance: flo
     return "noise", REASON_NOISE
 
 
-def _statistics(group: np.ndarray, support: np.ndarray, method: np.ndarray, reference: np.ndarray) -> dict:
+def _statistics(group: np.ndarray, support: np.ndarray, method: np.ndarray, reference: np.ndarray,
+                ranks: tuple[np.ndarray, ...] | None = None) -> dict:
     """Each compared statistic (method − reference) of rows of users; arrays are (resamples × users): per group the
     mean over its users of the paired difference, and each compared metric of the registry (its difference of
-    sizes for a signed measure of bias)."""
+    sizes for a signed measure of bias). ``ranks``: the rows' (support, method, reference) ranks, when known."""
     out = {}
     for name in GROUPS:
         mask = group == name
@@ -240,7 +241,9 @@ def _statistics(group: np.ndarray, support: np.ndarray, method: np.ndarray, refe
         with np.errstate(invalid="ignore", divide="ignore"):
             out[name] = np.where(count > 0, ((method - reference) * mask).sum(-1) / count, np.nan)
     for metric in COMPARED_METRICS:
-        values = [metric.sized(metric.compute(Users(accuracy, support, group))) for accuracy in (method, reference)]
+        values = [metric.sized(metric.compute(Users(accuracy, support, group,
+                                                    None if ranks is None else (ranks[0], ranks[i]))))
+                  for i, accuracy in enumerate((method, reference), start=1)]
         out[metric.compared_key] = values[0] - values[1]
     return out
 
@@ -260,10 +263,18 @@ BOOTSTRAP_BLOCK = 2_000_000
 
 
 def _bootstrap_statistics(group: np.ndarray, values: list[np.ndarray], index: np.ndarray) -> dict:
-    """:func:`_statistics` of every resample (a row of ``index``), evaluated a block of resamples at a time."""
+    """:func:`_statistics` of every resample (a row of ``index``), evaluated a block of resamples at a time.
+
+    A resample's ranks (Spearman's) are counted from the positions of its users' values among the observed ones
+    (:func:`pafo.metrics.resampled_ranks`) rather than sorted: the same ranks, at a fraction of the cost."""
     step = max(1, BOOTSTRAP_BLOCK // max(index.shape[1], 1))
-    blocks = [_statistics(group[part], *(v[part] for v in values))
-              for part in (index[start:start + step] for start in range(0, len(index), step))]
+    coded = ([np.unique(v, return_inverse=True) for v in values]
+             if all(np.isfinite(v).all() for v in values) else None)
+    blocks = []
+    for part in (index[start:start + step] for start in range(0, len(index), step)):
+        ranks = None if coded is None else tuple(resampled_ranks(inverse.ravel()[part], len(distinct))
+                                                 for distinct, inverse in coded)
+        blocks.append(_statistics(group[part], *(v[part] for v in values), ranks=ranks))
     return {name: np.concatenate([block[name] for block in blocks]) for name in blocks[0]}
 
 

@@ -92,6 +92,7 @@ class MethodContext:
     should_stop: object = never_stop
     span: tuple[float, float] = (0.0, 1.0)
     cache: dict = field(default_factory=dict)
+    runner: object = None  # how the cluster step's EM runs are evaluated (pafo.clusters.LocalRuns by default)
 
     @property
     def prompt_of_response(self) -> np.ndarray:
@@ -357,7 +358,7 @@ def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardMode
                                       restarts=config.restarts, user_vectors=user_vectors,
                                       ridge=config.cluster_ridge, max_rounds=config.em_rounds, tol=config.em_tol,
                                       colabel_weight=config.colabel_weight, seed=ctx.seed,
-                                      device=str(ctx.features.device))
+                                      device=str(ctx.features.device), runner=ctx.runner)
         ctx.cache["clusters_seconds"] = time.perf_counter() - started
     return ctx.cache[key]
 

@@ -66,6 +66,8 @@ __all__ = [
     "pair_correct",
     "pareto_improvement",
     "per_user_accuracy",
+    "resampled_ranks",
+    "spearman_of_ranks",
     "spearman_rows",
     "support_deciles",
     "support_spearman",
@@ -286,7 +288,11 @@ def spearman_rows(support: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
         return np.full(support.shape[:-1], np.nan)
     from scipy import stats  # here, not at import: the CLI imports this module as it starts
 
-    a, b = stats.rankdata(support, axis=-1), stats.rankdata(accuracy, axis=-1)
+    return spearman_of_ranks(stats.rankdata(support, axis=-1), stats.rankdata(accuracy, axis=-1))
+
+
+def spearman_of_ranks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson's r of every row of two (rows × users) arrays of ranks: Spearman's ρ once the values are ranked."""
     a = a - a.mean(-1, keepdims=True)
     b = b - b.mean(-1, keepdims=True)
     denominator = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
@@ -463,6 +469,20 @@ class Users(NamedTuple):
     accuracy: np.ndarray
     support: np.ndarray
     group: np.ndarray
+    #: Optional (support ranks, accuracy ranks) of every row, as ``scipy.stats.rankdata`` gives them: a bootstrap
+    #: counts them from the resampled users (:func:`resampled_ranks`) instead of sorting every resample.
+    ranks: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def resampled_ranks(codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """Average ranks (ties share their mean rank, ``scipy.stats.rankdata``'s default) of every row of ``codes``
+    (rows × users): each value's position among the distinct values it was drawn from (``np.unique``'s inverse).
+    Counting, not sorting: O(rows × (users + n_codes)), exactly rankdata's values."""
+    rows = len(codes)
+    offset = (np.arange(rows, dtype=np.int64) * n_codes)[:, None]
+    counts = np.bincount((codes + offset).ravel(), minlength=rows * n_codes).reshape(rows, n_codes)
+    average = np.cumsum(counts, axis=1) - (counts - 1) / 2.0
+    return np.take_along_axis(average, codes, axis=1)
 
 
 class Metric(NamedTuple):
@@ -501,6 +521,8 @@ def _spearman_users(users: Users) -> np.ndarray:
     """:func:`spearman_rows` of support and accuracy, each row without its users whose support is not finite."""
     finite = np.isfinite(users.support) & np.isfinite(users.accuracy)
     if finite.all():
+        if users.ranks is not None and users.support.shape[-1]:
+            return spearman_of_ranks(*users.ranks)
         return spearman_rows(users.support, users.accuracy)
     return np.array([spearman_rows(s[keep][None], a[keep][None])[0]
                      for s, a, keep in zip(users.support, users.accuracy, finite, strict=True)])

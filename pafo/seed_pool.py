@@ -24,6 +24,7 @@ import os
 import queue
 from collections.abc import Callable, Sequence
 
+from .allocator import keep_freed_memory
 from .errors import PafoInputError, RunCancelled
 from .training import set_threads
 
@@ -70,6 +71,7 @@ def _start_worker(reports) -> None:
     global _REPORTS
     _REPORTS = reports
     set_threads()
+    keep_freed_memory()  # the run's process: see pafo.allocator
 
 
 def _run_task(index: int, task: Callable, environ: dict[str, str]):

@@ -65,3 +65,31 @@ def test_identical_methods_give_zero_deltas():
 def test_same_seed_same_result():
     tables = _tables(0.01, 0.03, noise=0.05)
     assert paired_comparison(tables, "pafo", seed=3) == paired_comparison(tables, "pafo", seed=3)
+
+
+def test_counted_ranks_of_resamples_equal_rankdata_and_the_comparison_is_unchanged(monkeypatch):
+    """Issue 24: the paired bootstrap counts each resample's Spearman ranks from its users' positions among the
+    observed values instead of sorting every resample (28 s of a 30,000-user run): the same ranks as
+    scipy.stats.rankdata (ties averaged) and the same comparison, bit for bit."""
+    from scipy import stats
+
+    from pafo import compare as compare_module
+    from pafo.metrics import resampled_ranks
+
+    rng = np.random.default_rng(3)
+    values = np.round(rng.random(300), 1)  # heavy ties
+    distinct, inverse = np.unique(values, return_inverse=True)
+    index = rng.integers(0, len(values), (40, len(values)))
+    np.testing.assert_array_equal(resampled_ranks(inverse[index], len(distinct)),
+                                  stats.rankdata(values[index], axis=-1))
+    n = 400
+    table = pd.DataFrame({"group": np.where(rng.random(n) < 0.3, "minority", "majority"),
+                          "support_rate": np.round(rng.random(n), 2), "acc_m": rng.integers(0, 11, n) / 10,
+                          "acc_baseline": rng.integers(0, 11, n) / 10, "n_test": 10})
+    counted = paired_comparison([table], "m", n_resamples=300, seed=1).to_json()
+
+    def sorting_every_resample(group, values, index):  # the statistics as they were: rankdata on every row
+        return compare_module._statistics(group[index], *(v[index] for v in values))
+
+    monkeypatch.setattr(compare_module, "_bootstrap_statistics", sorting_every_resample)
+    assert counted == paired_comparison([table], "m", n_resamples=300, seed=1).to_json()

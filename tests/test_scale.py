@@ -90,6 +90,9 @@ def test_blocked_per_user_sums_equal_the_pairs_times_r2_versions(monkeypatch):
     monkeypatch.setattr(clusters, "BLOCK", 3)  # blocks of 3 · 16 / 4² = 3 pairs
     np.testing.assert_allclose(per_user_fit(x, users, 27, ridge=0.5), _reference_per_user_fit(x, users, 27, 0.5),
                                rtol=1e-9, atol=1e-12)
+    repeated = x[rng.integers(0, 30, 400)]  # few distinct rows: the weights are summed per user and row first
+    np.testing.assert_allclose(per_user_fit(repeated, users, 27, ridge=0.5),
+                               _reference_per_user_fit(repeated, users, 27, 0.5), rtol=1e-9, atol=1e-12)
     outer = sparse.csr_matrix((np.ones(400), (users, np.arange(400))), shape=(27, 400)) @ (
         x[:, :, None] * x[:, None, :]).reshape(400, -1)
     np.testing.assert_allclose(clusters._outer_per_user(x, users, 27), outer, rtol=1e-12, atol=1e-12)
@@ -203,3 +206,68 @@ def test_penalty_over_every_user_reads_the_table_with_the_same_value_and_gradien
     assert value.item() == gathered.item() and torch.equal(gradient, model.w.weight.grad)
     partial = UserPenalty.for_pairs(0.3, pairs.subset(np.flatnonzero(pairs.users < 3)), distilled=False)
     assert len(partial.users) == 3 and partial(model).item() != value.item()
+
+
+def test_distinct_rows_are_numpy_unique_of_the_row_bytes():
+    """_distinct_rows (a 64-bit hash of each row, then a byte check) numbers rows exactly as np.unique over the rows'
+    bytes does, which the EM's unit order (and so its float sums) depends on; also for rows whose width is not a
+    multiple of 8 bytes (the byte-sort fallback) and for -0.0 against 0.0 (different bytes, different rows)."""
+    rng = np.random.default_rng(4)
+    for rows in (rng.integers(-2, 3, (500, 3)).astype(np.float64), rng.integers(-2, 3, (300, 3)).astype(np.float32),
+                 np.array([[0.0, 1.0], [-0.0, 1.0], [0.0, 1.0]])):
+        first, inverse = clusters._distinct_rows(rows)
+        view = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
+        _, expected_first, expected_inverse = np.unique(view, return_index=True, return_inverse=True)
+        assert np.array_equal(first, expected_first) and np.array_equal(inverse, expected_inverse.ravel())
+
+
+def test_posterior_directions_per_distinct_row_and_block_of_users_match_the_per_pair_product(monkeypatch):
+    """ClusterFit.posterior places users from log σ once per distinct row and a block of users at a time (issue 24:
+    the per-pair version held a pairs × runs·C matrix, 9 GB at 30,000 × 32): bit for bit the per-pair sums."""
+    features, chosen, rejected, users = _labels()
+    basis = pair_subspace(features, chosen, rejected, 4)
+    x = oriented_differences(features, basis, chosen, rejected)
+    rng = np.random.default_rng(5)
+    fit = clusters.ClusterFit(teachers=rng.standard_normal((3, 2, 4)), assignments=None, directions=None,
+                              objective=None, rounds=None, log_weights=np.log(rng.dirichlet(np.ones(2), 3)))
+    to_user = sparse.csr_matrix((np.ones(len(x)), (users, np.arange(len(x)))), shape=(41, len(x)))
+    log_sigma = -clusters._softplus(-(x @ fit.teachers.reshape(-1, 4).T))
+    loglik = np.asarray(to_user @ log_sigma).reshape(41, 3, 2) + fit.log_weights[None]
+    q = np.exp(loglik - loglik.max(-1, keepdims=True))
+    q = np.moveaxis(q / q.sum(-1, keepdims=True), 0, 1)
+    np.testing.assert_allclose(fit.posterior(x, users, 41), q, rtol=1e-12, atol=1e-15)
+    expected = np.einsum("rnc,rcd->nd", q, fit.teachers) / 3
+    expected[40] = 0.0  # user 40 has no pairs
+    monkeypatch.setattr(clusters, "USER_BLOCK", 7)
+    monkeypatch.setattr(clusters, "PAIR_BLOCK", 5)
+    np.testing.assert_allclose(fit.posterior_directions(x, users, 41), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_prompts_of_users_are_pandas_unique_per_user_in_order_of_appearance():
+    """build_context lists each user's training prompts without a Python call per user (issue 24: 4 s at 30,000
+    users, 40 s at 300,000): the same arrays, in the same order (dense pairs draw from them in that order), as
+    pandas' groupby-unique, with an empty array for a user without pairs."""
+    import pandas as pd
+
+    from pafo.experiment import _prompts_of_users
+
+    rng = np.random.default_rng(6)
+    pairs = pd.DataFrame({"user": rng.integers(0, 9, 200), "prompt_id": rng.integers(0, 15, 200)})
+    pairs = pairs[pairs["user"] != 4]  # user 4 has no pairs
+    unique = pairs.groupby("user")["prompt_id"].unique()
+    expected = [np.asarray(unique.get(u, []), dtype=np.int64) for u in range(10)]
+    got = _prompts_of_users(pairs, 10)
+    assert len(got) == 10 and all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert len(got[4]) == 0 and len(got[9]) == 0
+
+
+def test_keep_freed_memory_sets_glibcs_thresholds_once():
+    """The run's process keeps freed memory in its heap (issue 24: 9.5 s of page faults in a 30,000 × 32 cluster
+    step): mallopt accepts both thresholds on glibc, and the setting is made once per process."""
+    import platform
+
+    from pafo.allocator import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt only")
+    assert keep_freed_memory() is True and keep_freed_memory.cache_info().currsize == 1

@@ -27,11 +27,10 @@ __all__ = ["HUB_SOURCES", "SOURCES", "SOURCE_SPECS", "DataConfig", "SourceSpec",
 # The bounds live on the fields (pafo.config.validate_options); these names stay for callers matching messages.
 BAD_FRACTION, UNKNOWN_SOURCE = OUT_OF_RANGE, BAD_CHOICE
 # Limits of size (memory and time of one run on a laptop-class machine, see the README's limits).
-# 30,000 users: the largest point of the scale figures that ran to the end (bench/RESULTS.md, scale: 30,000 × 32 in
-# 155 CPU-s and 1.45 GiB). 300,000 × 8 was stopped unfinished on the shared 2 cores (11 CPU-minutes, ≥ 4.8 GiB);
-# raise this to the next point once a run of it finishes. The bootstrap's resamples × users product has its own
-# bound (pafo.method_configs.MAX_BOOTSTRAP_DRAWS).
-MAX_USERS = 30_000
+# 300,000 users: the largest point of the scale figures (bench/RESULTS.md, scale: 300,000 × 8 ran to the end on the
+# 2 cores in 400 CPU-s, 6.6 min wall, peak 5.3 GiB; 30,000 × 32 needs about 100 CPU-s and 1.75 GiB). The
+# bootstrap's resamples × users product has its own bound (pafo.method_configs.MAX_BOOTSTRAP_DRAWS).
+MAX_USERS = 300_000
 MAX_PAIRS_PER_USER = 1_000
 MAX_PROMPTS = 100_000
 MAX_RESPONSES_PER_PROMPT = 100
