@@ -117,7 +117,9 @@ def _user_log_likelihood(x: np.ndarray, pair_users: np.ndarray, n_users: int, te
     first, row_of_pair = _distinct_rows(x)
     log_sigma = torch.from_numpy(-_softplus(-(x[first] @ teachers.reshape(-1, dim).T)))
     out = torch.zeros((n_users, runs * n_clusters), dtype=torch.float64)
-    users, rows = torch.as_tensor(np.asarray(pair_users, dtype=np.int64)), torch.as_tensor(row_of_pair)
+    # torch cannot wrap a read-only array (a run folder's arrays load read-only): copy only then.
+    users = torch.as_tensor(np.require(pair_users, dtype=np.int64, requirements="W"))
+    rows = torch.as_tensor(np.require(row_of_pair, requirements="W"))
     for start in range(0, len(x), PAIR_BLOCK):
         block = slice(start, start + PAIR_BLOCK)
         out.index_add_(0, users[block], log_sigma.index_select(0, rows[block]))
