@@ -382,7 +382,7 @@ def test_demo_reaches_compare_in_time_and_every_page_works(app_server, browser, 
     fresh.goto(f"{url}/compare?run={run_id}")
     fresh.get_by_text("Accuracy and unfairness").wait_for()
     wait_idle(fresh)
-    assert fresh.locator("[data-testid='stSidebar']").get_by_text(run_id).count() >= 1
+    fresh.locator("[data-testid='stSidebar']").get_by_text(run_id).first.wait_for()
     no_exceptions(fresh)
     fresh.close()
     page.close()

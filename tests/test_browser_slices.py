@@ -116,7 +116,9 @@ def test_slices_on_compare_in_the_report_and_users_filter(app_server, browser, t
     assert wait_plots(page, 7) >= 7  # forest, group bars, bias curve, scatter, Pareto, slice accuracy, heat map
     text = main_text(page)
     assert "Slicing region" in text and "Holm" in text
-    assert page.locator("[data-testid='stDataFrame']").count() >= 3  # paired comparisons, slices, unfairness
+    # Paired comparisons, slices, unfairness: grids are laid out after the figures under load, so wait for them.
+    frames = page.locator("[data-testid='stDataFrame']")
+    assert wait_for(lambda: frames.count() >= 3, HANG_MS / 1000, interval=0.3), frames.count()
     figures = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(p => p.data ? "
                             "p.data.map(t => [t.type, t.name || '', (t.y || []).length, t.text || null]) : [])")
     scatter = [f for f in figures if any(t[1] == "eu" and t[0] == "scatter" for t in f)]
