@@ -7,13 +7,13 @@ import datetime as _dt
 import html
 
 import pandas as pd
-import plotly.io as pio
 
 from .report import (
     PARETO_SCOPE,
     comparison_table,
     comparison_text,
     display_table,
+    figure_html,
     judged_pairs_text,
     method_order,
     percent,
@@ -98,8 +98,7 @@ def build_report_html(result: RunResult, *, run_id: str | None = None, label: st
     plotlyjs = True
     for name, fig in figures.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
-        parts.append(pio.to_html(fig, include_plotlyjs=plotlyjs, full_html=False, default_height="auto",
-                                 config={"displaylogo": False, "responsive": True}))
+        parts.append(figure_html(fig, include_plotlyjs=plotlyjs))
         plotlyjs = False
     parts.append(unseen_section(result, include_plotlyjs=plotlyjs))
     parts.append(slices_section(result))

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from .compare import (
     CI_TOLERANCE,
@@ -62,6 +63,7 @@ __all__ = [
     "decile_table",
     "describe_comparison",
     "display_table",
+    "figure_html",
     "forest_plot",
     "format_value",
     "group_accuracy_bars",
@@ -1004,6 +1006,12 @@ def report_figures(result: RunResult, pareto_points: pd.DataFrame | None = None,
     if pareto_points is not None and len(pareto_points):
         figures["Pareto view"] = pareto_plot(pareto_points, run_id, pareto_scope)
     return figures
+
+
+def figure_html(fig: go.Figure, *, include_plotlyjs: bool = False) -> str:
+    """A figure as an HTML fragment of the one-file report (plotly.js embedded only where asked: once per file)."""
+    return pio.to_html(fig, include_plotlyjs=include_plotlyjs, full_html=False, default_height="auto",
+                       config={"displaylogo": False, "responsive": True})
 
 
 def table_html(frame: pd.DataFrame) -> str:

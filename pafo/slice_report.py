@@ -15,10 +15,9 @@ import math
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
 
 from .attributes import BUILTIN_ATTRIBUTES, PER_USER_COLUMNS, RESERVED_PREFIXES, parse_slicing
-from .report import make_figure, method_color, method_order, per_user_frame, table_html
+from .report import figure_html, make_figure, method_color, method_order, per_user_frame, table_html
 from .results import RunResult
 from .sample_size import MIN_SEED_USERS
 from .slices import (
@@ -302,8 +301,7 @@ def report_section(result: RunResult) -> str:
         figures = [slice_accuracy_figure(slices, spec, methods, reference)]
         if reference and len(methods) > 1:
             figures.append(slice_heatmap(slices, spec, methods, reference))
-        body = "".join(pio.to_html(fig, include_plotlyjs=False, full_html=False, default_height="auto",
-                                   config={"displaylogo": False, "responsive": True}) for fig in figures)
+        body = "".join(figure_html(fig) for fig in figures)
         style = "" if i == 0 else " style='display:none'"
         table = _one_decimal(slice_table(slices, spec, methods, reference))
         parts.append(f"<div class='slicing' id='slicing-{i}'{style}>{table_html(table)}{body}</div>")

@@ -4,12 +4,14 @@ results and tables (no Streamlit), so pages only lay them out."""
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from .compare import VERDICT_WORDS
-from .report import make_figure, method_color, method_order, table_html
+from .report import figure_html, make_figure, method_color, method_order, table_html
 from .results import RunResult, UnseenResult
 from .scoring import PAIR_COLUMNS, ScoringModel, check_user_pairs, personalise, score_triples
 
@@ -97,16 +99,9 @@ def report_section(result: RunResult, *, include_plotlyjs: bool = False) -> str:
     unseen = result.unseen
     if unseen is None:
         return ""
-    import html
-
-    import plotly.io as pio
-
     reference = result.reference
-    figures = []
-    for i, group in enumerate(("minority", "majority")):
-        figures.append(pio.to_html(unseen_curve(unseen, group), include_plotlyjs=include_plotlyjs and i == 0,
-                                   full_html=False, default_height="auto",
-                                   config={"displaylogo": False, "responsive": True}))
+    figures = [figure_html(unseen_curve(unseen, group), include_plotlyjs=include_plotlyjs and i == 0)
+               for i, group in enumerate(("minority", "majority"))]
     return "\n".join(["<h2>Unseen users</h2>",
                       f"<p class='note'>{html.escape(unseen_caption(unseen, len(result.seed_list)))}</p>",
                       *figures, table_html(unseen_table(unseen, reference)),
