@@ -65,8 +65,10 @@ class Seed:
         with torch.no_grad():
             return self.base.model.user_vectors(torch.arange(self.ctx.n_users)).cpu().numpy()
 
-    def accuracy(self, model) -> pd.Series:
-        return per_user_accuracy(pair_margins(model, self.ctx.features, self.test), self.test.users)
+    def accuracy(self, model, features=None) -> pd.Series:
+        """Per-user test accuracy of ``model`` on the seed's feature rows (or a variant's own, ``features``)."""
+        features = self.ctx.features if features is None else features
+        return per_user_accuracy(pair_margins(model, features, self.test), self.test.users)
 
 
 def load_seed(dataset: str, seed: int, fold: int | None = None, folds: int = 0) -> Seed:
@@ -98,8 +100,10 @@ def load_seed(dataset: str, seed: int, fold: int | None = None, folds: int = 0) 
 
 @functools.lru_cache(maxsize=1)
 def _context(dataset: str, seed: int):
-    """One seed's data, support, groups, context and test pairs, kept while its folds run one after another."""
-    return seed_context(experiment_config(dataset, seed, "minilm", "baseline"))
+    """One seed's data, support, groups, context and test pairs, kept while its folds run one after another. The
+    context is PAFO's (with the lexical view of the fourth pass in its feature rows, as a run with PAFO has; the
+    passes before it ran on φ alone)."""
+    return seed_context(experiment_config(dataset, seed, "minilm", "baseline,pafo"))
 
 
 def _pair_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -579,6 +583,59 @@ VARIANTS.update(dict(zip(THIRD_PASS, [
 
 DEFAULT = "PAFO as shipped (default options)"
 VARIANTS[DEFAULT] = shipped
+
+
+# ------------------------------------------------------------------------------------------- fourth pass
+
+
+def shipped_with(**options) -> Callable[[Seed], object]:
+    """PAFO with the library's default options but ``options``."""
+
+    def run(s: Seed):
+        config = dataclasses.replace(experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo, **options)
+        return fit_method("pafo", s.ctx, config, (0, 1)).model
+
+    return run
+
+
+def other_view(every_response: bool = False, **view) -> Callable[[Seed], object]:
+    """PAFO as shipped on a lexical view with other options (``LexicalView(**view)``; ``every_response``: fitted on
+    every response's text, test responses too, instead of the training side's), the same baseline (its g reads φ
+    alone); returns the model with its own feature rows."""
+
+    def run(s: Seed):
+        from pafo.lexical import LexicalView
+
+        pairs = s.data.pairs[s.data.pairs["split"] != "test"]
+        lexical = LexicalView(random_state=s.seed, **view)
+        columns = lexical.fit_transform(s.data.responses["text"].astype(str).tolist(),
+                                        s.data.responses["prompt_id"].tolist(),
+                                        None if every_response else np.unique(pairs[["chosen", "rejected"]].to_numpy()))
+        features = torch.cat([s.ctx.features[:, :s.ctx.encoder_dim], torch.from_numpy(columns)], dim=1)
+        ctx = dataclasses.replace(s.ctx, features=features, lexical=lexical, cache={"baseline": s.base})
+        config = experiment_config(s.dataset, s.seed, "minilm", "pafo").pafo
+        return fit_method("pafo", ctx, config, (0, 1)).model, features
+
+    return run
+
+
+def baseline_on_both(s: Seed):
+    """Control: the baseline itself trained on [φ, lexical view] (its g reads both): do the features alone help?"""
+    ctx = dataclasses.replace(s.ctx, lexical=None, cache={})  # no view split off: g reads every column
+    return baseline_output(ctx, (0, 1)).model
+
+
+#: PAFO's default before the fourth pass: the same cluster step on φ alone.
+PHI_ALONE = "PAFO on φ alone (lexical weight 0: the default before the fourth pass)"
+FOURTH_PASS = [PHI_ALONE, DEFAULT, "lexical view, weight 0.5", "lexical view, weight 2",
+               "lexical view, word and character n-grams", "lexical view, 128 directions",
+               "lexical view, fitted on every response (test texts too)",
+               "control: the baseline on [φ, lexical view]",
+               "oracle: true-cluster teachers on the default's pairs (φ and lexical view), true placement, β 3"]
+VARIANTS.update(dict(zip(FOURTH_PASS, [
+    shipped_with(lexical_weight=0.0), shipped, shipped_with(lexical_weight=0.5), shipped_with(lexical_weight=2.0),
+    other_view(analyzers="word+char"), other_view(n_components=128), other_view(every_response=True),
+    baseline_on_both, true_teachers_true_placement()], strict=True)))
 #: The default before the second pass (soft EM, co-labels w 4, β 3, clusters on training pairs only): what the
 #: second pass's variants are paired against.
 V30 = "PAFO v3.0 (soft EM, co-labels w 4, β 3; clusters on training pairs only)"
@@ -844,8 +901,9 @@ def run_variants(raw: dict, path: Path, datasets: list[str], units: list[tuple[i
             for name in todo:  # PAFO variants differing only in β share one cluster fit (ctx.cache is keyed by it)
                 started = time.perf_counter()
                 with threadpool_limits(1):
-                    model = VARIANTS[name](s)
-                record(raw, s, key, name, s.accuracy(model), time.perf_counter() - started)
+                    model = VARIANTS[name](s)  # a model, or (model, its own feature rows)
+                accuracy = s.accuracy(*model) if isinstance(model, tuple) else s.accuracy(model)
+                record(raw, s, key, name, accuracy, time.perf_counter() - started)
                 print(f"  {dataset} {key}: {name} done", flush=True)
             save_raw(path, raw, dataset, key)
 

@@ -29,7 +29,15 @@ import pandas as pd
 from bench.common import machine, publish
 from pafo import diagnostics
 from pafo.compare import Delta, paired_comparison
-from pafo.experiment import ExperimentConfig, _add_support, _load_inputs, _pair_set, build_context, run_experiment
+from pafo.experiment import (
+    ExperimentConfig,
+    _add_support,
+    _load_inputs,
+    _pair_set,
+    build_context,
+    run_experiment,
+    wants_lexical_view,
+)
 from pafo.extras import ClusterReport
 from pafo.method_configs import METHODS as METHOD_NAMES
 from pafo.methods import baseline_output, fit_method
@@ -185,15 +193,19 @@ def seed_context(config: ExperimentConfig):
     set_threads()
     data, support = inputs.dataset, inputs.support
     user_group = group_codes(inputs.groups.groups.to_numpy())
-    ctx = build_context(data, inputs.features.features, user_group, config.train, seed=config.data.seed)
+    ctx = build_context(data, inputs.features.features, user_group, config.train, seed=config.data.seed,
+                        lexical_view=wants_lexical_view(config))
     return data, support, user_group, ctx, _pair_set(data.split("test"), user_group)
 
 
 #: PAFO v2, the cluster step before issue 20 (hard EM on the classification likelihood, 40 restarts, β = 1): the
 #: comparison that shows what the soft step (the default since) changed.
 PAFO_V2 = {"cluster_em": "hard", "restarts": 40, "subspace": 32, "beta": 1.0, "colabel_weight": 0.0,
-           "cluster_val": False}
+           "cluster_val": False, "lexical_weight": 0.0}
 V2_NAME = "PAFO v2 (hard EM, β 1)"
+#: PAFO's default before its lexical view (issue 20's fourth pass): the same cluster step on φ alone.
+PAFO_PHI = {"lexical_weight": 0.0}
+PHI_NAME = "PAFO on φ alone (lexical weight 0)"
 CEILING_NAME = "oracle: PAFO with the true preference clusters"
 
 
@@ -217,8 +229,10 @@ def ceilings(dataset: str, seed: int, encoder: str) -> SeedCeilings:
     started = time.perf_counter()
     v2 = fit_method("pafo", ctx, dataclasses.replace(config.pafo, **PAFO_V2), (0, 1)).model
     v2_seconds = time.perf_counter() - started
+    phi = fit_method("pafo", ctx, dataclasses.replace(config.pafo, **PAFO_PHI), (0, 1)).model
     accuracy = {"baseline": per_user_accuracy(pair_margins(base.model, ctx.features, test), test.users),
                 "PAFO (default)": per_user_accuracy(pair_margins(pafo, ctx.features, test), test.users),
+                PHI_NAME: per_user_accuracy(pair_margins(phi, ctx.features, test), test.users),
                 V2_NAME: per_user_accuracy(pair_margins(v2, ctx.features, test), test.users),
                 **diagnostics.ceilings(ctx, test, data, config.pafo)}
     return SeedCeilings(accuracy, pd.Series(group_labels(user_group)),
@@ -248,12 +262,14 @@ def v3_table(results: list[RunResult], runs: list[SeedCeilings]) -> str:
         table = result.per_user.copy()
         users = np.arange(len(table))  # the per-user rows are in user order
         table["acc_v2"] = run.accuracy[V2_NAME].reindex(users).to_numpy()
+        table["acc_phi"] = run.accuracy[PHI_NAME].reindex(users).to_numpy()
         table["acc_ceiling"] = run.accuracy[CEILING_NAME].reindex(users).to_numpy() \
             if CEILING_NAME in run.accuracy else np.nan
         tables.append(table)
     rows = {name: paired_comparison(tables, column, reference, seed=0) for name, column, reference in (
-        ("PAFO − baseline", "pafo", "baseline"), ("PAFO v2 − baseline", "v2", "baseline"),
-        ("mixture − baseline", "mixture", "baseline"), ("PAFO − PAFO v2", "pafo", "v2"),
+        ("PAFO − baseline", "pafo", "baseline"), ("PAFO on φ alone − baseline", "phi", "baseline"),
+        ("PAFO v2 − baseline", "v2", "baseline"), ("mixture − baseline", "mixture", "baseline"),
+        ("PAFO − PAFO on φ alone", "pafo", "phi"), ("PAFO − PAFO v2", "pafo", "v2"),
         ("PAFO − mixture", "pafo", "mixture"))}
     lines = ["| paired difference | Δ majority [95% CI] | Δ minority [95% CI] | verdict |", "|---|---:|---:|---|"]
     lines += [f"| {name} | {ci_text(c.delta(MAJORITY))} | {ci_text(c.delta(MINORITY))} | {c.verdict} |"
@@ -357,8 +373,9 @@ def quality_sections(dataset: str, seeds: list[int], encoder: str, seed_text: st
             bias_line(results), "", method_table(results), "",
             "Paired differences to the baseline (same users and test pairs; bootstrap over users, seeds pooled):", "",
             table, "", *cluster_lines(results),
-            "PAFO (soft EM on the mixture likelihood, the default) against PAFO v2 (hard EM, β 1, the step before "
-            "issue 20), the mixture and the true-cluster ceiling, paired over users, seeds pooled:", "",
+            "PAFO (soft EM on the mixture likelihood over φ and the lexical view, the default) against the same "
+            "step on φ alone (the default before the lexical view), PAFO v2 (hard EM, β 1, the step before issue "
+            "20), the mixture and the true-cluster ceiling, paired over users, seeds pooled:", "",
             v3_table(results, runs), "",
             "Ceilings (diagnostics; mean over the same seeds):", "", ceiling_table(runs), ""]
 

@@ -47,10 +47,11 @@ from .config_edit import current_config
 from .dataset import PreferenceDataset
 from .device import EXECUTION_KEY, config_device, resolve_device
 from .diagnostics import seed_diagnostics
-from .effects import SECTIONS
+from .effects import SECTIONS, flat_values, is_active
 from .encoder_specs import encoder_spec
 from .errors import PafoInputError
 from .features import FeatureResult, dataset_texts, response_features
+from .lexical import LexicalView
 from .method_configs import BAD_DRAWS, MAX_BOOTSTRAP_DRAWS, UNKNOWN_METHOD, RunSettings, method_spec
 from .methods import CLUSTERS, NEW_USER_RULE, MethodContext, SeedEvaluation, fit_method
 from .metrics import USER_ACCURACY, calibration, evaluate, group_codes, group_labels, pair_correct
@@ -217,9 +218,18 @@ def _pair_set(pairs: pd.DataFrame, user_group: np.ndarray) -> PairSet:
 
 def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: np.ndarray, train: TrainConfig,
                   *, seed: int = 0, epsilon: float = DEFAULT_EPSILON, progress: Progress = no_progress,
-                  should_stop=never_stop, device: str = "cpu", runner=None) -> MethodContext:
+                  should_stop=never_stop, device: str = "cpu", runner=None,
+                  lexical_view: bool = False) -> MethodContext:
     """The method context of a dataset: tensors (on ``device``), pair sets and each user's training prompts;
-    ``runner`` evaluates the cluster step's EM runs (:class:`pafo.remote.RayRuns`; default here)."""
+    ``runner`` evaluates the cluster step's EM runs (:class:`pafo.remote.RayRuns`; default here). With
+    ``lexical_view`` (:func:`wants_lexical_view`) PAFO's lexical view is fitted on the training-side responses and
+    its columns follow φ in every feature row (:mod:`pafo.lexical`)."""
+    lexical, lexical_seconds = None, 0.0
+    if lexical_view:
+        started = time.perf_counter()
+        lexical, columns = fit_lexical_view(dataset, seed)
+        features = np.hstack([np.asarray(features, dtype=np.float32), columns])
+        lexical_seconds = time.perf_counter() - started
     train_pairs = dataset.split("train")
     # Dense pairs may only use responses a source lets into pairs (DSP leaves out "normal" unless asked).
     eligible = np.unique(dataset.pairs[["chosen", "rejected"]].to_numpy())
@@ -230,7 +240,28 @@ def build_context(dataset: PreferenceDataset, features: np.ndarray, user_group: 
         user_group=user_group, train=_pair_set(train_pairs, user_group),
         val=_pair_set(dataset.split("val"), user_group), prompt_responses=prompt_responses,
         train_prompts_of_user=_prompts_of_users(train_pairs, dataset.n_users),
-        train_config=train, seed=seed, epsilon=epsilon, progress=progress, should_stop=should_stop, runner=runner)
+        train_config=train, seed=seed, epsilon=epsilon, progress=progress, should_stop=should_stop, runner=runner,
+        lexical=lexical, lexical_seconds=lexical_seconds)
+
+
+def fit_lexical_view(dataset: PreferenceDataset, seed: int) -> tuple[LexicalView, np.ndarray]:
+    """PAFO's lexical view fitted on the responses of the dataset's training and validation pairs (a test pair's
+    response is only transformed, never fitted on), and its columns for every response row."""
+    pairs = dataset.pairs[dataset.pairs["split"] != "test"]
+    fit_rows = np.unique(pairs[["chosen", "rejected"]].to_numpy())
+    view = LexicalView(random_state=seed)
+    try:
+        columns = view.fit_transform(dataset.responses["text"].astype(str).tolist(),
+                                     dataset.responses["prompt_id"].tolist(), fit_rows)
+    except ValueError as exc:
+        raise PafoInputError(str(exc)) from None
+    return view, columns
+
+
+def wants_lexical_view(config: ExperimentConfig) -> bool:
+    """Whether a method of the run reads PAFO's cluster options (PAFO's cluster teachers, the mixture) with a
+    lexical view weight above 0: only then is the view fitted and appended to the features."""
+    return config.pafo.lexical_weight > 0 and is_active(flat_values(config), "pafo.lexical_weight")
 
 
 def _prompts_of_users(pairs: pd.DataFrame, n_users: int) -> list[np.ndarray]:
@@ -291,6 +322,7 @@ class SeedRun:
     margins: dict[str, np.ndarray]
     models: dict
     new_users: dict[str, NewUsers] = field(default_factory=dict)
+    lexical: LexicalView | None = None  # PAFO's lexical view, when its models read one
 
 
 def _tagged(progress: Progress, seed_index: int, n_seeds: int, seed: int, seeds_done: int | None = None) -> Progress:
@@ -528,7 +560,7 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
     user_group = group_codes(groups.groups.to_numpy())
     ctx = build_context(dataset, inputs.features.features, user_group, config.train, seed=inputs.seed,
                         epsilon=config.run.epsilon, progress=progress, should_stop=should_stop, device=device,
-                        runner=runner)
+                        runner=runner, lexical_view=wants_lexical_view(config))
     test = _pair_set(dataset.split("test"), user_group)
     seen = SeedEvaluation(ctx, test, dataset, support, groups, options=lambda name: method_config_of(config, name))
     results, tables, margins_by_method, models, new_users = {}, {}, {}, {}, {}
@@ -551,7 +583,7 @@ def _run_seed(config: ExperimentConfig, inputs: SeedInputs, methods: list[str], 
     if inputs.holdout is not None:
         progress(spans[-1], "personalising unseen users", None)
         result.unseen = _unseen(inputs, config, ctx, models, new_users)
-    return SeedRun(inputs, result, margins_by_method, models, new_users)
+    return SeedRun(inputs, result, margins_by_method, models, new_users, ctx.lexical)
 
 
 def _encoder_summary(runs: list[SeedRun], embedding) -> dict:
@@ -663,6 +695,8 @@ def write_artifacts(out_dir: Path, result: RunResult, runs: list[SeedRun]) -> No
     The weights are the first seed's models (what scoring uses); the tables hold every seed, with a ``seed``
     column. result.json is written last, so its presence means every other artifact is complete.
     """
+    if runs[0].lexical is not None:  # the view the wide models' feature rows end with, for `pafo score`
+        runs[0].lexical.save(out_dir / "weights")
     for name, model in runs[0].models.items():
         _save_model(out_dir, name, model)
         if name in runs[0].new_users:  # what `pafo score --user-pairs` personalises new users with

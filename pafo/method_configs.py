@@ -60,6 +60,7 @@ MAX_K = 1024
 MAX_RESTARTS = 1000
 MAX_SUBSPACE = 512
 MAX_COLABEL_WEIGHT = 1000.0  # beyond it the teachers no longer matter where anyone else labelled the pair
+MAX_LEXICAL_WEIGHT = 100.0  # beyond it φ no longer shapes the teachers' subspace
 BAD_SUBSPACES = ("--subspaces: {value!r} is not a list of subspace sizes; give whole numbers from 1 to {limit} "
                  "separated by commas, e.g. 16,24,32")
 # The bootstrap draws resamples × users floats at once; MAX_BOOTSTRAP_DRAWS bounds that product (checked by
@@ -179,6 +180,11 @@ class PAFOConfig:
                                         "the same pair in a user's cluster posterior (0: off)", ge=0,
                                    le=MAX_COLABEL_WEIGHT, label="co-label weight", grid=(0, 2, 4, 8),
                                    active_when=SOFT_EM)
+    lexical_weight: float = option(1.0, "clusters: weight of the lexical view (TF-IDF of the response text on its "
+                                        "within-prompt principal directions, fitted on training-side texts) beside "
+                                        "the embedding φ in the cluster step and the teachers' channel (0: φ alone)",
+                                   ge=0, le=MAX_LEXICAL_WEIGHT, label="lexical view weight", grid=(0, 1, 2),
+                                   active_when=CLUSTER_OPTIONS)
     cluster_val: bool = option(True, "clusters: EM also reads the validation pairs' labels (one more pair per user; "
                                      "no student picks its epoch on them: the wide one only fits its temperature "
                                      "there, the distilled one selects on teacher-labelled pairs)",

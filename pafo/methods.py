@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from .clusters import ClusterFit, discover, oriented_differences
 from .compare import DEFAULT_EPSILON
+from .lexical import LexicalView
 from .method_configs import (
     METHOD_CONFIGS,
     METHODS,
@@ -93,6 +94,19 @@ class MethodContext:
     span: tuple[float, float] = (0.0, 1.0)
     cache: dict = field(default_factory=dict)
     runner: object = None  # how the cluster step's EM runs are evaluated (pafo.clusters.LocalRuns by default)
+    #: PAFO's fitted lexical view when ``features`` is [φ, its columns] (:mod:`pafo.lexical`); None: φ alone.
+    lexical: LexicalView | None = None
+    lexical_seconds: float = 0.0  # what fitting and applying the view cost (counted in the cluster step's time)
+
+    @property
+    def lexical_dim(self) -> int:
+        """Columns of the lexical view at the end of every feature row (0 without one)."""
+        return 0 if self.lexical is None else self.lexical.dim
+
+    @property
+    def encoder_dim(self) -> int:
+        """Columns of φ, the encoder's features, that every model's g reads."""
+        return self.features.shape[1] - self.lexical_dim
 
     @property
     def prompt_of_response(self) -> np.ndarray:
@@ -105,7 +119,7 @@ class MethodContext:
     def new_model(self, personalized: bool = True) -> RewardModel:
         """A fresh model on the features' device (initialised on the CPU, so its start is the same on any)."""
         torch.manual_seed(self.seed)
-        return RewardModel(self.features.shape[1], self.n_users, hidden=self.train_config.hidden,
+        return RewardModel(self.encoder_dim, self.n_users, hidden=self.train_config.hidden,
                            k=self.train_config.k, personalized=personalized,
                            normalise=self.train_config.normalise).to(self.features.device)
 
@@ -325,7 +339,7 @@ def cluster_key(config: PAFOConfig) -> tuple:
     soft = config.cluster_em == "soft"
     return ("clusters", config.cluster_em, config.clusters, config.restarts, config.cluster_sizes(),
             config.cluster_ridge, config.em_rounds, config.em_tol if soft else None,
-            config.colabel_weight if soft else None, bool(config.cluster_val))
+            config.colabel_weight if soft else None, bool(config.cluster_val), float(config.lexical_weight))
 
 
 def cluster_pairs(ctx: MethodContext, config: PAFOConfig) -> PairSet:
@@ -351,21 +365,52 @@ def preference_clusters(ctx: MethodContext, config: PAFOConfig, base: RewardMode
         # One BLAS/OpenMP thread, as in training: the matrices are small, and spinning worker threads on a busy
         # 2-core machine cost more than they give.
         pairs = cluster_pairs(ctx, config)
+        scale = view_scale(ctx, pairs, config.lexical_weight)
+        features = ctx.features.cpu().numpy()
         with threadpool_limits(1):
-            ctx.cache[key] = discover(ctx.features.cpu().numpy(), pairs.chosen, pairs.rejected,
+            ctx.cache[key] = discover(features if scale is None else features * scale, pairs.chosen, pairs.rejected,
                                       pairs.users, ctx.n_users, em=config.cluster_em,
                                       sizes=config.cluster_sizes(), n_clusters=config.clusters,
                                       restarts=config.restarts, user_vectors=user_vectors,
                                       ridge=config.cluster_ridge, max_rounds=config.em_rounds, tol=config.em_tol,
                                       colabel_weight=config.colabel_weight, seed=ctx.seed,
                                       device=str(ctx.features.device), runner=ctx.runner)
-        ctx.cache["clusters_seconds"] = time.perf_counter() - started
+        if scale is not None:  # the basis of the unscaled rows: E·diag(scale)
+            ctx.cache[key].basis = ctx.cache[key].basis * scale
+        # The lexical view exists for the cluster step alone, so its cost is the step's (PAFO's and the mixture's).
+        ctx.cache["clusters_seconds"] = time.perf_counter() - started + ctx.lexical_seconds
     return ctx.cache[key]
 
 
+def view_scale(ctx: MethodContext, pairs: PairSet, lexical_weight: float) -> np.ndarray | None:
+    """Per-column weights (float32) of the feature rows in the cluster step; None for φ alone (used as is).
+
+    With the lexical view each view is divided by the root mean square norm of its differences on ``pairs`` (so
+    the two weigh the same whatever their scales) and the lexical one multiplied by ``lexical_weight``; a column
+    of weight 0 drops out of the teachers' subspace (``pair_subspace`` skips columns that are 0 in every
+    difference). Differences are formed a block of pairs at a time."""
+    if not ctx.lexical_dim:
+        return None
+    features, split = ctx.features.cpu().numpy(), ctx.encoder_dim
+    squares = np.zeros(2)
+    for start in range(0, len(pairs.chosen), SCALE_BLOCK):
+        rows = slice(start, start + SCALE_BLOCK)
+        difference = (features[pairs.chosen[rows]] - features[pairs.rejected[rows]]).astype(np.float64) ** 2
+        squares += difference[:, :split].sum(), difference[:, split:].sum()
+    rms = np.sqrt(squares / max(len(pairs.chosen), 1))
+    rms[rms == 0] = 1.0
+    weights = np.r_[np.full(split, 1.0 / rms[0]), np.full(features.shape[1] - split, lexical_weight / rms[1])]
+    return weights.astype(np.float32)
+
+
+#: Pairs per block when :func:`view_scale` forms differences (memory: a block × feature columns).
+SCALE_BLOCK = 16_384
+
+
 def _wide_shell(ctx: MethodContext, base: RewardModel, basis: np.ndarray) -> WideRewardModel:
-    model = WideRewardModel(base.in_dim, base.n_users, rank=len(basis), hidden=base.hidden, k=base.k,
-                            personalized=True, dropout=base.dropout, normalise=base.normalise).to(base.b.device)
+    model = WideRewardModel(base.in_dim, base.n_users, rank=len(basis), lexical_dim=ctx.lexical_dim,
+                            hidden=base.hidden, k=base.k, personalized=True, dropout=base.dropout,
+                            normalise=base.normalise).to(base.b.device)
     model.load_state_dict(base.state_dict(), strict=False)
     with torch.no_grad():
         model.basis.copy_(torch.from_numpy(basis).float())

@@ -60,6 +60,9 @@ def _sorted_unique(index: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.
 class RewardModel(nn.Module):
     """(b + w_u) · g(φ) with g a small MLP to R^k; ``personalized=False`` drops w_u (the ``bt`` model)."""
 
+    #: Columns of PAFO's lexical view the model reads after φ (only a wide model's teacher channel has any).
+    lexical_dim = 0
+
     def __init__(self, in_dim: int, n_users: int, *, hidden: int = 128, k: int = 16, personalized: bool = True,
                  dropout: float = 0.0, normalise: bool = False):
         super().__init__()
@@ -79,9 +82,17 @@ class RewardModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """g(φ); with ``normalise`` its rows have unit norm, so a reward's scale lives in b + w_u alone and the L2
-        prior on w_u really costs a user who must deviate far from b (it cannot be dodged by scaling g up)."""
-        h = self.g(x)
+        prior on w_u really costs a user who must deviate far from b (it cannot be dodged by scaling g up).
+
+        g reads the first ``in_dim`` columns of ``x`` (the encoder's φ); a run whose PAFO reads the lexical view
+        feeds every model [φ, lexical view] (:mod:`pafo.lexical`), and only PAFO's teacher channel reads the rest."""
+        h = self.g(x if x.shape[-1] == self.in_dim else x[..., : self.in_dim])
         return torch.nn.functional.normalize(h, dim=-1) if self.normalise else h
+
+    @property
+    def input_dim(self) -> int:
+        """Columns a feature row must have: φ, then the lexical view's (if the model reads it)."""
+        return self.in_dim + self.lexical_dim
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         if self.w is None:
@@ -126,25 +137,29 @@ class RewardModel(nn.Module):
 class WideRewardModel(RewardModel):
     """The personalized model plus per-user weights over teacher channels: one model, user ids only.
 
-    r(x, y, u) = c_b · (b + w_u) · g(φ) + c_e · a_u · (E φ), with E (rank × in_dim) a fixed basis of φ and a_u a
-    per-user vector over it (PAFO's cluster teachers' directions for u). The extra channels read φ directly, so
-    they can carry directions that the majority-shaped g(φ) lost. ``scales`` = (c_b, c_e); c_b = 0 leaves the
-    teacher channels alone (the ``mixture`` method).
+    r(x, y, u) = c_b · (b + w_u) · g(φ) + c_e · a_u · (E ψ), with ψ = [φ, ℓ] (ℓ the ``lexical_dim`` columns of
+    PAFO's lexical view, :mod:`pafo.lexical`; none by default), E (rank × (in_dim + lexical_dim)) a fixed basis of ψ
+    and a_u a per-user vector over it (PAFO's cluster teachers' directions for u). The extra channels read ψ
+    directly, so they can carry directions that the majority-shaped g(φ) lost. ``scales`` = (c_b, c_e); c_b = 0
+    leaves the teacher channels alone (the ``mixture`` method).
     """
 
-    def __init__(self, in_dim: int, n_users: int, *, rank: int = 32, **kwargs):
+    def __init__(self, in_dim: int, n_users: int, *, rank: int = 32, lexical_dim: int = 0, **kwargs):
         super().__init__(in_dim, n_users, **kwargs)
-        self.rank = rank
-        self.register_buffer("basis", torch.zeros(rank, in_dim))
+        self.rank, self.lexical_dim = rank, lexical_dim
+        self.register_buffer("basis", torch.zeros(rank, in_dim + lexical_dim))
         self.register_buffer("scales", torch.ones(2))
         self.a = nn.Embedding(n_users, rank)
         nn.init.zeros_(self.a.weight)
 
     def config(self) -> dict:
-        return {**super().config(), "kind": "wide", "rank": self.rank}
+        return {**super().config(), "kind": "wide", "rank": self.rank, "lexical_dim": self.lexical_dim}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([super().features(x) * self.scales[0], (x @ self.basis.T) * self.scales[1]], dim=-1)
+        width = self.input_dim
+        teacher_input = x if x.shape[-1] == width else x[..., :width]
+        return torch.cat([super().features(x) * self.scales[0], (teacher_input @ self.basis.T) * self.scales[1]],
+                         dim=-1)
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         return torch.cat([super().user_vectors(users), _rows(self.a, users)], dim=-1)

@@ -23,6 +23,7 @@ from .encoder_specs import encoder_spec
 from .errors import PafoInputError
 from .features import text_features
 from .jsonio import loads
+from .lexical import LexicalView
 from .manifest import MANIFEST_NAME, check_binding, own_binding, verify_manifest
 from .models import RewardModel, build_model
 from .paths import resolve_inside
@@ -72,6 +73,7 @@ class ScoringModel:
     method: str
     run_dir: Path
     personalised: frozenset = frozenset()  # ids of the users fitted from their own pairs (:func:`personalise`)
+    lexical: LexicalView | None = None  # PAFO's lexical view, when the model's teacher channel reads one
 
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:
@@ -156,10 +158,23 @@ def load_scoring_model(run_dir: str | Path, method: str = "pafo", *,
                                                 detail="it points outside the run folder"))
     model = _load_model(weights, spec)
     model.eval()
+    lexical = _load_lexical(run_dir / "weights", model) if model.lexical_dim else None
     # A multi-seed run saves the first seed's models: its users are the first seed's rows.
     users = result.seed_results()[0].per_user
     user_ids = [str(u) for u in users.get("user_id", [])]
-    return ScoringModel(model, {u: i for i, u in enumerate(user_ids)}, encoder, method, run_dir)
+    return ScoringModel(model, {u: i for i, u in enumerate(user_ids)}, encoder, method, run_dir, lexical=lexical)
+
+
+def _load_lexical(folder: Path, model: RewardModel) -> LexicalView:
+    """The lexical view a wide model's feature rows end with, as the run fitted it (``weights/lexical.*``)."""
+    try:
+        view = LexicalView.load(folder)
+    except ValueError as exc:
+        raise PafoInputError(str(exc)) from None
+    if view.dim != model.lexical_dim:
+        raise PafoInputError(MSG_DAMAGED.format(path=folder / "lexical.json", detail=(
+            f"the view has {view.dim} columns, the model reads {model.lexical_dim}")))
+    return view
 
 
 def _checked(frame: pd.DataFrame, columns: list[str], source) -> pd.DataFrame:
@@ -208,9 +223,10 @@ def personalise(scoring: ScoringModel, pairs: pd.DataFrame, device: str = "cpu")
     ids = list(dict.fromkeys(pairs["user_id"]))
     position = {user: i for i, user in enumerate(ids)}
     n = len(pairs)
-    features = torch.from_numpy(text_features(pd.concat([pairs["chosen"], pairs["rejected"]]).tolist(),
-                                              pd.concat([pairs["prompt"], pairs["prompt"]]).tolist(),
-                                              scoring.encoder, device=device).features)
+    responses = pd.concat([pairs["chosen"], pairs["rejected"]]).tolist()
+    features = _model_inputs(scoring, torch.from_numpy(text_features(
+        responses, pd.concat([pairs["prompt"], pairs["prompt"]]).tolist(), scoring.encoder, device=device).features),
+        responses)
     index = np.arange(n, dtype=np.int64)
     pair_set = PairSet(index, index + n, pairs["user_id"].map(position).to_numpy(np.int64))
     fitted = new_users.personalise(scoring.model, features, pair_set, len(ids))
@@ -239,6 +255,14 @@ def _features(frame: pd.DataFrame, encoder: str, progress_bar: bool = False, dev
                                           encoder, progress_bar=progress_bar, device=device).features)
 
 
+def _model_inputs(scoring: ScoringModel, features: torch.Tensor, responses: list[str]) -> torch.Tensor:
+    """``features`` with the model's lexical view of ``responses`` after them, when it reads one (PAFO's wide
+    model of a run with the view): the rows the run's own models were fed."""
+    if scoring.lexical is None:
+        return features
+    return torch.cat([features, torch.from_numpy(scoring.lexical.transform(responses))], dim=1)
+
+
 @torch.inference_mode()
 def _rewards(scoring: ScoringModel, features: torch.Tensor, user_ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """r(x, y, u) per row (the shared reward b · g(φ) for users the run never saw) and which users it knew."""
@@ -255,7 +279,9 @@ def score_triples(scoring: ScoringModel, frame: pd.DataFrame, *, progress_bar: b
                   device: str = "cpu") -> pd.DataFrame:
     """``frame`` with ``reward`` (r(x, y, u)) and ``known_user`` columns added; features are [e(y), e(x)], embedded
     on ``device`` (cpu or cuda, :func:`pafo.device.resolve_device`)."""
-    rewards, known = _rewards(scoring, _features(frame, scoring.encoder, progress_bar, device), frame["user_id"])
+    features = _model_inputs(scoring, _features(frame, scoring.encoder, progress_bar, device),
+                             frame["response"].astype(str).tolist())
+    rewards, known = _rewards(scoring, features, frame["user_id"])
     scored = frame.assign(reward=rewards, known_user=known)
     if scoring.personalised:  # --user-pairs: which rows' users were fitted from the pairs given
         scored["personalised"] = frame["user_id"].astype(str).isin(scoring.personalised).to_numpy()
@@ -272,7 +298,8 @@ def score_pair(models: dict[str, ScoringModel], user_id: str, prompt: str, first
     features = {encoder: _features(triples, encoder) for encoder in {m.encoder for m in models.values()}}
     rows = []
     for name, model in models.items():
-        rewards, _ = _rewards(model, features[model.encoder], triples["user_id"])
+        inputs = _model_inputs(model, features[model.encoder], triples["response"].tolist())
+        rewards, _ = _rewards(model, inputs, triples["user_id"])
         margin = float(rewards[0] - rewards[1])
         rows.append({"method": name, "reward A": float(rewards[0]), "reward B": float(rewards[1]),
                      "margin A − B": margin, "prefers": "A" if margin > 0 else "B" if margin < 0 else "tie",

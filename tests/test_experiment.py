@@ -25,6 +25,7 @@ from pafo.encoders import MSG_MODEL_OFFLINE
 from pafo.errors import PafoInputError
 from pafo.experiment import UNKNOWN_METHOD, ExperimentConfig, RunSettings, _EmbedProgress, parse_seeds, run_experiment
 from pafo.features import dataset_texts, response_features
+from pafo.lexical import LexicalView
 from pafo.methods import PAFOConfig
 from pafo.models import build_model
 from pafo.paths import atomic_write_text
@@ -82,9 +83,9 @@ def test_experiment_cli_writes_json_and_out_dir_and_weights_load_back(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "run", "users.csv"]  # no staging left
     names = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     assert names == ["manifest.json", "per_user.csv", "result.json", "test_margins.csv", "weights/baseline.json",
-                     "weights/baseline.newusers.json", "weights/baseline.safetensors",
-                     "weights/pafo.clusters.safetensors", "weights/pafo.json", "weights/pafo.newusers.json",
-                     "weights/pafo.safetensors"]
+                     "weights/baseline.newusers.json", "weights/baseline.safetensors", "weights/lexical.json",
+                     "weights/lexical.safetensors", "weights/pafo.clusters.safetensors", "weights/pafo.json",
+                     "weights/pafo.newusers.json", "weights/pafo.safetensors"]
     per_user = pd.read_csv(out_dir / "per_user.csv")
     assert len(per_user) == 24 and {"acc_baseline", "acc_pafo", "group", "support_rate"} <= set(per_user.columns)
     pd.testing.assert_frame_equal(per_user, pd.read_csv(tmp_path / "users.csv"))
@@ -93,11 +94,14 @@ def test_experiment_cli_writes_json_and_out_dir_and_weights_load_back(tmp_path, 
     ds = load_dataset(DataConfig(**result["config"]["data"]))
     assert len(margins) == result["dataset"]["n_pairs"]["test"] == len(ds.split("test"))
     np.testing.assert_array_equal(margins["pair"], ds.split("test").index)
-    features = torch.from_numpy(response_features(ds, "tfidf").features)
+    phi = torch.from_numpy(response_features(ds, "tfidf").features)
+    # PAFO's wide model reads its lexical view after φ: the view the run stored, applied to the same texts.
+    lexical = LexicalView.load(out_dir / "weights").transform(ds.responses["text"].tolist())
     test = PairSet(*(margins[c].to_numpy(np.int64, copy=True) for c in ("chosen", "rejected", "user")))
     for name in ("baseline", "pafo"):
         model = build_model(json.loads((out_dir / "weights" / f"{name}.json").read_text()))
         model.load_state_dict(load_file(out_dir / "weights" / f"{name}.safetensors"))
+        features = torch.cat([phi, torch.from_numpy(lexical)], dim=1) if model.lexical_dim else phi
         np.testing.assert_allclose(pair_margins(model, features, test), margins[f"margin_{name}"], rtol=1e-5,
                                    atol=1e-6)
         accuracy = ((margins[f"margin_{name}"] > 0) + 0.5 * (margins[f"margin_{name}"] == 0)).groupby(

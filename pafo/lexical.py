@@ -1,0 +1,231 @@
+"""PAFO's lexical view: a TF-IDF picture of each response's text, beside the encoder's embedding, for the cluster
+step and the teachers' channel.
+
+Why (issue 20, fourth pass): PAFO's gap to the true-cluster ceiling was *finding* the preference clusters and
+*placing* users in them from ~8 pairs each, and both need features in which a pair's two responses differ along
+the tastes. On DSP a taste is a domain (academy, business, entertainment, literature): a linear probe reads a
+response's domain from its MiniLM embedding 56% of the time, so each pair says little about its labeller. The
+domains' vocabulary and style are lexical, and TF-IDF sees them: on development seeds the cluster step reading
+[φ, this view] raised PAFO's minority gain by several points on both datasets (bench/RESULTS.md, research log §8),
+while the baseline gains nothing from the same features (its shared g(φ) is fitted to the majority either way).
+
+What it is, fitted on the *training-side* texts only (the responses of training and validation pairs), so a text
+never seen in training (a test response, a new item to score) is only ever transformed:
+
+1. word 1–2-gram and character 2–4-gram TF-IDF (sublinear tf, each block L2-normalised, each keeping its
+   ``max_features`` most frequent n-grams), as the ``tfidf`` encoder;
+2. projected on the top ``n_components`` principal directions of the *within-prompt differences* of those
+   responses (every unordered pair of a prompt's training-side responses): the directions along which a prompt's
+   responses differ, which is all a pair's label can speak to (a difference cancels the prompt's topic).
+
+The fitted state (vocabularies, idf, directions) is a few MB, saved beside a run's weights
+(``weights/lexical.safetensors`` + ``lexical.json``), so ``pafo score`` transforms new texts exactly as the run did.
+The transform is linear in the TF-IDF rows and computed the same way at fit and at load (no sklearn object is
+pickled).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+__all__ = ["ANALYZERS", "LEXICAL_FILES", "LexicalView", "within_prompt_pairs"]
+
+#: The TF-IDF blocks of each choice of ``analyzers``: (analyzer, n-gram range) pairs, as the ``tfidf`` encoder's.
+ANALYZERS = {"word": (("word", (1, 2)),), "word+char": (("word", (1, 2)), ("char_wb", (2, 4)))}
+#: The default blocks: word 1–2-grams (character n-grams cost ~4× the time for no measured gain, research log §8).
+DEFAULT_ANALYZERS = "word"
+#: n-grams kept per block (the most frequent in the fitted texts): the saved state grows with it.
+DEFAULT_MAX_FEATURES = 2**13
+#: Principal directions of the within-prompt differences kept as the view's columns.
+DEFAULT_N_COMPONENTS = 64
+#: The files a run folder keeps the fitted view in (beside ``weights/<method>.safetensors``).
+LEXICAL_FILES = ("lexical.safetensors", "lexical.json")
+#: Within-prompt difference rows the directions are fitted on, at most (a random sample above it).
+MAX_FIT_PAIRS = 200_000
+
+MSG_NOT_FITTED = "the lexical view is not fitted: call fit(texts, prompts) first"
+MSG_NO_TEXT = ("lexical view: the {n} training-side response text(s) have no words to count; PAFO's lexical view "
+               "needs text (or set --lexical-weight 0)")
+MSG_DAMAGED = "{path}: the saved lexical view is damaged ({detail}); retrain the run"
+MSG_ANALYZERS = "lexical view: analyzers {value!r} is not one of " + ", ".join(ANALYZERS)
+
+
+@dataclass
+class LexicalView:
+    """TF-IDF of a text projected on the within-prompt principal directions of training-side responses.
+
+    Constructor arguments are kept as given; fitting learns ``blocks_`` (each block's analyzer and n-gram range),
+    ``vocabularies_`` (one term → column map per block),
+    ``idf_`` (per block) and ``components_`` (n_components × all blocks' columns)."""
+
+    n_components: int = DEFAULT_N_COMPONENTS
+    max_features: int = DEFAULT_MAX_FEATURES
+    analyzers: str = DEFAULT_ANALYZERS
+    random_state: int = 0
+
+    @property
+    def dim(self) -> int:
+        """Columns of :meth:`transform` (fewer than ``n_components`` when the fitted texts allowed no more)."""
+        if not hasattr(self, "components_"):
+            raise RuntimeError(MSG_NOT_FITTED)
+        return len(self.components_)
+
+    def fit(self, texts: Sequence[str], prompts: Sequence) -> LexicalView:
+        """Learn the view from ``texts`` (``prompts[i]``: text i's prompt id): :meth:`fit_transform` of them."""
+        self.fit_transform(texts, prompts)
+        return self
+
+    def fit_transform(self, texts: Sequence[str], prompts: Sequence, fit_rows: np.ndarray | None = None,
+                      ) -> np.ndarray:
+        """Learn the view from the texts of ``fit_rows`` (default: all) and return every text's transform.
+
+        Each text's n-grams are counted once: the vocabulary (the ``max_features`` most frequent n-grams of the
+        fitted texts) and the idf (smoothed, as TfidfVectorizer's) come from the fitted rows' counts, the
+        directions from the differences of every pair of fitted texts that share a prompt."""
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        if self.analyzers not in ANALYZERS:
+            raise ValueError(MSG_ANALYZERS.format(value=self.analyzers))
+        texts = [str(t) for t in texts]
+        fit_rows = np.arange(len(texts)) if fit_rows is None else np.asarray(fit_rows, dtype=np.int64)
+        self.blocks_, self.vocabularies_, self.idf_, blocks = [], [], [], []
+        for analyzer, ngrams in ANALYZERS[self.analyzers]:
+            counter = CountVectorizer(analyzer=analyzer, ngram_range=ngrams, dtype=np.float64)
+            try:
+                counts = counter.fit_transform(texts).tocsr()
+            except ValueError:  # no n-gram in any text: the block is left out
+                continue
+            kept, idf = self._select(counts[_distinct(texts, fit_rows)])
+            if not len(kept):
+                continue
+            terms = counter.get_feature_names_out()[kept]  # alphabetical, as the columns they keep
+            self.blocks_.append((analyzer, ngrams))
+            self.vocabularies_.append({str(term): column for column, term in enumerate(terms)})
+            self.idf_.append(idf)
+            blocks.append(_weighted(counts[:, kept], idf))
+        if not blocks:
+            raise ValueError(MSG_NO_TEXT.format(n=len(fit_rows)))
+        rows = sparse.hstack(blocks, format="csr")
+        first, second = within_prompt_pairs([texts[i] for i in fit_rows], [prompts[i] for i in fit_rows],
+                                            self.random_state)
+        differences = rows[fit_rows[first]] - rows[fit_rows[second]]
+        k = min(self.n_components, differences.shape[0] - 1, differences.shape[1] - 1)
+        if k < 1:
+            self.components_ = np.zeros((0, rows.shape[1]))
+        else:
+            svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=5, random_state=self.random_state)
+            components = svd.fit(differences).components_
+            components = components * np.where(components.sum(1, keepdims=True) < 0, -1.0, 1.0)
+            # Rounded to the float32 a run folder stores, so a loaded view transforms exactly as the fitted one.
+            self.components_ = components.astype(np.float32).astype(np.float64)
+        return np.asarray(rows @ self.components_.T, dtype=np.float32)
+
+    def _select(self, counts: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """The columns of the ``max_features`` n-grams most frequent in ``counts`` (ties: the alphabetically first),
+        in column order, and their smoothed idf ln((1 + n) / (1 + df)) + 1."""
+        total = np.asarray(counts.sum(0)).ravel()
+        present = np.flatnonzero(total > 0)
+        order = present[np.argsort(-total[present], kind="stable")][: self.max_features]
+        kept = np.sort(order)
+        df = np.bincount(counts.indices, minlength=counts.shape[1])[kept]
+        return kept, np.log((1.0 + counts.shape[0]) / (1.0 + df)) + 1.0
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32: each text's TF-IDF on the fitted vocabularies, projected on the directions."""
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        if not hasattr(self, "components_"):
+            raise RuntimeError(MSG_NOT_FITTED)
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        blocks = [_weighted(CountVectorizer(analyzer=analyzer, ngram_range=ngrams, vocabulary=vocabulary,
+                                            dtype=np.float64).transform(texts).tocsr(), idf)
+                  for (analyzer, ngrams), vocabulary, idf in zip(self.blocks_, self.vocabularies_, self.idf_,
+                                                                 strict=True)]
+        return np.asarray(sparse.hstack(blocks, format="csr") @ self.components_.T, dtype=np.float32)
+
+    # -- kept beside a run's weights
+
+    def save(self, folder: Path) -> None:
+        """``lexical.safetensors`` (idf per block, directions) and ``lexical.json`` (options, vocabularies), each
+        written atomically."""
+        from safetensors.numpy import save
+
+        from .paths import atomic_write_bytes, atomic_write_text
+
+        arrays = {f"idf{i}": idf for i, idf in enumerate(self.idf_)}
+        arrays["components"] = np.ascontiguousarray(self.components_, dtype=np.float32)
+        atomic_write_bytes(folder / LEXICAL_FILES[0], save(arrays))
+        state = {"n_components": self.n_components, "max_features": self.max_features, "analyzers": self.analyzers,
+                 "random_state": self.random_state, "blocks": self.blocks_, "vocabularies": self.vocabularies_}
+        atomic_write_text(folder / LEXICAL_FILES[1], json.dumps(state))
+
+    @classmethod
+    def load(cls, folder: Path) -> LexicalView:
+        """What :meth:`save` wrote; ``ValueError`` naming the file when it is missing or damaged."""
+        from safetensors.numpy import load_file
+
+        path = folder / LEXICAL_FILES[1]
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            view = cls(int(state["n_components"]), int(state["max_features"]), str(state["analyzers"]),
+                       int(state["random_state"]))
+            if view.analyzers not in ANALYZERS:
+                raise ValueError(MSG_ANALYZERS.format(value=view.analyzers))
+            arrays = load_file(str(folder / LEXICAL_FILES[0]))
+            view.blocks_ = [(str(analyzer), (int(low), int(high))) for analyzer, (low, high) in state["blocks"]]
+            if len(view.blocks_) != len(state["vocabularies"]):
+                raise ValueError("one vocabulary per block")
+            view.vocabularies_ = [{str(k): int(v) for k, v in vocabulary.items()}
+                                  for vocabulary in state["vocabularies"]]
+            view.idf_ = [np.asarray(arrays[f"idf{i}"], dtype=np.float64) for i in range(len(view.vocabularies_))]
+            view.components_ = np.asarray(arrays["components"], dtype=np.float64)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(MSG_DAMAGED.format(path=path, detail=f"{type(exc).__name__}: {exc}")) from None
+        if view.components_.shape[1:] != (sum(len(idf) for idf in view.idf_),):
+            raise ValueError(MSG_DAMAGED.format(path=path, detail="directions and vocabularies disagree in size"))
+        return view
+
+
+def _distinct(texts: list[str], rows: np.ndarray) -> np.ndarray:
+    """``rows`` with each distinct text once (its first row): the vocabulary and idf count a text once however
+    many rows repeat it, as the ``tfidf`` encoder fits on distinct texts."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        seen.setdefault(texts[row], int(row))
+    return np.fromiter(seen.values(), dtype=np.int64, count=len(seen))
+
+
+def _weighted(counts: sparse.csr_matrix, idf: np.ndarray) -> sparse.csr_matrix:
+    """Sublinear TF-IDF rows, L2-normalised: (1 + ln tf) · idf, what ``TfidfVectorizer(sublinear_tf=True)`` gives
+    on the same vocabulary."""
+    from sklearn.preprocessing import normalize
+
+    counts = counts.copy()
+    counts.data = 1.0 + np.log(counts.data)
+    return normalize(counts @ sparse.diags(idf))
+
+
+def within_prompt_pairs(texts: Sequence[str], prompts: Sequence, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (first, second) of every unordered pair of distinct texts that share a prompt (each distinct
+    (prompt, text) once), at most ``MAX_FIT_PAIRS`` of them (a seeded sample above it)."""
+    distinct: dict[tuple, int] = {}
+    for row, key in enumerate(zip(map(str, prompts), texts)):
+        distinct.setdefault(key, row)
+    by_prompt: dict[str, list[int]] = {}
+    for (prompt, _), row in distinct.items():
+        by_prompt.setdefault(prompt, []).append(row)
+    pairs = [pair for rows in by_prompt.values() for pair in itertools.combinations(rows, 2)]
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) > MAX_FIT_PAIRS:
+        pairs = pairs[np.sort(np.random.default_rng(seed).choice(len(pairs), MAX_FIT_PAIRS, replace=False))]
+    return pairs[:, 0], pairs[:, 1]
