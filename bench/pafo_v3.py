@@ -636,6 +636,7 @@ VARIANTS.update(dict(zip(FOURTH_PASS, [
     shipped_with(lexical_weight=0.0), shipped, shipped_with(lexical_weight=0.5), shipped_with(lexical_weight=2.0),
     other_view(analyzers="word+char"), other_view(n_components=128), other_view(every_response=True),
     baseline_on_both, true_teachers_true_placement()], strict=True)))
+VARIANTS.update({f"lexical view, weight {w:g}": shipped_with(lexical_weight=w) for w in (1.0, 3.0, 4.0, 6.0, 8.0)})
 #: The default before the second pass (soft EM, co-labels w 4, β 3, clusters on training pairs only): what the
 #: second pass's variants are paired against.
 V30 = "PAFO v3.0 (soft EM, co-labels w 4, β 3; clusters on training pairs only)"
@@ -990,10 +991,11 @@ def raw_path(folds: int) -> Path:
     return home / ("pafo_v3_raw.json" if folds in (0, 3) else f"pafo_v3_cf{folds}.json")
 
 
-def study(datasets: list[str], seeds: list[int], names: list[str], folds: int = 0) -> tuple[dict, list[str]]:
-    """Run what a study's raw file lacks; return the raw results and the study's unit keys."""
+def study(datasets: list[str], seeds: list[int], names: list[str], folds: int = 0,
+          path: Path | None = None) -> tuple[dict, list[str]]:
+    """Run what a study's raw file (``path``; default the log's) lacks; return the raw results and its unit keys."""
     units = [(seed, fold) for seed in seeds for fold in range(folds)] if folds else [(seed, None) for seed in seeds]
-    path = raw_path(folds)
+    path = path or raw_path(folds)
     raw = load_raw(path)
     run_variants(raw, path, datasets, units, names, False, folds)
     return raw, [unit_key(seed, fold) for seed, fold in units]
@@ -1088,6 +1090,47 @@ def research_log(argv: list[str], out: str | None) -> None:
     publish("pafo_v3_research", text, out)
 
 
+FOURTH_DEV = [PHI_ALONE, "lexical view, weight 1", "lexical view, weight 4", "lexical view, weight 0.5",
+              "lexical view, weight 2", "lexical view, word and character n-grams", "lexical view, 128 directions",
+              "lexical view, fitted on every response (test texts too)", "control: the baseline on [φ, lexical view]",
+              FOURTH_PASS[-1]]
+FOURTH_CROSSFIT = [f"lexical view, weight {w:g}" for w in (0.5, 1, 2, 3, 4, 6, 8)]
+FOURTH_FRESH = [PHI_ALONE, "lexical view, weight 1", "lexical view, weight 4",
+                "control: the baseline on [φ, lexical view]", FOURTH_PASS[-1]]
+FOURTH_SUMMARY = """(written below, after the runs)"""
+FOURTH_TEXT = """Every row is paired with PAFO on φ alone (the default before this pass: soft EM 16/24/32, C 8,
+co-labels w 4, β 3, the validation pairs in the cluster step; lexical weight 0) on the same users and test pairs.
+The lexical view (`pafo.lexical`) is word 1–2-gram TF-IDF (2¹³ n-grams) on the 64 principal directions of the
+within-prompt differences of the training-side responses; rows vary one thing. Time: the variant's own seconds
+over the baseline's, measured under shared load; the view's fit and transform (0.2 s synthetic, ~1 s DSP per seed)
+happen in the context and are not in this column (bench.quality's ratio counts them in PAFO's time). The oracle
+row reads the simulated personas: the true clusters' teachers fitted on the default's pairs in the default's
+basis (now φ and the lexical view), every user in its true cluster."""
+
+
+def fourth_pass(datasets: list[str]) -> list[str]:
+    """Section pafo_lexical: issue 20's fourth pass, the lexical view (development seeds only)."""
+    lines = [FOURTH_SUMMARY, "", "### 1. Variants on development seeds 100–109 (test pairs)", "", FOURTH_TEXT, ""]
+    home = Path(os.environ.get("PAFO_HOME", "."))
+    raw, keys = study(datasets, parse_seeds("100-109"), FOURTH_DEV, path=home / "lexical_dev.json")
+    for dataset in datasets:
+        lines += [f"#### {dataset}", "", research_table(raw, dataset, keys, FOURTH_DEV, PHI_ALONE), ""]
+    raw, keys = study(datasets, parse_seeds("100-104"), FOURTH_CROSSFIT, 7, path=home / "lexical_crossfit.json")
+    choice, table = crossfit_choice(raw, datasets, keys, FOURTH_CROSSFIT)
+    lines += ["### 2. Choice of the lexical weight: 7-fold training-data cross-fit, development seeds 100–104", "",
+              "As §2b: each user's training pairs in 7 folds, the baseline and every candidate trained without the "
+              "scored fold, the minority formed from the other folds' pairs. The lexical view itself is fitted on "
+              "every training-side text (label-free; the held-out fold's texts too). The grid first ran 0.5–2; the "
+              "rule chose its edge (2), so it was extended to 3, 4, then 6 and 8.", "", table, "",
+              f"Chosen by the rule (majority ≥ −0.5 on both datasets, then the largest smaller minority gain): "
+              f"**{choice}**", ""]
+    raw, keys = study(datasets, parse_seeds("200-209"), FOURTH_FRESH, path=home / "lexical_fresh.json")
+    lines += ["### 3. Confirmation on development seeds 200–209 (no choice was made on them)", ""]
+    for dataset in datasets:
+        lines += [f"#### {dataset}", "", research_table(raw, dataset, keys, FOURTH_FRESH, PHI_ALONE), ""]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dev-seeds", default="100-109")
@@ -1100,11 +1143,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="recompute variants already in the raw file")
     parser.add_argument("--log", action="store_true", help="assemble the research log (every study below, "
                         "computing what the raw files lack) into section pafo_v3_research of RESULTS.md")
+    parser.add_argument("--fourth-log", action="store_true", help="assemble the fourth pass (PAFO's lexical view) "
+                        "into section pafo_lexical of RESULTS.md, computing what its raw files in $PAFO_HOME lack")
     parser.add_argument("--section", help="rewrite this section of RESULTS.md")
     parser.add_argument("--out", help="write the tables to this file instead")
     args = parser.parse_args(argv)
     if args.log:
         research_log(argv if argv is not None else sys.argv[1:], args.out)
+        return
+    if args.fourth_log:
+        started = time.perf_counter()
+        lines = ["## PAFO's lexical view: issue 20's fourth pass (development seeds only, never the reported 0–9)", "",
+                 "- command: `python -m bench.pafo_v3 --fourth-log` (raw per-user results in $PAFO_HOME/lexical_*.json;"
+                 " a rerun recomputes only what is missing)",
+                 f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}", ""]
+        lines += fourth_pass(["synthetic", "dsp"])
+        lines += [f"- wall time of the parts computed in this call: {time.perf_counter() - started:.0f} s", ""]
+        publish("pafo_lexical", "\n".join(lines), args.out)
         return
     seeds, datasets = parse_seeds(args.dev_seeds), args.datasets.split(",")
     if REPORTED & set(seeds):

@@ -180,10 +180,10 @@ class PAFOConfig:
                                         "the same pair in a user's cluster posterior (0: off)", ge=0,
                                    le=MAX_COLABEL_WEIGHT, label="co-label weight", grid=(0, 2, 4, 8),
                                    active_when=SOFT_EM)
-    lexical_weight: float = option(1.0, "clusters: weight of the lexical view (TF-IDF of the response text on its "
+    lexical_weight: float = option(4.0, "clusters: weight of the lexical view (TF-IDF of the response text on its "
                                         "within-prompt principal directions, fitted on training-side texts) beside "
                                         "the embedding φ in the cluster step and the teachers' channel (0: φ alone)",
-                                   ge=0, le=MAX_LEXICAL_WEIGHT, label="lexical view weight", grid=(0, 1, 2),
+                                   ge=0, le=MAX_LEXICAL_WEIGHT, label="lexical view weight", grid=(0, 1, 4),
                                    active_when=CLUSTER_OPTIONS)
     cluster_val: bool = option(True, "clusters: EM also reads the validation pairs' labels (one more pair per user; "
                                      "no student picks its epoch on them: the wide one only fits its temperature "
