@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
 __all__ = ["ANALYZERS", "LEXICAL_FILES", "LexicalView", "within_prompt_pairs"]
 
@@ -84,6 +85,12 @@ class LexicalView:
 
     def fit_transform(self, texts: Sequence[str], prompts: Sequence, fit_rows: np.ndarray | None = None,
                       ) -> np.ndarray:
+        # One BLAS thread: sums in another order round differently, and a run's result must not depend on the
+        # thread count of the process it runs in (a Ray worker's differs from a local one's).
+        with threadpool_limits(1):
+            return self._fit_transform(texts, prompts, fit_rows)
+
+    def _fit_transform(self, texts: Sequence[str], prompts: Sequence, fit_rows: np.ndarray | None) -> np.ndarray:
         """Learn the view from the texts of ``fit_rows`` (default: all) and return every text's transform.
 
         Each text's n-grams are counted once: the vocabulary (the ``max_features`` most frequent n-grams of the
@@ -140,6 +147,10 @@ class LexicalView:
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32: each text's TF-IDF on the fitted vocabularies, projected on the directions."""
+        with threadpool_limits(1):  # as fit_transform
+            return self._transform(texts)
+
+    def _transform(self, texts: Sequence[str]) -> np.ndarray:
         from sklearn.feature_extraction.text import CountVectorizer
 
         if not hasattr(self, "components_"):

@@ -28,8 +28,8 @@ st.title("⚖️ PAFO Studio")
 st.markdown(
     "Find and fix **personalized reward bias**: users whose preferences few others share (low *support rate*) get "
     "worse reward models. PAFO finds groups of users who label alike (*preference clusters*) in the training "
-    "labels, fits a small teacher reward model per cluster, and adds each user's teacher to the personalized "
-    "baseline: one model, no group label needed when it scores."
+    "labels, fits a small teacher reward model per cluster (on each response's embedding and its words), and adds "
+    "each user's teacher to the personalized baseline: one model, no group label needed when it scores."
 )
 
 ui.show_flash()
