@@ -11,9 +11,9 @@ __all__ = ["RESULTS", "SECTIONS", "machine", "publish", "sections"]
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 #: The sections of RESULTS.md in order; each benchmark rewrites its own and leaves the others as they are.
-SECTIONS = ("quality", "quality_tfidf", "quality_speed", "tuning", "pafo_v3_research", "tuning_baseline_synthetic",
-            "tuning_baseline_dsp", "unseen", "encoders", "support", "registry", "fingerprint", "app", "demo", "scale",
-            "gpu")
+SECTIONS = ("quality", "quality_tfidf", "quality_speed", "tuning", "pafo_v3_research", "pafo_lexical",
+            "tuning_baseline_synthetic", "tuning_baseline_dsp", "unseen", "encoders", "support", "registry",
+            "fingerprint", "app", "demo", "scale", "gpu")
 HEADER = ("# Benchmark results\n\nEvery figure below was printed by the command named in its section, on the machine "
           "and date given there; rerunning a benchmark rewrites its own section (`python -m bench` lists them). "
           "Sections written before 2026-11-30 name `--out bench/RESULTS_<section>.md`, the fragment files of that "

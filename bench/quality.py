@@ -203,9 +203,9 @@ def seed_context(config: ExperimentConfig):
 PAFO_V2 = {"cluster_em": "hard", "restarts": 40, "subspace": 32, "beta": 1.0, "colabel_weight": 0.0,
            "cluster_val": False, "lexical_weight": 0.0}
 V2_NAME = "PAFO v2 (hard EM, β 1)"
-#: PAFO's default before its lexical view (issue 20's fourth pass): the same cluster step on φ alone.
-PAFO_PHI = {"lexical_weight": 0.0}
-PHI_NAME = "PAFO on φ alone (lexical weight 0)"
+#: PAFO's default before its lexical view (issue 20's fourth pass): the cluster step on φ alone, 16 restarts per size.
+PAFO_PHI = {"lexical_weight": 0.0, "restarts": 16}
+PHI_NAME = "PAFO on φ alone (lexical weight 0, 16 restarts per size)"
 CEILING_NAME = "oracle: PAFO with the true preference clusters"
 
 

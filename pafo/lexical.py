@@ -6,19 +6,20 @@ Why (issue 20, fourth pass): PAFO's gap to the true-cluster ceiling was *finding
 the tastes. On DSP a taste is a domain (academy, business, entertainment, literature): a linear probe reads a
 response's domain from its MiniLM embedding 56% of the time, so each pair says little about its labeller. The
 domains' vocabulary and style are lexical, and TF-IDF sees them: on development seeds the cluster step reading
-[φ, this view] raised PAFO's minority gain by several points on both datasets (bench/RESULTS.md, research log §8),
-while the baseline gains nothing from the same features (its shared g(φ) is fitted to the majority either way).
+[φ, this view] raised PAFO's minority gain by about 4 points on both datasets (bench/RESULTS.md, section
+*pafo_lexical*), while the baseline given the same features gains far less (its shared g(φ) follows the majority
+either way).
 
 What it is, fitted on the *training-side* texts only (the responses of training and validation pairs), so a text
 never seen in training (a test response, a new item to score) is only ever transformed:
 
-1. word 1–2-gram and character 2–4-gram TF-IDF (sublinear tf, each block L2-normalised, each keeping its
-   ``max_features`` most frequent n-grams), as the ``tfidf`` encoder;
+1. word 1–2-gram TF-IDF (sublinear tf, L2-normalised rows, the ``max_features`` most frequent n-grams of the
+   fitted texts; ``analyzers="word+char"`` adds the ``tfidf`` encoder's character 2–4-grams as a second block);
 2. projected on the top ``n_components`` principal directions of the *within-prompt differences* of those
    responses (every unordered pair of a prompt's training-side responses): the directions along which a prompt's
    responses differ, which is all a pair's label can speak to (a difference cancels the prompt's topic).
 
-The fitted state (vocabularies, idf, directions) is a few MB, saved beside a run's weights
+The fitted state (kept hash buckets, idf, directions: under 3 MB) is saved beside a run's weights
 (``weights/lexical.safetensors`` + ``lexical.json``), so ``pafo score`` transforms new texts exactly as the run did.
 The transform is linear in the TF-IDF rows and computed the same way at fit and at load (no sklearn object is
 pickled).
@@ -36,7 +37,7 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
-__all__ = ["ANALYZERS", "LEXICAL_FILES", "LexicalView", "within_prompt_pairs"]
+__all__ = ["ANALYZERS", "HASH_BUCKETS", "LEXICAL_FILES", "LexicalView", "within_prompt_pairs"]
 
 #: The TF-IDF blocks of each choice of ``analyzers``: (analyzer, n-gram range) pairs, as the ``tfidf`` encoder's.
 ANALYZERS = {"word": (("word", (1, 2)),), "word+char": (("word", (1, 2)), ("char_wb", (2, 4)))}
@@ -46,6 +47,8 @@ DEFAULT_ANALYZERS = "word"
 DEFAULT_MAX_FEATURES = 2**13
 #: Principal directions of the within-prompt differences kept as the view's columns.
 DEFAULT_N_COMPONENTS = 64
+#: Hash buckets n-grams are counted in (collisions among the kept, most frequent n-grams are rare at this size).
+HASH_BUCKETS = 2**20
 #: The files a run folder keeps the fitted view in (beside ``weights/<method>.safetensors``).
 LEXICAL_FILES = ("lexical.safetensors", "lexical.json")
 #: Within-prompt difference rows the directions are fitted on, at most (a random sample above it).
@@ -62,9 +65,11 @@ MSG_ANALYZERS = "lexical view: analyzers {value!r} is not one of " + ", ".join(A
 class LexicalView:
     """TF-IDF of a text projected on the within-prompt principal directions of training-side responses.
 
-    Constructor arguments are kept as given; fitting learns ``blocks_`` (each block's analyzer and n-gram range),
-    ``vocabularies_`` (one term → column map per block),
-    ``idf_`` (per block) and ``components_`` (n_components × all blocks' columns)."""
+    n-grams are counted by hashing (``HashingVectorizer``, 2²⁰ buckets, no sign flips): counting needs no
+    vocabulary, so it costs a third of ``CountVectorizer``'s on DSP's responses, and the stored state holds bucket
+    numbers instead of strings. Constructor arguments are kept as given; fitting learns ``blocks_`` (each block's
+    analyzer and n-gram range), ``buckets_`` (the kept buckets per block), ``idf_`` (per block) and
+    ``components_`` (n_components × all blocks' kept buckets)."""
 
     n_components: int = DEFAULT_N_COMPONENTS
     max_features: int = DEFAULT_MAX_FEATURES
@@ -85,37 +90,32 @@ class LexicalView:
 
     def fit_transform(self, texts: Sequence[str], prompts: Sequence, fit_rows: np.ndarray | None = None,
                       ) -> np.ndarray:
+        """Learn the view from the texts of ``fit_rows`` (default: all) and return every text's transform.
+
+        Each text's n-grams are counted once: the kept buckets (the ``max_features`` most frequent in the fitted
+        texts) and the idf (smoothed, as TfidfVectorizer's) come from the fitted rows' counts, the directions from
+        the differences of every pair of fitted texts that share a prompt."""
         # One BLAS thread: sums in another order round differently, and a run's result must not depend on the
         # thread count of the process it runs in (a Ray worker's differs from a local one's).
         with threadpool_limits(1):
             return self._fit_transform(texts, prompts, fit_rows)
 
     def _fit_transform(self, texts: Sequence[str], prompts: Sequence, fit_rows: np.ndarray | None) -> np.ndarray:
-        """Learn the view from the texts of ``fit_rows`` (default: all) and return every text's transform.
-
-        Each text's n-grams are counted once: the vocabulary (the ``max_features`` most frequent n-grams of the
-        fitted texts) and the idf (smoothed, as TfidfVectorizer's) come from the fitted rows' counts, the
-        directions from the differences of every pair of fitted texts that share a prompt."""
         from sklearn.decomposition import TruncatedSVD
-        from sklearn.feature_extraction.text import CountVectorizer
 
         if self.analyzers not in ANALYZERS:
             raise ValueError(MSG_ANALYZERS.format(value=self.analyzers))
         texts = [str(t) for t in texts]
         fit_rows = np.arange(len(texts)) if fit_rows is None else np.asarray(fit_rows, dtype=np.int64)
-        self.blocks_, self.vocabularies_, self.idf_, blocks = [], [], [], []
+        distinct = _distinct(texts, fit_rows)
+        self.blocks_, self.buckets_, self.idf_, blocks = [], [], [], []
         for analyzer, ngrams in ANALYZERS[self.analyzers]:
-            counter = CountVectorizer(analyzer=analyzer, ngram_range=ngrams, dtype=np.float64)
-            try:
-                counts = counter.fit_transform(texts).tocsr()
-            except ValueError:  # no n-gram in any text: the block is left out
+            counts = _hashed_counts(texts, analyzer, ngrams)
+            kept, idf = self._select(counts[distinct])
+            if not len(kept):  # no n-gram in the fitted texts: the block is left out
                 continue
-            kept, idf = self._select(counts[_distinct(texts, fit_rows)])
-            if not len(kept):
-                continue
-            terms = counter.get_feature_names_out()[kept]  # alphabetical, as the columns they keep
             self.blocks_.append((analyzer, ngrams))
-            self.vocabularies_.append({str(term): column for column, term in enumerate(terms)})
+            self.buckets_.append(kept)
             self.idf_.append(idf)
             blocks.append(_weighted(counts[:, kept], idf))
         if not blocks:
@@ -136,48 +136,41 @@ class LexicalView:
         return np.asarray(rows @ self.components_.T, dtype=np.float32)
 
     def _select(self, counts: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """The columns of the ``max_features`` n-grams most frequent in ``counts`` (ties: the alphabetically first),
-        in column order, and their smoothed idf ln((1 + n) / (1 + df)) + 1."""
+        """The ``max_features`` buckets most frequent in ``counts`` (ties: the lower bucket), in bucket order, and
+        their smoothed idf ln((1 + n) / (1 + df)) + 1."""
         total = np.asarray(counts.sum(0)).ravel()
         present = np.flatnonzero(total > 0)
-        order = present[np.argsort(-total[present], kind="stable")][: self.max_features]
-        kept = np.sort(order)
+        kept = np.sort(present[np.argsort(-total[present], kind="stable")][: self.max_features])
         df = np.bincount(counts.indices, minlength=counts.shape[1])[kept]
         return kept, np.log((1.0 + counts.shape[0]) / (1.0 + df)) + 1.0
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) float32: each text's TF-IDF on the fitted vocabularies, projected on the directions."""
-        with threadpool_limits(1):  # as fit_transform
-            return self._transform(texts)
-
-    def _transform(self, texts: Sequence[str]) -> np.ndarray:
-        from sklearn.feature_extraction.text import CountVectorizer
-
+        """(len(texts), dim) float32: each text's TF-IDF on the kept buckets, projected on the directions."""
         if not hasattr(self, "components_"):
             raise RuntimeError(MSG_NOT_FITTED)
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        blocks = [_weighted(CountVectorizer(analyzer=analyzer, ngram_range=ngrams, vocabulary=vocabulary,
-                                            dtype=np.float64).transform(texts).tocsr(), idf)
-                  for (analyzer, ngrams), vocabulary, idf in zip(self.blocks_, self.vocabularies_, self.idf_,
-                                                                 strict=True)]
-        return np.asarray(sparse.hstack(blocks, format="csr") @ self.components_.T, dtype=np.float32)
+        with threadpool_limits(1):  # as fit_transform
+            blocks = [_weighted(_hashed_counts(texts, analyzer, ngrams)[:, kept], idf)
+                      for (analyzer, ngrams), kept, idf in zip(self.blocks_, self.buckets_, self.idf_, strict=True)]
+            return np.asarray(sparse.hstack(blocks, format="csr") @ self.components_.T, dtype=np.float32)
 
     # -- kept beside a run's weights
 
     def save(self, folder: Path) -> None:
-        """``lexical.safetensors`` (idf per block, directions) and ``lexical.json`` (options, vocabularies), each
-        written atomically."""
+        """``lexical.safetensors`` (kept buckets and idf per block, directions) and ``lexical.json`` (options and
+        blocks), each written atomically."""
         from safetensors.numpy import save
 
         from .paths import atomic_write_bytes, atomic_write_text
 
         arrays = {f"idf{i}": idf for i, idf in enumerate(self.idf_)}
+        arrays.update({f"buckets{i}": kept.astype(np.int64) for i, kept in enumerate(self.buckets_)})
         arrays["components"] = np.ascontiguousarray(self.components_, dtype=np.float32)
         atomic_write_bytes(folder / LEXICAL_FILES[0], save(arrays))
         state = {"n_components": self.n_components, "max_features": self.max_features, "analyzers": self.analyzers,
-                 "random_state": self.random_state, "blocks": self.blocks_, "vocabularies": self.vocabularies_}
+                 "random_state": self.random_state, "hash_buckets": HASH_BUCKETS, "blocks": self.blocks_}
         atomic_write_text(folder / LEXICAL_FILES[1], json.dumps(state))
 
     @classmethod
@@ -190,21 +183,29 @@ class LexicalView:
             state = json.loads(path.read_text(encoding="utf-8"))
             view = cls(int(state["n_components"]), int(state["max_features"]), str(state["analyzers"]),
                        int(state["random_state"]))
-            if view.analyzers not in ANALYZERS:
-                raise ValueError(MSG_ANALYZERS.format(value=view.analyzers))
-            arrays = load_file(str(folder / LEXICAL_FILES[0]))
+            if view.analyzers not in ANALYZERS or int(state["hash_buckets"]) != HASH_BUCKETS:
+                raise ValueError(f"analyzers {view.analyzers!r}, {state['hash_buckets']} hash buckets")
             view.blocks_ = [(str(analyzer), (int(low), int(high))) for analyzer, (low, high) in state["blocks"]]
-            if len(view.blocks_) != len(state["vocabularies"]):
-                raise ValueError("one vocabulary per block")
-            view.vocabularies_ = [{str(k): int(v) for k, v in vocabulary.items()}
-                                  for vocabulary in state["vocabularies"]]
-            view.idf_ = [np.asarray(arrays[f"idf{i}"], dtype=np.float64) for i in range(len(view.vocabularies_))]
+            arrays = load_file(str(folder / LEXICAL_FILES[0]))
+            view.buckets_ = [np.asarray(arrays[f"buckets{i}"], dtype=np.int64) for i in range(len(view.blocks_))]
+            view.idf_ = [np.asarray(arrays[f"idf{i}"], dtype=np.float64) for i in range(len(view.blocks_))]
             view.components_ = np.asarray(arrays["components"], dtype=np.float64)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(MSG_DAMAGED.format(path=path, detail=f"{type(exc).__name__}: {exc}")) from None
-        if view.components_.shape[1:] != (sum(len(idf) for idf in view.idf_),):
-            raise ValueError(MSG_DAMAGED.format(path=path, detail="directions and vocabularies disagree in size"))
+        sizes = [len(kept) for kept in view.buckets_]
+        if sizes != [len(idf) for idf in view.idf_] or view.components_.shape[1:] != (sum(sizes),) or any(
+                np.any((kept < 0) | (kept >= HASH_BUCKETS)) for kept in view.buckets_):
+            raise ValueError(MSG_DAMAGED.format(path=path, detail="buckets, idf and directions disagree"))
         return view
+
+
+def _hashed_counts(texts: list[str], analyzer: str, ngrams: tuple[int, int]) -> sparse.csr_matrix:
+    """Each text's n-gram counts in ``HASH_BUCKETS`` buckets (sklearn's murmurhash of the n-gram)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    hasher = HashingVectorizer(analyzer=analyzer, ngram_range=tuple(ngrams), n_features=HASH_BUCKETS,
+                               alternate_sign=False, norm=None, dtype=np.float64)
+    return hasher.transform(texts).tocsr()
 
 
 def _distinct(texts: list[str], rows: np.ndarray) -> np.ndarray:

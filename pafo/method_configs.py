@@ -160,7 +160,7 @@ class PAFOConfig:
         "soft", "clusters: EM on the mixture likelihood, each user weighing the teachers by their posterior (soft), "
                 "or on the classification likelihood, each user in one cluster (hard: PAFO v2)", label="cluster EM",
         active_when=CLUSTER_OPTIONS)
-    restarts: int = option(16, "clusters: EM restarts (soft EM: per subspace size); each user's teacher direction "
+    restarts: int = option(8, "clusters: EM restarts (soft EM: per subspace size); each user's teacher direction "
                                "is averaged over them", ge=1, le=MAX_RESTARTS, label="EM restarts",
                            grid=(8, 16, 40), active_when=CLUSTER_OPTIONS)
     subspaces: str = option("16,24,32", "clusters, soft EM: sizes of the nested subspaces of φ EM runs in "

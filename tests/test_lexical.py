@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file, save
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import TfidfTransformer
 
 from pafo.experiment import ExperimentConfig, build_context, fit_lexical_view, wants_lexical_view
-from pafo.lexical import LEXICAL_FILES, MSG_DAMAGED, MSG_NO_TEXT, LexicalView, within_prompt_pairs
+from pafo.lexical import LEXICAL_FILES, MSG_DAMAGED, MSG_NO_TEXT, LexicalView, _hashed_counts, within_prompt_pairs
 from pafo.methods import fit_method, preference_clusters
 from pafo.models import RewardModel, WideRewardModel, build_model
 from pafo.sources import DataConfig, load_dataset
@@ -27,24 +27,30 @@ def _view(**options) -> LexicalView:
     return LexicalView(n_components=3, **options)
 
 
-def test_vocabulary_and_idf_are_tfidf_vectorizers():
-    """Guards the view's TF-IDF against drifting from the ``tfidf`` encoder's definition: with room for every
-    n-gram, its rows are TfidfVectorizer(sublinear_tf=True)'s on the fitted texts, column for column."""
+def _bucket(term: str) -> int:
+    """The hash bucket the view counts ``term`` in."""
+    return int(_hashed_counts([term], "word", (1, 2)).indices[-1]) if " " in term else \
+        int(_hashed_counts([term], "word", (1, 1)).indices[0])
+
+
+def test_tfidf_rows_are_tfidf_transformers_on_the_kept_buckets():
+    """Guards the view's TF-IDF against drifting from the ``tfidf`` encoder's definition: its rows are
+    TfidfTransformer(sublinear_tf=True)'s on the hashed counts of the kept buckets, idf fitted on the texts."""
     view = _view(max_features=10_000)
-    view.fit(TEXTS, PROMPTS)
-    reference = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(TEXTS)
-    assert view.vocabularies_[0] == {str(k): int(v) for k, v in reference.vocabulary_.items()}
+    rows = view.fit_transform(TEXTS, PROMPTS)
+    counts = _hashed_counts(TEXTS, "word", (1, 2))
+    assert np.array_equal(view.buckets_[0], np.unique(counts.indices))  # room for every n-gram: all are kept
+    reference = TfidfTransformer(sublinear_tf=True).fit(counts[:, view.buckets_[0]])
     np.testing.assert_allclose(view.idf_[0], reference.idf_, rtol=1e-12)
-    mine = view.transform(TEXTS)
-    expected = reference.transform(TEXTS) @ view.components_.T
-    np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6)
+    expected = reference.transform(counts[:, view.buckets_[0]]) @ view.components_.T
+    np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_max_features_keeps_the_most_frequent_ngrams():
-    """The kept n-grams are the most frequent in the fitted texts, ties going to the alphabetically first."""
-    view = _view(max_features=4).fit(TEXTS, PROMPTS)
-    assert set(view.vocabularies_[0]) == {"the", "on", "revenue", "academic"}  # 9, 3, 3, then the first 2
-    assert view.components_.shape == (3, 4)
+    """The kept n-grams are the most frequent in the fitted texts (ties: the lower bucket)."""
+    view = _view(max_features=3).fit(TEXTS, PROMPTS)
+    assert set(view.buckets_[0]) == {_bucket("the"), _bucket("on"), _bucket("revenue")}  # 9, 3 and 3 times
+    assert view.components_.shape == (2, 3)  # at most one direction fewer than columns
 
 
 def test_texts_outside_the_fitted_rows_never_shape_the_view():
@@ -56,7 +62,7 @@ def test_texts_outside_the_fitted_rows_never_shape_the_view():
     view = _view()
     second = view.fit_transform(edited, PROMPTS, fit_rows)
     np.testing.assert_array_equal(first[:6], second[:6])
-    assert "zebra" not in view.vocabularies_[0]
+    assert _bucket("zebra") not in view.buckets_[0]
     np.testing.assert_array_equal(second[6], 0.0)  # no fitted n-gram in it
 
 
