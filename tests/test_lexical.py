@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from safetensors.numpy import load_file, save
 from sklearn.feature_extraction.text import TfidfTransformer
 
+from pafo import cli
 from pafo.experiment import ExperimentConfig, build_context, fit_lexical_view, wants_lexical_view
 from pafo.lexical import LEXICAL_FILES, MSG_DAMAGED, MSG_NO_TEXT, LexicalView, _hashed_counts, within_prompt_pairs
 from pafo.methods import fit_method, preference_clusters
@@ -162,3 +164,14 @@ def test_pafo_reads_the_view_and_keeps_its_layout(single_thread):
     assert np.all(preference_clusters(ctx, dataclasses.replace(config.pafo, lexical_weight=0.0),
                                       ctx.cache["baseline"].model).basis[:, 8:] == 0)
     assert phi_alone.model.lexical_dim == view.dim  # same rows; its teachers just give the view no weight
+
+
+def test_a_run_without_the_view_stores_none(tmp_path):
+    """--lexical-weight 0: the run neither fits nor stores a lexical view, and its PAFO reads φ alone."""
+    out = tmp_path / "run"
+    assert cli.main(["experiment", "--users", "24", "--prompts", "16", "--responses-per-prompt", "4",
+                     "--train-pairs", "6", "--test-pairs", "4", "--bootstrap", "20", "--epochs", "2", "--hidden",
+                     "8", "--k", "3", "--restarts", "2", "--subspaces", "4,6", "--clusters", "3",
+                     "--lexical-weight", "0", "--out-dir", str(out)]) == 0
+    assert not any((out / "weights" / name).exists() for name in LEXICAL_FILES)
+    assert build_model(json.loads((out / "weights" / "pafo.json").read_text())).lexical_dim == 0

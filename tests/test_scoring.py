@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pafo import cli, scoring
+from pafo import cli, lexical, scoring
 from pafo.registry import RunRegistry
 from pafo.sources import DataConfig, load_dataset
 from pafo.sources.files import MISSING_COLUMNS
@@ -112,6 +112,11 @@ def _bad_cases(run_dir: Path, tmp_path: Path, write_table) -> dict:
     result = json.loads((run_dir / "result.json").read_text())
     result["config"]["run"]["encoder"] = "tfidf"
     (tfidf_run / "result.json").write_text(json.dumps(result))
+    # A run folder from before manifests (none to catch it first) whose stored lexical view was cut short.
+    damaged_view = tmp_path / "damaged_view"
+    shutil.copytree(run_dir, damaged_view)
+    (damaged_view / "manifest.json").unlink()
+    (damaged_view / "weights" / "lexical.json").write_text("{")
     return {
         "no-column": (["--run-dir", str(run_dir), "--input",
                        str(write_table(triples.drop(columns="response"), tmp_path / "a.csv"))],
@@ -123,10 +128,13 @@ def _bad_cases(run_dir: Path, tmp_path: Path, write_table) -> dict:
         "unknown-method": (["--run-dir", str(run_dir), "--method", "groupdro", "--input", str(tmp_path / "x.csv")],
                            scoring.MSG_NO_WEIGHTS, ["'groupdro'", "baseline, pafo"]),
         "tfidf-run": (["--run-dir", str(tfidf_run), "--input", str(tmp_path / "x.csv")], scoring.MSG_TFIDF_RUN, []),
+        "damaged-lexical-view": (["--run-dir", str(damaged_view), "--input", str(tmp_path / "x.csv")],
+                                 lexical.MSG_DAMAGED, [str(damaged_view / "weights" / "lexical.json")]),
     }
 
 
-@pytest.mark.parametrize("case", ["no-column", "empty-cell", "not-a-run", "unknown-method", "tfidf-run"])
+@pytest.mark.parametrize("case", ["no-column", "empty-cell", "not-a-run", "unknown-method", "tfidf-run",
+                                  "damaged-lexical-view"])
 def test_bad_score_input_exits_2_with_one_line(case, run_dir, tmp_path, write_table, capsys, check_message):
     """Regression: every bad `pafo score` input is exit 2 and one stderr line naming the file, row or field."""
     args, template, values = _bad_cases(run_dir, tmp_path, write_table)[case]
