@@ -41,7 +41,8 @@ __all__ = ["ANALYZERS", "HASH_BUCKETS", "LEXICAL_FILES", "LexicalView", "within_
 
 #: The TF-IDF blocks of each choice of ``analyzers``: (analyzer, n-gram range) pairs, as the ``tfidf`` encoder's.
 ANALYZERS = {"word": (("word", (1, 2)),), "word+char": (("word", (1, 2)), ("char_wb", (2, 4)))}
-#: The default blocks: word 1–2-grams (character n-grams cost ~4× the time for no measured gain, research log §8).
+#: The default blocks: word 1–2-grams (adding the character block gained ~1 DSP minority point on development seeds
+#: at 3–9× the view's time: bench/RESULTS.md, section *pafo_lexical*).
 DEFAULT_ANALYZERS = "word"
 #: n-grams kept per block (the most frequent in the fitted texts): the saved state grows with it.
 DEFAULT_MAX_FEATURES = 2**13
@@ -53,6 +54,8 @@ HASH_BUCKETS = 2**20
 LEXICAL_FILES = ("lexical.safetensors", "lexical.json")
 #: Within-prompt difference rows the directions are fitted on, at most (a random sample above it).
 MAX_FIT_PAIRS = 200_000
+#: Pairs one prompt contributes, at most (all of them up to 64 responses; a random sample beyond).
+MAX_PROMPT_PAIRS = 64 * 63 // 2
 
 MSG_NOT_FITTED = "the lexical view is not fitted: call fit(texts, prompts) first"
 MSG_NO_TEXT = ("lexical view: the {n} training-side response text(s) have no words to count; PAFO's lexical view "
@@ -229,15 +232,29 @@ def _weighted(counts: sparse.csr_matrix, idf: np.ndarray) -> sparse.csr_matrix:
 
 def within_prompt_pairs(texts: Sequence[str], prompts: Sequence, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (first, second) of every unordered pair of distinct texts that share a prompt (each distinct
-    (prompt, text) once), at most ``MAX_FIT_PAIRS`` of them (a seeded sample above it)."""
+    (prompt, text) once): all of a prompt's pairs up to ``MAX_PROMPT_PAIRS`` of them, a seeded sample of that many
+    for a prompt with more responses, and a seeded sample of ``MAX_FIT_PAIRS`` over all prompts above that."""
     distinct: dict[tuple, int] = {}
     for row, key in enumerate(zip(map(str, prompts), texts)):
         distinct.setdefault(key, row)
     by_prompt: dict[str, list[int]] = {}
     for (prompt, _), row in distinct.items():
         by_prompt.setdefault(prompt, []).append(row)
-    pairs = [pair for rows in by_prompt.values() for pair in itertools.combinations(rows, 2)]
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    rng = np.random.default_rng(seed)
+    blocks = [np.asarray(list(itertools.combinations(rows, 2)), dtype=np.int64).reshape(-1, 2)
+              if len(rows) * (len(rows) - 1) // 2 <= MAX_PROMPT_PAIRS else _sampled_pairs(np.asarray(rows), rng)
+              for rows in by_prompt.values()]
+    pairs = np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
     if len(pairs) > MAX_FIT_PAIRS:
-        pairs = pairs[np.sort(np.random.default_rng(seed).choice(len(pairs), MAX_FIT_PAIRS, replace=False))]
+        pairs = pairs[np.sort(rng.choice(len(pairs), MAX_FIT_PAIRS, replace=False))]
     return pairs[:, 0], pairs[:, 1]
+
+
+def _sampled_pairs(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``MAX_PROMPT_PAIRS`` distinct unordered pairs of ``rows``, drawn at random (a prompt with many responses)."""
+    n = len(rows)
+    codes = rng.choice(n * (n - 1) // 2, MAX_PROMPT_PAIRS, replace=False)
+    first = (n - 0.5 - np.sqrt((n - 0.5) ** 2 - 2 * codes)).astype(np.int64)  # row of the upper triangle
+    first -= (first * (2 * n - first - 1) // 2 > codes).astype(np.int64)  # guard the float root at row starts
+    second = codes - first * (2 * n - first - 1) // 2 + first + 1
+    return np.stack([rows[first], rows[second]], axis=1)

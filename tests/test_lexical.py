@@ -13,7 +13,15 @@ from sklearn.feature_extraction.text import TfidfTransformer
 
 from pafo import cli
 from pafo.experiment import ExperimentConfig, build_context, fit_lexical_view, wants_lexical_view
-from pafo.lexical import LEXICAL_FILES, MSG_DAMAGED, MSG_NO_TEXT, LexicalView, _hashed_counts, within_prompt_pairs
+from pafo.lexical import (
+    LEXICAL_FILES,
+    MAX_PROMPT_PAIRS,
+    MSG_DAMAGED,
+    MSG_NO_TEXT,
+    LexicalView,
+    _hashed_counts,
+    within_prompt_pairs,
+)
 from pafo.methods import fit_method, preference_clusters
 from pafo.models import RewardModel, WideRewardModel, build_model
 from pafo.sources import DataConfig, load_dataset
@@ -175,3 +183,18 @@ def test_a_run_without_the_view_stores_none(tmp_path):
                      "--lexical-weight", "0", "--out-dir", str(out)]) == 0
     assert not any((out / "weights" / name).exists() for name in LEXICAL_FILES)
     assert build_model(json.loads((out / "weights" / "pafo.json").read_text())).lexical_dim == 0
+
+
+def test_a_prompt_with_many_responses_gives_a_sample_of_distinct_pairs():
+    """Guards the view's fit on data where a prompt has hundreds of responses (a `pairs` table): its pairs are a
+    seeded sample of MAX_PROMPT_PAIRS distinct ones instead of all n(n − 1)/2, and small prompts keep all theirs."""
+    texts = [f"response {i}" for i in range(300)] + ["a", "b", "c"]
+    prompts = [0] * 300 + [1] * 3
+    first, second = within_prompt_pairs(texts, prompts, seed=3)
+    big = first < 300
+    pairs = set(zip(first[big].tolist(), second[big].tolist(), strict=True))
+    assert len(pairs) == big.sum() == MAX_PROMPT_PAIRS and all(a < b < 300 for a, b in pairs)
+    assert sorted(zip(first[~big].tolist(), second[~big].tolist(), strict=True)) == [(300, 301), (300, 302),
+                                                                                     (301, 302)]
+    again = within_prompt_pairs(texts, prompts, seed=3)
+    assert np.array_equal(again[0], first) and np.array_equal(again[1], second)
