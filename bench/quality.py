@@ -51,8 +51,10 @@ METHODS = ",".join(METHOD_NAMES)
 REPORTED_SEEDS, DEV_SEEDS = "0-9", "100-104"
 ABLATIONS = {
     "default (clusters, soft EM, wide student)": {},
-    "cluster_em=hard, restarts=40, beta=1, colabel_weight=0 (PAFO v2)": {"cluster_em": "hard", "restarts": 40,
-                                                                         "beta": 1.0, "colabel_weight": 0.0},
+    "cluster_em=hard, restarts=40, beta=1, colabel_weight=0, lexical_weight=0 (PAFO v2)": {
+        "cluster_em": "hard", "restarts": 40, "beta": 1.0, "colabel_weight": 0.0, "lexical_weight": 0.0},
+    "lexical_weight=0 (φ alone)": {"lexical_weight": 0.0},
+    "lexical_weight=1": {"lexical_weight": 1.0},
     "teachers=groups (the paper's two support groups, distilled student)": {"teachers": "groups"},
     "student=distilled (baseline architecture, dense pairs, teacher-agreement selection)": {"student": "distilled"},
     "clusters=1 (one teacher for everybody)": {"clusters": 1},
@@ -62,7 +64,7 @@ ABLATIONS = {
     "beta=4": {"beta": 4.0},
     "subspaces=32": {"subspaces": "32"},
     "subspaces=16,24,32,48": {"subspaces": "16,24,32,48"},
-    "restarts=8": {"restarts": 8},
+    "restarts=16": {"restarts": 16},
     "colabel_weight=0 (no co-label view)": {"colabel_weight": 0.0},
     "colabel_weight=8": {"colabel_weight": 8.0},
     "cluster_ridge=0.3": {"cluster_ridge": 0.3},
@@ -298,7 +300,7 @@ def tuning_table(dataset: str, seeds: list[int], encoder: str) -> str:
     log_loss = {label: [] for label in ABLATIONS}
     base_seconds = []
     for seed in seeds:
-        config = experiment_config(dataset, seed, encoder, "baseline")
+        config = experiment_config(dataset, seed, encoder, "baseline,pafo")  # PAFO's context: with its lexical view
         _data, support, user_group, ctx, test = seed_context(config)
         base = baseline_output(ctx, (0, 1))
         base_seconds.append(base.result.seconds)
