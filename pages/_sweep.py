@@ -115,6 +115,12 @@ def show_sweep(state: dict, config: dict, registry) -> None:
             st.rerun()
         ui.rerun_when_runs_change(records)
         return
+    ended = f"sweep_ended_{state['sweep_id']}"
+    if not st.session_state.get(ended):
+        # The pickers above were drawn before this page run saw the last cell end (a cell can finish between the
+        # two registry reads); one more run of the page lists every cell there, and nothing reruns it after.
+        st.session_state[ended] = True
+        st.rerun()
     sweep = sweep_result(registry, config, state["grid"], cells, sweep_id=state["sweep_id"])
     failed = [c for c in sweep.cells if c.status != "succeeded"]
     if failed:
