@@ -41,7 +41,8 @@ from scipy.special import softmax
 from sklearn.cluster import KMeans
 
 __all__ = ["EM_KINDS", "ClusterFit", "CoLabels", "LocalRuns", "discover", "em_runs", "fit_clusters",
-           "fit_soft_clusters", "nested_scales", "oriented_differences", "pair_subspace", "per_user_fit"]
+           "fit_soft_clusters", "nested_scales", "oriented_differences", "pair_differences", "pair_subspace",
+           "per_user_fit"]
 
 #: The cluster steps: EM on the mixture likelihood (soft, the default) or on the classification likelihood (hard).
 EM_KINDS = ("soft", "hard")
@@ -171,7 +172,7 @@ def _distinct_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, 
     return distinct // width, distinct % width, inverse.ravel()
 
 
-def _differences(features: np.ndarray, first: np.ndarray, second: np.ndarray):
+def pair_differences(features: np.ndarray, first: np.ndarray, second: np.ndarray):
     """φ[first] − φ[second] in float64, one block of pairs at a time: (start, block)."""
     for start in range(0, len(first), BLOCK):
         rows = slice(start, start + BLOCK)
@@ -188,7 +189,7 @@ def pair_subspace(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray
     count = np.bincount(inverse, minlength=len(low)).astype(np.float64)
     gram = np.zeros((features.shape[1], features.shape[1]))
     nonzero = np.zeros(features.shape[1], dtype=bool)
-    for start, diff in _differences(features, low, high):
+    for start, diff in pair_differences(features, low, high):
         nonzero |= np.any(diff != 0, axis=0)
         gram += (diff * count[start:start + len(diff), None]).T @ diff
     used = np.flatnonzero(nonzero)  # the prompt half of φ is 0 in every difference
@@ -212,7 +213,7 @@ def oriented_differences(features: np.ndarray, basis: np.ndarray, chosen: np.nda
     distinct (chosen, rejected) and in blocks, so pairs labelled by several users get byte-identical rows."""
     first, second, inverse = _distinct_pairs(chosen, rejected)
     out = np.empty((len(first), len(basis)))
-    for start, diff in _differences(features, first, second):
+    for start, diff in pair_differences(features, first, second):
         out[start:start + len(diff)] = diff @ basis.T
     return out[inverse]
 

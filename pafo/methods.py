@@ -20,7 +20,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from threadpoolctl import threadpool_limits
 
-from .clusters import ClusterFit, discover, oriented_differences
+from .clusters import ClusterFit, discover, oriented_differences, pair_differences
 from .compare import DEFAULT_EPSILON
 from .lexical import LexicalView
 from .method_configs import (
@@ -388,23 +388,17 @@ def view_scale(ctx: MethodContext, pairs: PairSet, lexical_weight: float) -> np.
     With the lexical view each view is divided by the root mean square norm of its differences on ``pairs`` (so
     the two weigh the same whatever their scales) and the lexical one multiplied by ``lexical_weight``; a column
     of weight 0 drops out of the teachers' subspace (``pair_subspace`` skips columns that are 0 in every
-    difference). Differences are formed a block of pairs at a time."""
+    difference). Differences are formed a block of pairs at a time (``pair_differences``)."""
     if not ctx.lexical_dim:
         return None
     features, split = ctx.features.cpu().numpy(), ctx.encoder_dim
     squares = np.zeros(2)
-    for start in range(0, len(pairs.chosen), SCALE_BLOCK):
-        rows = slice(start, start + SCALE_BLOCK)
-        difference = (features[pairs.chosen[rows]] - features[pairs.rejected[rows]]).astype(np.float64) ** 2
-        squares += difference[:, :split].sum(), difference[:, split:].sum()
+    for _, difference in pair_differences(features, pairs.chosen, pairs.rejected):
+        squares += (difference[:, :split] ** 2).sum(), (difference[:, split:] ** 2).sum()
     rms = np.sqrt(squares / max(len(pairs.chosen), 1))
     rms[rms == 0] = 1.0
     weights = np.r_[np.full(split, 1.0 / rms[0]), np.full(features.shape[1] - split, lexical_weight / rms[1])]
     return weights.astype(np.float32)
-
-
-#: Pairs per block when :func:`view_scale` forms differences (memory: a block × feature columns).
-SCALE_BLOCK = 16_384
 
 
 def _wide_shell(ctx: MethodContext, base: RewardModel, basis: np.ndarray) -> WideRewardModel:

@@ -86,7 +86,7 @@ class RewardModel(nn.Module):
 
         g reads the first ``in_dim`` columns of ``x`` (the encoder's φ); a run whose PAFO reads the lexical view
         feeds every model [φ, lexical view] (:mod:`pafo.lexical`), and only PAFO's teacher channel reads the rest."""
-        h = self.g(x if x.shape[-1] == self.in_dim else x[..., : self.in_dim])
+        h = self.g(x[..., : self.in_dim])
         return torch.nn.functional.normalize(h, dim=-1) if self.normalise else h
 
     @property
@@ -156,8 +156,7 @@ class WideRewardModel(RewardModel):
         return {**super().config(), "kind": "wide", "rank": self.rank, "lexical_dim": self.lexical_dim}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        width = self.input_dim
-        teacher_input = x if x.shape[-1] == width else x[..., :width]
+        teacher_input = x[..., : self.input_dim]
         return torch.cat([super().features(x) * self.scales[0], (teacher_input @ self.basis.T) * self.scales[1]],
                          dim=-1)
 
